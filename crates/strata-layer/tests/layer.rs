@@ -1,0 +1,351 @@
+//! Layer tar → index → tar, with hostile archives.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use proptest::prelude::*;
+use strata_chunk::{Chunker, Chunking};
+use strata_layer::{read_layer, write_layer, ChunkSink, ChunkSource, EntryKind, LayerError, LayerIndex};
+use strata_types::{ChunkId, LayerId};
+use tar::{EntryType, Header};
+
+#[derive(Default)]
+struct Chunks(HashMap<ChunkId, Vec<u8>>);
+
+impl ChunkSink for Chunks {
+    type Error = Infallible;
+    fn put(&mut self, id: ChunkId, data: &[u8]) -> Result<(), Infallible> {
+        assert_eq!(ChunkId::of(data), id);
+        self.0.insert(id, data.to_vec());
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("missing chunk")]
+struct Missing;
+
+impl ChunkSource for Chunks {
+    type Error = Missing;
+    fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, Missing> {
+        self.0.get(id).cloned().ok_or(Missing)
+    }
+}
+
+fn small_chunks() -> Chunker {
+    Chunker::new(Chunking::Cdc { min: 256, avg: 1024, max: 4096 }).unwrap()
+}
+
+fn read(tar: &[u8]) -> Result<(LayerIndex, Chunks), LayerError> {
+    let mut chunks = Chunks::default();
+    let (index, _) = read_layer(tar, &mut small_chunks(), &mut chunks)?;
+    Ok((index, chunks))
+}
+
+fn layer_id(index: &LayerIndex) -> LayerId {
+    LayerId::of(&prost::Message::encode_to_vec(index))
+}
+
+/// Builds tars member by member, raw, so tests can write what honest tools
+/// never would.
+struct TarBuilder(tar::Builder<Vec<u8>>);
+
+impl TarBuilder {
+    fn new() -> Self {
+        Self(tar::Builder::new(Vec::new()))
+    }
+
+    fn header(kind: EntryType, path: &[u8], size: u64) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path);
+        h.set_cksum();
+        h
+    }
+
+    fn file(self, path: &str, data: &[u8]) -> Self {
+        self.raw_file(path.as_bytes(), data)
+    }
+
+    fn raw_file(mut self, path: &[u8], data: &[u8]) -> Self {
+        let h = Self::header(EntryType::Regular, path, data.len() as u64);
+        self.0.append(&h, data).unwrap();
+        self
+    }
+
+    fn dir(mut self, path: &str) -> Self {
+        let h = Self::header(EntryType::Directory, path.as_bytes(), 0);
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    fn link(mut self, kind: EntryType, path: &str, target: &str) -> Self {
+        let mut h = Self::header(kind, path.as_bytes(), 0);
+        h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    fn device(mut self, kind: EntryType, path: &str, major: u32, minor: u32) -> Self {
+        let mut h = Self::header(kind, path.as_bytes(), 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    fn pax(mut self, records: &[(&str, &[u8])]) -> Self {
+        self.0.append_pax_extensions(records.iter().copied()).unwrap();
+        self
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+fn noise(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 17) as u8).collect()
+}
+
+fn every_kind() -> Vec<u8> {
+    TarBuilder::new()
+        .dir("./")
+        .dir("./etc/")
+        .file("./etc/hosts", b"127.0.0.1 localhost\n")
+        .file("./big", &noise(50_000, 1))
+        .file("./empty", b"")
+        .link(EntryType::Symlink, "./etc/escape", "../../../../etc/shadow")
+        .link(EntryType::Symlink, "./abs", "/usr/bin/env")
+        .link(EntryType::Link, "./big-again", "./big")
+        .device(EntryType::Char, "./null", 1, 3)
+        .device(EntryType::Block, "./sda", 8, 0)
+        .device(EntryType::Fifo, "./pipe", 0, 0)
+        .pax(&[("SCHILY.xattr.user.note", b"hi"), ("SCHILY.xattr.security.capability", b"\x01\x00"), ("mtime", b"1700000000.123456789")])
+        .file("./xattrs", b"x")
+        .raw_file(b"./\xff\xfename", b"not utf-8")
+        .file("./gone/.wh.old", b"")
+        .file("./opaque/.wh..wh..opq", b"")
+        .finish()
+}
+
+#[test]
+fn every_entry_kind_is_indexed() {
+    let (index, chunks) = read(&every_kind()).unwrap();
+    let by_path: HashMap<&[u8], &strata_layer::Entry> = index.entries.iter().map(|e| (&e.path[..], e)).collect();
+    let kind = |p: &[u8]| EntryKind::try_from(by_path[p].kind).unwrap();
+    assert_eq!(kind(b""), EntryKind::Dir);
+    assert_eq!(kind(b"etc/hosts"), EntryKind::File);
+    assert_eq!(kind(b"etc/escape"), EntryKind::Symlink);
+    assert_eq!(by_path[&b"etc/escape"[..]].link_target, b"../../../../etc/shadow");
+    assert_eq!(by_path[&b"abs"[..]].link_target, b"/usr/bin/env");
+    assert_eq!(kind(b"big"), EntryKind::File, "the smallest path of a hardlink group holds the content");
+    assert_eq!(kind(b"big-again"), EntryKind::Hardlink);
+    assert_eq!(by_path[&b"big-again"[..]].link_target, b"big");
+    assert_eq!(kind(b"null"), EntryKind::CharDevice);
+    assert_eq!((by_path[&b"sda"[..]].dev_major, by_path[&b"sda"[..]].dev_minor), (8, 0));
+    assert_eq!(kind(b"pipe"), EntryKind::Fifo);
+    assert_eq!(kind(b"gone/old"), EntryKind::Whiteout);
+    assert_eq!(kind(b"\xff\xfename"), EntryKind::File);
+    assert_eq!(index.opaque_dirs, vec![b"opaque".to_vec()]);
+    assert!(!by_path.contains_key(&b"opaque/.wh..wh..opq"[..]));
+    let x = by_path[&b"xattrs"[..]];
+    assert_eq!(x.mtime_ns, 1_700_000_000_123_456_789);
+    let names: Vec<&[u8]> = x.xattrs.iter().map(|a| &a.name[..]).collect();
+    assert_eq!(names, vec![&b"security.capability"[..], b"user.note"], "xattrs sorted by name");
+    let hosts = by_path[&b"etc/hosts"[..]];
+    assert_eq!((hosts.mode, hosts.uid, hosts.gid, hosts.size), (0o644, 1000, 1000, 20));
+    let big = by_path[&b"big"[..]];
+    assert!(big.chunks.len() > 5);
+    let mut offset = 0;
+    for c in &big.chunks {
+        assert_eq!(c.offset, offset);
+        offset += u64::from(c.length);
+        assert!(chunks.0.contains_key(&ChunkId::from_slice(&c.id).unwrap()));
+    }
+    assert_eq!(offset, 50_000);
+    assert!(by_path[&b"empty"[..]].chunks.is_empty());
+}
+
+#[test]
+fn hardlink_groups_are_canonical_whichever_name_came_first() {
+    let a = TarBuilder::new().file("z", b"shared").link(EntryType::Link, "a", "z").finish();
+    let b = TarBuilder::new().file("a", b"shared").link(EntryType::Link, "z", "a").finish();
+    let (ia, _) = read(&a).unwrap();
+    let (ib, _) = read(&b).unwrap();
+    assert_eq!(ia, ib);
+    assert_eq!(EntryKind::try_from(ia.entries[0].kind).unwrap(), EntryKind::File);
+    assert_eq!(ia.entries[1].link_target, b"a");
+}
+
+#[test]
+fn export_reads_back_to_the_same_layer_id() {
+    let (index, mut chunks) = read(&every_kind()).unwrap();
+    let tar = write_layer(&index, &mut chunks, Vec::new()).unwrap();
+    let (again, _) = read(&tar).unwrap();
+    assert_eq!(again, index);
+    assert_eq!(layer_id(&again), layer_id(&index));
+}
+
+#[test]
+fn long_names_and_big_ids_round_trip_through_pax() {
+    let long = format!("{}/file", "d".repeat(200));
+    let tar = TarBuilder::new().pax(&[("path", long.as_bytes()), ("uid", b"4000000000")]).file("x", b"data").finish();
+    let (index, mut chunks) = read(&tar).unwrap();
+    assert_eq!(index.entries[0].path, long.as_bytes());
+    assert_eq!(index.entries[0].uid, 4_000_000_000);
+    let (again, _) = read(&write_layer(&index, &mut chunks, Vec::new()).unwrap()).unwrap();
+    assert_eq!(again, index);
+}
+
+fn refused(tar: &[u8]) -> String {
+    match read(tar) {
+        Ok(_) => panic!("hostile layer was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn dotdot_and_absolute_paths_are_refused_by_name() {
+    let e = refused(&TarBuilder::new().file("../../etc/cron.d/evil", b"x").finish());
+    assert!(e.contains("../../etc/cron.d/evil") && e.contains(".."), "{e}");
+    let e = refused(&TarBuilder::new().file("/etc/passwd", b"x").finish());
+    assert!(e.contains("/etc/passwd") && e.contains("absolute"), "{e}");
+}
+
+#[test]
+fn writing_through_a_symlink_parent_is_refused() {
+    let tar = TarBuilder::new().link(EntryType::Symlink, "etc", "/etc").file("etc/passwd", b"root::0:0").finish();
+    let e = refused(&tar);
+    assert!(e.contains("etc/passwd") && e.contains("not a directory"), "{e}");
+}
+
+#[test]
+fn hardlinks_to_missing_or_later_entries_are_refused() {
+    let e = refused(&TarBuilder::new().link(EntryType::Link, "a", "nowhere").finish());
+    assert!(e.contains("\"a\"") && e.contains("nowhere"), "{e}");
+    let e = refused(&TarBuilder::new().link(EntryType::Link, "a", "b").file("b", b"later").finish());
+    assert!(e.contains("\"a\""), "{e}");
+    let e = refused(&TarBuilder::new().dir("d").link(EntryType::Link, "a", "d").finish());
+    assert!(e.contains("not an earlier regular file"), "{e}");
+    let e = refused(&TarBuilder::new().link(EntryType::Link, "a", "../x").finish());
+    assert!(e.contains("hardlink target"), "{e}");
+}
+
+#[test]
+fn duplicate_entries_last_wins_and_hardlinks_keep_old_content() {
+    let tar = TarBuilder::new()
+        .file("f", b"first")
+        .link(EntryType::Link, "g", "f")
+        .file("f", b"second")
+        .file("h", b"one")
+        .file("h", b"two")
+        .finish();
+    let (index, mut chunks) = read(&tar).unwrap();
+    let content = |p: &[u8], chunks: &mut Chunks| {
+        let e = index.entries.iter().find(|e| e.path == p).unwrap();
+        e.chunks.iter().flat_map(|c| chunks.chunk(&ChunkId::from_slice(&c.id).unwrap()).unwrap()).collect::<Vec<u8>>()
+    };
+    assert_eq!(content(b"f", &mut chunks), b"second");
+    assert_eq!(content(b"g", &mut chunks), b"first", "the link keeps the inode it was made to");
+    assert_eq!(content(b"h", &mut chunks), b"two");
+    assert_eq!(index.entries.len(), 3);
+}
+
+#[test]
+fn truncated_archives_are_refused() {
+    let whole = TarBuilder::new().file("a", &noise(10_000, 3)).file("b", b"bee").finish();
+    // Cut inside a's data.
+    let e = refused(&whole[..3000]);
+    assert!(e.contains("\"a\"") && e.contains("archive ends inside this entry"), "{e}");
+    // Cut exactly after b's data block, before the end-of-archive marker.
+    let end_of_b = 512 + 10_240 + 512 + 512;
+    let e = refused(&whole[..end_of_b]);
+    assert!(e.contains("truncated") && e.contains("\"b\""), "{e}");
+    // Cut inside a header.
+    let e = refused(&whole[..512 + 10_240 + 100]);
+    assert!(e.contains("\"a\""), "{e}");
+}
+
+#[test]
+fn a_size_beyond_the_archive_is_refused() {
+    let mut tar = TarBuilder::new().file("small", b"tiny").finish();
+    let mut h = Header::from_byte_slice(&tar[..512]).clone();
+    h.set_size(1 << 40);
+    h.set_cksum();
+    tar[..512].copy_from_slice(h.as_bytes());
+    let e = refused(&tar);
+    assert!(e.contains("small") && e.contains("1099511627776"), "{e}");
+}
+
+#[test]
+fn very_deep_paths_are_refused_but_deep_trees_are_fine() {
+    let deep = "d/".repeat(2100) + "f";
+    let e = refused(&TarBuilder::new().pax(&[("path", deep.as_bytes())]).file("x", b"x").finish());
+    assert!(e.contains("more than the 4096 allowed"), "{e}");
+
+    let ok = "d/".repeat(500) + "f";
+    let (index, _) = read(&TarBuilder::new().pax(&[("path", ok.as_bytes())]).file("x", b"x").finish()).unwrap();
+    assert_eq!(index.entries[0].path, ok.as_bytes());
+}
+
+#[test]
+fn a_corrupt_header_names_the_last_good_member() {
+    let mut tar = TarBuilder::new().file("good", b"ok").file("bad", b"x").finish();
+    tar[1024 + 148] ^= 0x55; // checksum field of the second header
+    let e = refused(&tar);
+    assert!(e.contains("\"good\"") && e.contains("cksum"), "{e}");
+}
+
+#[test]
+fn root_must_be_a_directory() {
+    let e = refused(&TarBuilder::new().file("./", b"").finish());
+    assert!(e.contains("root"), "{e}");
+}
+
+// Trees as (path, content) sets, built in any member order, with noise members
+// that later members override: the index must only depend on the final tree.
+fn tree_strategy() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+    let name = "[a-c]{1,2}(/[a-c]{1,2}){0,2}";
+    proptest::collection::btree_map(name, proptest::collection::vec(any::<u8>(), 0..3000), 1..12)
+        .prop_map(|m| m.into_iter().collect())
+}
+
+fn tar_of(files: &[(String, Vec<u8>)], decoys: bool) -> Vec<u8> {
+    // Turn paths that are prefixes of others into directories.
+    let all: Vec<&String> = files.iter().map(|(p, _)| p).collect();
+    let mut b = TarBuilder::new();
+    for (path, data) in files {
+        let is_dir = all.iter().any(|o| o.starts_with(&format!("{path}/")));
+        if decoys {
+            b = b.file(path, b"decoy that a later member replaces");
+        }
+        b = if is_dir { b.dir(path) } else { b.file(path, data) };
+    }
+    b.finish()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn index_encoding_depends_only_on_the_tree(files in tree_strategy(), seed in any::<u64>()) {
+        let mut shuffled = files.clone();
+        // Parents first keeps the tar valid; order siblings by a seeded key.
+        shuffled.sort_by_key(|(p, _)| (p.matches('/').count(), blake3::hash(&[p.as_bytes(), &seed.to_le_bytes()].concat()).as_bytes()[0]));
+        let (a, mut chunks) = read(&tar_of(&files, false)).unwrap();
+        let (b, _) = read(&tar_of(&shuffled, true)).unwrap();
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(layer_id(&a), layer_id(&b));
+        let (c, _) = read(&write_layer(&a, &mut chunks, Vec::new()).unwrap()).unwrap();
+        prop_assert_eq!(layer_id(&a), layer_id(&c));
+    }
+}

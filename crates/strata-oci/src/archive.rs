@@ -1,0 +1,201 @@
+//! Reading members of an image archive in place: a directory (OCI layout) or
+//! a tar file, whose members are indexed once and then read by offset.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_layer::normalize_member_path;
+
+use crate::ImportError;
+
+/// Largest JSON document (manifest, index, config) read into memory.
+pub(crate) const MAX_JSON_LEN: u64 = 16 << 20;
+/// Symlinks followed inside a tar archive before giving up.
+const MAX_LINK_HOPS: usize = 16;
+
+pub(crate) enum Archive {
+    Dir(PathBuf),
+    Tar(TarArchive),
+}
+
+pub(crate) struct TarArchive {
+    file: Arc<File>,
+    members: HashMap<String, Member>,
+}
+
+enum Member {
+    Data { offset: u64, size: u64 },
+    /// Symlink or hardlink: the member path it points at.
+    Link(String),
+}
+
+impl Archive {
+    pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
+        let open_err = |source| ImportError::Open { path: path.to_owned(), source };
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        if meta.is_dir() {
+            return Ok(Archive::Dir(path.to_owned()));
+        }
+        let file = File::open(path).map_err(open_err)?;
+        let len = meta.len();
+        let mut members = HashMap::new();
+        let mut tar = tar::Archive::new(&file);
+        let entries = tar.entries_with_seek().map_err(open_err)?;
+        let mut last = String::from("(start of archive)");
+        for entry in entries {
+            let entry = entry.map_err(|e| ImportError::member(&last, format!("next member unreadable: {e}")))?;
+            let raw = entry.path_bytes().into_owned();
+            let name = String::from_utf8_lossy(&raw).into_owned();
+            let Ok(key) = normalize_member_path(&raw) else {
+                // Image archives address members by plain relative names; an
+                // escaping one can never be addressed, so it is ignored.
+                tracing::warn!(member = %name, "ignoring archive member with an unsafe path");
+                continue;
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let kind = entry.header().entry_type();
+            let member = if kind.is_symlink() || kind.is_hard_link() {
+                let target = entry.link_name_bytes().unwrap_or_default();
+                let target = if kind.is_symlink() {
+                    // Relative to the link's directory, as docker save writes them.
+                    let dir = key.rsplit_once('/').map_or("", |(d, _)| d);
+                    resolve_relative(dir, &String::from_utf8_lossy(&target))
+                } else {
+                    normalize_member_path(&target).ok().map(|t| String::from_utf8_lossy(&t).into_owned())
+                };
+                match target {
+                    Some(t) => Member::Link(t),
+                    None => continue,
+                }
+            } else {
+                let offset = entry.raw_file_position();
+                let size = entry.size();
+                if offset.saturating_add(size) > len {
+                    return Err(ImportError::member(
+                        &name,
+                        format!("archive is truncated: member needs bytes up to {}, file has {len}", offset + size),
+                    ));
+                }
+                Member::Data { offset, size }
+            };
+            members.insert(key, member);
+            last = name;
+        }
+        Ok(Archive::Tar(TarArchive { file: Arc::new(file), members }))
+    }
+
+    pub(crate) fn contains(&self, member: &str) -> bool {
+        match self {
+            Archive::Dir(root) => root.join(member).is_file(),
+            Archive::Tar(t) => t.resolve(member).is_ok(),
+        }
+    }
+
+    /// Opens a member for streaming; returns the reader and its size.
+    pub(crate) fn open_member(&self, member: &str) -> Result<(Box<dyn Read + Send>, u64), ImportError> {
+        let missing = || ImportError::MissingMember { member: member.to_owned() };
+        let key = normalize_member_path(member.as_bytes()).map_err(|e| ImportError::member(member, e))?;
+        let key = String::from_utf8_lossy(&key).into_owned();
+        match self {
+            Archive::Dir(root) => {
+                let path = root.join(&key);
+                let meta = std::fs::symlink_metadata(&path).map_err(|_| missing())?;
+                if !meta.is_file() {
+                    return Err(ImportError::member(member, "not a regular file"));
+                }
+                let file = File::open(&path).map_err(|e| ImportError::member(member, e))?;
+                Ok((Box::new(file), meta.len()))
+            }
+            Archive::Tar(t) => {
+                let (offset, size) = t.resolve(&key).map_err(|_| missing())?;
+                Ok((Box::new(AtReader { file: t.file.clone(), pos: offset, end: offset + size }), size))
+            }
+        }
+    }
+
+    /// Reads a small member (JSON) whole, refusing absurd sizes.
+    pub(crate) fn read_small(&self, member: &str) -> Result<Vec<u8>, ImportError> {
+        let (reader, size) = self.open_member(member)?;
+        if size > MAX_JSON_LEN {
+            return Err(ImportError::member(member, format!("{size} bytes, more than {MAX_JSON_LEN} allowed")));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        reader.take(MAX_JSON_LEN).read_to_end(&mut out).map_err(|e| ImportError::member(member, e))?;
+        if out.len() as u64 != size {
+            return Err(ImportError::member(member, format!("truncated: {} of {size} bytes", out.len())));
+        }
+        Ok(out)
+    }
+}
+
+impl TarArchive {
+    fn resolve(&self, key: &str) -> Result<(u64, u64), ()> {
+        let mut key = key.to_owned();
+        for _ in 0..MAX_LINK_HOPS {
+            match self.members.get(&key) {
+                Some(Member::Data { offset, size }) => return Ok((*offset, *size)),
+                Some(Member::Link(target)) => key = target.clone(),
+                None => return Err(()),
+            }
+        }
+        Err(())
+    }
+}
+
+/// `target` taken relative to `dir`, inside the archive, or None if it
+/// leaves the archive root.
+fn resolve_relative(dir: &str, target: &str) -> Option<String> {
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        dir.split('/').filter(|p| !p.is_empty()).collect()
+    };
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Reads `[pos, end)` of a shared file with positioned reads.
+struct AtReader {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for AtReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "archive file shrank while being read"));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_relative;
+
+    #[test]
+    fn relative_links_stay_inside() {
+        assert_eq!(resolve_relative("abc", "../def/layer.tar").as_deref(), Some("def/layer.tar"));
+        assert_eq!(resolve_relative("", "x").as_deref(), Some("x"));
+        assert_eq!(resolve_relative("abc", "../../etc/passwd"), None);
+    }
+}

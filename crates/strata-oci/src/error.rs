@@ -1,0 +1,56 @@
+use std::io;
+use std::path::PathBuf;
+
+use strata_layer::LayerError;
+use strata_store::StoreError;
+use strata_types::OciDigest;
+
+use crate::NameError;
+
+/// Why an import was refused. The store is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{}: neither a docker-save archive nor an OCI image layout (no manifest.json or index.json)", path.display())]
+    UnknownFormat { path: PathBuf },
+    #[error("archive member {member:?}: {reason}")]
+    Member { member: String, reason: String },
+    #[error("archive member {member:?}: missing from the archive")]
+    MissingMember { member: String },
+    #[error("archive member {member:?}: digest is {actual}, the manifest says {expected}")]
+    DigestMismatch { member: String, expected: OciDigest, actual: OciDigest },
+    #[error("archive member {member:?}: {actual} bytes, the manifest says {expected}")]
+    SizeMismatch { member: String, expected: u64, actual: u64 },
+    #[error("archive member {member:?}: {source}")]
+    Layer { member: String, source: LayerError },
+    #[error("{0}")]
+    Format(String),
+    #[error("--name applies to an archive with one image; this one has {0}")]
+    NameNeedsOneImage(usize),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("import setup: {0}")]
+    Setup(String),
+}
+
+impl ImportError {
+    pub(crate) fn member(member: &str, reason: impl ToString) -> Self {
+        ImportError::Member { member: member.to_owned(), reason: reason.to_string() }
+    }
+}
+
+/// Why an export failed. No partial output file is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("layer {layer}: {source}")]
+    Layer { layer: String, source: LayerError },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("image config is not valid JSON: {0}")]
+    Config(serde_json::Error),
+}

@@ -1,0 +1,302 @@
+use std::collections::{HashMap, HashSet};
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use strata_chunk::{ChunkEncoder, Chunker, Chunking};
+use strata_layer::{read_layer, ChunkSink, LayerIndex, LayerSummary};
+use strata_proto::v1::{ImageRecord, LayerRecord};
+use strata_store::{ImportTxn, Store, StoreError};
+use strata_types::{ChunkId, ImageId, LayerId};
+
+use crate::archive::Archive;
+use crate::blob::{Compression, Hashing};
+use crate::formats::{plan, ImagePlan, LayerPlan};
+use crate::{normalize_name, ImportError};
+
+/// How to import.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Names to give the image instead of those in the archive (the archive
+    /// must then hold exactly one image).
+    pub names: Vec<String>,
+    pub chunking: Chunking,
+    /// zstd level for chunks.
+    pub zstd_level: i32,
+    /// Threads compressing and storing chunks.
+    pub workers: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            names: Vec::new(),
+            chunking: Chunking::default(),
+            zstd_level: 3,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Told how an import advances; the CLI draws a progress bar with it.
+pub trait ImportProgress: Send + Sync {
+    /// Before the first layer: the blob bytes the import will read.
+    fn start(&self, _total_bytes: u64) {}
+    /// Another `bytes` of layer blobs read.
+    fn advance(&self, _bytes: u64) {}
+    /// A layer begins.
+    fn layer(&self, _member: &str) {}
+}
+
+/// An [`ImportProgress`] that shows nothing.
+pub struct NoProgress;
+impl ImportProgress for NoProgress {}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedImage {
+    pub names: Vec<String>,
+    pub id: ImageId,
+    pub layers: Vec<LayerId>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub images: Vec<ImportedImage>,
+    pub layers_added: usize,
+    pub new_chunks: u64,
+    pub new_chunk_bytes: u64,
+    /// Layer bytes read from the archive (as stored, compressed or not).
+    pub blob_bytes: u64,
+    /// Regular-file bytes of all layers read.
+    pub content_bytes: u64,
+}
+
+/// Imports every image of a docker-save archive or OCI layout (directory or
+/// tar) in one store transaction: all of them appear, or none and the store
+/// is as it was.
+pub fn import_archive(
+    store: &Store,
+    path: &Path,
+    options: &ImportOptions,
+    progress: &dyn ImportProgress,
+) -> Result<ImportReport, ImportError> {
+    let archive = Archive::open(path)?;
+    let mut plans = plan(&archive, path)?;
+    if !options.names.is_empty() {
+        if plans.len() != 1 {
+            return Err(ImportError::NameNeedsOneImage(plans.len()));
+        }
+        plans[0].names = options.names.iter().map(|n| normalize_name(n)).collect::<Result<_, _>>()?;
+    }
+    let mut txn = store.begin_import()?;
+    let mut chunker = Chunker::new(options.chunking).map_err(|e| ImportError::Setup(e.to_string()))?;
+
+    // Each distinct blob once, whatever number of images share it.
+    let mut unique: Vec<LayerPlan> = Vec::new();
+    let mut seen = HashSet::new();
+    for layer in plans.iter().flat_map(|p| &p.layers) {
+        if seen.insert(layer.member.clone()) {
+            unique.push(layer.clone());
+        }
+    }
+    let total: u64 = unique.iter().map(|l| l.blob_size.unwrap_or(0)).sum();
+    progress.start(total);
+
+    let mut report = ImportReport::default();
+    let converted = std::thread::scope(|scope| -> Result<Vec<(LayerIndex, LayerRecord)>, ImportError> {
+        let pool = ChunkPool::start(scope, &txn, options.workers.max(1), options.zstd_level)?;
+        let mut sink = pool.sink();
+        let mut out = Vec::new();
+        for layer in &unique {
+            progress.layer(&layer.member);
+            let result = convert_layer(&archive, layer, &mut chunker, &mut sink, progress);
+            match result {
+                Ok((index, record, summary)) => {
+                    report.blob_bytes += record.blob_size;
+                    report.content_bytes += summary.content_bytes;
+                    out.push((index, record));
+                }
+                Err(e) => {
+                    drop(sink);
+                    pool.finish().ok();
+                    return Err(e);
+                }
+            }
+        }
+        drop(sink);
+        pool.finish()?;
+        Ok(out)
+    })?;
+
+    let mut layer_ids: HashMap<String, LayerId> = HashMap::new();
+    for (layer, (index, record)) in unique.iter().zip(converted) {
+        let id = txn.stage_layer(&index, record)?;
+        layer_ids.insert(layer.member.clone(), id);
+    }
+    for plan in plans {
+        report.images.push(stage_image(&mut txn, plan, &layer_ids));
+    }
+    let summary = txn.commit()?;
+    report.layers_added = summary.layers_added;
+    report.new_chunks = summary.new_chunks;
+    report.new_chunk_bytes = summary.new_chunk_bytes;
+    Ok(report)
+}
+
+fn stage_image(txn: &mut ImportTxn<'_>, plan: ImagePlan, layer_ids: &HashMap<String, LayerId>) -> ImportedImage {
+    let layers: Vec<LayerId> = plan.layers.iter().filter_map(|l| layer_ids.get(&l.member).copied()).collect();
+    let record = ImageRecord {
+        layers: layers.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        config: plan.config,
+        config_digest: plan.config_digest.to_string(),
+    };
+    let id = ImageId::of(&prost::Message::encode_to_vec(&record));
+    // An image without a name is known by its id.
+    let names = if plan.names.is_empty() { vec![id.to_hex()] } else { plan.names };
+    txn.stage_image(record, names.clone());
+    ImportedImage { names, id, layers }
+}
+
+/// Streams one layer blob: checks its digest and diff_id, and returns the
+/// index and record.
+fn convert_layer<S: ChunkSink>(
+    archive: &Archive,
+    layer: &LayerPlan,
+    chunker: &mut Chunker,
+    sink: &mut S,
+    progress: &dyn ImportProgress,
+) -> Result<(LayerIndex, LayerRecord, LayerSummary), ImportError> {
+    let member = layer.member.as_str();
+    let (reader, size) = archive.open_member(member)?;
+    if let Some(expected) = layer.blob_size {
+        if expected != size {
+            return Err(ImportError::SizeMismatch { member: member.to_owned(), expected, actual: size });
+        }
+    }
+    let mut blob = Hashing::with_progress(reader, Box::new(|n| progress.advance(n)));
+    let mut buffered = BufReader::with_capacity(256 << 10, &mut blob);
+    let compression = Compression::sniff(&mut buffered).map_err(|e| ImportError::member(member, e))?;
+    let decoder = compression.decoder(buffered).map_err(|e| ImportError::member(member, e))?;
+
+    let layer_err = |source| ImportError::Layer { member: member.to_owned(), source };
+    let (index, summary, diff_id) = if compression == Compression::None {
+        let (index, summary) = read_layer(decoder, chunker, sink).map_err(layer_err)?;
+        (index, summary, None)
+    } else {
+        let mut tar = Hashing::new(decoder);
+        let (index, summary) = read_layer(&mut tar, chunker, sink).map_err(layer_err)?;
+        let (diff_id, _) = tar.finish().map_err(|e| ImportError::member(member, e))?;
+        (index, summary, Some(diff_id))
+    };
+    let (blob_digest, blob_size) = blob.finish().map_err(|e| ImportError::member(member, e))?;
+    let diff_id = diff_id.unwrap_or(blob_digest);
+    if let Some(expected) = layer.blob_digest {
+        if expected != blob_digest {
+            return Err(ImportError::DigestMismatch { member: member.to_owned(), expected, actual: blob_digest });
+        }
+    }
+    if diff_id != layer.diff_id {
+        return Err(ImportError::member(
+            member,
+            format!("uncompressed layer hashes to {diff_id}, the config's diff_id is {}", layer.diff_id),
+        ));
+    }
+    let record = LayerRecord {
+        diff_id: diff_id.to_string(),
+        blob_digest: blob_digest.to_string(),
+        blob_media_type: layer.media_type.clone(),
+        blob_size,
+        entries: summary.entries,
+        content_bytes: summary.content_bytes,
+        chunk_refs: summary.chunk_refs,
+    };
+    Ok((index, record, summary))
+}
+
+/// Worker threads that compress chunks and write them through the
+/// transaction, fed by a bounded channel so reading never runs far ahead.
+struct ChunkPool<'scope> {
+    tx: Sender<(ChunkId, Vec<u8>)>,
+    failure: Arc<Mutex<Option<StoreError>>>,
+    workers: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+}
+
+impl<'scope> ChunkPool<'scope> {
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        txn: &'scope ImportTxn<'env>,
+        workers: usize,
+        level: i32,
+    ) -> Result<Self, ImportError> {
+        let (tx, rx) = bounded::<(ChunkId, Vec<u8>)>(workers * 8);
+        let failure = Arc::new(Mutex::new(None));
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let encoder = ChunkEncoder::new(level).map_err(|e| ImportError::Setup(format!("zstd: {e}")))?;
+            let (rx, failure) = (rx.clone(), failure.clone());
+            handles.push(scope.spawn(move || store_chunks(txn, encoder, rx, failure)));
+        }
+        Ok(Self { tx, failure, workers: handles })
+    }
+
+    fn sink(&self) -> PoolSink {
+        PoolSink { tx: self.tx.clone(), failure: self.failure.clone(), sent: HashSet::new() }
+    }
+
+    fn finish(self) -> Result<(), ImportError> {
+        drop(self.tx);
+        for w in self.workers {
+            if w.join().is_err() {
+                return Err(ImportError::Setup("a chunk worker panicked".into()));
+            }
+        }
+        match self.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn store_chunks(
+    txn: &ImportTxn<'_>,
+    mut encoder: ChunkEncoder,
+    rx: Receiver<(ChunkId, Vec<u8>)>,
+    failure: Arc<Mutex<Option<StoreError>>>,
+) {
+    for (id, data) in rx {
+        if let Err(e) = txn.put_chunk(id, || encoder.encode(&data)) {
+            failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            return;
+        }
+    }
+}
+
+struct PoolSink {
+    tx: Sender<(ChunkId, Vec<u8>)>,
+    failure: Arc<Mutex<Option<StoreError>>>,
+    /// Chunks already handed over in this import.
+    sent: HashSet<ChunkId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("storing chunks: {0}")]
+struct SinkFailed(String);
+
+impl ChunkSink for PoolSink {
+    type Error = SinkFailed;
+
+    fn put(&mut self, id: ChunkId, data: &[u8]) -> Result<(), SinkFailed> {
+        if !self.sent.insert(id) {
+            return Ok(());
+        }
+        let failed = || {
+            let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            SinkFailed(failure.as_ref().map_or_else(|| "workers stopped".to_owned(), |e| e.to_string()))
+        };
+        if self.failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(failed());
+        }
+        self.tx.send((id, data.to_vec())).map_err(|_| failed())
+    }
+}

@@ -1,0 +1,23 @@
+//! Images in and out of the store: `docker save` archives and OCI image
+//! layouts (directory or tar), layers plain, gzip or zstd.
+//!
+//! Import reads the archive in place (never unpacking files onto the host),
+//! checks every blob against the digest the manifest gives it and every
+//! layer against its diff_id, streams each layer through `strata-layer` into
+//! chunks that worker threads compress and store, and commits all images of
+//! the archive in one store transaction. Export writes an OCI layout tar
+//! (with a docker-compatible `manifest.json`) rebuilt from layer indexes.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod archive;
+mod blob;
+mod error;
+mod export;
+mod formats;
+mod import;
+mod name;
+
+pub use error::{ExportError, ImportError};
+pub use export::{export_image, ExportOptions, ExportReport, LayerCompression};
+pub use import::{import_archive, ImportOptions, ImportProgress, ImportReport, ImportedImage, NoProgress};
+pub use name::{normalize_name, NameError};

@@ -1,0 +1,54 @@
+use oci_spec::distribution::Reference;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid image name {name:?}: {reason}")]
+pub struct NameError {
+    pub name: String,
+    pub reason: String,
+}
+
+/// The familiar form of an image reference, as `docker images` shows it:
+/// validated by the distribution grammar, `:latest` added when no tag or
+/// digest is given, `docker.io/` and `library/` dropped.
+pub fn normalize_name(name: &str) -> Result<String, NameError> {
+    let reference = Reference::try_from(name)
+        .map_err(|e| NameError { name: name.to_owned(), reason: e.to_string() })?;
+    let repository = reference.repository();
+    let mut out = match reference.registry() {
+        "docker.io" | "index.docker.io" | "" => {
+            repository.strip_prefix("library/").unwrap_or(repository).to_owned()
+        }
+        registry => format!("{registry}/{repository}"),
+    };
+    if let Some(tag) = reference.tag() {
+        out.push(':');
+        out.push_str(tag);
+    }
+    if let Some(digest) = reference.digest() {
+        out.push('@');
+        out.push_str(digest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn familiar_forms() {
+        assert_eq!(normalize_name("busybox").unwrap(), "busybox:latest");
+        assert_eq!(normalize_name("docker.io/library/busybox:1.36").unwrap(), "busybox:1.36");
+        assert_eq!(normalize_name("ghcr.io/org/app:v1").unwrap(), "ghcr.io/org/app:v1");
+        assert_eq!(normalize_name("localhost:5000/app").unwrap(), "localhost:5000/app:latest");
+        assert_eq!(normalize_name("me/app:dev").unwrap(), "me/app:dev");
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        assert!(normalize_name("Busybox").is_err());
+        assert!(normalize_name("").is_err());
+        assert!(normalize_name("a b").is_err());
+        assert!(normalize_name("app:").is_err());
+    }
+}

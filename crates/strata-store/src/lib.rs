@@ -1,0 +1,38 @@
+//! The chunk store: everything a node keeps, in one RocksDB database.
+//!
+//! Column families ([`schema`]): `chunks` (stored chunks by [`ChunkId`], in
+//! RocksDB blob files so compaction never rewrites chunk bytes), `layers`
+//! (records), `indexes` (encoded layer indexes by [`LayerId`]), `images`
+//! (records by [`ImageId`]), `names` (`repo:tag` to image), `refs`
+//! (chunk→layer, layer→image and image→name edges).
+//!
+//! Invariants:
+//! - Every chunk read is decoded and BLAKE3-verified; every index and image
+//!   record read is checked against its id.
+//! - An import is one [`ImportTxn`]: chunks go in as they are made, while
+//!   layer, image and name records appear in a single synced write at commit.
+//!   A failed transaction deletes the chunks it added; a killed one leaves
+//!   only unreferenced chunks, which [`Store::gc`] deletes.
+//! - A chunk is deleted only when no layer references it and no open
+//!   transaction has pinned it; pin-then-check in transactions and
+//!   check-pins-then-delete in GC happen under one lock, so GC cannot delete
+//!   what a concurrent import relies on.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod error;
+mod gc;
+mod pins;
+mod query;
+pub mod schema;
+mod stats;
+mod store;
+mod txn;
+
+pub use error::StoreError;
+pub use gc::GcReport;
+pub use query::{ImageEntry, LayerEntry, RemoveOutcome};
+pub use stats::StoreStats;
+pub use store::{OpenMode, Store};
+pub use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord};
+pub use strata_types::{ChunkId, ImageId, LayerId};
+pub use txn::ImportTxn;

@@ -1,0 +1,61 @@
+//! Column families and key layouts.
+
+use strata_types::{ChunkId, ImageId, LayerId};
+
+/// Stored chunks, key = ChunkId (32 bytes), value = strata-chunk's stored form.
+/// Also holds [`STATS_KEY`], the running totals of chunk count and bytes.
+pub const CHUNKS: &str = "chunks";
+/// LayerRecord by LayerId.
+pub const LAYERS: &str = "layers";
+/// Encoded LayerIndex by LayerId; LayerId = BLAKE3 of the value.
+pub const INDEXES: &str = "indexes";
+/// ImageRecord by ImageId; ImageId = BLAKE3 of the value.
+pub const IMAGES: &str = "images";
+/// Image name (`repo:tag`) to ImageId.
+pub const NAMES: &str = "names";
+/// Reference edges, all with empty values; see the key builders below.
+pub const REFS: &str = "refs";
+
+pub const ALL: [&str; 6] = [CHUNKS, LAYERS, INDEXES, IMAGES, NAMES, REFS];
+
+/// Key of the chunk totals in [`CHUNKS`]; its length sets it apart from ids.
+pub const STATS_KEY: &[u8] = b"\xffstats";
+
+const CHUNK_USED_BY_LAYER: u8 = b'c';
+const LAYER_USED_BY_IMAGE: u8 = b'l';
+const IMAGE_NAMED: u8 = b'n';
+
+fn key(tag: u8, a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + a.len() + b.len());
+    k.push(tag);
+    k.extend_from_slice(a);
+    k.extend_from_slice(b);
+    k
+}
+
+/// `c` chunk layer: the layer's index lists the chunk.
+pub fn chunk_ref(chunk: &ChunkId, layer: &LayerId) -> Vec<u8> {
+    key(CHUNK_USED_BY_LAYER, chunk.as_bytes(), layer.as_bytes())
+}
+
+pub fn chunk_ref_prefix(chunk: &ChunkId) -> Vec<u8> {
+    key(CHUNK_USED_BY_LAYER, chunk.as_bytes(), &[])
+}
+
+/// `l` layer image: the image lists the layer.
+pub fn layer_ref(layer: &LayerId, image: &ImageId) -> Vec<u8> {
+    key(LAYER_USED_BY_IMAGE, layer.as_bytes(), image.as_bytes())
+}
+
+pub fn layer_ref_prefix(layer: &LayerId) -> Vec<u8> {
+    key(LAYER_USED_BY_IMAGE, layer.as_bytes(), &[])
+}
+
+/// `n` image name: the image is known under the name.
+pub fn name_ref(image: &ImageId, name: &str) -> Vec<u8> {
+    key(IMAGE_NAMED, image.as_bytes(), name.as_bytes())
+}
+
+pub fn name_ref_prefix(image: &ImageId) -> Vec<u8> {
+    key(IMAGE_NAMED, image.as_bytes(), &[])
+}

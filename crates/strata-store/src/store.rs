@@ -1,0 +1,226 @@
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use prost::Message;
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, MergeOperands, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use strata_chunk::{ChunkDecoder, StoredChunkHeader};
+use strata_types::ChunkId;
+
+use crate::pins::PinTable;
+use crate::stats::ChunkTotals;
+use crate::{schema, StoreError};
+
+/// Whether the store may be changed through this handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Exclusive: one process at a time holds the store read-write.
+    ReadWrite,
+    /// A consistent view as of opening, beside a writer in another process.
+    ReadOnly,
+}
+
+/// A node's chunk store. `Store` is `Sync`: share it between threads.
+pub struct Store {
+    pub(crate) db: DB,
+    pub(crate) path: PathBuf,
+    pub(crate) mode: OpenMode,
+    pub(crate) pins: PinTable,
+    /// Held while records that reference layers are checked and written:
+    /// by commits, by `rm` and by GC's layer sweep.
+    pub(crate) records_lock: Mutex<()>,
+    /// Serializes "is this chunk new? then write it" per chunk stripe, so
+    /// totals count every chunk once.
+    chunk_stripes: [Mutex<()>; 64],
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path, mode: OpenMode) -> Result<Self, StoreError> {
+        if mode == OpenMode::ReadOnly && !dir.join("CURRENT").exists() {
+            // Nothing to read yet: create an empty store, then view it.
+            drop(Self::open(dir, OpenMode::ReadWrite)?);
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(std::thread::available_parallelism().map_or(2, |n| n.get()) as i32);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(256 << 20);
+        let cfs = schema::ALL.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+        let db = match mode {
+            OpenMode::ReadWrite => DB::open_cf_descriptors(&opts, dir, cfs),
+            OpenMode::ReadOnly => DB::open_cf_descriptors_read_only(&opts, dir, cfs, false),
+        }
+        .map_err(|source| {
+            let msg = source.to_string();
+            if msg.contains("LOCK") && (msg.contains("unavailable") || msg.contains("lock hold")) {
+                StoreError::Busy { path: dir.to_owned() }
+            } else {
+                StoreError::Open { path: dir.to_owned(), source }
+            }
+        })?;
+        Ok(Self {
+            db,
+            path: dir.to_owned(),
+            mode,
+            pins: PinTable::default(),
+            records_lock: Mutex::new(()),
+            chunk_stripes: std::array::from_fn(|_| Mutex::new(())),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        // Every family in `schema::ALL` is created at open.
+        #[allow(clippy::expect_used)]
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    pub(crate) fn writable(&self) -> Result<(), StoreError> {
+        match self.mode {
+            OpenMode::ReadWrite => Ok(()),
+            OpenMode::ReadOnly => Err(StoreError::ReadOnly),
+        }
+    }
+
+    pub(crate) fn lock_records(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.records_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_chunk(&self, id: &ChunkId) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = id.as_bytes()[0] as usize % self.chunk_stripes.len();
+        self.chunk_stripes[stripe].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunk's bytes, decoded and verified against `id`.
+    pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        let stored = self
+            .db
+            .get_pinned_cf(self.cf(schema::CHUNKS), id.as_bytes())?
+            .ok_or(StoreError::MissingChunk(*id))?;
+        let mut decoder = ChunkDecoder::new().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(decoder.decode(id, &stored)?)
+    }
+
+    /// The stored form of a chunk, unverified: for serving it on as is.
+    pub fn get_stored_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(schema::CHUNKS), id.as_bytes())?)
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let cf = self.cf(schema::CHUNKS);
+        if !self.db.key_may_exist_cf(cf, id.as_bytes()) {
+            return Ok(false);
+        }
+        Ok(self.db.get_pinned_cf(cf, id.as_bytes())?.is_some())
+    }
+
+    /// Writes a chunk unless present; returns whether it was new. The caller
+    /// must have pinned `id` (transactions do) or hold it referenced.
+    pub(crate) fn insert_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<bool, StoreError> {
+        let header = StoredChunkHeader::parse(id, stored)?;
+        let _stripe = self.lock_chunk(id);
+        if self.has_chunk(id)? {
+            return Ok(false);
+        }
+        let cf = self.cf(schema::CHUNKS);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, id.as_bytes(), stored);
+        batch.merge_cf(cf, schema::STATS_KEY, ChunkTotals::one(header.len, stored.len()).encode());
+        self.db.write_opt(batch, &chunk_write_options())?;
+        Ok(true)
+    }
+
+    /// Makes every chunk written so far durable (chunk writes skip the WAL).
+    pub(crate) fn flush_chunks(&self) -> Result<(), StoreError> {
+        self.db.flush_cf(self.cf(schema::CHUNKS))?;
+        Ok(())
+    }
+
+    pub(crate) fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    pub(crate) fn has_prefix(&self, cf: &str, prefix: &[u8]) -> Result<bool, StoreError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek(prefix);
+        if let Some(key) = it.key() {
+            return Ok(key.starts_with(prefix));
+        }
+        it.status()?;
+        Ok(false)
+    }
+
+    /// Keys in `cf` that start with `prefix`, with the prefix removed.
+    pub(crate) fn keys_with_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek(prefix);
+        while let Some(key) = it.key() {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(key[prefix.len()..].to_vec());
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    pub(crate) fn get_message<M: Message + Default>(
+        &self,
+        cf: &str,
+        what: &'static str,
+        key: &[u8],
+        display: impl ToString,
+    ) -> Result<Option<M>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(cf), key)? {
+            None => Ok(None),
+            Some(bytes) => M::decode(&*bytes).map(Some).map_err(|e| StoreError::decode(what, display, e)),
+        }
+    }
+}
+
+/// Chunk writes skip the WAL: a commit flushes the chunk family before it
+/// writes the records that reference chunks, and a chunk lost in a crash was
+/// garbage anyway.
+pub(crate) fn chunk_write_options() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
+    opts
+}
+
+fn cf_options(name: &str) -> Options {
+    let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table);
+    if name == schema::CHUNKS {
+        // Chunk payloads live in blob files: the LSM tree holds only keys and
+        // small blob references, so compaction never rewrites chunk bytes.
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(512);
+        opts.set_blob_file_size(256 << 20);
+        opts.set_enable_blob_gc(true);
+        opts.set_write_buffer_size(64 << 20);
+        opts.set_merge_operator_associative("strata-chunk-totals", merge_totals);
+    }
+    opts
+}
+
+fn merge_totals(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut total = existing.map(ChunkTotals::decode).unwrap_or_default();
+    for op in operands {
+        total = total.add(ChunkTotals::decode(op));
+    }
+    Some(total.encode())
+}

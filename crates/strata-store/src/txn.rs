@@ -1,0 +1,232 @@
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+use prost::Message;
+use rocksdb::WriteBatch;
+use strata_chunk::StoredChunkHeader;
+use strata_types::{ChunkId, ImageId, LayerId};
+
+use crate::stats::ChunkTotals;
+use crate::{schema, ImageRecord, LayerIndex, LayerRecord, Store, StoreError};
+
+/// One import: chunks are written as they come; layers, images and names
+/// become visible together at [`ImportTxn::commit`], or never. Dropping an
+/// uncommitted transaction deletes the chunks it added that nothing else uses.
+pub struct ImportTxn<'s> {
+    store: &'s Store,
+    pinned: Mutex<HashSet<ChunkId>>,
+    written: Mutex<Vec<(ChunkId, ChunkTotals)>>,
+    layers: Vec<StagedLayer>,
+    images: Vec<StagedImage>,
+    committed: bool,
+}
+
+struct StagedLayer {
+    id: LayerId,
+    record: LayerRecord,
+    index: Vec<u8>,
+    chunks: BTreeSet<ChunkId>,
+}
+
+struct StagedImage {
+    id: ImageId,
+    record: ImageRecord,
+    names: Vec<String>,
+}
+
+/// What a commit changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitSummary {
+    pub layers_added: usize,
+    pub images_added: usize,
+    pub new_chunks: u64,
+    pub new_chunk_bytes: u64,
+}
+
+impl Store {
+    pub fn begin_import(&self) -> Result<ImportTxn<'_>, StoreError> {
+        self.writable()?;
+        Ok(ImportTxn {
+            store: self,
+            pinned: Mutex::default(),
+            written: Mutex::default(),
+            layers: Vec::new(),
+            images: Vec::new(),
+            committed: false,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ImportTxn<'_> {
+    /// Makes sure the chunk is in the store. `encode` produces its stored form
+    /// and runs only when the chunk is new. Returns whether it was new.
+    /// Safe to call from several threads at once.
+    pub fn put_chunk(
+        &self,
+        id: ChunkId,
+        encode: impl FnOnce() -> Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        if lock(&self.pinned).insert(id) {
+            self.store.pins.pin(id);
+        }
+        // Pinned before looking: GC either deleted it already (and we write
+        // it again) or sees the pin and leaves it.
+        if self.store.has_chunk(&id)? {
+            return Ok(false);
+        }
+        let stored = encode();
+        let header = StoredChunkHeader::parse(&id, &stored)?;
+        let new = self.store.insert_chunk(&id, &stored)?;
+        if new {
+            lock(&self.written).push((id, ChunkTotals::one(header.len, stored.len())));
+        }
+        Ok(new)
+    }
+
+    /// Stages a layer; returns its id. Every chunk the index lists must have
+    /// gone through [`ImportTxn::put_chunk`] of this transaction.
+    pub fn stage_layer(&mut self, index: &LayerIndex, record: LayerRecord) -> Result<LayerId, StoreError> {
+        let bytes = index.encode_to_vec();
+        let id = LayerId::of(&bytes);
+        let pinned = lock(&self.pinned);
+        let mut chunks = BTreeSet::new();
+        for entry in &index.entries {
+            for chunk in &entry.chunks {
+                let chunk = ChunkId::from_slice(&chunk.id)
+                    .map_err(|e| StoreError::Corrupt(format!("layer {id}: chunk id: {e}")))?;
+                if !pinned.contains(&chunk) {
+                    return Err(StoreError::MissingChunk(chunk));
+                }
+                chunks.insert(chunk);
+            }
+        }
+        drop(pinned);
+        if !self.layers.iter().any(|l| l.id == id) {
+            self.layers.push(StagedLayer { id, record, index: bytes, chunks });
+        }
+        Ok(id)
+    }
+
+    /// Stages an image under `names` (at least one). Its layers must be staged
+    /// in this transaction or already stored.
+    pub fn stage_image(&mut self, record: ImageRecord, names: Vec<String>) -> ImageId {
+        let id = ImageId::of(&record.encode_to_vec());
+        self.images.push(StagedImage { id, record, names });
+        id
+    }
+
+    /// Makes everything staged visible at once, durably.
+    pub fn commit(mut self) -> Result<CommitSummary, StoreError> {
+        let store = self.store;
+        store.flush_chunks()?;
+        let _records = store.lock_records();
+        let mut batch = WriteBatch::default();
+        let mut summary = CommitSummary::default();
+
+        let staged_layers: HashSet<LayerId> = self.layers.iter().map(|l| l.id).collect();
+        for layer in &self.layers {
+            if store.layer(&layer.id)?.is_some() {
+                continue;
+            }
+            batch.put_cf(store.cf(schema::LAYERS), layer.id.as_bytes(), layer.record.encode_to_vec());
+            batch.put_cf(store.cf(schema::INDEXES), layer.id.as_bytes(), &layer.index);
+            for chunk in &layer.chunks {
+                batch.put_cf(store.cf(schema::REFS), schema::chunk_ref(chunk, &layer.id), b"");
+            }
+            summary.layers_added += 1;
+        }
+
+        // Names: the last image to claim a name in this transaction gets it.
+        let mut claims: HashMap<&str, ImageId> = HashMap::new();
+        for image in &self.images {
+            for name in &image.names {
+                claims.insert(name, image.id);
+            }
+        }
+        let mut names_of: HashMap<ImageId, BTreeSet<String>> = HashMap::new();
+        let mut touched: BTreeSet<ImageId> = BTreeSet::new();
+        for (name, id) in &claims {
+            if let Some(old) = store.image_by_name(name)? {
+                if old != *id {
+                    batch.delete_cf(store.cf(schema::REFS), schema::name_ref(&old, name));
+                    names_with(&mut names_of, store, old)?.remove(*name);
+                    touched.insert(old);
+                }
+            }
+            batch.put_cf(store.cf(schema::NAMES), name.as_bytes(), id.as_bytes());
+            batch.put_cf(store.cf(schema::REFS), schema::name_ref(id, name), b"");
+            names_with(&mut names_of, store, *id)?.insert((*name).to_owned());
+            touched.insert(*id);
+        }
+
+        let mut written_images = HashSet::new();
+        for image in &self.images {
+            let keeps_a_name = names_of.get(&image.id).is_some_and(|n| !n.is_empty());
+            if !keeps_a_name || !written_images.insert(image.id) {
+                continue;
+            }
+            for layer in &image.record.layers {
+                let layer = LayerId::from_slice(layer)
+                    .map_err(|e| StoreError::Corrupt(format!("image {}: layer id: {e}", image.id)))?;
+                if !staged_layers.contains(&layer) && store.layer(&layer)?.is_none() {
+                    return Err(StoreError::MissingLayer(layer));
+                }
+                batch.put_cf(store.cf(schema::REFS), schema::layer_ref(&layer, &image.id), b"");
+            }
+            if store.image(&image.id)?.is_none() {
+                batch.put_cf(store.cf(schema::IMAGES), image.id.as_bytes(), image.record.encode_to_vec());
+                summary.images_added += 1;
+            }
+        }
+        // Images that lost their last name go, as with `rm`.
+        for id in touched {
+            if names_of.get(&id).is_some_and(|n| n.is_empty()) && !written_images.contains(&id) {
+                store.delete_image_records(&mut batch, &id)?;
+            }
+        }
+
+        store.write_synced(batch)?;
+        let written = lock(&self.written);
+        summary.new_chunks = written.len() as u64;
+        summary.new_chunk_bytes = written.iter().map(|(_, t)| t.bytes as u64).sum();
+        drop(written);
+        self.committed = true;
+        Ok(summary)
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        let written = std::mem::take(&mut *lock(&self.written));
+        let own = lock(&self.pinned);
+        self.store.delete_unused_chunks(written.into_iter().map(|(id, t)| (id, Some(t))), &own)?;
+        Ok(())
+    }
+}
+
+/// The names `id` will have, starting from those stored.
+fn names_with<'m>(
+    names_of: &'m mut HashMap<ImageId, BTreeSet<String>>,
+    store: &Store,
+    id: ImageId,
+) -> Result<&'m mut BTreeSet<String>, StoreError> {
+    if !names_of.contains_key(&id) {
+        names_of.insert(id, store.image_names(&id)?);
+    }
+    Ok(names_of.entry(id).or_default())
+}
+
+impl Drop for ImportTxn<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = self.rollback() {
+                // What stays behind is unreferenced: the next GC deletes it.
+                tracing::warn!(error = %e, "import rollback incomplete; `strata gc` will finish it");
+            }
+        }
+        let pinned = std::mem::take(&mut *lock(&self.pinned));
+        self.store.pins.unpin_all(pinned);
+    }
+}
