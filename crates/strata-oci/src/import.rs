@@ -108,7 +108,8 @@ pub fn import_archive(
         let pool = ChunkPool::start(scope, &txn, options.workers.max(1), options.zstd_level)?;
         let mut sink = pool.sink();
         let mut out = Vec::new();
-        for layer in &unique {
+        for (n, layer) in unique.iter().enumerate() {
+            tracing::info!(member = %layer.member, layer = n + 1, of = unique.len(), "importing layer");
             progress.layer(&layer.member);
             let result = convert_layer(&archive, layer, &mut chunker, &mut sink, progress);
             match result {
@@ -223,9 +224,9 @@ struct ChunkPool<'scope> {
 }
 
 impl<'scope> ChunkPool<'scope> {
-    fn start<'env>(
+    fn start<'env, 'store: 'scope>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
-        txn: &'scope ImportTxn<'env>,
+        txn: &'scope ImportTxn<'store>,
         workers: usize,
         level: i32,
     ) -> Result<Self, ImportError> {

@@ -16,8 +16,10 @@ mod export;
 mod formats;
 mod import;
 mod name;
+mod writer;
 
 pub use error::{ExportError, ImportError};
-pub use export::{export_image, ExportOptions, ExportReport, LayerCompression};
+pub use export::{export_image, ExportOptions, ExportReport, ExportedLayer};
 pub use import::{import_archive, ImportOptions, ImportProgress, ImportReport, ImportedImage, NoProgress};
 pub use name::{normalize_name, NameError};
+pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, WrittenLayer};

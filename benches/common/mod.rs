@@ -1,0 +1,82 @@
+//! Helpers for end-to-end benchmarks: run commands, time them, read their
+//! peak memory, and print figures as Markdown.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Measured {
+    pub wall: Duration,
+    /// Peak resident set size of the process, in bytes.
+    pub max_rss: u64,
+}
+
+/// Runs `cmd` to completion and measures wall time and peak RSS (from wait4).
+pub fn measure(cmd: &mut Command) -> Measured {
+    let started = Instant::now();
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert_eq!(r, pid, "wait4 failed");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed with status {status}");
+    std::mem::forget(child);
+    Measured { wall, max_rss: usage.ru_maxrss as u64 * 1024 }
+}
+
+pub fn strata(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.arg("--data-dir").arg(data_dir).env("STRATA_LOG", "warn");
+    cmd
+}
+
+/// A scratch directory on the disk that holds the cargo target dir (local,
+/// not tmpfs), so both sides of a comparison write to the same device.
+pub fn scratch(name: &str) -> PathBuf {
+    let base = std::env::var_os("STRATA_BENCH_DIR").map_or_else(|| PathBuf::from("/var/tmp/strata-bench"), PathBuf::from);
+    let dir = base.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench scratch dir");
+    dir
+}
+
+pub fn sync() {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The most recent `n` distinct versions apt knows for `package`.
+pub fn apt_versions(package: &str, n: usize) -> Vec<String> {
+    let out = Command::new("apt-cache").args(["madison", package]).output().expect("apt-cache");
+    let mut versions: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_owned()))
+        .collect();
+    versions.dedup();
+    // Sort newest first with dpkg's own ordering.
+    versions.sort_by(|a, b| {
+        let newer = Command::new("dpkg").args(["--compare-versions", a, "gt", b]).status().map(|s| s.success()).unwrap_or(false);
+        if newer { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater }
+    });
+    versions.dedup();
+    versions.truncate(n);
+    versions
+}

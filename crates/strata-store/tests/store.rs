@@ -1,0 +1,213 @@
+//! The store against real RocksDB: transactions, rollback, GC, pins.
+
+use strata_chunk::ChunkEncoder;
+use strata_proto::v1::{ChunkRef, Entry, EntryKind};
+use strata_store::{ImageRecord, LayerIndex, LayerRecord, OpenMode, Store, StoreError, StoreStats};
+use strata_types::{ChunkId, LayerId};
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("store"), OpenMode::ReadWrite).unwrap()
+}
+
+fn encode(data: &[u8]) -> Vec<u8> {
+    ChunkEncoder::new(3).unwrap().encode(data)
+}
+
+/// A one-file layer holding `data` as one chunk.
+fn layer_of(data: &[u8]) -> (ChunkId, LayerIndex) {
+    let id = ChunkId::of(data);
+    let index = LayerIndex {
+        version: 1,
+        entries: vec![Entry {
+            path: b"f".to_vec(),
+            kind: EntryKind::File as i32,
+            mode: 0o644,
+            size: data.len() as u64,
+            chunks: vec![ChunkRef { id: id.as_bytes().to_vec(), offset: 0, length: data.len() as u32 }],
+            ..Default::default()
+        }],
+        opaque_dirs: vec![],
+    };
+    (id, index)
+}
+
+fn record(size: u64) -> LayerRecord {
+    LayerRecord { content_bytes: size, entries: 1, chunk_refs: 1, ..Default::default() }
+}
+
+/// Imports a one-layer image named `name` whose only file is `data`.
+fn import(store: &Store, name: &str, data: &[u8]) -> LayerId {
+    let mut txn = store.begin_import().unwrap();
+    let (chunk, index) = layer_of(data);
+    txn.put_chunk(chunk, || encode(data)).unwrap();
+    let layer = txn.stage_layer(&index, record(data.len() as u64)).unwrap();
+    let image = ImageRecord { layers: vec![layer.as_bytes().to_vec()], config: b"{}".to_vec(), config_digest: String::new() };
+    txn.stage_image(image, vec![name.to_owned()]);
+    txn.commit().unwrap();
+    layer
+}
+
+fn snapshot(store: &Store) -> (Vec<String>, StoreStats) {
+    let names = store.images().unwrap().into_iter().map(|i| i.name).collect();
+    let mut stats = store.stats().unwrap();
+    stats.disk_bytes = 0;
+    (names, stats)
+}
+
+#[test]
+fn committed_images_read_back_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let data = b"hello strata ".repeat(1000);
+    let layer = import(&store, "app:1", &data);
+    let (id, rec) = store.resolve("app:1").unwrap();
+    assert_eq!(rec.layers, vec![layer.as_bytes().to_vec()]);
+    assert_eq!(store.resolve(&id.to_hex()[..8]).unwrap().0, id);
+    assert_eq!(store.get_chunk(&ChunkId::of(&data)).unwrap(), data);
+    assert_eq!(store.layer_index(&layer).unwrap(), layer_of(&data).1);
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.chunks, stats.unique_bytes, stats.logical_bytes, stats.images), (1, data.len() as u64, data.len() as u64, 1));
+    assert!(stats.stored_bytes < stats.unique_bytes, "text compresses");
+}
+
+#[test]
+fn a_lying_encoder_is_caught_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let id = ChunkId::of(b"the real content");
+    let txn = store.begin_import().unwrap();
+    txn.put_chunk(id, || encode(b"something else")).unwrap();
+    let err = store.get_chunk(&id).unwrap_err();
+    assert!(matches!(err, StoreError::Chunk(_)), "{err}");
+    assert!(err.to_string().contains(&id.to_hex()), "{err}");
+}
+
+#[test]
+fn an_abandoned_import_leaves_the_store_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    import(&store, "base:1", b"base content");
+    let before = snapshot(&store);
+    {
+        let mut txn = store.begin_import().unwrap();
+        let (chunk, index) = layer_of(b"new content");
+        txn.put_chunk(chunk, || encode(b"new content")).unwrap();
+        // Reusing an existing chunk must not delete it on rollback.
+        txn.put_chunk(ChunkId::of(b"base content"), || encode(b"base content")).unwrap();
+        txn.stage_layer(&index, record(11)).unwrap();
+        assert_eq!(store.stats().unwrap().chunks, 2);
+    }
+    assert_eq!(snapshot(&store), before);
+    assert_eq!(store.get_chunk(&ChunkId::of(b"base content")).unwrap(), b"base content");
+}
+
+#[test]
+fn a_killed_import_leaves_garbage_that_gc_collects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    import(&store, "base:1", b"base content");
+    let before = snapshot(&store);
+    let txn = store.begin_import().unwrap();
+    txn.put_chunk(ChunkId::of(b"orphan"), || encode(b"orphan")).unwrap();
+    std::mem::forget(txn); // no rollback runs, as after kill -9
+    drop(store);
+
+    let store = open(&dir);
+    assert_eq!(snapshot(&store).0, before.0, "no image appeared");
+    let report = store.gc().unwrap();
+    assert_eq!(report.chunks_deleted, 1);
+    assert_eq!(snapshot(&store), before);
+}
+
+#[test]
+fn gc_leaves_what_an_open_import_has_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let shared = b"shared by old and new".to_vec();
+    import(&store, "old:1", &shared);
+    store.remove("old:1").unwrap();
+
+    // A new import starts using the chunk the removed image had...
+    let mut txn = store.begin_import().unwrap();
+    let (chunk, index) = layer_of(&shared);
+    assert!(!txn.put_chunk(chunk, || encode(&shared)).unwrap(), "already stored");
+    // ...GC runs meanwhile and deletes the old layer, not the pinned chunk...
+    let report = store.gc().unwrap();
+    assert_eq!((report.layers_deleted, report.chunks_deleted), (1, 0));
+    // ...and the import commits a readable image.
+    let layer = txn.stage_layer(&index, record(shared.len() as u64)).unwrap();
+    txn.stage_image(ImageRecord { layers: vec![layer.as_bytes().to_vec()], config: vec![], config_digest: String::new() }, vec!["new:1".into()]);
+    txn.commit().unwrap();
+    assert_eq!(store.gc().unwrap().chunks_deleted, 0);
+    assert_eq!(store.get_chunk(&chunk).unwrap(), shared);
+    assert_eq!(store.layer_index(&layer).unwrap(), index);
+}
+
+#[test]
+fn gc_racing_imports_on_threads_never_loses_a_committed_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            for _ in 0..20 {
+                store.gc().unwrap();
+            }
+        });
+        for round in 0..20u32 {
+            let data = format!("round {} content", round % 3).into_bytes();
+            import(&store, &format!("img:{round}"), &data);
+            if round % 2 == 0 {
+                store.remove(&format!("img:{round}")).unwrap();
+            }
+        }
+        gc.join().unwrap();
+    });
+    for image in store.images().unwrap() {
+        for layer in &image.record.layers {
+            let index = store.layer_index(&LayerId::from_slice(layer).unwrap()).unwrap();
+            for chunk in &index.entries[0].chunks {
+                store.get_chunk(&ChunkId::from_slice(&chunk.id).unwrap()).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn moving_a_name_drops_the_image_that_lost_its_last_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    import(&store, "app:latest", b"v1");
+    let (old, _) = store.resolve("app:latest").unwrap();
+    import(&store, "app:latest", b"v2");
+    let (new, _) = store.resolve("app:latest").unwrap();
+    assert_ne!(old, new);
+    assert!(store.image(&old).unwrap().is_none());
+    let report = store.gc().unwrap();
+    assert_eq!((report.layers_deleted, report.chunks_deleted), (1, 1));
+    assert_eq!(store.stats().unwrap().chunks, 1);
+}
+
+#[test]
+fn rm_by_name_keeps_other_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    import(&store, "a:1", b"same");
+    import(&store, "b:1", b"same");
+    let out = store.remove("a:1").unwrap();
+    assert!(!out.image_removed);
+    assert_eq!(store.resolve("b:1").unwrap().0, out.image);
+    assert!(matches!(store.resolve("a:1"), Err(StoreError::NoSuchImage(_))));
+    assert!(store.remove("b:1").unwrap().image_removed);
+}
+
+#[test]
+fn a_reader_opens_beside_a_writer_and_a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    import(&store, "a:1", b"data");
+    let reader = Store::open(&dir.path().join("store"), OpenMode::ReadOnly).unwrap();
+    assert_eq!(reader.images().unwrap().len(), 1);
+    assert!(matches!(reader.gc(), Err(StoreError::ReadOnly)));
+    let second = Store::open(&dir.path().join("store"), OpenMode::ReadWrite);
+    assert!(matches!(second, Err(StoreError::Busy { .. })), "{:?}", second.err());
+}

@@ -1,0 +1,87 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Strata: a distributed, lazy-pulling, copy-on-write container layer store.
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Where the store lives [default: $STRATA_DATA_DIR, else /var/lib/strata
+    /// for root, else $XDG_DATA_HOME/strata or ~/.local/share/strata].
+    #[arg(long, global = true, env = "STRATA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Settings file [default: DATA_DIR/strata.toml if it exists].
+    #[arg(long, global = true, env = "STRATA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for another strata process to release the store.
+    #[arg(long, global = true, default_value_t = 300, value_name = "SECS")]
+    pub lock_wait: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Import images from a docker-save archive or an OCI image layout (dir or tar).
+    Import {
+        /// The archive or layout directory.
+        file: PathBuf,
+        /// Name the image NAME (repo:tag) instead of the names in the archive;
+        /// repeat for several names. The archive must hold one image.
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// List images.
+    Images,
+    /// Show an image: config and layers.
+    Inspect {
+        /// Name, id or unique id prefix.
+        image: String,
+    },
+    /// Write an image as an OCI image layout tar (which `docker load` also reads).
+    Export {
+        image: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Layer compression.
+        #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+        compression: Compression,
+    },
+    /// Remove image names; an image goes with its last name.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Delete layers and chunks no image uses.
+    Gc,
+    /// Store maintenance and figures.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Build a small image, import it, export it, import it again: a tour
+    /// that needs no setup. Uses a scratch store unless --data-dir is given.
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Chunks, logical and stored bytes, dedup ratio.
+    Stats,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}

@@ -1,0 +1,102 @@
+use serde_json::json;
+use strata_store::{ImageRecord, LayerId, Store};
+
+use super::Ctx;
+use crate::output::{bytes, table};
+
+/// Logical size of an image: the file bytes of its layers.
+fn image_size(store: &Store, record: &ImageRecord) -> anyhow::Result<u64> {
+    let mut size = 0;
+    for layer in &record.layers {
+        let id = LayerId::from_slice(layer)?;
+        size += store.layer(&id)?.map_or(0, |l| l.content_bytes);
+    }
+    Ok(size)
+}
+
+pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
+    let store = ctx.read_store()?;
+    let images = store.images()?;
+    let mut rows = Vec::new();
+    for image in &images {
+        rows.push((image, image_size(&store, &image.record)?));
+    }
+    if ctx.json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(i, size)| json!({ "name": i.name, "id": i.id, "layers": i.record.layers.len(), "size": size }))
+            .collect();
+        return crate::output::json(&out);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(i, size)| vec![i.name.clone(), i.id.short(), i.record.layers.len().to_string(), bytes(*size)])
+        .collect();
+    table(&["NAME", "ID", "LAYERS", "SIZE"], &cells);
+    Ok(())
+}
+
+/// Looks an image up by its normalized name first, then as given.
+pub fn resolve(store: &Store, reference: &str) -> anyhow::Result<(strata_store::ImageId, ImageRecord)> {
+    if let Ok(name) = strata_oci::normalize_name(reference) {
+        if let Ok(found) = store.resolve(&name) {
+            return Ok(found);
+        }
+    }
+    Ok(store.resolve(reference)?)
+}
+
+pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
+    let store = ctx.read_store()?;
+    let (id, record) = resolve(&store, reference)?;
+    let names: Vec<String> = store.image_names(&id)?.into_iter().collect();
+    let name = strata_oci::normalize_name(reference)
+        .ok()
+        .filter(|n| names.contains(n))
+        .or_else(|| names.first().cloned())
+        .unwrap_or_default();
+    let config: serde_json::Value =
+        serde_json::from_slice(&record.config).unwrap_or_else(|_| json!(String::from_utf8_lossy(&record.config)));
+    let mut layers = Vec::new();
+    for raw in &record.layers {
+        let layer_id = LayerId::from_slice(raw)?;
+        let layer = store.layer(&layer_id)?.ok_or_else(|| anyhow::anyhow!("layer {layer_id} is missing"))?;
+        layers.push((layer_id, layer));
+    }
+    let size: u64 = layers.iter().map(|(_, l)| l.content_bytes).sum();
+    if ctx.json {
+        return crate::output::json(&json!({
+            "name": name,
+            "names": names,
+            "id": id,
+            "config_digest": record.config_digest,
+            "config": config,
+            "size": size,
+            "layers": layers.iter().map(|(id, l)| json!({
+                "id": id,
+                "diff_id": l.diff_id,
+                "blob_digest": l.blob_digest,
+                "media_type": l.blob_media_type,
+                "files": l.entries,
+                "size": l.content_bytes,
+                "chunks": l.chunk_refs,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    println!("name:    {}", names.join(", "));
+    println!("id:      {id}");
+    println!("size:    {}", bytes(size));
+    let container = &config["config"];
+    for (label, key) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd"), ("env", "Env"), ("workdir", "WorkingDir"), ("user", "User")] {
+        if let Some(v) = container.get(key).filter(|v| !v.is_null()) {
+            println!("{:<9}{}", format!("{label}:"), v);
+        }
+    }
+    println!("layers:");
+    let cells: Vec<Vec<String>> = layers
+        .iter()
+        .map(|(id, l)| vec![id.short(), l.entries.to_string(), bytes(l.content_bytes), l.diff_id.clone()])
+        .collect();
+    table(&["  ID", "FILES", "SIZE", "DIFF_ID"], &cells.into_iter().map(|mut r| { r[0] = format!("  {}", r[0]); r }).collect::<Vec<_>>());
+    Ok(())
+}

@@ -1,0 +1,88 @@
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::json;
+use strata_oci::{export_image, import_archive, ExportOptions, ImportOptions, LayerCompression};
+
+use super::Ctx;
+use crate::cli::Compression;
+use crate::output::bytes;
+use crate::progress::Bar;
+
+pub fn import(ctx: &Ctx, file: &Path, names: Vec<String>) -> anyhow::Result<()> {
+    let store = ctx.write_store()?;
+    let options = ImportOptions {
+        names,
+        chunking: ctx.settings.chunking,
+        zstd_level: ctx.settings.zstd_level,
+        workers: ctx.settings.import_workers,
+    };
+    let bar = Bar::for_stderr();
+    let result = import_archive(&store, file, &options, &bar);
+    bar.finish();
+    let report = result.with_context(|| format!("importing {}", file.display()))?;
+    if ctx.json {
+        let images: Vec<_> = report
+            .images
+            .iter()
+            .map(|i| {
+                json!({
+                    "names": i.names,
+                    "id": i.id,
+                    "layers": i.layers,
+                })
+            })
+            .collect();
+        return crate::output::json(&json!({
+            "images": images,
+            "layers_added": report.layers_added,
+            "new_chunks": report.new_chunks,
+            "new_chunk_bytes": report.new_chunk_bytes,
+            "blob_bytes": report.blob_bytes,
+            "content_bytes": report.content_bytes,
+        }));
+    }
+    for image in &report.images {
+        println!("imported {} ({}, {} layers)", image.names.join(", "), image.id.short(), image.layers.len());
+    }
+    println!(
+        "read {} of layers ({} of files): {} new layers, {} new chunks ({})",
+        bytes(report.blob_bytes),
+        bytes(report.content_bytes),
+        report.layers_added,
+        report.new_chunks,
+        bytes(report.new_chunk_bytes),
+    );
+    Ok(())
+}
+
+pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -> anyhow::Result<()> {
+    let store = ctx.read_store()?;
+    let compression = match compression {
+        Compression::None => LayerCompression::None,
+        Compression::Gzip => LayerCompression::Gzip,
+        Compression::Zstd => LayerCompression::Zstd,
+    };
+    let report = export_image(&store, image, output, &ExportOptions { compression })
+        .with_context(|| format!("exporting {image} to {}", output.display()))?;
+    if ctx.json {
+        return crate::output::json(&json!({
+            "image": report.image,
+            "name": report.name,
+            "manifest_digest": report.manifest_digest,
+            "bytes": report.bytes,
+            "layers": report.layers.iter().map(|l| json!({
+                "id": l.id, "digest": l.digest, "diff_id": l.diff_id, "size": l.size,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    println!(
+        "exported {} ({}) to {}: {} layers, {}",
+        report.name,
+        report.image.short(),
+        output.display(),
+        report.layers.len(),
+        bytes(report.bytes)
+    );
+    Ok(())
+}

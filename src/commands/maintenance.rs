@@ -1,0 +1,88 @@
+use serde_json::json;
+
+use super::images::resolve;
+use super::Ctx;
+use crate::output::bytes;
+
+pub fn rm(ctx: &Ctx, references: &[String]) -> anyhow::Result<()> {
+    let store = ctx.write_store()?;
+    let mut out = Vec::new();
+    for reference in references {
+        // Exact name first (as stored), then the normalized form, then ids.
+        let target = match strata_oci::normalize_name(reference) {
+            Ok(name) if store.image_by_name(&name)?.is_some() => name,
+            _ => {
+                resolve(&store, reference)?;
+                reference.clone()
+            }
+        };
+        let outcome = store.remove(&target)?;
+        if !ctx.json {
+            for name in &outcome.names_removed {
+                println!("untagged {name}");
+            }
+            if outcome.image_removed {
+                println!("removed image {} (run `strata gc` to reclaim its space)", outcome.image.short());
+            }
+        }
+        out.push(json!({
+            "image": outcome.image,
+            "names_removed": outcome.names_removed,
+            "image_removed": outcome.image_removed,
+        }));
+    }
+    if ctx.json {
+        crate::output::json(&out)?;
+    }
+    Ok(())
+}
+
+pub fn gc(ctx: &Ctx) -> anyhow::Result<()> {
+    let store = ctx.write_store()?;
+    let report = store.gc()?;
+    if ctx.json {
+        return crate::output::json(&json!({
+            "layers_deleted": report.layers_deleted,
+            "chunks_deleted": report.chunks_deleted,
+            "chunk_bytes_deleted": report.chunk_bytes_deleted,
+            "stored_bytes_deleted": report.stored_bytes_deleted,
+        }));
+    }
+    println!(
+        "deleted {} layers and {} chunks ({} stored, {} uncompressed)",
+        report.layers_deleted,
+        report.chunks_deleted,
+        bytes(report.stored_bytes_deleted),
+        bytes(report.chunk_bytes_deleted)
+    );
+    Ok(())
+}
+
+pub fn stats(ctx: &Ctx) -> anyhow::Result<()> {
+    let store = ctx.read_store()?;
+    let s = store.stats()?;
+    if ctx.json {
+        return crate::output::json(&json!({
+            "chunks": s.chunks,
+            "logical_bytes": s.logical_bytes,
+            "unique_bytes": s.unique_bytes,
+            "stored_bytes": s.stored_bytes,
+            "dedup_ratio": s.dedup_ratio(),
+            "compression_ratio": s.compression_ratio(),
+            "layers": s.layers,
+            "images": s.images,
+            "names": s.names,
+            "disk_bytes": s.disk_bytes,
+        }));
+    }
+    println!("images:         {} ({} names)", s.images, s.names);
+    println!("layers:         {}", s.layers);
+    println!("chunks:         {}", s.chunks);
+    println!("logical bytes:  {}  (file content of all layers)", bytes(s.logical_bytes));
+    println!("unique bytes:   {}  (after dedup)", bytes(s.unique_bytes));
+    println!("stored bytes:   {}  (after compression)", bytes(s.stored_bytes));
+    println!("dedup ratio:    {:.2}x", s.dedup_ratio());
+    println!("compression:    {:.2}x", s.compression_ratio());
+    println!("on disk:        {}", bytes(s.disk_bytes));
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Runs the real `strata` binary against a scratch data dir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Strata {
+    pub dir: tempfile::TempDir,
+}
+
+impl Strata {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("scratch dir") }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.arg("--data-dir").arg(self.data_dir()).env_remove("STRATA_CONFIG").env("STRATA_LOG", "warn");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("strata runs")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "strata {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs and expects failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "strata {args:?} succeeded but should have failed");
+        String::from_utf8(out.stderr).expect("utf-8 output")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("valid JSON")
+    }
+
+    pub fn import(&self, archive: &Path) -> Value {
+        self.json(&["import", archive.to_str().expect("utf-8 path")])
+    }
+
+    /// What a failed import must leave unchanged.
+    pub fn snapshot(&self) -> (Value, Value) {
+        let mut stats = self.json(&["store", "stats"]);
+        // On-disk size moves with RocksDB's own housekeeping.
+        stats.as_object_mut().expect("object").remove("disk_bytes");
+        (self.json(&["images"]), stats)
+    }
+}
+
+/// An OCI archive of the two sample layers, named `name`.
+pub fn sample_archive(dir: &Path, file: &str, name: &str) -> PathBuf {
+    let path = dir.join(file);
+    strata_sample::write_sample_image(
+        &path,
+        strata_oci::ArchiveLayout::OciWithDockerManifest,
+        strata_oci::LayerCompression::Gzip,
+        name,
+    )
+    .expect("sample archive");
+    path
+}
+
+/// One image of the given raw layer blobs (written as given, uncompressed
+/// media type; the importer sniffs real compression).
+pub fn archive_of_blobs(path: &Path, layout: strata_oci::ArchiveLayout, name: &str, blobs: &[Vec<u8>]) {
+    let target = if path.extension().is_some_and(|e| e == "tar") {
+        strata_oci::ArchiveTarget::Tar(path.to_owned())
+    } else {
+        strata_oci::ArchiveTarget::Dir(path.to_owned())
+    };
+    let mut w = strata_oci::ArchiveWriter::new(target, layout).expect("writer");
+    let layers: Vec<_> = blobs
+        .iter()
+        .map(|b| w.add_layer_from(strata_oci::LayerCompression::None, b.as_slice()).expect("layer"))
+        .collect();
+    w.add_image(&[name.to_owned()], strata_sample::sample_config(&["true"]), &layers).expect("image");
+    w.finish().expect("finish");
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).expect("zstd")
+}

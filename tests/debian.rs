@@ -1,0 +1,65 @@
+//! A real image from Debian's busybox-static package: imported, exported,
+//! loaded into Docker and run.
+
+mod common;
+
+use std::process::Command;
+
+use common::Strata;
+use strata_oci::{ArchiveLayout, ArchiveTarget, LayerCompression};
+use strata_sample::{debian_package_layer, sample_config, write_image, LayerTar};
+
+fn busybox_image(s: &Strata) -> std::path::PathBuf {
+    let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
+    let mut links = LayerTar::new(Vec::new());
+    links.dir("etc", 0o755).unwrap();
+    links.file(b"etc/hostname", 0o644, b"strata-busybox\n").unwrap();
+    for applet in ["sh", "cat", "echo", "ls", "sha256sum"] {
+        links.symlink(&format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let path = s.path("busybox.tar");
+    write_image(
+        ArchiveTarget::Tar(path.clone()),
+        ArchiveLayout::DockerLegacy,
+        LayerCompression::Gzip,
+        &["strata-test/busybox:1".into()],
+        sample_config(&["cat /etc/hostname"]),
+        &[busybox, links.finish().unwrap()],
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn busybox_from_debian_imports_exports_and_runs_in_docker() {
+    let s = Strata::new();
+    let report = s.import(&busybox_image(&s));
+    assert_eq!(report["images"][0]["names"][0], "strata-test/busybox:1");
+    let inspect = s.json(&["inspect", "strata-test/busybox:1"]);
+    assert!(inspect["layers"][0]["size"].as_u64().unwrap() > 1_900_000, "bin/busybox is in the base layer");
+
+    let exported = s.path("exported.tar");
+    s.ok(&["export", "strata-test/busybox:1", "-o", exported.to_str().unwrap()]);
+    let load = Command::new("docker").arg("load").arg("-i").arg(&exported).output().expect("docker CLI");
+    assert!(load.status.success(), "docker load: {}", String::from_utf8_lossy(&load.stderr));
+    let run = Command::new("docker")
+        .args(["run", "--rm", "--network=none", "strata-test/busybox:1", "cat /etc/hostname; sha256sum /bin/busybox"])
+        .output()
+        .expect("docker run");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let _ = Command::new("docker").args(["rmi", "-f", "strata-test/busybox:1"]).output();
+    assert!(run.status.success(), "docker run: {}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.starts_with("strata-busybox\n"), "{stdout}");
+    // The binary that ran is byte for byte Debian's.
+    let deb = debian_package_layer("busybox-static").unwrap();
+    let mut archive = tar::Archive::new(deb.as_slice());
+    let mut original = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some("./bin/busybox") {
+            std::io::Read::read_to_end(&mut entry, &mut original).unwrap();
+        }
+    }
+    let digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&original));
+    assert!(stdout.contains(&digest), "{stdout} lacks {digest}");
+}

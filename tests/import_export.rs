@@ -1,0 +1,259 @@
+//! Import and export through the CLI: every archive format, JSON shapes,
+//! round trips, dedup, rm and gc.
+
+mod common;
+
+use common::{sample_archive, Strata};
+use serde_json::Value;
+use strata_oci::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression};
+use strata_sample::{base_layer, sample_config, update_layer, write_image, write_sample_image};
+
+fn layer_ids(inspect: &Value) -> Vec<String> {
+    inspect["layers"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn every_layout_and_compression_gives_the_same_layers() {
+    let s = Strata::new();
+    let mut seen: Option<Vec<String>> = None;
+    let cases = [
+        ("oci-docker.tar", ArchiveLayout::OciWithDockerManifest, LayerCompression::Gzip),
+        ("oci.tar", ArchiveLayout::Oci, LayerCompression::Zstd),
+        ("oci-dir", ArchiveLayout::Oci, LayerCompression::None),
+        ("legacy.tar", ArchiveLayout::DockerLegacy, LayerCompression::None),
+        ("legacy-gz.tar", ArchiveLayout::DockerLegacy, LayerCompression::Gzip),
+    ];
+    for (i, (file, layout, compression)) in cases.into_iter().enumerate() {
+        let path = s.path(file);
+        let name = format!("fmt:{i}");
+        write_sample_image(&path, layout, compression, &name).unwrap();
+        let report = s.import(&path);
+        assert_eq!(report["images"][0]["names"][0], name.as_str());
+        let ids = layer_ids(&s.json(&["inspect", &name]));
+        assert_eq!(ids.len(), 2);
+        match &seen {
+            None => seen = Some(ids),
+            Some(first) => assert_eq!(first, &ids, "{file} gave other LayerIds"),
+        }
+        if i > 0 {
+            assert_eq!(report["new_chunks"], 0, "{file}: same content stores nothing new");
+        }
+    }
+}
+
+#[test]
+fn json_shapes_for_scripts() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "a.tar", "shapes/app:1.0"));
+    let images = s.json(&["images"]);
+    let row = &images[0];
+    assert_eq!(row["name"], "shapes/app:1.0");
+    assert_eq!(row["id"].as_str().unwrap().len(), 64);
+    assert_eq!(row["layers"], 2);
+    assert!(row["size"].as_u64().unwrap() > 600_000);
+
+    let inspect = s.json(&["inspect", "shapes/app:1.0"]);
+    assert_eq!(inspect["name"], "shapes/app:1.0");
+    assert_eq!(inspect["id"], row["id"]);
+    let config = &inspect["config"]["config"];
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(config["Cmd"], serde_json::json!(["echo hello from strata"]));
+    assert_eq!(config["WorkingDir"], "/");
+    assert_eq!(config["User"], "0:0");
+    assert!(config["Env"].as_array().unwrap().contains(&Value::from("STRATA=1")));
+    assert!(config["ExposedPorts"]["8080/tcp"].is_object());
+    assert_eq!(config["Labels"]["org.opencontainers.image.title"], "strata sample");
+    for layer in inspect["layers"].as_array().unwrap() {
+        assert_eq!(layer["id"].as_str().unwrap().len(), 64);
+        assert!(layer["diff_id"].as_str().unwrap().starts_with("sha256:"));
+        assert!(layer["files"].as_u64().unwrap() > 0);
+        assert!(layer["size"].is_u64());
+    }
+    let sizes: u64 = inspect["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    assert_eq!(row["size"].as_u64().unwrap(), sizes);
+
+    let stats = s.json(&["store", "stats"]);
+    for key in ["chunks", "logical_bytes", "stored_bytes"] {
+        assert!(stats[key].as_u64().unwrap() > 0, "{key}");
+    }
+    assert!(stats["stored_bytes"].as_u64() < stats["logical_bytes"].as_u64());
+
+    // Short names resolve to their normalized form; ids and prefixes work.
+    let id = row["id"].as_str().unwrap();
+    assert_eq!(s.json(&["inspect", &id[..10]])["id"], row["id"]);
+    assert_eq!(s.json(&["inspect", "docker.io/shapes/app:1.0"])["id"], row["id"]);
+}
+
+#[test]
+fn human_output_is_a_table() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "a.tar", "human:1"));
+    let out = s.ok(&["images"]);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("human:1"));
+    let stats = s.ok(&["store", "stats"]);
+    assert!(stats.contains("dedup ratio"));
+}
+
+#[test]
+fn several_images_in_one_archive_commit_together() {
+    let s = Strata::new();
+    let path = s.path("multi.tar");
+    let mut w = ArchiveWriter::new(ArchiveTarget::Tar(path.clone()), ArchiveLayout::OciWithDockerManifest).unwrap();
+    let base = w.add_layer_from(LayerCompression::Gzip, base_layer().unwrap().as_slice()).unwrap();
+    let update = w.add_layer_from(LayerCompression::Gzip, update_layer().unwrap().as_slice()).unwrap();
+    w.add_image(&["multi/a:1".into()], sample_config(&["a"]), &[base.clone()]).unwrap();
+    w.add_image(&["multi/b:1".into(), "multi/b:latest".into()], sample_config(&["b"]), &[base, update]).unwrap();
+    w.finish().unwrap();
+    let report = s.import(&path);
+    assert_eq!(report["images"].as_array().unwrap().len(), 2);
+    assert_eq!(report["layers_added"], 2, "the shared base layer is stored once");
+    let names: Vec<String> = s.json(&["images"]).as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, vec!["multi/a:1", "multi/b:1", "multi/b:latest"]);
+    // --name needs a single image.
+    let err = s.fails(&["import", path.to_str().unwrap(), "--name", "x:1"]);
+    assert!(err.contains("one image"), "{err}");
+}
+
+#[test]
+fn name_override_and_unnamed_images() {
+    let s = Strata::new();
+    let path = s.path("unnamed");
+    write_image(ArchiveTarget::Dir(path.clone()), ArchiveLayout::Oci, LayerCompression::None, &[], sample_config(&[]), &[base_layer().unwrap()]).unwrap();
+    let report = s.import(&path);
+    let id = report["images"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(report["images"][0]["names"][0], id.as_str(), "an unnamed image is known by its id");
+    s.ok(&["import", path.to_str().unwrap(), "--name", "named"]);
+    assert_eq!(s.json(&["inspect", "named:latest"])["id"], id.as_str());
+    let err = s.fails(&["import", path.to_str().unwrap(), "--name", "Not A Name"]);
+    assert!(err.contains("invalid image name"), "{err}");
+}
+
+#[test]
+fn export_round_trips_layer_ids_and_other_tools_accept_it() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "a.tar", "trip/app:1"));
+    let before = layer_ids(&s.json(&["inspect", "trip/app:1"]));
+    for compression in ["gzip", "zstd", "none"] {
+        let out = s.path(&format!("exported-{compression}.tar"));
+        s.ok(&["export", "trip/app:1", "-o", out.to_str().unwrap(), "--compression", compression]);
+        let other = Strata::new();
+        other.import(&out);
+        assert_eq!(layer_ids(&other.json(&["inspect", "trip/app:1"])), before, "{compression}");
+        let config = &other.json(&["inspect", "trip/app:1"])["config"]["config"];
+        assert_eq!(config["Cmd"], serde_json::json!(["echo hello from strata"]));
+    }
+    // skopeo checks every digest and size while copying the layout.
+    let exported = s.path("exported-gzip.tar");
+    let oci_dir = s.path("skopeo-copy");
+    let copy = std::process::Command::new("skopeo")
+        .args(["copy", &format!("oci-archive:{}", exported.display()), &format!("oci:{}:app", oci_dir.display())])
+        .output()
+        .expect("skopeo is installed (.ci/run installs it)");
+    assert!(copy.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&copy.stderr));
+    // umoci unpacks it into a rootfs, applying whiteouts as OCI says.
+    let bundle = s.path("bundle");
+    let unpack = std::process::Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:app", oci_dir.display()), bundle.to_str().unwrap()])
+        .output()
+        .expect("umoci is installed (.ci/run installs it)");
+    assert!(unpack.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&unpack.stderr));
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(std::fs::read(rootfs.join("etc/hostname")).unwrap(), b"strata-demo-v2\n");
+    assert!(!rootfs.join("var/cache/old.db").exists(), "whiteout applied");
+    assert!(!rootfs.join("var/cache/old-dir/a").exists(), "opaque dir applied");
+    assert!(rootfs.join("var/cache/old-dir/b").exists());
+    assert_eq!(std::fs::read_link(rootfs.join("etc/escape")).unwrap().to_str().unwrap(), "../../../../../etc/shadow");
+    use std::os::unix::fs::MetadataExt;
+    let app = std::fs::metadata(rootfs.join("bin/app")).unwrap();
+    assert_eq!(app.nlink(), 2, "hardlink kept");
+    assert_eq!(app.len(), 300_000);
+}
+
+#[test]
+fn dedup_between_versions_and_gc_after_rm() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "v1.tar", "dedup:1"));
+    let one = s.json(&["store", "stats"]);
+    let v2 = s.path("v2.tar");
+    let mut t = strata_sample::LayerTar::new(Vec::new());
+    t.file(b"etc/hostname", 0o644, b"v2\n").unwrap();
+    write_image(ArchiveTarget::Tar(v2.clone()), ArchiveLayout::DockerLegacy, LayerCompression::Gzip, &["dedup:2".into()], sample_config(&[]), &[base_layer().unwrap(), t.finish().unwrap()]).unwrap();
+    let report = s.import(&v2);
+    assert_eq!(report["layers_added"], 1, "the base layer is shared");
+    assert_eq!(report["new_chunks"], 1);
+    let two = s.json(&["store", "stats"]);
+    assert!(two["dedup_ratio"].as_f64().unwrap() > one["dedup_ratio"].as_f64().unwrap());
+
+    s.ok(&["rm", "dedup:2"]);
+    let gc = s.json(&["gc"]);
+    assert_eq!(gc["layers_deleted"], 1);
+    assert_eq!(gc["chunks_deleted"], 1);
+    let mut after = s.json(&["store", "stats"]);
+    let mut one = one;
+    after.as_object_mut().unwrap().remove("disk_bytes");
+    one.as_object_mut().unwrap().remove("disk_bytes");
+    assert_eq!(after, one);
+
+    s.ok(&["rm", "dedup:1"]);
+    s.json(&["gc"]);
+    let empty = s.json(&["store", "stats"]);
+    assert_eq!((empty["chunks"].as_u64(), empty["stored_bytes"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(s.json(&["images"]), serde_json::json!([]));
+    let err = s.fails(&["inspect", "dedup:1"]);
+    assert!(err.contains("no image named"), "{err}");
+}
+
+#[test]
+fn demo_runs_on_an_empty_machine() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata")).arg("demo").env_remove("STRATA_DATA_DIR").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("same LayerIds after the round trip"), "{stdout}");
+}
+
+#[test]
+fn a_multi_platform_index_resolves_to_this_machine() {
+    let s = Strata::new();
+    let dir = s.path("multi-arch");
+    let mut w = ArchiveWriter::new(ArchiveTarget::Dir(dir.clone()), ArchiveLayout::Oci).unwrap();
+    let mut t = strata_sample::LayerTar::new(Vec::new());
+    t.file(b"arch", 0o644, b"arm64\n").unwrap();
+    let arm = w.add_layer_from(LayerCompression::Gzip, t.finish().unwrap().as_slice()).unwrap();
+    let mut t = strata_sample::LayerTar::new(Vec::new());
+    t.file(b"arch", 0o644, b"amd64\n").unwrap();
+    let amd = w.add_layer_from(LayerCompression::Gzip, t.finish().unwrap().as_slice()).unwrap();
+    let arm_manifest = w.add_image(&[], sample_config(&[]), &[arm]).unwrap();
+    let amd_manifest = w.add_image(&[], sample_config(&[]), &[amd.clone()]).unwrap();
+    w.finish().unwrap();
+
+    // Replace index.json by one that points at a nested image index.
+    let size_of = |d: &strata_types::OciDigest| std::fs::metadata(dir.join("blobs/sha256").join(d.hex())).unwrap().len();
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_manifest.to_string(),
+              "size": size_of(&arm_manifest), "platform": { "architecture": "arm64", "os": "linux" } },
+            { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd_manifest.to_string(),
+              "size": size_of(&amd_manifest), "platform": { "architecture": "amd64", "os": "linux" } },
+        ],
+    }))
+    .unwrap();
+    let nested_digest = strata_types::OciDigest::sha256_of(&nested);
+    std::fs::write(dir.join("blobs/sha256").join(nested_digest.hex()), &nested).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{ "mediaType": "application/vnd.oci.image.index.v1+json", "digest": nested_digest.to_string(),
+                "size": nested.len(), "annotations": { "org.opencontainers.image.ref.name": "3.2" } }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let report = s.import(&dir);
+    assert_eq!(report["images"][0]["names"][0], "multi-arch:3.2", "a bare tag takes the layout's name as repository");
+    let inspect = s.json(&["inspect", "multi-arch:3.2"]);
+    assert_eq!(inspect["layers"][0]["diff_id"], amd.diff_id.to_string(), "the amd64 manifest was chosen");
+}
