@@ -11,10 +11,12 @@ use std::path::Path;
 use common::{apt_versions, mib, scratch, strata};
 use strata_oci::{ArchiveLayout, ArchiveTarget, LayerCompression};
 
-const PACKAGES: [&str; 6] = ["libc6", "libssl3", "perl-base", "python3.11-minimal", "libpython3.11-stdlib", "systemd"];
+const PACKAGES: [&str; 6] =
+    ["libc6", "libssl3", "perl-base", "python3.11-minimal", "libpython3.11-stdlib", "systemd"];
 
 fn image(dir: &Path, name: &str, specs: &[String]) -> std::path::PathBuf {
-    let layers: Vec<Vec<u8>> = specs.iter().map(|s| strata_sample::debian_package_layer(s).unwrap()).collect();
+    let layers: Vec<Vec<u8>> =
+        specs.iter().map(|s| strata_sample::debian_package_layer(s).unwrap()).collect();
     let path = dir.join(format!("{}.tar", name.replace([':', '/'], "-")));
     strata_sample::write_image(
         ArchiveTarget::Tar(path.clone()),
@@ -51,7 +53,9 @@ fn main() {
     let v1 = image(&dir, "debian-set:v1", &old);
     let v2 = image(&dir, "debian-set:v2", &new);
 
-    println!("| chunking | stored after v1 | stored after v1+v2 | added by v2 | v2 logical | added ÷ v2 logical |");
+    println!(
+        "| chunking | stored after v1 | stored after v1+v2 | added by v2 | v2 logical | added ÷ v2 logical |"
+    );
     println!("|---|---|---|---|---|---|");
     for (label, toml) in [
         ("FastCDC 16/64/256 KiB (default)", ""),
@@ -66,7 +70,11 @@ fn main() {
         let (s2, l2) = stored(&data);
         println!(
             "| {label} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.3} |",
-            mib(s1), mib(s2), mib(s2 - s1), mib(l2 - l1), (s2 - s1) as f64 / (l2 - l1) as f64
+            mib(s1),
+            mib(s2),
+            mib(s2 - s1),
+            mib(l2 - l1),
+            (s2 - s1) as f64 / (l2 - l1) as f64
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

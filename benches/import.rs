@@ -77,11 +77,14 @@ fn run(image: &Image, dir: &Path, runs: u64) {
         let _ = std::fs::remove_dir_all(&data);
     }
     let (t, m) = (median(tar_s), median(import_s));
-    println!("| {} | {:.0} | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | {:.2} | {:.0} MiB |",
+    println!(
+        "| {} | {:.0} | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | {:.2} | {:.0} MiB |",
         image.label,
         mib(image.bytes),
-        t, mib(image.bytes) / t,
-        m, mib(image.bytes) / m,
+        t,
+        mib(image.bytes) / t,
+        m,
+        mib(image.bytes) / m,
         m / t,
         median(rss) / (1 << 20) as f64,
     );

@@ -15,15 +15,28 @@ use strata_oci::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression};
 fn two_layer_archive(s: &Strata) -> std::path::PathBuf {
     let path = s.path("big.tar");
     let mut w = ArchiveWriter::new(ArchiveTarget::Tar(path.clone()), ArchiveLayout::Oci).unwrap();
-    let first = w.add_layer(LayerCompression::None, |out| strata_sample::write_mixed_tree(out, 1, 48 << 20).map(|_| ())).unwrap();
-    let second = w.add_layer(LayerCompression::None, |out| strata_sample::write_mixed_tree(out, 2, 192 << 20).map(|_| ())).unwrap();
+    let first = w
+        .add_layer(LayerCompression::None, |out| {
+            strata_sample::write_mixed_tree(out, 1, 48 << 20).map(|_| ())
+        })
+        .unwrap();
+    let second = w
+        .add_layer(LayerCompression::None, |out| {
+            strata_sample::write_mixed_tree(out, 2, 192 << 20).map(|_| ())
+        })
+        .unwrap();
     w.add_image(&["big:1".into()], strata_sample::sample_config(&[]), &[first, second]).unwrap();
     w.finish().unwrap();
     path
 }
 
-/// Starts an import and returns once it has begun its second layer.
-fn import_until_second_layer(s: &Strata, archive: &std::path::Path) -> (Child, BufReader<std::process::ChildStderr>) {
+/// Starts an import and returns once it has begun its second layer; the
+/// caller waits for the child.
+#[allow(clippy::zombie_processes)]
+fn import_until_second_layer(
+    s: &Strata,
+    archive: &std::path::Path,
+) -> (Child, BufReader<std::process::ChildStderr>) {
     let mut child = s
         .command()
         .env("STRATA_LOG", "strata_oci=info")
@@ -71,7 +84,8 @@ fn gc_in_another_process_waits_for_a_running_import() {
     let archive = two_layer_archive(&s);
     let (import, mut import_stderr) = import_until_second_layer(&s, &archive);
 
-    let gc = s.command().args(["--json", "gc"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let gc =
+        s.command().args(["--json", "gc"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let import = import.wait_with_output().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut import_stderr, &mut rest).unwrap();

@@ -13,7 +13,7 @@ fn busybox_image(s: &Strata) -> std::path::PathBuf {
     let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
     let mut links = LayerTar::new(Vec::new());
     links.dir("etc", 0o755).unwrap();
-    links.file(b"etc/hostname", 0o644, b"strata-busybox\n").unwrap();
+    links.file(b"etc/strata-release", 0o644, b"strata-busybox\n").unwrap();
     for applet in ["sh", "cat", "echo", "ls", "sha256sum"] {
         links.symlink(&format!("bin/{applet}"), "busybox").unwrap();
     }
@@ -23,7 +23,7 @@ fn busybox_image(s: &Strata) -> std::path::PathBuf {
         ArchiveLayout::DockerLegacy,
         LayerCompression::Gzip,
         &["strata-test/busybox:1".into()],
-        sample_config(&["cat /etc/hostname"]),
+        sample_config(&["cat /etc/strata-release"]),
         &[busybox, links.finish().unwrap()],
     )
     .unwrap();
@@ -43,7 +43,13 @@ fn busybox_from_debian_imports_exports_and_runs_in_docker() {
     let load = Command::new("docker").arg("load").arg("-i").arg(&exported).output().expect("docker CLI");
     assert!(load.status.success(), "docker load: {}", String::from_utf8_lossy(&load.stderr));
     let run = Command::new("docker")
-        .args(["run", "--rm", "--network=none", "strata-test/busybox:1", "cat /etc/hostname; sha256sum /bin/busybox"])
+        .args([
+            "run",
+            "--rm",
+            "--network=none",
+            "strata-test/busybox:1",
+            "cat /etc/strata-release; sha256sum /bin/busybox",
+        ])
         .output()
         .expect("docker run");
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();

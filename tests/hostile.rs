@@ -78,7 +78,8 @@ fn symlinks_pointing_outside_are_kept_as_data() {
     let s = store_with_base();
     let a = one_layer(&s, "escape.tar", layer(|t| t.symlink("escape", "../../../../etc/shadow")));
     s.import(&a);
-    let store = strata_store::Store::open(&s.data_dir().join("store"), strata_store::OpenMode::ReadOnly).unwrap();
+    let store =
+        strata_store::Store::open(&s.data_dir().join("store"), strata_store::OpenMode::ReadOnly).unwrap();
     let (_, image) = store.resolve("hostile:1").unwrap();
     let index = store.layer_index(&strata_store::LayerId::from_slice(&image.layers[0]).unwrap()).unwrap();
     let link = index.entries.iter().find(|e| e.path == b"escape").unwrap();
@@ -174,7 +175,8 @@ fn duplicate_entries_last_one_wins() {
         }),
     );
     s.import(&a);
-    let store = strata_store::Store::open(&s.data_dir().join("store"), strata_store::OpenMode::ReadOnly).unwrap();
+    let store =
+        strata_store::Store::open(&s.data_dir().join("store"), strata_store::OpenMode::ReadOnly).unwrap();
     let (_, image) = store.resolve("hostile:1").unwrap();
     let index = store.layer_index(&strata_store::LayerId::from_slice(&image.layers[0]).unwrap()).unwrap();
     let entries: Vec<_> = index.entries.iter().filter(|e| e.path == b"etc/config").collect();
@@ -217,7 +219,8 @@ fn manifest_naming_a_missing_blob() {
     let s = store_with_base();
     let dir = s.path("missing-blob");
     archive_of_blobs(&dir, ArchiveLayout::Oci, "hostile:1", &[layer(|_| Ok(()))]);
-    let blobs: Vec<_> = std::fs::read_dir(dir.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
+    let blobs: Vec<_> =
+        std::fs::read_dir(dir.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
     // The biggest blob is the layer.
     let layer_blob = blobs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     std::fs::remove_file(layer_blob).unwrap();
@@ -229,7 +232,12 @@ fn manifest_naming_a_missing_blob() {
 fn blob_whose_digest_does_not_match() {
     let s = store_with_base();
     let dir = s.path("bad-digest");
-    archive_of_blobs(&dir, ArchiveLayout::Oci, "hostile:1", &[layer(|t| t.file(b"f", 0o644, b"original content"))]);
+    archive_of_blobs(
+        &dir,
+        ArchiveLayout::Oci,
+        "hostile:1",
+        &[layer(|t| t.file(b"f", 0o644, b"original content"))],
+    );
     let layer_blob = std::fs::read_dir(dir.join("blobs/sha256"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -37,7 +37,8 @@ pub fn strata(data_dir: &Path) -> Command {
 /// A scratch directory on the disk that holds the cargo target dir (local,
 /// not tmpfs), so both sides of a comparison write to the same device.
 pub fn scratch(name: &str) -> PathBuf {
-    let base = std::env::var_os("STRATA_BENCH_DIR").map_or_else(|| PathBuf::from("/var/tmp/strata-bench"), PathBuf::from);
+    let base = std::env::var_os("STRATA_BENCH_DIR")
+        .map_or_else(|| PathBuf::from("/var/tmp/strata-bench"), PathBuf::from);
     let dir = base.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench scratch dir");
@@ -60,7 +61,11 @@ pub fn mib(bytes: u64) -> f64 {
 
 pub fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The most recent `n` distinct versions apt knows for `package`.
@@ -73,8 +78,16 @@ pub fn apt_versions(package: &str, n: usize) -> Vec<String> {
     versions.dedup();
     // Sort newest first with dpkg's own ordering.
     versions.sort_by(|a, b| {
-        let newer = Command::new("dpkg").args(["--compare-versions", a, "gt", b]).status().map(|s| s.success()).unwrap_or(false);
-        if newer { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater }
+        let newer = Command::new("dpkg")
+            .args(["--compare-versions", a, "gt", b])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if newer {
+            std::cmp::Ordering::Less
+        } else {
+            std::cmp::Ordering::Greater
+        }
     });
     versions.dedup();
     versions.truncate(n);

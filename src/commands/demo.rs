@@ -1,7 +1,10 @@
 //! `strata demo`: the whole store path on a generated image, no setup.
 
 use anyhow::{ensure, Context};
-use strata_oci::{export_image, import_archive, ArchiveLayout, ArchiveTarget, ExportOptions, ImportOptions, LayerCompression, NoProgress};
+use strata_oci::{
+    export_image, import_archive, ArchiveLayout, ArchiveTarget, ExportOptions, ImportOptions,
+    LayerCompression, NoProgress,
+};
 use strata_sample::{base_layer, sample_config, update_layer, write_image};
 use strata_store::{OpenMode, Store};
 
@@ -10,7 +13,8 @@ use crate::output::bytes;
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("strata-demo-").tempdir().context("scratch dir")?;
-    let store_dir = if ctx.explicit_data_dir { ctx.data_dir.join("store") } else { scratch.path().join("store") };
+    let store_dir =
+        if ctx.explicit_data_dir { ctx.data_dir.join("store") } else { scratch.path().join("store") };
     println!("strata demo: store at {}", store_dir.display());
     let store = Store::open(&store_dir, OpenMode::ReadWrite)?;
     let options = ImportOptions {
@@ -46,7 +50,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     );
     for layer in &image.layers {
         let record = store.layer(layer)?.context("layer just imported")?;
-        println!("   layer {}: {} entries, {} in {} chunk refs", layer.short(), record.entries, bytes(record.content_bytes), record.chunk_refs);
+        println!(
+            "   layer {}: {} entries, {} in {} chunk refs",
+            layer.short(),
+            record.entries,
+            bytes(record.content_bytes),
+            record.chunk_refs
+        );
     }
 
     step("3. import v2, which changes one small file: only new chunks are stored");
@@ -88,16 +98,28 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let other = Store::open(&scratch.path().join("store-2"), OpenMode::ReadWrite)?;
     let back = import_archive(&other, &exported, &options, &NoProgress)?;
     ensure!(back.images[0].layers == image.layers, "round trip changed the LayerIds");
-    println!("   same LayerIds after the round trip: {}", back.images[0].layers.iter().map(|l| l.short()).collect::<Vec<_>>().join(", "));
+    println!(
+        "   same LayerIds after the round trip: {}",
+        back.images[0].layers.iter().map(|l| l.short()).collect::<Vec<_>>().join(", ")
+    );
 
     step("5. remove v2 and collect garbage");
     store.remove("strata/sample:v2")?;
     let gc = store.gc()?;
-    println!("   deleted {} layer(s), {} chunk(s), {} stored", gc.layers_deleted, gc.chunks_deleted, bytes(gc.stored_bytes_deleted));
+    println!(
+        "   deleted {} layer(s), {} chunk(s), {} stored",
+        gc.layers_deleted,
+        gc.chunks_deleted,
+        bytes(gc.stored_bytes_deleted)
+    );
     let chunk = store.layer_index(&image.layers[0])?;
     let file = chunk.entries.iter().find(|e| e.path == b"etc/motd").context("etc/motd in the base layer")?;
     let first = strata_store::ChunkId::from_slice(&file.chunks[0].id)?;
-    println!("   v1 still reads back, verified: etc/motd chunk {} is {}", first.short(), bytes(store.get_chunk(&first)?.len() as u64));
+    println!(
+        "   v1 still reads back, verified: etc/motd chunk {} is {}",
+        first.short(),
+        bytes(store.get_chunk(&first)?.len() as u64)
+    );
     println!("\ndone. Next: `strata import` your own `docker save` archive, then `strata images`.");
     Ok(())
 }

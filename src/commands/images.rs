@@ -55,8 +55,8 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
         .filter(|n| names.contains(n))
         .or_else(|| names.first().cloned())
         .unwrap_or_default();
-    let config: serde_json::Value =
-        serde_json::from_slice(&record.config).unwrap_or_else(|_| json!(String::from_utf8_lossy(&record.config)));
+    let config: serde_json::Value = serde_json::from_slice(&record.config)
+        .unwrap_or_else(|_| json!(String::from_utf8_lossy(&record.config)));
     let mut layers = Vec::new();
     for raw in &record.layers {
         let layer_id = LayerId::from_slice(raw)?;
@@ -87,7 +87,13 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
     println!("id:      {id}");
     println!("size:    {}", bytes(size));
     let container = &config["config"];
-    for (label, key) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd"), ("env", "Env"), ("workdir", "WorkingDir"), ("user", "User")] {
+    for (label, key) in [
+        ("entrypoint", "Entrypoint"),
+        ("cmd", "Cmd"),
+        ("env", "Env"),
+        ("workdir", "WorkingDir"),
+        ("user", "User"),
+    ] {
         if let Some(v) = container.get(key).filter(|v| !v.is_null()) {
             println!("{:<9}{}", format!("{label}:"), v);
         }
@@ -97,6 +103,15 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
         .iter()
         .map(|(id, l)| vec![id.short(), l.entries.to_string(), bytes(l.content_bytes), l.diff_id.clone()])
         .collect();
-    table(&["  ID", "FILES", "SIZE", "DIFF_ID"], &cells.into_iter().map(|mut r| { r[0] = format!("  {}", r[0]); r }).collect::<Vec<_>>());
+    table(
+        &["  ID", "FILES", "SIZE", "DIFF_ID"],
+        &cells
+            .into_iter()
+            .map(|mut r| {
+                r[0] = format!("  {}", r[0]);
+                r
+            })
+            .collect::<Vec<_>>(),
+    );
     Ok(())
 }

@@ -42,7 +42,13 @@ impl Ctx {
         let explicit_data_dir = global.data_dir.is_some();
         let data_dir = global.data_dir.unwrap_or_else(default_data_dir);
         let settings = Settings::load(global.config.as_deref(), &data_dir)?;
-        Ok(Self { data_dir, settings, json: global.json, lock_wait: Duration::from_secs(global.lock_wait), explicit_data_dir })
+        Ok(Self {
+            data_dir,
+            settings,
+            json: global.json,
+            lock_wait: Duration::from_secs(global.lock_wait),
+            explicit_data_dir,
+        })
     }
 
     fn store_dir(&self) -> PathBuf {
@@ -51,13 +57,15 @@ impl Ctx {
 
     /// The store for reading: a consistent view beside a running writer.
     pub fn read_store(&self) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("creating {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
         Store::open(&self.store_dir(), OpenMode::ReadOnly).context("opening the store")
     }
 
     /// The store for changing, waiting while another process holds it.
     pub fn write_store(&self) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("creating {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
         let started = Instant::now();
         let mut told = false;
         loop {

@@ -53,9 +53,7 @@ impl Chunking {
                 }
             }
             Chunking::Fixed { size } if (1..=MAX_CHUNK_LEN).contains(&size) => Ok(()),
-            Chunking::Fixed { size } => {
-                Err(ChunkingError::FixedBounds { size, max_hi: MAX_CHUNK_LEN })
-            }
+            Chunking::Fixed { size } => Err(ChunkingError::FixedBounds { size, max_hi: MAX_CHUNK_LEN }),
         }
     }
 
@@ -133,8 +131,7 @@ impl Chunker {
             Chunking::Fixed { size } => size.min(window.len()),
             Chunking::Cdc { min, avg, max } => {
                 let (mask_s, mask_l) = self.masks;
-                let (_, cut) =
-                    v2020::cut(window, min, avg, max, mask_s, mask_l, mask_s << 1, mask_l << 1);
+                let (_, cut) = v2020::cut(window, min, avg, max, mask_s, mask_l, mask_s << 1, mask_l << 1);
                 // `cut` returns 0 only for an empty window, which never reaches here.
                 cut.max(1)
             }
@@ -235,8 +232,8 @@ mod tests {
         }
 
         #[test]
-        fn an_insertion_moves_only_nearby_boundaries(seed: u64, at in 0usize..60_000, insert in proptest::collection::vec(any::<u8>(), 1..200)) {
-            let data = random_bytes(seed, 60_000);
+        fn an_insertion_moves_only_nearby_boundaries(seed: u64, at in 0usize..200_000, insert in proptest::collection::vec(any::<u8>(), 1..200)) {
+            let data = random_bytes(seed, 200_000);
             let mut edited = data[..at].to_vec();
             edited.extend_from_slice(&insert);
             edited.extend_from_slice(&data[at..]);
@@ -244,7 +241,8 @@ mod tests {
             let before = chunks_of(small_cdc(), &data);
             let after = chunks_of(small_cdc(), &edited);
             // Chunks wholly before the insertion point are untouched, and CDC
-            // resynchronises after it: nearly all chunks are shared.
+            // resynchronises after it: of ~200 chunks, only a few around the
+            // insertion change (fixed-size blocks would change all after it).
             let mut end = 0;
             for (old, new) in before.iter().zip(&after) {
                 end += old.len();
@@ -252,7 +250,7 @@ mod tests {
                 prop_assert_eq!(old, new);
             }
             let shared = before.iter().filter(|c| after.contains(c)).count();
-            prop_assert!(shared + 6 >= before.len(),
+            prop_assert!(shared + 20 >= before.len(),
                 "only {} of {} chunks survived a {}-byte insertion", shared, before.len(), insert.len());
         }
     }

@@ -84,10 +84,8 @@ impl ChunkEncoder {
         // it (or more) the chunk does not compress and is stored raw.
         out.resize(header_len + data.len(), 0);
         let budget = data.len().saturating_sub(1);
-        let compressed = self
-            .compressor
-            .compress_to_buffer(data, &mut out[header_len..header_len + budget])
-            .ok();
+        let compressed =
+            self.compressor.compress_to_buffer(data, &mut out[header_len..header_len + budget]).ok();
         match compressed {
             Some(n) => out.truncate(header_len + n),
             None => {
@@ -125,11 +123,7 @@ impl ChunkDecoder {
             }
         };
         if data.len() != header.len as usize {
-            return Err(ChunkError::LengthMismatch {
-                id: *id,
-                declared: header.len,
-                actual: data.len(),
-            });
+            return Err(ChunkError::LengthMismatch { id: *id, declared: header.len, actual: data.len() });
         }
         let actual = ChunkId::of(&data);
         if actual != *id {
@@ -158,7 +152,10 @@ mod tests {
         assert!(stored.len() < text.len() / 10);
 
         let mut noise = vec![0u8; 4096];
-        rand::RngCore::fill_bytes(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9), &mut noise);
+        rand::RngCore::fill_bytes(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9),
+            &mut noise,
+        );
         let (stored, back) = round_trip(&noise);
         assert_eq!(back, noise);
         assert_eq!(stored.len(), noise.len() + StoredChunkHeader::LEN);

@@ -41,7 +41,12 @@ impl Tree {
             _ => return Err(refuse()),
         };
         self.links.entry(file.clone()).or_default().insert(path.clone());
-        let link = Entry { path: path.clone(), kind: EntryKind::Hardlink as i32, link_target: file, ..Default::default() };
+        let link = Entry {
+            path: path.clone(),
+            kind: EntryKind::Hardlink as i32,
+            link_target: file,
+            ..Default::default()
+        };
         self.entries.insert(path, link);
         Ok(())
     }
@@ -116,7 +121,8 @@ impl Tree {
                 if let Some(content) = self.entries.remove(&file) {
                     self.entries.insert(owner.clone(), Entry { path: owner.clone(), ..content });
                 }
-                let demoted = Entry { path: file.clone(), kind: EntryKind::Hardlink as i32, ..Default::default() };
+                let demoted =
+                    Entry { path: file.clone(), kind: EntryKind::Hardlink as i32, ..Default::default() };
                 self.entries.insert(file.clone(), demoted);
             }
             for member in links.iter().chain(std::iter::once(&file)) {

@@ -41,7 +41,10 @@ pub(crate) fn parse_pax_time(value: &[u8]) -> Result<i64, EntryProblem> {
         None => (false, text),
     };
     let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(bad());
     }
     let secs: i64 = secs.parse().map_err(|_| bad())?;

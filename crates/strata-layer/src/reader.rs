@@ -7,7 +7,9 @@ use tar::EntryType;
 
 use crate::hardlinks::Tree;
 use crate::path::{join, split_parent};
-use crate::{display_path, normalize_member_path, pax, EntryKind, EntryProblem, LayerError, LayerIndex, MAX_PATH_LEN};
+use crate::{
+    display_path, normalize_member_path, pax, EntryKind, EntryProblem, LayerError, LayerIndex, MAX_PATH_LEN,
+};
 
 /// Where [`read_layer`] sends the chunks of regular files, in file order.
 pub trait ChunkSink {
@@ -38,13 +40,13 @@ pub fn read_layer<R: Read, S: ChunkSink>(
     let mut tree = Tree::default();
     let mut last = String::from("(start of archive)");
     {
-        let entries = archive.entries().map_err(|source| LayerError::Stream { after: last.clone(), source })?;
+        let entries =
+            archive.entries().map_err(|source| LayerError::Stream { after: last.clone(), source })?;
         for entry in entries {
             let mut entry = entry.map_err(|source| LayerError::Stream { after: last.clone(), source })?;
             let raw_path = entry.path_bytes().into_owned();
             let member = String::from_utf8_lossy(&raw_path).into_owned();
-            add_member(&mut tree, &mut entry, &raw_path, chunker, sink)
-                .map_err(|e| e.at(&member))?;
+            add_member(&mut tree, &mut entry, &raw_path, chunker, sink).map_err(|e| e.at(&member))?;
             last = member;
         }
     }

@@ -4,8 +4,8 @@ use strata_proto::v1::Entry;
 use strata_types::ChunkId;
 use tar::{EntryType, Header};
 
-use crate::pax::{format_pax_time, XATTR_PREFIX};
 use crate::path::{join, split_parent};
+use crate::pax::{format_pax_time, XATTR_PREFIX};
 use crate::{display_path, EntryKind, LayerError, LayerIndex, INDEX_VERSION};
 
 /// Where [`write_layer`] gets file content from.
@@ -79,7 +79,8 @@ fn append_entry<W: Write, S: ChunkSource>(
     }
     header.set_mtime(secs.clamp(0, USTAR_SIZE_MAX as i64) as u64);
     for x in &entry.xattrs {
-        let name = std::str::from_utf8(&x.name).map_err(|_| bad("xattr name is not UTF-8, PAX cannot carry it"))?;
+        let name =
+            std::str::from_utf8(&x.name).map_err(|_| bad("xattr name is not UTF-8, PAX cannot carry it"))?;
         pax.push((format!("{XATTR_PREFIX}{name}"), x.value.clone()));
     }
     header.set_size(0);
@@ -119,7 +120,11 @@ fn append_entry<W: Write, S: ChunkSource>(
             link = Some(&entry.link_target);
         }
         EntryKind::CharDevice | EntryKind::BlockDevice => {
-            header.set_entry_type(if kind == EntryKind::CharDevice { EntryType::Char } else { EntryType::Block });
+            header.set_entry_type(if kind == EntryKind::CharDevice {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
             header.set_device_major(entry.dev_major).map_err(LayerError::Write)?;
             header.set_device_minor(entry.dev_minor).map_err(LayerError::Write)?;
         }
@@ -175,9 +180,11 @@ fn append<W: Write, R: Read>(
         builder.append_pax_extensions(records).map_err(LayerError::Write)?;
     }
     header.set_cksum();
-    builder.append(&header, data).map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<SourceFailed>()) {
-        Some(failed) => LayerError::Index(format!("{:?}: {}", display_path(path), failed.0)),
-        None => LayerError::Write(e),
+    builder.append(&header, data).map_err(|e| {
+        match e.get_ref().and_then(|i| i.downcast_ref::<SourceFailed>()) {
+            Some(failed) => LayerError::Index(format!("{:?}: {}", display_path(path), failed.0)),
+            None => LayerError::Write(e),
+        }
     })
 }
 
@@ -203,7 +210,11 @@ impl<S: ChunkSource> Read for FileReader<'_, S> {
             let id = ChunkId::from_slice(&chunk.id).map_err(|e| fail(format!("chunk id: {e}")))?;
             self.buf = self.source.chunk(&id).map_err(|e| fail(e.to_string()))?;
             if self.buf.len() != chunk.length as usize {
-                return Err(fail(format!("chunk {id} is {} bytes, index says {}", self.buf.len(), chunk.length)));
+                return Err(fail(format!(
+                    "chunk {id} is {} bytes, index says {}",
+                    self.buf.len(),
+                    chunk.length
+                )));
             }
             self.pos = 0;
         }

@@ -129,7 +129,11 @@ fn every_kind() -> Vec<u8> {
         .device(EntryType::Char, "./null", 1, 3)
         .device(EntryType::Block, "./sda", 8, 0)
         .device(EntryType::Fifo, "./pipe", 0, 0)
-        .pax(&[("SCHILY.xattr.user.note", b"hi"), ("SCHILY.xattr.security.capability", b"\x01\x00"), ("mtime", b"1700000000.123456789")])
+        .pax(&[
+            ("SCHILY.xattr.user.note", b"hi"),
+            ("SCHILY.xattr.security.capability", b"\x01\x00"),
+            ("mtime", b"1700000000.123456789"),
+        ])
         .file("./xattrs", b"x")
         .raw_file(b"./\xff\xfename", b"not utf-8")
         .file("./gone/.wh.old", b"")
@@ -140,7 +144,8 @@ fn every_kind() -> Vec<u8> {
 #[test]
 fn every_entry_kind_is_indexed() {
     let (index, chunks) = read(&every_kind()).unwrap();
-    let by_path: HashMap<&[u8], &strata_layer::Entry> = index.entries.iter().map(|e| (&e.path[..], e)).collect();
+    let by_path: HashMap<&[u8], &strata_layer::Entry> =
+        index.entries.iter().map(|e| (&e.path[..], e)).collect();
     let kind = |p: &[u8]| EntryKind::try_from(by_path[p].kind).unwrap();
     assert_eq!(kind(b""), EntryKind::Dir);
     assert_eq!(kind(b"etc/hosts"), EntryKind::File);
@@ -198,7 +203,10 @@ fn export_reads_back_to_the_same_layer_id() {
 #[test]
 fn long_names_and_big_ids_round_trip_through_pax() {
     let long = format!("{}/file", "d".repeat(200));
-    let tar = TarBuilder::new().pax(&[("path", long.as_bytes()), ("uid", b"4000000000")]).file("x", b"data").finish();
+    let tar = TarBuilder::new()
+        .pax(&[("path", long.as_bytes()), ("uid", b"4000000000")])
+        .file("x", b"data")
+        .finish();
     let (index, mut chunks) = read(&tar).unwrap();
     assert_eq!(index.entries[0].path, long.as_bytes());
     assert_eq!(index.entries[0].uid, 4_000_000_000);
@@ -223,7 +231,8 @@ fn dotdot_and_absolute_paths_are_refused_by_name() {
 
 #[test]
 fn writing_through_a_symlink_parent_is_refused() {
-    let tar = TarBuilder::new().link(EntryType::Symlink, "etc", "/etc").file("etc/passwd", b"root::0:0").finish();
+    let tar =
+        TarBuilder::new().link(EntryType::Symlink, "etc", "/etc").file("etc/passwd", b"root::0:0").finish();
     let e = refused(&tar);
     assert!(e.contains("etc/passwd") && e.contains("not a directory"), "{e}");
 }
@@ -252,7 +261,10 @@ fn duplicate_entries_last_wins_and_hardlinks_keep_old_content() {
     let (index, mut chunks) = read(&tar).unwrap();
     let content = |p: &[u8], chunks: &mut Chunks| {
         let e = index.entries.iter().find(|e| e.path == p).unwrap();
-        e.chunks.iter().flat_map(|c| chunks.chunk(&ChunkId::from_slice(&c.id).unwrap()).unwrap()).collect::<Vec<u8>>()
+        e.chunks
+            .iter()
+            .flat_map(|c| chunks.chunk(&ChunkId::from_slice(&c.id).unwrap()).unwrap())
+            .collect::<Vec<u8>>()
     };
     assert_eq!(content(b"f", &mut chunks), b"second");
     assert_eq!(content(b"g", &mut chunks), b"first", "the link keeps the inode it was made to");
@@ -293,7 +305,8 @@ fn very_deep_paths_are_refused_but_deep_trees_are_fine() {
     assert!(e.contains("more than the 4096 allowed"), "{e}");
 
     let ok = "d/".repeat(500) + "f";
-    let (index, _) = read(&TarBuilder::new().pax(&[("path", ok.as_bytes())]).file("x", b"x").finish()).unwrap();
+    let (index, _) =
+        read(&TarBuilder::new().pax(&[("path", ok.as_bytes())]).file("x", b"x").finish()).unwrap();
     assert_eq!(index.entries[0].path, ok.as_bytes());
 }
 
@@ -347,5 +360,21 @@ proptest! {
         prop_assert_eq!(layer_id(&a), layer_id(&b));
         let (c, _) = read(&write_layer(&a, &mut chunks, Vec::new()).unwrap()).unwrap();
         prop_assert_eq!(layer_id(&a), layer_id(&c));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Mutated archives are refused or read, never a panic or a hang.
+    #[test]
+    fn mutated_archives_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+        let mut tar = every_kind();
+        for (at, byte) in flips {
+            let i = at.index(tar.len());
+            tar[i] ^= byte;
+        }
+        let keep = cut.index(tar.len() + 1);
+        let _ = read(&tar[..keep]);
     }
 }

@@ -28,7 +28,10 @@ pub(crate) struct TarArchive {
 }
 
 enum Member {
-    Data { offset: u64, size: u64 },
+    Data {
+        offset: u64,
+        size: u64,
+    },
     /// Symlink or hardlink: the member path it points at.
     Link(String),
 }
@@ -47,7 +50,8 @@ impl Archive {
         let entries = tar.entries_with_seek().map_err(open_err)?;
         let mut last = String::from("(start of archive)");
         for entry in entries {
-            let entry = entry.map_err(|e| ImportError::member(&last, format!("next member unreadable: {e}")))?;
+            let entry =
+                entry.map_err(|e| ImportError::member(&last, format!("next member unreadable: {e}")))?;
             let raw = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&raw).into_owned();
             let Ok(key) = normalize_member_path(&raw) else {
@@ -77,7 +81,10 @@ impl Archive {
                 if offset.saturating_add(size) > len {
                     return Err(ImportError::member(
                         &name,
-                        format!("archive is truncated: member needs bytes up to {}, file has {len}", offset + size),
+                        format!(
+                            "archive is truncated: member needs bytes up to {}, file has {len}",
+                            offset + size
+                        ),
                     ));
                 }
                 Member::Data { offset, size }
@@ -107,6 +114,14 @@ impl Archive {
                 if !meta.is_file() {
                     return Err(ImportError::member(member, "not a regular file"));
                 }
+                // A symlinked directory inside the layout must not lead out of it.
+                let inside = match (path.canonicalize(), root.canonicalize()) {
+                    (Ok(p), Ok(r)) => p.starts_with(r),
+                    _ => false,
+                };
+                if !inside {
+                    return Err(ImportError::member(member, "resolves outside the image layout"));
+                }
                 let file = File::open(&path).map_err(|e| ImportError::member(member, e))?;
                 Ok((Box::new(file), meta.len()))
             }
@@ -121,7 +136,10 @@ impl Archive {
     pub(crate) fn read_small(&self, member: &str) -> Result<Vec<u8>, ImportError> {
         let (reader, size) = self.open_member(member)?;
         if size > MAX_JSON_LEN {
-            return Err(ImportError::member(member, format!("{size} bytes, more than {MAX_JSON_LEN} allowed")));
+            return Err(ImportError::member(
+                member,
+                format!("{size} bytes, more than {MAX_JSON_LEN} allowed"),
+            ));
         }
         let mut out = Vec::with_capacity(size as usize);
         reader.take(MAX_JSON_LEN).read_to_end(&mut out).map_err(|e| ImportError::member(member, e))?;
@@ -149,11 +167,8 @@ impl TarArchive {
 /// `target` taken relative to `dir`, inside the archive, or None if it
 /// leaves the archive root.
 fn resolve_relative(dir: &str, target: &str) -> Option<String> {
-    let mut parts: Vec<&str> = if target.starts_with('/') {
-        Vec::new()
-    } else {
-        dir.split('/').filter(|p| !p.is_empty()).collect()
-    };
+    let mut parts: Vec<&str> =
+        if target.starts_with('/') { Vec::new() } else { dir.split('/').filter(|p| !p.is_empty()).collect() };
     for part in target.split('/') {
         match part {
             "" | "." => {}

@@ -64,16 +64,20 @@ pub fn export_image(
     let name = if names.contains(&name) { name } else { names.iter().next().cloned().unwrap_or_default() };
     let io_err = |source| ExportError::Io { path: output.to_owned(), source };
 
-    let mut writer = ArchiveWriter::new(ArchiveTarget::Tar(output.to_owned()), ArchiveLayout::OciWithDockerManifest)
-        .map_err(io_err)?;
+    let mut writer =
+        ArchiveWriter::new(ArchiveTarget::Tar(output.to_owned()), ArchiveLayout::OciWithDockerManifest)
+            .map_err(io_err)?;
     let mut layers = Vec::new();
     let mut written = Vec::new();
     for raw in &record.layers {
-        let id = LayerId::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("image {image}: layer id: {e}")))?;
+        let id = LayerId::from_slice(raw)
+            .map_err(|e| StoreError::Corrupt(format!("image {image}: layer id: {e}")))?;
         let index = store.layer_index(&id)?;
         let layer = writer
             .add_layer(options.compression, |w| {
-                write_layer(&index, &mut StoreChunks(store), w).map(|_| ()).map_err(|e| io::Error::other(Wrapped(e)))
+                write_layer(&index, &mut StoreChunks(store), w)
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(Wrapped(e)))
             })
             .map_err(|e| match e.into_inner().map(|inner| inner.downcast::<Wrapped>()) {
                 Some(Ok(wrapped)) => ExportError::Layer { layer: id.to_string(), source: wrapped.0 },
@@ -83,12 +87,14 @@ pub fn export_image(
         layers.push(ExportedLayer { id, digest: layer.digest, diff_id: layer.diff_id, size: layer.size });
         written.push(layer);
     }
-    let mut config: serde_json::Value = serde_json::from_slice(&record.config).map_err(ExportError::Config)?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&record.config).map_err(ExportError::Config)?;
     if let Some(obj) = config.as_object_mut() {
         obj.remove("rootfs");
     }
     // An image imported without a name goes by its id; that is no tag.
-    let tags: Vec<String> = if name.is_empty() || name == image.to_hex() { vec![] } else { vec![name.clone()] };
+    let tags: Vec<String> =
+        if name.is_empty() || name == image.to_hex() { vec![] } else { vec![name.clone()] };
     let manifest_digest = writer.add_image(&tags, config, &written).map_err(io_err)?;
     let bytes = writer.finish().map_err(io_err)?;
     Ok(ExportReport { image, name, manifest_digest, layers, bytes })

@@ -72,7 +72,12 @@ fn docker_save(archive: &Archive) -> Result<Vec<ImagePlan>, ImportError> {
         if diff_ids.len() != entry.layers.len() {
             return Err(ImportError::member(
                 "manifest.json",
-                format!("{} lists {} layers, its config {} diff_ids", entry.config, entry.layers.len(), diff_ids.len()),
+                format!(
+                    "{} lists {} layers, its config {} diff_ids",
+                    entry.config,
+                    entry.layers.len(),
+                    diff_ids.len()
+                ),
             ));
         }
         let layers = entry
@@ -121,7 +126,10 @@ struct Rootfs {
 fn diff_ids(member: &str, config: &[u8]) -> Result<Vec<OciDigest>, ImportError> {
     let parsed: ConfigRootfs = serde_json::from_slice(config).map_err(|e| ImportError::member(member, e))?;
     if parsed.rootfs.kind != "layers" {
-        return Err(ImportError::member(member, format!("rootfs type {:?}, expected \"layers\"", parsed.rootfs.kind)));
+        return Err(ImportError::member(
+            member,
+            format!("rootfs type {:?}, expected \"layers\"", parsed.rootfs.kind),
+        ));
     }
     parsed
         .rootfs
@@ -161,12 +169,14 @@ fn is_index(media_type: &MediaType) -> bool {
 
 fn oci_layout(archive: &Archive, archive_path: &Path) -> Result<Vec<ImagePlan>, ImportError> {
     let layout = archive.read_small("oci-layout")?;
-    let version: serde_json::Value = serde_json::from_slice(&layout).map_err(|e| ImportError::member("oci-layout", e))?;
+    let version: serde_json::Value =
+        serde_json::from_slice(&layout).map_err(|e| ImportError::member("oci-layout", e))?;
     if version.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
         return Err(ImportError::member("oci-layout", "imageLayoutVersion is not 1.0.0"));
     }
     let bytes = archive.read_small("index.json")?;
-    let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| ImportError::member("index.json", e))?;
+    let index: ImageIndex =
+        serde_json::from_slice(&bytes).map_err(|e| ImportError::member("index.json", e))?;
     let stem = archive_path.file_stem().map(|s| s.to_string_lossy().to_lowercase());
 
     // Descriptors in index.json, with nested indexes resolved to a manifest
@@ -213,13 +223,16 @@ fn select_manifest(archive: &Archive, d: &Descriptor, referrer: &str) -> Result<
             return Ok(d);
         }
         let (member, bytes) = read_blob(archive, &d, &referrer)?;
-        let nested: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| ImportError::member(&member, e))?;
+        let nested: ImageIndex =
+            serde_json::from_slice(&bytes).map_err(|e| ImportError::member(&member, e))?;
         let candidates: Vec<&Descriptor> = nested.manifests().iter().collect();
         let arch = host_arch();
         let chosen = candidates
             .iter()
             .find(|m| {
-                m.platform().as_ref().is_some_and(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
+                m.platform()
+                    .as_ref()
+                    .is_some_and(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
             })
             .or_else(|| if candidates.len() == 1 { candidates.first() } else { None })
             .ok_or_else(|| {
@@ -227,7 +240,10 @@ fn select_manifest(archive: &Archive, d: &Descriptor, referrer: &str) -> Result<
                     .iter()
                     .filter_map(|m| m.platform().as_ref().map(|p| format!("{}/{}", p.os(), p.architecture())))
                     .collect();
-                ImportError::member(&member, format!("no manifest for linux/{arch}; platforms: {}", platforms.join(", ")))
+                ImportError::member(
+                    &member,
+                    format!("no manifest for linux/{arch}; platforms: {}", platforms.join(", ")),
+                )
             })?;
         d = (*chosen).clone();
         referrer = member;
@@ -245,7 +261,8 @@ fn host_arch() -> &'static str {
 
 fn image_from_manifest(archive: &Archive, d: &Descriptor) -> Result<ImagePlan, ImportError> {
     let (member, bytes) = read_blob(archive, d, "index.json")?;
-    let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| ImportError::member(&member, e))?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&bytes).map_err(|e| ImportError::member(&member, e))?;
     let (config_member, config) = read_blob(archive, manifest.config(), &member)?;
     let config_digest = OciDigest::sha256_of(&config);
     let diff_ids = diff_ids(&config_member, &config)?;
@@ -258,8 +275,14 @@ fn image_from_manifest(archive: &Archive, d: &Descriptor) -> Result<ImagePlan, I
     let mut layers = Vec::new();
     for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
         let media_type = layer.media_type().to_string();
-        if media_type.contains("encrypted") || media_type.contains("foreign") || media_type.contains("nondistributable") {
-            return Err(ImportError::member(&member, format!("layer media type {media_type} is not supported")));
+        if media_type.contains("encrypted")
+            || media_type.contains("foreign")
+            || media_type.contains("nondistributable")
+        {
+            return Err(ImportError::member(
+                &member,
+                format!("layer media type {media_type} is not supported"),
+            ));
         }
         let digest = descriptor_digest(&member, layer)?;
         layers.push(LayerPlan {

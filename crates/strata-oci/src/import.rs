@@ -1,5 +1,5 @@
 use std::collections::{HashMap, HashSet};
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -145,7 +145,11 @@ pub fn import_archive(
     Ok(report)
 }
 
-fn stage_image(txn: &mut ImportTxn<'_>, plan: ImagePlan, layer_ids: &HashMap<String, LayerId>) -> ImportedImage {
+fn stage_image(
+    txn: &mut ImportTxn<'_>,
+    plan: ImagePlan,
+    layer_ids: &HashMap<String, LayerId>,
+) -> ImportedImage {
     let layers: Vec<LayerId> = plan.layers.iter().filter_map(|l| layer_ids.get(&l.member).copied()).collect();
     let record = ImageRecord {
         layers: layers.iter().map(|l| l.as_bytes().to_vec()).collect(),
@@ -194,7 +198,11 @@ fn convert_layer<S: ChunkSink>(
     let diff_id = diff_id.unwrap_or(blob_digest);
     if let Some(expected) = layer.blob_digest {
         if expected != blob_digest {
-            return Err(ImportError::DigestMismatch { member: member.to_owned(), expected, actual: blob_digest });
+            return Err(ImportError::DigestMismatch {
+                member: member.to_owned(),
+                expected,
+                actual: blob_digest,
+            });
         }
     }
     if diff_id != layer.diff_id {

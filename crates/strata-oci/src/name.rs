@@ -11,8 +11,8 @@ pub struct NameError {
 /// validated by the distribution grammar, `:latest` added when no tag or
 /// digest is given, `docker.io/` and `library/` dropped.
 pub fn normalize_name(name: &str) -> Result<String, NameError> {
-    let reference = Reference::try_from(name)
-        .map_err(|e| NameError { name: name.to_owned(), reason: e.to_string() })?;
+    let reference =
+        Reference::try_from(name).map_err(|e| NameError { name: name.to_owned(), reason: e.to_string() })?;
     let repository = reference.repository();
     let mut out = match reference.registry() {
         "docker.io" | "index.docker.io" | "" => {

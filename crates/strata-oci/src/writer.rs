@@ -80,9 +80,14 @@ impl ArchiveWriter {
         let parent = match &target {
             ArchiveTarget::Tar(p) | ArchiveTarget::Dir(p) => p.parent().filter(|p| !p.as_os_str().is_empty()),
         };
-        let scratch = tempfile::Builder::new().prefix(".strata-archive-").tempdir_in(parent.unwrap_or(Path::new(".")))?;
+        let scratch = tempfile::Builder::new()
+            .prefix(".strata-archive-")
+            .tempdir_in(parent.unwrap_or(Path::new(".")))?;
         if layout == ArchiveLayout::DockerLegacy && matches!(target, ArchiveTarget::Dir(_)) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "legacy docker-save archives are tar files"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "legacy docker-save archives are tar files",
+            ));
         }
         Ok(Self {
             layout,
@@ -121,7 +126,8 @@ impl ArchiveWriter {
                 None
             }
             LayerCompression::Gzip => {
-                let mut inner = Tee::new(flate2::write::GzEncoder::new(&mut outer, flate2::Compression::fast()));
+                let mut inner =
+                    Tee::new(flate2::write::GzEncoder::new(&mut outer, flate2::Compression::fast()));
                 write_tar(&mut inner)?;
                 let (gz, sha) = inner.into_parts();
                 gz.finish()?;
@@ -150,7 +156,11 @@ impl ArchiveWriter {
     }
 
     /// Adds a layer from an uncompressed tar stream.
-    pub fn add_layer_from(&mut self, compression: LayerCompression, mut tar: impl Read) -> io::Result<WrittenLayer> {
+    pub fn add_layer_from(
+        &mut self,
+        compression: LayerCompression,
+        mut tar: impl Read,
+    ) -> io::Result<WrittenLayer> {
         self.add_layer(compression, |w| io::copy(&mut tar, w).map(|_| ()))
     }
 

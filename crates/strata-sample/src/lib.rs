@@ -95,8 +95,22 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// Seeded text-like bytes that compress about 3-4x.
 pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "layer", "chunk", "strata", "container", "image", "node", "peer", "fetch", "lazy", "mount", "write",
-        "merge", "index", "store", "verify", "blake3",
+        "layer",
+        "chunk",
+        "strata",
+        "container",
+        "image",
+        "node",
+        "peer",
+        "fetch",
+        "lazy",
+        "mount",
+        "write",
+        "merge",
+        "index",
+        "store",
+        "verify",
+        "blake3",
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(len + 16);
@@ -123,10 +137,11 @@ pub fn base_layer() -> io::Result<Vec<u8>> {
     t.file(b"etc/hostname", 0o644, b"strata-demo\n")?;
     t.file(b"etc/motd", 0o644, &text_bytes(2, 200_000))?;
     t.symlink("etc/escape", "../../../../../etc/shadow")?;
-    t.file_with_pax("usr/share/doc/README", &text_bytes(3, 50_000), &[
-        ("SCHILY.xattr.user.origin", b"strata-sample"),
-        ("mtime", b"1700000000.5"),
-    ])?;
+    t.file_with_pax(
+        "usr/share/doc/README",
+        &text_bytes(3, 50_000),
+        &[("SCHILY.xattr.user.origin", b"strata-sample"), ("mtime", b"1700000000.5")],
+    )?;
     t.file(b"usr/share/doc/caf\xe9-latin1.txt", 0o644, b"a name that is not UTF-8\n")?;
     let long = format!("usr/share/doc/{}/deep.txt", "long-directory-name".repeat(8));
     t.file(long.as_bytes(), 0o644, b"a path longer than 100 bytes\n")?;
@@ -220,7 +235,12 @@ pub fn write_mixed_tree(out: impl Write, seed: u64, total: u64) -> io::Result<u6
 }
 
 /// Convenience for tests: the two sample layers as an image archive.
-pub fn write_sample_image(path: &Path, layout: ArchiveLayout, compression: LayerCompression, name: &str) -> io::Result<()> {
+pub fn write_sample_image(
+    path: &Path,
+    layout: ArchiveLayout,
+    compression: LayerCompression,
+    name: &str,
+) -> io::Result<()> {
     let target = if path.extension().is_some_and(|e| e == "tar") {
         ArchiveTarget::Tar(path.to_owned())
     } else {
@@ -254,10 +274,11 @@ pub fn debian_package_layer(package: &str) -> io::Result<Vec<u8>> {
     };
     let find = || -> io::Result<Option<std::path::PathBuf>> {
         let prefix = prefix.clone();
-        Ok(std::fs::read_dir(&dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))))
+        Ok(std::fs::read_dir(&dir)?.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        }))
     };
     let deb = match find()? {
         Some(deb) => deb,
@@ -274,7 +295,11 @@ pub fn debian_package_layer(package: &str) -> io::Result<Vec<u8>> {
     };
     let out = Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb).output()?;
     if !out.status.success() {
-        return Err(io::Error::other(format!("dpkg-deb --fsys-tarfile {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr))));
+        return Err(io::Error::other(format!(
+            "dpkg-deb --fsys-tarfile {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     Ok(out.stdout)
 }

@@ -154,11 +154,8 @@ impl Store {
         let _records = self.lock_records();
         let (id, _) = self.resolve(reference)?;
         let all = self.image_names(&id)?;
-        let names_removed: Vec<String> = if all.contains(reference) {
-            vec![reference.to_owned()]
-        } else {
-            all.iter().cloned().collect()
-        };
+        let names_removed: Vec<String> =
+            if all.contains(reference) { vec![reference.to_owned()] } else { all.iter().cloned().collect() };
         let mut batch = WriteBatch::default();
         for name in &names_removed {
             batch.delete_cf(self.cf(schema::NAMES), name.as_bytes());
@@ -173,7 +170,11 @@ impl Store {
     }
 
     /// Adds to `batch` the deletion of an image record and its layer refs.
-    pub(crate) fn delete_image_records(&self, batch: &mut WriteBatch, id: &ImageId) -> Result<(), StoreError> {
+    pub(crate) fn delete_image_records(
+        &self,
+        batch: &mut WriteBatch,
+        id: &ImageId,
+    ) -> Result<(), StoreError> {
         if let Some(record) = self.image(id)? {
             for layer in &record.layers {
                 let layer = LayerId::from_slice(layer)

@@ -65,11 +65,7 @@ impl ImportTxn<'_> {
     /// Makes sure the chunk is in the store. `encode` produces its stored form
     /// and runs only when the chunk is new. Returns whether it was new.
     /// Safe to call from several threads at once.
-    pub fn put_chunk(
-        &self,
-        id: ChunkId,
-        encode: impl FnOnce() -> Vec<u8>,
-    ) -> Result<bool, StoreError> {
+    pub fn put_chunk(&self, id: ChunkId, encode: impl FnOnce() -> Vec<u8>) -> Result<bool, StoreError> {
         if lock(&self.pinned).insert(id) {
             self.store.pins.pin(id);
         }
@@ -212,10 +208,11 @@ fn names_with<'m>(
     store: &Store,
     id: ImageId,
 ) -> Result<&'m mut BTreeSet<String>, StoreError> {
-    if !names_of.contains_key(&id) {
-        names_of.insert(id, store.image_names(&id)?);
+    use std::collections::hash_map::Entry;
+    match names_of.entry(id) {
+        Entry::Occupied(names) => Ok(names.into_mut()),
+        Entry::Vacant(slot) => Ok(slot.insert(store.image_names(&id)?)),
     }
-    Ok(names_of.entry(id).or_default())
 }
 
 impl Drop for ImportTxn<'_> {

@@ -41,7 +41,11 @@ fn import(store: &Store, name: &str, data: &[u8]) -> LayerId {
     let (chunk, index) = layer_of(data);
     txn.put_chunk(chunk, || encode(data)).unwrap();
     let layer = txn.stage_layer(&index, record(data.len() as u64)).unwrap();
-    let image = ImageRecord { layers: vec![layer.as_bytes().to_vec()], config: b"{}".to_vec(), config_digest: String::new() };
+    let image = ImageRecord {
+        layers: vec![layer.as_bytes().to_vec()],
+        config: b"{}".to_vec(),
+        config_digest: String::new(),
+    };
     txn.stage_image(image, vec![name.to_owned()]);
     txn.commit().unwrap();
     layer
@@ -66,7 +70,10 @@ fn committed_images_read_back_verified() {
     assert_eq!(store.get_chunk(&ChunkId::of(&data)).unwrap(), data);
     assert_eq!(store.layer_index(&layer).unwrap(), layer_of(&data).1);
     let stats = store.stats().unwrap();
-    assert_eq!((stats.chunks, stats.unique_bytes, stats.logical_bytes, stats.images), (1, data.len() as u64, data.len() as u64, 1));
+    assert_eq!(
+        (stats.chunks, stats.unique_bytes, stats.logical_bytes, stats.images),
+        (1, data.len() as u64, data.len() as u64, 1)
+    );
     assert!(stats.stored_bytes < stats.unique_bytes, "text compresses");
 }
 
@@ -136,7 +143,10 @@ fn gc_leaves_what_an_open_import_has_pinned() {
     assert_eq!((report.layers_deleted, report.chunks_deleted), (1, 0));
     // ...and the import commits a readable image.
     let layer = txn.stage_layer(&index, record(shared.len() as u64)).unwrap();
-    txn.stage_image(ImageRecord { layers: vec![layer.as_bytes().to_vec()], config: vec![], config_digest: String::new() }, vec!["new:1".into()]);
+    txn.stage_image(
+        ImageRecord { layers: vec![layer.as_bytes().to_vec()], config: vec![], config_digest: String::new() },
+        vec!["new:1".into()],
+    );
     txn.commit().unwrap();
     assert_eq!(store.gc().unwrap().chunks_deleted, 0);
     assert_eq!(store.get_chunk(&chunk).unwrap(), shared);

@@ -54,9 +54,8 @@ impl fmt::Debug for OciDigest {
 impl FromStr for OciDigest {
     type Err = OciDigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (algorithm, encoded) = s
-            .split_once(':')
-            .ok_or_else(|| OciDigestError::NoAlgorithm(s.to_owned()))?;
+        let (algorithm, encoded) =
+            s.split_once(':').ok_or_else(|| OciDigestError::NoAlgorithm(s.to_owned()))?;
         if algorithm != "sha256" {
             return Err(OciDigestError::Algorithm(algorithm.to_owned()));
         }
@@ -131,10 +130,7 @@ mod tests {
     fn parses_and_prints() {
         let d = OciDigest::sha256_of(b"");
         let s = d.to_string();
-        assert_eq!(
-            s,
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(s, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(s.parse::<OciDigest>(), Ok(d));
     }
 
