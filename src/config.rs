@@ -28,6 +28,16 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Import options from these settings, naming the image `names`.
+    pub fn import_options(&self, names: Vec<String>) -> strata_oci::ImportOptions {
+        strata_oci::ImportOptions {
+            names,
+            chunking: self.chunking,
+            zstd_level: self.zstd_level,
+            workers: self.import_workers,
+        }
+    }
+
     pub fn load(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         match explicit {

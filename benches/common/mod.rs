@@ -45,6 +45,12 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Reads a file through the page cache without keeping it in memory.
+pub fn warm(path: &Path) {
+    let mut f = std::fs::File::open(path).expect("open");
+    std::io::copy(&mut f, &mut std::io::sink()).expect("read");
+}
+
 pub fn sync() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };

@@ -2,8 +2,7 @@
 
 use anyhow::{ensure, Context};
 use strata_oci::{
-    export_image, import_archive, ArchiveLayout, ArchiveTarget, ExportOptions, ImportOptions,
-    LayerCompression, NoProgress,
+    export_image, import_archive, ArchiveLayout, ArchiveTarget, ExportOptions, LayerCompression, NoProgress,
 };
 use strata_sample::{base_layer, sample_config, update_layer, write_image};
 use strata_store::{OpenMode, Store};
@@ -17,12 +16,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         if ctx.explicit_data_dir { ctx.data_dir.join("store") } else { scratch.path().join("store") };
     println!("strata demo: store at {}", store_dir.display());
     let store = Store::open(&store_dir, OpenMode::ReadWrite)?;
-    let options = ImportOptions {
-        names: vec![],
-        chunking: ctx.settings.chunking,
-        zstd_level: ctx.settings.zstd_level,
-        workers: ctx.settings.import_workers,
-    };
+    let options = ctx.settings.import_options(vec![]);
 
     step("1. build a two-layer image (every entry kind, whiteouts, an opaque dir) as an OCI archive");
     let v1 = scratch.path().join("sample-v1.tar");

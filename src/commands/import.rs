@@ -2,7 +2,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde_json::json;
-use strata_oci::{export_image, import_archive, ExportOptions, ImportOptions, LayerCompression};
+use strata_oci::{export_image, import_archive, ExportOptions, LayerCompression};
 
 use super::Ctx;
 use crate::cli::Compression;
@@ -11,12 +11,7 @@ use crate::progress::Bar;
 
 pub fn import(ctx: &Ctx, file: &Path, names: Vec<String>) -> anyhow::Result<()> {
     let store = ctx.write_store()?;
-    let options = ImportOptions {
-        names,
-        chunking: ctx.settings.chunking,
-        zstd_level: ctx.settings.zstd_level,
-        workers: ctx.settings.import_workers,
-    };
+    let options = ctx.settings.import_options(names);
     let bar = Bar::for_stderr();
     let result = import_archive(&store, file, &options, &bar);
     bar.finish();

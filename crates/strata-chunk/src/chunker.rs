@@ -67,8 +67,9 @@ impl Chunking {
 }
 
 /// Splits streams into chunks. One `Chunker` serves any number of files and
-/// keeps one buffer (four times the largest chunk) for all of them, so small
-/// files cost no allocation.
+/// keeps one buffer (at least four times the largest chunk, and 4 MiB) for
+/// all of them, so small files cost no allocation and the unconsumed tail is
+/// moved to the front only once per several chunks.
 pub struct Chunker {
     scheme: Chunking,
     masks: (u64, u64),
@@ -98,8 +99,9 @@ impl Chunker {
         F: FnMut(&[u8]) -> Result<(), E>,
     {
         let max = self.scheme.max_len();
-        if self.buf.len() < 4 * max {
-            self.buf.resize(4 * max, 0);
+        let want = (4 * max).max(4 << 20);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
         }
         let (mut start, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
         loop {

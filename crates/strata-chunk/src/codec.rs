@@ -75,8 +75,13 @@ impl ChunkEncoder {
     }
 
     /// The stored form of `data`: zstd if that is smaller, raw otherwise.
+    /// Chunks whose bytes look uniformly random (already compressed media,
+    /// archives, encrypted data) are stored raw without trying zstd.
     pub fn encode(&mut self, data: &[u8]) -> Vec<u8> {
         debug_assert!(data.len() <= MAX_CHUNK_LEN);
+        if looks_incompressible(data) {
+            return raw(data);
+        }
         let header_len = StoredChunkHeader::LEN;
         let mut out = Vec::with_capacity(header_len + data.len());
         StoredChunkHeader { codec: Codec::Zstd, len: data.len() as u32 }.write(&mut out);
@@ -88,14 +93,45 @@ impl ChunkEncoder {
             self.compressor.compress_to_buffer(data, &mut out[header_len..header_len + budget]).ok();
         match compressed {
             Some(n) => out.truncate(header_len + n),
-            None => {
-                out.clear();
-                StoredChunkHeader { codec: Codec::Raw, len: data.len() as u32 }.write(&mut out);
-                out.extend_from_slice(data);
-            }
+            None => return raw(data),
         }
         out
     }
+}
+
+fn raw(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(StoredChunkHeader::LEN + data.len());
+    StoredChunkHeader { codec: Codec::Raw, len: data.len() as u32 }.write(&mut out);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Byte entropy of a sample (eight 1 KiB windows spread over the chunk)
+/// above 7.9 bits per byte: zstd would only find it incompressible, slowly.
+/// Small chunks are always tried.
+fn looks_incompressible(data: &[u8]) -> bool {
+    const WINDOW: usize = 1024;
+    const WINDOWS: usize = 8;
+    if data.len() < 4 * WINDOW * WINDOWS {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    let stride = data.len() / WINDOWS;
+    for w in 0..WINDOWS {
+        for &b in &data[w * stride..w * stride + WINDOW] {
+            counts[b as usize] += 1;
+        }
+    }
+    let n = (WINDOW * WINDOWS) as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > 7.9
 }
 
 /// Decodes stored chunks and verifies them against their ids.
@@ -159,6 +195,18 @@ mod tests {
         let (stored, back) = round_trip(&noise);
         assert_eq!(back, noise);
         assert_eq!(stored.len(), noise.len() + StoredChunkHeader::LEN);
+    }
+
+    #[test]
+    fn random_chunks_skip_zstd_but_repetitive_ones_do_not() {
+        let mut noise = vec![0u8; 256 << 10];
+        rand::RngCore::fill_bytes(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1),
+            &mut noise,
+        );
+        assert!(looks_incompressible(&noise));
+        assert!(!looks_incompressible(&b"abcdefgh".repeat(32 << 10)));
+        assert!(!looks_incompressible(&noise[..1000]), "small chunks are always tried");
     }
 
     #[test]
