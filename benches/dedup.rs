@@ -64,9 +64,9 @@ fn main() {
         let data = dir.join(label.split_whitespace().next().unwrap());
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("strata.toml"), toml).unwrap();
-        assert!(strata(&data).arg("import").arg(&v1).status().unwrap().success());
+        assert!(strata(&data).arg("import").arg(&v1).stdout(std::process::Stdio::null()).status().unwrap().success());
         let (s1, l1) = stored(&data);
-        assert!(strata(&data).arg("import").arg(&v2).status().unwrap().success());
+        assert!(strata(&data).arg("import").arg(&v2).stdout(std::process::Stdio::null()).status().unwrap().success());
         let (s2, l2) = stored(&data);
         println!(
             "| {label} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.3} |",

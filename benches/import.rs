@@ -86,16 +86,15 @@ fn run(image: &Image, dir: &Path, runs: u64) {
         let _ = std::fs::remove_dir_all(&out);
         let _ = std::fs::remove_dir_all(&data);
     }
-    let (t, m) = (median(tar_s), median(import_s));
+    let (t, ts, m) = (median(tar_s), median(tar_sync_s), median(import_s));
+    let mb = mib(image.bytes);
     println!(
-        "| {} | {:.0} | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | {:.2} | {:.0} MiB |",
+        "| {} | {mb:.0} | {t:.2} s ({:.0} MiB/s) | {ts:.2} s | {m:.2} s ({:.0} MiB/s) | {:.2} | {:.2} | {:.0} MiB |",
         image.label,
-        mib(image.bytes),
-        t,
-        mib(image.bytes) / t,
-        m,
-        mib(image.bytes) / m,
+        mb / t,
+        mb / m,
         m / t,
+        m / ts,
         median(rss) / (1 << 20) as f64,
     );
 }
