@@ -30,6 +30,12 @@ fn image(dir: &Path, name: &str, specs: &[String]) -> std::path::PathBuf {
     path
 }
 
+fn import(data: &Path, archive: &Path) {
+    let status =
+        strata(data).arg("import").arg(archive).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(status.success(), "import {}", archive.display());
+}
+
 fn stored(data: &Path) -> (u64, u64) {
     let out = strata(data).args(["--json", "store", "stats"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -64,9 +70,9 @@ fn main() {
         let data = dir.join(label.split_whitespace().next().unwrap());
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("strata.toml"), toml).unwrap();
-        assert!(strata(&data).arg("import").arg(&v1).stdout(std::process::Stdio::null()).status().unwrap().success());
+        import(&data, &v1);
         let (s1, l1) = stored(&data);
-        assert!(strata(&data).arg("import").arg(&v2).stdout(std::process::Stdio::null()).status().unwrap().success());
+        import(&data, &v2);
         let (s2, l2) = stored(&data);
         println!(
             "| {label} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.3} |",
