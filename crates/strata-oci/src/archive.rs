@@ -50,8 +50,14 @@ impl Archive {
         let entries = tar.entries_with_seek().map_err(open_err)?;
         let mut last = String::from("(start of archive)");
         for entry in entries {
-            let entry =
-                entry.map_err(|e| ImportError::member(&last, format!("next member unreadable: {e}")))?;
+            let entry = entry.map_err(|e| {
+                if members.is_empty() {
+                    let source = io::Error::other(format!("not a tar archive: {e}"));
+                    ImportError::Open { path: path.to_owned(), source }
+                } else {
+                    ImportError::member(&last, format!("the member after it is unreadable: {e}"))
+                }
+            })?;
             let raw = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&raw).into_owned();
             let Ok(key) = normalize_member_path(&raw) else {
