@@ -1,9 +1,9 @@
 use std::collections::HashSet;
 
 use rocksdb::WriteBatch;
-use strata_chunk::StoredChunkHeader;
 use strata_types::{ChunkId, LayerId};
 
+use crate::schema::ChunkMeta;
 use crate::stats::ChunkTotals;
 use crate::store::chunk_write_options;
 use crate::{schema, Store, StoreError};
@@ -42,12 +42,14 @@ impl Store {
         }
 
         let mut candidates = Vec::with_capacity(SWEEP_BATCH);
-        let mut it = self.db.raw_iterator_cf(self.cf(schema::CHUNKS));
+        // The meta family lists every chunk in a few bytes each: the sweep
+        // never reads chunk data.
+        let mut it = self.db.raw_iterator_cf(self.cf(schema::CHUNK_META));
         it.seek_to_first();
-        while let Some(key) = it.key() {
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
             if let Ok(id) = ChunkId::from_slice(key) {
                 if !self.has_prefix(schema::REFS, &schema::chunk_ref_prefix(&id))? {
-                    candidates.push((id, None));
+                    candidates.push((id, ChunkMeta::decode(value)));
                 }
             }
             if candidates.len() == SWEEP_BATCH {
@@ -60,7 +62,7 @@ impl Store {
         report.add(self.delete_unused_chunks(candidates.drain(..), &HashSet::new())?);
 
         if report.chunks_deleted > 0 || report.layers_deleted > 0 {
-            for cf in [schema::CHUNKS, schema::REFS, schema::INDEXES, schema::LAYERS] {
+            for cf in [schema::CHUNKS, schema::CHUNK_META, schema::REFS, schema::INDEXES, schema::LAYERS] {
                 self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
             }
         }
@@ -106,31 +108,29 @@ impl Store {
     /// pinned. Holds the pin lock while checking and deleting.
     pub(crate) fn delete_unused_chunks(
         &self,
-        candidates: impl Iterator<Item = (ChunkId, Option<ChunkTotals>)>,
+        candidates: impl Iterator<Item = (ChunkId, Option<ChunkMeta>)>,
         own_pins: &HashSet<ChunkId>,
     ) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let pins = self.pins.lock();
         let mut batch = WriteBatch::default();
-        let cf = self.cf(schema::CHUNKS);
-        for (id, totals) in candidates {
+        for (id, meta) in candidates {
             let pinned = pins.get(&id).copied().unwrap_or(0);
             let own = u32::from(own_pins.contains(&id));
             if pinned > own || self.has_prefix(schema::REFS, &schema::chunk_ref_prefix(&id))? {
                 continue;
             }
-            let totals = match totals {
-                Some(t) => t,
-                None => match self.db.get_pinned_cf(cf, id.as_bytes())? {
+            let meta = match meta {
+                Some(m) => m,
+                None => match self.chunk_meta(&id)? {
+                    Some(m) => m,
                     None => continue,
-                    Some(stored) => match StoredChunkHeader::parse(&id, &stored) {
-                        Ok(h) => ChunkTotals::one(h.len, stored.len()),
-                        Err(_) => ChunkTotals { chunks: 1, bytes: 0, stored: stored.len() as i64 },
-                    },
                 },
             };
-            batch.delete_cf(cf, id.as_bytes());
-            batch.merge_cf(cf, schema::STATS_KEY, totals.negate().encode());
+            let totals = ChunkTotals::of(meta);
+            batch.delete_cf(self.cf(schema::CHUNKS), id.as_bytes());
+            batch.delete_cf(self.cf(schema::CHUNK_META), id.as_bytes());
+            batch.merge_cf(self.cf(schema::CHUNK_META), schema::STATS_KEY, totals.negate().encode());
             report.chunks_deleted += 1;
             report.chunk_bytes_deleted += totals.bytes as u64;
             report.stored_bytes_deleted += totals.stored as u64;

@@ -2,9 +2,13 @@
 
 use strata_types::{ChunkId, ImageId, LayerId};
 
-/// Stored chunks, key = ChunkId (32 bytes), value = strata-chunk's stored form.
-/// Also holds [`STATS_KEY`], the running totals of chunk count and bytes.
+/// Stored chunks, key = ChunkId (32 bytes), value = strata-chunk's stored
+/// form, in RocksDB blob files.
 pub const CHUNKS: &str = "chunks";
+/// Which chunks exist, key = ChunkId, value = [`ChunkMeta`] (8 bytes): what
+/// lookups, GC and stats read instead of the chunk bytes. Written in the same
+/// batch as [`CHUNKS`]; also holds [`STATS_KEY`], the running totals.
+pub const CHUNK_META: &str = "chunk_meta";
 /// LayerRecord by LayerId.
 pub const LAYERS: &str = "layers";
 /// Encoded LayerIndex by LayerId; LayerId = BLAKE3 of the value.
@@ -16,9 +20,9 @@ pub const NAMES: &str = "names";
 /// Reference edges, all with empty values; see the key builders below.
 pub const REFS: &str = "refs";
 
-pub const ALL: [&str; 6] = [CHUNKS, LAYERS, INDEXES, IMAGES, NAMES, REFS];
+pub const ALL: [&str; 7] = [CHUNKS, CHUNK_META, LAYERS, INDEXES, IMAGES, NAMES, REFS];
 
-/// Key of the chunk totals in [`CHUNKS`]; its length sets it apart from ids.
+/// Key of the chunk totals in [`CHUNK_META`]; its length sets it apart from ids.
 pub const STATS_KEY: &[u8] = b"\xffstats";
 
 const CHUNK_USED_BY_LAYER: u8 = b'c';
@@ -58,4 +62,28 @@ pub fn name_ref(image: &ImageId, name: &str) -> Vec<u8> {
 
 pub fn name_ref_prefix(image: &ImageId) -> Vec<u8> {
     key(IMAGE_NAMED, image.as_bytes(), &[])
+}
+
+/// The value of a [`CHUNK_META`] entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkMeta {
+    /// Uncompressed length.
+    pub len: u32,
+    /// Length of the stored form.
+    pub stored: u32,
+}
+
+impl ChunkMeta {
+    pub fn encode(&self) -> [u8; 8] {
+        let mut out = [0; 8];
+        out[..4].copy_from_slice(&self.len.to_le_bytes());
+        out[4..].copy_from_slice(&self.stored.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: [u8; 8] = bytes.try_into().ok()?;
+        let [a, b, c, d, e, f, g, h] = bytes;
+        Some(Self { len: u32::from_le_bytes([a, b, c, d]), stored: u32::from_le_bytes([e, f, g, h]) })
+    }
 }

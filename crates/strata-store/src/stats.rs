@@ -1,5 +1,6 @@
 use prost::Message;
 
+use crate::schema::ChunkMeta;
 use crate::{schema, LayerRecord, Store, StoreError};
 
 /// Running totals of the chunk family, kept by a merge operator in the same
@@ -12,8 +13,8 @@ pub(crate) struct ChunkTotals {
 }
 
 impl ChunkTotals {
-    pub(crate) fn one(len: u32, stored: usize) -> Self {
-        Self { chunks: 1, bytes: len as i64, stored: stored as i64 }
+    pub(crate) fn of(meta: ChunkMeta) -> Self {
+        Self { chunks: 1, bytes: i64::from(meta.len), stored: i64::from(meta.stored) }
     }
 
     pub(crate) fn negate(self) -> Self {
@@ -79,7 +80,7 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let totals = self
             .db
-            .get_pinned_cf(self.cf(schema::CHUNKS), schema::STATS_KEY)?
+            .get_pinned_cf(self.cf(schema::CHUNK_META), schema::STATS_KEY)?
             .map(|v| ChunkTotals::decode(&v))
             .unwrap_or_default();
         let mut stats = StoreStats {

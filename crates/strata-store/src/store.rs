@@ -10,6 +10,7 @@ use strata_chunk::{ChunkDecoder, StoredChunkHeader};
 use strata_types::ChunkId;
 
 use crate::pins::PinTable;
+use crate::schema::ChunkMeta;
 use crate::stats::ChunkTotals;
 use crate::{schema, StoreError};
 
@@ -49,6 +50,9 @@ impl Store {
         opts.increase_parallelism(std::thread::available_parallelism().map_or(2, |n| n.get()) as i32);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 << 20);
+        // Chunk writes skip the WAL; flushing all families atomically keeps
+        // a chunk and its meta entry together across a crash.
+        opts.set_atomic_flush(true);
         let cfs = schema::ALL.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db = match mode {
             OpenMode::ReadWrite => DB::open_cf_descriptors(&opts, dir, cfs),
@@ -114,32 +118,44 @@ impl Store {
     }
 
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        let cf = self.cf(schema::CHUNKS);
-        if !self.db.key_may_exist_cf(cf, id.as_bytes()) {
-            return Ok(false);
-        }
-        Ok(self.db.get_pinned_cf(cf, id.as_bytes())?.is_some())
+        Ok(self.chunk_meta(id)?.is_some())
     }
 
-    /// Writes a chunk unless present; returns whether it was new. The caller
-    /// must have pinned `id` (transactions do) or hold it referenced.
-    pub(crate) fn insert_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<bool, StoreError> {
+    /// Sizes of a stored chunk, without reading it.
+    pub(crate) fn chunk_meta(&self, id: &ChunkId) -> Result<Option<ChunkMeta>, StoreError> {
+        let cf = self.cf(schema::CHUNK_META);
+        if !self.db.key_may_exist_cf(cf, id.as_bytes()) {
+            return Ok(None);
+        }
+        match self.db.get_pinned_cf(cf, id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => ChunkMeta::decode(&v)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("chunk {id}: meta entry of {} bytes", v.len()))),
+        }
+    }
+
+    /// Writes a chunk unless present; returns its sizes if it was new. The
+    /// caller must have pinned `id` (transactions do) or hold it referenced.
+    pub(crate) fn insert_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<Option<ChunkMeta>, StoreError> {
         let header = StoredChunkHeader::parse(id, stored)?;
         let _stripe = self.lock_chunk(id);
         if self.has_chunk(id)? {
-            return Ok(false);
+            return Ok(None);
         }
-        let cf = self.cf(schema::CHUNKS);
+        let meta = ChunkMeta { len: header.len, stored: stored.len() as u32 };
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf, id.as_bytes(), stored);
-        batch.merge_cf(cf, schema::STATS_KEY, ChunkTotals::one(header.len, stored.len()).encode());
+        batch.put_cf(self.cf(schema::CHUNKS), id.as_bytes(), stored);
+        batch.put_cf(self.cf(schema::CHUNK_META), id.as_bytes(), meta.encode());
+        batch.merge_cf(self.cf(schema::CHUNK_META), schema::STATS_KEY, ChunkTotals::of(meta).encode());
         self.db.write_opt(batch, &chunk_write_options())?;
-        Ok(true)
+        Ok(Some(meta))
     }
 
     /// Makes every chunk written so far durable (chunk writes skip the WAL).
     pub(crate) fn flush_chunks(&self) -> Result<(), StoreError> {
-        self.db.flush_cf(self.cf(schema::CHUNKS))?;
+        let cfs = [self.cf(schema::CHUNKS), self.cf(schema::CHUNK_META)];
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         Ok(())
     }
 
@@ -212,6 +228,8 @@ fn cf_options(name: &str) -> Options {
         opts.set_blob_file_size(256 << 20);
         opts.set_enable_blob_gc(true);
         opts.set_write_buffer_size(64 << 20);
+    }
+    if name == schema::CHUNK_META {
         opts.set_merge_operator_associative("strata-chunk-totals", merge_totals);
     }
     opts

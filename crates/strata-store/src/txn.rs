@@ -3,10 +3,9 @@ use std::sync::Mutex;
 
 use prost::Message;
 use rocksdb::WriteBatch;
-use strata_chunk::StoredChunkHeader;
 use strata_types::{ChunkId, ImageId, LayerId};
 
-use crate::stats::ChunkTotals;
+use crate::schema::ChunkMeta;
 use crate::{schema, ImageRecord, LayerIndex, LayerRecord, Store, StoreError};
 
 /// One import: chunks are written as they come; layers, images and names
@@ -15,7 +14,7 @@ use crate::{schema, ImageRecord, LayerIndex, LayerRecord, Store, StoreError};
 pub struct ImportTxn<'s> {
     store: &'s Store,
     pinned: Mutex<HashSet<ChunkId>>,
-    written: Mutex<Vec<(ChunkId, ChunkTotals)>>,
+    written: Mutex<Vec<(ChunkId, ChunkMeta)>>,
     layers: Vec<StagedLayer>,
     images: Vec<StagedImage>,
     committed: bool,
@@ -74,13 +73,13 @@ impl ImportTxn<'_> {
         if self.store.has_chunk(&id)? {
             return Ok(false);
         }
-        let stored = encode();
-        let header = StoredChunkHeader::parse(&id, &stored)?;
-        let new = self.store.insert_chunk(&id, &stored)?;
-        if new {
-            lock(&self.written).push((id, ChunkTotals::one(header.len, stored.len())));
+        match self.store.insert_chunk(&id, &encode())? {
+            Some(meta) => {
+                lock(&self.written).push((id, meta));
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(new)
     }
 
     /// Stages a layer; returns its id. Every chunk the index lists must have
@@ -188,7 +187,7 @@ impl ImportTxn<'_> {
         store.write_synced(batch)?;
         let written = lock(&self.written);
         summary.new_chunks = written.len() as u64;
-        summary.new_chunk_bytes = written.iter().map(|(_, t)| t.bytes as u64).sum();
+        summary.new_chunk_bytes = written.iter().map(|(_, m)| u64::from(m.len)).sum();
         drop(written);
         self.committed = true;
         Ok(summary)
@@ -197,7 +196,7 @@ impl ImportTxn<'_> {
     fn rollback(&mut self) -> Result<(), StoreError> {
         let written = std::mem::take(&mut *lock(&self.written));
         let own = lock(&self.pinned);
-        self.store.delete_unused_chunks(written.into_iter().map(|(id, t)| (id, Some(t))), &own)?;
+        self.store.delete_unused_chunks(written.into_iter().map(|(id, m)| (id, Some(m))), &own)?;
         Ok(())
     }
 }
