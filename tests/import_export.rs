@@ -87,7 +87,16 @@ fn json_shapes_for_scripts() {
 #[test]
 fn human_output_is_a_table() {
     let s = Strata::new();
-    s.import(&sample_archive(s.dir.path(), "a.tar", "human:1"));
+    let archive = sample_archive(s.dir.path(), "a.tar", "human:1");
+    let out = s.run(&["import", archive.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("imported human:1") && said.contains("2 layers"), "{said}");
     let out = s.ok(&["images"]);
     assert!(out.starts_with("NAME"), "{out}");
     assert!(out.contains("human:1"));
