@@ -83,9 +83,9 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
         }));
     }
-    println!("name:    {}", names.join(", "));
-    println!("id:      {id}");
-    println!("size:    {}", bytes(size));
+    println!("name:       {}", names.join(", "));
+    println!("id:         {id}");
+    println!("size:       {}", bytes(size));
     let container = &config["config"];
     for (label, key) in [
         ("entrypoint", "Entrypoint"),
@@ -95,23 +95,14 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
         ("user", "User"),
     ] {
         if let Some(v) = container.get(key).filter(|v| !v.is_null()) {
-            println!("{:<9}{}", format!("{label}:"), v);
+            println!("{:<12}{}", format!("{label}:"), v);
         }
     }
-    println!("layers:");
+    println!();
     let cells: Vec<Vec<String>> = layers
         .iter()
         .map(|(id, l)| vec![id.short(), l.entries.to_string(), bytes(l.content_bytes), l.diff_id.clone()])
         .collect();
-    table(
-        &["  ID", "FILES", "SIZE", "DIFF_ID"],
-        &cells
-            .into_iter()
-            .map(|mut r| {
-                r[0] = format!("  {}", r[0]);
-                r
-            })
-            .collect::<Vec<_>>(),
-    );
+    table(&["LAYER", "FILES", "SIZE", "DIFF_ID"], &cells);
     Ok(())
 }
