@@ -306,3 +306,27 @@ fn a_multi_platform_index_resolves_to_this_machine() {
     let inspect = s.json(&["inspect", "multi-arch:3.2"]);
     assert_eq!(inspect["layers"][0]["diff_id"], amd.diff_id.to_string(), "the amd64 manifest was chosen");
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar() {
+    let s = Strata::new();
+    let archive = sample_archive(s.dir.path(), "a.tar", "tty:1");
+    // `script` gives the command a pseudo-terminal and records what it drew.
+    let log = s.path("tty.log");
+    let command = format!(
+        "{} --data-dir {} import {}",
+        env!("CARGO_BIN_EXE_strata"),
+        s.data_dir().display(),
+        archive.display()
+    );
+    let status = std::process::Command::new("script")
+        .args(["-qec", &command])
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script(1) from bsdutils");
+    assert!(status.success());
+    let drawn = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(drawn.contains("KiB/") && drawn.contains('['), "no progress bar drawn: {drawn:?}");
+    assert!(drawn.contains("imported tty:1"));
+}

@@ -100,7 +100,13 @@ pub fn import_archive(
             unique.push(layer.clone());
         }
     }
-    let total: u64 = unique.iter().map(|l| l.blob_size.unwrap_or(0)).sum();
+    let mut total = 0;
+    for layer in &unique {
+        total += match layer.blob_size {
+            Some(size) => size,
+            None => archive.open_member(&layer.member)?.1,
+        };
+    }
     progress.start(total);
 
     let mut report = ImportReport::default();
