@@ -55,6 +55,7 @@ fn archive_of(dir: &Path, label: String, layers: Vec<PathBuf>) -> Image {
 
 fn run(image: &Image, dir: &Path, runs: u64) {
     let (mut tar_s, mut tar_sync_s, mut import_s, mut rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tar_cpu, mut import_cpu) = (Vec::new(), Vec::new());
     for i in 0..runs {
         // Warm the page cache for both sides alike (streamed: a forked child
         // starts with its parent's RSS, so the parent must stay small).
@@ -81,6 +82,8 @@ fn run(image: &Image, dir: &Path, runs: u64) {
         sync();
         tar_s.push(t.wall.as_secs_f64());
         tar_sync_s.push(ts.wall.as_secs_f64());
+        tar_cpu.push(t.cpu.as_secs_f64());
+        import_cpu.push(m.cpu.as_secs_f64());
         import_s.push(m.wall.as_secs_f64());
         rss.push(m.max_rss as f64);
         let _ = std::fs::remove_dir_all(&out);
@@ -88,8 +91,9 @@ fn run(image: &Image, dir: &Path, runs: u64) {
     }
     let (t, ts, m) = (median(tar_s), median(tar_sync_s), median(import_s));
     let mb = mib(image.bytes);
+    let (tc, mc) = (median(tar_cpu), median(import_cpu));
     println!(
-        "| {} | {mb:.0} | {t:.2} s ({:.0} MiB/s) | {ts:.2} s | {m:.2} s ({:.0} MiB/s) | {:.2} | {:.2} | {:.0} MiB |",
+        "| {} | {mb:.0} | {t:.2} s ({:.0} MiB/s) | {ts:.2} s | {m:.2} s ({:.0} MiB/s) | {:.2} | {:.2} | {tc:.2} / {mc:.2} s | {:.0} MiB |",
         image.label,
         mb / t,
         mb / m,
@@ -106,9 +110,9 @@ fn main() {
     let size = common::arg("--size-mib", 1024) << 20;
     let runs = common::arg("--runs", 3);
     println!(
-        "| image | layer MiB | tar -x (median of {runs}) | tar -x; sync | strata import (durable) | import ÷ tar -x | import ÷ (tar -x; sync) | import peak RSS |"
+        "| image | layer MiB | tar -x (median of {runs}) | tar -x; sync | strata import (durable) | import ÷ tar -x | import ÷ (tar -x; sync) | CPU tar / import | import peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let dir = scratch("import-debian");
     run(&debian(&dir), &dir, runs);
     let dir = scratch("import-generated");

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 pub struct Measured {
     pub wall: Duration,
+    /// User plus system CPU time of the process and its waited children.
+    pub cpu: Duration,
     /// Peak resident set size of the process, in bytes.
     pub max_rss: u64,
 }
@@ -25,7 +27,9 @@ pub fn measure(cmd: &mut Command) -> Measured {
     assert_eq!(r, pid, "wait4 failed");
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed with status {status}");
     std::mem::forget(child);
-    Measured { wall, max_rss: usage.ru_maxrss as u64 * 1024 }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    Measured { wall, cpu, max_rss: usage.ru_maxrss as u64 * 1024 }
 }
 
 pub fn strata(data_dir: &Path) -> Command {
