@@ -1,8 +1,9 @@
 //! The chunk store: everything a node keeps, in one RocksDB database.
 //!
 //! Column families ([`schema`]): `chunks` (stored chunks by [`ChunkId`], in
-//! RocksDB blob files so compaction never rewrites chunk bytes), `layers`
-//! (records), `indexes` (encoded layer indexes by [`LayerId`]), `images`
+//! RocksDB blob files so compaction never rewrites chunk bytes),
+//! `chunk_meta` (8 bytes per chunk: what lookups, GC and stats read),
+//! `layers` (records), `indexes` (encoded layer indexes by [`LayerId`]), `images`
 //! (records by [`ImageId`]), `names` (`repo:tag` to image), `refs`
 //! (chunk→layer, layer→image and image→name edges).
 //!
