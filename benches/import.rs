@@ -29,6 +29,13 @@ fn generated(dir: &Path, size: u64) -> Image {
     archive_of(dir, format!("generated tree, {} MiB, half text half random", size >> 20), vec![layer])
 }
 
+fn small_files(dir: &Path) -> Image {
+    let layer = dir.join("layer.tar");
+    let file = std::fs::File::create(&layer).unwrap();
+    strata_sample::write_small_files_tree(std::io::BufWriter::new(file), 7, 1000, 100).unwrap();
+    archive_of(dir, "100,000 small files (node_modules-like)".into(), vec![layer])
+}
+
 fn debian(dir: &Path) -> Image {
     let mut layers = Vec::new();
     for package in DEBIAN_SET {
@@ -115,6 +122,8 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     let dir = scratch("import-debian");
     run(&debian(&dir), &dir, runs);
+    let dir = scratch("import-small-files");
+    run(&small_files(&dir), &dir, runs);
     let dir = scratch("import-generated");
     run(&generated(&dir, size), &dir, runs);
     if !std::env::args().any(|a| a == "--keep") {

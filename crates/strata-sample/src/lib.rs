@@ -303,3 +303,24 @@ pub fn debian_package_layer(package: &str) -> io::Result<Vec<u8>> {
     }
     Ok(out.stdout)
 }
+
+/// Streams a tree of many small source-like files, as in `node_modules` or
+/// `site-packages`: `dirs` directories of `files` files of 60 B to 1.2 KiB.
+pub fn write_small_files_tree(out: impl Write, seed: u64, dirs: u32, files: u32) -> io::Result<u64> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut t = LayerTar::new(out);
+    let mut written = 0;
+    t.dir("./", 0o755)?;
+    t.dir("node_modules", 0o755)?;
+    for d in 0..dirs {
+        t.dir(&format!("node_modules/pkg{d}"), 0o755)?;
+        for f in 0..files {
+            let line = format!("module.exports = function f{d}_{f}() {{ return {}; }}\n", rng.next_u32());
+            let data = line.repeat(1 + rng.next_u32() as usize % 20);
+            t.file(format!("node_modules/pkg{d}/file{f}.js").as_bytes(), 0o644, data.as_bytes())?;
+            written += data.len() as u64;
+        }
+    }
+    t.finish()?;
+    Ok(written)
+}
