@@ -36,25 +36,11 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Looks an image up by its normalized name first, then as given.
-pub fn resolve(store: &Store, reference: &str) -> anyhow::Result<(strata_store::ImageId, ImageRecord)> {
-    if let Ok(name) = strata_oci::normalize_name(reference) {
-        if let Ok(found) = store.resolve(&name) {
-            return Ok(found);
-        }
-    }
-    Ok(store.resolve(reference)?)
-}
-
 pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
     let store = ctx.read_store()?;
-    let (id, record) = resolve(&store, reference)?;
-    let names: Vec<String> = store.image_names(&id)?.into_iter().collect();
-    let name = strata_oci::normalize_name(reference)
-        .ok()
-        .filter(|n| names.contains(n))
-        .or_else(|| names.first().cloned())
-        .unwrap_or_default();
+    let found = strata_oci::find_image(&store, reference)?;
+    let name = found.display_name();
+    let strata_oci::FoundImage { id, record, names, .. } = found;
     let config: serde_json::Value = serde_json::from_slice(&record.config)
         .unwrap_or_else(|_| json!(String::from_utf8_lossy(&record.config)));
     let mut layers = Vec::new();

@@ -1,6 +1,5 @@
 use serde_json::json;
 
-use super::images::resolve;
 use super::Ctx;
 use crate::output::bytes;
 
@@ -8,15 +7,9 @@ pub fn rm(ctx: &Ctx, references: &[String]) -> anyhow::Result<()> {
     let store = ctx.write_store()?;
     let mut out = Vec::new();
     for reference in references {
-        // Exact name first (as stored), then the normalized form, then ids.
-        let target = match strata_oci::normalize_name(reference) {
-            Ok(name) if store.image_by_name(&name)?.is_some() => name,
-            _ => {
-                resolve(&store, reference)?;
-                reference.clone()
-            }
-        };
-        let outcome = store.remove(&target)?;
+        // A name removes that name; an id removes every name of the image.
+        let found = strata_oci::find_image(&store, reference)?;
+        let outcome = store.remove(found.named.as_deref().unwrap_or(reference))?;
         if !ctx.json {
             for name in &outcome.names_removed {
                 println!("untagged {name}");

@@ -13,10 +13,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod error;
-mod hardlinks;
 mod path;
 mod pax;
 mod reader;
+mod tree;
 mod writer;
 
 pub use error::{EntryProblem, LayerError};

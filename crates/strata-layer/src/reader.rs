@@ -5,8 +5,8 @@ use strata_proto::v1::{ChunkRef, Entry, Xattr};
 use strata_types::ChunkId;
 use tar::EntryType;
 
-use crate::hardlinks::Tree;
 use crate::path::{join, split_parent};
+use crate::tree::Tree;
 use crate::{
     display_path, normalize_member_path, pax, EntryKind, EntryProblem, LayerError, LayerIndex, MAX_PATH_LEN,
 };

@@ -6,7 +6,7 @@ use strata_store::{Store, StoreError};
 use strata_types::{ChunkId, ImageId, LayerId, OciDigest};
 
 use crate::writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression};
-use crate::{normalize_name, ExportError};
+use crate::{find_image, ExportError};
 
 #[derive(Clone, Debug, Default)]
 pub struct ExportOptions {
@@ -54,14 +54,9 @@ pub fn export_image(
     output: &Path,
     options: &ExportOptions,
 ) -> Result<ExportReport, ExportError> {
-    let name = normalize_name(reference).unwrap_or_else(|_| reference.to_owned());
-    let (image, record) = match store.resolve(&name) {
-        Ok(found) => found,
-        Err(StoreError::NoSuchImage(_)) => store.resolve(reference)?,
-        Err(e) => return Err(e.into()),
-    };
-    let names = store.image_names(&image)?;
-    let name = if names.contains(&name) { name } else { names.iter().next().cloned().unwrap_or_default() };
+    let found = find_image(store, reference)?;
+    let name = found.display_name();
+    let (image, record) = (found.id, found.record);
     let io_err = |source| ExportError::Io { path: output.to_owned(), source };
 
     let mut writer =

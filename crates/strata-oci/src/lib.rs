@@ -21,5 +21,5 @@ mod writer;
 pub use error::{ExportError, ImportError};
 pub use export::{export_image, ExportOptions, ExportReport, ExportedLayer};
 pub use import::{import_archive, ImportOptions, ImportProgress, ImportReport, ImportedImage, NoProgress};
-pub use name::{normalize_name, NameError};
+pub use name::{find_image, normalize_name, FoundImage, NameError};
 pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, WrittenLayer};

@@ -52,3 +52,40 @@ mod tests {
         assert!(normalize_name("app:").is_err());
     }
 }
+
+/// An image found by [`find_image`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoundImage {
+    pub id: strata_store::ImageId,
+    pub record: strata_store::ImageRecord,
+    /// All names of the image, sorted.
+    pub names: Vec<String>,
+    /// The name the reference gave, when it was a name rather than an id.
+    pub named: Option<String>,
+}
+
+impl FoundImage {
+    /// The name to show: the one asked for, else the image's first.
+    pub fn display_name(&self) -> String {
+        self.named.clone().or_else(|| self.names.first().cloned()).unwrap_or_default()
+    }
+}
+
+/// Finds an image by name (normalized, `busybox` → `busybox:latest`, or
+/// exactly as stored), by full id, or by a unique id prefix.
+pub fn find_image(
+    store: &strata_store::Store,
+    reference: &str,
+) -> Result<FoundImage, strata_store::StoreError> {
+    let normalized = normalize_name(reference).ok();
+    let mut named = None;
+    for candidate in normalized.iter().map(String::as_str).chain([reference]) {
+        if store.image_by_name(candidate)?.is_some() {
+            named = Some(candidate.to_owned());
+            break;
+        }
+    }
+    let (id, record) = store.resolve(named.as_deref().unwrap_or(reference))?;
+    let names = store.image_names(&id)?.into_iter().collect();
+    Ok(FoundImage { id, record, names, named })
+}

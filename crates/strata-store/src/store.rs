@@ -112,11 +112,6 @@ impl Store {
         Ok(decoder.decode(id, &stored)?)
     }
 
-    /// The stored form of a chunk, unverified: for serving it on as is.
-    pub fn get_stored_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get_cf(self.cf(schema::CHUNKS), id.as_bytes())?)
-    }
-
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
         Ok(self.chunk_meta(id)?.is_some())
     }
