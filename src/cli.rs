@@ -68,6 +68,34 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Mount an image: its layers merged into one tree, file data read from
+    /// the store as it is read. Returns once the mount is live; a background
+    /// process serves it until `strata umount`.
+    Mount {
+        /// Name, id or unique id prefix.
+        image: String,
+        /// An existing directory.
+        mountpoint: PathBuf,
+        /// Keep the container's writes in DIR (created if missing), so that
+        /// they survive umount and remount [default: a new layer under DATA_DIR].
+        #[arg(long, value_name = "DIR")]
+        upper: Option<PathBuf>,
+        /// Refuse every change.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Unmount a strata mount (also one whose process was killed).
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach now even if files are open; the mount goes when they close.
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// List mounts and their state (live, dead: process gone, gone: record left over).
+    Mounts,
+    /// Serve a mount in the foreground (what `strata mount` starts).
+    #[command(hide = true)]
+    MountServe { image: String, mountpoint: PathBuf },
     /// Build a small image, import it, export it, import it again: a tour
     /// that needs no setup. Uses a scratch store unless --data-dir is given.
     Demo,

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod config;
+mod mounts;
 mod output;
 mod progress;
 
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes, each cause once: library errors often repeat
 /// their source in their own message.
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
     for cause in e.chain().skip(1) {
         let cause = cause.to_string();

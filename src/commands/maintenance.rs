@@ -5,10 +5,16 @@ use crate::output::bytes;
 
 pub fn rm(ctx: &Ctx, references: &[String]) -> anyhow::Result<()> {
     let store = ctx.write_store()?;
+    let mounted = super::mount::mounted_image_ids(&ctx.data_dir)?;
     let mut out = Vec::new();
     for reference in references {
         // A name removes that name; an id removes every name of the image.
         let found = strata_oci::find_image(&store, reference)?;
+        let removes_image = found.named.is_none() || found.names.len() <= 1;
+        let mount = mounted.iter().find(|(id, _)| *id == found.id.to_hex());
+        if let (true, Some((_, mountpoint))) = (removes_image, mount) {
+            anyhow::bail!("{reference} is mounted at {}: unmount it first", mountpoint.display());
+        }
         let outcome = store.remove(found.named.as_deref().unwrap_or(reference))?;
         if !ctx.json {
             for name in &outcome.names_removed {

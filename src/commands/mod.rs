@@ -4,6 +4,7 @@ mod demo;
 mod images;
 mod import;
 mod maintenance;
+mod mount;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,6 +25,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { images } => maintenance::rm(&ctx, &images),
         Command::Gc => maintenance::gc(&ctx),
         Command::Store { command: StoreCommand::Stats } => maintenance::stats(&ctx),
+        Command::Mount { image, mountpoint, upper, read_only } => {
+            if upper.is_some() {
+                anyhow::bail!("--upper needs writable mounts, which are not available yet");
+            }
+            mount::mount(&ctx, &image, &mountpoint, read_only)
+        }
+        Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
+        Command::Mounts => mount::list(&ctx),
+        Command::MountServe { image, mountpoint } => mount::serve(&ctx, &image, &mountpoint),
         Command::Demo => demo::run(&ctx),
     }
 }
@@ -33,6 +43,7 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     pub settings: Settings,
     pub json: bool,
+    pub config_file: Option<PathBuf>,
     lock_wait: Duration,
     explicit_data_dir: bool,
 }
@@ -41,17 +52,19 @@ impl Ctx {
     fn new(global: Global) -> anyhow::Result<Self> {
         let explicit_data_dir = global.data_dir.is_some();
         let data_dir = global.data_dir.unwrap_or_else(default_data_dir);
+        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
         let settings = Settings::load(global.config.as_deref(), &data_dir)?;
         Ok(Self {
             data_dir,
             settings,
             json: global.json,
+            config_file: global.config,
             lock_wait: Duration::from_secs(global.lock_wait),
             explicit_data_dir,
         })
     }
 
-    fn store_dir(&self) -> PathBuf {
+    pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
     }
 

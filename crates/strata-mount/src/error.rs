@@ -1,0 +1,26 @@
+use std::path::PathBuf;
+
+use strata_store::StoreError;
+use strata_types::{ChunkId, LayerId};
+
+/// Why a mount could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("layer {layer}: entry {path:?}: {reason}")]
+    BadIndex { layer: LayerId, path: String, reason: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("mounting at {}: {source}", path.display())]
+    Fuse { path: PathBuf, source: std::io::Error },
+}
+
+/// Why a chunk could not be had from a [`crate::ChunkSource`].
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("chunk {0} is not available")]
+    Missing(ChunkId),
+    #[error("chunk {id}: {reason}")]
+    Failed { id: ChunkId, reason: String },
+}

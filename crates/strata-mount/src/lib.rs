@@ -1,0 +1,26 @@
+//! The FUSE filesystem of a mounted image: the image's layers merged by OCI rules into
+//! one read-only lower tree (built from layer indexes alone), file data read lazily
+//! through a [`ChunkSource`] (the local store now, peers later), served by worker
+//! threads so that a slow chunk never holds up other requests.
+//!
+//! Invariants:
+//! - The lower tree is built once per mount and never changes: inode numbers are
+//!   stable for the life of the mount, and the kernel may cache lower data.
+//! - Every byte served comes from a chunk verified against its id by the source.
+//! - FUSE request threads never wait on a chunk source.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod attr;
+mod error;
+mod fs;
+pub mod lower;
+mod reader;
+mod session;
+mod source;
+
+pub use error::{MountError, SourceError};
+pub use fs::MountFs;
+pub use lower::{Ino, Inode, Kind, LowerTree};
+pub use reader::ChunkReader;
+pub use session::{load_lower, mount, MountOptions};
+pub use source::{ChunkSource, StoreSource};

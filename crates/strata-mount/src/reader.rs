@@ -1,0 +1,76 @@
+//! File reads: byte ranges mapped to chunks, chunks fetched once and kept
+//! decoded in a bounded cache.
+
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+use strata_types::ChunkId;
+
+use crate::error::SourceError;
+use crate::lower::ChunkSpan;
+use crate::source::ChunkSource;
+
+/// Decoded chunks, weighed by their length.
+#[derive(Clone)]
+struct ByLength;
+
+impl Weighter<ChunkId, Arc<[u8]>> for ByLength {
+    fn weight(&self, _key: &ChunkId, value: &Arc<[u8]>) -> u64 {
+        value.len().max(1) as u64
+    }
+}
+
+/// Reads file ranges through a [`ChunkSource`]. Concurrent readers of one
+/// chunk share a single fetch; a failed fetch is not cached.
+pub struct ChunkReader {
+    source: Arc<dyn ChunkSource>,
+    cache: Cache<ChunkId, Arc<[u8]>, ByLength>,
+}
+
+impl ChunkReader {
+    pub fn new(source: Arc<dyn ChunkSource>, cache_bytes: u64) -> Self {
+        let items = (cache_bytes / (64 << 10)).max(16) as usize;
+        Self { source, cache: Cache::with_weighter(items, cache_bytes, ByLength) }
+    }
+
+    /// The chunk's bytes, from the cache or the source.
+    pub fn chunk(&self, span: &ChunkSpan) -> Result<Arc<[u8]>, SourceError> {
+        self.cache.get_or_insert_with(&span.id, || {
+            let bytes = self.source.fetch(&span.id)?;
+            if bytes.len() != span.len as usize {
+                return Err(SourceError::Failed {
+                    id: span.id,
+                    reason: format!("{} bytes where the index says {}", bytes.len(), span.len),
+                });
+            }
+            Ok(Arc::from(bytes))
+        })
+    }
+
+    /// Up to `len` bytes at `offset` of a file of `size` bytes made of `chunks`.
+    pub fn read(
+        &self,
+        chunks: &[ChunkSpan],
+        size: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, SourceError> {
+        let end = size.min(offset.saturating_add(u64::from(len)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let first = chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset);
+        for span in &chunks[first..] {
+            if span.offset >= end {
+                break;
+            }
+            let bytes = self.chunk(span)?;
+            let from = offset.max(span.offset) - span.offset;
+            let to = end.min(span.offset + u64::from(span.len)) - span.offset;
+            out.extend_from_slice(&bytes[from as usize..to as usize]);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,82 @@
+//! Setting a mount up: an image's lower tree from the store, the FUSE session.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use strata_store::{ImageRecord, Store};
+use strata_types::LayerId;
+
+use crate::error::MountError;
+use crate::fs::MountFs;
+use crate::lower::LowerTree;
+use crate::reader::ChunkReader;
+use crate::source::ChunkSource;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Refuse every change (the kernel answers EROFS).
+    pub read_only: bool,
+    /// Bytes of decoded chunks kept in memory.
+    pub cache_bytes: u64,
+    /// Reads that may wait on the chunk source at once.
+    pub read_workers: usize,
+    /// Threads reading FUSE requests.
+    pub fuse_threads: usize,
+    /// Shown as the mount's source in the mount table.
+    pub fs_name: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            read_only: true,
+            cache_bytes: 64 << 20,
+            read_workers: 64,
+            fuse_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
+            fs_name: "strata".to_owned(),
+        }
+    }
+}
+
+/// The merged lower tree of an image, from its layer indexes alone.
+pub fn load_lower(store: &Store, image: &ImageRecord) -> Result<LowerTree, MountError> {
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for raw in &image.layers {
+        let id = LayerId::from_slice(raw).map_err(|e| {
+            strata_store::StoreError::Corrupt(format!("image record names a bad layer id: {e}"))
+        })?;
+        layers.push((id, store.layer_index(&id)?));
+    }
+    LowerTree::build(&layers)
+}
+
+/// Mounts `tree` at `mountpoint`. The mount is live when this returns; run
+/// the session (or spawn it) to serve it.
+pub fn mount(
+    tree: LowerTree,
+    source: Arc<dyn ChunkSource>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<Session<MountFs>, MountError> {
+    let reader = Arc::new(ChunkReader::new(source, options.cache_bytes));
+    let fs = MountFs::new(Arc::new(tree), reader, options.read_workers)
+        .map_err(|source| MountError::Io { path: mountpoint.to_owned(), source })?;
+    let mut mount_options = vec![
+        MountOption::FSName(options.fs_name.clone()),
+        MountOption::Subtype("strata".to_owned()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::NoAtime,
+    ];
+    mount_options.push(if options.read_only { MountOption::RO } else { MountOption::RW });
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = SessionACL::All;
+    config.n_threads = Some(options.fuse_threads.max(1));
+    config.clone_fd = true;
+    Session::new(fs, mountpoint, &config)
+        .map_err(|source| MountError::Fuse { path: mountpoint.to_owned(), source })
+}

@@ -1,0 +1,80 @@
+//! Where a mount gets chunk bytes: one abstraction for the local store now and
+//! for peers and the origin later.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use strata_store::{OpenMode, Store, StoreError};
+use strata_types::ChunkId;
+
+use crate::error::SourceError;
+
+/// A provider of chunk bytes. Blocking: the mount calls it from worker
+/// threads, never from the threads that read FUSE requests, so a slow source
+/// delays only the reads that need its chunks.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// The chunk's uncompressed bytes, verified: BLAKE3 of them is `id`.
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError>;
+}
+
+/// Chunks from the local store, opened read-only beside the process that
+/// imports and collects garbage.
+///
+/// A read-only view is a snapshot of the store's files; when the writer's
+/// compaction removes a file the view still names, the read fails with an I/O
+/// error, and the source reopens the store and tries once more. Chunks of a
+/// mounted image stay referenced (its record cannot be removed while it is
+/// mounted), so the reopened view still holds them.
+pub struct StoreSource {
+    dir: PathBuf,
+    store: RwLock<Arc<Store>>,
+}
+
+impl StoreSource {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let store = Store::open(dir, OpenMode::ReadOnly)?;
+        Ok(Self { dir: dir.to_owned(), store: RwLock::new(Arc::new(store)) })
+    }
+
+    /// The current view of the store.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.read().clone()
+    }
+
+    fn reopen(&self, stale: &Arc<Store>) -> Result<Arc<Store>, StoreError> {
+        let mut current = self.store.write();
+        if Arc::ptr_eq(&current, stale) {
+            tracing::info!(store = %self.dir.display(), "reopening the store view after a read error");
+            *current = Arc::new(Store::open(&self.dir, OpenMode::ReadOnly)?);
+        }
+        Ok(current.clone())
+    }
+}
+
+impl ChunkSource for StoreSource {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        let failed = |e: StoreError| match e {
+            StoreError::MissingChunk(id) => SourceError::Missing(id),
+            other => SourceError::Failed { id: *id, reason: other.to_string() },
+        };
+        let store = self.store();
+        match store.get_chunk(id) {
+            Err(StoreError::Db(e)) => {
+                tracing::debug!(chunk = %id, error = %e, "chunk read failed; retrying on a fresh view");
+                self.reopen(&store).map_err(failed)?.get_chunk(id).map_err(failed)
+            }
+            other => other.map_err(failed),
+        }
+    }
+}
+
+/// A store this process holds open reads its own chunks.
+impl ChunkSource for Store {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.get_chunk(id).map_err(|e| match e {
+            StoreError::MissingChunk(id) => SourceError::Missing(id),
+            other => SourceError::Failed { id: *id, reason: other.to_string() },
+        })
+    }
+}

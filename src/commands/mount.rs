@@ -1,0 +1,244 @@
+//! `strata mount`, `umount` and `mounts`.
+//!
+//! `mount` starts a background process (`strata mount-serve`, in its own
+//! session) that mounts the image and serves it; `mount` returns once that
+//! process reports the mount live. The serving process holds the store
+//! read-only, so imports, `gc` and other mounts go on beside it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use strata_mount::{MountOptions, StoreSource};
+
+use super::Ctx;
+use crate::mounts::{self, MountRecord, MountState};
+
+/// How long `umount` waits for the serving process to finish.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
+
+pub fn mount(ctx: &Ctx, image: &str, mountpoint: &Path, read_only: bool) -> anyhow::Result<()> {
+    if !read_only {
+        bail!(
+            "writable mounts are not available yet: the copy-on-write layer is still being built; \
+             mount with --read-only"
+        );
+    }
+    let mountpoint = checked_mountpoint(mountpoint)?;
+    if let Some(record) = mounts::find(&ctx.data_dir, &mountpoint) {
+        if mounts::process_alive(record.pid) {
+            bail!("{} is already a mount of {} (pid {})", mountpoint.display(), record.image, record.pid);
+        }
+    }
+    std::fs::create_dir_all(mounts::records_dir(&ctx.data_dir))?;
+    let log_path = mounts::log_path(&ctx.data_dir, &mountpoint);
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+
+    let mut command = Command::new(std::env::current_exe().context("finding the strata binary")?);
+    command.arg("--data-dir").arg(&ctx.data_dir);
+    if let Some(config) = &ctx.config_file {
+        command.arg("--config").arg(config);
+    }
+    command.arg("mount-serve").arg(image).arg(&mountpoint);
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting the mount process")?;
+    let stdout = child.stdout.take().context("mount process stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let line = line.trim_end();
+    if let Some(pid) = line.strip_prefix("ready ") {
+        if ctx.json {
+            return crate::output::json(
+                &json!({ "mountpoint": mountpoint, "image": image, "pid": pid.parse::<u32>()? }),
+            );
+        }
+        println!("mounted {image} at {} (read-only; served by pid {pid})", mountpoint.display());
+        return Ok(());
+    }
+    let status = child.wait()?;
+    match line.strip_prefix("error: ") {
+        Some(reason) => bail!("{reason}"),
+        None => bail!("the mount process ended ({status}); its log is {}", log_path.display()),
+    }
+}
+
+/// Runs in the background process: mount, report, serve until unmounted.
+pub fn serve(ctx: &Ctx, image: &str, mountpoint: &Path) -> anyhow::Result<()> {
+    // Leave the caller's session: its end must not end the mount.
+    let _ = nix::unistd::setsid();
+    let mut report = std::io::stdout();
+    let mut session = match start(ctx, image, mountpoint) {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = writeln!(report, "error: {}", crate::error_chain(&e));
+            return Err(e);
+        }
+    };
+    let mut unmounter = session.0.unmount_callable();
+    let record = session.1;
+    mounts::write(&ctx.data_dir, &record)?;
+    writeln!(report, "ready {}", std::process::id())?;
+    report.flush()?;
+    detach_stdout()?;
+    tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
+
+    // SIGTERM, SIGINT or SIGHUP unmount; the session then ends by itself.
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        signals.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {}
+            }
+        });
+        tracing::info!("signal received: unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount on signal failed (files still open?)");
+        }
+    });
+    let result = session.0.run();
+    mounts::remove(&ctx.data_dir, mountpoint);
+    tracing::info!(mountpoint = %mountpoint.display(), "mount ended");
+    result.context("serving the mount")
+}
+
+type Started = (fuser::Session<strata_mount::MountFs>, MountRecord);
+
+fn start(ctx: &Ctx, image: &str, mountpoint: &Path) -> anyhow::Result<Started> {
+    let source = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
+    let store = source.store();
+    let found = strata_oci::find_image(&store, image)?;
+    let tree = strata_mount::load_lower(&store, &found.record)?;
+    drop(store);
+    let options =
+        MountOptions { fs_name: format!("strata:{}", found.display_name()), ..MountOptions::default() };
+    let session = strata_mount::mount(tree, source, mountpoint, &options)?;
+    let record = MountRecord {
+        mountpoint: mountpoint.to_owned(),
+        image: image.to_owned(),
+        image_id: found.id.to_hex(),
+        read_only: true,
+        pid: std::process::id(),
+        started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        log: mounts::log_path(&ctx.data_dir, mountpoint),
+    };
+    Ok((session, record))
+}
+
+/// Points stdout at /dev/null so that `strata mount`, which reads it, sees
+/// its end and can return.
+fn detach_stdout() -> anyhow::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null)?;
+    Ok(())
+}
+
+pub fn umount(ctx: &Ctx, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
+    // A dead FUSE mount cannot be resolved (ENOTCONN): fall back to the path as given.
+    let mountpoint = std::fs::canonicalize(mountpoint)
+        .or_else(|_| std::path::absolute(mountpoint))
+        .with_context(|| format!("resolving {}", mountpoint.display()))?;
+    let record = mounts::find(&ctx.data_dir, &mountpoint);
+    let mounted = mounts::mounted_strata_paths().contains(&mountpoint);
+    if record.is_none() && !mounted {
+        bail!("{} is not a strata mount", mountpoint.display());
+    }
+    if mounted {
+        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
+        match nix::mount::umount2(&mountpoint, flags) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EBUSY) => bail!(
+                "{} is busy: a process has files open or its working directory there; \
+                 end it, or unmount with --lazy",
+                mountpoint.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", mountpoint.display())),
+        }
+    }
+    if let Some(record) = &record {
+        // The serving process sees the end of its session and exits.
+        let started = Instant::now();
+        while mounts::process_alive(record.pid) && started.elapsed() < EXIT_WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if mounts::process_alive(record.pid) {
+            bail!("unmounted {}, but its process {} has not exited", mountpoint.display(), record.pid);
+        }
+        mounts::remove(&ctx.data_dir, &mountpoint);
+    }
+    if !ctx.json {
+        println!("unmounted {}", mountpoint.display());
+    }
+    Ok(())
+}
+
+pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
+    let records = mounts::list(&ctx.data_dir)?;
+    if ctx.json {
+        let out: Vec<_> = records
+            .iter()
+            .map(|(r, state)| {
+                json!({
+                    "mountpoint": r.mountpoint,
+                    "image": r.image,
+                    "image_id": r.image_id,
+                    "read_only": r.read_only,
+                    "pid": r.pid,
+                    "state": state,
+                    "log": r.log,
+                })
+            })
+            .collect();
+        return crate::output::json(&out);
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|(r, state)| {
+            vec![
+                r.mountpoint.display().to_string(),
+                r.image.clone(),
+                r.image_id[..12.min(r.image_id.len())].to_owned(),
+                if r.read_only { "ro" } else { "rw" }.to_owned(),
+                r.pid.to_string(),
+                format!("{state:?}").to_lowercase(),
+            ]
+        })
+        .collect();
+    crate::output::table(&["MOUNTPOINT", "IMAGE", "ID", "MODE", "PID", "STATE"], &rows);
+    Ok(())
+}
+
+/// Image ids that live or dead mounts use: `rm` keeps them.
+pub fn mounted_image_ids(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    Ok(mounts::list(data_dir)?
+        .into_iter()
+        .filter(|(_, state)| *state != MountState::Gone)
+        .map(|(r, _)| (r.image_id, r.mountpoint))
+        .collect())
+}
+
+fn checked_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    let resolved = std::fs::canonicalize(path)
+        .with_context(|| format!("mountpoint {} does not exist", path.display()))?;
+    if !resolved.is_dir() {
+        bail!("mountpoint {} is not a directory", resolved.display());
+    }
+    Ok(resolved)
+}

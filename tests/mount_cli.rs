@@ -1,0 +1,136 @@
+//! `strata mount`, `mounts` and `umount` as a user runs them: a background
+//! process serves the mount; the store stays usable beside it; a killed
+//! mount process leaves a dead mount that `umount` clears.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{sample_archive, Strata};
+
+/// A mountpoint that is unmounted (lazily) whatever the test's outcome.
+struct Mountpoint<'a> {
+    strata: &'a Strata,
+    path: PathBuf,
+}
+
+impl<'a> Mountpoint<'a> {
+    fn new(strata: &'a Strata, name: &str) -> Self {
+        let path = strata.path(name);
+        std::fs::create_dir_all(&path).expect("mountpoint");
+        Self { strata, path }
+    }
+
+    fn arg(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for Mountpoint<'_> {
+    fn drop(&mut self) {
+        let _ = self.strata.run(&["umount", "--lazy", self.arg()]);
+    }
+}
+
+fn wait_until_gone(pid: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn mount_serves_in_the_background_beside_imports_and_gc() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&s, "mnt");
+    let out = s.ok(&["mount", "sample:1", mp.arg(), "--read-only"]);
+    assert!(out.contains("mounted sample:1"), "{out}");
+    assert_eq!(std::fs::read(mp.path.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+
+    let mounts = s.json(&["mounts"]);
+    let mounts = mounts.as_array().expect("array");
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0]["state"], "live");
+    assert_eq!(mounts[0]["mountpoint"], mp.arg());
+    assert_eq!(mounts[0]["read_only"], true);
+    let id = s.json(&["inspect", "sample:1"])["id"].as_str().expect("id").to_owned();
+    assert_eq!(mounts[0]["image_id"], id.trim_start_matches("blake3:"));
+
+    // The mounted image cannot be removed; the store is not locked by the mount.
+    let err = s.fails(&["rm", "sample:1"]);
+    assert!(err.contains("is mounted at"), "{err}");
+    s.import(&sample_archive(s.dir.path(), "other.tar", "other:1"));
+    s.ok(&["rm", "other:1"]);
+    s.ok(&["gc"]);
+    let app = std::fs::read(mp.path.join("bin/app")).expect("read after gc in another process");
+    assert_eq!(app, strata_sample::random_bytes(1, 300_000));
+
+    // A second mount of the same mountpoint is refused.
+    let err = s.fails(&["mount", "sample:1", mp.arg(), "--read-only"]);
+    assert!(err.contains("already a mount"), "{err}");
+
+    s.ok(&["umount", mp.arg()]);
+    assert!(s.json(&["mounts"]).as_array().expect("array").is_empty());
+    assert_eq!(std::fs::read_dir(&mp.path).expect("readdir").count(), 0, "the mountpoint is empty again");
+    s.ok(&["rm", "sample:1"]);
+}
+
+#[test]
+fn a_killed_mount_process_leaves_a_dead_mount_that_umount_clears() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&s, "mnt");
+    let mounted = s.json(&["mount", "sample:1", mp.arg(), "--read-only"]);
+    let pid = mounted["pid"].as_u64().expect("pid");
+
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    wait_until_gone(pid);
+
+    let mounts = s.json(&["mounts"]);
+    assert_eq!(mounts[0]["state"], "dead");
+    let err = std::fs::read(mp.path.join("etc/hostname")).expect_err("a dead mount cannot serve");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+
+    s.ok(&["umount", mp.arg()]);
+    assert!(s.json(&["mounts"]).as_array().expect("array").is_empty());
+
+    // And the same mountpoint mounts again.
+    s.ok(&["mount", "sample:1", mp.arg(), "--read-only"]);
+    assert_eq!(std::fs::read(mp.path.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+    s.ok(&["umount", mp.arg()]);
+}
+
+#[test]
+fn sigterm_unmounts_and_the_process_exits() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&s, "mnt");
+    let pid = s.json(&["mount", "sample:1", mp.arg(), "--read-only"])["pid"].as_u64().expect("pid");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    wait_until_gone(pid);
+    assert!(s.json(&["mounts"]).as_array().expect("array").is_empty(), "the record goes with the process");
+    assert_eq!(std::fs::read_dir(&mp.path).expect("readdir").count(), 0);
+}
+
+#[test]
+fn mounting_what_does_not_exist_fails_clearly() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&s, "mnt");
+    let err = s.fails(&["mount", "nope:1", mp.arg(), "--read-only"]);
+    assert!(err.contains("nope"), "{err}");
+    let err = s.fails(&["mount", "sample:1", s.path("missing").to_str().expect("utf-8"), "--read-only"]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = s.fails(&["umount", mp.arg()]);
+    assert!(err.contains("not a strata mount"), "{err}");
+    assert!(s.json(&["mounts"]).as_array().expect("array").is_empty());
+}
