@@ -95,7 +95,12 @@ pub enum Command {
     Mounts,
     /// Serve a mount in the foreground (what `strata mount` starts).
     #[command(hide = true)]
-    MountServe { image: String, mountpoint: PathBuf },
+    MountServe {
+        image: String,
+        mountpoint: PathBuf,
+        #[arg(long)]
+        upper: Option<PathBuf>,
+    },
     /// Build a small image, import it, export it, import it again: a tour
     /// that needs no setup. Uses a scratch store unless --data-dir is given.
     Demo,

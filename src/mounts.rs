@@ -17,6 +17,8 @@ pub struct MountRecord {
     pub image: String,
     pub image_id: String,
     pub read_only: bool,
+    /// The writable layer, for a writable mount.
+    pub upper: Option<PathBuf>,
     pub pid: u32,
     pub started_unix: u64,
     /// Where the serving process logs.

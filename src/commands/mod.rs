@@ -26,14 +26,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc => maintenance::gc(&ctx),
         Command::Store { command: StoreCommand::Stats } => maintenance::stats(&ctx),
         Command::Mount { image, mountpoint, upper, read_only } => {
-            if upper.is_some() {
-                anyhow::bail!("--upper needs writable mounts, which are not available yet");
-            }
-            mount::mount(&ctx, &image, &mountpoint, read_only)
+            mount::mount(&ctx, &image, &mountpoint, upper.as_deref(), read_only)
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),
-        Command::MountServe { image, mountpoint } => mount::serve(&ctx, &image, &mountpoint),
+        Command::MountServe { image, mountpoint, upper } => {
+            mount::serve(&ctx, &image, &mountpoint, upper.as_deref())
+        }
         Command::Demo => demo::run(&ctx),
     }
 }

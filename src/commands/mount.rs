@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use strata_mount::{MountOptions, StoreSource};
+use strata_mount::{MountOptions, StoreSource, UpperDir};
 
 use super::Ctx;
 use crate::mounts::{self, MountRecord, MountState};
@@ -21,13 +21,24 @@ use crate::mounts::{self, MountRecord, MountState};
 /// How long `umount` waits for the serving process to finish.
 const EXIT_WAIT: Duration = Duration::from_secs(30);
 
-pub fn mount(ctx: &Ctx, image: &str, mountpoint: &Path, read_only: bool) -> anyhow::Result<()> {
-    if !read_only {
-        bail!(
-            "writable mounts are not available yet: the copy-on-write layer is still being built; \
-             mount with --read-only"
-        );
+pub fn mount(
+    ctx: &Ctx,
+    image: &str,
+    mountpoint: &Path,
+    upper: Option<&Path>,
+    read_only: bool,
+) -> anyhow::Result<()> {
+    if read_only && upper.is_some() {
+        bail!("--upper and --read-only exclude each other");
     }
+    let upper = match (read_only, upper) {
+        (true, _) => None,
+        (false, Some(dir)) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Some(std::fs::canonicalize(dir)?)
+        }
+        (false, None) => Some(new_upper_dir(&ctx.data_dir)?),
+    };
     let mountpoint = checked_mountpoint(mountpoint)?;
     if let Some(record) = mounts::find(&ctx.data_dir, &mountpoint) {
         if mounts::process_alive(record.pid) {
@@ -44,6 +55,9 @@ pub fn mount(ctx: &Ctx, image: &str, mountpoint: &Path, read_only: bool) -> anyh
         command.arg("--config").arg(config);
     }
     command.arg("mount-serve").arg(image).arg(&mountpoint);
+    if let Some(upper) = &upper {
+        command.arg("--upper").arg(upper);
+    }
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -56,11 +70,21 @@ pub fn mount(ctx: &Ctx, image: &str, mountpoint: &Path, read_only: bool) -> anyh
     let line = line.trim_end();
     if let Some(pid) = line.strip_prefix("ready ") {
         if ctx.json {
-            return crate::output::json(
-                &json!({ "mountpoint": mountpoint, "image": image, "pid": pid.parse::<u32>()? }),
-            );
+            return crate::output::json(&json!({
+                "mountpoint": mountpoint,
+                "image": image,
+                "pid": pid.parse::<u32>()?,
+                "upper": upper,
+            }));
         }
-        println!("mounted {image} at {} (read-only; served by pid {pid})", mountpoint.display());
+        match &upper {
+            Some(dir) => println!(
+                "mounted {image} at {} (writes go to {}; served by pid {pid})",
+                mountpoint.display(),
+                dir.display()
+            ),
+            None => println!("mounted {image} at {} (read-only; served by pid {pid})", mountpoint.display()),
+        }
         return Ok(());
     }
     let status = child.wait()?;
@@ -71,11 +95,11 @@ pub fn mount(ctx: &Ctx, image: &str, mountpoint: &Path, read_only: bool) -> anyh
 }
 
 /// Runs in the background process: mount, report, serve until unmounted.
-pub fn serve(ctx: &Ctx, image: &str, mountpoint: &Path) -> anyhow::Result<()> {
+pub fn serve(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) -> anyhow::Result<()> {
     // Leave the caller's session: its end must not end the mount.
     let _ = nix::unistd::setsid();
     let mut report = std::io::stdout();
-    let mut session = match start(ctx, image, mountpoint) {
+    let mut session = match start(ctx, image, mountpoint, upper) {
         Ok(session) => session,
         Err(e) => {
             let _ = writeln!(report, "error: {}", crate::error_chain(&e));
@@ -121,20 +145,22 @@ pub fn serve(ctx: &Ctx, image: &str, mountpoint: &Path) -> anyhow::Result<()> {
 
 type Started = (fuser::Session<strata_mount::MountFs>, MountRecord);
 
-fn start(ctx: &Ctx, image: &str, mountpoint: &Path) -> anyhow::Result<Started> {
+fn start(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) -> anyhow::Result<Started> {
     let source = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
     let store = source.store();
     let found = strata_oci::find_image(&store, image)?;
     let tree = strata_mount::load_lower(&store, &found.record)?;
     drop(store);
+    let upper_dir = upper.map(|dir| UpperDir::open(dir, &found.id)).transpose()?;
     let options =
         MountOptions { fs_name: format!("strata:{}", found.display_name()), ..MountOptions::default() };
-    let session = strata_mount::mount(tree, source, mountpoint, &options)?;
+    let session = strata_mount::mount(tree, source, upper_dir, mountpoint, &options)?;
     let record = MountRecord {
         mountpoint: mountpoint.to_owned(),
         image: image.to_owned(),
         image_id: found.id.to_hex(),
-        read_only: true,
+        read_only: upper.is_none(),
+        upper: upper.map(Path::to_owned),
         pid: std::process::id(),
         started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         log: mounts::log_path(&ctx.data_dir, mountpoint),
@@ -200,6 +226,7 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
                     "image": r.image,
                     "image_id": r.image_id,
                     "read_only": r.read_only,
+                    "upper": r.upper,
                     "pid": r.pid,
                     "state": state,
                     "log": r.log,
@@ -218,10 +245,11 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
                 if r.read_only { "ro" } else { "rw" }.to_owned(),
                 r.pid.to_string(),
                 format!("{state:?}").to_lowercase(),
+                r.upper.as_ref().map_or(String::new(), |u| u.display().to_string()),
             ]
         })
         .collect();
-    crate::output::table(&["MOUNTPOINT", "IMAGE", "ID", "MODE", "PID", "STATE"], &rows);
+    crate::output::table(&["MOUNTPOINT", "IMAGE", "ID", "MODE", "PID", "STATE", "UPPER"], &rows);
     Ok(())
 }
 
@@ -232,6 +260,18 @@ pub fn mounted_image_ids(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf
         .filter(|(_, state)| *state != MountState::Gone)
         .map(|(r, _)| (r.image_id, r.mountpoint))
         .collect())
+}
+
+/// A fresh writable layer directory under the data dir.
+fn new_upper_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let parent = data_dir.join("uppers");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = format!("{nanos}-{}", std::process::id());
+    let name = blake3::hash(seed.as_bytes()).to_hex()[..16].to_owned();
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn checked_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {

@@ -51,3 +51,43 @@ pub fn file_attr(ino: Ino, inode: &Inode) -> FileAttr {
         flags: 0,
     }
 }
+
+/// Attributes of an entry of the upper directory, numbered `ino`.
+pub fn attr_of_metadata(ino: u64, meta: &std::fs::Metadata) -> FileAttr {
+    use std::os::unix::fs::MetadataExt;
+    let time = |sec: i64, nsec: i64| system_time(sec.saturating_mul(1_000_000_000).saturating_add(nsec));
+    let file_type = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if file_type.is_dir() {
+        FileType::Directory
+    } else if file_type.is_symlink() {
+        FileType::Symlink
+    } else if file_type.is_char_device() {
+        FileType::CharDevice
+    } else if file_type.is_block_device() {
+        FileType::BlockDevice
+    } else if file_type.is_fifo() {
+        FileType::NamedPipe
+    } else if file_type.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::RegularFile
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size: meta.size(),
+        blocks: meta.blocks(),
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        crtime: time(meta.mtime(), meta.mtime_nsec()),
+        kind,
+        perm: (meta.mode() & 0o7777) as u16,
+        nlink: meta.nlink() as u32,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        rdev: meta.rdev() as u32,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}

@@ -1,82 +1,132 @@
-//! The FUSE filesystem over a lower tree.
+//! The FUSE filesystem: requests in, [`Overlay`] operations, replies out.
 //!
-//! Metadata requests are answered from memory on the FUSE threads. Reads go to
-//! a pool of blocking workers, which own the reply: a read waiting on a slow
-//! chunk source holds one worker, never a FUSE thread, so every other request
-//! keeps being served.
+//! Metadata requests are answered on the FUSE threads (memory and local
+//! disk). Reads and writes go to a pool of blocking workers, which own the
+//! reply: a read waiting on a slow chunk source holds one worker, never a
+//! FUSE thread, so every other request keeps being served.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
-use tracing::{debug_span, warn};
+use parking_lot::Mutex;
+use tracing::debug_span;
 
-use crate::attr::{file_attr, file_type};
-use crate::lower::{Ino, Inode, Kind, LowerTree};
-use crate::reader::ChunkReader;
+use crate::attr::file_type;
+use crate::overlay::{AttrChanges, Caller, DirEntries, NewEntry, OpResult, Overlay};
+use crate::sys::Time;
 
-/// How long the kernel may cache names and attributes. The lower tree never
-/// changes while mounted, so this can be long.
+/// How long the kernel may cache names and attributes. Every change goes
+/// through this filesystem, which keeps the kernel's view current.
 const TTL: Duration = Duration::from_secs(300);
-/// Largest read the kernel sends in one request, and its readahead.
+/// Largest read or write the kernel sends in one request, and its readahead.
 const MAX_IO: u32 = 1 << 20;
 const NAME_MAX: u32 = 255;
 
-/// What the mount serves: the merged tree and a reader for file data.
+/// An open file: the upper file once there is one.
+struct Handle {
+    ino: u64,
+    file: Mutex<Option<Arc<File>>>,
+}
+
+/// A directory listing taken at opendir, so offsets stay valid while the
+/// directory changes.
+type Listing = Arc<DirEntries>;
+
 pub struct MountFs {
-    tree: Arc<LowerTree>,
-    reader: Arc<ChunkReader>,
+    overlay: Arc<Overlay>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    listings: Mutex<HashMap<u64, Listing>>,
+    next_handle: AtomicU64,
     workers: tokio::runtime::Runtime,
 }
 
+fn err(code: i32) -> Errno {
+    Errno::from_i32(code)
+}
+
+fn time_of(t: TimeOrNow) -> Time {
+    match t {
+        TimeOrNow::Now => Time::Now,
+        TimeOrNow::SpecificTime(at) => match at.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => Time::from_ns(-(e.duration().as_nanos() as i64)),
+        },
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
 impl MountFs {
-    pub(crate) fn new(
-        tree: Arc<LowerTree>,
-        reader: Arc<ChunkReader>,
-        max_workers: usize,
-    ) -> std::io::Result<Self> {
+    pub(crate) fn new(overlay: Arc<Overlay>, max_workers: usize) -> std::io::Result<Self> {
         let workers = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(max_workers.max(1))
-            .thread_name("strata-read")
+            .thread_name("strata-io")
             .build()?;
-        Ok(Self { tree, reader, workers })
+        Ok(Self {
+            overlay,
+            handles: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            workers,
+        })
     }
 
-    fn inode(&self, ino: INodeNo) -> Result<&Inode, Errno> {
-        self.tree.get(Ino(ino.0)).ok_or(Errno::ENOENT)
+    fn new_handle(&self, ino: u64, file: Option<File>) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(Handle { ino, file: Mutex::new(file.map(Arc::new)) });
+        self.handles.lock().insert(fh, handle);
+        fh
     }
 
-    fn entry_of(&self, ino: Ino) -> Option<(Ino, &Inode)> {
-        self.tree.get(ino).map(|inode| (ino, inode))
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        self.handles.lock().get(&fh.0).cloned()
+    }
+
+    fn reply_entry(reply: ReplyEntry, result: OpResult<(u64, fuser::FileAttr)>) {
+        match result {
+            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, entry: NewEntry<'_>, reply: ReplyEntry) {
+        let result = self
+            .overlay
+            .make(caller(req), parent.0, name.as_bytes(), entry)
+            .map(|(ino, attr, _)| (ino, attr));
+        Self::reply_entry(reply, result);
+    }
+
+    /// Directory entries from `offset` on, each with the offset of the next:
+    /// "." is 0, ".." is 1, entry i is 2 + i.
+    fn listing(&self, ino: INodeNo, fh: FileHandle) -> OpResult<Listing> {
+        if let Some(listing) = self.listings.lock().get(&fh.0) {
+            return Ok(listing.clone());
+        }
+        Ok(Arc::new(self.overlay.children(ino.0)?))
     }
 }
 
-/// Directory entries from `offset` on, each with the offset of the next:
-/// "." is 0, ".." is 1, child i is 2 + i.
-fn dir_entries(dir: &Inode, dir_ino: Ino, offset: u64) -> impl Iterator<Item = (u64, Ino, &[u8])> {
-    let dots = [(dir_ino, &b"."[..]), (dir.parent, &b".."[..])];
-    let children = dir.children.iter().map(|(name, ino)| (*ino, &name[..]));
-    dots.into_iter()
-        .chain(children)
-        .enumerate()
-        .skip(offset as usize)
-        .map(|(i, (ino, name))| (i as u64 + 1, ino, name))
-}
-
-fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if (size as usize) < value.len() {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
+fn xattr_reply(reply: ReplyXattr, value: OpResult<Vec<u8>>, size: u32) {
+    match value {
+        Err(e) => reply.error(err(e)),
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if (size as usize) < value.len() => reply.error(Errno::ERANGE),
+        Ok(value) => reply.data(&value),
     }
 }
 
@@ -94,37 +144,145 @@ impl Filesystem for MountFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found = self.inode(parent).and_then(|dir| dir.child(name.as_bytes()).ok_or(Errno::ENOENT));
-        match found.map(|ino| self.entry_of(ino)) {
-            Ok(Some((ino, inode))) => reply.entry(&TTL, &file_attr(ino, inode), Generation(0)),
-            Ok(None) | Err(_) => reply.error(Errno::ENOENT),
-        }
+        Self::reply_entry(reply, self.overlay.lookup(parent.0, name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino) {
-            Ok(inode) => reply.attr(&TTL, &file_attr(Ino(ino.0), inode)),
-            Err(e) => reply.error(e),
+        match self.overlay.attr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if !self.overlay.writable() {
+            return reply.error(Errno::EROFS);
+        }
+        let changes =
+            AttrChanges { mode, uid, gid, size, atime: atime.map(time_of), mtime: mtime.map(time_of) };
+        let file = fh.and_then(|fh| self.handle(fh)).and_then(|h| h.file.lock().clone());
+        match self.overlay.setattr(ino.0, &changes, file.as_deref()) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(err(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.inode(ino) {
-            Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
+        match self.overlay.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(err(e)),
         }
     }
 
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let entry = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewEntry::File { mode }
+        } else {
+            NewEntry::Special { mode, rdev: u64::from(rdev) }
+        };
+        self.make(req, parent, name, entry, reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.make(req, parent, name, NewEntry::Dir { mode }, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let target = target.as_os_str().as_bytes();
+        self.make(req, parent, link_name, NewEntry::Symlink { target }, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.overlay.remove(parent.0, name.as_bytes(), false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.overlay.remove(parent.0, name.as_bytes(), true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.overlay.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let result = self.overlay.link(ino.0, newparent.0, newname.as_bytes()).map(|attr| (ino.0, attr));
+        Self::reply_entry(reply, result);
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.inode(ino) {
-            Err(e) => reply.error(e),
-            Ok(inode) if inode.kind == Kind::Dir => reply.error(Errno::EISDIR),
-            Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 => {
-                reply.error(Errno::EROFS)
+        match self.overlay.open(ino.0, flags.0) {
+            Ok(file) => reply.opened(FileHandle(self.new_handle(ino.0, file)), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.overlay.make(caller(req), parent.0, name.as_bytes(), NewEntry::File { mode }) {
+            Ok((ino, attr, file)) => {
+                let fh = self.new_handle(ino, file);
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
-            // Lower files never change: the kernel may keep their pages.
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -132,57 +290,154 @@ impl Filesystem for MountFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let ino = Ino(ino.0);
-        if self.tree.get(ino).is_none() {
-            return reply.error(Errno::ENOENT);
-        }
-        let tree = self.tree.clone();
-        let reader = self.reader.clone();
+        let plan = match self.overlay.read_plan(ino.0) {
+            Ok(plan) => plan,
+            Err(e) => return reply.error(err(e)),
+        };
+        let overlay = self.overlay.clone();
+        let handle = self.handle(fh);
         self.workers.spawn_blocking(move || {
-            let Some(inode) = tree.get(ino) else { return reply.error(Errno::ENOENT) };
             let _span = debug_span!("read", ino = ino.0, offset, size).entered();
-            match reader.read(&inode.chunks, inode.size, offset, size) {
+            let file = handle.as_ref().and_then(|h| h.file.lock().clone());
+            match overlay.read(&plan, file.as_deref(), offset, size) {
                 Ok(data) => reply.data(&data),
-                Err(e) => {
-                    warn!(
-                        file = %String::from_utf8_lossy(&inode.origin.path),
-                        layer = %inode.origin.layer.short(),
-                        offset,
-                        error = %e,
-                        "read failed"
-                    );
-                    reply.error(Errno::EIO)
-                }
+                Err(e) => reply.error(err(e)),
             }
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.inode(ino) {
-            Ok(inode) if inode.kind == Kind::Dir => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(file) = self.handle(fh).and_then(|h| h.file.lock().clone()) else {
+            return reply.error(Errno::EBADF);
+        };
+        let overlay = self.overlay.clone();
+        let data = data.to_vec();
+        self.workers.spawn_blocking(move || {
+            let _span = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
+            match overlay.write(ino.0, &file, offset, &data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
             }
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let Some(file) = self.handle(fh).and_then(|h| h.file.lock().clone()) else { return reply.ok() };
+        let synced = if datasync { file.sync_data() } else { file.sync_all() };
+        match synced {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(crate::sys::errno(&e))),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let dir = match self.inode(ino) {
-            Ok(dir) if dir.kind == Kind::Dir => dir,
-            Ok(_) => return reply.error(Errno::ENOTDIR),
-            Err(e) => return reply.error(e),
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let Some(file) = handle.file.lock().clone() else { return reply.error(Errno::EBADF) };
+        // Allocated blocks would hide the lower bytes a copied-up file still reads.
+        if handle.ino != ino.0 || !self.overlay.may_allocate(ino.0) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        match crate::sys::fallocate(&file, mode, offset, length) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(crate::sys::errno(&e))),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.overlay.lower_only_dir(ino.0).is_some() {
+            // Unchanged lower directory: listed straight from the tree.
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
+        }
+        match self.overlay.children(ino.0) {
+            Ok(listing) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.listings.lock().insert(fh, Arc::new(listing));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let dots = [(&b"."[..], ino.0, FileType::Directory), (&b".."[..], ino.0, FileType::Directory)];
+        if fh.0 == 0 {
+            if let Some(dir) = self.overlay.lower_only_dir(ino.0).and_then(|l| self.overlay.tree.get(l)) {
+                let children = dir.children.iter().map(|(n, c)| {
+                    (
+                        &n[..],
+                        c.0,
+                        self.overlay.tree.get(*c).map_or(FileType::RegularFile, |i| file_type(i.kind)),
+                    )
+                });
+                for (i, (name, child, kind)) in
+                    dots.into_iter().chain(children).enumerate().skip(offset as usize)
+                {
+                    if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                        break;
+                    }
+                }
+                return reply.ok();
+            }
+        }
+        let listing = match self.listing(ino, fh) {
+            Ok(listing) => listing,
+            Err(e) => return reply.error(err(e)),
         };
-        for (next, child, name) in dir_entries(dir, Ino(ino.0), offset) {
-            let kind = self.tree.get(child).map_or(fuser::FileType::Directory, |c| file_type(c.kind));
-            if reply.add(INodeNo(child.0), next, kind, OsStr::from_bytes(name)) {
+        let entries = listing.iter().map(|(n, c, k)| (&n[..], *c, *k));
+        for (i, (name, child, kind)) in dots.into_iter().chain(entries).enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -193,61 +448,122 @@ impl Filesystem for MountFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = match self.inode(ino) {
-            Ok(dir) if dir.kind == Kind::Dir => dir,
-            Ok(_) => return reply.error(Errno::ENOTDIR),
-            Err(e) => return reply.error(e),
+        let names: Vec<(Box<[u8]>, u64)> = if fh.0 == 0 && self.overlay.lower_only_dir(ino.0).is_some() {
+            let dir = self.overlay.lower_only_dir(ino.0).and_then(|l| self.overlay.tree.get(l));
+            dir.map(|d| d.children.iter().map(|(n, c)| (n.clone(), c.0)).collect()).unwrap_or_default()
+        } else {
+            match self.listing(ino, fh) {
+                Ok(listing) => listing.iter().map(|(n, c, _)| (n.clone(), *c)).collect(),
+                Err(e) => return reply.error(err(e)),
+            }
         };
-        for (next, child, name) in dir_entries(dir, Ino(ino.0), offset) {
-            let Some(inode) = self.tree.get(child) else { continue };
-            let attr = file_attr(child, inode);
-            if reply.add(INodeNo(child.0), next, OsStr::from_bytes(name), &TTL, &attr, Generation(0)) {
+        let dots: [(Box<[u8]>, u64); 2] = [(Box::from(&b"."[..]), ino.0), (Box::from(&b".."[..]), ino.0)];
+        for (i, (name, child)) in dots.into_iter().chain(names).enumerate().skip(offset as usize) {
+            // Entries after "." and ".." count as lookups: give them the
+            // attributes a lookup would.
+            let attr = if i < 2 {
+                self.overlay.attr(ino.0)
+            } else {
+                match self.overlay.lookup(ino.0, &name) {
+                    Ok((_, attr)) => Ok(attr),
+                    Err(e) => Err(e),
+                }
+            };
+            let Ok(attr) = attr else { continue };
+            if reply.add(INodeNo(child), i as u64 + 1, OsStr::from_bytes(&name), &TTL, &attr, Generation(0)) {
                 break;
             }
         }
         reply.ok();
     }
 
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings.lock().remove(&fh.0);
+        reply.ok();
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        if let Some(upper) = &self.overlay.upper {
+            if let Ok(s) = nix::sys::statvfs::statvfs(upper.root()) {
+                return reply.statfs(
+                    s.blocks(),
+                    s.blocks_free(),
+                    s.blocks_available(),
+                    s.files(),
+                    s.files_free(),
+                    s.block_size() as u32,
+                    NAME_MAX,
+                    s.fragment_size() as u32,
+                );
+            }
+        }
         let block = 4096u64;
-        let blocks = self.tree.content_bytes().div_ceil(block);
-        let files = self.tree.len() as u64;
-        reply.statfs(blocks, 0, 0, files, 0, block as u32, NAME_MAX, block as u32);
+        let tree = &self.overlay.tree;
+        reply.statfs(
+            tree.content_bytes().div_ceil(block),
+            0,
+            0,
+            tree.len() as u64,
+            0,
+            block as u32,
+            NAME_MAX,
+            block as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if !self.overlay.writable() {
+            return reply.error(Errno::EROFS);
+        }
+        match self.overlay.setxattr(ino.0, name.as_bytes(), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let inode = match self.inode(ino) {
-            Ok(inode) => inode,
-            Err(e) => return reply.error(e),
-        };
-        match inode.xattrs.iter().find(|(n, _)| **n == *name.as_bytes()) {
-            Some((_, value)) => xattr_reply(reply, value, size),
-            None => reply.error(Errno::NO_XATTR),
-        }
+        xattr_reply(reply, self.overlay.getxattr(ino.0, name.as_bytes()), size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let inode = match self.inode(ino) {
-            Ok(inode) => inode,
-            Err(e) => return reply.error(e),
-        };
-        let mut names = Vec::new();
-        for (name, _) in inode.xattrs.iter() {
-            names.extend_from_slice(name);
-            names.push(0);
+        xattr_reply(reply, self.overlay.listxattr(ino.0), size);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.overlay.writable() {
+            return reply.error(Errno::EROFS);
         }
-        xattr_reply(reply, &names, size);
+        match self.overlay.removexattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions itself (default_permissions).
-        match self.inode(ino) {
+        match self.overlay.attr(ino.0) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(err(e)),
         }
     }
 }

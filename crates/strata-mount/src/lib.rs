@@ -3,9 +3,14 @@
 //! through a [`ChunkSource`] (the local store now, peers later), served by worker
 //! threads so that a slow chunk never holds up other requests.
 //!
+//! Writes go to a writable layer on local disk ([`UpperDir`]), in the style of an
+//! overlayfs upper directory: the first change to a lower entry copies it up,
+//! a file as metadata only (its unwritten bytes keep coming from its chunks).
+//!
 //! Invariants:
 //! - The lower tree is built once per mount and never changes: inode numbers are
 //!   stable for the life of the mount, and the kernel may cache lower data.
+//! - Writes never reach the store; deleting a lower entry records a whiteout.
 //! - Every byte served comes from a chunk verified against its id by the source.
 //! - FUSE request threads never wait on a chunk source.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -14,9 +19,13 @@ mod attr;
 mod error;
 mod fs;
 pub mod lower;
+mod nodes;
+mod overlay;
 mod reader;
 mod session;
 mod source;
+mod sys;
+pub mod upper;
 
 pub use error::{MountError, SourceError};
 pub use fs::MountFs;
@@ -24,3 +33,4 @@ pub use lower::{Ino, Inode, Kind, LowerTree};
 pub use reader::ChunkReader;
 pub use session::{load_lower, mount, MountOptions};
 pub use source::{ChunkSource, StoreSource};
+pub use upper::UpperDir;

@@ -128,6 +128,39 @@ impl LowerTree {
         self.content_bytes
     }
 
+    /// Every path of `ino` in the tree (several for a hardlinked file).
+    pub fn paths_of(&self, ino: Ino) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (index, dir) in self.inodes.iter().enumerate() {
+            for (name, child) in dir.children.iter() {
+                if *child == ino {
+                    let dir_path = self.path_of(Ino(index as u64 + 1));
+                    out.push(if dir_path.is_empty() {
+                        name.to_vec()
+                    } else {
+                        [&dir_path[..], b"/", name].concat()
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The path of `ino` by its first parent ("" for the root).
+    pub fn path_of(&self, ino: Ino) -> Vec<u8> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut at = ino;
+        while at != Ino::ROOT {
+            let Some(inode) = self.get(at) else { break };
+            let Some(parent) = self.get(inode.parent) else { break };
+            let Some((name, _)) = parent.children.iter().find(|(_, c)| *c == at) else { break };
+            parts.push(name);
+            at = inode.parent;
+        }
+        parts.reverse();
+        parts.join(&b'/')
+    }
+
     /// The inode at `path` ("" is the root; components separated by '/').
     pub fn lookup_path(&self, path: &[u8]) -> Option<Ino> {
         let mut ino = Ino::ROOT;

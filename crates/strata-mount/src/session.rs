@@ -10,14 +10,14 @@ use strata_types::LayerId;
 use crate::error::MountError;
 use crate::fs::MountFs;
 use crate::lower::LowerTree;
+use crate::overlay::Overlay;
 use crate::reader::ChunkReader;
 use crate::source::ChunkSource;
+use crate::upper::UpperDir;
 
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
-    /// Refuse every change (the kernel answers EROFS).
-    pub read_only: bool,
     /// Bytes of decoded chunks kept in memory.
     pub cache_bytes: u64,
     /// Reads that may wait on the chunk source at once.
@@ -31,7 +31,6 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         Self {
-            read_only: true,
             cache_bytes: 64 << 20,
             read_workers: 64,
             fuse_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
@@ -52,17 +51,21 @@ pub fn load_lower(store: &Store, image: &ImageRecord) -> Result<LowerTree, Mount
     LowerTree::build(&layers)
 }
 
-/// Mounts `tree` at `mountpoint`. The mount is live when this returns; run
-/// the session (or spawn it) to serve it.
+/// Mounts `tree` at `mountpoint`, writable into `upper` if given, else
+/// read-only. The mount is live when this returns; run the session (or
+/// spawn it) to serve it.
 pub fn mount(
     tree: LowerTree,
     source: Arc<dyn ChunkSource>,
+    upper: Option<UpperDir>,
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<Session<MountFs>, MountError> {
+    let io = |source| MountError::Io { path: mountpoint.to_owned(), source };
+    let read_only = upper.is_none();
     let reader = Arc::new(ChunkReader::new(source, options.cache_bytes));
-    let fs = MountFs::new(Arc::new(tree), reader, options.read_workers)
-        .map_err(|source| MountError::Io { path: mountpoint.to_owned(), source })?;
+    let overlay = Overlay::new(Arc::new(tree), reader, upper).map_err(io)?;
+    let fs = MountFs::new(Arc::new(overlay), options.read_workers).map_err(io)?;
     let mut mount_options = vec![
         MountOption::FSName(options.fs_name.clone()),
         MountOption::Subtype("strata".to_owned()),
@@ -71,7 +74,7 @@ pub fn mount(
         MountOption::Suid,
         MountOption::NoAtime,
     ];
-    mount_options.push(if options.read_only { MountOption::RO } else { MountOption::RW });
+    mount_options.push(if read_only { MountOption::RO } else { MountOption::RW });
     let mut config = Config::default();
     config.mount_options = mount_options;
     config.acl = SessionACL::All;

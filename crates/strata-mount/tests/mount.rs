@@ -1,91 +1,19 @@
 //! Real FUSE mounts of images imported into a real store, served in-process.
 
+mod common;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use strata_mount::{ChunkSource, LowerTree, MountOptions, SourceError};
-use strata_oci::{ArchiveLayout, ArchiveTarget, ImportOptions, LayerCompression, NoProgress};
-use strata_sample::{
-    base_layer, random_bytes, sample_config, text_bytes, update_layer, write_image, LayerTar,
-};
-use strata_store::{OpenMode, Store};
+use common::{errno_of, import, mount, xattr, xattr_names};
+use strata_mount::{ChunkSource, SourceError};
+use strata_sample::{base_layer, random_bytes, text_bytes, update_layer, LayerTar};
+use strata_store::Store;
 use strata_types::ChunkId;
-
-struct Image {
-    _dir: tempfile::TempDir,
-    store: Arc<Store>,
-    tree: LowerTree,
-}
-
-fn import(layers: Vec<Vec<u8>>) -> Image {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let archive = dir.path().join("image.tar");
-    write_image(
-        ArchiveTarget::Tar(archive.clone()),
-        ArchiveLayout::Oci,
-        LayerCompression::Gzip,
-        &["test:1".to_owned()],
-        sample_config(&["true"]),
-        &layers,
-    )
-    .expect("write image");
-    let store = Store::open(&dir.path().join("store"), OpenMode::ReadWrite).expect("open store");
-    strata_oci::import_archive(&store, &archive, &ImportOptions::default(), &NoProgress).expect("import");
-    let (_, record) = store.resolve("test:1").expect("resolve");
-    let tree = strata_mount::load_lower(&store, &record).expect("lower tree");
-    Image { _dir: dir, store: Arc::new(store), tree }
-}
-
-struct Mounted {
-    dir: tempfile::TempDir,
-    session: Option<fuser::BackgroundSession>,
-}
-
-impl Mounted {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            session.umount_and_join().expect("unmount");
-        }
-    }
-}
-
-fn mount(tree: LowerTree, source: Arc<dyn ChunkSource>) -> Mounted {
-    let dir = tempfile::tempdir().expect("mountpoint");
-    let session = strata_mount::mount(tree, source, dir.path(), &MountOptions::default()).expect("mount");
-    Mounted { dir, session: Some(session.spawn().expect("serve")) }
-}
-
-fn errno_of(result: std::io::Result<impl Sized>) -> Option<i32> {
-    result.err().and_then(|e| e.raw_os_error())
-}
-
-fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let path = CString::new(path.as_os_str().as_bytes()).expect("path");
-    let name = CString::new(name).expect("name");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the length given.
-    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (n >= 0).then(|| buf[..n as usize].to_vec())
-}
-
-fn xattr_names(path: &Path) -> Vec<u8> {
-    let path = CString::new(path.as_os_str().as_bytes()).expect("path");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: a valid C string and a buffer of the length given.
-    let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr failed");
-    buf[..n as usize].to_vec()
-}
 
 #[test]
 fn the_sample_image_reads_back_through_fuse() {
