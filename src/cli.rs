@@ -84,6 +84,18 @@ pub enum Command {
         #[arg(long)]
         read_only: bool,
     },
+    /// Turn a mount's writable layer into a new image: the image's layers
+    /// and one more holding the changes (whiteouts included).
+    Commit {
+        /// A writable mount's mountpoint (or give --upper).
+        mountpoint: Option<PathBuf>,
+        /// Commit this writable layer directory instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "mountpoint")]
+        upper: Option<PathBuf>,
+        /// Name of the new image (repo:tag); repeat for several.
+        #[arg(long = "name", value_name = "NAME", required = true)]
+        names: Vec<String>,
+    },
     /// Unmount a strata mount (also one whose process was killed).
     Umount {
         mountpoint: PathBuf,

@@ -134,3 +134,98 @@ fn mounting_what_does_not_exist_fails_clearly() {
     assert!(err.contains("not a strata mount"), "{err}");
     assert!(s.json(&["mounts"]).as_array().expect("array").is_empty());
 }
+
+#[test]
+fn writes_survive_a_killed_mount_process_and_never_touch_the_store() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let (images, stats) = s.snapshot();
+    let mp = Mountpoint::new(&s, "mnt");
+    let upper = s.path("upper");
+    let mounted = s.json(&["mount", "sample:1", mp.arg(), "--upper", upper.to_str().expect("utf-8")]);
+    std::fs::write(mp.path.join("etc/hostname"), b"changed\n").expect("write");
+    std::fs::write(mp.path.join("new.txt"), b"new").expect("create");
+    std::fs::remove_file(mp.path.join("etc/motd")).expect("unlink");
+    assert_eq!(s.snapshot(), (images.clone(), stats.clone()), "writes never reach the store");
+
+    let pid = mounted["pid"].as_u64().expect("pid");
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    wait_until_gone(pid);
+    s.ok(&["umount", mp.arg()]);
+
+    s.ok(&["mount", "sample:1", mp.arg(), "--upper", upper.to_str().expect("utf-8")]);
+    assert_eq!(std::fs::read(mp.path.join("etc/hostname")).expect("read"), b"changed\n");
+    assert_eq!(std::fs::read(mp.path.join("new.txt")).expect("read"), b"new");
+    assert!(!mp.path.join("etc/motd").exists());
+    let err = s.fails(&[
+        "mount",
+        "sample:1",
+        s.path("mnt2").to_str().expect("utf-8"),
+        "--upper",
+        upper.to_str().expect("utf-8"),
+    ]);
+    assert!(err.contains("does not exist") || err.contains("in use"), "{err}");
+    s.ok(&["umount", mp.arg()]);
+    assert_eq!(s.snapshot(), (images, stats));
+}
+
+#[test]
+fn commit_makes_an_image_whose_last_layer_holds_the_changes() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&s, "mnt");
+    s.ok(&["mount", "sample:1", mp.arg()]);
+    let root = &mp.path;
+    let mut motd = std::fs::OpenOptions::new().append(true).open(root.join("etc/motd")).expect("open");
+    std::io::Write::write_all(&mut motd, b"appended\n").expect("append");
+    drop(motd);
+    std::fs::write(root.join("new.txt"), b"new file\n").expect("create");
+    std::fs::remove_file(root.join("etc/hostname")).expect("unlink");
+    std::fs::remove_dir_all(root.join("var/cache/old-dir")).expect("rmdir");
+    std::fs::create_dir(root.join("var/cache/old-dir")).expect("mkdir");
+    std::fs::write(root.join("var/cache/old-dir/fresh"), b"fresh").expect("create");
+
+    let committed = s.json(&["commit", mp.arg(), "--name", "sample:2"]);
+    let base = s.json(&["inspect", "sample:1"]);
+    let new = s.json(&["inspect", "sample:2"]);
+    let (base_layers, new_layers) =
+        (base["layers"].as_array().expect("layers"), new["layers"].as_array().expect("layers"));
+    assert_eq!(new_layers.len(), base_layers.len() + 1);
+    assert_eq!(&new_layers[..base_layers.len()], &base_layers[..], "the base layers are shared, not copied");
+    // The changed motd is re-chunked, and all but its tail dedupes against the stored chunks.
+    let layer_size = new_layers.last().expect("layer")["size"].as_u64().expect("size");
+    let new_bytes = committed["new_chunk_bytes"].as_u64().expect("new bytes");
+    assert!(
+        new_bytes + (16 << 10) <= layer_size,
+        "{new_bytes} new chunk bytes for a {layer_size}-byte layer: unchanged chunks must dedupe"
+    );
+    s.ok(&["umount", mp.arg()]);
+
+    // The export is a valid OCI image whose rootfs shows the changes.
+    let tar = s.path("sample2.tar");
+    s.ok(&["export", "sample:2", "-o", tar.to_str().expect("utf-8")]);
+    let layout = s.path("layout");
+    std::fs::create_dir(&layout).expect("mkdir");
+    let untar =
+        std::process::Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&layout).status().expect("tar");
+    assert!(untar.success());
+    let bundle = s.path("bundle");
+    let unpack = std::process::Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:2", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("umoci is installed (.ci/run installs it)");
+    assert!(unpack.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&unpack.stderr));
+    let rootfs = bundle.join("rootfs");
+    let motd = std::fs::read(rootfs.join("etc/motd")).expect("motd");
+    assert!(motd.ends_with(b"one more line\nappended\n"));
+    assert_eq!(std::fs::read(rootfs.join("new.txt")).expect("new"), b"new file\n");
+    assert!(!rootfs.join("etc/hostname").exists(), "the whiteout applies");
+    let fresh: Vec<_> = std::fs::read_dir(rootfs.join("var/cache/old-dir"))
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(fresh, ["fresh"], "the opaque directory hides the old children");
+}

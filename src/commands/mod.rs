@@ -1,5 +1,6 @@
 //! One module per command; this one resolves the store and settings.
 
+mod commit;
 mod demo;
 mod images;
 mod import;
@@ -27,6 +28,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store { command: StoreCommand::Stats } => maintenance::stats(&ctx),
         Command::Mount { image, mountpoint, upper, read_only } => {
             mount::mount(&ctx, &image, &mountpoint, upper.as_deref(), read_only)
+        }
+        Command::Commit { mountpoint, upper, names } => {
+            commit::commit(&ctx, mountpoint.as_deref(), upper.as_deref(), &names)
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),

@@ -23,7 +23,7 @@ pub use error::{EntryProblem, LayerError};
 pub use path::{normalize_member_path, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 pub use reader::{read_layer, ChunkSink, LayerSummary};
 pub use strata_proto::v1::{ChunkRef, Entry, EntryKind, LayerIndex, Xattr};
-pub use writer::{write_layer, ChunkSource};
+pub use writer::{write_layer, ChunkSource, LayerTarWriter};
 
 /// The version of the index format this crate writes and reads.
 pub const INDEX_VERSION: u32 = 1;

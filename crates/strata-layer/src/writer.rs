@@ -31,7 +31,7 @@ pub fn write_layer<W: Write, S: ChunkSource>(
     if index.version != INDEX_VERSION {
         return Err(LayerError::Index(format!("unknown index version {}", index.version)));
     }
-    let mut builder = tar::Builder::new(out);
+    let mut tar = LayerTarWriter::new(out);
     let mut opaque = index.opaque_dirs.iter().peekable();
     for entry in &index.entries {
         // Opaque markers sort with the dirs' children: emit each before the
@@ -41,30 +41,55 @@ pub fn write_layer<W: Write, S: ChunkSource>(
             if marker.as_slice() > entry.path.as_slice() {
                 break;
             }
-            append_marker(&mut builder, &marker)?;
+            tar.append_opaque_marker(dir)?;
             opaque.next();
         }
-        append_entry(&mut builder, entry, source)?;
+        let content =
+            FileReader { chunks: &entry.chunks, next: 0, buf: Vec::new(), pos: 0, source: &mut *source };
+        tar.append(entry, content)?;
     }
     for dir in opaque {
-        append_marker(&mut builder, &join(dir, b".wh..wh..opq"))?;
+        tar.append_opaque_marker(dir)?;
     }
-    builder.into_inner().map_err(LayerError::Write)
+    tar.finish()
 }
 
-fn append_marker<W: Write>(builder: &mut tar::Builder<W>, path: &[u8]) -> Result<(), LayerError> {
-    let mut header = Header::new_ustar();
-    header.set_entry_type(EntryType::Regular);
-    header.set_mode(0o644);
-    header.set_size(0);
-    header.set_mtime(0);
-    append(builder, header, path, None, &[], io::empty())
+/// Writes layer tar members one at a time, each as [`write_layer`] would:
+/// whiteouts as `.wh.` members, PAX records for what ustar cannot hold.
+pub struct LayerTarWriter<W: Write> {
+    builder: tar::Builder<W>,
 }
 
-fn append_entry<W: Write, S: ChunkSource>(
+impl<W: Write> LayerTarWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self { builder: tar::Builder::new(out) }
+    }
+
+    /// Appends `entry`; a regular file's `size` bytes are read from `content`.
+    pub fn append(&mut self, entry: &Entry, content: impl Read) -> Result<(), LayerError> {
+        append_entry(&mut self.builder, entry, content)
+    }
+
+    /// Marks directory `dir` opaque (`dir/.wh..wh..opq`).
+    pub fn append_opaque_marker(&mut self, dir: &[u8]) -> Result<(), LayerError> {
+        let mut header = Header::new_ustar();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(0);
+        header.set_mtime(0);
+        append(&mut self.builder, header, &join(dir, b".wh..wh..opq"), None, &[], io::empty())
+    }
+
+    /// Writes the end-of-archive marker and returns the output.
+    pub fn finish(self) -> Result<W, LayerError> {
+        self.builder.into_inner().map_err(LayerError::Write)
+    }
+}
+
+fn append_entry<W: Write>(
     builder: &mut tar::Builder<W>,
     entry: &Entry,
-    source: &mut S,
+    content: impl Read,
 ) -> Result<(), LayerError> {
     let bad = |why: &str| LayerError::Index(format!("entry {:?}: {why}", display_path(&entry.path)));
     let kind = EntryKind::try_from(entry.kind).map_err(|_| bad("unknown kind"))?;
@@ -103,12 +128,13 @@ fn append_entry<W: Write, S: ChunkSource>(
                 pax.push(("size".into(), entry.size.to_string().into_bytes()));
             }
             header.set_size(entry.size);
-            let total: u64 = entry.chunks.iter().map(|c| u64::from(c.length)).sum();
-            if total != entry.size {
-                return Err(bad("chunk lengths do not add up to the file size"));
+            if !entry.chunks.is_empty() {
+                let total: u64 = entry.chunks.iter().map(|c| u64::from(c.length)).sum();
+                if total != entry.size {
+                    return Err(bad("chunk lengths do not add up to the file size"));
+                }
             }
-            let reader = FileReader { chunks: &entry.chunks, next: 0, buf: Vec::new(), pos: 0, source };
-            return append(builder, header, &path, None, &pax, reader);
+            return append(builder, header, &path, None, &pax, Exact { inner: content, left: entry.size });
         }
         EntryKind::Dir => header.set_entry_type(EntryType::Directory),
         EntryKind::Symlink => {
@@ -221,6 +247,27 @@ impl<S: ChunkSource> Read for FileReader<'_, S> {
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Exactly `left` bytes of `inner`: fewer is an error, not a short member.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = out.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::other(SourceFailed(format!("content ended {} bytes short", self.left))));
+        }
+        self.left -= n as u64;
         Ok(n)
     }
 }

@@ -16,6 +16,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod attr;
+mod commit;
+mod cow;
 mod error;
 mod fs;
 pub mod lower;
@@ -27,6 +29,7 @@ mod source;
 mod sys;
 pub mod upper;
 
+pub use commit::{write_upper_layer, CommitError};
 pub use error::{MountError, SourceError};
 pub use fs::MountFs;
 pub use lower::{Ino, Inode, Kind, LowerTree};

@@ -18,6 +18,7 @@ use fuser::FileAttr;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::attr::{attr_of_metadata, file_attr};
+use crate::cow::{self, read_merged, MergedReadError};
 use crate::lower::{Ino, Kind, LowerTree};
 use crate::nodes::{join, Node, Nodes};
 use crate::reader::ChunkReader;
@@ -361,31 +362,20 @@ impl Overlay {
         })
     }
 
-    /// A copied-up file: written blocks from the upper file, holes below
-    /// `lower_size` from the lower file, zeros above it.
     fn read_cow(&self, file: &File, lower: Ino, lower_size: u64, offset: u64, len: u32) -> OpResult<Vec<u8>> {
-        let size = file.metadata().map_err(ioe)?.len();
-        let end = size.min(offset.saturating_add(u64::from(len)));
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        let mut pos = offset;
-        while pos < end {
-            let data_at = sys::seek(file, pos, libc::SEEK_DATA).map_err(ioe)?.unwrap_or(u64::MAX);
-            if data_at > pos {
-                let hole_end = data_at.min(end);
-                let lower_end = hole_end.min(lower_size).max(pos);
-                if lower_end > pos {
-                    out.extend(self.read_lower(lower, pos, (lower_end - pos) as u32)?);
-                }
-                out.resize(out.len() + (hole_end - lower_end) as usize, 0);
-                pos = hole_end;
-            } else {
-                let hole_at = sys::seek(file, pos, libc::SEEK_HOLE).map_err(ioe)?.unwrap_or(size);
-                let data_end = hole_at.min(end).max(pos + 1);
-                out.extend(read_plain(file, pos, (data_end - pos) as u32)?);
-                pos = data_end;
+        let inode = self.tree.get(lower).ok_or(libc::ENOENT)?;
+        read_merged(file, inode, lower_size, &self.reader, offset, len).map_err(|e| match e {
+            MergedReadError::Io(e) => ioe(e),
+            MergedReadError::Source(e) => {
+                tracing::warn!(
+                    file = %String::from_utf8_lossy(&self.tree.path_of(lower)),
+                    offset,
+                    error = %e,
+                    "read failed"
+                );
+                libc::EIO
             }
-        }
-        Ok(out)
+        })
     }
 
     /// Writes `data` at `offset` of the upper file of `ino`. In a copied-up
@@ -874,18 +864,7 @@ fn open_upper(path: &std::path::Path, flags: i32) -> OpResult<File> {
 }
 
 fn read_plain(file: &File, offset: u64, len: u32) -> OpResult<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ioe(e)),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
+    cow::read_plain(file, offset, len).map_err(ioe)
 }
 
 /// Moves a finished entry from the work directory to `dest`, replacing a

@@ -106,6 +106,23 @@ impl UpperDir {
         Ok(upper)
     }
 
+    /// The image a writable layer directory belongs to, read without
+    /// taking it (a mount may be serving it).
+    pub fn image_of(dir: &Path) -> Result<ImageId, MountError> {
+        let marker = dir.join("strata-upper");
+        let text =
+            fs::read_to_string(&marker).map_err(|source| MountError::Io { path: marker.clone(), source })?;
+        let bad = || MountError::Io {
+            path: marker.clone(),
+            source: io::Error::other("not a strata writable layer"),
+        };
+        if text.lines().next() != Some(FORMAT) {
+            return Err(bad());
+        }
+        let hex = text.lines().find_map(|l| l.strip_prefix("image ")).ok_or_else(bad)?;
+        hex.parse().map_err(|_| bad())
+    }
+
     /// Chunk-level copy-on-write needs a filesystem that reports holes.
     fn probe_holes(&self) -> Result<(), MountError> {
         let path = self.temp_path();

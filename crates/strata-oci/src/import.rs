@@ -231,14 +231,14 @@ fn convert_layer<S: ChunkSink>(
 
 /// Worker threads that compress chunks and write them through the
 /// transaction, fed by a bounded channel so reading never runs far ahead.
-struct ChunkPool<'scope> {
+pub(crate) struct ChunkPool<'scope> {
     tx: Sender<(ChunkId, Vec<u8>)>,
     failure: Arc<Mutex<Option<StoreError>>>,
     workers: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
 }
 
 impl<'scope> ChunkPool<'scope> {
-    fn start<'env, 'store: 'scope>(
+    pub(crate) fn start<'env, 'store: 'scope>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
         txn: &'scope ImportTxn<'store>,
         workers: usize,
@@ -255,11 +255,11 @@ impl<'scope> ChunkPool<'scope> {
         Ok(Self { tx, failure, workers: handles })
     }
 
-    fn sink(&self) -> PoolSink {
+    pub(crate) fn sink(&self) -> PoolSink {
         PoolSink { tx: self.tx.clone(), failure: self.failure.clone(), sent: HashSet::new() }
     }
 
-    fn finish(self) -> Result<(), ImportError> {
+    pub(crate) fn finish(self) -> Result<(), ImportError> {
         drop(self.tx);
         for w in self.workers {
             if w.join().is_err() {
@@ -287,7 +287,7 @@ fn store_chunks(
     }
 }
 
-struct PoolSink {
+pub(crate) struct PoolSink {
     tx: Sender<(ChunkId, Vec<u8>)>,
     failure: Arc<Mutex<Option<StoreError>>>,
     /// Chunks already handed over in this import.
@@ -296,7 +296,7 @@ struct PoolSink {
 
 #[derive(Debug, thiserror::Error)]
 #[error("storing chunks: {0}")]
-struct SinkFailed(String);
+pub(crate) struct SinkFailed(String);
 
 impl ChunkSink for PoolSink {
     type Error = SinkFailed;

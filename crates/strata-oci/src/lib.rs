@@ -11,6 +11,7 @@
 
 mod archive;
 mod blob;
+mod commit;
 mod error;
 mod export;
 mod formats;
@@ -18,6 +19,7 @@ mod import;
 mod name;
 mod writer;
 
+pub use commit::{add_layer, CommittedImage};
 pub use error::{ExportError, ImportError};
 pub use export::{export_image, ExportOptions, ExportReport, ExportedLayer};
 pub use import::{import_archive, ImportOptions, ImportProgress, ImportReport, ImportedImage, NoProgress};

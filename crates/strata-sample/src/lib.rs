@@ -216,7 +216,7 @@ pub fn write_mixed_tree(out: impl Write, seed: u64, total: u64) -> io::Result<u6
     let mut n = 0u64;
     t.dir("./", 0o755)?;
     while written < total {
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             t.dir(&format!("d{:04}", n / 64), 0o755)?;
         }
         let size = match rng.next_u32() % 10 {
@@ -225,7 +225,8 @@ pub fn write_mixed_tree(out: impl Write, seed: u64, total: u64) -> io::Result<u6
             _ => (1 << 20) + rng.next_u32() as usize % (3 << 20),
         }
         .min((total - written) as usize + 1);
-        let data = if n % 2 == 0 { text_bytes(seed ^ n, size) } else { random_bytes(seed ^ n, size) };
+        let data =
+            if n.is_multiple_of(2) { text_bytes(seed ^ n, size) } else { random_bytes(seed ^ n, size) };
         t.file(format!("d{:04}/f{n:06}", n / 64).as_bytes(), 0o644, &data)?;
         written += size as u64;
         n += 1;
