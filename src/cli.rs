@@ -96,6 +96,18 @@ pub enum Command {
         #[arg(long = "name", value_name = "NAME", required = true)]
         names: Vec<String>,
     },
+    /// Run an image's process in a mount of it (new mount, PID and UTS
+    /// namespaces; /proc, a minimal /dev, read-only /sys). Exits with the
+    /// process's exit code; unmounts afterwards.
+    Run {
+        image: String,
+        /// Keep the writes in DIR [default: a layer removed after the run].
+        #[arg(long, value_name = "DIR")]
+        upper: Option<PathBuf>,
+        /// The command and its arguments, replacing the image's Cmd.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Unmount a strata mount (also one whose process was killed).
     Umount {
         mountpoint: PathBuf,

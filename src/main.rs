@@ -3,9 +3,11 @@
 mod cli;
 mod commands;
 mod config;
+mod container;
 mod mounts;
 mod output;
 mod progress;
+mod signals;
 
 use std::process::ExitCode;
 

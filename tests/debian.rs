@@ -69,3 +69,46 @@ fn busybox_from_debian_imports_exports_and_runs_in_docker() {
     let digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&original));
     assert!(stdout.contains(&digest), "{stdout} lacks {digest}");
 }
+
+#[test]
+fn strata_run_starts_busybox_from_a_mount_in_its_own_namespaces() {
+    let s = Strata::new();
+    s.import(&busybox_image(&s));
+    let image = "strata-test/busybox:1";
+
+    // The image's own command, from its config.
+    let out = s.command().args(["run", image]).output().expect("strata run");
+    assert!(out.status.success(), "strata run: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "strata-busybox\n");
+
+    // A command of ours (after the Entrypoint, `/bin/sh -c`, as with docker run): PID 1 of its own namespace, its own hostname, /proc
+    // and /dev there, /sys read-only, the exit code passed through.
+    let script = "echo pid=$$; busybox hostname; busybox ls /proc/self/ >/dev/null && echo proc-ok; \
+                  echo data > /dev/null && echo dev-ok; \
+                  busybox touch /sys/strata 2>/dev/null || echo sys-ro; exit 7";
+    let out = s.command().args(["run", image, "--", script]).output().expect("strata run");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "exit code passed through; stdout: {stdout}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = s.json(&["inspect", image])["id"].as_str().expect("id").trim_start_matches("blake3:")[..12]
+        .to_owned();
+    assert_eq!(stdout, format!("pid=1\n{id}\nproc-ok\ndev-ok\nsys-ro\n"));
+
+    // Writes go to the writable layer given, which a later run (and commit) sees.
+    let upper = s.path("upper");
+    let upper_arg = upper.to_str().expect("utf-8");
+    let out = s
+        .command()
+        .args(["run", "--upper", upper_arg, image, "--", "echo kept > /etc/note"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        s.command().args(["run", "--upper", upper_arg, image, "--", "cat /etc/note"]).output().expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    assert!(s.json(&["mounts"]).as_array().expect("array").is_empty(), "every run unmounts");
+}

@@ -6,6 +6,7 @@ mod images;
 mod import;
 mod maintenance;
 mod mount;
+mod run;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,6 +32,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Commit { mountpoint, upper, names } => {
             commit::commit(&ctx, mountpoint.as_deref(), upper.as_deref(), &names)
+        }
+        Command::Run { image, upper, command } => {
+            let code = run::run(&ctx, &image, upper.as_deref(), &command)?;
+            std::process::exit(code)
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),

@@ -21,6 +21,13 @@ use crate::mounts::{self, MountRecord, MountState};
 /// How long `umount` waits for the serving process to finish.
 const EXIT_WAIT: Duration = Duration::from_secs(30);
 
+/// A mount that `start_mount` brought up.
+pub struct Started {
+    pub mountpoint: PathBuf,
+    pub upper: Option<PathBuf>,
+    pub pid: u32,
+}
+
 pub fn mount(
     ctx: &Ctx,
     image: &str,
@@ -28,6 +35,36 @@ pub fn mount(
     upper: Option<&Path>,
     read_only: bool,
 ) -> anyhow::Result<()> {
+    let started = start_mount(ctx, image, mountpoint, upper, read_only)?;
+    let (mountpoint, pid) = (&started.mountpoint, started.pid);
+    if ctx.json {
+        return crate::output::json(&json!({
+            "mountpoint": mountpoint,
+            "image": image,
+            "pid": pid,
+            "upper": started.upper,
+        }));
+    }
+    match &started.upper {
+        Some(dir) => println!(
+            "mounted {image} at {} (writes go to {}; served by pid {pid})",
+            mountpoint.display(),
+            dir.display()
+        ),
+        None => println!("mounted {image} at {} (read-only; served by pid {pid})", mountpoint.display()),
+    }
+    Ok(())
+}
+
+/// Starts the background process serving `image` at `mountpoint` and
+/// returns once the mount is live.
+pub fn start_mount(
+    ctx: &Ctx,
+    image: &str,
+    mountpoint: &Path,
+    upper: Option<&Path>,
+    read_only: bool,
+) -> anyhow::Result<Started> {
     if read_only && upper.is_some() {
         bail!("--upper and --read-only exclude each other");
     }
@@ -69,23 +106,7 @@ pub fn mount(
     BufReader::new(stdout).read_line(&mut line)?;
     let line = line.trim_end();
     if let Some(pid) = line.strip_prefix("ready ") {
-        if ctx.json {
-            return crate::output::json(&json!({
-                "mountpoint": mountpoint,
-                "image": image,
-                "pid": pid.parse::<u32>()?,
-                "upper": upper,
-            }));
-        }
-        match &upper {
-            Some(dir) => println!(
-                "mounted {image} at {} (writes go to {}; served by pid {pid})",
-                mountpoint.display(),
-                dir.display()
-            ),
-            None => println!("mounted {image} at {} (read-only; served by pid {pid})", mountpoint.display()),
-        }
-        return Ok(());
+        return Ok(Started { mountpoint, upper, pid: pid.parse()? });
     }
     let status = child.wait()?;
     match line.strip_prefix("error: ") {
@@ -115,37 +136,21 @@ pub fn serve(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) ->
     tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
 
     // SIGTERM, SIGINT or SIGHUP unmount; the session then ends by itself.
-    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::spawn(move || {
-        signals.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::hangup()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                _ = hup.recv() => {}
-            }
-        });
+    crate::signals::on_termination(move |_| {
         tracing::info!("signal received: unmounting");
         if let Err(e) = unmounter.unmount() {
             tracing::warn!(error = %e, "unmount on signal failed (files still open?)");
         }
-    });
+    })?;
     let result = session.0.run();
     mounts::remove(&ctx.data_dir, mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mount ended");
     result.context("serving the mount")
 }
 
-type Started = (fuser::Session<strata_mount::MountFs>, MountRecord);
+type Serving = (fuser::Session<strata_mount::MountFs>, MountRecord);
 
-fn start(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) -> anyhow::Result<Started> {
+fn start(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) -> anyhow::Result<Serving> {
     let source = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
     let store = source.store();
     let found = strata_oci::find_image(&store, image)?;
@@ -177,6 +182,15 @@ fn detach_stdout() -> anyhow::Result<()> {
 }
 
 pub fn umount(ctx: &Ctx, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
+    let mountpoint = unmount(ctx, mountpoint, lazy)?;
+    if !ctx.json {
+        println!("unmounted {}", mountpoint.display());
+    }
+    Ok(())
+}
+
+/// Unmounts and waits for the serving process to end; returns the mountpoint.
+pub fn unmount(ctx: &Ctx, mountpoint: &Path, lazy: bool) -> anyhow::Result<PathBuf> {
     // A dead FUSE mount cannot be resolved (ENOTCONN): fall back to the path as given.
     let mountpoint = std::fs::canonicalize(mountpoint)
         .or_else(|_| std::path::absolute(mountpoint))
@@ -209,10 +223,7 @@ pub fn umount(ctx: &Ctx, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
         }
         mounts::remove(&ctx.data_dir, &mountpoint);
     }
-    if !ctx.json {
-        println!("unmounted {}", mountpoint.display());
-    }
-    Ok(())
+    Ok(mountpoint)
 }
 
 pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
@@ -263,7 +274,7 @@ pub fn mounted_image_ids(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf
 }
 
 /// A fresh writable layer directory under the data dir.
-fn new_upper_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn new_upper_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let parent = data_dir.join("uppers");
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
