@@ -256,6 +256,30 @@ fn links_special_files_attributes_and_xattrs() {
 }
 
 #[test]
+fn a_write_through_one_name_of_a_lower_hardlink_shows_through_the_other() {
+    let image = image();
+    let upper = tempfile::tempdir().expect("upper");
+    let m = writable(&image, upper.path());
+    let before = fs::metadata(m.path("bin/app-hardlink")).expect("stat");
+    let f = OpenOptions::new().write(true).open(m.path("bin/app")).expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&f, b"XYZ", 10).expect("write");
+    drop(f);
+    let mut expected = random_bytes(1, 300_000);
+    expected[10..13].copy_from_slice(b"XYZ");
+    assert_eq!(fs::read(m.path("bin/app-hardlink")).expect("read other name"), expected);
+    let (a, b) = (
+        fs::metadata(m.path("bin/app")).expect("stat"),
+        fs::metadata(m.path("bin/app-hardlink")).expect("stat"),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    assert_eq!(a.ino(), before.ino());
+    drop(m);
+    let m = writable(&image, upper.path());
+    assert_eq!(fs::read(m.path("bin/app-hardlink")).expect("read after remount"), expected);
+    assert_eq!(fs::metadata(m.path("bin/app-hardlink")).expect("stat").nlink(), 2);
+}
+
+#[test]
 fn permissions_are_the_kernels_and_new_files_belong_to_their_creator() {
     let image = image();
     let upper = tempfile::tempdir().expect("upper");

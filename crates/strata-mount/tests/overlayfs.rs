@@ -1,0 +1,235 @@
+//! The same operations on a Strata mount and on kernel overlayfs over the
+//! same layers give the same tree.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{import, mount_with};
+use strata_mount::UpperDir;
+use strata_sample::{base_layer, random_bytes, update_layer, LayerTar};
+
+fn third_layer() -> Vec<u8> {
+    let mut t = LayerTar::new(Vec::new());
+    t.dir("data", 0o755).expect("dir");
+    t.file(b"data/big", 0o640, &random_bytes(9, 3 << 20)).expect("file");
+    t.dir("data/tree", 0o750).expect("dir");
+    t.file(b"data/tree/leaf", 0o600, b"leaf").expect("file");
+    t.dir("usr", 0o755).expect("dir");
+    t.dir("usr/share", 0o755).expect("dir");
+    t.file(b"usr/share/.wh.doc", 0o644, b"").expect("whiteout");
+    t.finish().expect("tar")
+}
+
+/// Extracts a layer tar into `dir` as overlayfs wants it: whiteouts as
+/// character devices 0/0, opaque directories marked by xattr.
+fn extract_for_overlayfs(layer: &[u8], dir: &Path) {
+    fs::create_dir_all(dir).expect("mkdir");
+    let tar_path = dir.with_extension("tar");
+    fs::write(&tar_path, layer).expect("write tar");
+    let status = Command::new("tar")
+        .args(["--same-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(&tar_path)
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("tar runs");
+    assert!(status.success());
+    convert_whiteouts(dir);
+}
+
+fn convert_whiteouts(dir: &Path) {
+    for entry in fs::read_dir(dir).expect("readdir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").as_bytes().to_vec();
+        if name == b".wh..wh..opq" {
+            fs::remove_file(&path).expect("rm marker");
+            set_xattr(dir, "trusted.overlay.opaque", b"y");
+        } else if let Some(hidden) = name.strip_prefix(b".wh.") {
+            fs::remove_file(&path).expect("rm whiteout");
+            let target = dir.join(std::ffi::OsStr::from_bytes(hidden));
+            let c = std::ffi::CString::new(target.as_os_str().as_bytes()).expect("path");
+            // SAFETY: a valid C string.
+            assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        } else if fs::symlink_metadata(&path).expect("stat").is_dir() {
+            convert_whiteouts(&path);
+        }
+    }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    // SAFETY: valid C strings and a value of the length given.
+    assert_eq!(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }, 0);
+}
+
+/// One entry as compared: everything but times and directory link counts.
+#[derive(Debug, PartialEq, Eq)]
+struct Desc {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    nlink: u64,
+    content: Option<[u8; 32]>,
+    target: Option<PathBuf>,
+    rdev: u64,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn describe(root: &Path) -> BTreeMap<PathBuf, Desc> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Desc>) {
+    for entry in fs::read_dir(dir).expect("readdir") {
+        let path = entry.expect("entry").path();
+        let meta = fs::symlink_metadata(&path).expect("stat");
+        let t = meta.file_type();
+        let kind = match () {
+            _ if t.is_dir() => "dir",
+            _ if t.is_file() => "file",
+            _ if t.is_symlink() => "symlink",
+            _ if t.is_char_device() => "char",
+            _ if t.is_block_device() => "block",
+            _ if t.is_fifo() => "fifo",
+            _ => "other",
+        };
+        let desc = Desc {
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: if t.is_file() { meta.size() } else { 0 },
+            nlink: if t.is_dir() { 0 } else { meta.nlink() },
+            content: t.is_file().then(|| *blake3::hash(&fs::read(&path).expect("read")).as_bytes()),
+            target: t.is_symlink().then(|| fs::read_link(&path).expect("readlink")),
+            rdev: meta.rdev(),
+            xattrs: user_xattrs(&path),
+        };
+        out.insert(path.strip_prefix(root).expect("under root").to_owned(), desc);
+        if t.is_dir() {
+            walk(root, &path, out);
+        }
+    }
+}
+
+fn user_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let mut names = vec![0u8; 4096];
+    // SAFETY: a valid C string and a buffer of the length given.
+    let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let mut out = Vec::new();
+    for name in names[..n.max(0) as usize].split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
+        let c = std::ffi::CString::new(name).expect("name");
+        let mut value = vec![0u8; 4096];
+        // SAFETY: valid C strings and a buffer of the length given.
+        let len = unsafe { libc::lgetxattr(p.as_ptr(), c.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        value.truncate(len.max(0) as usize);
+        out.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    out.sort();
+    out
+}
+
+/// What a container might do, as a shell script run inside the mount.
+const SCRIPT: &str = r#"
+set -e
+echo new > new.txt
+echo more >> etc/motd
+truncate -s 1000 data/big
+printf 'X' | dd of=data/big bs=1 seek=500 conv=notrunc status=none
+rm etc/hostname
+rm -r var/cache/old-dir
+mkdir var/cache/old-dir
+echo fresh > var/cache/old-dir/fresh
+mv data/tree tree.moved
+echo added > tree.moved/added
+ln etc/motd motd.link
+ln -s etc/motd motd.sym
+chmod 700 usr
+chown 12:34 new.txt
+mkfifo pipe
+mv new.txt new2.txt
+rmdir tmp
+mkdir -p a/b/c
+echo deep > a/b/c/file
+rm -r a/b
+touch -d @1000000000 etc/motd
+mv var/cache var/cache2
+"#;
+
+#[test]
+fn the_same_operations_give_the_same_tree_as_kernel_overlayfs() {
+    let layers = vec![base_layer().expect("base"), update_layer().expect("update"), third_layer()];
+    let image = import(layers.clone());
+
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut lowers = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let dir = scratch.path().join(format!("layer{i}"));
+        extract_for_overlayfs(layer, &dir);
+        lowers.push(dir);
+    }
+    let (upper, work, merged) =
+        (scratch.path().join("upper"), scratch.path().join("work"), scratch.path().join("merged"));
+    for dir in [&upper, &work, &merged] {
+        fs::create_dir(dir).expect("mkdir");
+    }
+    // overlayfs lists lower directories top first.
+    let lowerdir: Vec<String> = lowers.iter().rev().map(|d| d.display().to_string()).collect();
+    let options =
+        format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
+    let status = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&merged)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "mounting overlayfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _overlay = Unmount(merged.clone());
+
+    let strata_upper = tempfile::tempdir().expect("upper");
+    let ours = mount_with(
+        strata_mount::load_lower(&image.store, &image.store.resolve("test:1").expect("image").1)
+            .expect("tree"),
+        image.store.clone(),
+        Some(UpperDir::open(strata_upper.path(), &image.id).expect("upper")),
+    );
+
+    // Before any change the trees agree.
+    assert_eq!(describe(ours.dir.path()), describe(&merged), "the merged lower trees differ");
+    for root in [ours.dir.path(), merged.as_path()] {
+        let out = Command::new("sh").args(["-c", SCRIPT]).current_dir(root).output().expect("sh");
+        assert!(
+            out.status.success(),
+            "script in {}: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (a, b) = (describe(ours.dir.path()), describe(&merged));
+    assert!(
+        b.len() > 20 && b.contains_key(Path::new("tree.moved/added")),
+        "the script ran on overlayfs: {:?}",
+        b.keys().collect::<Vec<_>>()
+    );
+    for (path, desc) in &b {
+        assert_eq!(a.get(path), Some(desc), "{} differs from overlayfs", path.display());
+    }
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+}
