@@ -37,7 +37,7 @@ pub fn commit(
     let store = Arc::new(ctx.write_store()?);
     let base = store.image(&image)?.with_context(|| format!("the writable layer's image {image} is gone"))?;
     let tree = strata_mount::load_lower(&store, &base)?;
-    let reader = ChunkReader::new(store.clone(), 64 << 20);
+    let reader = Arc::new(ChunkReader::new(store.clone(), 64 << 20));
     let (pipe_out, pipe_in) = std::io::pipe().context("making a pipe")?;
     let root = upper.join("root");
     let committed = std::thread::scope(|scope| {

@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use strata_layer::{Entry, EntryKind, LayerError, LayerTarWriter, Xattr};
 
@@ -32,7 +33,7 @@ pub enum CommitError {
 pub fn write_upper_layer<W: Write>(
     upper_root: &Path,
     tree: &LowerTree,
-    reader: &ChunkReader,
+    reader: &Arc<ChunkReader>,
     out: W,
 ) -> Result<W, CommitError> {
     let mut walk = Walk { tree, reader, tar: LayerTarWriter::new(out), links: HashMap::new() };
@@ -49,7 +50,7 @@ fn io_at(path: &Path) -> impl Fn(io::Error) -> CommitError + '_ {
 
 struct Walk<'a, W: Write> {
     tree: &'a LowerTree,
-    reader: &'a ChunkReader,
+    reader: &'a Arc<ChunkReader>,
     tar: LayerTarWriter<W>,
     /// First path of each upper file with several links, by (device, inode).
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -161,7 +162,7 @@ impl<W: Write> Walk<'_, W> {
 struct MergedFile<'a> {
     file: &'a File,
     lower: Option<(&'a crate::lower::Inode, u64)>,
-    reader: &'a ChunkReader,
+    reader: &'a Arc<ChunkReader>,
     pos: u64,
 }
 

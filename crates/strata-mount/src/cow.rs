@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 use std::os::unix::fs::FileExt;
 
 use crate::error::SourceError;
@@ -23,7 +24,7 @@ pub fn read_merged(
     file: &File,
     lower: &Inode,
     lower_size: u64,
-    reader: &ChunkReader,
+    reader: &Arc<ChunkReader>,
     offset: u64,
     len: u32,
 ) -> Result<Vec<u8>, MergedReadError> {

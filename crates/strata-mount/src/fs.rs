@@ -70,12 +70,8 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl MountFs {
-    pub(crate) fn new(overlay: Arc<Overlay>, max_workers: usize) -> std::io::Result<Self> {
-        let workers = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(max_workers.max(1))
-            .thread_name("strata-io")
-            .build()?;
+    /// Serves `overlay`, reading and writing on `workers`' blocking threads.
+    pub(crate) fn new(overlay: Arc<Overlay>, workers: tokio::runtime::Runtime) -> std::io::Result<Self> {
         Ok(Self {
             overlay,
             handles: Mutex::new(HashMap::new()),
@@ -262,7 +258,7 @@ impl Filesystem for MountFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.overlay.open(ino.0, flags.0) {
-            Ok(file) => reply.opened(FileHandle(self.new_handle(ino.0, file)), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(file) => reply.opened(FileHandle(self.new_handle(ino.0, file)), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH),
             Err(e) => reply.error(err(e)),
         }
     }

@@ -11,6 +11,9 @@ use crate::error::SourceError;
 use crate::lower::ChunkSpan;
 use crate::source::ChunkSource;
 
+/// Chunks of one read fetched ahead of the in-order pass, at most.
+const MAX_PREFETCH: usize = 32;
+
 /// Decoded chunks, weighed by their length.
 #[derive(Clone)]
 struct ByLength;
@@ -26,12 +29,19 @@ impl Weighter<ChunkId, Arc<[u8]>> for ByLength {
 pub struct ChunkReader {
     source: Arc<dyn ChunkSource>,
     cache: Cache<ChunkId, Arc<[u8]>, ByLength>,
+    prefetch: Option<tokio::runtime::Handle>,
 }
 
 impl ChunkReader {
     pub fn new(source: Arc<dyn ChunkSource>, cache_bytes: u64) -> Self {
         let items = (cache_bytes / (64 << 10)).max(16) as usize;
-        Self { source, cache: Cache::with_weighter(items, cache_bytes, ByLength) }
+        Self { source, cache: Cache::with_weighter(items, cache_bytes, ByLength), prefetch: None }
+    }
+
+    /// Fetches the chunks of a read concurrently on `pool`'s blocking threads.
+    pub fn with_prefetch(mut self, pool: tokio::runtime::Handle) -> Self {
+        self.prefetch = Some(pool);
+        self
     }
 
     /// The chunk's bytes, from the cache or the source.
@@ -48,9 +58,23 @@ impl ChunkReader {
         })
     }
 
+    /// Starts fetching the chunks of one read, after the first, on the
+    /// prefetch pool, so that their fetches (disk or network) and decoding
+    /// overlap with the in-order pass. Single-flight caching means the pass
+    /// waits for a chunk in flight instead of fetching it again.
+    fn prefetch_chunks(self: &Arc<Self>, spans: &[ChunkSpan]) {
+        let Some(pool) = &self.prefetch else { return };
+        for span in spans.iter().skip(1).take(MAX_PREFETCH) {
+            if self.cache.get(&span.id).is_none() {
+                let (reader, span) = (self.clone(), *span);
+                pool.spawn_blocking(move || drop(reader.chunk(&span)));
+            }
+        }
+    }
+
     /// Up to `len` bytes at `offset` of a file of `size` bytes made of `chunks`.
     pub fn read(
-        &self,
+        self: &Arc<Self>,
         chunks: &[ChunkSpan],
         size: u64,
         offset: u64,
@@ -62,10 +86,10 @@ impl ChunkReader {
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let first = chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset);
-        for span in &chunks[first..] {
-            if span.offset >= end {
-                break;
-            }
+        let last = chunks.partition_point(|c| c.offset < end);
+        let spans = &chunks[first..last];
+        self.prefetch_chunks(spans);
+        for span in spans {
             let bytes = self.chunk(span)?;
             let from = offset.max(span.offset) - span.offset;
             let to = end.min(span.offset + u64::from(span.len)) - span.offset;

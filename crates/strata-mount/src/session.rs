@@ -26,6 +26,8 @@ pub struct MountOptions {
     pub fuse_threads: usize,
     /// Shown as the mount's source in the mount table.
     pub fs_name: String,
+    /// Kernel readahead for the mount, KiB (the kernel's default is 128).
+    pub readahead_kb: u32,
 }
 
 impl Default for MountOptions {
@@ -35,6 +37,7 @@ impl Default for MountOptions {
             read_workers: 64,
             fuse_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
             fs_name: "strata".to_owned(),
+            readahead_kb: 4096,
         }
     }
 }
@@ -63,9 +66,15 @@ pub fn mount(
 ) -> Result<Session<MountFs>, MountError> {
     let io = |source| MountError::Io { path: mountpoint.to_owned(), source };
     let read_only = upper.is_none();
-    let reader = Arc::new(ChunkReader::new(source, options.cache_bytes));
-    let overlay = Overlay::new(Arc::new(tree), reader, upper).map_err(io)?;
-    let fs = MountFs::new(Arc::new(overlay), options.read_workers).map_err(io)?;
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(options.read_workers.max(1))
+        .thread_name("strata-io")
+        .build()
+        .map_err(io)?;
+    let reader = ChunkReader::new(source, options.cache_bytes).with_prefetch(workers.handle().clone());
+    let overlay = Overlay::new(Arc::new(tree), Arc::new(reader), upper).map_err(io)?;
+    let fs = MountFs::new(Arc::new(overlay), workers).map_err(io)?;
     let mut mount_options = vec![
         MountOption::FSName(options.fs_name.clone()),
         MountOption::Subtype("strata".to_owned()),

@@ -108,8 +108,18 @@ impl Store {
             .db
             .get_pinned_cf(self.cf(schema::CHUNKS), id.as_bytes())?
             .ok_or(StoreError::MissingChunk(*id))?;
-        let mut decoder = ChunkDecoder::new().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(decoder.decode(id, &stored)?)
+        thread_local! {
+            // A zstd context is costly to make: one per thread, reused.
+            static DECODER: std::cell::RefCell<Option<ChunkDecoder>> = const { std::cell::RefCell::new(None) };
+        }
+        DECODER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(ChunkDecoder::new().map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+            let decoder = slot.as_mut().ok_or_else(|| StoreError::Corrupt("no decoder".into()))?;
+            Ok(decoder.decode(id, &stored)?)
+        })
     }
 
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
