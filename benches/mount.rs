@@ -168,8 +168,13 @@ impl Overlay {
             let _ = std::fs::remove_dir_all(d);
             std::fs::create_dir_all(d).unwrap();
         }
-        let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-        let status = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&point).status().unwrap();
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(&point)
+            .status()
+            .unwrap();
         assert!(status.success(), "overlayfs mount");
         Overlay(point)
     }
@@ -242,8 +247,20 @@ fn main() {
     let fresh_reads = || Mount::strata(&data, "reads:1", dir.join("reads-mnt"));
     let seq = |root: &Path| sequential(&rel(root, &native_files)) / (1 << 20) as f64;
     let [n, o, s] = compare(runs, &reads.native, &reads_overlay.0, &fresh_reads, &seq);
-    println!("| sequential read, cold (MiB/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.5 |", n.0, o.0, s.0, s.0 / n.0);
-    println!("| sequential read, warm (MiB/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.9 |", n.1, o.1, s.1, s.1 / n.1);
+    println!(
+        "| sequential read, cold (MiB/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.5 |",
+        n.0,
+        o.0,
+        s.0,
+        s.0 / n.0
+    );
+    println!(
+        "| sequential read, warm (MiB/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.9 |",
+        n.1,
+        o.1,
+        s.1,
+        s.1 / n.1
+    );
 
     let rnd = |root: &Path| {
         let files: Vec<(PathBuf, u64)> =
@@ -251,15 +268,39 @@ fn main() {
         random(&files, 20_000)
     };
     let [n, o, s] = compare(runs, &reads.native, &reads_overlay.0, &fresh_reads, &rnd);
-    println!("| random 4 KiB reads, cold (reads/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.5 |", n.0, o.0, s.0, s.0 / n.0);
-    println!("| random 4 KiB reads, warm (reads/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.9 |", n.1, o.1, s.1, s.1 / n.1);
+    println!(
+        "| random 4 KiB reads, cold (reads/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.5 |",
+        n.0,
+        o.0,
+        s.0,
+        s.0 / n.0
+    );
+    println!(
+        "| random 4 KiB reads, warm (reads/s) | {:.0} | {:.0} | {:.0} | {:.2} | ≥ 0.9 |",
+        n.1,
+        o.1,
+        s.1,
+        s.1 / n.1
+    );
     drop(reads_overlay);
 
     let walk_overlay = Overlay::mount(&walks.native, &dir.join("walk-ovl"));
     let fresh_walk = || Mount::strata(&data, "walk:1", dir.join("walk-mnt"));
     let [n, o, s] = compare(runs, &walks.native, &walk_overlay.0, &fresh_walk, &walk);
-    println!("| find + stat walk, cold (s) | {:.3} | {:.3} | {:.3} | {:.2} | ≤ 2.0 |", n.0, o.0, s.0, s.0 / n.0);
-    println!("| find + stat walk, warm (s) | {:.3} | {:.3} | {:.3} | {:.2} | ≤ 2.0 |", n.1, o.1, s.1, s.1 / n.1);
+    println!(
+        "| find + stat walk, cold (s) | {:.3} | {:.3} | {:.3} | {:.2} | ≤ 2.0 |",
+        n.0,
+        o.0,
+        s.0,
+        s.0 / n.0
+    );
+    println!(
+        "| find + stat walk, warm (s) | {:.3} | {:.3} | {:.3} | {:.2} | ≤ 2.0 |",
+        n.1,
+        o.1,
+        s.1,
+        s.1 / n.1
+    );
     drop(walk_overlay);
 
     let mut writes = [Vec::new(), Vec::new()];

@@ -3,8 +3,8 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::Arc;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use crate::error::SourceError;
 use crate::lower::Inode;

@@ -7,9 +7,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,12 +31,8 @@ const TTL: Duration = Duration::from_secs(300);
 /// Largest read or write the kernel sends in one request, and its readahead.
 const MAX_IO: u32 = 1 << 20;
 const NAME_MAX: u32 = 255;
-
-/// An open file: the upper file once there is one.
-struct Handle {
-    ino: u64,
-    file: Mutex<Option<Arc<File>>>,
-}
+/// Merged directory listings kept between readdir calls.
+const RECENT_LISTINGS: usize = 64;
 
 /// A directory listing taken at opendir, so offsets stay valid while the
 /// directory changes.
@@ -45,9 +40,13 @@ type Listing = Arc<DirEntries>;
 
 pub struct MountFs {
     overlay: Arc<Overlay>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
     listings: Mutex<HashMap<u64, Listing>>,
+    recent_listings: Mutex<HashMap<u64, (u64, Listing)>>,
     next_handle: AtomicU64,
+    /// The kernel opens files without asking (zero-message opens).
+    no_open: AtomicBool,
+    /// ... and directories.
+    no_opendir: AtomicBool,
     workers: tokio::runtime::Runtime,
 }
 
@@ -74,22 +73,13 @@ impl MountFs {
     pub(crate) fn new(overlay: Arc<Overlay>, workers: tokio::runtime::Runtime) -> std::io::Result<Self> {
         Ok(Self {
             overlay,
-            handles: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
+            recent_listings: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            no_open: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             workers,
         })
-    }
-
-    fn new_handle(&self, ino: u64, file: Option<File>) -> u64 {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(Handle { ino, file: Mutex::new(file.map(Arc::new)) });
-        self.handles.lock().insert(fh, handle);
-        fh
-    }
-
-    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
-        self.handles.lock().get(&fh.0).cloned()
     }
 
     fn reply_entry(reply: ReplyEntry, result: OpResult<(u64, fuser::FileAttr)>) {
@@ -113,7 +103,22 @@ impl MountFs {
         if let Some(listing) = self.listings.lock().get(&fh.0) {
             return Ok(listing.clone());
         }
-        Ok(Arc::new(self.overlay.children(ino.0)?))
+        // Without opendir (the kernel's zero-message opendir) a listing is
+        // kept until the names change, so that successive readdir calls of
+        // one directory see one list.
+        let generation = self.overlay.generation();
+        if let Some((at, listing)) = self.recent_listings.lock().get(&ino.0) {
+            if *at == generation {
+                return Ok(listing.clone());
+            }
+        }
+        let listing = Arc::new(self.overlay.children(ino.0)?);
+        let mut recent = self.recent_listings.lock();
+        if recent.len() >= RECENT_LISTINGS {
+            recent.clear();
+        }
+        recent.insert(ino.0, (generation, listing.clone()));
+        Ok(listing)
     }
 }
 
@@ -128,12 +133,19 @@ fn xattr_reply(reply: ReplyXattr, value: OpResult<Vec<u8>>, size: u32) {
 
 impl Filesystem for MountFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        let wanted = InitFlags::FUSE_NO_OPEN_SUPPORT
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT
+            | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
         // Capabilities the kernel lacks are simply not used.
         let _ = config.add_capabilities(wanted & config.capabilities());
+        let no_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_open.store(no_open, Ordering::Relaxed);
+        let no_opendir = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.no_opendir.store(no_opendir, Ordering::Relaxed);
+        tracing::debug!(no_open, capabilities = ?config.capabilities(), "FUSE session initialised");
         let _ = config.set_max_readahead(MAX_IO).or_else(|max| config.set_max_readahead(max));
         let _ = config.set_max_write(MAX_IO);
         Ok(())
@@ -161,7 +173,7 @@ impl Filesystem for MountFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -173,8 +185,7 @@ impl Filesystem for MountFs {
         }
         let changes =
             AttrChanges { mode, uid, gid, size, atime: atime.map(time_of), mtime: mtime.map(time_of) };
-        let file = fh.and_then(|fh| self.handle(fh)).and_then(|h| h.file.lock().clone());
-        match self.overlay.setattr(ino.0, &changes, file.as_deref()) {
+        match self.overlay.setattr(ino.0, &changes) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(err(e)),
         }
@@ -257,8 +268,13 @@ impl Filesystem for MountFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open.load(Ordering::Relaxed) {
+            // The kernel then opens files without asking again; every read
+            // and write finds its file by inode.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.overlay.open(ino.0, flags.0) {
-            Ok(file) => reply.opened(FileHandle(self.new_handle(ino.0, file)), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -275,8 +291,11 @@ impl Filesystem for MountFs {
     ) {
         match self.overlay.make(caller(req), parent.0, name.as_bytes(), NewEntry::File { mode }) {
             Ok((ino, attr, file)) => {
-                let fh = self.new_handle(ino, file);
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                if let Some(file) = file {
+                    self.overlay.keep_open(ino, file);
+                }
+                let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
+                reply.created(&TTL, &attr, Generation(0), FileHandle(0), flags)
             }
             Err(e) => reply.error(err(e)),
         }
@@ -286,7 +305,7 @@ impl Filesystem for MountFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -298,11 +317,9 @@ impl Filesystem for MountFs {
             Err(e) => return reply.error(err(e)),
         };
         let overlay = self.overlay.clone();
-        let handle = self.handle(fh);
         self.workers.spawn_blocking(move || {
             let _span = debug_span!("read", ino = ino.0, offset, size).entered();
-            let file = handle.as_ref().and_then(|h| h.file.lock().clone());
-            match overlay.read(&plan, file.as_deref(), offset, size) {
+            match overlay.read(ino.0, &plan, offset, size) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(err(e)),
             }
@@ -313,7 +330,7 @@ impl Filesystem for MountFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -321,14 +338,11 @@ impl Filesystem for MountFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(file) = self.handle(fh).and_then(|h| h.file.lock().clone()) else {
-            return reply.error(Errno::EBADF);
-        };
         let overlay = self.overlay.clone();
         let data = data.to_vec();
         self.workers.spawn_blocking(move || {
             let _span = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
-            match overlay.write(ino.0, &file, offset, &data) {
+            match overlay.write(ino.0, offset, &data) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(e)),
             }
@@ -343,29 +357,15 @@ impl Filesystem for MountFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing is buffered here: ENOSYS tells the kernel to stop sending
+        // a flush on every close(2).
+        reply.error(Errno::ENOSYS);
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.handles.lock().remove(&fh.0);
-        reply.ok();
-    }
-
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let Some(file) = self.handle(fh).and_then(|h| h.file.lock().clone()) else { return reply.ok() };
-        let synced = if datasync { file.sync_data() } else { file.sync_all() };
-        match synced {
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.overlay.fsync(ino.0, datasync) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(crate::sys::errno(&e))),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -373,25 +373,27 @@ impl Filesystem for MountFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
-        let Some(file) = handle.file.lock().clone() else { return reply.error(Errno::EBADF) };
-        // Allocated blocks would hide the lower bytes a copied-up file still reads.
-        if handle.ino != ino.0 || !self.overlay.may_allocate(ino.0) {
-            return reply.error(Errno::EOPNOTSUPP);
+        if !self.overlay.writable() {
+            return reply.error(Errno::EROFS);
         }
-        match crate::sys::fallocate(&file, mode, offset, length) {
+        match self.overlay.fallocate(ino.0, mode, offset, length) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(crate::sys::errno(&e))),
+            Err(e) => reply.error(err(e)),
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            // The kernel then opens directories without asking again and
+            // keeps their listings until they change.
+            return reply.error(Errno::ENOSYS);
+        }
         if self.overlay.lower_only_dir(ino.0).is_some() {
             // Unchanged lower directory: listed straight from the tree.
             return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);

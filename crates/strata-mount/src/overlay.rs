@@ -25,6 +25,9 @@ use crate::reader::ChunkReader;
 use crate::sys::{self, errno, Time};
 use crate::upper::{self, Origin, UpperDir};
 
+/// Upper files kept open at once.
+const OPEN_FILES: usize = 1024;
+
 /// An errno.
 pub type Errno = i32;
 pub type OpResult<T> = Result<T, Errno>;
@@ -66,7 +69,7 @@ pub type DirEntries = Vec<(Box<[u8]>, u64, fuser::FileType)>;
 #[derive(Clone, Debug)]
 pub enum ReadPlan {
     Lower(Ino),
-    Upper { path: PathBuf, cow: Option<(Ino, u64)> },
+    Upper { cow: Option<(Ino, u64)> },
 }
 
 pub struct Overlay {
@@ -75,6 +78,11 @@ pub struct Overlay {
     pub upper: Option<UpperDir>,
     nodes: Mutex<Nodes>,
     cow_stripes: [Mutex<()>; 64],
+    /// Open upper files by inode.
+    files: quick_cache::sync::Cache<u64, Arc<File>>,
+    /// Bumped by every change of names: directory listings taken at an
+    /// older generation are stale.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Overlay {
@@ -98,7 +106,18 @@ impl Overlay {
             upper,
             nodes: Mutex::new(nodes),
             cow_stripes: std::array::from_fn(|_| Mutex::new(())),
+            files: quick_cache::sync::Cache::new(OPEN_FILES),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The generation of names; see [`Self::children`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn names_changed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn writable(&self) -> bool {
@@ -300,53 +319,81 @@ impl Overlay {
             return node.lower.map(ReadPlan::Lower).ok_or(libc::ENOENT);
         }
         let cow = node.cow_lower_size.and_then(|size| node.lower.map(|l| (l, size)));
-        Ok(ReadPlan::Upper { path: self.upper_path(&nodes, ino)?, cow })
+        Ok(ReadPlan::Upper { cow })
     }
 
-    /// Opens the upper file of `ino` with `flags` (access mode and sync
-    /// flags), copying the file up first if it is to be written.
-    pub fn open(&self, ino: u64, flags: i32) -> OpResult<Option<File>> {
+    /// Prepares an open of `ino`: a write or truncate copies the file up.
+    /// Files are used by inode afterwards ([`Self::upper_file`]), so the
+    /// kernel may skip opens altogether.
+    pub fn open(&self, ino: u64, flags: i32) -> OpResult<()> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
         if (write || truncate) && !self.writable() {
             return Err(libc::EROFS);
         }
-        let path = {
+        if write || truncate {
             let mut nodes = self.nodes.lock();
-            if write || truncate {
-                self.copy_up(&mut nodes, ino)?;
-            }
-            let node = nodes.get(ino).ok_or(libc::ENOENT)?;
-            if !node.upper {
-                return Ok(None);
-            }
-            self.upper_path(&nodes, ino)?
-        };
-        let file = open_upper(&path, flags)?;
-        if truncate {
-            self.truncate(ino, &file, &path, 0)?;
+            self.copy_up(&mut nodes, ino)?;
         }
-        Ok(Some(file))
+        if truncate {
+            self.setattr(ino, &AttrChanges { size: Some(0), ..AttrChanges::default() })?;
+        }
+        Ok(())
     }
 
-    pub fn read(&self, plan: &ReadPlan, file: Option<&File>, offset: u64, len: u32) -> OpResult<Vec<u8>> {
+    /// The upper file of `ino`, open read-write, from a bounded cache of
+    /// open files (the kernel sends no open or release to tie them to).
+    fn upper_file(&self, ino: u64) -> OpResult<Arc<File>> {
+        self.files.get_or_insert_with(&ino, || {
+            let path = {
+                let nodes = self.nodes.lock();
+                if !nodes.get(ino).ok_or(libc::ENOENT)?.upper {
+                    return Err(libc::EBADF);
+                }
+                self.upper_path(&nodes, ino)?
+            };
+            open_upper(&path, libc::O_RDWR).map(Arc::new)
+        })
+    }
+
+    /// Keeps a file just made open for its first writes.
+    pub fn keep_open(&self, ino: u64, file: File) {
+        self.files.insert(ino, Arc::new(file));
+    }
+
+    pub fn read(&self, ino: u64, plan: &ReadPlan, offset: u64, len: u32) -> OpResult<Vec<u8>> {
         match plan {
             ReadPlan::Lower(lower) => self.read_lower(*lower, offset, len),
-            ReadPlan::Upper { path, cow } => {
-                let opened;
-                let file = match file {
-                    Some(f) => f,
-                    None => {
-                        opened = open_upper(path, libc::O_RDONLY)?;
-                        &opened
-                    }
-                };
+            ReadPlan::Upper { cow, .. } => {
+                let file = self.upper_file(ino)?;
                 match cow {
-                    None => read_plain(file, offset, len),
-                    Some((lower, lower_size)) => self.read_cow(file, *lower, *lower_size, offset, len),
+                    None => read_plain(&file, offset, len),
+                    Some((lower, lower_size)) => self.read_cow(&file, *lower, *lower_size, offset, len),
                 }
             }
         }
+    }
+
+    /// fsync / fdatasync of `ino`'s upper file, if it has one.
+    pub fn fsync(&self, ino: u64, data_only: bool) -> OpResult<()> {
+        if !self.nodes.lock().get(ino).is_some_and(|n| n.upper) {
+            return Ok(());
+        }
+        let file = self.upper_file(ino)?;
+        if data_only { file.sync_data() } else { file.sync_all() }.map_err(ioe)
+    }
+
+    /// fallocate(2) on `ino`'s upper file. Refused where lower bytes still
+    /// show through holes: allocated blocks would hide them.
+    pub fn fallocate(&self, ino: u64, mode: i32, offset: u64, len: u64) -> OpResult<()> {
+        {
+            let mut nodes = self.nodes.lock();
+            self.copy_up(&mut nodes, ino)?;
+            if nodes.get(ino).is_some_and(|n| n.cow_lower_size.unwrap_or(0) > 0) {
+                return Err(libc::EOPNOTSUPP);
+            }
+        }
+        sys::fallocate(&*self.upper_file(ino)?, mode, offset, len).map_err(ioe)
     }
 
     fn read_lower(&self, lower: Ino, offset: u64, len: u32) -> OpResult<Vec<u8>> {
@@ -381,7 +428,13 @@ impl Overlay {
     /// Writes `data` at `offset` of the upper file of `ino`. In a copied-up
     /// file the blocks a write only partly covers are first filled from
     /// below, so that every upper block holds the file's true bytes.
-    pub fn write(&self, ino: u64, file: &File, offset: u64, data: &[u8]) -> OpResult<u32> {
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        {
+            let mut nodes = self.nodes.lock();
+            self.copy_up(&mut nodes, ino)?;
+        }
+        let file = self.upper_file(ino)?;
+        let file = &*file;
         let _stripe = self.cow_lock(ino);
         let cow = {
             let nodes = self.nodes.lock();
@@ -425,13 +478,6 @@ impl Overlay {
             }
         }
         file.set_len(size).map_err(ioe)
-    }
-
-    /// Whether preallocating may touch this file: not where lower bytes
-    /// still show through holes (allocated blocks would hide them).
-    pub fn may_allocate(&self, ino: u64) -> bool {
-        let nodes = self.nodes.lock();
-        nodes.get(ino).is_some_and(|n| n.cow_lower_size.unwrap_or(0) == 0)
     }
 
     // ---- copy-up
@@ -613,6 +659,7 @@ impl Overlay {
             cow_lower_size: None,
         };
         let ino = nodes.insert(None, node);
+        self.names_changed();
         Ok((ino, self.attr_locked(&nodes, ino)?, file))
     }
 
@@ -645,6 +692,7 @@ impl Overlay {
         let whiteout = self.lower_has(&nodes, parent, name);
         self.replace_upper_entry(&dest, whiteout)?;
         nodes.remove_name(parent, name);
+        self.names_changed();
         Ok(())
     }
 
@@ -714,6 +762,7 @@ impl Overlay {
             sys::rename(&src_path, &dst_path, libc::RENAME_EXCHANGE).map_err(ioe)?;
             nodes.rename(src, parent, name, new_parent, new_name);
             nodes.rename(dst, new_parent, new_name, parent, name);
+            self.names_changed();
             return Ok(());
         }
         // What the destination holds in the upper layer goes: a whiteout, or
@@ -739,6 +788,7 @@ impl Overlay {
             nodes.remove_name(new_parent, new_name);
         }
         nodes.rename(src, parent, name, new_parent, new_name);
+        self.names_changed();
         Ok(())
     }
 
@@ -763,12 +813,13 @@ impl Overlay {
             return Err(ioe(e));
         }
         nodes.add_name(new_parent, new_name, ino);
+        self.names_changed();
         self.attr_locked(&nodes, ino)
     }
 
     // ---- attributes and xattrs
 
-    pub fn setattr(&self, ino: u64, changes: &AttrChanges, file: Option<&File>) -> OpResult<FileAttr> {
+    pub fn setattr(&self, ino: u64, changes: &AttrChanges) -> OpResult<FileAttr> {
         let path = {
             let mut nodes = self.nodes.lock();
             self.copy_up(&mut nodes, ino)?;
@@ -781,15 +832,7 @@ impl Overlay {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777)).map_err(ioe)?;
         }
         if let Some(size) = changes.size {
-            let opened;
-            let file = match file {
-                Some(f) => f,
-                None => {
-                    opened = open_upper(&path, libc::O_WRONLY)?;
-                    &opened
-                }
-            };
-            self.truncate(ino, file, &path, size)?;
+            self.truncate(ino, &*self.upper_file(ino)?, &path, size)?;
         }
         if changes.atime.is_some() || changes.mtime.is_some() {
             let (a, m) = (changes.atime.unwrap_or(Time::Omit), changes.mtime.unwrap_or(Time::Omit));
