@@ -319,6 +319,7 @@ impl Filesystem for MountFs {
         let overlay = self.overlay.clone();
         self.workers.spawn_blocking(move || {
             let _span = debug_span!("read", ino = ino.0, offset, size).entered();
+            tracing::trace!("read request");
             match overlay.read(ino.0, &plan, offset, size) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(err(e)),

@@ -13,13 +13,17 @@ use crate::source::ChunkSource;
 
 /// Chunks of one read fetched ahead of the in-order pass, at most.
 const MAX_PREFETCH: usize = 32;
+/// Chunks past the end of a sequential read fetched ahead of the next one.
+const READ_AHEAD_CHUNKS: usize = 8;
+/// Files whose read position is tracked.
+const MAX_STREAMS: usize = 4096;
 
 /// Decoded chunks, weighed by their length.
 #[derive(Clone)]
 struct ByLength;
 
-impl Weighter<ChunkId, Arc<[u8]>> for ByLength {
-    fn weight(&self, _key: &ChunkId, value: &Arc<[u8]>) -> u64 {
+impl Weighter<ChunkId, Arc<Vec<u8>>> for ByLength {
+    fn weight(&self, _key: &ChunkId, value: &Arc<Vec<u8>>) -> u64 {
         value.len().max(1) as u64
     }
 }
@@ -28,14 +32,21 @@ impl Weighter<ChunkId, Arc<[u8]>> for ByLength {
 /// chunk share a single fetch; a failed fetch is not cached.
 pub struct ChunkReader {
     source: Arc<dyn ChunkSource>,
-    cache: Cache<ChunkId, Arc<[u8]>, ByLength>,
+    cache: Cache<ChunkId, Arc<Vec<u8>>, ByLength>,
     prefetch: Option<tokio::runtime::Handle>,
+    /// Where the last read of each recently read file ended.
+    streams: parking_lot::Mutex<std::collections::HashMap<usize, u64>>,
 }
 
 impl ChunkReader {
     pub fn new(source: Arc<dyn ChunkSource>, cache_bytes: u64) -> Self {
         let items = (cache_bytes / (64 << 10)).max(16) as usize;
-        Self { source, cache: Cache::with_weighter(items, cache_bytes, ByLength), prefetch: None }
+        Self {
+            source,
+            cache: Cache::with_weighter(items, cache_bytes, ByLength),
+            prefetch: None,
+            streams: Default::default(),
+        }
     }
 
     /// Fetches the chunks of a read concurrently on `pool`'s blocking threads.
@@ -45,7 +56,7 @@ impl ChunkReader {
     }
 
     /// The chunk's bytes, from the cache or the source.
-    pub fn chunk(&self, span: &ChunkSpan) -> Result<Arc<[u8]>, SourceError> {
+    pub fn chunk(&self, span: &ChunkSpan) -> Result<Arc<Vec<u8>>, SourceError> {
         self.cache.get_or_insert_with(&span.id, || {
             let bytes = self.source.fetch(&span.id)?;
             if bytes.len() != span.len as usize {
@@ -54,7 +65,7 @@ impl ChunkReader {
                     reason: format!("{} bytes where the index says {}", bytes.len(), span.len),
                 });
             }
-            Ok(Arc::from(bytes))
+            Ok(Arc::new(bytes))
         })
     }
 
@@ -70,6 +81,19 @@ impl ChunkReader {
                 pool.spawn_blocking(move || drop(reader.chunk(&span)));
             }
         }
+    }
+
+    /// Whether a read of `offset..end` starts where the last read of the same
+    /// file (known by its chunk list) ended.
+    fn continues_stream(&self, chunks: &[ChunkSpan], offset: u64, end: u64) -> bool {
+        let key = chunks.as_ptr() as usize;
+        let mut streams = self.streams.lock();
+        let sequential = streams.get(&key) == Some(&offset);
+        if streams.len() >= MAX_STREAMS {
+            streams.clear();
+        }
+        streams.insert(key, end);
+        sequential
     }
 
     /// Up to `len` bytes at `offset` of a file of `size` bytes made of `chunks`.
@@ -88,7 +112,15 @@ impl ChunkReader {
         let first = chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset);
         let last = chunks.partition_point(|c| c.offset < end);
         let spans = &chunks[first..last];
-        self.prefetch_chunks(spans);
+        // The chunks of this read after the first, and, when the file is
+        // being read sequentially, a few beyond it: the next request then
+        // finds them decoded.
+        let ahead = if self.continues_stream(chunks, offset, end) {
+            last.saturating_add(READ_AHEAD_CHUNKS).min(chunks.len())
+        } else {
+            last
+        };
+        self.prefetch_chunks(&chunks[first..ahead]);
         for span in spans {
             let bytes = self.chunk(span)?;
             let from = offset.max(span.offset) - span.offset;

@@ -53,6 +53,9 @@ impl Store {
         // Chunk writes skip the WAL; flushing all families atomically keeps
         // a chunk and its meta entry together across a crash.
         opts.set_atomic_flush(true);
+        // Chunks of a file lie one after another in a blob file: let the
+        // kernel read ahead on them (RocksDB's default disables readahead).
+        opts.set_advise_random_on_open(false);
         let cfs = schema::ALL.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db = match mode {
             OpenMode::ReadWrite => DB::open_cf_descriptors(&opts, dir, cfs),
