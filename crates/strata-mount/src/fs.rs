@@ -122,6 +122,27 @@ impl MountFs {
     }
 }
 
+fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn reply_data(reply: ReplyData, result: OpResult<Vec<u8>>) {
+    match result {
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, result: OpResult<fuser::FileAttr>) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
 fn xattr_reply(reply: ReplyXattr, value: OpResult<Vec<u8>>, size: u32) {
     match value {
         Err(e) => reply.error(err(e)),
@@ -156,10 +177,7 @@ impl Filesystem for MountFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.overlay.attr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_attr(reply, self.overlay.attr(ino.0));
     }
 
     fn setattr(
@@ -185,17 +203,11 @@ impl Filesystem for MountFs {
         }
         let changes =
             AttrChanges { mode, uid, gid, size, atime: atime.map(time_of), mtime: mtime.map(time_of) };
-        match self.overlay.setattr(ino.0, &changes) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_attr(reply, self.overlay.setattr(ino.0, &changes));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.overlay.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_data(reply, self.overlay.readlink(ino.0));
     }
 
     fn mknod(
@@ -233,17 +245,11 @@ impl Filesystem for MountFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.remove(parent.0, name.as_bytes(), false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_empty(reply, self.overlay.remove(parent.0, name.as_bytes(), false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.remove(parent.0, name.as_bytes(), true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_empty(reply, self.overlay.remove(parent.0, name.as_bytes(), true));
     }
 
     fn rename(
@@ -256,10 +262,10 @@ impl Filesystem for MountFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_empty(
+            reply,
+            self.overlay.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()),
+        );
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -320,10 +326,7 @@ impl Filesystem for MountFs {
         self.workers.spawn_blocking(move || {
             let _span = debug_span!("read", ino = ino.0, offset, size).entered();
             tracing::trace!("read request");
-            match overlay.read(ino.0, &plan, offset, size) {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(err(e)),
-            }
+            reply_data(reply, overlay.read(ino.0, &plan, offset, size));
         });
     }
 
@@ -364,10 +367,7 @@ impl Filesystem for MountFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        match self.overlay.fsync(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_empty(reply, self.overlay.fsync(ino.0, datasync));
     }
 
     fn fallocate(
@@ -383,10 +383,7 @@ impl Filesystem for MountFs {
         if !self.overlay.writable() {
             return reply.error(Errno::EROFS);
         }
-        match self.overlay.fallocate(ino.0, mode, offset, length) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_empty(reply, self.overlay.fallocate(ino.0, mode, offset, length));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -534,10 +531,7 @@ impl Filesystem for MountFs {
         if !self.overlay.writable() {
             return reply.error(Errno::EROFS);
         }
-        match self.overlay.setxattr(ino.0, name.as_bytes(), value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_empty(reply, self.overlay.setxattr(ino.0, name.as_bytes(), value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -552,10 +546,7 @@ impl Filesystem for MountFs {
         if !self.overlay.writable() {
             return reply.error(Errno::EROFS);
         }
-        match self.overlay.removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
+        reply_empty(reply, self.overlay.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

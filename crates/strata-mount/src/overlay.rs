@@ -398,30 +398,27 @@ impl Overlay {
 
     fn read_lower(&self, lower: Ino, offset: u64, len: u32) -> OpResult<Vec<u8>> {
         let inode = self.tree.get(lower).ok_or(libc::ENOENT)?;
-        self.reader.read(&inode.chunks, inode.size, offset, len).map_err(|e| {
-            tracing::warn!(
-                file = %String::from_utf8_lossy(&self.tree.path_of(lower)),
-                offset,
-                error = %e,
-                "read failed"
-            );
-            libc::EIO
-        })
+        self.reader
+            .read(&inode.chunks, inode.size, offset, len)
+            .map_err(|e| self.source_failed(lower, offset, &e))
+    }
+
+    /// A chunk no source could give: logged with the file it belongs to; EIO.
+    fn source_failed(&self, lower: Ino, offset: u64, error: &crate::SourceError) -> Errno {
+        tracing::warn!(
+            file = %String::from_utf8_lossy(&self.tree.path_of(lower)),
+            offset,
+            %error,
+            "read failed"
+        );
+        libc::EIO
     }
 
     fn read_cow(&self, file: &File, lower: Ino, lower_size: u64, offset: u64, len: u32) -> OpResult<Vec<u8>> {
         let inode = self.tree.get(lower).ok_or(libc::ENOENT)?;
         read_merged(file, inode, lower_size, &self.reader, offset, len).map_err(|e| match e {
             MergedReadError::Io(e) => ioe(e),
-            MergedReadError::Source(e) => {
-                tracing::warn!(
-                    file = %String::from_utf8_lossy(&self.tree.path_of(lower)),
-                    offset,
-                    error = %e,
-                    "read failed"
-                );
-                libc::EIO
-            }
+            MergedReadError::Source(e) => self.source_failed(lower, offset, &e),
         })
     }
 
@@ -668,13 +665,7 @@ impl Overlay {
         let mut nodes = self.nodes.lock();
         self.upper()?;
         let ino = self.resolve(&mut nodes, parent, name)?.ok_or(libc::ENOENT)?;
-        let is_dir = self.kind(&nodes, ino)? == fuser::FileType::Directory;
-        match (dir, is_dir) {
-            (true, false) => return Err(libc::ENOTDIR),
-            (false, true) => return Err(libc::EISDIR),
-            (true, true) if self.has_children(&mut nodes, ino)? => return Err(libc::ENOTEMPTY),
-            _ => {}
-        }
+        let is_dir = self.check_kind(&mut nodes, ino, dir)?;
         self.copy_up(&mut nodes, parent)?;
         if !is_dir && nodes.get(ino).is_some_and(|n| !n.upper) {
             // A lower file with other names: copy it up (its names become
@@ -694,6 +685,19 @@ impl Overlay {
         nodes.remove_name(parent, name);
         self.names_changed();
         Ok(())
+    }
+
+    /// Whether `target` may be removed as (or replaced by) a directory if
+    /// `dir`, else a non-directory: the kinds must match and a directory must
+    /// be empty. Returns whether `target` is a directory.
+    fn check_kind(&self, nodes: &mut Nodes, target: u64, dir: bool) -> OpResult<bool> {
+        let is_dir = self.kind(nodes, target)? == fuser::FileType::Directory;
+        match (dir, is_dir) {
+            (true, false) => Err(libc::ENOTDIR),
+            (false, true) => Err(libc::EISDIR),
+            (true, true) if self.has_children(nodes, target)? => Err(libc::ENOTEMPTY),
+            _ => Ok(is_dir),
+        }
     }
 
     /// Removes the upper entry at `dest` (if any), leaving a whiteout there
@@ -743,13 +747,7 @@ impl Overlay {
         }
         let src_dir = self.kind(&nodes, src)? == fuser::FileType::Directory;
         if let (Some(d), false) = (dst, exchange) {
-            let dst_dir = self.kind(&nodes, d)? == fuser::FileType::Directory;
-            match (src_dir, dst_dir) {
-                (true, false) => return Err(libc::ENOTDIR),
-                (false, true) => return Err(libc::EISDIR),
-                (true, true) if self.has_children(&mut nodes, d)? => return Err(libc::ENOTEMPTY),
-                _ => {}
-            }
+            self.check_kind(&mut nodes, d, src_dir)?;
         }
         self.copy_up_tree(&mut nodes, src)?;
         self.copy_up(&mut nodes, new_parent)?;
