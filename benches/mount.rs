@@ -262,6 +262,29 @@ fn main() {
         s.1 / n.1
     );
 
+    let small: Vec<PathBuf> = native_files
+        .iter()
+        .filter(|f| std::fs::metadata(f).unwrap().len() < 40 << 10)
+        .take(200)
+        .cloned()
+        .collect();
+    let per_file = |root: &Path| {
+        let files = rel(root, &small);
+        let started = Instant::now();
+        for path in &files {
+            std::hint::black_box(std::fs::read(path).unwrap());
+        }
+        started.elapsed().as_secs_f64() * 1e6 / files.len() as f64
+    };
+    let [n, o, s] = compare(runs, &reads.native, &reads_overlay.0, &fresh_reads, &per_file);
+    println!(
+        "| small file (< 40 KiB) read, cold, one after another (µs per file) | {:.0} | {:.0} | {:.0} | {:.2} | |",
+        n.0,
+        o.0,
+        s.0,
+        s.0 / n.0
+    );
+
     let rnd = |root: &Path| {
         let files: Vec<(PathBuf, u64)> =
             big.iter().map(|(f, len)| (root.join(f.strip_prefix(&reads.native).unwrap()), *len)).collect();

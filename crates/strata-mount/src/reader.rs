@@ -58,7 +58,9 @@ impl ChunkReader {
     /// The chunk's bytes, from the cache or the source.
     pub fn chunk(&self, span: &ChunkSpan) -> Result<Arc<Vec<u8>>, SourceError> {
         self.cache.get_or_insert_with(&span.id, || {
+            let t = std::time::Instant::now();
             let bytes = self.source.fetch(&span.id)?;
+            tracing::trace!(us = t.elapsed().as_micros() as u64, len = bytes.len(), "fetched");
             if bytes.len() != span.len as usize {
                 return Err(SourceError::Failed {
                     id: span.id,
@@ -83,12 +85,13 @@ impl ChunkReader {
         }
     }
 
-    /// Whether a read of `offset..end` starts where the last read of the same
-    /// file (known by its chunk list) ended.
+    /// Whether a read of `offset..end` starts the file or starts where the
+    /// last read of the same file (known by its chunk list) ended.
     fn continues_stream(&self, chunks: &[ChunkSpan], offset: u64, end: u64) -> bool {
         let key = chunks.as_ptr() as usize;
         let mut streams = self.streams.lock();
-        let sequential = streams.get(&key) == Some(&offset);
+        // A file read from its start is usually read to its end.
+        let sequential = offset == 0 || streams.get(&key) == Some(&offset);
         if streams.len() >= MAX_STREAMS {
             streams.clear();
         }
