@@ -1,0 +1,181 @@
+//! File bytes: reads through the lower tree or the upper file, copy-on-write writes, truncation.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::*;
+
+impl Overlay {
+    pub fn read_plan(&self, ino: u64) -> OpResult<ReadPlan> {
+        let nodes = self.nodes.lock();
+        let node = nodes.get(ino).ok_or(libc::ENOENT)?;
+        if !node.upper {
+            return node.lower.map(ReadPlan::Lower).ok_or(libc::ENOENT);
+        }
+        let cow = node.cow_lower_size.and_then(|size| node.lower.map(|l| (l, size)));
+        Ok(ReadPlan::Upper { cow })
+    }
+
+    /// Prepares an open of `ino`: a write or truncate copies the file up.
+    /// Files are used by inode afterwards ([`Self::upper_file`]), so the
+    /// kernel may skip opens altogether.
+    pub fn open(&self, ino: u64, flags: i32) -> OpResult<()> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags & libc::O_TRUNC != 0;
+        if (write || truncate) && !self.writable() {
+            return Err(libc::EROFS);
+        }
+        if write || truncate {
+            let mut nodes = self.nodes.lock();
+            self.copy_up(&mut nodes, ino)?;
+        }
+        if truncate {
+            self.setattr(ino, &AttrChanges { size: Some(0), ..AttrChanges::default() })?;
+        }
+        Ok(())
+    }
+
+    /// The upper file of `ino`, open read-write, from a bounded cache of
+    /// open files (the kernel sends no open or release to tie them to).
+    pub(super) fn upper_file(&self, ino: u64) -> OpResult<Arc<File>> {
+        self.files.get_or_insert_with(&ino, || {
+            let path = {
+                let nodes = self.nodes.lock();
+                if !nodes.get(ino).ok_or(libc::ENOENT)?.upper {
+                    return Err(libc::EBADF);
+                }
+                self.upper_path(&nodes, ino)?
+            };
+            open_upper(&path, libc::O_RDWR).map(Arc::new)
+        })
+    }
+
+    /// Keeps a file just made open for its first writes.
+    pub fn keep_open(&self, ino: u64, file: File) {
+        self.files.insert(ino, Arc::new(file));
+    }
+
+    pub fn read(&self, ino: u64, plan: &ReadPlan, offset: u64, len: u32) -> OpResult<Vec<u8>> {
+        match plan {
+            ReadPlan::Lower(lower) => self.read_lower(*lower, offset, len),
+            ReadPlan::Upper { cow, .. } => {
+                let file = self.upper_file(ino)?;
+                match cow {
+                    None => read_plain(&file, offset, len),
+                    Some((lower, lower_size)) => self.read_cow(&file, *lower, *lower_size, offset, len),
+                }
+            }
+        }
+    }
+
+    /// fsync / fdatasync of `ino`'s upper file, if it has one.
+    pub fn fsync(&self, ino: u64, data_only: bool) -> OpResult<()> {
+        if !self.nodes.lock().get(ino).is_some_and(|n| n.upper) {
+            return Ok(());
+        }
+        let file = self.upper_file(ino)?;
+        if data_only { file.sync_data() } else { file.sync_all() }.map_err(ioe)
+    }
+
+    /// fallocate(2) on `ino`'s upper file. Refused where lower bytes still
+    /// show through holes: allocated blocks would hide them.
+    pub fn fallocate(&self, ino: u64, mode: i32, offset: u64, len: u64) -> OpResult<()> {
+        {
+            let mut nodes = self.nodes.lock();
+            self.copy_up(&mut nodes, ino)?;
+            if nodes.get(ino).is_some_and(|n| n.cow_lower_size.unwrap_or(0) > 0) {
+                return Err(libc::EOPNOTSUPP);
+            }
+        }
+        sys::fallocate(&*self.upper_file(ino)?, mode, offset, len).map_err(ioe)
+    }
+
+    pub(super) fn read_lower(&self, lower: Ino, offset: u64, len: u32) -> OpResult<Vec<u8>> {
+        let inode = self.tree.get(lower).ok_or(libc::ENOENT)?;
+        self.reader
+            .read(&inode.chunks, inode.size, offset, len)
+            .map_err(|e| self.source_failed(lower, offset, &e))
+    }
+
+    /// A chunk no source could give: logged with the file it belongs to; EIO.
+    pub(super) fn source_failed(&self, lower: Ino, offset: u64, error: &crate::SourceError) -> Errno {
+        tracing::warn!(
+            file = %String::from_utf8_lossy(&self.tree.path_of(lower)),
+            offset,
+            %error,
+            "read failed"
+        );
+        libc::EIO
+    }
+
+    pub(super) fn read_cow(
+        &self,
+        file: &File,
+        lower: Ino,
+        lower_size: u64,
+        offset: u64,
+        len: u32,
+    ) -> OpResult<Vec<u8>> {
+        let inode = self.tree.get(lower).ok_or(libc::ENOENT)?;
+        read_merged(file, inode, lower_size, &self.reader, offset, len).map_err(|e| match e {
+            MergedReadError::Io(e) => ioe(e),
+            MergedReadError::Source(e) => self.source_failed(lower, offset, &e),
+        })
+    }
+
+    /// Writes `data` at `offset` of the upper file of `ino`. In a copied-up
+    /// file the blocks a write only partly covers are first filled from
+    /// below, so that every upper block holds the file's true bytes.
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        {
+            let mut nodes = self.nodes.lock();
+            self.copy_up(&mut nodes, ino)?;
+        }
+        let file = self.upper_file(ino)?;
+        let file = &*file;
+        let _stripe = self.cow_lock(ino);
+        let cow = {
+            let nodes = self.nodes.lock();
+            nodes.get(ino).and_then(|n| n.cow_lower_size.and_then(|s| n.lower.map(|l| (l, s))))
+        };
+        let Some((lower, lower_size)) = cow else {
+            file.write_all_at(data, offset).map_err(ioe)?;
+            return Ok(data.len() as u32);
+        };
+        let block = self.upper()?.block_size();
+        let end = offset + data.len() as u64;
+        let size = file.metadata().map_err(ioe)?.len();
+        let head_start = offset / block * block;
+        let mut start = offset;
+        let mut buf = Vec::with_capacity(data.len() + 2 * block as usize);
+        if head_start < offset && head_start < lower_size {
+            buf = self.read_cow(file, lower, lower_size, head_start, (offset - head_start) as u32)?;
+            buf.resize((offset - head_start) as usize, 0);
+            start = head_start;
+        }
+        buf.extend_from_slice(data);
+        let tail_end = end.div_ceil(block).saturating_mul(block).min(size);
+        if end < tail_end && end < lower_size {
+            buf.extend(self.read_cow(file, lower, lower_size, end, (tail_end - end) as u32)?);
+        }
+        file.write_all_at(&buf, start).map_err(ioe)?;
+        Ok(data.len() as u32)
+    }
+
+    /// Sets the size of the upper file of `ino`; a copied-up file forgets
+    /// the lower bytes at and above the new size.
+    pub(super) fn truncate(&self, ino: u64, file: &File, path: &std::path::Path, size: u64) -> OpResult<()> {
+        let _stripe = self.cow_lock(ino);
+        {
+            let mut nodes = self.nodes.lock();
+            if let Some(node) = nodes.get_mut(ino) {
+                if node.cow_lower_size.is_some_and(|lower_size| size < lower_size) {
+                    upper::set_lower_size(path, size).map_err(ioe)?;
+                    node.cow_lower_size = Some(size);
+                }
+            }
+        }
+        file.set_len(size).map_err(ioe)
+    }
+}
