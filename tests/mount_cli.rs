@@ -229,3 +229,60 @@ fn commit_makes_an_image_whose_last_layer_holds_the_changes() {
         .collect();
     assert_eq!(fresh, ["fresh"], "the opaque directory hides the old children");
 }
+
+#[test]
+fn a_mount_killed_mid_write_keeps_what_was_written_and_remounts_clean() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let (images, stats) = s.snapshot();
+    let mp = Mountpoint::new(&s, "mnt");
+    let upper = s.path("upper");
+    let upper_arg = upper.to_str().expect("utf-8").to_owned();
+    let pid = s.json(&["mount", "sample:1", mp.arg(), "--upper", &upper_arg])["pid"].as_u64().expect("pid");
+
+    // A writer appends 1 MiB blocks to a new file and to a copied-up lower
+    // file until the mount dies under it; each block's first byte says which.
+    let (new_path, lower_path) = (mp.path.join("new.bin"), mp.path.join("bin/app"));
+    let (progress_tx, progress_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut new = std::fs::File::create(&new_path).expect("create");
+        let mut lower = std::fs::OpenOptions::new().append(true).open(&lower_path).expect("open lower");
+        let mut written = 0u64;
+        for n in 0..u8::MAX {
+            let block = vec![n; 1 << 20];
+            if new.write_all(&block).is_err() || lower.write_all(&block).is_err() {
+                break;
+            }
+            written += 1;
+            let _ = progress_tx.send(written);
+        }
+        written
+    });
+    // Kill once some blocks are in, while the writer is still going.
+    while progress_rx.recv().expect("writer progresses") < 8 {}
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    let written = writer.join().expect("writer");
+    assert!(written >= 8 && written < u8::MAX as u64, "the writer was cut off ({written} blocks)");
+    wait_until_gone(pid);
+    s.ok(&["umount", mp.arg()]);
+
+    s.ok(&["mount", "sample:1", mp.arg(), "--upper", &upper_arg]);
+    let new = std::fs::read(mp.path.join("new.bin")).expect("new file after remount");
+    assert!(new.len() as u64 >= written << 20, "every acknowledged block survives");
+    for (i, block) in new.chunks(1 << 20).enumerate() {
+        assert!(block.iter().all(|b| *b == i as u8), "block {i} holds what was written");
+    }
+    let app = std::fs::read(mp.path.join("bin/app")).expect("lower file after remount");
+    assert_eq!(&app[..300_000], &strata_sample::random_bytes(1, 300_000)[..], "the lower bytes are intact");
+    for (i, block) in app[300_000..].chunks(1 << 20).enumerate() {
+        assert!(block.iter().all(|b| *b == i as u8), "appended block {i} holds what was written");
+    }
+    assert!(
+        std::fs::read_dir(upper.join("work")).expect("work dir").next().is_none(),
+        "nothing half made is left"
+    );
+    s.ok(&["umount", mp.arg()]);
+    assert_eq!(s.snapshot(), (images, stats), "the store never saw the writes");
+}
