@@ -322,6 +322,11 @@ impl Filesystem for MountFs {
             Ok(plan) => plan,
             Err(e) => return reply.error(err(e)),
         };
+        // Chunks already decoded are copied out here; anything that may wait
+        // on a source goes to a worker.
+        if let Some(data) = self.overlay.read_cached(&plan, offset, size) {
+            return reply.data(&data);
+        }
         let overlay = self.overlay.clone();
         self.workers.spawn_blocking(move || {
             let _span = debug_span!("read", ino = ino.0, offset, size).entered();

@@ -107,14 +107,41 @@ impl ChunkReader {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>, SourceError> {
+        Ok(self.read_from(chunks, size, offset, len, false)?.unwrap_or_default())
+    }
+
+    /// The same read if every chunk it needs is decoded in the cache, without
+    /// waiting on any source; `None` otherwise. Cheap enough to answer on the
+    /// thread that received the request.
+    pub fn read_cached(
+        self: &Arc<Self>,
+        chunks: &[ChunkSpan],
+        size: u64,
+        offset: u64,
+        len: u32,
+    ) -> Option<Vec<u8>> {
+        self.read_from(chunks, size, offset, len, true).ok().flatten()
+    }
+
+    fn read_from(
+        self: &Arc<Self>,
+        chunks: &[ChunkSpan],
+        size: u64,
+        offset: u64,
+        len: u32,
+        only_cached: bool,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
         let end = size.min(offset.saturating_add(u64::from(len)));
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
         let first = chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset);
         let last = chunks.partition_point(|c| c.offset < end);
         let spans = &chunks[first..last];
+        let cached: Vec<Option<Arc<Vec<u8>>>> = spans.iter().map(|s| self.cache.get(&s.id)).collect();
+        if only_cached && cached.iter().any(Option::is_none) {
+            return Ok(None);
+        }
         // The chunks of this read after the first, and, when the file is
         // being read sequentially, a few beyond it: the next request then
         // finds them decoded.
@@ -124,12 +151,16 @@ impl ChunkReader {
             last
         };
         self.prefetch_chunks(&chunks[first..ahead]);
-        for span in spans {
-            let bytes = self.chunk(span)?;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (span, cached) in spans.iter().zip(cached) {
+            let bytes = match cached {
+                Some(bytes) => bytes,
+                None => self.chunk(span)?,
+            };
             let from = offset.max(span.offset) - span.offset;
             let to = end.min(span.offset + u64::from(span.len)) - span.offset;
             out.extend_from_slice(&bytes[from as usize..to as usize]);
         }
-        Ok(out)
+        Ok(Some(out))
     }
 }

@@ -91,6 +91,14 @@ impl Overlay {
         sys::fallocate(&*self.upper_file(ino)?, mode, offset, len).map_err(ioe)
     }
 
+    /// A read of a lower-only file answered from decoded chunks in memory,
+    /// if they are all there.
+    pub fn read_cached(&self, plan: &ReadPlan, offset: u64, len: u32) -> Option<Vec<u8>> {
+        let ReadPlan::Lower(lower) = plan else { return None };
+        let inode = self.tree.get(*lower)?;
+        self.reader.read_cached(&inode.chunks, inode.size, offset, len)
+    }
+
     pub(super) fn read_lower(&self, lower: Ino, offset: u64, len: u32) -> OpResult<Vec<u8>> {
         let inode = self.tree.get(lower).ok_or(libc::ENOENT)?;
         self.reader
