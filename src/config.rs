@@ -14,7 +14,7 @@ use strata_chunk::Chunking;
 pub struct Settings {
     /// How files are split into chunks.
     pub chunking: Chunking,
-    /// zstd level for stored chunks.
+    /// zstd level for stored chunks; 0 stores them uncompressed.
     pub zstd_level: i32,
     /// Threads that compress and store chunks during import.
     pub import_workers: usize,

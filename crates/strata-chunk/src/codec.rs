@@ -65,13 +65,16 @@ pub enum ChunkError {
 
 /// Encodes chunks for storage, reusing one zstd context.
 pub struct ChunkEncoder {
-    compressor: zstd::bulk::Compressor<'static>,
+    /// `None`: every chunk is stored raw.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl ChunkEncoder {
-    /// `level` is a zstd level (1..=22; negative levels trade ratio for speed).
+    /// `level` is a zstd level (1..=22; negative levels trade ratio for
+    /// speed); 0 stores every chunk raw, spending no CPU on compression.
     pub fn new(level: i32) -> std::io::Result<Self> {
-        Ok(Self { compressor: zstd::bulk::Compressor::new(level)? })
+        let compressor = if level == 0 { None } else { Some(zstd::bulk::Compressor::new(level)?) };
+        Ok(Self { compressor })
     }
 
     /// The stored form of `data`: zstd if that is smaller, raw otherwise.
@@ -79,6 +82,7 @@ impl ChunkEncoder {
     /// archives, encrypted data) are stored raw without trying zstd.
     pub fn encode(&mut self, data: &[u8]) -> Vec<u8> {
         debug_assert!(data.len() <= MAX_CHUNK_LEN);
+        let Some(compressor) = self.compressor.as_mut() else { return raw(data) };
         if looks_incompressible(data) {
             return raw(data);
         }
@@ -89,8 +93,7 @@ impl ChunkEncoder {
         // it (or more) the chunk does not compress and is stored raw.
         out.resize(header_len + data.len(), 0);
         let budget = data.len().saturating_sub(1);
-        let compressed =
-            self.compressor.compress_to_buffer(data, &mut out[header_len..header_len + budget]).ok();
+        let compressed = compressor.compress_to_buffer(data, &mut out[header_len..header_len + budget]).ok();
         match compressed {
             Some(n) => out.truncate(header_len + n),
             None => return raw(data),
@@ -175,6 +178,9 @@ mod tests {
 
     fn round_trip(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let stored = ChunkEncoder::new(3).unwrap().encode(data);
+        let raw_stored = ChunkEncoder::new(0).unwrap().encode(data);
+        assert_eq!(StoredChunkHeader::parse(&ChunkId::of(data), &raw_stored).unwrap().codec, Codec::Raw);
+        assert_eq!(ChunkDecoder::new().unwrap().decode(&ChunkId::of(data), &raw_stored).unwrap(), data);
         let back = ChunkDecoder::new().unwrap().decode(&ChunkId::of(data), &stored).unwrap();
         (stored, back)
     }
