@@ -27,6 +27,9 @@ pub struct Node {
 pub struct Nodes {
     nodes: HashMap<u64, Node>,
     names: HashMap<(u64, Box<[u8]>), u64>,
+    /// The names other than its own (`Node::parent`, `Node::name`) of each
+    /// inode known by several: hardlinks.
+    aliases: HashMap<u64, Vec<(u64, Box<[u8]>)>>,
     next: u64,
 }
 
@@ -34,7 +37,7 @@ impl Nodes {
     pub fn new(first_free: u64, root: Node) -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(Ino::ROOT.0, root);
-        Self { nodes, names: HashMap::new(), next: first_free }
+        Self { nodes, names: HashMap::new(), aliases: HashMap::new(), next: first_free }
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
@@ -56,26 +59,45 @@ impl Nodes {
             self.next += 1;
             self.next - 1
         });
-        self.names.insert((node.parent, node.name.clone()), ino);
-        // A second name of a known inode (a hardlink) keeps the first.
-        self.nodes.entry(ino).or_insert(node);
+        if self.nodes.contains_key(&ino) {
+            // A second name of a known inode (a hardlink).
+            self.add_name(node.parent, &node.name, ino);
+        } else {
+            self.names.insert((node.parent, node.name.clone()), ino);
+            self.nodes.insert(ino, node);
+        }
         ino
     }
 
-    /// Adds a name for a known inode (a new hardlink).
+    /// Adds a name for a known inode (a hardlink).
     pub fn add_name(&mut self, parent: u64, name: &[u8], ino: u64) {
-        self.names.insert((parent, Box::from(name)), ino);
+        let key = (parent, Box::<[u8]>::from(name));
+        if self.names.insert(key.clone(), ino) == Some(ino) {
+            return;
+        }
+        let own = self.nodes.get(&ino).is_some_and(|n| n.parent == parent && *n.name == *name);
+        if !own {
+            self.aliases.entry(ino).or_default().push(key);
+        }
     }
 
     /// Forgets `name` in `parent`; the inode, if it has another name, is
     /// reached by that one from now on.
     pub fn remove_name(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
-        let ino = self.names.remove(&(parent, Box::from(name)))?;
-        let other = self.names.iter().find(|(_, &i)| i == ino).map(|((p, n), _)| (*p, n.clone()));
-        if let (Some(node), Some((p, n))) = (self.nodes.get_mut(&ino), other) {
-            if node.parent == parent && *node.name == *name {
-                node.parent = p;
-                node.name = n;
+        let key = (parent, Box::<[u8]>::from(name));
+        let ino = self.names.remove(&key)?;
+        if let Some(aliases) = self.aliases.get_mut(&ino) {
+            let own = self.nodes.get(&ino).is_some_and(|n| n.parent == parent && *n.name == *name);
+            if own {
+                if let (Some((p, n)), Some(node)) = (aliases.pop(), self.nodes.get_mut(&ino)) {
+                    node.parent = p;
+                    node.name = n;
+                }
+            } else {
+                aliases.retain(|a| *a != key);
+            }
+            if aliases.is_empty() {
+                self.aliases.remove(&ino);
             }
         }
         Some(ino)
@@ -83,11 +105,18 @@ impl Nodes {
 
     /// Moves an inode's name.
     pub fn rename(&mut self, ino: u64, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8]) {
-        self.names.remove(&(parent, Box::from(name)));
-        self.names.insert((new_parent, Box::from(new_name)), ino);
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            node.parent = new_parent;
-            node.name = Box::from(new_name);
+        let (old, new) = ((parent, Box::<[u8]>::from(name)), (new_parent, Box::<[u8]>::from(new_name)));
+        self.names.remove(&old);
+        self.names.insert(new.clone(), ino);
+        let own = self.nodes.get(&ino).is_some_and(|n| n.parent == parent && *n.name == *name);
+        if own {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.parent = new_parent;
+                node.name = Box::from(new_name);
+            }
+        } else if let Some(alias) = self.aliases.get_mut(&ino).and_then(|a| a.iter_mut().find(|a| **a == old))
+        {
+            *alias = new;
         }
     }
 
@@ -116,5 +145,40 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
         name.to_vec()
     } else {
         [parent, b"/", name].concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(parent: u64, name: &str) -> Node {
+        Node {
+            parent,
+            name: name.as_bytes().into(),
+            lower: None,
+            upper: true,
+            opaque: false,
+            cow_lower_size: None,
+        }
+    }
+
+    #[test]
+    fn an_inode_keeps_a_name_while_it_has_one() {
+        let root = node(1, "");
+        let mut nodes = Nodes::new(100, root);
+        let dir = nodes.insert(None, node(1, "d"));
+        let file = nodes.insert(None, node(dir, "a"));
+        nodes.add_name(dir, b"b", file);
+        nodes.add_name(1, b"c", file);
+        assert_eq!(nodes.path(file), b"d/a");
+        nodes.remove_name(dir, b"a");
+        let path = nodes.path(file);
+        assert!(path == b"c" || path == b"d/b", "reached by a remaining name, not {path:?}");
+        nodes.rename(file, 1, b"c", dir, b"e");
+        nodes.remove_name(dir, b"b");
+        assert_eq!(nodes.path(file), b"d/e");
+        assert_eq!(nodes.named(dir, b"e"), Some(file));
+        assert_eq!(nodes.named(dir, b"a"), None);
     }
 }
