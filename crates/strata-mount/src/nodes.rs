@@ -24,12 +24,15 @@ pub struct Node {
     pub cow_lower_size: Option<u64>,
 }
 
+/// A name: the directory's inode and the name in it.
+type Name = (u64, Box<[u8]>);
+
 pub struct Nodes {
     nodes: HashMap<u64, Node>,
-    names: HashMap<(u64, Box<[u8]>), u64>,
+    names: HashMap<Name, u64>,
     /// The names other than its own (`Node::parent`, `Node::name`) of each
     /// inode known by several: hardlinks.
-    aliases: HashMap<u64, Vec<(u64, Box<[u8]>)>>,
+    aliases: HashMap<u64, Vec<Name>>,
     next: u64,
 }
 
