@@ -36,6 +36,8 @@ pub struct ChunkReader {
     prefetch: Option<tokio::runtime::Handle>,
     /// Where the last read of each recently read file ended.
     streams: parking_lot::Mutex<std::collections::HashMap<usize, u64>>,
+    /// Chunks a prefetch task is fetching.
+    in_flight: parking_lot::Mutex<std::collections::HashSet<ChunkId>>,
 }
 
 impl ChunkReader {
@@ -46,6 +48,7 @@ impl ChunkReader {
             cache: Cache::with_weighter(items, cache_bytes, ByLength),
             prefetch: None,
             streams: Default::default(),
+            in_flight: Default::default(),
         }
     }
 
@@ -78,10 +81,16 @@ impl ChunkReader {
     fn prefetch_chunks(self: &Arc<Self>, spans: &[ChunkSpan]) {
         let Some(pool) = &self.prefetch else { return };
         for span in spans.iter().skip(1).take(MAX_PREFETCH) {
-            if self.cache.get(&span.id).is_none() {
-                let (reader, span) = (self.clone(), *span);
-                pool.spawn_blocking(move || drop(reader.chunk(&span)));
+            // Neither decoded nor already on its way (a second task would only
+            // wait for the first).
+            if self.cache.get(&span.id).is_some() || !self.in_flight.lock().insert(span.id) {
+                continue;
             }
+            let (reader, span) = (self.clone(), *span);
+            pool.spawn_blocking(move || {
+                drop(reader.chunk(&span));
+                reader.in_flight.lock().remove(&span.id);
+            });
         }
     }
 
