@@ -13,7 +13,7 @@ pub fn on_termination(mut on_signal: impl FnMut(u32) + Send + 'static) -> std::i
             signal(SignalKind::hangup())?,
         ))
     })?;
-    std::thread::spawn(move || {
+    std::thread::Builder::new().name("strata-signals".into()).spawn(move || {
         runtime.block_on(async move {
             let (term, int, hup) = &mut streams;
             let mut count = 0;
@@ -27,6 +27,6 @@ pub fn on_termination(mut on_signal: impl FnMut(u32) + Send + 'static) -> std::i
                 on_signal(count);
             }
         });
-    });
+    })?;
     Ok(())
 }

@@ -61,18 +61,48 @@ pub fn run(ctx: &Ctx, image: &str, upper: Option<&Path>, args: &[String]) -> any
     let rootfs = run_dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
     let started = start_mount(ctx, image, &rootfs, upper, false)?;
-    let result = run_mounted(&started.mountpoint, &process, &found_id.short());
-    // Whatever happened, the mount goes; a writable layer made for this run goes with it.
-    let unmounted = unmount(ctx, &started.mountpoint, false);
-    if upper.is_none() {
-        if let Some(dir) = &started.upper {
+    let mut cleanup = Cleanup {
+        ctx,
+        mountpoint: started.mountpoint.clone(),
+        layer: if upper.is_none() { started.upper.clone() } else { None },
+        run_dir,
+        done: false,
+    };
+    let code = run_mounted(&started.mountpoint, &process, &found_id.short())?;
+    cleanup.finish()?;
+    Ok(code)
+}
+
+/// Whatever happens to the run, even a panic, the mount goes, and a
+/// writable layer made for the run goes with it.
+struct Cleanup<'a> {
+    ctx: &'a Ctx,
+    mountpoint: std::path::PathBuf,
+    layer: Option<std::path::PathBuf>,
+    run_dir: std::path::PathBuf,
+    done: bool,
+}
+
+impl Cleanup<'_> {
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.done = true;
+        let unmounted = unmount(self.ctx, &self.mountpoint, false);
+        if let Some(dir) = &self.layer {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        unmounted.map(drop)
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
-    let code = result?;
-    unmounted?;
-    Ok(code)
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.finish() {
+                eprintln!("cleaning up the run: {}", crate::error_chain(&e));
+            }
+        }
+    }
 }
 
 fn run_mounted(rootfs: &Path, process: &Process, hostname: &str) -> anyhow::Result<i32> {
