@@ -110,5 +110,10 @@ fn strata_run_starts_busybox_from_a_mount_in_its_own_namespaces() {
     let out =
         s.command().args(["run", "--upper", upper_arg, image, "--", "cat /etc/note"]).output().expect("run");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    // A command the image lacks: the shell's 127 comes back, and the run still cleans up.
+    let out = s.command().args(["run", image, "--", "/no/such/program"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(127));
     assert!(s.json(&["mounts"]).as_array().expect("array").is_empty(), "every run unmounts");
+    let runs = s.data_dir().join("run");
+    assert!(std::fs::read_dir(&runs).map_or(true, |mut d| d.next().is_none()), "no run directory is left");
 }
