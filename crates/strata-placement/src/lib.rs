@@ -1,0 +1,21 @@
+//! Placement and fetch scheduling for a Strata cluster, with no central
+//! tracker: pure functions of the live membership and what peers reported,
+//! testable without sockets.
+//!
+//! - [`Ring`]: rendezvous (highest-random-weight) hashing of a key (a
+//!   [`strata_types::LayerId`] or [`strata_types::ChunkId`]) over the live
+//!   members. The key's *directory nodes* are the `replicas` members with the
+//!   highest BLAKE3(member ‖ key) scores; they track who holds the key, kept
+//!   fresh by holders' announcements. Every node computes the same directory
+//!   from the same membership, and when a member joins or leaves only the keys
+//!   whose top `replicas` it enters or leaves move.
+//! - [`schedule`]: which holder each chunk of a batch is fetched from, spread
+//!   over holders so one layer comes from several peers at once, peers before
+//!   the origin, penalised peers last.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod ring;
+mod schedule;
+
+pub use ring::Ring;
+pub use schedule::{schedule, Assignment, Source};
