@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["strata/v1/layer.proto", "strata/v1/store.proto"].map(|f| root.join(f));
+    let files =
+        ["strata/v1/layer.proto", "strata/v1/store.proto", "strata/v1/wire.proto"].map(|f| root.join(f));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

@@ -54,6 +54,12 @@ macro_rules! blake3_id {
             }
         }
 
+        impl From<[u8; 32]> for $name {
+            fn from(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+        }
+
         impl From<blake3::Hash> for $name {
             fn from(hash: blake3::Hash) -> Self {
                 Self(*hash.as_bytes())
