@@ -117,6 +117,12 @@ pub enum Command {
     },
     /// List mounts and their state (live, dead: process gone, gone: record left over).
     Mounts,
+    /// The cluster's certificates: peers speak only mutual TLS with
+    /// certificates of the cluster CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Serve a mount in the foreground (what `strata mount` starts).
     #[command(hide = true)]
     MountServe {
@@ -128,6 +134,29 @@ pub enum Command {
     /// Build a small image, import it, export it, import it again: a tour
     /// that needs no setup. Uses a scratch store unless --data-dir is given.
     Demo,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Make the cluster CA: DIR/ca.pem and DIR/ca-key.pem (keep the key safe;
+    /// only `cert issue` needs it).
+    InitCa {
+        /// Where the files go [default: DATA_DIR/certs].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// A name for the cluster, shown in the CA's subject.
+        #[arg(long, default_value = "strata")]
+        cluster: String,
+    },
+    /// Issue a node certificate signed by the CA: DIR/NODE.pem and DIR/NODE-key.pem.
+    Issue {
+        /// The node's name (also the name peers check its certificate against).
+        #[arg(long, value_name = "NODE")]
+        node: String,
+        /// Where the CA is and the files go [default: DATA_DIR/certs].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

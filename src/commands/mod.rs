@@ -1,5 +1,6 @@
 //! One module per command; this one resolves the store and settings.
 
+mod cert;
 mod commit;
 mod demo;
 mod images;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use strata_store::{OpenMode, Store, StoreError};
 
-use crate::cli::{Cli, Command, Global, StoreCommand};
+use crate::cli::{CertCommand, Cli, Command, Global, StoreCommand};
 use crate::config::{default_data_dir, Settings};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -37,6 +38,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let code = run::run(&ctx, &image, upper.as_deref(), &command)?;
             std::process::exit(code)
         }
+        Command::Cert { command: CertCommand::InitCa { dir, cluster } } => cert::init_ca(&ctx, dir, &cluster),
+        Command::Cert { command: CertCommand::Issue { node, dir } } => cert::issue(&ctx, dir, &node),
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),
         Command::MountServe { image, mountpoint, upper } => {
