@@ -1,0 +1,202 @@
+//! QUIC between nodes (quinn): endpoints that speak only mutual TLS with
+//! certificates of the cluster CA (`strata-tls`), one request per
+//! bidirectional stream, every frame checked (`strata-wire`). A bad frame
+//! gets an error frame and ends its stream; the connection lives on.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use strata_tls::Identity;
+use strata_wire::{
+    decode_request, encode_frame, encode_request, FrameDecoder, PeerRequest, Response, WireError,
+};
+
+pub use quinn;
+
+/// Read at most this much of a request stream: one frame and its header.
+const REQUEST_LIMIT: usize = strata_wire::MAX_FRAME + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] strata_tls::TlsError),
+    #[error("QUIC setup: {0}")]
+    Setup(String),
+    #[error("connecting to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the peer sent no complete reply")]
+    Truncated,
+}
+
+fn setup(e: impl std::fmt::Display) -> NetError {
+    NetError::Setup(e.to_string())
+}
+
+fn stream(e: impl std::fmt::Display) -> NetError {
+    NetError::Stream(e.to_string())
+}
+
+/// Answers requests. Called once per stream; the responses are sent in
+/// order, the last ending the reply (`End` or `Error`).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: PeerRequest) -> Vec<Response>;
+}
+
+/// An endpoint that accepts peers on `addr` (and can dial them).
+pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
+    let crypto = QuicServerConfig::try_from(identity.server_config()?).map_err(setup)?;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut endpoint = Endpoint::server(config, addr).map_err(setup)?;
+    endpoint.set_default_client_config(client_config(identity)?);
+    Ok(endpoint)
+}
+
+/// An endpoint that only dials.
+pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, NetError> {
+    let mut endpoint = Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(setup)?;
+    endpoint.set_default_client_config(client_config(identity)?);
+    Ok(endpoint)
+}
+
+fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, NetError> {
+    let crypto = QuicClientConfig::try_from(identity.client_config()?).map_err(setup)?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// Dials a peer; `name` is the node name its certificate must carry (any
+/// node of the cluster if `None`).
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    name: Option<&str>,
+) -> Result<Connection, NetError> {
+    let fail = |e: &dyn std::fmt::Display| NetError::Connect { addr, reason: e.to_string() };
+    let name = name.unwrap_or(strata_tls::CLUSTER_NAME);
+    endpoint.connect(addr, name).map_err(|e| fail(&e))?.await.map_err(|e| fail(&e))
+}
+
+/// Accepts connections until the endpoint closes, each served on a task of
+/// its own, each stream on a task of its own.
+pub async fn serve(endpoint: Endpoint, handler: Arc<dyn Handler>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => serve_connection(connection, handler).await,
+                // A peer without a cluster certificate ends here, before any request.
+                Err(e) => tracing::info!(%remote, error = %e, "peer refused"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(connection: Connection, handler: Arc<dyn Handler>) {
+    let remote = connection.remote_address();
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_stream(send, recv, handler).await {
+                        tracing::debug!(%remote, error = %e, "stream ended early");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "connection closed");
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    handler: Arc<dyn Handler>,
+) -> Result<(), NetError> {
+    let responses = match read_request(&mut recv).await {
+        Ok(request) => {
+            let handler = handler.clone();
+            tokio::task::spawn_blocking(move || handler.handle(request)).await.map_err(stream)?
+        }
+        Err(NetError::Wire(e)) => {
+            tracing::info!(stream = %send.id(), error = %e, "bad request");
+            vec![e.to_response()]
+        }
+        Err(e) => return Err(e),
+    };
+    for response in &responses {
+        send.write_all(&encode_frame(response)?).await.map_err(stream)?;
+    }
+    send.finish().map_err(stream)?;
+    Ok(())
+}
+
+/// The one request frame of a stream; bytes past it or over the limit are errors.
+async fn read_request(recv: &mut RecvStream) -> Result<PeerRequest, NetError> {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0;
+    loop {
+        if let Some(frame) = decoder.next_frame()? {
+            return Ok(decode_request(&frame)?);
+        }
+        match recv.read(&mut buf).await.map_err(stream)? {
+            Some(n) => {
+                total += n;
+                if total > REQUEST_LIMIT {
+                    return Err(WireError::TooLarge { len: total, max: REQUEST_LIMIT }.into());
+                }
+                decoder.push(&buf[..n]);
+            }
+            None => {
+                return Err(WireError::BadFrame(format!(
+                    "stream ended inside a frame ({} bytes)",
+                    decoder.pending()
+                ))
+                .into())
+            }
+        }
+    }
+}
+
+/// Sends `request` on a new stream and collects the reply, up to and
+/// including its `End` or `Error` frame.
+pub async fn request(connection: &Connection, request: &PeerRequest) -> Result<Vec<Response>, NetError> {
+    let (mut send, recv) = connection.open_bi().await.map_err(stream)?;
+    send.write_all(&encode_request(request)?).await.map_err(stream)?;
+    send.finish().map_err(stream)?;
+    read_responses(recv).await
+}
+
+/// Reads response frames until the reply ends.
+pub async fn read_responses(mut recv: RecvStream) -> Result<Vec<Response>, NetError> {
+    use strata_wire::response::Kind;
+    let mut decoder = FrameDecoder::new();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        while let Some(frame) = decoder.next_frame()? {
+            let response = <Response as prost::Message>::decode(&frame[..])
+                .map_err(|e| WireError::BadFrame(e.to_string()))?;
+            let last = matches!(response.kind, Some(Kind::End(_)) | Some(Kind::Error(_)));
+            out.push(response);
+            if last {
+                return Ok(out);
+            }
+        }
+        match recv.read(&mut buf).await.map_err(stream)? {
+            Some(n) => decoder.push(&buf[..n]),
+            None => return Err(NetError::Truncated),
+        }
+    }
+}
