@@ -125,6 +125,12 @@ impl Store {
         })
     }
 
+    /// The stored form of a chunk (codec header and payload), as served to
+    /// peers: they decode and verify it against `id` themselves.
+    pub fn get_stored_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(schema::CHUNKS), id.as_bytes())?)
+    }
+
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
         Ok(self.chunk_meta(id)?.is_some())
     }

@@ -1,0 +1,11 @@
+//! A node's peer side: [`StoreHandler`] serves the local store to peers over
+//! `strata-net`; [`PeerSource`] is the mount's chunk source that fetches
+//! from peers, verifying every chunk against its id before returning it and
+//! trying the next peer when one lies or fails.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod handler;
+mod peer_source;
+
+pub use handler::StoreHandler;
+pub use peer_source::{Peer, PeerSource};

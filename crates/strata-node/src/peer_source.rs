@@ -1,0 +1,80 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use parking_lot::Mutex;
+use strata_chunk::ChunkDecoder;
+use strata_mount::{ChunkSource, SourceError};
+use strata_net::quinn::{Connection, Endpoint};
+use strata_types::ChunkId;
+use strata_wire::response::Kind;
+use strata_wire::PeerRequest;
+
+/// A peer to fetch from: its address and, if known, its node name.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub name: Option<String>,
+}
+
+/// Chunks from peers, tried in order. Every chunk is decoded and checked
+/// against its id before it is returned; a peer that sends bytes that do not
+/// match, or fails, is skipped for the rest of this fetch and the next one
+/// is asked.
+pub struct PeerSource {
+    runtime: tokio::runtime::Handle,
+    endpoint: Endpoint,
+    peers: Vec<Peer>,
+    connections: Mutex<HashMap<SocketAddr, Connection>>,
+}
+
+impl PeerSource {
+    pub fn new(runtime: tokio::runtime::Handle, endpoint: Endpoint, peers: Vec<Peer>) -> Self {
+        Self { runtime, endpoint, peers, connections: Mutex::new(HashMap::new()) }
+    }
+
+    async fn connection(&self, peer: &Peer) -> Result<Connection, String> {
+        if let Some(c) = self.connections.lock().get(&peer.addr).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let connection = strata_net::connect(&self.endpoint, peer.addr, peer.name.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.connections.lock().insert(peer.addr, connection.clone());
+        Ok(connection)
+    }
+
+    async fn fetch_from(&self, peer: &Peer, id: &ChunkId) -> Result<Option<Vec<u8>>, String> {
+        let connection = self.connection(peer).await?;
+        let replies = strata_net::request(&connection, &PeerRequest::FetchChunks(vec![*id]))
+            .await
+            .map_err(|e| e.to_string())?;
+        match replies.first().and_then(|r| r.kind.as_ref()) {
+            Some(Kind::Chunk(c)) if c.id == id.as_bytes() && c.missing => Ok(None),
+            Some(Kind::Chunk(c)) if c.id == id.as_bytes() => {
+                let mut decoder = ChunkDecoder::new().map_err(|e| e.to_string())?;
+                decoder.decode(id, &c.stored).map(Some).map_err(|e| format!("sent bad bytes: {e}"))
+            }
+            Some(Kind::Error(e)) => Err(format!("error {}: {}", e.code, e.message)),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+}
+
+impl ChunkSource for PeerSource {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.runtime.block_on(async {
+            let mut tried = Vec::new();
+            for peer in &self.peers {
+                match self.fetch_from(peer, id).await {
+                    Ok(Some(bytes)) => return Ok(bytes),
+                    Ok(None) => tried.push(format!("{} (does not hold it)", peer.addr)),
+                    Err(reason) => {
+                        tracing::warn!(chunk = %id, peer = %peer.addr, reason, "peer failed; trying the next");
+                        tried.push(format!("{} ({reason})", peer.addr));
+                    }
+                }
+            }
+            Err(SourceError::Failed { id: *id, reason: format!("no peer gave it; tried {}", tried.join(", ")) })
+        })
+    }
+}
