@@ -118,3 +118,54 @@ fn with_only_a_liar_or_nobody_holding_it_the_fetch_fails_and_says_why() {
         "{err}"
     );
 }
+
+/// Counts what a source hands out.
+struct Counting<S> {
+    inner: S,
+    chunks: std::sync::atomic::AtomicUsize,
+}
+
+impl<S: ChunkSource> ChunkSource for Counting<S> {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.fetch(id)
+    }
+}
+
+#[test]
+fn an_image_only_a_peer_holds_mounts_from_its_indexes_and_reads_lazily() {
+    let cluster = Cluster::new();
+    let holder = cluster.node("node-a", Arc::new(StoreHandler::new(cluster.store.clone())));
+    let source = cluster.source(vec![holder.clone()]);
+    let connection = {
+        let _guard = cluster.runtime.enter();
+        let endpoint = client_endpoint(&identity(&cluster.ca, "node-b")).expect("client");
+        cluster
+            .runtime
+            .block_on(strata_net::connect(&endpoint, holder.addr, holder.name.as_deref()))
+            .expect("connect")
+    };
+    let (id, _record, layers) = cluster
+        .runtime
+        .block_on(strata_node::fetch_image(&connection, "sample:1"))
+        .expect("image from the peer");
+    assert_eq!(Some(id), cluster.store.resolve("sample:1").ok().map(|(id, _)| id));
+    let tree = strata_mount::LowerTree::build(&layers).expect("tree");
+
+    let counting = Arc::new(Counting { inner: source, chunks: Default::default() });
+    let mountpoint = tempfile::tempdir().expect("mountpoint");
+    let session = strata_mount::mount(tree, counting.clone(), None, mountpoint.path(), &Default::default())
+        .expect("mount")
+        .spawn()
+        .expect("serve");
+    let listing = std::fs::read_dir(mountpoint.path().join("etc")).expect("readdir").count();
+    assert!(listing >= 2);
+    assert_eq!(counting.chunks.load(std::sync::atomic::Ordering::Relaxed), 0, "metadata needs no chunks");
+    assert_eq!(std::fs::read(mountpoint.path().join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+    assert_eq!(counting.chunks.load(std::sync::atomic::Ordering::Relaxed), 1, "one small file, one chunk");
+    assert_eq!(
+        std::fs::read(mountpoint.path().join("bin/app")).expect("read"),
+        strata_sample::random_bytes(1, 300_000)
+    );
+    session.umount_and_join().expect("unmount");
+}
