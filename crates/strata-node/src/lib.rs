@@ -11,5 +11,5 @@ mod peer_source;
 mod remote;
 
 pub use handler::StoreHandler;
-pub use peer_source::{Peer, PeerSource};
+pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
 pub use remote::fetch_image;

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use strata_chunk::ChunkDecoder;
@@ -16,20 +17,31 @@ pub struct Peer {
     pub name: Option<String>,
 }
 
+/// How long a fetch may take, all peers together, unless set otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Chunks from peers, tried in order. Every chunk is decoded and checked
 /// against its id before it is returned; a peer that sends bytes that do not
 /// match, or fails, is skipped for the rest of this fetch and the next one
-/// is asked.
+/// is asked. A fetch never outlives its deadline: each peer gets an equal
+/// share of the time left, so a silent peer costs its share and the next is
+/// asked; when none answers in time the fetch fails, naming the peers tried.
 pub struct PeerSource {
     runtime: tokio::runtime::Handle,
     endpoint: Endpoint,
     peers: Vec<Peer>,
+    deadline: Duration,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
 }
 
 impl PeerSource {
     pub fn new(runtime: tokio::runtime::Handle, endpoint: Endpoint, peers: Vec<Peer>) -> Self {
-        Self { runtime, endpoint, peers, connections: Mutex::new(HashMap::new()) }
+        Self { runtime, endpoint, peers, deadline: DEFAULT_DEADLINE, connections: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     async fn connection(&self, peer: &Peer) -> Result<Connection, String> {
@@ -63,18 +75,28 @@ impl PeerSource {
 impl ChunkSource for PeerSource {
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
         self.runtime.block_on(async {
+            let until = tokio::time::Instant::now() + self.deadline;
             let mut tried = Vec::new();
-            for peer in &self.peers {
-                match self.fetch_from(peer, id).await {
-                    Ok(Some(bytes)) => return Ok(bytes),
-                    Ok(None) => tried.push(format!("{} (does not hold it)", peer.addr)),
-                    Err(reason) => {
+            for (i, peer) in self.peers.iter().enumerate() {
+                // Each peer gets an equal share of the time left, so a silent
+                // one costs a retry elsewhere, not the whole deadline.
+                let share = until.saturating_duration_since(tokio::time::Instant::now()) / (self.peers.len() - i) as u32;
+                match tokio::time::timeout(share, self.fetch_from(peer, id)).await {
+                    Ok(Ok(Some(bytes))) => return Ok(bytes),
+                    Ok(Ok(None)) => tried.push(format!("{} (does not hold it)", peer.addr)),
+                    Ok(Err(reason)) => {
                         tracing::warn!(chunk = %id, peer = %peer.addr, reason, "peer failed; trying the next");
                         tried.push(format!("{} ({reason})", peer.addr));
                     }
+                    Err(_) => {
+                        tracing::warn!(chunk = %id, peer = %peer.addr, ?share, "peer silent; trying the next");
+                        tried.push(format!("{} (no answer within {share:?} of the {:?} deadline)", peer.addr, self.deadline));
+                    }
                 }
             }
-            Err(SourceError::Failed { id: *id, reason: format!("no peer gave it; tried {}", tried.join(", ")) })
+            let reason = format!("no peer gave it; tried {}", tried.join(", "));
+            tracing::warn!(chunk = %id, reason, "chunk unavailable");
+            Err(SourceError::Failed { id: *id, reason })
         })
     }
 }

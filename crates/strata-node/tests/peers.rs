@@ -169,3 +169,34 @@ fn an_image_only_a_peer_holds_mounts_from_its_indexes_and_reads_lazily() {
     );
     session.umount_and_join().expect("unmount");
 }
+
+/// Never answers until the test lets it go.
+struct Silent(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl Handler for Silent {
+    fn handle(&self, _request: PeerRequest) -> Vec<Response> {
+        let _ = self.0.lock().map(|rx| rx.recv());
+        vec![]
+    }
+}
+
+#[test]
+fn a_silent_peer_costs_its_share_of_the_deadline_then_the_next_answers() {
+    let cluster = Cluster::new();
+    let (release, wait) = std::sync::mpsc::channel();
+    let silent = cluster.node("silent", Arc::new(Silent(std::sync::Mutex::new(wait))));
+    let honest = cluster.node("node-a", Arc::new(StoreHandler::new(cluster.store.clone())));
+    let app = cluster.app();
+
+    let source =
+        cluster.source(vec![silent.clone(), honest]).with_deadline(std::time::Duration::from_secs(2));
+    let bytes = source.fetch(&app.chunks[0].id).expect("the next peer answers");
+    assert_eq!(bytes.len(), app.chunks[0].len as usize);
+
+    // With nobody else to ask, the fetch fails, and says who was tried.
+    let alone = cluster.source(vec![silent.clone()]).with_deadline(std::time::Duration::from_millis(300));
+    let err = alone.fetch(&app.chunks[1].id).expect_err("no answer");
+    let SourceError::Failed { reason, .. } = &err else { panic!("{err}") };
+    assert!(reason.contains(&silent.addr.to_string()) && reason.contains("deadline"), "{reason}");
+    drop(release);
+}
