@@ -83,6 +83,16 @@ pub enum Command {
         /// Refuse every change.
         #[arg(long)]
         read_only: bool,
+        #[command(flatten)]
+        peer: PeerArgs,
+    },
+    /// Serve this node's store to peers over QUIC with mutual TLS.
+    Serve {
+        /// Address to listen on for peers.
+        #[arg(long, default_value = "0.0.0.0:7420")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        identity: IdentityArgs,
     },
     /// Turn a mount's writable layer into a new image: the image's layers
     /// and one more holding the changes (whiteouts included).
@@ -130,10 +140,37 @@ pub enum Command {
         mountpoint: PathBuf,
         #[arg(long)]
         upper: Option<PathBuf>,
+        #[command(flatten)]
+        peer: PeerArgs,
     },
     /// Build a small image, import it, export it, import it again: a tour
     /// that needs no setup. Uses a scratch store unless --data-dir is given.
     Demo,
+}
+
+/// This node's certificate.
+#[derive(Args, Debug, Clone)]
+pub struct IdentityArgs {
+    /// This node's name: its certificate is CERT_DIR/NODE.pem.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Where ca.pem and the node's certificate are [default: DATA_DIR/certs].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+}
+
+/// Mount an image that a peer holds.
+#[derive(Args, Debug, Clone)]
+pub struct PeerArgs {
+    /// Fetch the image (its record and layer indexes at mount, file chunks
+    /// as they are read) from the node at ADDR (host:port), not this store.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Option<std::net::SocketAddr>,
+    /// Seconds a chunk fetch may take before the read fails with EIO.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub fetch_deadline: f64,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@ mod import;
 mod maintenance;
 mod mount;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,9 +29,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { images } => maintenance::rm(&ctx, &images),
         Command::Gc => maintenance::gc(&ctx),
         Command::Store { command: StoreCommand::Stats } => maintenance::stats(&ctx),
-        Command::Mount { image, mountpoint, upper, read_only } => {
-            mount::mount(&ctx, &image, &mountpoint, upper.as_deref(), read_only)
+        Command::Mount { image, mountpoint, upper, read_only, peer } => {
+            mount::mount(&ctx, &image, &mountpoint, upper.as_deref(), read_only, &peer)
         }
+        Command::Serve { listen, identity } => serve::serve(&ctx, listen, &identity),
         Command::Commit { mountpoint, upper, names } => {
             commit::commit(&ctx, mountpoint.as_deref(), upper.as_deref(), &names)
         }
@@ -42,8 +44,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert { command: CertCommand::Issue { node, dir } } => cert::issue(&ctx, dir, &node),
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),
-        Command::MountServe { image, mountpoint, upper } => {
-            mount::serve(&ctx, &image, &mountpoint, upper.as_deref())
+        Command::MountServe { image, mountpoint, upper, peer } => {
+            mount::serve(&ctx, &image, &mountpoint, upper.as_deref(), &peer)
         }
         Command::Demo => demo::run(&ctx),
     }

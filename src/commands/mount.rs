@@ -16,6 +16,7 @@ use serde_json::json;
 use strata_mount::{MountOptions, StoreSource, UpperDir};
 
 use super::Ctx;
+use crate::cli::PeerArgs;
 use crate::mounts::{self, MountRecord, MountState};
 
 /// How long `umount` waits for the serving process to finish.
@@ -34,8 +35,9 @@ pub fn mount(
     mountpoint: &Path,
     upper: Option<&Path>,
     read_only: bool,
+    peer: &PeerArgs,
 ) -> anyhow::Result<()> {
-    let started = start_mount(ctx, image, mountpoint, upper, read_only)?;
+    let started = start_mount_from(ctx, image, mountpoint, upper, read_only, Some(peer))?;
     let (mountpoint, pid) = (&started.mountpoint, started.pid);
     if ctx.json {
         return crate::output::json(&json!({
@@ -64,6 +66,17 @@ pub fn start_mount(
     mountpoint: &Path,
     upper: Option<&Path>,
     read_only: bool,
+) -> anyhow::Result<Started> {
+    start_mount_from(ctx, image, mountpoint, upper, read_only, None)
+}
+
+fn start_mount_from(
+    ctx: &Ctx,
+    image: &str,
+    mountpoint: &Path,
+    upper: Option<&Path>,
+    read_only: bool,
+    peer: Option<&PeerArgs>,
 ) -> anyhow::Result<Started> {
     if read_only && upper.is_some() {
         bail!("--upper and --read-only exclude each other");
@@ -95,6 +108,9 @@ pub fn start_mount(
     if let Some(upper) = &upper {
         command.arg("--upper").arg(upper);
     }
+    if let Some(peer) = peer.filter(|p| p.peer.is_some()) {
+        command.args(peer_args(peer));
+    }
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -116,11 +132,17 @@ pub fn start_mount(
 }
 
 /// Runs in the background process: mount, report, serve until unmounted.
-pub fn serve(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) -> anyhow::Result<()> {
+pub fn serve(
+    ctx: &Ctx,
+    image: &str,
+    mountpoint: &Path,
+    upper: Option<&Path>,
+    peer: &PeerArgs,
+) -> anyhow::Result<()> {
     // Leave the caller's session: its end must not end the mount.
     let _ = nix::unistd::setsid();
     let mut report = std::io::stdout();
-    let mut session = match start(ctx, image, mountpoint, upper) {
+    let mut session = match start(ctx, image, mountpoint, upper, peer) {
         Ok(session) => session,
         Err(e) => {
             let _ = writeln!(report, "error: {}", crate::error_chain(&e));
@@ -148,29 +170,76 @@ pub fn serve(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) ->
     result.context("serving the mount")
 }
 
-type Serving = (fuser::Session<strata_mount::MountFs>, MountRecord);
+/// The FUSE session, its record, and (for a peer's image) the runtime the
+/// peer connection lives on, kept as long as the session.
+type Serving = (fuser::Session<strata_mount::MountFs>, MountRecord, Option<tokio::runtime::Runtime>);
 
-fn start(ctx: &Ctx, image: &str, mountpoint: &Path, upper: Option<&Path>) -> anyhow::Result<Serving> {
-    let source = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
-    let store = source.store();
-    let found = strata_oci::find_image(&store, image)?;
-    let tree = strata_mount::load_lower(&store, &found.record)?;
-    drop(store);
-    let upper_dir = upper.map(|dir| UpperDir::open(dir, &found.id)).transpose()?;
-    let options =
-        MountOptions { fs_name: format!("strata:{}", found.display_name()), ..MountOptions::default() };
+fn start(
+    ctx: &Ctx,
+    image: &str,
+    mountpoint: &Path,
+    upper: Option<&Path>,
+    peer: &PeerArgs,
+) -> anyhow::Result<Serving> {
+    let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) = match peer.peer
+    {
+        None => {
+            let source = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
+            let store = source.store();
+            let found = strata_oci::find_image(&store, image)?;
+            let tree = strata_mount::load_lower(&store, &found.record)?;
+            (found.id, found.display_name(), tree, source, None)
+        }
+        Some(addr) => {
+            let identity = super::serve::load_identity(ctx, &peer.identity)?;
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let (endpoint, connection) = runtime.block_on(async {
+                let endpoint = strata_net::client_endpoint(&identity)?;
+                let connection = strata_net::connect(&endpoint, addr, None).await?;
+                Ok::<_, anyhow::Error>((endpoint, connection))
+            })?;
+            let (id, _record, layers) = runtime
+                .block_on(strata_node::fetch_image(&connection, image))
+                .map_err(|e| anyhow::anyhow!("image {image} from {addr}: {e}"))?;
+            let tree = strata_mount::LowerTree::build(&layers)?;
+            let deadline = std::time::Duration::from_secs_f64(peer.fetch_deadline.max(0.01));
+            let peers = vec![strata_node::Peer { addr, name: None }];
+            let source = strata_node::PeerSource::new(runtime.handle().clone(), endpoint, peers)
+                .with_deadline(deadline);
+            (id, image.to_owned(), tree, Arc::new(source), Some(runtime))
+        }
+    };
+    let upper_dir = upper.map(|dir| UpperDir::open(dir, &id)).transpose()?;
+    let options = MountOptions { fs_name: format!("strata:{name}"), ..MountOptions::default() };
     let session = strata_mount::mount(tree, source, upper_dir, mountpoint, &options)?;
     let record = MountRecord {
         mountpoint: mountpoint.to_owned(),
         image: image.to_owned(),
-        image_id: found.id.to_hex(),
+        image_id: id.to_hex(),
         read_only: upper.is_none(),
         upper: upper.map(Path::to_owned),
         pid: std::process::id(),
         started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         log: mounts::log_path(&ctx.data_dir, mountpoint),
     };
-    Ok((session, record))
+    Ok((session, record, runtime))
+}
+
+/// The flags that hand a peer mount's settings to the serving process.
+fn peer_args(peer: &PeerArgs) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(addr) = peer.peer {
+        args.extend(["--peer".into(), addr.to_string().into()]);
+    }
+    args.extend(["--fetch-deadline".into(), peer.fetch_deadline.to_string().into()]);
+    if let Some(node) = &peer.identity.node {
+        args.extend(["--node".into(), node.into()]);
+    }
+    if let Some(dir) = &peer.identity.cert_dir {
+        args.extend(["--cert-dir".into(), dir.into()]);
+    }
+    args
 }
 
 /// Points stdout at /dev/null so that `strata mount`, which reads it, sees

@@ -1,0 +1,78 @@
+//! Two real processes: node A serves its store over QUIC with mutual TLS;
+//! node B, with an empty store, mounts A's image lazily and reads it; when A
+//! dies, B's reads of chunks it never fetched fail with EIO, not a hang.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use common::{sample_archive, Strata};
+
+/// Kills the node at the end of the test, however it ends.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_node_mounts_an_image_only_a_peer_holds_and_fails_cleanly_when_the_peer_dies() {
+    let (a, b) = (Strata::new(), Strata::new());
+    a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
+    let certs = a.path("certs");
+    let certs_arg = certs.to_str().expect("utf-8");
+    a.ok(&["cert", "init-ca", "--dir", certs_arg]);
+    for node in ["node-a", "node-b"] {
+        a.ok(&["cert", "issue", "--node", node, "--dir", certs_arg]);
+    }
+
+    let mut child = a
+        .command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--node", "node-a", "--cert-dir", certs_arg])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("strata serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut node_a = Node(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("serve reports its address");
+    let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_owned();
+
+    let mountpoint = b.path("mnt");
+    std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+    let mp = mountpoint.to_str().expect("utf-8");
+    let args = [
+        "mount",
+        "sample:1",
+        mp,
+        "--read-only",
+        "--peer",
+        &addr,
+        "--node",
+        "node-b",
+        "--cert-dir",
+        certs_arg,
+        "--fetch-deadline",
+        "1",
+    ];
+    b.ok(&args);
+    assert!(b.json(&["images"]).as_array().expect("array").is_empty(), "B's own store stays empty");
+    assert_eq!(std::fs::read(mountpoint.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+    assert_eq!(
+        std::fs::read(mountpoint.join("bin/app")).expect("read"),
+        strata_sample::random_bytes(1, 300_000)
+    );
+
+    // A dies; what B never read cannot come from anywhere: EIO, within the deadline.
+    let _ = node_a.0.kill();
+    let _ = node_a.0.wait();
+    let err = std::fs::read(mountpoint.join("etc/motd")).expect_err("no holder left");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // Metadata needs no peer.
+    assert!(mountpoint.join("usr/share/doc/README").exists());
+    b.ok(&["umount", mp]);
+}
