@@ -164,8 +164,10 @@ pub struct IdentityArgs {
 pub struct PeerArgs {
     /// Fetch the image (its record and layer indexes at mount, file chunks
     /// as they are read) from the node at ADDR (host:port), not this store.
-    #[arg(long, value_name = "ADDR")]
-    pub peer: Option<std::net::SocketAddr>,
+    /// Repeat for several: each chunk comes from the first that has it, and
+    /// a peer that dies or lies costs a retry at the next.
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<std::net::SocketAddr>,
     /// Seconds a chunk fetch may take before the read fails with EIO.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub fetch_deadline: f64,

@@ -19,6 +19,75 @@ impl Drop for Node {
     }
 }
 
+/// Starts `strata serve` for `strata` as `node`; returns it and its address.
+fn serve(strata: &Strata, node: &str, certs: &str) -> (Node, String) {
+    let mut child = strata
+        .command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--node", node, "--cert-dir", certs])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("strata serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let node = Node(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("serve reports its address");
+    (node, line.trim().strip_prefix("listening on ").expect("listening line").to_owned())
+}
+
+#[test]
+fn with_two_holders_a_read_survives_the_first_one_dying() {
+    let (a, b, c) = (Strata::new(), Strata::new(), Strata::new());
+    let archive = sample_archive(a.dir.path(), "sample.tar", "sample:1");
+    a.import(&archive);
+    c.import(&archive);
+    let certs = a.path("certs");
+    let certs_arg = certs.to_str().expect("utf-8");
+    a.ok(&["cert", "init-ca", "--dir", certs_arg]);
+    for node in ["node-a", "node-b", "node-c"] {
+        a.ok(&["cert", "issue", "--node", node, "--dir", certs_arg]);
+    }
+    let (mut node_a, addr_a) = serve(&a, "node-a", certs_arg);
+    let (mut node_c, addr_c) = serve(&c, "node-c", certs_arg);
+
+    let mountpoint = b.path("mnt");
+    std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+    let mp = mountpoint.to_str().expect("utf-8");
+    b.ok(&[
+        "mount",
+        "sample:1",
+        mp,
+        "--read-only",
+        "--peer",
+        &addr_a,
+        "--peer",
+        &addr_c,
+        "--node",
+        "node-b",
+        "--cert-dir",
+        certs_arg,
+        "--fetch-deadline",
+        "4",
+    ]);
+    assert_eq!(std::fs::read(mountpoint.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+
+    // A dies; C holds the same chunks, so B's next reads cost a retry, not an error.
+    let _ = node_a.0.kill();
+    let _ = node_a.0.wait();
+    let motd = std::fs::read(mountpoint.join("etc/motd")).expect("read from the other holder");
+    assert!(motd.ends_with(b"one more line\n"));
+    assert_eq!(
+        std::fs::read(mountpoint.join("bin/app")).expect("read"),
+        strata_sample::random_bytes(1, 300_000)
+    );
+
+    // With C gone too, what B never read fails with EIO.
+    let _ = node_c.0.kill();
+    let _ = node_c.0.wait();
+    let err = std::fs::read(mountpoint.join("usr/share/doc/README")).expect_err("no holder left");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    b.ok(&["umount", mp]);
+}
+
 #[test]
 fn a_node_mounts_an_image_only_a_peer_holds_and_fails_cleanly_when_the_peer_dies() {
     let (a, b) = (Strata::new(), Strata::new());
@@ -30,17 +99,7 @@ fn a_node_mounts_an_image_only_a_peer_holds_and_fails_cleanly_when_the_peer_dies
         a.ok(&["cert", "issue", "--node", node, "--dir", certs_arg]);
     }
 
-    let mut child = a
-        .command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--node", "node-a", "--cert-dir", certs_arg])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("strata serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut node_a = Node(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("serve reports its address");
-    let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_owned();
+    let (mut node_a, addr) = serve(&a, "node-a", certs_arg);
 
     let mountpoint = b.path("mnt");
     std::fs::create_dir_all(&mountpoint).expect("mountpoint");

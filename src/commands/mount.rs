@@ -108,7 +108,7 @@ fn start_mount_from(
     if let Some(upper) = &upper {
         command.arg("--upper").arg(upper);
     }
-    if let Some(peer) = peer.filter(|p| p.peer.is_some()) {
+    if let Some(peer) = peer.filter(|p| !p.peers.is_empty()) {
         command.args(peer_args(peer));
     }
     let mut child = command
@@ -181,35 +181,17 @@ fn start(
     upper: Option<&Path>,
     peer: &PeerArgs,
 ) -> anyhow::Result<Serving> {
-    let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) = match peer.peer
-    {
-        None => {
+    let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) =
+        if peer.peers.is_empty() {
             let source = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
             let store = source.store();
             let found = strata_oci::find_image(&store, image)?;
             let tree = strata_mount::load_lower(&store, &found.record)?;
             (found.id, found.display_name(), tree, source, None)
-        }
-        Some(addr) => {
-            let identity = super::serve::load_identity(ctx, &peer.identity)?;
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            let (endpoint, connection) = runtime.block_on(async {
-                let endpoint = strata_net::client_endpoint(&identity)?;
-                let connection = strata_net::connect(&endpoint, addr, None).await?;
-                Ok::<_, anyhow::Error>((endpoint, connection))
-            })?;
-            let (id, _record, layers) = runtime
-                .block_on(strata_node::fetch_image(&connection, image))
-                .map_err(|e| anyhow::anyhow!("image {image} from {addr}: {e}"))?;
-            let tree = strata_mount::LowerTree::build(&layers)?;
-            let deadline = std::time::Duration::from_secs_f64(peer.fetch_deadline.max(0.01));
-            let peers = vec![strata_node::Peer { addr, name: None }];
-            let source = strata_node::PeerSource::new(runtime.handle().clone(), endpoint, peers)
-                .with_deadline(deadline);
+        } else {
+            let (id, tree, source, runtime) = from_peers(ctx, image, peer)?;
             (id, image.to_owned(), tree, Arc::new(source), Some(runtime))
-        }
-    };
+        };
     let upper_dir = upper.map(|dir| UpperDir::open(dir, &id)).transpose()?;
     let options = MountOptions { fs_name: format!("strata:{name}"), ..MountOptions::default() };
     let session = strata_mount::mount(tree, source, upper_dir, mountpoint, &options)?;
@@ -226,10 +208,50 @@ fn start(
     Ok((session, record, runtime))
 }
 
+/// An image from peers: its record and indexes from the first that has
+/// them, its chunks from any of them as they are read.
+fn from_peers(
+    ctx: &Ctx,
+    image: &str,
+    peer: &PeerArgs,
+) -> anyhow::Result<(
+    strata_store::ImageId,
+    strata_mount::LowerTree,
+    strata_node::PeerSource,
+    tokio::runtime::Runtime,
+)> {
+    let identity = super::serve::load_identity(ctx, &peer.identity)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let endpoint = {
+        let _guard = runtime.enter();
+        strata_net::client_endpoint(&identity)?
+    };
+    let mut tried = Vec::new();
+    for addr in &peer.peers {
+        let fetched = runtime.block_on(async {
+            let connection = strata_net::connect(&endpoint, *addr, None).await.map_err(|e| e.to_string())?;
+            strata_node::fetch_image(&connection, image).await
+        });
+        match fetched {
+            Ok((id, _record, layers)) => {
+                let tree = strata_mount::LowerTree::build(&layers)?;
+                let deadline = std::time::Duration::from_secs_f64(peer.fetch_deadline.max(0.01));
+                let peers =
+                    peer.peers.iter().map(|addr| strata_node::Peer { addr: *addr, name: None }).collect();
+                let source = strata_node::PeerSource::new(runtime.handle().clone(), endpoint, peers)
+                    .with_deadline(deadline);
+                return Ok((id, tree, source, runtime));
+            }
+            Err(e) => tried.push(format!("{addr}: {e}")),
+        }
+    }
+    anyhow::bail!("no peer gave image {image}: {}", tried.join("; "))
+}
+
 /// The flags that hand a peer mount's settings to the serving process.
 fn peer_args(peer: &PeerArgs) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(addr) = peer.peer {
+    for addr in &peer.peers {
         args.extend(["--peer".into(), addr.to_string().into()]);
     }
     args.extend(["--fetch-deadline".into(), peer.fetch_deadline.to_string().into()]);

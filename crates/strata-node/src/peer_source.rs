@@ -32,16 +32,43 @@ pub struct PeerSource {
     peers: Vec<Peer>,
     deadline: Duration,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
+    /// Peers that lied, failed or stayed silent, and since when: asked last
+    /// for a while.
+    penalised: Mutex<HashMap<SocketAddr, std::time::Instant>>,
 }
+
+/// How long a peer that failed is asked after the others.
+const PENALTY: Duration = Duration::from_secs(30);
 
 impl PeerSource {
     pub fn new(runtime: tokio::runtime::Handle, endpoint: Endpoint, peers: Vec<Peer>) -> Self {
-        Self { runtime, endpoint, peers, deadline: DEFAULT_DEADLINE, connections: Mutex::new(HashMap::new()) }
+        Self {
+            runtime,
+            endpoint,
+            peers,
+            deadline: DEFAULT_DEADLINE,
+            connections: Mutex::new(HashMap::new()),
+            penalised: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// The peers in the order to ask them: those in good standing first.
+    fn order(&self) -> Vec<Peer> {
+        let mut penalised = self.penalised.lock();
+        penalised.retain(|_, since| since.elapsed() < PENALTY);
+        let mut order = self.peers.clone();
+        order.sort_by_key(|p| penalised.contains_key(&p.addr));
+        order
+    }
+
+    fn penalise(&self, peer: &Peer) {
+        self.penalised.lock().insert(peer.addr, std::time::Instant::now());
+        self.connections.lock().remove(&peer.addr);
     }
 
     async fn connection(&self, peer: &Peer) -> Result<Connection, String> {
@@ -77,18 +104,21 @@ impl ChunkSource for PeerSource {
         self.runtime.block_on(async {
             let until = tokio::time::Instant::now() + self.deadline;
             let mut tried = Vec::new();
-            for (i, peer) in self.peers.iter().enumerate() {
+            let order = self.order();
+            for (i, peer) in order.iter().enumerate() {
                 // Each peer gets an equal share of the time left, so a silent
                 // one costs a retry elsewhere, not the whole deadline.
-                let share = until.saturating_duration_since(tokio::time::Instant::now()) / (self.peers.len() - i) as u32;
+                let share = until.saturating_duration_since(tokio::time::Instant::now()) / (order.len() - i) as u32;
                 match tokio::time::timeout(share, self.fetch_from(peer, id)).await {
                     Ok(Ok(Some(bytes))) => return Ok(bytes),
                     Ok(Ok(None)) => tried.push(format!("{} (does not hold it)", peer.addr)),
                     Ok(Err(reason)) => {
                         tracing::warn!(chunk = %id, peer = %peer.addr, reason, "peer failed; trying the next");
+                        self.penalise(peer);
                         tried.push(format!("{} ({reason})", peer.addr));
                     }
                     Err(_) => {
+                        self.penalise(peer);
                         tracing::warn!(chunk = %id, peer = %peer.addr, ?share, "peer silent; trying the next");
                         tried.push(format!("{} (no answer within {share:?} of the {:?} deadline)", peer.addr, self.deadline));
                     }
