@@ -49,10 +49,25 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: PeerRequest) -> Vec<Response>;
 }
 
+/// Transport settings for chunk traffic: flow-control windows sized for
+/// batches of chunks in flight, and path MTU discovery allowed up to jumbo
+/// frames (it settles on what the path carries; 1200 bytes is the floor).
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    transport.receive_window(quinn::VarInt::from_u32(32 << 20));
+    transport.send_window(32 << 20);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(8952);
+    transport.mtu_discovery_config(Some(mtu));
+    Arc::new(transport)
+}
+
 /// An endpoint that accepts peers on `addr` (and can dial them).
 pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
     let crypto = QuicServerConfig::try_from(identity.server_config()?).map_err(setup)?;
-    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
     let mut endpoint = Endpoint::server(config, addr).map_err(setup)?;
     endpoint.set_default_client_config(client_config(identity)?);
     Ok(endpoint)
@@ -67,7 +82,9 @@ pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, NetError> {
 
 fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, NetError> {
     let crypto = QuicClientConfig::try_from(identity.client_config()?).map_err(setup)?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
 }
 
 /// Dials a peer; `name` is the node name its certificate must carry (any
