@@ -151,19 +151,20 @@ pub fn serve(
     };
     let mut unmounter = session.0.unmount_callable();
     let record = session.1;
-    mounts::write(&ctx.data_dir, &record)?;
-    writeln!(report, "ready {}", std::process::id())?;
-    report.flush()?;
-    detach_stdout()?;
-    tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
-
     // SIGTERM, SIGINT or SIGHUP unmount; the session then ends by itself.
+    // Handled from before the mount is reported live, so that a signal sent
+    // as soon as `strata mount` returns cannot kill the process outright.
     crate::signals::on_termination(move |_| {
         tracing::info!("signal received: unmounting");
         if let Err(e) = unmounter.unmount() {
             tracing::warn!(error = %e, "unmount on signal failed (files still open?)");
         }
     })?;
+    mounts::write(&ctx.data_dir, &record)?;
+    writeln!(report, "ready {}", std::process::id())?;
+    report.flush()?;
+    detach_stdout()?;
+    tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
     let result = session.0.run();
     mounts::remove(&ctx.data_dir, mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mount ended");
