@@ -133,6 +133,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Serve a mount in the foreground (what `strata mount` starts).
     #[command(hide = true)]
     MountServe {
@@ -196,6 +201,12 @@ pub enum CertCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// The effective settings (defaults, then the file, then STRATA_*), as TOML.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,5 +1,7 @@
-//! Settings: built-in defaults, then `strata.toml`, then `STRATA_*`
-//! environment variables (for example `STRATA_ZSTD_LEVEL=1`).
+//! Settings: built-in defaults, then a TOML file (`--config FILE`, else
+//! DATA_DIR/strata.toml, else /etc/strata/strata.toml), then `STRATA_*`
+//! environment variables (for example `STRATA_ZSTD_LEVEL=1`). `strata config
+//! show` prints the result.
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +47,11 @@ impl Settings {
                 anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
                 figment = figment.merge(Toml::file(file));
             }
-            None => figment = figment.merge(Toml::file(data_dir.join("strata.toml"))),
+            None => {
+                if let Some(file) = Self::default_file(data_dir) {
+                    figment = figment.merge(Toml::file(file));
+                }
+            }
         }
         let settings: Settings = figment
             .merge(Env::prefixed("STRATA_").ignore(&["data_dir", "config", "log"]))
@@ -53,6 +59,16 @@ impl Settings {
             .context("reading settings")?;
         settings.chunking.validate().context("chunking settings")?;
         Ok(settings)
+    }
+}
+
+impl Settings {
+    /// The settings file used when none is given: DATA_DIR/strata.toml, else
+    /// /etc/strata/strata.toml, whichever exists first.
+    pub fn default_file(data_dir: &Path) -> Option<PathBuf> {
+        [data_dir.join("strata.toml"), PathBuf::from("/etc/strata/strata.toml")]
+            .into_iter()
+            .find(|f| f.exists())
     }
 }
 

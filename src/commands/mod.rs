@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use strata_store::{OpenMode, Store, StoreError};
 
-use crate::cli::{CertCommand, Cli, Command, Global, StoreCommand};
+use crate::cli::{CertCommand, Cli, Command, ConfigCommand, Global, StoreCommand};
 use crate::config::{default_data_dir, Settings};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cert { command: CertCommand::InitCa { dir, cluster } } => cert::init_ca(&ctx, dir, &cluster),
         Command::Cert { command: CertCommand::Issue { node, dir } } => cert::issue(&ctx, dir, &node),
+        Command::Config { command: ConfigCommand::Show } => show_config(&ctx),
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),
         Command::MountServe { image, mountpoint, upper, peer } => {
@@ -107,4 +108,17 @@ impl Ctx {
             }
         }
     }
+}
+
+fn show_config(ctx: &Ctx) -> anyhow::Result<()> {
+    let file = ctx.config_file.clone().or_else(|| Settings::default_file(&ctx.data_dir));
+    if ctx.json {
+        return crate::output::json(&serde_json::json!({ "file": file, "settings": ctx.settings }));
+    }
+    match &file {
+        Some(file) => println!("# from defaults, {}, and STRATA_* variables", file.display()),
+        None => println!("# from defaults and STRATA_* variables (no settings file)"),
+    }
+    print!("{}", toml::to_string(&ctx.settings).context("printing the settings")?);
+    Ok(())
 }

@@ -1,0 +1,37 @@
+//! `strata config show`: defaults, then the settings file, then STRATA_*.
+
+mod common;
+
+use common::Strata;
+
+#[test]
+fn settings_come_from_defaults_then_the_file_then_the_environment() {
+    let s = Strata::new();
+    let shown = s.json(&["config", "show"]);
+    assert_eq!(shown["settings"]["zstd_level"], 3);
+    assert!(shown["file"].is_null());
+
+    std::fs::create_dir_all(s.data_dir()).expect("data dir");
+    let file = s.data_dir().join("strata.toml");
+    std::fs::write(&file, "zstd_level = 5\nimport_workers = 3\n").expect("write settings");
+    let shown = s.json(&["config", "show"]);
+    assert_eq!(shown["settings"]["zstd_level"], 5);
+    assert_eq!(shown["settings"]["import_workers"], 3);
+    assert_eq!(shown["file"], file.to_str().expect("utf-8"));
+
+    let out =
+        s.command().args(["--json", "config", "show"]).env("STRATA_ZSTD_LEVEL", "9").output().expect("run");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["settings"]["zstd_level"], 9, "the environment overrides the file");
+    assert_eq!(shown["settings"]["import_workers"], 3);
+
+    let other = s.path("other.toml");
+    std::fs::write(&other, "[chunking]\nmode = \"fixed\"\nsize = 1048576\n").expect("write");
+    let shown = s.json(&["--config", other.to_str().expect("utf-8"), "config", "show"]);
+    assert_eq!(shown["settings"]["chunking"]["mode"], "fixed");
+    assert_eq!(shown["settings"]["zstd_level"], 3, "--config replaces the data dir's file");
+
+    std::fs::write(&other, "zstd_level = \"high\"\n").expect("write");
+    let err = s.fails(&["--config", other.to_str().expect("utf-8"), "config", "show"]);
+    assert!(err.contains("settings") || err.contains("zstd_level"), "{err}");
+}
