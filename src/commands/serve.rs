@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use strata_store::{OpenMode, Store};
 use strata_tls::{CertPair, Identity};
 
 use super::Ctx;
@@ -35,7 +34,7 @@ pub fn serve(ctx: &Ctx, listen: SocketAddr, identity: &IdentityArgs) -> anyhow::
     let identity = load_identity(ctx, identity)?;
     std::fs::create_dir_all(&ctx.data_dir)?;
     // A read-only view, as mounts use: imports and gc go on beside it.
-    let store = Arc::new(Store::open(&ctx.store_dir(), OpenMode::ReadOnly).context("opening the store")?);
+    let store = Arc::new(strata_mount::StoreSource::open(&ctx.store_dir()).context("opening the store")?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let endpoint = {
         let _guard = runtime.enter();
@@ -50,6 +49,6 @@ pub fn serve(ctx: &Ctx, listen: SocketAddr, identity: &IdentityArgs) -> anyhow::
     println!("listening on {addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, "serving the store to peers");
-    runtime.block_on(strata_net::serve(endpoint, Arc::new(strata_node::StoreHandler::new(store))));
+    runtime.block_on(strata_net::serve(endpoint, Arc::new(strata_node::StoreHandler::from_view(store))));
     Ok(())
 }

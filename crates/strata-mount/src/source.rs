@@ -42,6 +42,20 @@ impl StoreSource {
         self.store.read().clone()
     }
 
+    /// Runs `read` on the current view; if it fails with an I/O error (a file
+    /// the view named was removed by the writer's compaction), once more on a
+    /// fresh view.
+    pub fn with_store<T>(&self, read: impl Fn(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let store = self.store();
+        match read(&store) {
+            Err(StoreError::Db(e)) => {
+                tracing::debug!(error = %e, "store read failed; retrying on a fresh view");
+                read(&*self.reopen(&store)?)
+            }
+            other => other,
+        }
+    }
+
     fn reopen(&self, stale: &Arc<Store>) -> Result<Arc<Store>, StoreError> {
         let mut current = self.store.write();
         if Arc::ptr_eq(&current, stale) {
@@ -58,14 +72,7 @@ impl ChunkSource for StoreSource {
             StoreError::MissingChunk(id) => SourceError::Missing(id),
             other => SourceError::Failed { id: *id, reason: other.to_string() },
         };
-        let store = self.store();
-        match store.get_chunk(id) {
-            Err(StoreError::Db(e)) => {
-                tracing::debug!(chunk = %id, error = %e, "chunk read failed; retrying on a fresh view");
-                self.reopen(&store).map_err(failed)?.get_chunk(id).map_err(failed)
-            }
-            other => other.map_err(failed),
-        }
+        self.with_store(|store| store.get_chunk(id)).map_err(failed)
     }
 }
 

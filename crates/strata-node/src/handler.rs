@@ -1,20 +1,41 @@
 use std::sync::Arc;
 
 use prost::Message;
+use strata_mount::StoreSource;
 use strata_net::Handler;
 use strata_proto::v1::{ChunkReply, End, ImageReply, LayerIndexReply};
-use strata_store::Store;
+use strata_store::{Store, StoreError};
 use strata_wire::response::Kind;
 use strata_wire::{ErrorCode, PeerRequest, Response};
 
 /// Serves chunks, layer indexes and images from a store.
 pub struct StoreHandler {
-    store: Arc<Store>,
+    store: Backing,
+}
+
+/// A store this process owns, or a read-only view beside another process's
+/// writer (reopened when the writer's compaction removes a file it named).
+enum Backing {
+    Owned(Arc<Store>),
+    View(Arc<StoreSource>),
+}
+
+impl Backing {
+    fn read<T>(&self, read: impl Fn(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match self {
+            Backing::Owned(store) => read(store),
+            Backing::View(view) => view.with_store(read),
+        }
+    }
 }
 
 impl StoreHandler {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self { store: Backing::Owned(store) }
+    }
+
+    pub fn from_view(view: Arc<StoreSource>) -> Self {
+        Self { store: Backing::View(view) }
     }
 }
 
@@ -36,7 +57,7 @@ impl Handler for StoreHandler {
             PeerRequest::FetchChunks(ids) => {
                 let mut out = Vec::with_capacity(ids.len() + 1);
                 for id in ids {
-                    match self.store.get_stored_chunk(&id) {
+                    match self.store.read(|s| s.get_stored_chunk(&id)) {
                         Ok(stored) => out.push(reply(Kind::Chunk(ChunkReply {
                             id: id.as_bytes().to_vec(),
                             missing: stored.is_none(),
@@ -52,20 +73,20 @@ impl Handler for StoreHandler {
                 out
             }
             PeerRequest::FetchLayerIndex(layer) => {
-                match (self.store.layer_index(&layer), self.store.layer(&layer)) {
+                match (self.store.read(|s| s.layer_index(&layer)), self.store.read(|s| s.layer(&layer))) {
                     (Ok(index), Ok(record)) => {
                         vec![
                             reply(Kind::LayerIndex(LayerIndexReply { index: index.encode_to_vec(), record })),
                             end(),
                         ]
                     }
-                    (Err(strata_store::StoreError::MissingLayer(_)), _) => {
+                    (Err(StoreError::MissingLayer(_)), _) => {
                         vec![error(ErrorCode::NotFound, layer)]
                     }
                     (Err(e), _) | (_, Err(e)) => vec![error(ErrorCode::Internal, e)],
                 }
             }
-            PeerRequest::ResolveImage(reference) => match self.store.resolve(&reference) {
+            PeerRequest::ResolveImage(reference) => match self.store.read(|s| s.resolve(&reference)) {
                 Ok((id, record)) => {
                     vec![
                         reply(Kind::Image(ImageReply {
@@ -75,7 +96,7 @@ impl Handler for StoreHandler {
                         end(),
                     ]
                 }
-                Err(strata_store::StoreError::NoSuchImage(name)) => vec![error(ErrorCode::NotFound, name)],
+                Err(StoreError::NoSuchImage(name)) => vec![error(ErrorCode::NotFound, name)],
                 Err(e) => vec![error(ErrorCode::Internal, e)],
             },
             PeerRequest::Announce { .. } | PeerRequest::Lookup(_) => {
