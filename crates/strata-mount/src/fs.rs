@@ -453,9 +453,10 @@ impl Filesystem for MountFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let names: Vec<(Box<[u8]>, u64)> = if fh.0 == 0 && self.overlay.lower_only_dir(ino.0).is_some() {
-            let dir = self.overlay.lower_only_dir(ino.0).and_then(|l| self.overlay.tree.get(l));
-            dir.map(|d| d.children.iter().map(|(n, c)| (n.clone(), c.0)).collect()).unwrap_or_default()
+        let lower_dir = (fh.0 == 0).then(|| self.overlay.lower_only_dir(ino.0)).flatten();
+        let names: Vec<(Box<[u8]>, u64)> = if let Some(dir) = lower_dir.and_then(|l| self.overlay.tree.get(l))
+        {
+            dir.children.iter().map(|(n, c)| (n.clone(), c.0)).collect()
         } else {
             match self.listing(ino, fh) {
                 Ok(listing) => listing.iter().map(|(n, c, _)| (n.clone(), *c)).collect(),
