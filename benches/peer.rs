@@ -26,7 +26,7 @@ const BATCH: usize = 64;
 struct Memory(HashMap<ChunkId, Vec<u8>>);
 
 impl Handler for Memory {
-    fn handle(&self, request: PeerRequest) -> Vec<Response> {
+    fn handle(&self, _from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
         let PeerRequest::FetchChunks(ids) = request else { return vec![] };
         let mut out: Vec<Response> = ids
             .iter()

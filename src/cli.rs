@@ -86,14 +86,13 @@ pub enum Command {
         #[command(flatten)]
         peer: PeerArgs,
     },
-    /// Serve this node's store to peers over QUIC with mutual TLS.
-    Serve {
-        /// Address to listen on for peers.
-        #[arg(long, default_value = "0.0.0.0:7420")]
-        listen: std::net::SocketAddr,
-        #[command(flatten)]
-        identity: IdentityArgs,
-    },
+    /// Run this node: the store served to peers over QUIC with mutual TLS,
+    /// gossip membership, chunks fetched from peers for this node's mounts,
+    /// a control socket (DATA_DIR/node.sock) the other commands use while it
+    /// runs, and Prometheus metrics. Flags override the [node] settings.
+    Serve(ServeArgs),
+    /// The cluster's members as this node's gossip sees them.
+    Peers,
     /// Turn a mount's writable layer into a new image: the image's layers
     /// and one more holding the changes (whiteouts included).
     Commit {
@@ -153,8 +152,33 @@ pub enum Command {
     Demo,
 }
 
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Address to listen on for peers [settings: node.listen, default 0.0.0.0:7420].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address peers reach this node on, host:port [default: the listen
+    /// address, or the local address that routes to the first seed].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// A node to join the cluster through (host:port); repeat for several.
+    #[arg(long = "seed", value_name = "ADDR")]
+    pub seeds: Vec<String>,
+    /// Serve Prometheus metrics on ADDR (host:port) [settings: node.metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Seconds a chunk fetch may take before the read fails with EIO.
+    #[arg(long, value_name = "SECS")]
+    pub fetch_deadline: Option<f64>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
 /// This node's certificate.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct IdentityArgs {
     /// This node's name: its certificate is CERT_DIR/NODE.pem.
     #[arg(long, value_name = "NODE")]

@@ -1,7 +1,8 @@
 //! Settings: built-in defaults, then a TOML file (`--config FILE`, else
 //! DATA_DIR/strata.toml, else /etc/strata/strata.toml), then `STRATA_*`
-//! environment variables (for example `STRATA_ZSTD_LEVEL=1`). `strata config
-//! show` prints the result.
+//! environment variables (for example `STRATA_ZSTD_LEVEL=1`, or
+//! `STRATA_NODE__NAME=node1` for `[node] name`). `strata config show` prints
+//! the result.
 
 use std::path::{Path, PathBuf};
 
@@ -20,12 +21,69 @@ pub struct Settings {
     pub zstd_level: i32,
     /// Threads that compress and store chunks during import.
     pub import_workers: usize,
+    /// `strata serve`: the node.
+    pub node: NodeSettings,
+}
+
+/// How `strata serve` runs; its flags override these.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeSettings {
+    /// This node's name (its certificate's); no default.
+    pub name: Option<String>,
+    /// Where ca.pem and NAME.pem are [default: DATA_DIR/certs].
+    pub cert_dir: Option<PathBuf>,
+    /// QUIC address for peers.
+    pub listen: String,
+    /// Address peers reach this node on (host:port).
+    pub advertise: Option<String>,
+    /// Nodes to join through (host:port).
+    pub seeds: Vec<String>,
+    /// Prometheus metrics address (host:port); "" for none.
+    pub metrics_listen: String,
+    /// Seconds a chunk fetch may take, all peers together, before the read
+    /// fails with EIO.
+    pub fetch_deadline_secs: f64,
+    /// Seconds between announcements of what this node holds.
+    pub announce_interval_secs: f64,
+    /// Directory nodes per key.
+    pub directory_replicas: usize,
+    /// Bytes per second this node serves to all peers together; 0 = no cap.
+    pub max_upload_bytes_per_sec: u64,
+    /// Bytes per second this node serves to one peer; 0 = no cap.
+    pub max_upload_per_peer_bytes_per_sec: u64,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            name: None,
+            cert_dir: None,
+            listen: "0.0.0.0:7420".into(),
+            advertise: None,
+            seeds: Vec::new(),
+            metrics_listen: "127.0.0.1:9420".into(),
+            fetch_deadline_secs: 5.0,
+            announce_interval_secs: 30.0,
+            directory_replicas: 2,
+            max_upload_bytes_per_sec: 0,
+            max_upload_per_peer_bytes_per_sec: 0,
+            log_format: "text".into(),
+        }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         let import = strata_oci::ImportOptions::default();
-        Self { chunking: import.chunking, zstd_level: import.zstd_level, import_workers: import.workers }
+        Self {
+            chunking: import.chunking,
+            zstd_level: import.zstd_level,
+            import_workers: import.workers,
+            node: NodeSettings::default(),
+        }
     }
 }
 
@@ -54,7 +112,7 @@ impl Settings {
             }
         }
         let settings: Settings = figment
-            .merge(Env::prefixed("STRATA_").ignore(&["data_dir", "config", "log"]))
+            .merge(Env::prefixed("STRATA_").ignore(&["data_dir", "config", "log"]).split("__"))
             .extract()
             .context("reading settings")?;
         settings.chunking.validate().context("chunking settings")?;

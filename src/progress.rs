@@ -8,6 +8,10 @@ use strata_oci::ImportProgress;
 pub struct Bar(Option<ProgressBar>);
 
 impl Bar {
+    pub fn hidden() -> Self {
+        Bar(None)
+    }
+
     pub fn for_stderr() -> Self {
         if !std::io::stderr().is_terminal() {
             return Bar(None);

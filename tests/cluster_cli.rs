@@ -1,37 +1,17 @@
-//! Two real processes: node A serves its store over QUIC with mutual TLS;
-//! node B, with an empty store, mounts A's image lazily and reads it; when A
-//! dies, B's reads of chunks it never fetched fail with EIO, not a hang.
+//! Mounts from a fixed list of peers, without a node of one's own: node A
+//! serves its store over QUIC with mutual TLS; B, with an empty store,
+//! mounts A's image lazily and reads it; when A dies, B's reads of chunks it
+//! never fetched fail with EIO, not a hang.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-
+use common::node::Node;
 use common::{sample_archive, Strata};
 
-/// Kills the node at the end of the test, however it ends.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `strata serve` for `strata` as `node`; returns it and its address.
 fn serve(strata: &Strata, node: &str, certs: &str) -> (Node, String) {
-    let mut child = strata
-        .command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--node", node, "--cert-dir", certs])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("strata serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let node = Node(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("serve reports its address");
-    (node, line.trim().strip_prefix("listening on ").expect("listening line").to_owned())
+    let node = Node::start(strata, node, certs, &[], &[]);
+    let addr = node.addr.clone();
+    (node, addr)
 }
 
 #[test]
@@ -71,8 +51,7 @@ fn with_two_holders_a_read_survives_the_first_one_dying() {
     assert_eq!(std::fs::read(mountpoint.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
 
     // A dies; C holds the same chunks, so B's next reads cost a retry, not an error.
-    let _ = node_a.0.kill();
-    let _ = node_a.0.wait();
+    node_a.kill();
     let motd = std::fs::read(mountpoint.join("etc/motd")).expect("read from the other holder");
     assert!(motd.ends_with(b"one more line\n"));
     assert_eq!(
@@ -81,8 +60,7 @@ fn with_two_holders_a_read_survives_the_first_one_dying() {
     );
 
     // With C gone too, what B never read fails with EIO.
-    let _ = node_c.0.kill();
-    let _ = node_c.0.wait();
+    node_c.kill();
     let err = std::fs::read(mountpoint.join("usr/share/doc/README")).expect_err("no holder left");
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     b.ok(&["umount", mp]);
@@ -127,8 +105,7 @@ fn a_node_mounts_an_image_only_a_peer_holds_and_fails_cleanly_when_the_peer_dies
     );
 
     // A dies; what B never read cannot come from anywhere: EIO, within the deadline.
-    let _ = node_a.0.kill();
-    let _ = node_a.0.wait();
+    node_a.kill();
     let err = std::fs::read(mountpoint.join("etc/motd")).expect_err("no holder left");
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     // Metadata needs no peer.

@@ -5,30 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::Strata;
-use strata_oci::{ArchiveLayout, ArchiveTarget, LayerCompression};
-use strata_sample::{debian_package_layer, sample_config, write_image, LayerTar};
-
-fn busybox_image(s: &Strata) -> std::path::PathBuf {
-    let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
-    let mut links = LayerTar::new(Vec::new());
-    links.dir("etc", 0o755).unwrap();
-    links.file(b"etc/strata-release", 0o644, b"strata-busybox\n").unwrap();
-    for applet in ["sh", "cat", "echo", "ls", "sha256sum"] {
-        links.symlink(&format!("bin/{applet}"), "busybox").unwrap();
-    }
-    let path = s.path("busybox.tar");
-    write_image(
-        ArchiveTarget::Tar(path.clone()),
-        ArchiveLayout::DockerLegacy,
-        LayerCompression::Gzip,
-        &["strata-test/busybox:1".into()],
-        sample_config(&["cat /etc/strata-release"]),
-        &[busybox, links.finish().unwrap()],
-    )
-    .unwrap();
-    path
-}
+use common::{busybox_image, Strata};
+use strata_sample::debian_package_layer;
 
 #[test]
 fn busybox_from_debian_imports_exports_and_runs_in_docker() {

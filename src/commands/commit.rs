@@ -34,7 +34,7 @@ pub fn commit(
         (None, Some(dir)) => (dir.to_owned(), UpperDir::image_of(dir)?),
         _ => bail!("give a writable mount's mountpoint, or --upper DIR"),
     };
-    let store = Arc::new(ctx.write_store()?);
+    let store = ctx.write_store()?;
     let base = store.image(&image)?.with_context(|| format!("the writable layer's image {image} is gone"))?;
     let tree = strata_mount::load_lower(&store, &base)?;
     let reader = Arc::new(ChunkReader::new(store.clone(), 64 << 20));
@@ -55,7 +55,7 @@ pub fn commit(
         }
     })?;
     if ctx.json {
-        return crate::output::json(&json!({
+        return ctx.print_json(&json!({
             "id": committed.id,
             "names": committed.names,
             "layer": committed.layer,
@@ -65,7 +65,7 @@ pub fn commit(
             "new_chunk_bytes": committed.new_chunk_bytes,
         }));
     }
-    println!(
+    ctx.println(format!(
         "committed {} as {} (image {}): layer {} with {} entries, {} new chunks ({})",
         upper.display(),
         committed.names.join(", "),
@@ -74,6 +74,6 @@ pub fn commit(
         committed.layer_entries,
         committed.new_chunks,
         bytes(committed.new_chunk_bytes)
-    );
+    ));
     Ok(())
 }

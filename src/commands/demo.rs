@@ -125,6 +125,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         Ok(()) => {}
         Err(e) => println!("   skipped: {} (mounting needs root and /dev/fuse)", crate::error_chain(&e)),
     }
+    drop(store);
+
+    step("7. two local nodes: node B, with an empty store, mounts v1 and reads it lazily from node A");
+    println!("   (over QUIC with mutual TLS; the demo makes a throwaway cluster CA in its scratch dir)");
+    let a_dir = store_dir.parent().context("the store's data dir")?;
+    if let Err(e) = super::demo_cluster::run(a_dir, scratch.path()) {
+        println!("   skipped: {}", crate::error_chain(&e));
+    }
     println!(
         "\ndone. Next: `strata import` your own `docker save` archive, then `strata mount` or `strata run` it."
     );

@@ -12,7 +12,7 @@ use crate::progress::Bar;
 pub fn import(ctx: &Ctx, file: &Path, names: Vec<String>) -> anyhow::Result<()> {
     let store = ctx.write_store()?;
     let options = ctx.settings.import_options(names);
-    let bar = Bar::for_stderr();
+    let bar = if ctx.node.is_some() { Bar::hidden() } else { Bar::for_stderr() };
     let result = import_archive(&store, file, &options, &bar);
     bar.finish();
     let report = result.with_context(|| format!("importing {}", file.display()))?;
@@ -28,7 +28,7 @@ pub fn import(ctx: &Ctx, file: &Path, names: Vec<String>) -> anyhow::Result<()> 
                 })
             })
             .collect();
-        return crate::output::json(&json!({
+        return ctx.print_json(&json!({
             "images": images,
             "layers_added": report.layers_added,
             "new_chunks": report.new_chunks,
@@ -38,16 +38,21 @@ pub fn import(ctx: &Ctx, file: &Path, names: Vec<String>) -> anyhow::Result<()> 
         }));
     }
     for image in &report.images {
-        println!("imported {} ({}, {} layers)", image.names.join(", "), image.id.short(), image.layers.len());
+        ctx.println(format!(
+            "imported {} ({}, {} layers)",
+            image.names.join(", "),
+            image.id.short(),
+            image.layers.len()
+        ));
     }
-    println!(
+    ctx.println(format!(
         "read {} of layers ({} of files): {} new layers, {} new chunks ({})",
         bytes(report.blob_bytes),
         bytes(report.content_bytes),
         report.layers_added,
         report.new_chunks,
         bytes(report.new_chunk_bytes),
-    );
+    ));
     Ok(())
 }
 
@@ -61,7 +66,7 @@ pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -
     let report = export_image(&store, image, output, &ExportOptions { compression })
         .with_context(|| format!("exporting {image} to {}", output.display()))?;
     if ctx.json {
-        return crate::output::json(&json!({
+        return ctx.print_json(&json!({
             "image": report.image,
             "name": report.name,
             "manifest_digest": report.manifest_digest,

@@ -18,10 +18,13 @@ pub fn rm(ctx: &Ctx, references: &[String]) -> anyhow::Result<()> {
         let outcome = store.remove(found.named.as_deref().unwrap_or(reference))?;
         if !ctx.json {
             for name in &outcome.names_removed {
-                println!("untagged {name}");
+                ctx.println(format!("untagged {name}"));
             }
             if outcome.image_removed {
-                println!("removed image {} (run `strata gc` to reclaim its space)", outcome.image.short());
+                ctx.println(format!(
+                    "removed image {} (run `strata gc` to reclaim its space)",
+                    outcome.image.short()
+                ));
             }
         }
         out.push(json!({
@@ -31,7 +34,7 @@ pub fn rm(ctx: &Ctx, references: &[String]) -> anyhow::Result<()> {
         }));
     }
     if ctx.json {
-        crate::output::json(&out)?;
+        ctx.print_json(&out)?;
     }
     Ok(())
 }
@@ -40,20 +43,20 @@ pub fn gc(ctx: &Ctx) -> anyhow::Result<()> {
     let store = ctx.write_store()?;
     let report = store.gc()?;
     if ctx.json {
-        return crate::output::json(&json!({
+        return ctx.print_json(&json!({
             "layers_deleted": report.layers_deleted,
             "chunks_deleted": report.chunks_deleted,
             "chunk_bytes_deleted": report.chunk_bytes_deleted,
             "stored_bytes_deleted": report.stored_bytes_deleted,
         }));
     }
-    println!(
+    ctx.println(format!(
         "deleted {} layers and {} chunks ({} stored, {} uncompressed)",
         report.layers_deleted,
         report.chunks_deleted,
         bytes(report.stored_bytes_deleted),
         bytes(report.chunk_bytes_deleted)
-    );
+    ));
     Ok(())
 }
 
@@ -61,7 +64,7 @@ pub fn stats(ctx: &Ctx) -> anyhow::Result<()> {
     let store = ctx.read_store()?;
     let s = store.stats()?;
     if ctx.json {
-        return crate::output::json(&json!({
+        return ctx.print_json(&json!({
             "chunks": s.chunks,
             "logical_bytes": s.logical_bytes,
             "unique_bytes": s.unique_bytes,

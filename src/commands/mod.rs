@@ -3,38 +3,52 @@
 mod cert;
 mod commit;
 mod demo;
+mod demo_cluster;
 mod images;
 mod import;
 mod maintenance;
 mod mount;
+mod node;
 mod run;
 mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use strata_store::{OpenMode, Store, StoreError};
 
+pub use node::serve_node;
+
 use crate::cli::{CertCommand, Cli, Command, ConfigCommand, Global, StoreCommand};
 use crate::config::{default_data_dir, Settings};
+use crate::control::Forwarded;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx::new(cli.global)?;
+    let log_json = match &cli.command {
+        Command::Serve(args) => args.log_json || ctx.settings.node.log_format == "json",
+        _ => false,
+    };
+    crate::logging::init(matches!(cli.command, Command::Serve(_)), log_json);
     match cli.command {
-        Command::Import { file, names } => import::import(&ctx, &file, names),
+        Command::Import { file, names } => routed(&ctx, Forwarded::Import { file: absolute(&file)?, names }),
         Command::Images => images::list(&ctx),
         Command::Inspect { image } => images::inspect(&ctx, &image),
         Command::Export { image, output, compression } => import::export(&ctx, &image, &output, compression),
-        Command::Rm { images } => maintenance::rm(&ctx, &images),
-        Command::Gc => maintenance::gc(&ctx),
+        Command::Rm { images } => routed(&ctx, Forwarded::Rm { images }),
+        Command::Gc => routed(&ctx, Forwarded::Gc),
         Command::Store { command: StoreCommand::Stats } => maintenance::stats(&ctx),
         Command::Mount { image, mountpoint, upper, read_only, peer } => {
             mount::mount(&ctx, &image, &mountpoint, upper.as_deref(), read_only, &peer)
         }
-        Command::Serve { listen, identity } => serve::serve(&ctx, listen, &identity),
+        Command::Serve(args) => serve_node(&ctx, &args),
+        Command::Peers => routed(&ctx, Forwarded::Peers),
         Command::Commit { mountpoint, upper, names } => {
-            commit::commit(&ctx, mountpoint.as_deref(), upper.as_deref(), &names)
+            let mountpoint = mountpoint.as_deref().map(absolute).transpose()?;
+            let upper = upper.as_deref().map(absolute).transpose()?;
+            routed(&ctx, Forwarded::Commit { mountpoint, upper, names })
         }
         Command::Run { image, upper, command } => {
             let code = run::run(&ctx, &image, upper.as_deref(), &command)?;
@@ -52,6 +66,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A command that changes the store: run by the node on this data dir when
+/// one runs (it owns the store then), else here.
+fn routed(ctx: &Ctx, command: Forwarded) -> anyhow::Result<()> {
+    if let Some(result) = crate::control::forward(&ctx.data_dir, command.clone(), ctx.json) {
+        return result;
+    }
+    run_forwarded(ctx, command)
+}
+
+/// Runs a routed command against `ctx`'s store (the node's, inside a node).
+pub fn run_forwarded(ctx: &Ctx, command: Forwarded) -> anyhow::Result<()> {
+    match command {
+        Forwarded::Import { file, names } => import::import(ctx, &file, names),
+        Forwarded::Rm { images } => maintenance::rm(ctx, &images),
+        Forwarded::Gc => maintenance::gc(ctx),
+        Forwarded::Commit { mountpoint, upper, names } => {
+            commit::commit(ctx, mountpoint.as_deref(), upper.as_deref(), &names)
+        }
+        Forwarded::Peers => node::peers(ctx),
+    }
+}
+
+/// Paths travel to the node absolute: it does not share the caller's cwd.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
 /// What every command needs: where the store is, settings, output mode.
 pub struct Ctx {
     pub data_dir: PathBuf,
@@ -60,6 +101,10 @@ pub struct Ctx {
     pub config_file: Option<PathBuf>,
     lock_wait: Duration,
     explicit_data_dir: bool,
+    /// The node, when this command runs inside `strata serve` for a caller.
+    pub node: Option<Arc<strata_node::Node>>,
+    /// Where the command's output goes: stdout, or the caller's buffer.
+    out: Option<Mutex<Vec<u8>>>,
 }
 
 impl Ctx {
@@ -75,7 +120,49 @@ impl Ctx {
             config_file: global.config,
             lock_wait: Duration::from_secs(global.lock_wait),
             explicit_data_dir,
+            node: None,
+            out: None,
         })
+    }
+
+    /// The context of a command the node runs for a caller: the node's
+    /// store, output collected for the caller.
+    pub fn for_caller(&self, node: Arc<strata_node::Node>, json: bool) -> Self {
+        Self {
+            data_dir: self.data_dir.clone(),
+            settings: self.settings.clone(),
+            json,
+            config_file: self.config_file.clone(),
+            lock_wait: self.lock_wait,
+            explicit_data_dir: self.explicit_data_dir,
+            node: Some(node),
+            out: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// What a caller's command printed.
+    pub fn take_output(&self) -> Vec<u8> {
+        self.out
+            .as_ref()
+            .map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default()
+    }
+
+    /// Prints a line of the command's output.
+    pub fn println(&self, line: impl std::fmt::Display) {
+        match &self.out {
+            None => println!("{line}"),
+            Some(buffer) => {
+                let mut buffer = buffer.lock().unwrap_or_else(|p| p.into_inner());
+                buffer.extend_from_slice(format!("{line}\n").as_bytes());
+            }
+        }
+    }
+
+    /// Prints `value` as the command's JSON output.
+    pub fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        self.println(serde_json::to_string_pretty(value)?);
+        Ok(())
     }
 
     pub fn store_dir(&self) -> PathBuf {
@@ -89,8 +176,17 @@ impl Ctx {
         Store::open(&self.store_dir(), OpenMode::ReadOnly).context("opening the store")
     }
 
-    /// The store for changing, waiting while another process holds it.
-    pub fn write_store(&self) -> anyhow::Result<Store> {
+    /// The store for changing (the node's, inside a node), waiting while
+    /// another process holds it.
+    pub fn write_store(&self) -> anyhow::Result<Arc<Store>> {
+        if let Some(node) = &self.node {
+            return Ok(node.store().clone());
+        }
+        self.open_write_store().map(Arc::new)
+    }
+
+    /// Opens the store for changing, waiting while another process holds it.
+    pub fn open_write_store(&self) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("creating {}", self.data_dir.display()))?;
         let started = Instant::now();

@@ -184,10 +184,19 @@ fn start(
 ) -> anyhow::Result<Serving> {
     let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) =
         if peer.peers.is_empty() {
-            let source = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
-            let store = source.store();
+            // With a node running here, an image only peers hold is pulled
+            // (metadata) first, and chunks missing here come through the node.
+            let node = crate::control::pull(&ctx.data_dir, image)?;
+            let local = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
+            let store = local.store();
             let found = strata_oci::find_image(&store, image)?;
             let tree = strata_mount::load_lower(&store, &found.record)?;
+            let source: Arc<dyn strata_mount::ChunkSource> = if node {
+                let timeout = std::time::Duration::from_secs_f64(ctx.settings.node.fetch_deadline_secs + 5.0);
+                Arc::new(crate::control::NodeChunkSource::new(local, &ctx.data_dir, timeout))
+            } else {
+                local
+            };
             (found.id, found.display_name(), tree, source, None)
         } else {
             let (id, tree, source, runtime) = from_peers(ctx, image, peer)?;
@@ -235,7 +244,7 @@ fn from_peers(
         });
         match fetched {
             Ok((id, _record, layers)) => {
-                let tree = strata_mount::LowerTree::build(&layers)?;
+                let tree = strata_mount::LowerTree::build(&strata_node::indexes(&layers))?;
                 let deadline = std::time::Duration::from_secs_f64(peer.fetch_deadline.max(0.01));
                 let peers =
                     peer.peers.iter().map(|addr| strata_node::Peer { addr: *addr, name: None }).collect();

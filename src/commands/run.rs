@@ -51,6 +51,8 @@ impl Process {
 
 /// Runs the image's process and returns its exit code (128 + signal if killed).
 pub fn run(ctx: &Ctx, image: &str, upper: Option<&Path>, args: &[String]) -> anyhow::Result<i32> {
+    // With a node running here, an image only peers hold is pulled first.
+    crate::control::pull(&ctx.data_dir, image)?;
     let (found_id, config) = {
         let store = ctx.read_store()?;
         let found = strata_oci::find_image(&store, image)?;

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+pub mod node;
+
 pub struct Strata {
     pub dir: tempfile::TempDir,
 }
@@ -105,4 +107,28 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 pub fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).expect("zstd")
+}
+
+/// A real image: Debian's busybox-static package as its base layer, a few
+/// applet links and /etc/strata-release above; Cmd prints that file.
+pub fn busybox_image(s: &Strata) -> PathBuf {
+    use strata_sample::{debian_package_layer, sample_config, write_image, LayerTar};
+    let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
+    let mut links = LayerTar::new(Vec::new());
+    links.dir("etc", 0o755).expect("tar");
+    links.file(b"etc/strata-release", 0o644, b"strata-busybox\n").expect("tar");
+    for applet in ["sh", "cat", "echo", "ls", "sha256sum"] {
+        links.symlink(&format!("bin/{applet}"), "busybox").expect("tar");
+    }
+    let path = s.path("busybox.tar");
+    write_image(
+        strata_oci::ArchiveTarget::Tar(path.clone()),
+        strata_oci::ArchiveLayout::DockerLegacy,
+        strata_oci::LayerCompression::Gzip,
+        &["strata-test/busybox:1".into()],
+        sample_config(&["cat /etc/strata-release"]),
+        &[busybox, links.finish().expect("tar")],
+    )
+    .expect("busybox image");
+    path
 }

@@ -43,10 +43,14 @@ fn stream(e: impl std::fmt::Display) -> NetError {
     NetError::Stream(e.to_string())
 }
 
-/// Answers requests. Called once per stream; the responses are sent in
-/// order, the last ending the reply (`End` or `Error`).
+/// Answers requests. Called once per stream, on a blocking-pool thread (it
+/// may block: read the store, wait for a fetch, pace a reply); the responses
+/// are sent in order, the last ending the reply (`End` or `Error`).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: PeerRequest) -> Vec<Response>;
+    fn handle(&self, from: SocketAddr, request: PeerRequest) -> Vec<Response>;
+
+    /// An unreliable datagram from a peer (membership gossip). Must not block.
+    fn datagram(&self, _from: SocketAddr, _data: bytes::Bytes) {}
 }
 
 /// Transport settings for chunk traffic: flow-control windows sized for
@@ -117,12 +121,13 @@ pub async fn serve(endpoint: Endpoint, handler: Arc<dyn Handler>) {
 
 async fn serve_connection(connection: Connection, handler: Arc<dyn Handler>) {
     let remote = connection.remote_address();
+    tokio::spawn(read_datagrams(connection.clone(), handler.clone()));
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
                 let handler = handler.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_stream(send, recv, handler).await {
+                    if let Err(e) = serve_stream(remote, send, recv, handler).await {
                         tracing::debug!(%remote, error = %e, "stream ended early");
                     }
                 });
@@ -135,7 +140,16 @@ async fn serve_connection(connection: Connection, handler: Arc<dyn Handler>) {
     }
 }
 
+/// Hands every datagram of the connection to the handler until it closes.
+async fn read_datagrams(connection: Connection, handler: Arc<dyn Handler>) {
+    let remote = connection.remote_address();
+    while let Ok(data) = connection.read_datagram().await {
+        handler.datagram(remote, data);
+    }
+}
+
 async fn serve_stream(
+    from: SocketAddr,
     mut send: SendStream,
     mut recv: RecvStream,
     handler: Arc<dyn Handler>,
@@ -143,7 +157,7 @@ async fn serve_stream(
     let responses = match read_request(&mut recv).await {
         Ok(request) => {
             let handler = handler.clone();
-            tokio::task::spawn_blocking(move || handler.handle(request)).await.map_err(stream)?
+            tokio::task::spawn_blocking(move || handler.handle(from, request)).await.map_err(stream)?
         }
         Err(NetError::Wire(e)) => {
             tracing::info!(stream = %send.id(), error = %e, "bad request");
@@ -183,6 +197,55 @@ async fn read_request(recv: &mut RecvStream) -> Result<PeerRequest, NetError> {
                 .into())
             }
         }
+    }
+}
+
+/// Connections to peers by address, dialed on first use and reused; the
+/// datagrams peers send on them go to `handler`, as on accepted ones.
+pub struct Pool {
+    endpoint: Endpoint,
+    handler: Arc<dyn Handler>,
+    connections: parking_lot::Mutex<std::collections::HashMap<SocketAddr, Connection>>,
+}
+
+impl Pool {
+    pub fn new(endpoint: Endpoint, handler: Arc<dyn Handler>) -> Self {
+        Self { endpoint, handler, connections: Default::default() }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// A live connection to the node at `addr` (any node of the cluster).
+    pub async fn get(&self, addr: SocketAddr) -> Result<Connection, NetError> {
+        if let Some(c) = self.connections.lock().get(&addr).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let connection = connect(&self.endpoint, addr, None).await?;
+        tokio::spawn(read_datagrams(connection.clone(), self.handler.clone()));
+        self.connections.lock().insert(addr, connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the connection to `addr` (after it failed or went silent): the
+    /// next use dials again.
+    pub fn forget(&self, addr: SocketAddr) {
+        if let Some(c) = self.connections.lock().remove(&addr) {
+            c.close(0u32.into(), b"forgotten");
+        }
+    }
+
+    /// Sends one datagram to `addr`, dialing if needed.
+    pub async fn send_datagram(&self, addr: SocketAddr, data: bytes::Bytes) -> Result<(), NetError> {
+        let connection = self.get(addr).await?;
+        connection.send_datagram(data).map_err(stream)
+    }
+
+    /// Sends `request` to `addr` and collects the reply.
+    pub async fn request(&self, addr: SocketAddr, request: &PeerRequest) -> Result<Vec<Response>, NetError> {
+        let connection = self.get(addr).await?;
+        self::request(&connection, request).await
     }
 }
 

@@ -14,7 +14,7 @@ use strata_wire::{ErrorCode, PeerRequest, Response};
 struct Nothing;
 
 impl Handler for Nothing {
-    fn handle(&self, request: PeerRequest) -> Vec<Response> {
+    fn handle(&self, _from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
         let mut out = Vec::new();
         if let PeerRequest::FetchChunks(ids) = request {
             for id in ids {

@@ -1,15 +1,49 @@
-//! A node's peer side: [`StoreHandler`] serves the local store to peers over
-//! `strata-net`; [`PeerSource`] is the mount's chunk source that fetches
-//! from peers, verifying every chunk against its id before returning it and
-//! trying the next peer when one lies or fails; [`fetch_image`] brings an
-//! image's record and layer indexes from a peer, checked against their ids,
-//! so a node can mount an image it has never seen.
+//! A Strata node's cluster side.
+//!
+//! - [`Node`]: the running node: its store, its QUIC endpoint (mutual TLS),
+//!   gossip membership ([`membership`], SWIM by foca over QUIC datagrams),
+//!   the directory entries placed on it ([`directory`]), and the fetch path:
+//!   a chunk missing here is asked of the holders its layer's directory
+//!   nodes name, in the order `strata_placement::plan_fetch` gives (the
+//!   chunk's designated fetcher in the group first), verified against its
+//!   id, stored, and from then on served to others. One fetch per chunk
+//!   however many readers wait. Serving is paced by bandwidth caps
+//!   ([`throttle`]); [`metrics`] counts it all for Prometheus.
+//! - [`StoreHandler`]: a store served to peers without a node (chunks,
+//!   layer indexes, images).
+//! - [`PeerSource`]: a mount's chunk source over a fixed list of peers, for
+//!   mounts made without a node; [`fetch_image`] brings an image's record
+//!   and layer indexes from a peer, checked against their ids.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod directory;
 mod handler;
+pub mod membership;
+pub mod metrics;
+mod node;
 mod peer_source;
 mod remote;
+pub mod throttle;
 
-pub use handler::StoreHandler;
+pub use directory::Holder;
+pub use handler::{NodeHandler, StoreHandler};
+pub use membership::{MemberState, MemberView};
+pub use node::{name_key, Node, NodeConfig};
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
-pub use remote::fetch_image;
+pub use remote::{fetch_image, indexes, RemoteLayer};
+pub use throttle::Caps;
+
+/// What a node operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Net(#[from] strata_net::NetError),
+    #[error(transparent)]
+    Store(#[from] strata_store::StoreError),
+    #[error("starting the node: {0}")]
+    Setup(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}

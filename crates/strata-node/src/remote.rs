@@ -3,16 +3,31 @@
 
 use prost::Message;
 use strata_net::quinn::Connection;
-use strata_proto::v1::{ImageRecord, LayerIndex};
+use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord};
 use strata_types::{ImageId, LayerId};
 use strata_wire::response::Kind;
 use strata_wire::PeerRequest;
+
+/// A layer as a peer sent it: its index (the exact bytes that hash to `id`,
+/// and decoded) and its record.
+#[derive(Clone, Debug)]
+pub struct RemoteLayer {
+    pub id: LayerId,
+    pub bytes: Vec<u8>,
+    pub index: LayerIndex,
+    pub record: LayerRecord,
+}
+
+/// The layers' ids and indexes, as a mount's lower tree is built from.
+pub fn indexes(layers: &[RemoteLayer]) -> Vec<(LayerId, LayerIndex)> {
+    layers.iter().map(|l| (l.id, l.index.clone())).collect()
+}
 
 /// The image `reference` resolves to on the peer, with each layer's index.
 pub async fn fetch_image(
     connection: &Connection,
     reference: &str,
-) -> Result<(ImageId, ImageRecord, Vec<(LayerId, LayerIndex)>), String> {
+) -> Result<(ImageId, ImageRecord, Vec<RemoteLayer>), String> {
     let replies = strata_net::request(connection, &PeerRequest::ResolveImage(reference.to_owned()))
         .await
         .map_err(|e| e.to_string())?;
@@ -40,7 +55,9 @@ pub async fn fetch_image(
                     return Err(format!("the peer's index for layer {layer} does not hash to its id"));
                 }
                 let index = LayerIndex::decode(&reply.index[..]).map_err(|e| e.to_string())?;
-                layers.push((layer, index));
+                let record =
+                    reply.record.clone().ok_or_else(|| format!("layer {layer}: reply without a record"))?;
+                layers.push(RemoteLayer { id: layer, bytes: reply.index.clone(), index, record });
             }
             Some(Kind::Error(e)) => return Err(format!("layer {layer}: {}", e.message)),
             other => return Err(format!("unexpected reply {other:?}")),

@@ -23,7 +23,7 @@ fn identity(ca: &CertPair, node: &str) -> Identity {
 struct Liar;
 
 impl Handler for Liar {
-    fn handle(&self, request: PeerRequest) -> Vec<Response> {
+    fn handle(&self, _from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
         let PeerRequest::FetchChunks(ids) = request else { return vec![] };
         let mut out: Vec<Response> = ids
             .iter()
@@ -150,7 +150,7 @@ fn an_image_only_a_peer_holds_mounts_from_its_indexes_and_reads_lazily() {
         .block_on(strata_node::fetch_image(&connection, "sample:1"))
         .expect("image from the peer");
     assert_eq!(Some(id), cluster.store.resolve("sample:1").ok().map(|(id, _)| id));
-    let tree = strata_mount::LowerTree::build(&layers).expect("tree");
+    let tree = strata_mount::LowerTree::build(&strata_node::indexes(&layers)).expect("tree");
 
     let counting = Arc::new(Counting { inner: source, chunks: Default::default() });
     let mountpoint = tempfile::tempdir().expect("mountpoint");
@@ -174,7 +174,7 @@ fn an_image_only_a_peer_holds_mounts_from_its_indexes_and_reads_lazily() {
 struct Silent(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
 
 impl Handler for Silent {
-    fn handle(&self, _request: PeerRequest) -> Vec<Response> {
+    fn handle(&self, _from: std::net::SocketAddr, _request: PeerRequest) -> Vec<Response> {
         let _ = self.0.lock().map(|rx| rx.recv());
         vec![]
     }

@@ -12,10 +12,15 @@
 //! - [`schedule`]: which holder each chunk of a batch is fetched from, spread
 //!   over holders so one layer comes from several peers at once, peers before
 //!   the origin, penalised peers last.
+//! - [`plan_fetch`]: whom a node asks for one chunk of a layer that several
+//!   nodes fetch at once: its designated fetcher in the group (by rendezvous
+//!   hash) relays it, so each chunk leaves the complete holders once.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod plan;
 mod ring;
 mod schedule;
 
+pub use plan::{plan_fetch, Ask, LayerHolder};
 pub use ring::Ring;
 pub use schedule::{schedule, Assignment, Source};

@@ -18,6 +18,8 @@ pub enum StoreError {
     Chunk(#[from] ChunkError),
     #[error("chunk {0} is not in the store")]
     MissingChunk(ChunkId),
+    #[error("chunk {0} is in no stored layer: refusing to store it")]
+    Unreferenced(ChunkId),
     #[error("layer {0} is not in the store")]
     MissingLayer(LayerId),
     #[error("layer {id}: stored index hashes to {actual}, the store is corrupt")]

@@ -1,6 +1,6 @@
 use prost::Message;
 use rocksdb::WriteBatch;
-use strata_types::{ImageId, LayerId};
+use strata_types::{ChunkId, ImageId, LayerId};
 
 use crate::{schema, ImageRecord, LayerIndex, LayerRecord, Store, StoreError};
 
@@ -184,5 +184,46 @@ impl Store {
         }
         batch.delete_cf(self.cf(schema::IMAGES), id.as_bytes());
         Ok(())
+    }
+
+    /// The layers whose indexes list the chunk.
+    pub fn chunk_layers(&self, chunk: &ChunkId) -> Result<Vec<LayerId>, StoreError> {
+        self.keys_with_prefix(schema::REFS, &schema::chunk_ref_prefix(chunk))?
+            .iter()
+            .map(|k| {
+                LayerId::from_slice(k)
+                    .map_err(|e| StoreError::Corrupt(format!("chunk {chunk}: layer ref: {e}")))
+            })
+            .collect()
+    }
+
+    /// The chunks of a layer that are not (yet) here: a layer fetched from
+    /// peers has them arrive on demand.
+    pub fn missing_chunks(&self, layer: &LayerId) -> Result<Vec<ChunkId>, StoreError> {
+        let index = self.layer_index(layer)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut missing = Vec::new();
+        for entry in &index.entries {
+            for chunk in &entry.chunks {
+                let id = ChunkId::from_slice(&chunk.id)
+                    .map_err(|e| StoreError::Corrupt(format!("layer {layer}: chunk id: {e}")))?;
+                if seen.insert(id) && !self.has_chunk(&id)? {
+                    missing.push(id);
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Stores a chunk a peer sent, in its stored form, unless present.
+    /// Refused unless a stored layer lists it: what is stored stays
+    /// referenced, so GC keeps it and nothing unasked-for accumulates.
+    /// Returns whether it was new. The caller has verified the bytes.
+    pub fn put_fetched_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<bool, StoreError> {
+        self.writable()?;
+        if !self.has_prefix(schema::REFS, &schema::chunk_ref_prefix(id))? {
+            return Err(StoreError::Unreferenced(*id));
+        }
+        Ok(self.insert_chunk(id, stored)?.is_some())
     }
 }

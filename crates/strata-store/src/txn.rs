@@ -106,6 +106,37 @@ impl ImportTxn<'_> {
         Ok(id)
     }
 
+    /// Stages a layer whose chunks are not here: its index came from a peer
+    /// and its chunks follow on demand ([`Store::put_fetched_chunk`]). The
+    /// index must hash to `id`. The chunks are referenced from the commit on,
+    /// so GC keeps each one that arrives.
+    pub fn stage_remote_layer(
+        &mut self,
+        id: LayerId,
+        index: Vec<u8>,
+        record: LayerRecord,
+    ) -> Result<(), StoreError> {
+        let actual = LayerId::of(&index);
+        if actual != id {
+            return Err(StoreError::CorruptIndex { id, actual });
+        }
+        let decoded = <LayerIndex as prost::Message>::decode(&index[..])
+            .map_err(|e| StoreError::decode("layer index", id, e))?;
+        let mut chunks = BTreeSet::new();
+        for entry in &decoded.entries {
+            for chunk in &entry.chunks {
+                chunks.insert(
+                    ChunkId::from_slice(&chunk.id)
+                        .map_err(|e| StoreError::Corrupt(format!("layer {id}: chunk id: {e}")))?,
+                );
+            }
+        }
+        if !self.layers.iter().any(|l| l.id == id) {
+            self.layers.push(StagedLayer { id, record, index, chunks });
+        }
+        Ok(())
+    }
+
     /// Stages an image under `names` (at least one). Its layers must be staged
     /// in this transaction or already stored.
     pub fn stage_image(&mut self, record: ImageRecord, names: Vec<String>) -> ImageId {

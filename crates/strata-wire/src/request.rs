@@ -1,6 +1,8 @@
 use prost::Message;
+use std::net::SocketAddr;
 use strata_proto::v1::{request, Announce, FetchChunks, FetchLayerIndex, Lookup, Request, ResolveImage};
-use strata_types::{ChunkId, LayerId, NodeId};
+
+use strata_types::{ChunkId, LayerId};
 
 use crate::WireError;
 
@@ -9,20 +11,31 @@ pub const VERSION: u32 = 1;
 /// Most ids or keys one request may carry.
 pub const MAX_KEYS: usize = 1024;
 const MAX_REFERENCE: usize = 1024;
+const MAX_NODE_NAME: usize = 253;
 
 /// A request as a server acts on it: ids checked and typed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerRequest {
     FetchChunks(Vec<ChunkId>),
+    /// FetchChunks with `relay` set: chunks the server lacks it fetches from
+    /// their complete holders on the asker's behalf.
+    RelayChunks(Vec<ChunkId>),
     FetchLayerIndex(LayerId),
     ResolveImage(String),
-    Announce {
-        node: NodeId,
-        layers: Vec<LayerId>,
-        chunks: Vec<ChunkId>,
-    },
+    Announce(Announcement),
     /// Keys are LayerIds or ChunkIds, by their 32 bytes.
     Lookup(Vec<[u8; 32]>),
+}
+
+/// What a holder tells a directory node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub node: String,
+    pub addr: SocketAddr,
+    /// Keys held whole.
+    pub complete: Vec<[u8; 32]>,
+    /// Layers being fetched.
+    pub partial: Vec<[u8; 32]>,
 }
 
 /// Decodes and checks the request frame that opens a stream.
@@ -32,6 +45,7 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
         return Err(WireError::UnknownVersion(request.version));
     }
     match request.kind.ok_or(WireError::UnknownRequest)? {
+        request::Kind::FetchChunks(f) if f.relay => Ok(PeerRequest::RelayChunks(ids(&f.ids, "chunk ids")?)),
         request::Kind::FetchChunks(f) => Ok(PeerRequest::FetchChunks(ids(&f.ids, "chunk ids")?)),
         request::Kind::FetchLayerIndex(f) => Ok(PeerRequest::FetchLayerIndex(id(&f.layer)?)),
         request::Kind::ResolveImage(r) => {
@@ -41,20 +55,22 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
             Ok(PeerRequest::ResolveImage(r.reference))
         }
         request::Kind::Announce(a) => {
-            if a.layers.len() + a.chunks.len() > MAX_KEYS {
-                let count = a.layers.len() + a.chunks.len();
+            let count = a.complete.len() + a.partial.len();
+            if count > MAX_KEYS {
                 return Err(WireError::OverLimit { what: "announced keys", count, max: MAX_KEYS });
             }
-            Ok(PeerRequest::Announce {
-                node: id(&a.node)?,
-                layers: ids(&a.layers, "layers")?,
-                chunks: ids(&a.chunks, "chunks")?,
-            })
+            if a.node.is_empty() || a.node.len() > MAX_NODE_NAME {
+                return Err(WireError::BadFrame(format!("a node name of {} bytes", a.node.len())));
+            }
+            let addr = a.addr.parse().map_err(|_| WireError::BadFrame(format!("address {:?}", a.addr)))?;
+            Ok(PeerRequest::Announce(Announcement {
+                node: a.node,
+                addr,
+                complete: keys(&a.complete, "complete keys")?,
+                partial: keys(&a.partial, "partial keys")?,
+            }))
         }
-        request::Kind::Lookup(l) => {
-            let keys: Vec<ChunkId> = ids(&l.keys, "lookup keys")?;
-            Ok(PeerRequest::Lookup(keys.iter().map(|k| *k.as_bytes()).collect()))
-        }
+        request::Kind::Lookup(l) => Ok(PeerRequest::Lookup(keys(&l.keys, "lookup keys")?)),
     }
 }
 
@@ -62,17 +78,23 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
 pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, WireError> {
     let bytes = |v: &[ChunkId]| v.iter().map(|i| i.as_bytes().to_vec()).collect();
     let kind = match request {
-        PeerRequest::FetchChunks(ids) => request::Kind::FetchChunks(FetchChunks { ids: bytes(ids) }),
+        PeerRequest::FetchChunks(ids) => {
+            request::Kind::FetchChunks(FetchChunks { ids: bytes(ids), relay: false })
+        }
+        PeerRequest::RelayChunks(ids) => {
+            request::Kind::FetchChunks(FetchChunks { ids: bytes(ids), relay: true })
+        }
         PeerRequest::FetchLayerIndex(layer) => {
             request::Kind::FetchLayerIndex(FetchLayerIndex { layer: layer.as_bytes().to_vec() })
         }
         PeerRequest::ResolveImage(reference) => {
             request::Kind::ResolveImage(ResolveImage { reference: reference.clone() })
         }
-        PeerRequest::Announce { node, layers, chunks } => request::Kind::Announce(Announce {
-            node: node.as_bytes().to_vec(),
-            layers: layers.iter().map(|l| l.as_bytes().to_vec()).collect(),
-            chunks: bytes(chunks),
+        PeerRequest::Announce(a) => request::Kind::Announce(Announce {
+            node: a.node.clone(),
+            addr: a.addr.to_string(),
+            complete: a.complete.iter().map(|k| k.to_vec()).collect(),
+            partial: a.partial.iter().map(|k| k.to_vec()).collect(),
         }),
         PeerRequest::Lookup(keys) => {
             request::Kind::Lookup(Lookup { keys: keys.iter().map(|k| k.to_vec()).collect() })
@@ -85,6 +107,10 @@ fn id<T: From<[u8; 32]>>(raw: &[u8]) -> Result<T, WireError> {
     let bytes: [u8; 32] =
         raw.try_into().map_err(|_| WireError::BadFrame(format!("an id of {} bytes, not 32", raw.len())))?;
     Ok(T::from(bytes))
+}
+
+fn keys(raw: &[Vec<u8>], what: &'static str) -> Result<Vec<[u8; 32]>, WireError> {
+    ids::<[u8; 32]>(raw, what)
 }
 
 fn ids<T: From<[u8; 32]>>(raw: &[Vec<u8>], what: &'static str) -> Result<Vec<T>, WireError> {

@@ -3,10 +3,10 @@
 
 use prost::Message;
 use strata_proto::v1::{request, FetchChunks, Request};
-use strata_types::{ChunkId, LayerId, NodeId};
+use strata_types::{ChunkId, LayerId};
 use strata_wire::{
-    decode_request, encode_frame, encode_request, ErrorCode, FrameDecoder, PeerRequest, WireError, MAX_FRAME,
-    MAX_KEYS, VERSION,
+    decode_request, encode_frame, encode_request, Announcement, ErrorCode, FrameDecoder, PeerRequest,
+    WireError, MAX_FRAME, MAX_KEYS, VERSION,
 };
 
 fn chunk(i: u32) -> ChunkId {
@@ -18,11 +18,13 @@ fn requests() -> Vec<PeerRequest> {
         PeerRequest::FetchChunks((0..10).map(chunk).collect()),
         PeerRequest::FetchLayerIndex(LayerId::of(b"layer")),
         PeerRequest::ResolveImage("registry.local/app:1.4".into()),
-        PeerRequest::Announce {
-            node: NodeId::of(b"node-a"),
-            layers: vec![LayerId::of(b"l1"), LayerId::of(b"l2")],
-            chunks: vec![chunk(7)],
-        },
+        PeerRequest::RelayChunks(vec![chunk(3)]),
+        PeerRequest::Announce(Announcement {
+            node: "node-a".into(),
+            addr: "10.0.0.7:7420".parse().expect("addr"),
+            complete: vec![*LayerId::of(b"l1").as_bytes()],
+            partial: vec![*LayerId::of(b"l2").as_bytes()],
+        }),
         PeerRequest::Lookup(vec![*chunk(1).as_bytes(), *LayerId::of(b"l1").as_bytes()]),
     ]
 }
@@ -47,7 +49,7 @@ fn a_frame_over_the_limit_is_refused_from_its_length_alone() {
     decoder.push(&((MAX_FRAME as u32) + 1).to_be_bytes());
     assert_eq!(decoder.next_frame(), Err(WireError::TooLarge { len: MAX_FRAME + 1, max: MAX_FRAME }));
     assert_eq!(WireError::TooLarge { len: 1, max: 0 }.code(), ErrorCode::TooLarge);
-    let huge = FetchChunks { ids: vec![vec![0u8; 32]; (MAX_FRAME / 34) + 10] };
+    let huge = FetchChunks { ids: vec![vec![0u8; 32]; (MAX_FRAME / 34) + 10], relay: false };
     assert!(matches!(encode_frame(&huge), Err(WireError::TooLarge { .. })), "we never send one either");
 }
 
@@ -56,8 +58,10 @@ fn garbage_unknown_versions_and_unknown_requests_get_their_codes() {
     let garbage = decode_request(&[0xff, 0xff, 0xff, 0xff, 0x0f]).expect_err("garbage");
     assert_eq!(garbage.code(), ErrorCode::BadFrame);
 
-    let future =
-        Request { version: VERSION + 1, kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![] })) };
+    let future = Request {
+        version: VERSION + 1,
+        kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![], relay: false })),
+    };
     assert_eq!(decode_request(&future.encode_to_vec()), Err(WireError::UnknownVersion(VERSION + 1)));
 
     let empty = Request { version: VERSION, kind: None };
@@ -78,12 +82,15 @@ fn garbage_unknown_versions_and_unknown_requests_get_their_codes() {
 fn ids_of_the_wrong_length_and_too_many_keys_are_refused() {
     let short = Request {
         version: VERSION,
-        kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![vec![1u8; 31]] })),
+        kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![vec![1u8; 31]], relay: false })),
     };
     assert!(matches!(decode_request(&short.encode_to_vec()), Err(WireError::BadFrame(_))));
     let many = Request {
         version: VERSION,
-        kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![vec![1u8; 32]; MAX_KEYS + 1] })),
+        kind: Some(request::Kind::FetchChunks(FetchChunks {
+            ids: vec![vec![1u8; 32]; MAX_KEYS + 1],
+            relay: false,
+        })),
     };
     assert_eq!(
         decode_request(&many.encode_to_vec()),

@@ -1,0 +1,101 @@
+//! The node's Prometheus metrics (prometheus-client): what it fetched and
+//! from where, what it served, and the cluster as it sees it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FromLabel {
+    /// `complete` (a node holding the whole layer: the origin role),
+    /// `relay` (a peer fetching the same layer), `partial`.
+    pub from: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub chunks_fetched: Family<FromLabel, Counter>,
+    pub chunk_bytes_fetched: Family<FromLabel, Counter>,
+    pub fetch_failures: Counter,
+    pub bad_chunks: Counter,
+    pub chunks_served: Counter,
+    pub chunk_bytes_served: Counter,
+    pub relays_served: Counter,
+    pub throttle_waits: Counter,
+    pub images_pulled: Counter,
+    pub members_live: Gauge,
+    pub announcements: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("strata");
+        let m = Self {
+            registry: Registry::default(),
+            chunks_fetched: Family::default(),
+            chunk_bytes_fetched: Family::default(),
+            fetch_failures: Counter::default(),
+            bad_chunks: Counter::default(),
+            chunks_served: Counter::default(),
+            chunk_bytes_served: Counter::default(),
+            relays_served: Counter::default(),
+            throttle_waits: Counter::default(),
+            images_pulled: Counter::default(),
+            members_live: Gauge::default(),
+            announcements: Counter::default(),
+        };
+        registry.register(
+            "chunks_fetched",
+            "Chunks fetched from peers, verified and stored",
+            m.chunks_fetched.clone(),
+        );
+        registry.register(
+            "chunk_bytes_fetched",
+            "Stored bytes of chunks fetched from peers",
+            m.chunk_bytes_fetched.clone(),
+        );
+        registry.register(
+            "fetch_failures",
+            "Chunk fetches that no reachable peer could serve in time",
+            m.fetch_failures.clone(),
+        );
+        registry.register(
+            "bad_chunks",
+            "Chunks a peer sent that did not match their id",
+            m.bad_chunks.clone(),
+        );
+        registry.register("chunks_served", "Chunks sent to peers", m.chunks_served.clone());
+        registry.register(
+            "chunk_bytes_served",
+            "Stored bytes of chunks sent to peers",
+            m.chunk_bytes_served.clone(),
+        );
+        registry.register("relays_served", "Chunks fetched on a peer's behalf", m.relays_served.clone());
+        registry.register("throttle_waits", "Replies held back by a bandwidth cap", m.throttle_waits.clone());
+        registry.register("images_pulled", "Images whose metadata came from a peer", m.images_pulled.clone());
+        registry.register(
+            "members_live",
+            "Cluster members alive or suspect, this node included",
+            m.members_live.clone(),
+        );
+        registry.register("announcements", "Announcements sent to directory nodes", m.announcements.clone());
+        Self { registry, ..m }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,701 @@
+//! The node: its store, its QUIC endpoint, gossip membership, the directory
+//! entries placed on it, and the fetch path that brings chunks from peers
+//! (verified, stored, then served on to others).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use strata_chunk::ChunkDecoder;
+use strata_net::quinn::Endpoint;
+use strata_net::Pool;
+use strata_placement::{plan_fetch, Ask, LayerHolder, Ring};
+use strata_proto::v1::LookupReply;
+use strata_store::{ImageId, LayerId, Store, StoreError};
+use strata_tls::Identity;
+use strata_types::{ChunkId, NodeId};
+use strata_wire::response::Kind;
+use strata_wire::{Announcement, PeerRequest, MAX_KEYS};
+use tokio::sync::oneshot;
+
+use crate::directory::{Directory, Holder};
+use crate::handler::NodeHandler;
+use crate::membership::{Member, MemberState, MemberView, Membership};
+use crate::metrics::{FromLabel, Metrics};
+use crate::throttle::{Caps, Throttle};
+use crate::NodeError;
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name: its certificate's.
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The address peers reach this node on; needed when `listen` is a
+    /// wildcard address and there is more than one way in.
+    pub advertise: Option<SocketAddr>,
+    pub seeds: Vec<SocketAddr>,
+    /// A chunk fetch, all peers together, fails after this long.
+    pub fetch_deadline: Duration,
+    /// Holdings are announced again this often (and when the directory moves).
+    pub announce_interval: Duration,
+    /// Directory nodes per key.
+    pub directory_replicas: usize,
+    pub caps: Caps,
+}
+
+/// How long a directory answer is reused.
+const LOOKUP_CACHE: Duration = Duration::from_secs(2);
+/// How long a peer that failed is asked after the others.
+const PENALTY: Duration = Duration::from_secs(30);
+/// Directory entries outlive this many missed announcements.
+const TTL_INTERVALS: u32 = 3;
+
+type Waiters = Vec<oneshot::Sender<Result<Arc<Vec<u8>>, String>>>;
+
+/// A directory key: a LayerId's bytes, or [`name_key`] of an image name.
+type Key = [u8; 32];
+
+/// Keys held whole and keys being fetched, as one announcement carries them.
+#[derive(Default)]
+struct Holdings {
+    complete: Vec<Key>,
+    partial: Vec<Key>,
+}
+
+struct CachedLookup {
+    at: Instant,
+    holders: Vec<Holder>,
+}
+
+pub struct Node {
+    config: NodeConfig,
+    me: Member,
+    store: Arc<Store>,
+    endpoint: Endpoint,
+    pool: Arc<Pool>,
+    membership: Membership,
+    directory: Mutex<Directory>,
+    lookups: Mutex<HashMap<Key, CachedLookup>>,
+    /// Fetches under way, by chunk and whether they may relay: every reader
+    /// of a chunk waits on one fetch.
+    in_flight: Mutex<HashMap<(ChunkId, bool), Waiters>>,
+    /// Layers being fetched, with how many of their chunks are still missing.
+    partial: Mutex<HashMap<LayerId, usize>>,
+    penalised: Mutex<HashMap<SocketAddr, Instant>>,
+    pub(crate) throttle: Throttle,
+    pub(crate) metrics: Metrics,
+    runtime: tokio::runtime::Handle,
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// The directory key of an image name.
+pub fn name_key(name: &str) -> Key {
+    *blake3::hash(format!("image-name:{name}").as_bytes()).as_bytes()
+}
+
+impl Node {
+    /// Starts the node: binds the endpoint, joins the cluster through the
+    /// seeds, serves peers, and announces what the store holds.
+    pub async fn start(
+        config: NodeConfig,
+        identity: &Identity,
+        store: Arc<Store>,
+    ) -> Result<Arc<Node>, NodeError> {
+        let endpoint = strata_net::server_endpoint(config.listen, identity)?;
+        let bound = endpoint.local_addr().map_err(|e| NodeError::Setup(e.to_string()))?;
+        let advertise = config.advertise.unwrap_or_else(|| advertised(bound, &config.seeds));
+        let me = Member { name: config.name.clone(), addr: advertise, incarnation: incarnation() };
+        let partial = tokio::task::spawn_blocking({
+            let store = store.clone();
+            move || partial_layers(&store)
+        })
+        .await
+        .map_err(|e| NodeError::Setup(e.to_string()))??;
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        let node = Arc::new_cyclic(|weak: &Weak<Node>| {
+            let handler = Arc::new(NodeHandler::new(weak.clone(), store.clone()));
+            let pool = Arc::new(Pool::new(endpoint.clone(), handler.clone()));
+            let membership = Membership::start(me.clone(), config.seeds.clone(), pool.clone());
+            tokio::spawn(strata_net::serve(endpoint.clone(), handler));
+            Node {
+                directory: Mutex::new(Directory::new(config.announce_interval * TTL_INTERVALS)),
+                throttle: Throttle::new(config.caps),
+                config,
+                me,
+                store,
+                endpoint,
+                pool,
+                membership,
+                lookups: Mutex::default(),
+                in_flight: Mutex::default(),
+                partial: Mutex::new(partial),
+                penalised: Mutex::default(),
+                metrics: Metrics::new(),
+                runtime: tokio::runtime::Handle::current(),
+                stopping,
+            }
+        });
+        tokio::spawn(announce_loop(Arc::downgrade(&node)));
+        tracing::info!(node = %node.me.name, addr = %node.me.addr, seeds = ?node.config.seeds, "node started");
+        Ok(node)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.me.name
+    }
+
+    /// The address peers reach this node on.
+    pub fn addr(&self) -> SocketAddr {
+        self.me.addr
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn members(&self) -> Vec<MemberView> {
+        self.membership.view()
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.metrics.members_live.set(self.membership.live().len() as i64);
+        self.metrics.encode()
+    }
+
+    /// The runtime the node runs on: blocking callers (control requests,
+    /// peer handlers) wait on node futures through it.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    pub(crate) fn receive_gossip(&self, data: bytes::Bytes) {
+        self.membership.receive(data);
+    }
+
+    pub(crate) fn directory(&self) -> &Mutex<Directory> {
+        &self.directory
+    }
+
+    /// Leaves the cluster and closes the endpoint; in-flight fetches fail.
+    pub async fn shutdown(&self) {
+        self.stopping.send_replace(true);
+        self.membership.leave().await;
+        self.endpoint.close(0u32.into(), b"node stopping");
+        self.endpoint.wait_idle().await;
+    }
+
+    /// The live members by id, this node included.
+    fn live(&self) -> HashMap<NodeId, Member> {
+        self.membership.live().into_iter().map(|m| (m.node_id(), m)).collect()
+    }
+
+    fn directory_nodes(&self, key: &Key, live: &HashMap<NodeId, Member>) -> Vec<Member> {
+        let ring = Ring::new(live.keys().copied());
+        ring.directory(key, self.config.directory_replicas.max(1))
+            .into_iter()
+            .filter_map(|id| live.get(&id).cloned())
+            .collect()
+    }
+
+    /// Tells the keys' directory nodes that this node holds them.
+    pub async fn announce(&self, complete: &[Key], partial: &[Key]) {
+        let live = self.live();
+        let mut per_node: HashMap<SocketAddr, (Member, Holdings)> = HashMap::new();
+        for (keys, is_complete) in [(complete, true), (partial, false)] {
+            for key in keys {
+                for node in self.directory_nodes(key, &live) {
+                    let (_, holdings) =
+                        per_node.entry(node.addr).or_insert_with(|| (node.clone(), Holdings::default()));
+                    if is_complete { &mut holdings.complete } else { &mut holdings.partial }.push(*key);
+                }
+            }
+        }
+        let mut sends = tokio::task::JoinSet::new();
+        for (addr, (node, holdings)) in per_node {
+            for batch in batches(holdings) {
+                let a = Announcement {
+                    node: self.me.name.clone(),
+                    addr: self.me.addr,
+                    complete: batch.complete,
+                    partial: batch.partial,
+                };
+                if node.name == self.me.name {
+                    self.directory.lock().record(&a, Instant::now());
+                    continue;
+                }
+                self.metrics.announcements.inc();
+                let pool = self.pool.clone();
+                sends.spawn(async move {
+                    let request = PeerRequest::Announce(a);
+                    match tokio::time::timeout(Duration::from_secs(2), pool.request(addr, &request)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "announcement not delivered"),
+                        Err(_) => tracing::debug!(peer = %addr, "announcement timed out"),
+                    }
+                });
+            }
+        }
+        while sends.join_next().await.is_some() {}
+    }
+
+    /// Announces everything the store holds: whole layers and image names
+    /// as complete, layers being fetched as partial.
+    pub async fn announce_all(&self) -> Result<(), NodeError> {
+        let store = self.store.clone();
+        let (layers, names) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let layers: Vec<LayerId> = store.layers()?.into_iter().map(|l| l.id).collect();
+            let names: Vec<String> = store.images()?.into_iter().map(|i| i.name).collect();
+            Ok((layers, names))
+        })
+        .await
+        .map_err(|e| NodeError::Setup(e.to_string()))??;
+        let (complete, partial) = {
+            let mut partial = self.partial.lock();
+            partial.retain(|l, _| layers.contains(l));
+            let mut complete: Vec<Key> =
+                layers.iter().filter(|l| !partial.contains_key(l)).map(|l| *l.as_bytes()).collect();
+            complete.extend(names.iter().map(|n| name_key(n)));
+            (complete, partial.keys().map(|l| *l.as_bytes()).collect::<Vec<_>>())
+        };
+        self.announce(&complete, &partial).await;
+        Ok(())
+    }
+
+    /// Who holds `key`, as its directory nodes say (this node included when
+    /// it announced it). Answers are reused for a moment.
+    pub async fn lookup(&self, key: &Key) -> Vec<Holder> {
+        if let Some(cached) = self.lookups.lock().get(key) {
+            if cached.at.elapsed() < LOOKUP_CACHE {
+                return cached.holders.clone();
+            }
+        }
+        let live = self.live();
+        let per_node = (self.config.fetch_deadline / 4).min(Duration::from_secs(1));
+        let mut found = Vec::new();
+        for node in self.directory_nodes(key, &live) {
+            if node.name == self.me.name {
+                found = self.directory.lock().holders(key, Instant::now());
+            } else {
+                let request = PeerRequest::Lookup(vec![*key]);
+                match tokio::time::timeout(per_node, self.pool.request(node.addr, &request)).await {
+                    Ok(Ok(replies)) => found = holders_of(&replies),
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %node.addr, error = %e, "directory lookup failed");
+                        self.pool.forget(node.addr);
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %node.addr, "directory lookup timed out");
+                        self.pool.forget(node.addr);
+                    }
+                }
+            }
+            // Holders the gossip says are gone are not worth asking.
+            found.retain(|h| h.node == self.me.name || live.values().any(|m| m.name == h.node));
+            if !found.is_empty() {
+                break;
+            }
+        }
+        self.lookups.lock().insert(*key, CachedLookup { at: Instant::now(), holders: found.clone() });
+        found
+    }
+
+    /// Makes `reference` (an image name) known here: its record and layer
+    /// indexes come from a node that holds it, checked against their ids;
+    /// the chunks follow on first read. Returns the image id.
+    pub async fn pull_image(&self, reference: &str) -> Result<ImageId, NodeError> {
+        let store = self.store.clone();
+        let name = reference.to_owned();
+        let local = tokio::task::spawn_blocking(move || store.resolve(&name))
+            .await
+            .map_err(|e| NodeError::Setup(e.to_string()))?;
+        match local {
+            Ok((id, _)) => return Ok(id),
+            Err(StoreError::NoSuchImage(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let holders: Vec<Holder> =
+            self.lookup(&name_key(reference)).await.into_iter().filter(|h| h.node != self.me.name).collect();
+        if holders.is_empty() {
+            return Err(NodeError::NotFound(format!("no live node announces an image named {reference:?}")));
+        }
+        let mut errors = Vec::new();
+        for holder in &holders {
+            let fetched = async {
+                let connection = self.pool.get(holder.addr).await.map_err(|e| e.to_string())?;
+                crate::fetch_image(&connection, reference).await
+            };
+            match tokio::time::timeout(self.config.fetch_deadline, fetched).await {
+                Ok(Ok((id, record, layers))) => {
+                    let store = self.store.clone();
+                    let name = reference.to_owned();
+                    let missing = tokio::task::spawn_blocking(move || {
+                        store_remote_image(&store, id, record, layers, name)
+                    })
+                    .await
+                    .map_err(|e| NodeError::Setup(e.to_string()))??;
+                    let partial: Vec<Key> = missing.keys().map(|l| *l.as_bytes()).collect();
+                    self.partial.lock().extend(missing);
+                    self.metrics.images_pulled.inc();
+                    tracing::info!(image = reference, %id, from = %holder.node, "image metadata pulled");
+                    self.announce(&[name_key(reference)], &partial).await;
+                    return Ok(id);
+                }
+                Ok(Err(e)) => errors.push(format!("{} ({e})", holder.node)),
+                Err(_) => errors
+                    .push(format!("{} (no answer within {:?})", holder.node, self.config.fetch_deadline)),
+            }
+        }
+        Err(NodeError::Unavailable(format!(
+            "image {reference:?}: every holder failed: {}",
+            errors.join(", ")
+        )))
+    }
+
+    /// The chunk's stored form, from the store or else from peers (then
+    /// verified and stored). Concurrent callers for one chunk share one fetch.
+    pub async fn fetch_chunk(self: &Arc<Self>, id: ChunkId) -> Result<Arc<Vec<u8>>, NodeError> {
+        let unavailable = |reason: String| NodeError::Unavailable(format!("chunk {id}: {reason}"));
+        if let Some(stored) = self.blocking(move |s| s.get_stored_chunk(&id)).await.map_err(unavailable)? {
+            return Ok(Arc::new(stored));
+        }
+        // A fetch that goes to a complete holder itself shares its flight
+        // with the relays this node serves for the chunk: one fetch each.
+        let (_, _, plan) = self.plan(id, true).await.map_err(unavailable)?;
+        let relaying = matches!(plan.first(), Some(Ask::Relay(_)));
+        self.single_flight(id, relaying).await.map_err(unavailable)
+    }
+
+    /// One fetch per (chunk, whether it may relay) at a time; every caller
+    /// gets its outcome.
+    pub(crate) async fn single_flight(
+        self: &Arc<Self>,
+        id: ChunkId,
+        relay: bool,
+    ) -> Result<Arc<Vec<u8>>, String> {
+        let (wait, leader) = {
+            let mut in_flight = self.in_flight.lock();
+            let (tx, rx) = oneshot::channel();
+            match in_flight.get_mut(&(id, relay)) {
+                Some(waiters) => {
+                    waiters.push(tx);
+                    (rx, false)
+                }
+                None => {
+                    in_flight.insert((id, relay), vec![tx]);
+                    (rx, true)
+                }
+            }
+        };
+        if leader {
+            // The fetch runs on its own task: a reader that gives up does
+            // not cancel it for the others.
+            let node = self.clone();
+            tokio::spawn(async move {
+                let result = node.fetch_uncached(id, relay).await.map(Arc::new);
+                let waiters = node.in_flight.lock().remove(&(id, relay)).unwrap_or_default();
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
+                }
+            });
+        }
+        wait.await.map_err(|_| "the fetch was dropped".to_owned())?
+    }
+
+    fn penalised(&self) -> BTreeSet<SocketAddr> {
+        let mut p = self.penalised.lock();
+        p.retain(|_, since| since.elapsed() < PENALTY);
+        p.keys().copied().collect()
+    }
+
+    fn penalise(&self, addr: SocketAddr) {
+        self.penalised.lock().insert(addr, Instant::now());
+        self.pool.forget(addr);
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The chunk's layers, their holders, and whom to ask in which order.
+    async fn plan(
+        &self,
+        id: ChunkId,
+        relay: bool,
+    ) -> Result<(Vec<LayerId>, HashMap<NodeId, Holder>, Vec<Ask>), String> {
+        let layers = self.blocking(move |s| s.chunk_layers(&id)).await?;
+        if layers.is_empty() {
+            return Err("it is in no layer this node knows".into());
+        }
+        let mut holders: HashMap<NodeId, Holder> = HashMap::new();
+        for layer in &layers {
+            for h in self.lookup(layer.as_bytes()).await {
+                let entry = holders.entry(NodeId::of(h.node.as_bytes())).or_insert_with(|| h.clone());
+                entry.complete |= h.complete;
+            }
+        }
+        let penalised_addrs = self.penalised();
+        let penalised: BTreeSet<NodeId> =
+            holders.iter().filter(|(_, h)| penalised_addrs.contains(&h.addr)).map(|(id, _)| *id).collect();
+        let refs: Vec<LayerHolder> =
+            holders.iter().map(|(n, h)| LayerHolder { node: *n, complete: h.complete }).collect();
+        let plan = plan_fetch(&id, self.me.node_id(), &refs, &penalised, relay);
+        Ok((layers, holders, plan))
+    }
+
+    async fn fetch_uncached(&self, id: ChunkId, relay: bool) -> Result<Vec<u8>, String> {
+        if let Some(stored) = self.blocking(move |s| s.get_stored_chunk(&id)).await? {
+            return Ok(stored);
+        }
+        let until = tokio::time::Instant::now() + self.config.fetch_deadline;
+        let (layers, holders, plan) = self.plan(id, relay).await?;
+        if plan.is_empty() {
+            return Err(format!("no live node holds its layers ({})", short_list(&layers)));
+        }
+        let mut tried = Vec::new();
+        for (i, ask) in plan.iter().enumerate() {
+            let Some(holder) = holders.get(&ask.node()) else { continue };
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let share = left / (plan.len() - i) as u32;
+            let (request, from) = match ask {
+                Ask::Relay(_) => (PeerRequest::RelayChunks(vec![id]), "relay"),
+                Ask::Fetch(_) if holder.complete => (PeerRequest::FetchChunks(vec![id]), "complete"),
+                Ask::Fetch(_) => (PeerRequest::FetchChunks(vec![id]), "partial"),
+            };
+            match tokio::time::timeout(share, self.pool.request(holder.addr, &request)).await {
+                Ok(Ok(replies)) => match verified(&id, &replies) {
+                    Ok(Some(stored)) => {
+                        self.keep(id, &stored, &layers, from).await;
+                        return Ok(stored);
+                    }
+                    Ok(None) => tried.push(format!("{} (does not hold it)", holder.node)),
+                    Err(reason) => {
+                        if reason.contains("bad bytes") {
+                            self.metrics.bad_chunks.inc();
+                        }
+                        tracing::warn!(chunk = %id, peer = %holder.node, reason, "peer failed; trying the next");
+                        self.penalise(holder.addr);
+                        tried.push(format!("{} ({reason})", holder.node));
+                    }
+                },
+                Ok(Err(e)) => {
+                    tracing::warn!(chunk = %id, peer = %holder.node, error = %e, "peer failed; trying the next");
+                    self.penalise(holder.addr);
+                    tried.push(format!("{} ({e})", holder.node));
+                }
+                Err(_) => {
+                    tracing::warn!(chunk = %id, peer = %holder.node, ?share, "peer silent; trying the next");
+                    self.penalise(holder.addr);
+                    tried.push(format!("{} (no answer within {share:?})", holder.node));
+                }
+            }
+        }
+        self.metrics.fetch_failures.inc();
+        let reason =
+            format!("no peer gave it within {:?}; tried {}", self.config.fetch_deadline, tried.join(", "));
+        tracing::warn!(chunk = %id, reason, "chunk unavailable");
+        Err(reason)
+    }
+
+    /// Stores a verified chunk and notes its layers' progress; a layer whose
+    /// last chunk arrived is announced complete.
+    async fn keep(&self, id: ChunkId, stored: &[u8], layers: &[LayerId], from: &'static str) {
+        self.metrics.chunks_fetched.get_or_create(&FromLabel { from }).inc();
+        self.metrics.chunk_bytes_fetched.get_or_create(&FromLabel { from }).inc_by(stored.len() as u64);
+        let bytes = stored.to_vec();
+        match self.blocking(move |s| s.put_fetched_chunk(&id, &bytes)).await {
+            Ok(true) => {
+                let mut finished = Vec::new();
+                {
+                    let mut partial = self.partial.lock();
+                    for layer in layers {
+                        if let Some(missing) = partial.get_mut(layer) {
+                            *missing = missing.saturating_sub(1);
+                            if *missing == 0 {
+                                partial.remove(layer);
+                                finished.push(*layer.as_bytes());
+                            }
+                        }
+                    }
+                }
+                if !finished.is_empty() {
+                    tracing::info!(layers = finished.len(), "layer complete here");
+                    self.announce(&finished, &[]).await;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(chunk = %id, error = %e, "fetched chunk not stored"),
+        }
+    }
+}
+
+/// The stored form in a FetchChunks reply, decoded and checked against `id`.
+fn verified(id: &ChunkId, replies: &[strata_wire::Response]) -> Result<Option<Vec<u8>>, String> {
+    match replies.first().and_then(|r| r.kind.as_ref()) {
+        Some(Kind::Chunk(c)) if c.id == id.as_bytes() && c.missing => Ok(None),
+        Some(Kind::Chunk(c)) if c.id == id.as_bytes() => {
+            let mut decoder = ChunkDecoder::new().map_err(|e| e.to_string())?;
+            decoder.decode(id, &c.stored).map_err(|e| format!("sent bad bytes: {e}"))?;
+            Ok(Some(c.stored.clone()))
+        }
+        Some(Kind::Error(e)) => Err(format!("error {}: {}", e.code, e.message)),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+fn holders_of(replies: &[strata_wire::Response]) -> Vec<Holder> {
+    let Some(Kind::Lookup(LookupReply { holders })) = replies.first().and_then(|r| r.kind.clone()) else {
+        return Vec::new();
+    };
+    holders
+        .into_iter()
+        .flat_map(|h| h.holders)
+        .filter_map(|h| Some(Holder { node: h.node, addr: h.addr.parse().ok()?, complete: h.complete }))
+        .collect()
+}
+
+/// Splits holdings into announcements of at most MAX_KEYS keys.
+fn batches(holdings: Holdings) -> Vec<Holdings> {
+    let mut out: Vec<Holdings> = holdings
+        .complete
+        .chunks(MAX_KEYS)
+        .map(|c| Holdings { complete: c.to_vec(), partial: Vec::new() })
+        .collect();
+    out.extend(
+        holdings.partial.chunks(MAX_KEYS).map(|p| Holdings { complete: Vec::new(), partial: p.to_vec() }),
+    );
+    out
+}
+
+fn short_list(layers: &[LayerId]) -> String {
+    layers.iter().map(|l| l.short()).collect::<Vec<_>>().join(", ")
+}
+
+/// Layers with chunks still missing, and how many.
+fn partial_layers(store: &Store) -> Result<HashMap<LayerId, usize>, StoreError> {
+    let mut out = HashMap::new();
+    for layer in store.layers()? {
+        let missing = store.missing_chunks(&layer.id)?.len();
+        if missing > 0 {
+            out.insert(layer.id, missing);
+        }
+    }
+    Ok(out)
+}
+
+/// Stores a pulled image's record and indexes (its chunks follow on
+/// demand); returns the layers with chunks missing and how many.
+fn store_remote_image(
+    store: &Store,
+    id: ImageId,
+    record: strata_proto::v1::ImageRecord,
+    layers: Vec<crate::RemoteLayer>,
+    name: String,
+) -> Result<HashMap<LayerId, usize>, NodeError> {
+    let mut txn = store.begin_import()?;
+    for layer in &layers {
+        txn.stage_remote_layer(layer.id, layer.bytes.clone(), layer.record.clone())?;
+    }
+    let staged = txn.stage_image(record, vec![name]);
+    if staged != id {
+        return Err(NodeError::Unavailable(format!("image record hashes to {staged}, not {id}")));
+    }
+    txn.commit()?;
+    let mut missing = HashMap::new();
+    for layer in &layers {
+        let count = store.missing_chunks(&layer.id)?.len();
+        if count > 0 {
+            missing.insert(layer.id, count);
+        }
+    }
+    Ok(missing)
+}
+
+/// An incarnation that grows across restarts, so a restarted node wins
+/// over the identity the cluster remembers for its address.
+fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The address to advertise for an endpoint bound to `bound`: itself when
+/// specific, else the local address the OS would use to reach the first
+/// seed (or loopback with no seeds).
+fn advertised(bound: SocketAddr, seeds: &[SocketAddr]) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let ip = seeds
+        .iter()
+        .find_map(|seed| {
+            let socket = std::net::UdpSocket::bind((bound.ip(), 0)).ok()?;
+            socket.connect(seed).ok()?;
+            socket.local_addr().ok().map(|a| a.ip())
+        })
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    SocketAddr::new(ip, bound.port())
+}
+
+/// Announces holdings every interval, and soon after the membership
+/// changes (the directory moves with it); forgets holders gossip declared
+/// down; expires stale directory entries.
+async fn announce_loop(node: Weak<Node>) {
+    let (mut members, mut stopping, interval) = match node.upgrade() {
+        Some(n) => (n.membership.subscribe(), n.stopping.subscribe(), n.config.announce_interval),
+        None => return,
+    };
+    loop {
+        let previous: BTreeSet<String> = {
+            let Some(node) = node.upgrade() else { return };
+            let view = members.borrow_and_update().clone();
+            {
+                let mut directory = node.directory.lock();
+                for m in view.iter().filter(|m| m.state == MemberState::Down) {
+                    directory.forget_node(&m.name);
+                }
+                directory.expire(Instant::now());
+            }
+            node.lookups.lock().clear();
+            if let Err(e) = node.announce_all().await {
+                tracing::warn!(error = %e, "announcing holdings");
+            }
+            view.iter().filter(|m| m.state != MemberState::Down).map(|m| m.name.clone()).collect()
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            changed = async {
+                loop {
+                    if members.changed().await.is_err() {
+                        return false;
+                    }
+                    let now: BTreeSet<String> = members
+                        .borrow()
+                        .iter()
+                        .filter(|m| m.state != MemberState::Down)
+                        .map(|m| m.name.clone())
+                        .collect();
+                    if now != previous {
+                        return true;
+                    }
+                }
+            } => {
+                if !changed { return; }
+                // Let a burst of joins settle before re-announcing.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = stopping.changed() => return,
+        }
+    }
+}

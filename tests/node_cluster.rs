@@ -1,0 +1,204 @@
+//! Real nodes (`strata serve`) on loopback: gossip membership, the CLI
+//! routed through the node, images and chunks found through the directory
+//! and fetched lazily by mounts, failures survived.
+
+mod common;
+
+use common::node::{alive_peers, certs, wait_for, Node};
+use common::{busybox_image, sample_archive, Strata};
+
+fn mount(s: &Strata, image: &str, name: &str) -> std::path::PathBuf {
+    let mountpoint = s.path(name);
+    std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+    s.ok(&["mount", image, mountpoint.to_str().expect("utf-8"), "--read-only"]);
+    mountpoint
+}
+
+fn umount(s: &Strata, mountpoint: &std::path::Path) {
+    s.ok(&["umount", mountpoint.to_str().expect("utf-8")]);
+}
+
+/// A data dir and the node running on it.
+type Member = (Strata, Node);
+
+/// Three nodes that see each other alive, and the certificates' dir.
+struct Cluster {
+    a: Member,
+    b: Member,
+    c: Member,
+    certs: String,
+}
+
+fn three_nodes() -> Cluster {
+    let (a, b, c) = (Strata::new(), Strata::new(), Strata::new());
+    let certs = certs(&a, &["node-a", "node-b", "node-c"]);
+    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    let node_c = Node::start(&c, "node-c", &certs, &[&node_a.addr], &[]);
+    for (s, others) in [(&a, ["node-b", "node-c"]), (&b, ["node-a", "node-c"]), (&c, ["node-a", "node-b"])] {
+        wait_for("every node to see the other two", || {
+            let alive = alive_peers(s);
+            others.iter().all(|o| alive.iter().any(|a| a == o))
+        });
+    }
+    Cluster { a: (a, node_a), b: (b, node_b), c: (c, node_c), certs }
+}
+
+#[test]
+fn three_nodes_read_an_image_imported_on_one_and_survive_its_death() {
+    let Cluster { a: (a, mut node_a), b: (b, node_b), c: (c, mut node_c), .. } = three_nodes();
+
+    // A's node owns its store: the import goes through it.
+    let report = a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
+    assert_eq!(report["images"][0]["names"][0], "sample:1");
+
+    // B has never seen the image: the mount pulls its metadata, reads pull chunks.
+    let mnt_b = mount(&b, "sample:1", "mnt");
+    assert_eq!(b.json(&["images"])[0]["name"], "sample:1", "metadata is stored on B");
+    assert_eq!(std::fs::read(mnt_b.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+    assert_eq!(std::fs::read(mnt_b.join("bin/app")).expect("read"), strata_sample::random_bytes(1, 300_000));
+    assert!(node_b.metric("strata_chunks_fetched_total") >= 2.0);
+    let fetched_bytes = node_b.metric("strata_chunk_bytes_fetched_total");
+    assert!(fetched_bytes < 250_000.0 + 300_000.0, "B fetched what it read, not the image: {fetched_bytes}");
+
+    // C reads through the cluster too: contents identical.
+    let mnt_c = mount(&c, "sample:1", "mnt");
+    assert_eq!(std::fs::read(mnt_c.join("bin/app")).expect("read"), strata_sample::random_bytes(1, 300_000));
+    let motd = std::fs::read(mnt_c.join("etc/motd")).expect("read");
+    assert!(motd.ends_with(b"one more line\n"));
+
+    // A dies (kill -9); C holds etc/motd, so B's first read of it costs a
+    // retry elsewhere, not an error.
+    node_a.kill();
+    assert_eq!(std::fs::read(mnt_b.join("etc/motd")).expect("read from C"), motd);
+    wait_for("B's gossip to declare A down", || !alive_peers(&b).contains(&"node-a".to_owned()));
+
+    // With C gone too, a file nobody fetched fails with EIO within the
+    // deadline, and the log says which chunk, which file, which peers.
+    node_c.kill();
+    let err = std::fs::read(mnt_b.join("usr/share/doc/README")).expect_err("no holder left");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let mount_log = std::fs::read_to_string(
+        b.data_dir()
+            .join("mounts")
+            .read_dir()
+            .expect("logs")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .expect("the mount's log"),
+    )
+    .expect("log");
+    assert!(mount_log.contains("usr/share/doc/README") && mount_log.contains("chunk"), "{mount_log}");
+    assert!(node_b.log_text().contains("chunk unavailable"), "{}", node_b.log_text());
+    umount(&b, &mnt_b);
+    umount(&c, &mnt_c);
+}
+
+#[test]
+fn a_container_runs_on_a_node_that_never_had_its_image() {
+    let Cluster { a: (a, _node_a), b: (b, node_b), c: (c, _node_c), .. } = three_nodes();
+    a.import(&busybox_image(&a));
+    let out = b.ok(&["run", "strata-test/busybox:1"]);
+    assert_eq!(out, "strata-busybox\n");
+    // busybox is ~2 MB; the run read a small part of it... and all of it is
+    // executed, so at least the binary's pages came over.
+    let fetched = node_b.metric("strata_chunk_bytes_fetched_total");
+    assert!(fetched > 0.0);
+    // A second node runs it with chunks coming from A and B.
+    let out = c.ok(&["run", "strata-test/busybox:1", "--", "echo from-c; cat /etc/strata-release"]);
+    assert_eq!(out, "from-c\nstrata-busybox\n");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (deploy/test sets it)"
+)]
+fn a_lying_node_is_detected_and_reads_stay_correct() {
+    let (a, liar, b) = (Strata::new(), Strata::new(), Strata::new());
+    let certs = certs(&a, &["node-a", "node-liar", "node-b"]);
+    // A large random file: its chunks are spread over both holders.
+    let big = strata_sample::random_bytes(9, 4 << 20);
+    let archive = a.path("big.tar");
+    let mut layer = strata_sample::LayerTar::new(Vec::new());
+    layer.file(b"big.bin", 0o644, &big).expect("tar");
+    strata_sample::write_image(
+        strata_oci::ArchiveTarget::Tar(archive.clone()),
+        strata_oci::ArchiveLayout::DockerLegacy,
+        strata_oci::LayerCompression::None,
+        &["big:1".into()],
+        strata_sample::sample_config(&["true"]),
+        &[layer.finish().expect("tar")],
+    )
+    .expect("image");
+    a.import(&archive);
+    liar.import(&archive);
+    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    let node_liar =
+        Node::start(&liar, "node-liar", &certs, &[&node_a.addr], &[("STRATA_FAULT_CORRUPT_CHUNKS", "1")]);
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    wait_for("B to see both holders", || alive_peers(&b).len() == 2);
+    wait_for("the liar to see B", || alive_peers(&liar).len() == 2);
+
+    let mnt = mount(&b, "big:1", "mnt");
+    assert!(std::fs::read(mnt.join("big.bin")).expect("read") == big, "B reads correct bytes");
+    assert!(node_b.metric("strata_bad_chunks_total") >= 1.0, "the liar was asked and caught");
+    assert!(node_liar.metric("strata_chunks_served_total") >= 1.0);
+    umount(&b, &mnt);
+}
+
+#[test]
+fn a_peer_without_a_cluster_certificate_is_refused() {
+    let a = Strata::new();
+    let certs = certs(&a, &["node-a"]);
+    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    // A client with a certificate of another CA.
+    let ca = strata_tls::generate_ca("other").expect("ca");
+    let pair = strata_tls::issue_node_cert(&ca, "intruder").expect("cert");
+    let identity = strata_tls::Identity::from_pem(&ca.cert_pem, &pair).expect("identity");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let addr: std::net::SocketAddr = node_a.addr.parse().expect("addr");
+    let outcome = runtime.block_on(async {
+        let endpoint = strata_net::client_endpoint(&identity)?;
+        let connection = strata_net::connect(&endpoint, addr, None).await?;
+        strata_net::request(&connection, &strata_wire::PeerRequest::ResolveImage("x".into())).await
+    });
+    assert!(outcome.is_err(), "served a peer of another CA: {outcome:?}");
+    wait_for("the node to log the refusal", || node_a.log_text().contains("peer refused"));
+}
+
+#[test]
+fn a_node_restarts_under_live_mounts() {
+    let Cluster { a: (a, _node_a), b: (b, mut node_b), c: _c, certs } = three_nodes();
+    a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
+    let mnt = mount(&b, "sample:1", "mnt");
+    assert_eq!(std::fs::read(mnt.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+
+    // SIGTERM: the node leaves; the mount lives on and says why what it
+    // lacks cannot be read.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node_b.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    let status = node_b.child.wait().expect("node exits");
+    assert!(status.success(), "{status}");
+    assert!(node_b.log_text().contains("mounts stay live"), "{}", node_b.log_text());
+    wait_for("A to see B leave", || !alive_peers(&a).contains(&"node-b".to_owned()));
+    let listing = std::fs::read_dir(mnt.join("etc")).expect("metadata needs no node").count();
+    assert!(listing >= 2);
+    let err = std::fs::read(mnt.join("etc/motd")).expect_err("no node to fetch through");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+
+    // A new node on the same data dir: the same mount reads again.
+    let _node_b = Node::start(&b, "node-b", &certs, &[&_node_a_addr(&a)], &[]);
+    wait_for("B to rejoin", || alive_peers(&b).contains(&"node-a".to_owned()));
+    let motd = std::fs::read(mnt.join("etc/motd")).expect("read after restart");
+    assert!(motd.ends_with(b"one more line\n"));
+    umount(&b, &mnt);
+}
+
+/// A's peer address, from its node's view of itself.
+fn _node_a_addr(a: &Strata) -> String {
+    a.json(&["peers"])["self"]["addr"].as_str().expect("addr").to_owned()
+}
