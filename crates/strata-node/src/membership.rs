@@ -89,7 +89,7 @@ pub struct Membership {
 /// MTU, and seeds that were down asked again every few seconds.
 fn config() -> Config {
     let mut config = Config::new_lan(NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN));
-    config.max_packet_size = NonZeroUsize::new(1100).unwrap_or(NonZeroUsize::MIN);
+    config.max_packet_size = NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN);
     config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
         frequency: Duration::from_secs(3),
         num_members: NonZeroUsize::MIN.saturating_add(2),
@@ -148,7 +148,12 @@ impl Membership {
     /// A datagram a peer sent. Dropped when the protocol is behind, as the
     /// network may drop it: SWIM tolerates loss.
     pub fn receive(&self, data: Bytes) {
-        let _ = self.input.try_send(Input::Data(data));
+        match strata_wire::decode_gossip(&data) {
+            Ok(payload) => {
+                let _ = self.input.try_send(Input::Data(Bytes::from(payload)));
+            }
+            Err(e) => tracing::debug!(error = %e, "datagram dropped"),
+        }
     }
 
     /// The members other than this node, with their states.
@@ -200,6 +205,13 @@ impl Driver {
         runtime: &mut AccumulatingRuntime<Member>,
     ) {
         while let Some((to, data)) = runtime.to_send() {
+            let data = match strata_wire::encode_gossip(&data) {
+                Ok(d) => Bytes::from(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "gossip message too large; dropped");
+                    continue;
+                }
+            };
             let pool = self.pool.clone();
             tokio::spawn(async move {
                 if let Err(e) =

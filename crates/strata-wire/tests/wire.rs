@@ -138,3 +138,18 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn gossip_datagrams_round_trip_and_bad_ones_are_refused() {
+    let payload = vec![7u8; 300];
+    assert_eq!(
+        strata_wire::decode_gossip(&strata_wire::encode_gossip(&payload).expect("encode")).expect("decode"),
+        payload
+    );
+    assert!(strata_wire::encode_gossip(&vec![0u8; strata_wire::MAX_GOSSIP + 1]).is_err());
+    assert!(strata_wire::decode_gossip(b"\xff\xff\xff garbage").is_err());
+    let other_version = strata_proto::v1::Datagram { version: VERSION + 1, kind: None }.encode_to_vec();
+    assert!(matches!(strata_wire::decode_gossip(&other_version), Err(WireError::UnknownVersion(_))));
+    let empty = strata_proto::v1::Datagram { version: VERSION, kind: None }.encode_to_vec();
+    assert!(matches!(strata_wire::decode_gossip(&empty), Err(WireError::UnknownRequest)));
+}
