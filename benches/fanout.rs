@@ -35,8 +35,9 @@ fn start(data: &Path, name: &str, certs: &Path, seed: Option<&str>) -> Node {
     cmd.args(["serve", "--node", name, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .arg("--cert-dir")
         .arg(certs)
+        .env("STRATA_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::from(std::fs::File::create(data.with_extension("log")).unwrap()));
     if let Some(seed) = seed {
         cmd.args(["--seed", seed]);
     }
@@ -120,9 +121,9 @@ fn run(root: &Path, certs: &Path, image: &Path, n: usize, cluster: bool) -> Run 
             std::thread::spawn(move || {
                 barrier.wait();
                 let started = Instant::now();
-                let mut f = std::fs::File::open(file).unwrap();
+                let mut f = std::fs::File::open(&file).unwrap();
                 let mut buf = vec![0u8; 1 << 20];
-                while f.read(&mut buf).unwrap() > 0 {}
+                while f.read(&mut buf).unwrap_or_else(|e| panic!("reading {}: {e}", file.display())) > 0 {}
                 started.elapsed()
             })
         })
@@ -149,6 +150,9 @@ fn main() {
         }
     }
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
+    // Kept if the run fails, for its logs; removed at the end otherwise.
+    let root = std::mem::ManuallyDrop::new(root);
+    eprintln!("scratch dir {} (node logs: *.log)", root.path().display());
     let certs = root.path().join("certs");
     ok(strata(root.path()).args(["cert", "init-ca", "--dir"]).arg(&certs));
     for name in ["origin".to_owned()]
@@ -189,4 +193,5 @@ fn main() {
             direct.origin_bytes / working_set,
         );
     }
+    let _ = std::fs::remove_dir_all(root.path());
 }

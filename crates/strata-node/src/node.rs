@@ -48,6 +48,8 @@ pub struct NodeConfig {
 
 /// How long a directory answer is reused.
 const LOOKUP_CACHE: Duration = Duration::from_secs(2);
+/// How often a fetch that found no holder asks the directory again.
+const NO_HOLDER_RETRY: Duration = Duration::from_millis(250);
 /// How long a peer that failed is asked after the others.
 const PENALTY: Duration = Duration::from_secs(30);
 /// Directory entries outlive this many missed announcements.
@@ -274,32 +276,52 @@ impl Node {
         }
         let live = self.live();
         let per_node = (self.config.fetch_deadline / 4).min(Duration::from_secs(1));
-        let mut found = Vec::new();
+        // Every directory node of the key, at once; their answers merged (a
+        // directory node that just took the key may not know every holder yet).
+        let mut asks = tokio::task::JoinSet::new();
+        let mut found: Vec<Holder> = Vec::new();
         for node in self.directory_nodes(key, &live) {
             if node.name == self.me.name {
-                found = self.directory.lock().holders(key, Instant::now());
-            } else {
-                let request = PeerRequest::Lookup(vec![*key]);
-                match tokio::time::timeout(per_node, self.pool.request(node.addr, &request)).await {
-                    Ok(Ok(replies)) => found = holders_of(&replies),
+                found.extend(self.directory.lock().holders(key, Instant::now()));
+                continue;
+            }
+            let (pool, request) = (self.pool.clone(), PeerRequest::Lookup(vec![*key]));
+            asks.spawn(async move {
+                match tokio::time::timeout(per_node, pool.request(node.addr, &request)).await {
+                    Ok(Ok(replies)) => holders_of(&replies),
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %node.addr, error = %e, "directory lookup failed");
-                        self.pool.forget(node.addr);
+                        pool.forget(node.addr);
+                        Vec::new()
                     }
                     Err(_) => {
                         tracing::debug!(peer = %node.addr, "directory lookup timed out");
-                        self.pool.forget(node.addr);
+                        pool.forget(node.addr);
+                        Vec::new()
                     }
                 }
-            }
+            });
+        }
+        while let Some(answer) = asks.join_next().await {
+            found.extend(answer.unwrap_or_default());
+        }
+        let mut merged: Vec<Holder> = Vec::new();
+        for holder in found {
             // Holders the gossip says are gone are not worth asking.
-            found.retain(|h| h.node == self.me.name || live.values().any(|m| m.name == h.node));
-            if !found.is_empty() {
-                break;
+            if holder.node != self.me.name && !live.values().any(|m| m.name == holder.node) {
+                continue;
+            }
+            match merged.iter_mut().find(|h| h.node == holder.node) {
+                Some(known) => known.complete |= holder.complete,
+                None => merged.push(holder),
             }
         }
-        self.lookups.lock().insert(*key, CachedLookup { at: Instant::now(), holders: found.clone() });
-        found
+        // An answer naming only this node may be a directory still filling:
+        // not kept, so the next read asks again.
+        if merged.iter().any(|h| h.node != self.me.name) {
+            self.lookups.lock().insert(*key, CachedLookup { at: Instant::now(), holders: merged.clone() });
+        }
+        merged
     }
 
     /// Makes `reference` (an image name) known here: its record and layer
@@ -457,10 +479,23 @@ impl Node {
             return Ok(stored);
         }
         let until = tokio::time::Instant::now() + self.config.fetch_deadline;
-        let (layers, holders, plan) = self.plan(id, relay).await?;
-        if plan.is_empty() {
-            return Err(format!("no live node holds its layers ({})", short_list(&layers)));
-        }
+        let (layers, holders, plan) = loop {
+            let (layers, holders, plan) = self.plan(id, relay).await?;
+            if !plan.is_empty() {
+                break (layers, holders, plan);
+            }
+            // Directories refill within moments of a membership change:
+            // ask again until the deadline.
+            if tokio::time::Instant::now() + NO_HOLDER_RETRY >= until {
+                self.metrics.fetch_failures.inc();
+                return Err(format!(
+                    "no live node announced its layers ({}) within {:?}",
+                    short_list(&layers),
+                    self.config.fetch_deadline
+                ));
+            }
+            tokio::time::sleep(NO_HOLDER_RETRY).await;
+        };
         let mut tried = Vec::new();
         for (i, ask) in plan.iter().enumerate() {
             let Some(holder) = holders.get(&ask.node()) else { continue };
