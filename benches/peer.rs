@@ -111,7 +111,11 @@ fn in_ns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> T {
 
 /// Where the server listens: loopback, or its end of the link.
 fn server_ip(link: bool) -> [u8; 4] {
-    if link { SERVER_IP } else { [127, 0, 0, 1] }
+    if link {
+        SERVER_IP
+    } else {
+        [127, 0, 0, 1]
+    }
 }
 
 async fn quic(ids: &[ChunkId], chunks: Arc<Memory>, streams: usize, verify: bool, link: bool) -> f64 {

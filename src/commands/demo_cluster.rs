@@ -69,7 +69,8 @@ fn start(data_dir: &Path, name: &str, certs: &Path, seed: Option<&str>) -> anyho
     Ok(node)
 }
 
-fn metric(node: &DemoNode, name: &str) -> anyhow::Result<f64> {
+/// A counter's value, summed over its labels.
+fn metric(node: &DemoNode, name: &str) -> anyhow::Result<u64> {
     let mut stream = std::net::TcpStream::connect(&node.metrics)?;
     write!(stream, "GET /metrics HTTP/1.0\r\n\r\n")?;
     let mut body = String::new();
@@ -78,6 +79,7 @@ fn metric(node: &DemoNode, name: &str) -> anyhow::Result<f64> {
         .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
         .sum())
 }
 
@@ -114,7 +116,7 @@ pub fn run(a_dir: &Path, scratch: &Path) -> anyhow::Result<()> {
             hostname.trim_end(),
             bytes(app.len() as u64),
             metric(&b, "strata_chunks_fetched_total")?,
-            bytes(metric(&b, "strata_chunk_bytes_fetched_total")? as u64),
+            bytes(metric(&b, "strata_chunk_bytes_fetched_total")?),
         );
         println!(
             "   A served {} chunk(s); B now holds them and would serve them on to a third node",
