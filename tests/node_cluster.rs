@@ -164,7 +164,8 @@ fn a_lying_node_is_detected_and_reads_stay_correct() {
 fn a_peer_without_a_cluster_certificate_is_refused() {
     let a = Strata::new();
     let certs = certs(&a, &["node-a"]);
-    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    // Settings from the environment reach the node: here, JSON logs.
+    let node_a = Node::start(&a, "node-a", &certs, &[], &[("STRATA_NODE__LOG_FORMAT", "json")]);
     // A client with a certificate of another CA.
     let ca = strata_tls::generate_ca("other").expect("ca");
     let pair = strata_tls::issue_node_cert(&ca, "intruder").expect("cert");
@@ -178,6 +179,10 @@ fn a_peer_without_a_cluster_certificate_is_refused() {
     });
     assert!(outcome.is_err(), "served a peer of another CA: {outcome:?}");
     wait_for("the node to log the refusal", || node_a.log_text().contains("peer refused"));
+    for line in node_a.log_text().lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(entry["level"].is_string() && entry["fields"].is_object(), "{line}");
+    }
 }
 
 #[test]
