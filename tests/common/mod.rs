@@ -112,6 +112,11 @@ pub fn zstd(data: &[u8]) -> Vec<u8> {
 /// A real image: Debian's busybox-static package as its base layer, a few
 /// applet links and /etc/strata-release above; Cmd prints that file.
 pub fn busybox_image(s: &Strata) -> PathBuf {
+    busybox_image_with(s, None)
+}
+
+/// [`busybox_image`], with `/data.bin` of `data` in the top layer when given.
+pub fn busybox_image_with(s: &Strata, data: Option<&[u8]>) -> PathBuf {
     use strata_sample::{debian_package_layer, sample_config, write_image, LayerTar};
     let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
     let mut links = LayerTar::new(Vec::new());
@@ -119,6 +124,9 @@ pub fn busybox_image(s: &Strata) -> PathBuf {
     links.file(b"etc/strata-release", 0o644, b"strata-busybox\n").expect("tar");
     for applet in ["sh", "cat", "echo", "ls", "sha256sum"] {
         links.symlink(&format!("bin/{applet}"), "busybox").expect("tar");
+    }
+    if let Some(data) = data {
+        links.file(b"data.bin", 0o644, data).expect("tar");
     }
     let path = s.path("busybox.tar");
     write_image(
