@@ -33,6 +33,10 @@ pub struct NodeSettings {
     pub name: Option<String>,
     /// Where ca.pem and NAME.pem are [default: DATA_DIR/certs].
     pub cert_dir: Option<PathBuf>,
+    /// The certificate pair to load, CERT_NAME.pem and CERT_NAME-key.pem
+    /// [default: the node's name]. Every node certificate carries the SAN
+    /// peers check, so nodes may share one (as the Kubernetes manifest does).
+    pub cert_name: Option<String>,
     /// QUIC address for peers.
     pub listen: String,
     /// Address peers reach this node on (host:port).
@@ -61,6 +65,7 @@ impl Default for NodeSettings {
         Self {
             name: None,
             cert_dir: None,
+            cert_name: None,
             listen: "0.0.0.0:7420".into(),
             advertise: None,
             seeds: Vec::new(),

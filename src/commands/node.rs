@@ -75,7 +75,10 @@ pub fn serve_node(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
     )?;
     let identity = super::serve::load_identity(
         ctx,
-        &crate::cli::IdentityArgs { node: Some(name.clone()), cert_dir: settings.cert_dir.clone() },
+        &crate::cli::IdentityArgs {
+            node: Some(settings.cert_name.clone().unwrap_or_else(|| name.clone())),
+            cert_dir: settings.cert_dir.clone(),
+        },
     )?;
     anyhow::ensure!(settings.fetch_deadline_secs > 0.0, "the fetch deadline must be positive");
     std::fs::create_dir_all(&ctx.data_dir)?;
