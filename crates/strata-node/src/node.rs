@@ -417,6 +417,9 @@ impl Node {
             let node = self.clone();
             tokio::spawn(async move {
                 let result = node.fetch_uncached(id, relay).await.map(Arc::new);
+                if let Err(reason) = &result {
+                    tracing::warn!(chunk = %id, relay, reason, "chunk unavailable");
+                }
                 let waiters = node.in_flight.lock().remove(&(id, relay)).unwrap_or_default();
                 for waiter in waiters {
                     let _ = waiter.send(result.clone());
@@ -535,10 +538,7 @@ impl Node {
             }
         }
         self.metrics.fetch_failures.inc();
-        let reason =
-            format!("no peer gave it within {:?}; tried {}", self.config.fetch_deadline, tried.join(", "));
-        tracing::warn!(chunk = %id, reason, "chunk unavailable");
-        Err(reason)
+        Err(format!("no peer gave it within {:?}; tried {}", self.config.fetch_deadline, tried.join(", ")))
     }
 
     /// Stores a verified chunk and notes its layers' progress; a layer whose
