@@ -20,6 +20,8 @@
 mod plan;
 mod ring;
 mod schedule;
+#[cfg(test)]
+mod test_ids;
 
 pub use plan::{plan_fetch, Ask, LayerHolder};
 pub use ring::Ring;

@@ -79,14 +79,7 @@ pub fn plan_fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(i: u32) -> NodeId {
-        NodeId::of(format!("node-{i}").as_bytes())
-    }
-
-    fn chunk(i: u32) -> ChunkId {
-        ChunkId::of(&i.to_le_bytes())
-    }
+    use crate::test_ids::{chunk, node};
 
     /// Origin 0 holds the layer; nodes 1..=n fetch it together.
     fn group(n: u32) -> Vec<LayerHolder> {

@@ -62,10 +62,7 @@ mod tests {
     use strata_types::ChunkId;
 
     use super::*;
-
-    fn node(i: u32) -> NodeId {
-        NodeId::of(format!("node-{i}").as_bytes())
-    }
+    use crate::test_ids::node;
 
     fn keys(n: u32) -> Vec<[u8; 32]> {
         (0..n).map(|i| *ChunkId::of(&i.to_le_bytes()).as_bytes()).collect()

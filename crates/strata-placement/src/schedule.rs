@@ -51,14 +51,7 @@ pub fn schedule(wanted: &[(ChunkId, Vec<NodeId>)], penalised: &BTreeSet<NodeId>)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(i: u32) -> NodeId {
-        NodeId::of(format!("node-{i}").as_bytes())
-    }
-
-    fn chunk(i: u32) -> ChunkId {
-        ChunkId::of(&i.to_le_bytes())
-    }
+    use crate::test_ids::{chunk, node};
 
     fn count(plan: &[Assignment], source: Source) -> usize {
         plan.iter().filter(|a| a.source == source).map(|a| a.chunks.len()).sum()
