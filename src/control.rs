@@ -98,6 +98,39 @@ pub fn read_message<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> anyh
     Ok(Some(postcard::from_bytes(&bytes).context("decoding a control message")?))
 }
 
+/// [`write_message`] on an async stream (the node's side).
+pub async fn write_message_async(
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    message: &impl Serialize,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let bytes = postcard::to_stdvec(message).context("encoding a control message")?;
+    out.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    out.write_all(&bytes).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+/// [`read_message`] on an async stream (the node's side).
+pub async fn read_message_async<T: for<'de> Deserialize<'de>>(
+    input: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> anyhow::Result<Option<T>> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        bail!("control message of {len} bytes (limit {MAX_MESSAGE})");
+    }
+    let mut bytes = vec![0u8; len];
+    input.read_exact(&mut bytes).await?;
+    Ok(Some(postcard::from_bytes(&bytes).context("decoding a control message")?))
+}
+
 /// Sends one request and reads its reply.
 pub fn call(stream: &mut UnixStream, request: &Request, timeout: Option<Duration>) -> anyhow::Result<Reply> {
     stream.set_read_timeout(timeout)?;

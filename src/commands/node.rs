@@ -202,15 +202,7 @@ async fn accept_control(listener: tokio::net::UnixListener, template: Arc<Ctx>, 
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (template, node) = (template.clone(), node.clone());
-                let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "control connection");
-                        continue;
-                    }
-                };
-                tokio::task::spawn_blocking(move || serve_control(&template, &node, stream));
+                tokio::spawn(serve_control(template.clone(), node.clone(), stream));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
@@ -220,10 +212,11 @@ async fn accept_control(listener: tokio::net::UnixListener, template: Arc<Ctx>, 
     }
 }
 
-/// One control connection: requests answered in turn until it closes.
-fn serve_control(template: &Ctx, node: &Arc<Node>, mut stream: std::os::unix::net::UnixStream) {
+/// One control connection, on a task of its own: requests answered in
+/// turn until it closes. Idle connections (mounts keep a few) hold no thread.
+async fn serve_control(template: Arc<Ctx>, node: Arc<Node>, mut stream: tokio::net::UnixStream) {
     loop {
-        let request: Request = match control::read_message(&mut stream) {
+        let request: Request = match control::read_message_async(&mut stream).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
@@ -231,40 +224,49 @@ fn serve_control(template: &Ctx, node: &Arc<Node>, mut stream: std::os::unix::ne
                 return;
             }
         };
-        let reply = answer(template, node, request);
-        if let Err(e) = control::write_message(&mut stream, &reply) {
+        let reply = answer(&template, &node, request).await;
+        if let Err(e) = control::write_message_async(&mut stream, &reply).await {
             tracing::debug!(error = %e, "control reply not delivered");
             return;
         }
     }
 }
 
-fn answer(template: &Ctx, node: &Arc<Node>, request: Request) -> Reply {
+async fn answer(template: &Arc<Ctx>, node: &Arc<Node>, request: Request) -> Reply {
     match request {
         Request::Run { command, json } => {
-            let _span = tracing::info_span!("control", command = ?command).entered();
-            let changes_holdings = matches!(command, Forwarded::Import { .. } | Forwarded::Commit { .. });
-            let ctx = template.for_caller(node.clone(), json);
-            let result = super::run_forwarded(&ctx, command);
-            if changes_holdings && result.is_ok() {
-                let node = node.clone();
-                node.runtime().clone().spawn(async move {
-                    if let Err(e) = node.announce_all().await {
-                        tracing::warn!(error = %e, "announcing new holdings");
-                    }
-                });
-            }
-            Reply::Done { output: ctx.take_output(), error: result.err().map(|e| crate::error_chain(&e)) }
+            let (template, node) = (template.clone(), node.clone());
+            // Commands do blocking store work: on the blocking pool.
+            tokio::task::spawn_blocking(move || run_command(&template, &node, command, json))
+                .await
+                .unwrap_or_else(|e| Reply::Failed { error: format!("the command panicked: {e}") })
         }
-        Request::Pull { reference } => match node.runtime().block_on(node.pull_image(&reference)) {
+        Request::Pull { reference } => match node.pull_image(&reference).await {
             Ok(id) => Reply::Pulled { image: id.to_hex() },
             Err(e) => Reply::Failed { error: e.to_string() },
         },
-        Request::Chunk { id } => match node.runtime().block_on(node.fetch_chunk(id)) {
+        Request::Chunk { id } => match node.fetch_chunk(id).await {
             Ok(stored) => Reply::Chunk { stored: stored.as_ref().clone() },
             Err(e) => Reply::Failed { error: e.to_string() },
         },
     }
+}
+
+/// A routed command, run on the node's store for a caller.
+fn run_command(template: &Ctx, node: &Arc<Node>, command: Forwarded, json: bool) -> Reply {
+    let _span = tracing::info_span!("control", command = ?command).entered();
+    let changes_holdings = matches!(command, Forwarded::Import { .. } | Forwarded::Commit { .. });
+    let ctx = template.for_caller(node.clone(), json);
+    let result = super::run_forwarded(&ctx, command);
+    if changes_holdings && result.is_ok() {
+        let node = node.clone();
+        node.runtime().clone().spawn(async move {
+            if let Err(e) = node.announce_all().await {
+                tracing::warn!(error = %e, "announcing new holdings");
+            }
+        });
+    }
+    Reply::Done { output: ctx.take_output(), error: result.err().map(|e| crate::error_chain(&e)) }
 }
 
 /// `strata peers`: the members this node's gossip knows.
