@@ -73,29 +73,52 @@ pub fn connect(data_dir: &Path) -> Option<UnixStream> {
     UnixStream::connect(socket_path(data_dir)).ok()
 }
 
+/// A message as it goes on the socket: its length, then its postcard bytes.
+fn frame(message: &impl Serialize) -> anyhow::Result<Vec<u8>> {
+    let body = postcard::to_stdvec(message).context("encoding a control message")?;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The body length a frame header announces, within the limit.
+fn body_len(header: [u8; 4]) -> anyhow::Result<usize> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_MESSAGE {
+        bail!("control message of {len} bytes (limit {MAX_MESSAGE})");
+    }
+    Ok(len)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> anyhow::Result<T> {
+    postcard::from_bytes(body).context("decoding a control message")
+}
+
+/// Whether a header read found the stream cleanly ended.
+fn at_end(result: std::io::Result<()>) -> anyhow::Result<bool> {
+    match result {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn write_message(out: &mut impl Write, message: &impl Serialize) -> anyhow::Result<()> {
-    let bytes = postcard::to_stdvec(message).context("encoding a control message")?;
-    out.write_all(&(bytes.len() as u32).to_be_bytes())?;
-    out.write_all(&bytes)?;
+    out.write_all(&frame(message)?)?;
     out.flush()?;
     Ok(())
 }
 
 /// The next message, or `None` at a clean end of the stream.
 pub fn read_message<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> anyhow::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let mut header = [0u8; 4];
+    if at_end(input.read_exact(&mut header))? {
+        return Ok(None);
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE {
-        bail!("control message of {len} bytes (limit {MAX_MESSAGE})");
-    }
-    let mut bytes = vec![0u8; len];
-    input.read_exact(&mut bytes)?;
-    Ok(Some(postcard::from_bytes(&bytes).context("decoding a control message")?))
+    let mut body = vec![0u8; body_len(header)?];
+    input.read_exact(&mut body)?;
+    decode(&body).map(Some)
 }
 
 /// [`write_message`] on an async stream (the node's side).
@@ -104,9 +127,7 @@ pub async fn write_message_async(
     message: &impl Serialize,
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let bytes = postcard::to_stdvec(message).context("encoding a control message")?;
-    out.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    out.write_all(&bytes).await?;
+    out.write_all(&frame(message)?).await?;
     out.flush().await?;
     Ok(())
 }
@@ -116,19 +137,13 @@ pub async fn read_message_async<T: for<'de> Deserialize<'de>>(
     input: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> anyhow::Result<Option<T>> {
     use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let mut header = [0u8; 4];
+    if at_end(input.read_exact(&mut header).await.map(drop))? {
+        return Ok(None);
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE {
-        bail!("control message of {len} bytes (limit {MAX_MESSAGE})");
-    }
-    let mut bytes = vec![0u8; len];
-    input.read_exact(&mut bytes).await?;
-    Ok(Some(postcard::from_bytes(&bytes).context("decoding a control message")?))
+    let mut body = vec![0u8; body_len(header)?];
+    input.read_exact(&mut body).await?;
+    decode(&body).map(Some)
 }
 
 /// Sends one request and reads its reply.
