@@ -1,197 +1,293 @@
-//! Issue 4 fan-out: N nodes on loopback start one image together. Each runs
-//! `strata serve` (joining through the origin node, which imported the
-//! image), mounts the image and reads its working set at the same moment.
-//! Reported: origin egress ÷ stored bytes of the working set (target ≤ 1.1)
-//! and the slowest node's read time vs N = 1; in the same run, the baseline
-//! where every node fetches from the origin only (mounts with `--peer
-//! ORIGIN`, no node of their own).
+//! P3: N nodes start one image at once. Every host — the origin and N
+//! nodes — is a network namespace on one bridge, its link capped both ways
+//! by `tc tbf`. The origin imported the image and serves it as a Strata
+//! node and as a blob server (zstd-compressed layers).
 //!
-//! cargo bench --profile release --bench fanout -- [--nodes 1,2,4,8] [--size-mib 64]
+//! - Strata: N fresh nodes join through the origin, then all run the
+//!   workload at the same moment (`strata run`, lazily, through their node).
+//! - Baseline, same run: every node pulls the whole image from the origin
+//!   (download, unpack, overlayfs, start: as in the coldstart bench).
+//!
+//! Reported per N: the slowest node's time to `ready`, t(N)/t(1), and the
+//! origin's egress ÷ the working set (the chunk bytes one node fetches
+//! alone, N = 1).
+//!
+//! cargo bench --profile release --bench fanout -- [--nodes 1,2,4,8,16] [--image python]
+//!     [--mbit 100] [--out benches/results]
+//!
+//! Under `cargo test` (no `--bench`): busybox, N = 1 and 2, results in a
+//! scratch directory.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::strata;
+use common::cluster::{certs, ok, start_node, BenchNode, NodeSpec};
+use common::fullpull::{self, BlobServer};
+use common::images::{self, BenchImage, READY};
+use common::netns::Switch;
+use common::{mib, strata, wait_for_line};
+use serde_json::json;
 
-struct Node {
-    child: Child,
-    addr: String,
-    metrics: String,
+struct Round {
+    n: usize,
+    /// Each node's time to `ready`.
+    strata: Vec<Duration>,
+    strata_origin_bytes: f64,
+    /// Chunk bytes the nodes fetched, all sources.
+    strata_fetched_bytes: f64,
+    baseline: Vec<Duration>,
+    baseline_origin_bytes: f64,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn slowest(times: &[Duration]) -> f64 {
+    times.iter().max().copied().unwrap_or_default().as_secs_f64()
 }
 
-fn start(data: &Path, name: &str, certs: &Path, seed: Option<&str>) -> Node {
-    let mut cmd = strata(data);
-    cmd.args(["serve", "--node", name, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-        .arg("--cert-dir")
-        .arg(certs)
-        .env("STRATA_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(data.with_extension("log")).unwrap()));
-    if let Some(seed) = seed {
-        cmd.args(["--seed", seed]);
-    }
-    let mut child = cmd.spawn().expect("strata serve");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = |prefix: &str| {
-        let mut l = String::new();
-        out.read_line(&mut l).unwrap();
-        l.trim().strip_prefix(prefix).unwrap_or_else(|| panic!("{l:?}")).to_owned()
-    };
-    let addr = line("listening on ");
-    let metrics = line("metrics on http://").trim_end_matches("/metrics").to_owned();
-    line("control socket ");
-    std::mem::forget(out);
-    Node { child, addr, metrics }
-}
-
-fn metric(node: &Node, name: &str) -> f64 {
-    let mut s = std::net::TcpStream::connect(&node.metrics).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn members(data: &Path) -> usize {
-    let out = strata(data).args(["--json", "peers"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count())
-}
-
-fn ok(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-struct Run {
-    slowest: Duration,
-    origin_bytes: f64,
-}
-
-/// N readers start together; `cluster` says whether they run nodes (else
-/// they mount from the origin directly).
-fn run(root: &Path, certs: &Path, image: &Path, n: usize, cluster: bool) -> Run {
-    let origin_dir = root.join(format!("origin-{n}-{cluster}"));
-    ok(strata(&origin_dir).arg("import").arg(image));
-    let origin = start(&origin_dir, "origin", certs, None);
-    let mut nodes = Vec::new();
-    let dirs: Vec<PathBuf> = (0..n).map(|i| root.join(format!("n{i}-{n}-{cluster}"))).collect();
-    if cluster {
-        for (i, dir) in dirs.iter().enumerate() {
-            nodes.push(start(dir, &format!("node-{i}"), certs, Some(&origin.addr)));
-        }
-        for dir in &dirs {
-            let until = Instant::now() + Duration::from_secs(60);
-            while members(dir) < n && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-    let mut mountpoints = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let mnt = dir.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let mut cmd = strata(dir);
-        cmd.arg("mount").arg("bench:1").arg(&mnt).arg("--read-only");
-        if !cluster {
-            cmd.args(["--peer", &origin.addr, "--node", &format!("node-{i}")]).arg("--cert-dir").arg(certs);
-        }
-        ok(&mut cmd);
-        mountpoints.push(mnt);
-    }
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let threads: Vec<_> = mountpoints
+/// N nodes join through the origin, then all start `image` at once.
+fn strata_round(
+    switch: &Switch,
+    hosts: &[(usize, String)],
+    origin: &BenchNode,
+    certs: &Path,
+    root: &Path,
+    image: &BenchImage,
+) -> (Vec<Duration>, f64) {
+    let nodes: Vec<BenchNode> = hosts
         .iter()
-        .map(|mnt| {
-            let (file, barrier) = (mnt.join("data.bin"), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let started = Instant::now();
-                let mut f = std::fs::File::open(&file).unwrap();
-                let mut buf = vec![0u8; 1 << 20];
-                while f.read(&mut buf).unwrap_or_else(|e| panic!("reading {}: {e}", file.display())) > 0 {}
-                started.elapsed()
+        .enumerate()
+        .map(|(i, (host, ip))| {
+            start_node(NodeSpec {
+                data: &root.join(format!("node-{i}")),
+                name: &format!("node-{i}"),
+                certs,
+                listen: format!("{ip}:7420"),
+                seed: Some(&origin.addr),
+                netns: Some(&switch.hosts[*host]),
             })
         })
         .collect();
-    let slowest = threads.into_iter().map(|t| t.join().unwrap()).max().unwrap();
-    let origin_bytes = metric(&origin, "strata_chunk_bytes_served_total");
-    for (dir, mnt) in dirs.iter().zip(&mountpoints) {
-        ok(strata(dir).arg("umount").arg(mnt));
+    for node in &nodes {
+        node.wait_peers(nodes.len());
     }
-    drop(nodes);
-    drop(origin);
-    Run { slowest, origin_bytes }
+    let barrier = Arc::new(Barrier::new(nodes.len()));
+    let threads: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let (data, barrier) = (node.data.clone(), barrier.clone());
+            let (image, command) = (image.reference.clone(), image.command.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let started = Instant::now();
+                let mut child = strata(&data)
+                    .arg("run")
+                    .arg(&image)
+                    .arg("--")
+                    .args(&command)
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("strata run");
+                let ready = wait_for_line(child.stdout.take().expect("stdout"), READY, started);
+                assert!(
+                    child.wait().expect("strata run").success(),
+                    "strata run failed on {}",
+                    data.display()
+                );
+                ready
+            })
+        })
+        .collect();
+    let times = threads.into_iter().map(|t| t.join().expect("node thread")).collect();
+    let fetched = nodes.iter().map(|n| n.metric("strata_chunk_bytes_fetched_total")).sum();
+    (times, fetched)
+}
+
+/// Every node pulls the whole image from the origin at once.
+fn baseline_round(
+    switch: &Switch,
+    hosts: &[(usize, String)],
+    server: &BlobServer,
+    layers: usize,
+    root: &Path,
+    image: &BenchImage,
+) -> (Vec<Duration>, u64) {
+    let barrier = Arc::new(Barrier::new(hosts.len()));
+    let threads: Vec<_> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, (host, _))| {
+            let netns = switch.hosts[*host].name.clone();
+            let (dir, barrier, addr, command) =
+                (root.join(format!("pull-{i}")), barrier.clone(), server.addr, image.command.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let times = fullpull::start(&netns, addr, layers, &dir, &command, READY);
+                let _ = std::fs::remove_dir_all(&dir);
+                (times.ready, times.bytes_downloaded)
+            })
+        })
+        .collect();
+    let results: Vec<(Duration, u64)> = threads.into_iter().map(|t| t.join().expect("pull thread")).collect();
+    (results.iter().map(|r| r.0).collect(), results.iter().map(|r| r.1).sum())
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    let mut counts = vec![1usize, 2, 4, 8];
-    let mut size_mib = 64usize;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--nodes" => counts = args.next().unwrap().split(',').map(|n| n.parse().unwrap()).collect(),
-            "--size-mib" => size_mib = args.next().unwrap().parse().unwrap(),
-            _ => {}
+    let bench = common::is_bench();
+    let counts: Vec<usize> = common::list_arg("--nodes", if bench { &[1, 2, 4, 8, 16] } else { &[1, 2] });
+    let image_name = std::env::args().skip_while(|a| a != "--image").nth(1).unwrap_or_else(|| {
+        if bench {
+            "python".into()
+        } else {
+            "busybox".into()
+        }
+    });
+    let mbit = common::arg("--mbit", 100);
+    let root = common::scratch("fanout");
+    let out: PathBuf = match std::env::args().skip_while(|a| a != "--out").nth(1) {
+        Some(dir) => dir.into(),
+        None if bench => Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results"),
+        None => root.join("results"),
+    };
+    std::fs::create_dir_all(&out).expect("results dir");
+    eprintln!("scratch dir {} (node logs: */*.log)", root.display());
+
+    let image = images::image(&image_name);
+    let max = *counts.iter().max().expect("--nodes");
+    let mut switch = Switch::new("stb-p3");
+    let (origin_host, origin_ip) = switch.add_host(mbit);
+    let hosts: Vec<(usize, String)> = (0..max).map(|_| switch.add_host(mbit)).collect();
+    let names: Vec<String> =
+        std::iter::once("origin".to_owned()).chain((0..max).map(|i| format!("node-{i}"))).collect();
+    let certs = certs(&root, &names);
+    let origin_data = root.join("origin");
+    ok(strata(&origin_data).arg("import").arg(&image.archive));
+    let layers = fullpull::compressed_layers(&image.archive);
+    let server = BlobServer::start(&switch.hosts[origin_host].name, &origin_ip, layers.clone());
+
+    let mut rounds = Vec::new();
+    for &n in &counts {
+        let round_dir = root.join(format!("n{n}"));
+        eprintln!("N = {n}: Strata");
+        let origin = start_node(NodeSpec {
+            data: &origin_data,
+            name: "origin",
+            certs: &certs,
+            listen: format!("{origin_ip}:7420"),
+            seed: None,
+            netns: Some(&switch.hosts[origin_host]),
+        });
+        let (times, fetched) = strata_round(&switch, &hosts[..n], &origin, &certs, &round_dir, &image);
+        let origin_bytes = origin.metric("strata_chunk_bytes_served_total");
+        drop(origin);
+        eprintln!("N = {n}: full pull from the origin");
+        let (baseline, baseline_bytes) =
+            baseline_round(&switch, &hosts[..n], &server, layers.len(), &round_dir, &image);
+        let _ = std::fs::remove_dir_all(&round_dir);
+        let round = Round {
+            n,
+            strata: times,
+            strata_origin_bytes: origin_bytes,
+            strata_fetched_bytes: fetched,
+            baseline,
+            baseline_origin_bytes: baseline_bytes as f64,
+        };
+        eprintln!(
+            "  slowest: Strata {:.2} s, full pull {:.2} s; origin egress {:.1} MiB vs {:.1} MiB",
+            slowest(&round.strata),
+            slowest(&round.baseline),
+            round.strata_origin_bytes / (1 << 20) as f64,
+            round.baseline_origin_bytes / (1 << 20) as f64,
+        );
+        rounds.push(round);
+    }
+    drop(server);
+    report(&rounds, &image_name, mbit, &out);
+    if !bench {
+        for r in &rounds {
+            assert!(r.strata_origin_bytes > 0.0, "the origin served nothing");
+            assert!(
+                r.strata_fetched_bytes >= r.strata_origin_bytes * 0.99,
+                "nodes fetched less than the origin sent"
+            );
         }
     }
-    let root = tempfile::tempdir_in("/var/tmp").unwrap();
-    // Kept if the run fails, for its logs; removed at the end otherwise.
-    let root = std::mem::ManuallyDrop::new(root);
-    eprintln!("scratch dir {} (node logs: *.log)", root.path().display());
-    let certs = root.path().join("certs");
-    ok(strata(root.path()).args(["cert", "init-ca", "--dir"]).arg(&certs));
-    for name in ["origin".to_owned()]
-        .into_iter()
-        .chain((0..*counts.iter().max().unwrap()).map(|i| format!("node-{i}")))
-    {
-        ok(strata(root.path()).args(["cert", "issue", "--node", &name, "--dir"]).arg(&certs));
-    }
-    // Random bytes: incompressible, so stored bytes = working set.
-    let data = strata_sample::random_bytes(42, size_mib << 20);
-    let mut layer = strata_sample::LayerTar::new(Vec::new());
-    layer.file(b"data.bin", 0o644, &data).unwrap();
-    let image = root.path().join("image.tar");
-    strata_sample::write_image(
-        strata_oci::ArchiveTarget::Tar(image.clone()),
-        strata_oci::ArchiveLayout::DockerLegacy,
-        strata_oci::LayerCompression::None,
-        &["bench:1".into()],
-        strata_sample::sample_config(&["true"]),
-        &[layer.finish().unwrap()],
-    )
-    .unwrap();
-    let working_set = (size_mib << 20) as f64;
+    let _ = std::fs::remove_dir_all(&root);
+}
 
-    println!("| N | slowest read, nodes (s) | t(N)/t(1) | origin egress ÷ working set | slowest read, origin only (s) | origin-only egress ÷ working set |");
-    println!("|---|---|---|---|---|---|");
-    let mut t1 = None;
-    for n in counts {
-        let cluster = run(root.path(), &certs, &image, n, true);
-        let direct = run(root.path(), &certs, &image, n, false);
-        let t = cluster.slowest.as_secs_f64();
-        let base = *t1.get_or_insert(t);
+fn report(rounds: &[Round], image: &str, mbit: u64, out: &Path) {
+    // The working set: what one node fetches alone.
+    let working_set = rounds.iter().find(|r| r.n == 1).map_or(0.0, |r| r.strata_fetched_bytes);
+    let t1 = rounds.iter().find(|r| r.n == 1).map(|r| slowest(&r.strata));
+    let b1 = rounds.iter().find(|r| r.n == 1).map(|r| slowest(&r.baseline));
+    println!(
+        "\nP3 fan-out: {image}, every host capped at {mbit} Mbit/s each way; working set {:.1} MiB; {}; {}\n",
+        mib(working_set as u64),
+        common::machine(),
+        common::today()
+    );
+    println!("| N | Strata: slowest ready (s) | t(N)/t(1) | origin egress ÷ working set | full pull: slowest ready (s) | t(N)/t(1) | origin egress ÷ working set |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for r in rounds {
+        let (t, b) = (slowest(&r.strata), slowest(&r.baseline));
+        let ws = working_set.max(1.0);
         println!(
-            "| {n} | {t:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            t / base,
-            cluster.origin_bytes / working_set,
-            direct.slowest.as_secs_f64(),
-            direct.origin_bytes / working_set,
+            "| {} | {t:.2} | {:.2} | {:.2} | {b:.2} | {:.2} | {:.2} |",
+            r.n,
+            t / t1.unwrap_or(t),
+            r.strata_origin_bytes / ws,
+            b / b1.unwrap_or(b),
+            r.baseline_origin_bytes / ws,
         );
+        rows.push(json!({
+            "n": r.n,
+            "strata_ready_s": r.strata.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "strata_slowest_s": t, "strata_origin_bytes": r.strata_origin_bytes,
+            "strata_fetched_bytes": r.strata_fetched_bytes,
+            "baseline_ready_s": r.baseline.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "baseline_slowest_s": b, "baseline_origin_bytes": r.baseline_origin_bytes,
+        }));
     }
-    let _ = std::fs::remove_dir_all(root.path());
+    let results = json!({
+        "date": common::today(), "machine": common::machine(), "image": image, "mbit": mbit,
+        "working_set_bytes": working_set, "rounds": rows,
+    });
+    std::fs::write(out.join("fanout.json"), serde_json::to_vec_pretty(&results).expect("json"))
+        .expect("results");
+    let points = |f: &dyn Fn(&Round) -> f64| rounds.iter().map(|r| (r.n as f64, f(r))).collect::<Vec<_>>();
+    let ws = working_set.max(1.0);
+    use common::plot::{Chart, Series};
+    common::plot::save(
+        &out.join("fanout.png"),
+        &[
+            Chart {
+                title: format!("{image}: slowest node to 'ready'"),
+                x_label: "nodes starting at once (N)".into(),
+                y_label: "seconds".into(),
+                series: vec![
+                    Series { label: "Strata (lazy, P2P)".into(), points: points(&|r| slowest(&r.strata)) },
+                    Series {
+                        label: "full pull from origin".into(),
+                        points: points(&|r| slowest(&r.baseline)),
+                    },
+                ],
+            },
+            Chart {
+                title: "origin egress ÷ working set".into(),
+                x_label: "nodes starting at once (N)".into(),
+                y_label: "ratio".into(),
+                series: vec![
+                    Series { label: "Strata".into(), points: points(&|r| r.strata_origin_bytes / ws) },
+                    Series {
+                        label: "full pull from origin".into(),
+                        points: points(&|r| r.baseline_origin_bytes / ws),
+                    },
+                ],
+            },
+        ],
+    );
+    eprintln!("results: {}", out.display());
 }

@@ -83,6 +83,11 @@ pub enum Command {
         /// Refuse every change.
         #[arg(long)]
         read_only: bool,
+        /// When the mount ends, write to FILE (JSON) the image bytes it
+        /// served: each file read, its distinct bytes read and when it was
+        /// first read, in that order.
+        #[arg(long, value_name = "FILE")]
+        trace_reads: Option<PathBuf>,
         #[command(flatten)]
         peer: PeerArgs,
     },
@@ -113,6 +118,11 @@ pub enum Command {
         /// Keep the writes in DIR [default: a layer removed after the run].
         #[arg(long, value_name = "DIR")]
         upper: Option<PathBuf>,
+        /// When the mount ends, write to FILE (JSON) the image bytes it
+        /// served: each file read, its distinct bytes read and when it was
+        /// first read, in that order.
+        #[arg(long, value_name = "FILE")]
+        trace_reads: Option<PathBuf>,
         /// The command and its arguments, replacing the image's Cmd.
         #[arg(last = true)]
         command: Vec<String>,
@@ -144,6 +154,8 @@ pub enum Command {
         mountpoint: PathBuf,
         #[arg(long)]
         upper: Option<PathBuf>,
+        #[arg(long)]
+        trace_reads: Option<PathBuf>,
         #[command(flatten)]
         peer: PeerArgs,
     },

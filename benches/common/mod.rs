@@ -2,6 +2,13 @@
 //! peak memory, and print figures as Markdown.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod fullpull;
+pub mod images;
+pub mod netns;
+pub mod plot;
+
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -102,4 +109,61 @@ pub fn apt_versions(package: &str, n: usize) -> Vec<String> {
     versions.dedup();
     versions.truncate(n);
     versions
+}
+
+/// Reads `from` until a line equal to `line`; returns the time since
+/// `since` at that moment. The rest is drained in the background so the
+/// writer never blocks. Panics if the output ends first.
+pub fn wait_for_line(from: impl Read + Send + 'static, line: &str, since: Instant) -> Duration {
+    let mut lines = BufReader::new(from).lines();
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.expect("reading output");
+        if l.trim() == line {
+            let at = since.elapsed();
+            std::thread::spawn(move || lines.for_each(drop));
+            return at;
+        }
+        seen.push(l);
+    }
+    panic!("the output ended without {line:?}: {seen:?}")
+}
+
+/// Whether this run is `cargo bench` (full figures) rather than `cargo
+/// test` running the bench as a smoke test: cargo passes `--bench` only
+/// to benchmarks.
+pub fn is_bench() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// Comma-separated values of flag `name`, or `default`.
+pub fn list_arg<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<T> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)) {
+        Some(v) => {
+            v.split(',').map(|x| x.parse().unwrap_or_else(|_| panic!("bad {name} value {x:?}"))).collect()
+        }
+        None => default.to_vec(),
+    }
+}
+
+/// The machine, for result tables: CPU model and count, kernel.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} × {cpu}, Linux {}", kernel.trim())
+}
+
+/// Today's date (UTC), for result tables.
+pub fn today() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

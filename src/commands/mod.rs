@@ -40,9 +40,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { images } => routed(&ctx, Forwarded::Rm { images }),
         Command::Gc => routed(&ctx, Forwarded::Gc),
         Command::Store { command: StoreCommand::Stats } => maintenance::stats(&ctx),
-        Command::Mount { image, mountpoint, upper, read_only, peer } => {
-            mount::mount(&ctx, &image, &mountpoint, upper.as_deref(), read_only, &peer)
-        }
+        Command::Mount { image, mountpoint, upper, read_only, trace_reads, peer } => mount::mount(
+            &ctx,
+            &image,
+            &mountpoint,
+            upper.as_deref(),
+            read_only,
+            trace_reads.as_deref(),
+            &peer,
+        ),
         Command::Serve(args) => serve_node(&ctx, &args),
         Command::Peers => routed(&ctx, Forwarded::Peers),
         Command::Commit { mountpoint, upper, names } => {
@@ -50,8 +56,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let upper = upper.as_deref().map(absolute).transpose()?;
             routed(&ctx, Forwarded::Commit { mountpoint, upper, names })
         }
-        Command::Run { image, upper, command } => {
-            let code = run::run(&ctx, &image, upper.as_deref(), &command)?;
+        Command::Run { image, upper, trace_reads, command } => {
+            let code = run::run(&ctx, &image, upper.as_deref(), trace_reads.as_deref(), &command)?;
             std::process::exit(code)
         }
         Command::Cert { command: CertCommand::InitCa { dir, cluster } } => cert::init_ca(&ctx, dir, &cluster),
@@ -59,8 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Show } => show_config(&ctx),
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),
-        Command::MountServe { image, mountpoint, upper, peer } => {
-            mount::serve(&ctx, &image, &mountpoint, upper.as_deref(), &peer)
+        Command::MountServe { image, mountpoint, upper, trace_reads, peer } => {
+            mount::serve(&ctx, &image, &mountpoint, upper.as_deref(), trace_reads.as_deref(), &peer)
         }
         Command::Demo => demo::run(&ctx),
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use strata_mount::{MountOptions, StoreSource, UpperDir};
+use strata_mount::{MountOptions, ReadTrace, StoreSource, UpperDir};
 
 use super::Ctx;
 use crate::cli::PeerArgs;
@@ -35,9 +35,10 @@ pub fn mount(
     mountpoint: &Path,
     upper: Option<&Path>,
     read_only: bool,
+    trace_reads: Option<&Path>,
     peer: &PeerArgs,
 ) -> anyhow::Result<()> {
-    let started = start_mount_from(ctx, image, mountpoint, upper, read_only, Some(peer))?;
+    let started = start_mount_from(ctx, image, mountpoint, upper, read_only, trace_reads, Some(peer))?;
     let (mountpoint, pid) = (&started.mountpoint, started.pid);
     if ctx.json {
         return crate::output::json(&json!({
@@ -66,8 +67,9 @@ pub fn start_mount(
     mountpoint: &Path,
     upper: Option<&Path>,
     read_only: bool,
+    trace_reads: Option<&Path>,
 ) -> anyhow::Result<Started> {
-    start_mount_from(ctx, image, mountpoint, upper, read_only, None)
+    start_mount_from(ctx, image, mountpoint, upper, read_only, trace_reads, None)
 }
 
 fn start_mount_from(
@@ -76,6 +78,7 @@ fn start_mount_from(
     mountpoint: &Path,
     upper: Option<&Path>,
     read_only: bool,
+    trace_reads: Option<&Path>,
     peer: Option<&PeerArgs>,
 ) -> anyhow::Result<Started> {
     if read_only && upper.is_some() {
@@ -108,6 +111,9 @@ fn start_mount_from(
     if let Some(upper) = &upper {
         command.arg("--upper").arg(upper);
     }
+    if let Some(trace) = trace_reads {
+        command.arg("--trace-reads").arg(std::path::absolute(trace)?);
+    }
     if let Some(peer) = peer.filter(|p| !p.peers.is_empty()) {
         command.args(peer_args(peer));
     }
@@ -137,12 +143,14 @@ pub fn serve(
     image: &str,
     mountpoint: &Path,
     upper: Option<&Path>,
+    trace_reads: Option<&Path>,
     peer: &PeerArgs,
 ) -> anyhow::Result<()> {
     // Leave the caller's session: its end must not end the mount.
     let _ = nix::unistd::setsid();
     let mut report = std::io::stdout();
-    let mut session = match start(ctx, image, mountpoint, upper, peer) {
+    let trace = trace_reads.map(|_| Arc::new(ReadTrace::default()));
+    let mut session = match start(ctx, image, mountpoint, upper, trace.clone(), peer) {
         Ok(session) => session,
         Err(e) => {
             let _ = writeln!(report, "error: {}", crate::error_chain(&e));
@@ -166,9 +174,30 @@ pub fn serve(
     detach_stdout()?;
     tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
     let result = session.0.run();
+    if let (Some(trace), Some(path)) = (trace, trace_reads) {
+        write_trace(&trace, path);
+    }
     mounts::remove(&ctx.data_dir, mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mount ended");
     result.context("serving the mount")
+}
+
+/// Writes the reads a mount served; a failure is logged (the mount's
+/// work is done by now).
+fn write_trace(trace: &ReadTrace, path: &Path) {
+    let report = trace.report();
+    let written = serde_json::to_vec_pretty(&report)
+        .map_err(std::io::Error::other)
+        .and_then(|json| std::fs::write(path, json));
+    match written {
+        Ok(()) => tracing::info!(
+            path = %path.display(),
+            files = report.files_read,
+            bytes = report.bytes_read,
+            "read trace written"
+        ),
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "writing the read trace failed"),
+    }
 }
 
 /// The FUSE session, its record, and (for a peer's image) the runtime the
@@ -180,6 +209,7 @@ fn start(
     image: &str,
     mountpoint: &Path,
     upper: Option<&Path>,
+    read_trace: Option<Arc<ReadTrace>>,
     peer: &PeerArgs,
 ) -> anyhow::Result<Serving> {
     let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) =
@@ -203,7 +233,7 @@ fn start(
             (id, image.to_owned(), tree, Arc::new(source), Some(runtime))
         };
     let upper_dir = upper.map(|dir| UpperDir::open(dir, &id)).transpose()?;
-    let options = MountOptions { fs_name: format!("strata:{name}"), ..MountOptions::default() };
+    let options = MountOptions { fs_name: format!("strata:{name}"), read_trace, ..MountOptions::default() };
     let session = strata_mount::mount(tree, source, upper_dir, mountpoint, &options)?;
     let record = MountRecord {
         mountpoint: mountpoint.to_owned(),

@@ -50,7 +50,13 @@ impl Process {
 }
 
 /// Runs the image's process and returns its exit code (128 + signal if killed).
-pub fn run(ctx: &Ctx, image: &str, upper: Option<&Path>, args: &[String]) -> anyhow::Result<i32> {
+pub fn run(
+    ctx: &Ctx,
+    image: &str,
+    upper: Option<&Path>,
+    trace_reads: Option<&Path>,
+    args: &[String],
+) -> anyhow::Result<i32> {
     // With a node running here, an image only peers hold is pulled first.
     crate::control::pull(&ctx.data_dir, image)?;
     let (found_id, config) = {
@@ -62,7 +68,7 @@ pub fn run(ctx: &Ctx, image: &str, upper: Option<&Path>, args: &[String]) -> any
     let run_dir = ctx.data_dir.join("run").join(format!("{}-{}", found_id.short(), std::process::id()));
     let rootfs = run_dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-    let started = start_mount(ctx, image, &rootfs, upper, false)?;
+    let started = start_mount(ctx, image, &rootfs, upper, false, trace_reads)?;
     let mut cleanup = Cleanup {
         ctx,
         mountpoint: started.mountpoint.clone(),

@@ -22,8 +22,9 @@ use parking_lot::Mutex;
 use tracing::debug_span;
 
 use crate::attr::file_type;
-use crate::overlay::{AttrChanges, Caller, DirEntries, NewEntry, OpResult, Overlay};
+use crate::overlay::{AttrChanges, Caller, DirEntries, NewEntry, OpResult, Overlay, ReadPlan};
 use crate::sys::Time;
+use crate::trace::ReadTrace;
 
 /// How long the kernel may cache names and attributes. Every change goes
 /// through this filesystem, which keeps the kernel's view current.
@@ -48,6 +49,7 @@ pub struct MountFs {
     /// ... and directories.
     no_opendir: AtomicBool,
     workers: tokio::runtime::Runtime,
+    trace: Option<Arc<ReadTrace>>,
 }
 
 fn err(code: i32) -> Errno {
@@ -70,7 +72,11 @@ fn caller(req: &Request) -> Caller {
 
 impl MountFs {
     /// Serves `overlay`, reading and writing on `workers`' blocking threads.
-    pub(crate) fn new(overlay: Arc<Overlay>, workers: tokio::runtime::Runtime) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        overlay: Arc<Overlay>,
+        workers: tokio::runtime::Runtime,
+        trace: Option<Arc<ReadTrace>>,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             overlay,
             listings: Mutex::new(HashMap::new()),
@@ -79,6 +85,7 @@ impl MountFs {
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             workers,
+            trace,
         })
     }
 
@@ -322,6 +329,10 @@ impl Filesystem for MountFs {
             Ok(plan) => plan,
             Err(e) => return reply.error(err(e)),
         };
+        if let (Some(trace), ReadPlan::Lower(lower)) = (&self.trace, &plan) {
+            let file_size = self.overlay.tree.get(*lower).map_or(0, |inode| inode.size);
+            trace.record(*lower, file_size, offset, size);
+        }
         // Chunks already decoded are copied out here; anything that may wait
         // on a source goes to a worker.
         if let Some(data) = self.overlay.read_cached(&plan, offset, size) {

@@ -27,6 +27,7 @@ mod reader;
 mod session;
 mod source;
 mod sys;
+mod trace;
 pub mod upper;
 
 pub use commit::{write_upper_layer, CommitError};
@@ -36,4 +37,5 @@ pub use lower::{Ino, Inode, Kind, LowerTree};
 pub use reader::ChunkReader;
 pub use session::{load_lower, mount, MountOptions};
 pub use source::{ChunkSource, StoreSource};
+pub use trace::{FileReport, ReadTrace, TraceReport};
 pub use upper::UpperDir;

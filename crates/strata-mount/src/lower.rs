@@ -89,7 +89,7 @@ impl Inode {
 }
 
 /// The merged, immutable lower tree of an image.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LowerTree {
     inodes: Vec<Inode>,
     content_bytes: u64,

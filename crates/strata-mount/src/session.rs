@@ -13,6 +13,7 @@ use crate::lower::LowerTree;
 use crate::overlay::Overlay;
 use crate::reader::ChunkReader;
 use crate::source::ChunkSource;
+use crate::trace::ReadTrace;
 use crate::upper::UpperDir;
 
 /// How to mount.
@@ -28,6 +29,8 @@ pub struct MountOptions {
     pub fs_name: String,
     /// Kernel readahead for the mount, KiB (the kernel's default is 128).
     pub readahead_kb: u32,
+    /// Record the image bytes served here.
+    pub read_trace: Option<Arc<ReadTrace>>,
 }
 
 impl Default for MountOptions {
@@ -38,6 +41,7 @@ impl Default for MountOptions {
             fuse_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
             fs_name: "strata".to_owned(),
             readahead_kb: 4096,
+            read_trace: None,
         }
     }
 }
@@ -73,8 +77,12 @@ pub fn mount(
         .build()
         .map_err(io)?;
     let reader = ChunkReader::new(source, options.cache_bytes).with_prefetch(workers.handle().clone());
-    let overlay = Overlay::new(Arc::new(tree), Arc::new(reader), upper).map_err(io)?;
-    let fs = MountFs::new(Arc::new(overlay), workers).map_err(io)?;
+    let tree = Arc::new(tree);
+    if let Some(trace) = &options.read_trace {
+        trace.attach(tree.clone());
+    }
+    let overlay = Overlay::new(tree, Arc::new(reader), upper).map_err(io)?;
+    let fs = MountFs::new(Arc::new(overlay), workers, options.read_trace.clone()).map_err(io)?;
     let mut mount_options = vec![
         MountOption::FSName(options.fs_name.clone()),
         MountOption::Subtype("strata".to_owned()),

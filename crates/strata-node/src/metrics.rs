@@ -25,6 +25,7 @@ pub struct Metrics {
     pub relays_served: Counter,
     pub throttle_waits: Counter,
     pub images_pulled: Counter,
+    pub image_metadata_bytes_fetched: Counter,
     pub members_live: Gauge,
     pub announcements: Counter,
 }
@@ -43,6 +44,7 @@ impl Metrics {
             relays_served: Counter::default(),
             throttle_waits: Counter::default(),
             images_pulled: Counter::default(),
+            image_metadata_bytes_fetched: Counter::default(),
             members_live: Gauge::default(),
             announcements: Counter::default(),
         };
@@ -75,6 +77,11 @@ impl Metrics {
         registry.register("relays_served", "Chunks fetched on a peer's behalf", m.relays_served.clone());
         registry.register("throttle_waits", "Replies held back by a bandwidth cap", m.throttle_waits.clone());
         registry.register("images_pulled", "Images whose metadata came from a peer", m.images_pulled.clone());
+        registry.register(
+            "image_metadata_bytes_fetched",
+            "Bytes of image records and layer indexes fetched from peers",
+            m.image_metadata_bytes_fetched.clone(),
+        );
         registry.register(
             "members_live",
             "Cluster members alive or suspect, this node included",

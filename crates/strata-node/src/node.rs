@@ -351,6 +351,9 @@ impl Node {
             };
             match tokio::time::timeout(self.config.fetch_deadline, fetched).await {
                 Ok(Ok((id, record, layers))) => {
+                    self.metrics
+                        .image_metadata_bytes_fetched
+                        .inc_by(crate::remote::metadata_bytes(&record, &layers));
                     let store = self.store.clone();
                     let name = reference.to_owned();
                     let missing = tokio::task::spawn_blocking(move || {

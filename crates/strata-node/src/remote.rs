@@ -43,25 +43,44 @@ pub async fn fetch_image(
         Some(Kind::Error(e)) => return Err(format!("resolving {reference}: {}", e.message)),
         other => return Err(format!("unexpected reply {other:?}")),
     };
-    let mut layers = Vec::with_capacity(record.layers.len());
-    for raw in &record.layers {
+    // The indexes are asked for at once: one round trip, not one per layer.
+    let mut requests = tokio::task::JoinSet::new();
+    for (position, raw) in record.layers.iter().enumerate() {
         let layer = LayerId::from_slice(raw).map_err(|e| e.to_string())?;
-        let replies = strata_net::request(connection, &PeerRequest::FetchLayerIndex(layer))
-            .await
-            .map_err(|e| e.to_string())?;
-        match replies.first().and_then(|r| r.kind.as_ref()) {
-            Some(Kind::LayerIndex(reply)) => {
-                if LayerId::of(&reply.index) != layer {
-                    return Err(format!("the peer's index for layer {layer} does not hash to its id"));
-                }
-                let index = LayerIndex::decode(&reply.index[..]).map_err(|e| e.to_string())?;
-                let record =
-                    reply.record.clone().ok_or_else(|| format!("layer {layer}: reply without a record"))?;
-                layers.push(RemoteLayer { id: layer, bytes: reply.index.clone(), index, record });
-            }
-            Some(Kind::Error(e)) => return Err(format!("layer {layer}: {}", e.message)),
-            other => return Err(format!("unexpected reply {other:?}")),
-        }
+        let connection = connection.clone();
+        requests.spawn(async move { (position, fetch_layer_index(&connection, layer).await) });
     }
+    let mut layers: Vec<Option<RemoteLayer>> = vec![None; record.layers.len()];
+    while let Some(joined) = requests.join_next().await {
+        let (position, layer) = joined.map_err(|e| e.to_string())?;
+        layers[position] = Some(layer?);
+    }
+    let layers = layers.into_iter().flatten().collect();
     Ok((id, record, layers))
+}
+
+/// One layer's index and record from the peer, checked against `layer`.
+async fn fetch_layer_index(connection: &Connection, layer: LayerId) -> Result<RemoteLayer, String> {
+    let replies = strata_net::request(connection, &PeerRequest::FetchLayerIndex(layer))
+        .await
+        .map_err(|e| e.to_string())?;
+    match replies.first().and_then(|r| r.kind.as_ref()) {
+        Some(Kind::LayerIndex(reply)) => {
+            if LayerId::of(&reply.index) != layer {
+                return Err(format!("the peer's index for layer {layer} does not hash to its id"));
+            }
+            let index = LayerIndex::decode(&reply.index[..]).map_err(|e| e.to_string())?;
+            let record =
+                reply.record.clone().ok_or_else(|| format!("layer {layer}: reply without a record"))?;
+            Ok(RemoteLayer { id: layer, bytes: reply.index.clone(), index, record })
+        }
+        Some(Kind::Error(e)) => Err(format!("layer {layer}: {}", e.message)),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Bytes of an image's metadata as fetched: its record and layer indexes.
+pub fn metadata_bytes(record: &ImageRecord, layers: &[RemoteLayer]) -> u64 {
+    record.encoded_len() as u64
+        + layers.iter().map(|l| (l.bytes.len() + l.record.encoded_len()) as u64).sum::<u64>()
 }
