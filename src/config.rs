@@ -23,6 +23,24 @@ pub struct Settings {
     pub import_workers: usize,
     /// `strata serve`: the node.
     pub node: NodeSettings,
+    /// Mounts (`strata mount`, `strata run`).
+    pub mount: MountSettings,
+}
+
+/// How mounts are served.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MountSettings {
+    /// Most the kernel reads ahead of a read, KiB (4 to 1024). Larger makes
+    /// sequential reads from the local store faster; smaller fetches less
+    /// that nobody reads when chunks come from peers.
+    pub readahead_kb: u32,
+}
+
+impl Default for MountSettings {
+    fn default() -> Self {
+        Self { readahead_kb: strata_mount::MountOptions::default().readahead_kb }
+    }
 }
 
 /// How `strata serve` runs; its flags override these.
@@ -88,6 +106,7 @@ impl Default for Settings {
             zstd_level: import.zstd_level,
             import_workers: import.workers,
             node: NodeSettings::default(),
+            mount: MountSettings::default(),
         }
     }
 }

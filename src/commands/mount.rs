@@ -233,7 +233,12 @@ fn start(
             (id, image.to_owned(), tree, Arc::new(source), Some(runtime))
         };
     let upper_dir = upper.map(|dir| UpperDir::open(dir, &id)).transpose()?;
-    let options = MountOptions { fs_name: format!("strata:{name}"), read_trace, ..MountOptions::default() };
+    let options = MountOptions {
+        fs_name: format!("strata:{name}"),
+        read_trace,
+        readahead_kb: ctx.settings.mount.readahead_kb,
+        ..MountOptions::default()
+    };
     let session = strata_mount::mount(tree, source, upper_dir, mountpoint, &options)?;
     let record = MountRecord {
         mountpoint: mountpoint.to_owned(),

@@ -29,7 +29,7 @@ use crate::trace::ReadTrace;
 /// How long the kernel may cache names and attributes. Every change goes
 /// through this filesystem, which keeps the kernel's view current.
 const TTL: Duration = Duration::from_secs(300);
-/// Largest read or write the kernel sends in one request, and its readahead.
+/// Largest read or write the kernel sends in one request, and the most it may read ahead.
 const MAX_IO: u32 = 1 << 20;
 const NAME_MAX: u32 = 255;
 /// Merged directory listings kept between readdir calls.
@@ -50,6 +50,8 @@ pub struct MountFs {
     no_opendir: AtomicBool,
     workers: tokio::runtime::Runtime,
     trace: Option<Arc<ReadTrace>>,
+    /// Bytes the kernel may read ahead.
+    readahead: u32,
 }
 
 fn err(code: i32) -> Errno {
@@ -76,6 +78,7 @@ impl MountFs {
         overlay: Arc<Overlay>,
         workers: tokio::runtime::Runtime,
         trace: Option<Arc<ReadTrace>>,
+        readahead: u32,
     ) -> std::io::Result<Self> {
         Ok(Self {
             overlay,
@@ -86,6 +89,7 @@ impl MountFs {
             no_opendir: AtomicBool::new(false),
             workers,
             trace,
+            readahead,
         })
     }
 
@@ -174,7 +178,8 @@ impl Filesystem for MountFs {
         let no_opendir = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         self.no_opendir.store(no_opendir, Ordering::Relaxed);
         tracing::debug!(no_open, capabilities = ?config.capabilities(), "FUSE session initialised");
-        let _ = config.set_max_readahead(MAX_IO).or_else(|max| config.set_max_readahead(max));
+        let readahead = self.readahead.clamp(4096, MAX_IO);
+        let _ = config.set_max_readahead(readahead).or_else(|max| config.set_max_readahead(max));
         let _ = config.set_max_write(MAX_IO);
         Ok(())
     }

@@ -27,7 +27,8 @@ pub struct MountOptions {
     pub fuse_threads: usize,
     /// Shown as the mount's source in the mount table.
     pub fs_name: String,
-    /// Kernel readahead for the mount, KiB (the kernel's default is 128).
+    /// Kernel readahead for the mount, KiB (4 to 1024; the kernel's
+    /// default is 128).
     pub readahead_kb: u32,
     /// Record the image bytes served here.
     pub read_trace: Option<Arc<ReadTrace>>,
@@ -40,7 +41,7 @@ impl Default for MountOptions {
             read_workers: 64,
             fuse_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
             fs_name: "strata".to_owned(),
-            readahead_kb: 4096,
+            readahead_kb: 1024,
             read_trace: None,
         }
     }
@@ -82,7 +83,13 @@ pub fn mount(
         trace.attach(tree.clone());
     }
     let overlay = Overlay::new(tree, Arc::new(reader), upper).map_err(io)?;
-    let fs = MountFs::new(Arc::new(overlay), workers, options.read_trace.clone()).map_err(io)?;
+    let fs = MountFs::new(
+        Arc::new(overlay),
+        workers,
+        options.read_trace.clone(),
+        options.readahead_kb.saturating_mul(1024),
+    )
+    .map_err(io)?;
     let mut mount_options = vec![
         MountOption::FSName(options.fs_name.clone()),
         MountOption::Subtype("strata".to_owned()),
