@@ -40,11 +40,21 @@ struct LazyRun {
     metadata_bytes: f64,
     chunk_bytes: f64,
     chunks: f64,
+    prefetched: f64,
     trace: Value,
 }
 
-/// A fresh node on the client side starts `image` from the origin.
-fn lazy_start(link: &DelayLink, certs: &Path, origin: &BenchNode, dir: &Path, image: &BenchImage) -> LazyRun {
+/// A fresh node on the client side starts `image` from the origin. With
+/// `record`, its mount records the image's startup profile (the node keeps
+/// it and offers it to the origin); otherwise it records none.
+fn lazy_start(
+    link: &DelayLink,
+    certs: &Path,
+    origin: &BenchNode,
+    dir: &Path,
+    image: &BenchImage,
+    record: bool,
+) -> LazyRun {
     let data = dir.join("client");
     let client = start_node(NodeSpec {
         data: &data,
@@ -64,6 +74,7 @@ fn lazy_start(link: &DelayLink, certs: &Path, origin: &BenchNode, dir: &Path, im
         .arg(&image.reference)
         .arg("--")
         .args(&image.command)
+        .env("STRATA_MOUNT__PROFILE_WINDOW_SECS", if record { "60" } else { "0" })
         .stdout(Stdio::piped())
         .spawn()
         .expect("strata run");
@@ -72,13 +83,25 @@ fn lazy_start(link: &DelayLink, certs: &Path, origin: &BenchNode, dir: &Path, im
     assert!(status.success(), "strata run {} failed: {status}", image.reference);
     let trace: Value =
         serde_json::from_slice(&std::fs::read(&trace_path).expect("read trace")).expect("read trace JSON");
-    LazyRun {
+    if record {
+        // The client hands the profile to the origin in the background.
+        let until = Instant::now() + Duration::from_secs(60);
+        while origin.metric("strata_profiles_kept_total") < 1.0 {
+            assert!(Instant::now() < until, "the origin never received the startup profile");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let run = LazyRun {
         ready,
         metadata_bytes: client.metric("strata_image_metadata_bytes_fetched_total"),
         chunk_bytes: client.metric("strata_chunk_bytes_fetched_total"),
         chunks: client.metric("strata_chunks_fetched_total"),
+        prefetched: client.metric("strata_prefetched_chunks_total"),
         trace,
-    }
+    };
+    drop(client);
+    let _ = std::fs::remove_dir_all(dir);
+    run
 }
 
 struct Row {
@@ -86,7 +109,11 @@ struct Row {
     /// The uncompressed archive's size.
     image_bytes: u64,
     rtt_ms: u64,
+    /// The first start anywhere: no startup profile exists yet.
     lazy: LazyRun,
+    /// A later start: the profile recorded by an earlier one came with the
+    /// metadata and was prefetched.
+    profiled: LazyRun,
     full: FullPullTimes,
 }
 
@@ -130,30 +157,47 @@ fn main() {
         let image_bytes = std::fs::metadata(&image.archive).expect("archive").len();
         let layers = fullpull::compressed_layers(&image.archive);
         let server = BlobServer::start(&link.a.name, &link.a_ip, layers.clone());
+        let dir = |what: &str, rtt_ms: u64, run: usize| root.join(format!("{name}-{what}-{rtt_ms}ms-{run}"));
+        // First starts, before any profile exists (these record none).
+        let mut first = Vec::new();
         for &rtt_ms in &rtts {
             link.set_rtt(Duration::from_millis(rtt_ms));
             for run in 0..runs {
-                let dir = root.join(format!("{name}-{rtt_ms}ms-{run}"));
-                eprintln!("{name}, RTT {rtt_ms} ms, run {}: lazy start", run + 1);
-                let lazy = lazy_start(&link, &certs, &origin, &dir.join("lazy"), &image);
+                eprintln!("{name}, RTT {rtt_ms} ms, run {}: lazy start, no profile", run + 1);
+                first.push(lazy_start(&link, &certs, &origin, &dir("first", rtt_ms, run), &image, false));
+            }
+        }
+        // One start records the profile; the origin keeps it.
+        link.set_rtt(Duration::ZERO);
+        eprintln!("{name}: recording the startup profile");
+        lazy_start(&link, &certs, &origin, &dir("record", 0, 0), &image, true);
+        let mut first = first.into_iter();
+        for &rtt_ms in &rtts {
+            link.set_rtt(Duration::from_millis(rtt_ms));
+            for run in 0..runs {
+                eprintln!("{name}, RTT {rtt_ms} ms, run {}: lazy start with the profile", run + 1);
+                let profiled =
+                    lazy_start(&link, &certs, &origin, &dir("profiled", rtt_ms, run), &image, false);
                 eprintln!("{name}, RTT {rtt_ms} ms, run {}: full pull", run + 1);
                 let full = fullpull::start(
                     &link.b.name,
                     server.addr,
                     layers.len(),
-                    &dir.join("full"),
+                    &dir("full", rtt_ms, run),
                     &image.command,
                     READY,
                 );
+                let _ = std::fs::remove_dir_all(dir("full", rtt_ms, run));
+                let lazy = first.next().expect("a first start per run");
                 eprintln!(
-                    "  lazy {:.2} s, full pull {:.2} s (download {:.2}, unpacked {:.2})",
-                    secs(lazy.ready),
+                    "  full pull {:.2} s (downloaded {:.2}, unpacked {:.2}); lazy: first start {:.2} s, with profile {:.2} s",
                     secs(full.ready),
                     secs(full.downloaded),
-                    secs(full.unpacked)
+                    secs(full.unpacked),
+                    secs(lazy.ready),
+                    secs(profiled.ready),
                 );
-                let _ = std::fs::remove_dir_all(&dir);
-                rows.push(Row { image: image.name, image_bytes, rtt_ms, lazy, full });
+                rows.push(Row { image: image.name, image_bytes, rtt_ms, lazy, profiled, full });
             }
         }
         drop(server);
@@ -167,74 +211,81 @@ fn main() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// Medians over runs of one image at one RTT.
-fn median_of(rows: Vec<&Row>, f: impl Fn(&Row) -> f64) -> f64 {
-    common::median(rows.into_iter().map(f).collect())
-}
-
 fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize, out: &Path) {
     let of = |image: &str, rtt: u64| -> Vec<&Row> {
         rows.iter().filter(|r| r.image == image && r.rtt_ms == rtt).collect()
     };
     println!(
-        "\nP1 cold start, {mbit} Mbit/s link, median of {runs} run(s); {}; {}\n",
+        "\nP1 cold start to `ready`, {mbit} Mbit/s link, median of {runs} run(s); {}; {}\n",
         common::machine(),
         common::today()
     );
-    println!("| image | RTT (ms) | full pull: downloaded / unpacked / ready (s) | lazy start: ready (s) | full ÷ lazy |");
-    println!("|---|---|---|---|---|");
-    let mut json_rows = Vec::new();
+    println!("| image | RTT (ms) | full pull: downloaded / unpacked / ready (s) | Strata, first start (s) | full ÷ first | Strata, with profile (s) | full ÷ profiled |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut p1 = Vec::new();
     for image in images {
         for &rtt in rtts {
-            if of(image, rtt).is_empty() {
+            let rs = of(image, rtt);
+            if rs.is_empty() {
                 continue;
             }
-            let full = median_of(of(image, rtt), |r| secs(r.full.ready));
-            let lazy = median_of(of(image, rtt), |r| secs(r.lazy.ready));
-            let downloaded = median_of(of(image, rtt), |r| secs(r.full.downloaded));
-            let unpacked = median_of(of(image, rtt), |r| secs(r.full.unpacked));
+            let m = |f: &dyn Fn(&Row) -> f64| common::median(rs.iter().map(|r| f(r)).collect());
+            let full = m(&|r| secs(r.full.ready));
+            let downloaded = m(&|r| secs(r.full.downloaded));
+            let unpacked = m(&|r| secs(r.full.unpacked));
+            let first = m(&|r| secs(r.lazy.ready));
+            let profiled = m(&|r| secs(r.profiled.ready));
             println!(
-                "| {image} | {rtt} | {downloaded:.2} / {unpacked:.2} / {full:.2} | {lazy:.2} | {:.1}x |",
-                full / lazy
+                "| {image} | {rtt} | {downloaded:.2} / {unpacked:.2} / {full:.2} | {first:.2} | {:.1}x | {profiled:.2} | {:.1}x |",
+                full / first,
+                full / profiled
             );
-            json_rows.push(json!({
+            p1.push(json!({
                 "image": image, "rtt_ms": rtt, "full_ready_s": full, "full_downloaded_s": downloaded,
-                "full_unpacked_s": unpacked, "lazy_ready_s": lazy, "ratio": full / lazy,
+                "full_unpacked_s": unpacked, "first_ready_s": first, "profiled_ready_s": profiled,
             }));
         }
     }
 
-    println!("\nP2 bytes before the workload is ready (lazy start, RTT {} ms)\n", rtts[0]);
-    println!("| image | image size (MiB) | full pull moved (MiB) | metadata fetched (MiB) | chunks fetched (MiB, stored) | workload read (MiB) | chunks it touched (MiB) | fetched ÷ read |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("\nP2 bytes fetched before the workload is ready vs bytes it read (RTT {} ms)\n", rtts[0]);
+    println!("| image | image (MiB) | full pull moved (MiB) | metadata (MiB) | first start: chunks fetched (MiB stored) | with profile: chunks fetched (MiB stored, prefetched) | workload read (MiB) | chunks it touched (MiB) | first start: fetched ÷ read |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut p2 = Vec::new();
     for image in images {
         let Some(r) = of(image, rtts[0]).first().copied() else { continue };
         let read = r.lazy.trace["bytes_read"].as_f64().unwrap_or(0.0);
         let touched = r.lazy.trace["chunk_bytes_touched"].as_f64().unwrap_or(0.0);
-        let size = r.image_bytes;
         let fetched = r.lazy.metadata_bytes + r.lazy.chunk_bytes;
         println!(
-            "| {image} | {:.1} | {:.1} | {:.2} | {:.1} ({} chunks) | {:.1} | {:.1} | {:.2} |",
-            mib(size),
+            "| {image} | {:.1} | {:.1} | {:.2} | {:.1} ({} chunks) | {:.1} ({} chunks, {} prefetched) | {:.1} | {:.1} | {:.2} |",
+            mib(r.image_bytes),
             mib(r.full.bytes_downloaded),
             mib(r.lazy.metadata_bytes as u64),
             mib(r.lazy.chunk_bytes as u64),
             r.lazy.chunks,
+            mib(r.profiled.chunk_bytes as u64),
+            r.profiled.chunks,
+            r.profiled.prefetched,
             mib(read as u64),
             mib(touched as u64),
             fetched / read.max(1.0),
         );
         p2.push(json!({
-            "image": image, "image_bytes": size, "full_pull_bytes": r.full.bytes_downloaded,
-            "metadata_bytes": r.lazy.metadata_bytes, "chunk_bytes_fetched": r.lazy.chunk_bytes,
-            "chunks_fetched": r.lazy.chunks, "bytes_read": read, "chunk_bytes_touched": touched,
-            "files_read": r.lazy.trace["files_read"],
+            "image": image, "image_bytes": r.image_bytes, "full_pull_bytes": r.full.bytes_downloaded,
+            "metadata_bytes": r.lazy.metadata_bytes, "first_chunk_bytes": r.lazy.chunk_bytes,
+            "first_chunks": r.lazy.chunks, "profiled_chunk_bytes": r.profiled.chunk_bytes,
+            "profiled_chunks": r.profiled.chunks, "prefetched_chunks": r.profiled.prefetched,
+            "bytes_read": read, "chunk_bytes_touched": touched, "files_read": r.lazy.trace["files_read"],
         }));
+        std::fs::write(
+            out.join(format!("trace-{image}.json")),
+            serde_json::to_vec_pretty(&r.lazy.trace).expect("json"),
+        )
+        .expect("trace");
     }
     let results = json!({
         "date": common::today(), "machine": common::machine(), "mbit": mbit, "runs": runs,
-        "p1": json_rows, "p2": p2,
+        "p1": p1, "p2": p2,
     });
     std::fs::write(out.join("coldstart.json"), serde_json::to_vec_pretty(&results).expect("json"))
         .expect("results");
@@ -251,7 +302,8 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
     let mut all = Vec::new();
     for image in images {
         all.push(series(image, "full pull", "full_ready_s"));
-        all.push(series(image, "Strata lazy", "lazy_ready_s"));
+        all.push(series(image, "Strata first start", "first_ready_s"));
+        all.push(series(image, "Strata with profile", "profiled_ready_s"));
     }
     common::plot::save(
         &out.join("coldstart.png"),
@@ -273,5 +325,6 @@ fn smoke_checks(rows: &[Row]) {
         assert!(r.lazy.chunk_bytes > 0.0, "the lazy start fetched no chunk from the origin");
         assert!(r.lazy.metadata_bytes > 0.0, "the lazy start fetched no metadata");
         assert!(r.full.bytes_downloaded > 0, "the full pull moved nothing");
+        assert!(r.profiled.prefetched > 0.0, "the start with a profile prefetched nothing");
     }
 }

@@ -35,11 +35,15 @@ pub struct MountSettings {
     /// sequential reads from the local store faster; smaller fetches less
     /// that nobody reads when chunks come from peers.
     pub readahead_kb: u32,
+    /// Seconds from a mount's start whose reads make the image's startup
+    /// profile (recorded by mounts through a node, shared with peers that
+    /// pull the image, which fetch those chunks ahead of the reads).
+    pub profile_window_secs: f64,
 }
 
 impl Default for MountSettings {
     fn default() -> Self {
-        Self { readahead_kb: strata_mount::MountOptions::default().readahead_kb }
+        Self { readahead_kb: strata_mount::MountOptions::default().readahead_kb, profile_window_secs: 60.0 }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use strata_types::ChunkId;
+use strata_types::{ChunkId, ImageId};
 
 /// Largest message: a chunk's stored form with room to spare.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -42,6 +42,12 @@ pub enum Request {
     /// A chunk's stored form, fetched from peers if missing.
     Chunk {
         id: ChunkId,
+    },
+    /// The chunks a mount of `image` read first, in order: the image's
+    /// startup profile if it has none yet.
+    Profile {
+        image: ImageId,
+        chunks: Vec<ChunkId>,
     },
 }
 
@@ -232,6 +238,16 @@ impl strata_mount::ChunkSource for NodeChunkSource {
             other => return other,
         }
         self.ask_node(id).map_err(|reason| strata_mount::SourceError::Failed { id: *id, reason })
+    }
+}
+
+/// Hands the node on `data_dir` a startup profile a mount recorded.
+pub fn record_profile(data_dir: &Path, image: ImageId, chunks: Vec<ChunkId>) -> anyhow::Result<()> {
+    let mut stream = connect(data_dir).context("no node runs here any more")?;
+    match call(&mut stream, &Request::Profile { image, chunks }, None)? {
+        Reply::Done { error: None, .. } => Ok(()),
+        Reply::Failed { error } | Reply::Done { error: Some(error), .. } => bail!("{error}"),
+        other => bail!("unexpected reply from the node: {other:?}"),
     }
 }
 

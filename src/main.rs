@@ -10,6 +10,7 @@ mod mounts;
 mod output;
 mod progress;
 mod signals;
+mod startup_profile;
 
 use std::process::ExitCode;
 

@@ -18,6 +18,7 @@ use strata_mount::{MountOptions, ReadTrace, StoreSource, UpperDir};
 use super::Ctx;
 use crate::cli::PeerArgs;
 use crate::mounts::{self, MountRecord, MountState};
+use crate::startup_profile::ProfileRecorder;
 
 /// How long `umount` waits for the serving process to finish.
 const EXIT_WAIT: Duration = Duration::from_secs(30);
@@ -149,16 +150,18 @@ pub fn serve(
     // Leave the caller's session: its end must not end the mount.
     let _ = nix::unistd::setsid();
     let mut report = std::io::stdout();
-    let trace = trace_reads.map(|_| Arc::new(ReadTrace::default()));
-    let mut session = match start(ctx, image, mountpoint, upper, trace.clone(), peer) {
-        Ok(session) => session,
+    // Reads are always traced (cheap): a mount through the node records the
+    // image's startup profile from them.
+    let trace = Arc::new(ReadTrace::default());
+    let mut serving = match start(ctx, image, mountpoint, upper, trace.clone(), peer) {
+        Ok(serving) => serving,
         Err(e) => {
             let _ = writeln!(report, "error: {}", crate::error_chain(&e));
             return Err(e);
         }
     };
-    let mut unmounter = session.0.unmount_callable();
-    let record = session.1;
+    let mut unmounter = serving.session.unmount_callable();
+    let record = serving.record.clone();
     // SIGTERM, SIGINT or SIGHUP unmount; the session then ends by itself.
     // Handled from before the mount is reported live, so that a signal sent
     // as soon as `strata mount` returns cannot kill the process outright.
@@ -173,8 +176,15 @@ pub fn serve(
     report.flush()?;
     detach_stdout()?;
     tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
-    let result = session.0.run();
-    if let (Some(trace), Some(path)) = (trace, trace_reads) {
+    let profile = serving.through_node.then(|| {
+        let window = Duration::from_secs_f64(ctx.settings.mount.profile_window_secs.max(0.0));
+        ProfileRecorder::start(ctx.data_dir.clone(), serving.image_id, trace.clone(), window)
+    });
+    let result = serving.session.run();
+    if let Some(profile) = profile {
+        profile.finish();
+    }
+    if let Some(path) = trace_reads {
         write_trace(&trace, path);
     }
     mounts::remove(&ctx.data_dir, mountpoint);
@@ -200,23 +210,33 @@ fn write_trace(trace: &ReadTrace, path: &Path) {
     }
 }
 
-/// The FUSE session, its record, and (for a peer's image) the runtime the
-/// peer connection lives on, kept as long as the session.
-type Serving = (fuser::Session<strata_mount::MountFs>, MountRecord, Option<tokio::runtime::Runtime>);
+/// A mount being served.
+struct Serving {
+    session: fuser::Session<strata_mount::MountFs>,
+    record: MountRecord,
+    image_id: strata_types::ImageId,
+    /// Chunks missing here come through this data dir's node.
+    through_node: bool,
+    /// For a peer's image: the runtime its connection lives on, kept as
+    /// long as the session.
+    _runtime: Option<tokio::runtime::Runtime>,
+}
 
 fn start(
     ctx: &Ctx,
     image: &str,
     mountpoint: &Path,
     upper: Option<&Path>,
-    read_trace: Option<Arc<ReadTrace>>,
+    read_trace: Arc<ReadTrace>,
     peer: &PeerArgs,
 ) -> anyhow::Result<Serving> {
+    let mut through_node = false;
     let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) =
         if peer.peers.is_empty() {
             // With a node running here, an image only peers hold is pulled
             // (metadata) first, and chunks missing here come through the node.
             let node = crate::control::pull(&ctx.data_dir, image)?;
+            through_node = node;
             let local = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
             let store = local.store();
             let found = strata_oci::find_image(&store, image)?;
@@ -235,7 +255,7 @@ fn start(
     let upper_dir = upper.map(|dir| UpperDir::open(dir, &id)).transpose()?;
     let options = MountOptions {
         fs_name: format!("strata:{name}"),
-        read_trace,
+        read_trace: Some(read_trace),
         readahead_kb: ctx.settings.mount.readahead_kb,
         ..MountOptions::default()
     };
@@ -250,7 +270,7 @@ fn start(
         started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         log: mounts::log_path(&ctx.data_dir, mountpoint),
     };
-    Ok((session, record, runtime))
+    Ok(Serving { session, record, image_id: id, through_node, _runtime: runtime })
 }
 
 /// An image from peers: its record and indexes from the first that has
@@ -278,7 +298,7 @@ fn from_peers(
             strata_node::fetch_image(&connection, image).await
         });
         match fetched {
-            Ok((id, _record, layers)) => {
+            Ok(strata_node::RemoteImage { id, layers, .. }) => {
                 let tree = strata_mount::LowerTree::build(&strata_node::indexes(&layers))?;
                 let deadline = std::time::Duration::from_secs_f64(peer.fetch_deadline.max(0.01));
                 let peers =

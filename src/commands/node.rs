@@ -249,6 +249,10 @@ async fn answer(template: &Arc<Ctx>, node: &Arc<Node>, request: Request) -> Repl
             Ok(stored) => Reply::Chunk { stored: stored.as_ref().clone() },
             Err(e) => Reply::Failed { error: e.to_string() },
         },
+        Request::Profile { image, chunks } => match node.record_profile(image, chunks).await {
+            Ok(()) => Reply::Done { output: Vec::new(), error: None },
+            Err(e) => Reply::Failed { error: e.to_string() },
+        },
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::lower::{Ino, LowerTree};
+use strata_types::ChunkId;
+
+use crate::lower::{ChunkSpan, Ino, LowerTree};
 
 /// Reads recorded as the mount serves them; cheap enough for FUSE threads
 /// (one lock, a range merge).
@@ -87,13 +89,29 @@ impl ReadTrace {
         let _ = self.tree.set(tree);
     }
 
+    /// The chunks the reads touched: files in the order first read (those
+    /// first read within `window` of the mount's start), each file's chunks
+    /// in offset order, each chunk once. A startup profile.
+    pub fn chunks_in_read_order(&self, window: Duration) -> Vec<ChunkId> {
+        let Some(tree) = self.tree.get() else { return Vec::new() };
+        let files = self.files.lock();
+        let mut seen = HashSet::new();
+        let mut chunks = Vec::new();
+        for (ino, reads) in in_read_order(&files) {
+            if reads.first_read > window {
+                break;
+            }
+            chunks.extend(touched(tree, *ino, reads).filter(|span| seen.insert(span.id)).map(|span| span.id));
+        }
+        chunks
+    }
+
     /// The trace so far (empty before a mount used it).
     pub fn report(&self) -> TraceReport {
         let empty = LowerTree::default();
         let tree = self.tree.get().map_or(&empty, |t| &**t);
         let files = self.files.lock();
-        let mut order: Vec<(&Ino, &FileReads)> = files.iter().collect();
-        order.sort_by_key(|(ino, f)| (f.first_read, **ino));
+        let order = in_read_order(&files);
         let mut chunks = HashSet::new();
         let mut chunk_bytes_touched = 0;
         let mut report = TraceReport {
@@ -107,12 +125,9 @@ impl ReadTrace {
         for (ino, reads) in order {
             let bytes_read: u64 = reads.ranges.iter().map(|(s, e)| e - s).sum();
             let size = tree.get(*ino).map_or(0, |inode| inode.size);
-            if let Some(inode) = tree.get(*ino) {
-                for span in inode.chunks.iter() {
-                    let (start, end) = (span.offset, span.offset + u64::from(span.len));
-                    if overlaps(&reads.ranges, start, end) && chunks.insert(span.id) {
-                        chunk_bytes_touched += u64::from(span.len);
-                    }
+            for span in touched(tree, *ino, reads) {
+                if chunks.insert(span.id) {
+                    chunk_bytes_touched += u64::from(span.len);
                 }
             }
             report.bytes_read += bytes_read;
@@ -129,6 +144,23 @@ impl ReadTrace {
         report.chunks_touched = chunks.len() as u64;
         report
     }
+}
+
+/// The chunks of file `ino` that its reads overlap, in offset order.
+fn touched<'a>(
+    tree: &'a LowerTree,
+    ino: Ino,
+    reads: &'a FileReads,
+) -> impl Iterator<Item = &'a ChunkSpan> + 'a {
+    let spans = tree.get(ino).map_or(&[][..], |inode| &inode.chunks[..]);
+    spans.iter().filter(|span| overlaps(&reads.ranges, span.offset, span.offset + u64::from(span.len)))
+}
+
+/// Files by the time they were first read.
+fn in_read_order(files: &HashMap<Ino, FileReads>) -> Vec<(&Ino, &FileReads)> {
+    let mut order: Vec<(&Ino, &FileReads)> = files.iter().collect();
+    order.sort_by_key(|(ino, f)| (f.first_read, **ino));
+    order
 }
 
 /// Adds [start, end) to disjoint ranges, merging what it overlaps or touches.

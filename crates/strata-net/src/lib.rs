@@ -61,6 +61,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
     transport.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
     transport.receive_window(quinn::VarInt::from_u32(32 << 20));
     transport.send_window(32 << 20);
+    // Prefetches keep a hundred or more chunk requests in flight.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(512));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(8952);
     transport.mtu_discovery_config(Some(mtu));

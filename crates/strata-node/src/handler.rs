@@ -95,6 +95,13 @@ impl Handler for StoreHandler {
                         reply(Kind::Image(ImageReply {
                             image_id: id.as_bytes().to_vec(),
                             record: Some(record),
+                            startup_profile: self
+                                .store
+                                .read(|s| s.profile(&id))
+                                .ok()
+                                .flatten()
+                                .map(|p| strata_types::encode_chunk_list(&p))
+                                .unwrap_or_default(),
                         })),
                         end(),
                     ]
@@ -103,7 +110,10 @@ impl Handler for StoreHandler {
                 Err(e) => vec![error(ErrorCode::Internal, e)],
             },
             PeerRequest::Announce { .. } | PeerRequest::Lookup(_) => {
-                vec![error(ErrorCode::UnknownRequest, "this node keeps no directory yet")]
+                vec![error(ErrorCode::UnknownRequest, "this node keeps no directory")]
+            }
+            PeerRequest::OfferProfile { .. } => {
+                vec![error(ErrorCode::UnknownRequest, "this node keeps no startup profiles")]
             }
         }
     }
@@ -210,6 +220,10 @@ impl Handler for NodeHandler {
                     .collect();
                 vec![reply(Kind::Lookup(LookupReply { holders })), end()]
             }
+            PeerRequest::OfferProfile { image, chunks } => match node.keep_profile(image, &chunks) {
+                Ok(_) => vec![end()],
+                Err(e) => vec![error(ErrorCode::Internal, e)],
+            },
             other => self.store.handle(from, other),
         }
     }

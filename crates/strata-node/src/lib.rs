@@ -22,6 +22,7 @@ pub mod membership;
 pub mod metrics;
 mod node;
 mod peer_source;
+mod profile;
 mod remote;
 pub mod throttle;
 
@@ -30,7 +31,7 @@ pub use handler::{NodeHandler, StoreHandler};
 pub use membership::{MemberState, MemberView};
 pub use node::{name_key, Node, NodeConfig};
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
-pub use remote::{fetch_image, indexes, RemoteLayer};
+pub use remote::{fetch_image, indexes, RemoteImage, RemoteLayer};
 pub use throttle::Caps;
 
 /// What a node operation can fail with.

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub throttle_waits: Counter,
     pub images_pulled: Counter,
     pub image_metadata_bytes_fetched: Counter,
+    pub prefetched_chunks: Counter,
+    pub profiles_kept: Counter,
     pub members_live: Gauge,
     pub announcements: Counter,
 }
@@ -45,6 +47,8 @@ impl Metrics {
             throttle_waits: Counter::default(),
             images_pulled: Counter::default(),
             image_metadata_bytes_fetched: Counter::default(),
+            prefetched_chunks: Counter::default(),
+            profiles_kept: Counter::default(),
             members_live: Gauge::default(),
             announcements: Counter::default(),
         };
@@ -81,6 +85,16 @@ impl Metrics {
             "image_metadata_bytes_fetched",
             "Bytes of image records and layer indexes fetched from peers",
             m.image_metadata_bytes_fetched.clone(),
+        );
+        registry.register(
+            "prefetched_chunks",
+            "Chunks fetched ahead of reads from images' startup profiles",
+            m.prefetched_chunks.clone(),
+        );
+        registry.register(
+            "profiles_kept",
+            "Startup profiles stored here (recorded by a mount here or received from a peer)",
+            m.profiles_kept.clone(),
         );
         registry.register(
             "members_live",

@@ -87,6 +87,8 @@ pub struct Node {
     /// Layers being fetched, with how many of their chunks are still missing.
     partial: Mutex<HashMap<LayerId, usize>>,
     penalised: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Images whose startup profile is being prefetched.
+    prefetching: Mutex<std::collections::HashSet<ImageId>>,
     pub(crate) throttle: Throttle,
     pub(crate) metrics: Metrics,
     runtime: tokio::runtime::Handle,
@@ -135,6 +137,7 @@ impl Node {
                 in_flight: Mutex::default(),
                 partial: Mutex::new(partial),
                 penalised: Mutex::default(),
+                prefetching: Mutex::default(),
                 metrics: Metrics::new(),
                 runtime: tokio::runtime::Handle::current(),
                 stopping,
@@ -179,6 +182,22 @@ impl Node {
 
     pub(crate) fn directory(&self) -> &Mutex<Directory> {
         &self.directory
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn prefetching(&self) -> &Mutex<std::collections::HashSet<ImageId>> {
+        &self.prefetching
+    }
+
+    pub(crate) fn fetch_deadline(&self) -> Duration {
+        self.config.fetch_deadline
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     /// Leaves the cluster and closes the endpoint; in-flight fetches fail.
@@ -327,14 +346,19 @@ impl Node {
     /// Makes `reference` (an image name) known here: its record and layer
     /// indexes come from a node that holds it, checked against their ids;
     /// the chunks follow on first read. Returns the image id.
-    pub async fn pull_image(&self, reference: &str) -> Result<ImageId, NodeError> {
+    pub async fn pull_image(self: &Arc<Self>, reference: &str) -> Result<ImageId, NodeError> {
         let store = self.store.clone();
         let name = reference.to_owned();
         let local = tokio::task::spawn_blocking(move || store.resolve(&name))
             .await
             .map_err(|e| NodeError::Setup(e.to_string()))?;
         match local {
-            Ok((id, _)) => return Ok(id),
+            Ok((id, _)) => {
+                // Pulled before and still partial (a restart): its profile
+                // goes on being prefetched.
+                self.start_prefetch(id);
+                return Ok(id);
+            }
             Err(StoreError::NoSuchImage(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -350,10 +374,10 @@ impl Node {
                 crate::fetch_image(&connection, reference).await
             };
             match tokio::time::timeout(self.config.fetch_deadline, fetched).await {
-                Ok(Ok((id, record, layers))) => {
+                Ok(Ok(crate::RemoteImage { id, record, layers, profile })) => {
                     self.metrics
                         .image_metadata_bytes_fetched
-                        .inc_by(crate::remote::metadata_bytes(&record, &layers));
+                        .inc_by(crate::remote::metadata_bytes(&record, &layers) + 32 * profile.len() as u64);
                     let store = self.store.clone();
                     let name = reference.to_owned();
                     let missing = tokio::task::spawn_blocking(move || {
@@ -366,6 +390,14 @@ impl Node {
                     self.metrics.images_pulled.inc();
                     tracing::info!(image = reference, %id, from = %holder.node, "image metadata pulled");
                     self.announce(&[name_key(reference)], &partial).await;
+                    if !profile.is_empty() {
+                        let node = self.clone();
+                        let kept = tokio::task::spawn_blocking(move || node.keep_profile(id, &profile)).await;
+                        if let Ok(Err(e)) = kept {
+                            tracing::warn!(%id, error = %e, "keeping the peer's startup profile failed");
+                        }
+                    }
+                    self.start_prefetch(id);
                     return Ok(id);
                 }
                 Ok(Err(e)) => errors.push(format!("{} ({e})", holder.node)),

@@ -4,7 +4,7 @@
 use prost::Message;
 use strata_net::quinn::Connection;
 use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord};
-use strata_types::{ImageId, LayerId};
+use strata_types::{ChunkId, ImageId, LayerId};
 use strata_wire::response::Kind;
 use strata_wire::PeerRequest;
 
@@ -23,22 +23,34 @@ pub fn indexes(layers: &[RemoteLayer]) -> Vec<(LayerId, LayerIndex)> {
     layers.iter().map(|l| (l.id, l.index.clone())).collect()
 }
 
+/// An image as a peer sent it, checked against its id.
+#[derive(Clone, Debug)]
+pub struct RemoteImage {
+    pub id: ImageId,
+    pub record: ImageRecord,
+    pub layers: Vec<RemoteLayer>,
+    /// The peer's startup profile of the image (empty if it has none or
+    /// sent a malformed one).
+    pub profile: Vec<ChunkId>,
+}
+
 /// The image `reference` resolves to on the peer, with each layer's index.
-pub async fn fetch_image(
-    connection: &Connection,
-    reference: &str,
-) -> Result<(ImageId, ImageRecord, Vec<RemoteLayer>), String> {
+pub async fn fetch_image(connection: &Connection, reference: &str) -> Result<RemoteImage, String> {
     let replies = strata_net::request(connection, &PeerRequest::ResolveImage(reference.to_owned()))
         .await
         .map_err(|e| e.to_string())?;
-    let (id, record) = match replies.first().and_then(|r| r.kind.as_ref()) {
+    let (id, record, profile) = match replies.first().and_then(|r| r.kind.as_ref()) {
         Some(Kind::Image(image)) => {
             let record = image.record.clone().ok_or("image reply without a record")?;
             let id = ImageId::from_slice(&image.image_id).map_err(|e| e.to_string())?;
             if ImageId::of(&record.encode_to_vec()) != id {
                 return Err(format!("the peer's record for {reference} does not hash to {id}"));
             }
-            (id, record)
+            let profile = strata_wire::profile(&image.startup_profile).unwrap_or_else(|e| {
+                tracing::warn!(image = %id, error = %e, "ignoring the peer's startup profile");
+                Vec::new()
+            });
+            (id, record, profile)
         }
         Some(Kind::Error(e)) => return Err(format!("resolving {reference}: {}", e.message)),
         other => return Err(format!("unexpected reply {other:?}")),
@@ -56,7 +68,7 @@ pub async fn fetch_image(
         layers[position] = Some(layer?);
     }
     let layers = layers.into_iter().flatten().collect();
-    Ok((id, record, layers))
+    Ok(RemoteImage { id, record, layers, profile })
 }
 
 /// One layer's index and record from the peer, checked against `layer`.

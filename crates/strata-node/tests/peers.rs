@@ -145,7 +145,7 @@ fn an_image_only_a_peer_holds_mounts_from_its_indexes_and_reads_lazily() {
             .block_on(strata_net::connect(&endpoint, holder.addr, holder.name.as_deref()))
             .expect("connect")
     };
-    let (id, _record, layers) = cluster
+    let strata_node::RemoteImage { id, layers, .. } = cluster
         .runtime
         .block_on(strata_node::fetch_image(&connection, "sample:1"))
         .expect("image from the peer");

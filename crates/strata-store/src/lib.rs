@@ -23,6 +23,7 @@
 mod error;
 mod gc;
 mod pins;
+mod profile;
 mod query;
 pub mod schema;
 mod stats;
@@ -31,6 +32,7 @@ mod txn;
 
 pub use error::StoreError;
 pub use gc::GcReport;
+pub use profile::decode_profile;
 pub use query::{ImageEntry, LayerEntry, RemoveOutcome};
 pub use stats::StoreStats;
 pub use store::{OpenMode, Store};

@@ -20,7 +20,12 @@ pub const NAMES: &str = "names";
 /// Reference edges, all with empty values; see the key builders below.
 pub const REFS: &str = "refs";
 
-pub const ALL: [&str; 7] = [CHUNKS, CHUNK_META, LAYERS, INDEXES, IMAGES, NAMES, REFS];
+/// An image's startup profile by ImageId: the chunks its containers read
+/// first, in that order, as concatenated ChunkIds. Advisory: recorded by a
+/// node that ran the image, never part of the image's identity.
+pub const PROFILES: &str = "profiles";
+
+pub const ALL: [&str; 8] = [CHUNKS, CHUNK_META, LAYERS, INDEXES, IMAGES, NAMES, REFS, PROFILES];
 
 /// Key of the chunk totals in [`CHUNK_META`]; its length sets it apart from ids.
 pub const STATS_KEY: &[u8] = b"\xffstats";

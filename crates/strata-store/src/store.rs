@@ -37,11 +37,20 @@ pub struct Store {
     chunk_stripes: [Mutex<()>; 64],
 }
 
+/// Whether the store in `dir` exists with every column family of the schema.
+fn has_every_family(dir: &Path) -> bool {
+    match DB::list_cf(&Options::default(), dir) {
+        Ok(families) => schema::ALL.iter().all(|name| families.iter().any(|f| f == name)),
+        Err(_) => false,
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, mode: OpenMode) -> Result<Self, StoreError> {
-        if mode == OpenMode::ReadOnly && !dir.join("CURRENT").exists() {
-            // Nothing to read yet: create an empty store, then view it.
+        if mode == OpenMode::ReadOnly && !has_every_family(dir) {
+            // Nothing to read yet, or a store made before a family existed:
+            // create what is missing, then view it.
             drop(Self::open(dir, OpenMode::ReadWrite)?);
         }
         let mut opts = Options::default();

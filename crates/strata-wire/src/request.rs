@@ -1,8 +1,10 @@
 use prost::Message;
 use std::net::SocketAddr;
-use strata_proto::v1::{request, Announce, FetchChunks, FetchLayerIndex, Lookup, Request, ResolveImage};
+use strata_proto::v1::{
+    request, Announce, FetchChunks, FetchLayerIndex, Lookup, OfferProfile, Request, ResolveImage,
+};
 
-use strata_types::{ChunkId, LayerId};
+use strata_types::{ChunkId, ImageId, LayerId, MAX_PROFILE_CHUNKS};
 
 use crate::WireError;
 
@@ -25,6 +27,11 @@ pub enum PeerRequest {
     Announce(Announcement),
     /// Keys are LayerIds or ChunkIds, by their 32 bytes.
     Lookup(Vec<[u8; 32]>),
+    /// A startup profile recorded for an image.
+    OfferProfile {
+        image: ImageId,
+        chunks: Vec<ChunkId>,
+    },
 }
 
 /// What a holder tells a directory node.
@@ -71,6 +78,9 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
             }))
         }
         request::Kind::Lookup(l) => Ok(PeerRequest::Lookup(keys(&l.keys, "lookup keys")?)),
+        request::Kind::OfferProfile(o) => {
+            Ok(PeerRequest::OfferProfile { image: id(&o.image_id)?, chunks: profile(&o.chunks)? })
+        }
     }
 }
 
@@ -99,6 +109,10 @@ pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, WireError> {
         PeerRequest::Lookup(keys) => {
             request::Kind::Lookup(Lookup { keys: keys.iter().map(|k| k.to_vec()).collect() })
         }
+        PeerRequest::OfferProfile { image, chunks } => request::Kind::OfferProfile(OfferProfile {
+            image_id: image.as_bytes().to_vec(),
+            chunks: strata_types::encode_chunk_list(chunks),
+        }),
     };
     crate::encode_frame(&Request { version: VERSION, kind: Some(kind) })
 }
@@ -118,4 +132,17 @@ fn ids<T: From<[u8; 32]>>(raw: &[Vec<u8>], what: &'static str) -> Result<Vec<T>,
         return Err(WireError::OverLimit { what, count: raw.len(), max: MAX_KEYS });
     }
     raw.iter().map(|r| id(r)).collect()
+}
+
+/// A startup profile's chunk ids (32 bytes each, at most MAX_PROFILE_CHUNKS).
+pub fn profile(raw: &[u8]) -> Result<Vec<ChunkId>, WireError> {
+    if raw.len() / 32 > MAX_PROFILE_CHUNKS {
+        return Err(WireError::OverLimit {
+            what: "profile chunks",
+            count: raw.len() / 32,
+            max: MAX_PROFILE_CHUNKS,
+        });
+    }
+    strata_types::decode_chunk_list(raw, MAX_PROFILE_CHUNKS)
+        .ok_or_else(|| WireError::BadFrame(format!("a profile of {} bytes, not a multiple of 32", raw.len())))
 }
