@@ -5,6 +5,8 @@
 //!
 //! - Strata: N fresh nodes join through the origin, then all run the
 //!   workload at the same moment (`strata run`, lazily, through their node).
+//!   The image was started once before (not measured), so its startup
+//!   profile exists and comes with its metadata.
 //! - Baseline, same run: every node pulls the whole image from the origin
 //!   (download, unpack, overlayfs, start: as in the coldstart bench).
 //!
@@ -55,6 +57,7 @@ fn strata_round(
     certs: &Path,
     root: &Path,
     image: &BenchImage,
+    record: bool,
 ) -> (Vec<Duration>, f64) {
     let nodes: Vec<BenchNode> = hosts
         .iter()
@@ -87,6 +90,7 @@ fn strata_round(
                     .arg(&image)
                     .arg("--")
                     .args(&command)
+                    .env("STRATA_MOUNT__PROFILE_WINDOW_SECS", if record { "60" } else { "0" })
                     .stdout(Stdio::piped())
                     .spawn()
                     .expect("strata run");
@@ -101,6 +105,14 @@ fn strata_round(
         })
         .collect();
     let times = threads.into_iter().map(|t| t.join().expect("node thread")).collect();
+    if record {
+        // The node hands the profile to the origin in the background.
+        let until = Instant::now() + Duration::from_secs(60);
+        while origin.metric("strata_profiles_kept_total") < 1.0 {
+            assert!(Instant::now() < until, "the origin never received the startup profile");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let fetched = nodes.iter().map(|n| n.metric("strata_chunk_bytes_fetched_total")).sum();
     (times, fetched)
 }
@@ -167,19 +179,29 @@ fn main() {
     let layers = fullpull::compressed_layers(&image.archive);
     let server = BlobServer::start(&switch.hosts[origin_host].name, &origin_ip, layers.clone());
 
-    let mut rounds = Vec::new();
-    for &n in &counts {
-        let round_dir = root.join(format!("n{n}"));
-        eprintln!("N = {n}: Strata");
-        let origin = start_node(NodeSpec {
+    let start_origin = || {
+        start_node(NodeSpec {
             data: &origin_data,
             name: "origin",
             certs: &certs,
             listen: format!("{origin_ip}:7420"),
             seed: None,
             netns: Some(&switch.hosts[origin_host]),
-        });
-        let (times, fetched) = strata_round(&switch, &hosts[..n], &origin, &certs, &round_dir, &image);
+        })
+    };
+    // The image has been started once before: its startup profile exists.
+    eprintln!("recording the startup profile");
+    let origin = start_origin();
+    strata_round(&switch, &hosts[..1], &origin, &certs, &root.join("record"), &image, true);
+    drop(origin);
+    let _ = std::fs::remove_dir_all(root.join("record"));
+
+    let mut rounds = Vec::new();
+    for &n in &counts {
+        let round_dir = root.join(format!("n{n}"));
+        eprintln!("N = {n}: Strata");
+        let origin = start_origin();
+        let (times, fetched) = strata_round(&switch, &hosts[..n], &origin, &certs, &round_dir, &image, false);
         let origin_bytes = origin.metric("strata_chunk_bytes_served_total");
         drop(origin);
         eprintln!("N = {n}: full pull from the origin");
