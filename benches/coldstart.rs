@@ -290,7 +290,7 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
     std::fs::write(out.join("coldstart.json"), serde_json::to_vec_pretty(&results).expect("json"))
         .expect("results");
     let series = |image: &str, label: &str, key: &str| common::plot::Series {
-        label: format!("{image}: {label}"),
+        label: label.to_owned(),
         points: results["p1"]
             .as_array()
             .into_iter()
@@ -299,21 +299,20 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
             .map(|r| (r["rtt_ms"].as_f64().unwrap_or(0.0), r[key].as_f64().unwrap_or(0.0)))
             .collect(),
     };
-    let mut all = Vec::new();
-    for image in images {
-        all.push(series(image, "full pull", "full_ready_s"));
-        all.push(series(image, "Strata first start", "first_ready_s"));
-        all.push(series(image, "Strata with profile", "profiled_ready_s"));
-    }
-    common::plot::save(
-        &out.join("coldstart.png"),
-        &[common::plot::Chart {
-            title: format!("Cold start to 'ready' over a {mbit} Mbit/s link"),
+    let charts: Vec<common::plot::Chart> = images
+        .iter()
+        .map(|image| common::plot::Chart {
+            title: format!("{image}: cold start to 'ready', {mbit} Mbit/s"),
             x_label: "round-trip time (ms)".into(),
             y_label: "seconds".into(),
-            series: all,
-        }],
-    );
+            series: vec![
+                series(image, "full pull", "full_ready_s"),
+                series(image, "Strata, first start", "first_ready_s"),
+                series(image, "Strata, with profile", "profiled_ready_s"),
+            ],
+        })
+        .collect();
+    common::plot::save(&out.join("coldstart.png"), &charts);
     eprintln!("results: {}", out.display());
 }
 

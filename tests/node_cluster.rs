@@ -110,8 +110,8 @@ fn three_nodes_read_an_image_imported_on_one_and_survive_its_death() {
 }
 
 #[test]
-fn a_container_runs_on_a_node_that_never_had_its_image() {
-    let Cluster { a: (a, _node_a), b: (b, node_b), c: (c, _node_c), .. } = three_nodes();
+fn a_container_runs_on_a_node_that_never_had_its_image_and_later_nodes_prefetch_what_it_read() {
+    let Cluster { a: (a, node_a), b: (b, node_b), c: (c, node_c), .. } = three_nodes();
     a.import(&busybox_image(&a));
     let out = b.ok(&["run", "strata-test/busybox:1"]);
     assert_eq!(out, "strata-busybox\n");
@@ -119,9 +119,16 @@ fn a_container_runs_on_a_node_that_never_had_its_image() {
     // executed, so at least the binary's pages came over.
     let fetched = node_b.metric("strata_chunk_bytes_fetched_total");
     assert!(fetched > 0.0);
-    // A second node runs it with chunks coming from A and B.
+    assert_eq!(node_c.metric("strata_prefetched_chunks_total"), 0.0);
+    // B's run recorded the image's startup profile; A, which holds the
+    // image whole, was given it.
+    wait_for("A to keep B's startup profile", || node_a.metric("strata_profiles_kept_total") >= 1.0);
+    // A second node gets the profile with the image and fetches those
+    // chunks ahead of its reads.
     let out = c.ok(&["run", "strata-test/busybox:1", "--", "echo from-c; cat /etc/strata-release"]);
     assert_eq!(out, "from-c\nstrata-busybox\n");
+    wait_for("C to prefetch the profile", || node_c.metric("strata_prefetched_chunks_total") > 0.0);
+    assert_eq!(node_c.metric("strata_fetch_failures_total"), 0.0);
 }
 
 #[test]

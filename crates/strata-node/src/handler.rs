@@ -147,7 +147,7 @@ impl NodeHandler {
                 Ok(Some(stored)) => Some(stored),
                 Ok(None) if relay => {
                     // This node is the chunk's designated fetcher for the group.
-                    match node.runtime().block_on(node.single_flight(id, false)) {
+                    match node.runtime().block_on(node.single_flight(id, false, node.fetch_deadline())) {
                         Ok(stored) => {
                             node.metrics.relays_served.inc();
                             Some(stored.as_ref().clone())

@@ -50,6 +50,8 @@ pub struct NodeConfig {
 const LOOKUP_CACHE: Duration = Duration::from_secs(2);
 /// How often a fetch that found no holder asks the directory again.
 const NO_HOLDER_RETRY: Duration = Duration::from_millis(250);
+/// Beyond a flight's deadline, how long a caller waits for its outcome.
+const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
 /// How long a peer that failed is asked after the others.
 const PENALTY: Duration = Duration::from_secs(30);
 /// Directory entries outlive this many missed announcements.
@@ -389,7 +391,11 @@ impl Node {
                     self.partial.lock().extend(missing);
                     self.metrics.images_pulled.inc();
                     tracing::info!(image = reference, %id, from = %holder.node, "image metadata pulled");
-                    self.announce(&[name_key(reference)], &partial).await;
+                    // Announced in the background: the caller waits on the
+                    // image, not on its directory nodes.
+                    let node = self.clone();
+                    let name = name_key(reference);
+                    tokio::spawn(async move { node.announce(&[name], &partial).await });
                     if !profile.is_empty() {
                         let node = self.clone();
                         let kept = tokio::task::spawn_blocking(move || node.keep_profile(id, &profile)).await;
@@ -414,6 +420,17 @@ impl Node {
     /// The chunk's stored form, from the store or else from peers (then
     /// verified and stored). Concurrent callers for one chunk share one fetch.
     pub async fn fetch_chunk(self: &Arc<Self>, id: ChunkId) -> Result<Arc<Vec<u8>>, NodeError> {
+        self.fetch_chunk_within(id, self.config.fetch_deadline).await
+    }
+
+    /// [`Self::fetch_chunk`] with its own deadline. A caller that joins a
+    /// fetch already under way (a prefetch's, with a longer deadline) still
+    /// gives up after its own.
+    pub(crate) async fn fetch_chunk_within(
+        self: &Arc<Self>,
+        id: ChunkId,
+        deadline: Duration,
+    ) -> Result<Arc<Vec<u8>>, NodeError> {
         let unavailable = |reason: String| NodeError::Unavailable(format!("chunk {id}: {reason}"));
         if let Some(stored) = self.blocking(move |s| s.get_stored_chunk(&id)).await.map_err(unavailable)? {
             return Ok(Arc::new(stored));
@@ -422,7 +439,13 @@ impl Node {
         // with the relays this node serves for the chunk: one fetch each.
         let (_, _, plan) = self.plan(id, true).await.map_err(unavailable)?;
         let relaying = matches!(plan.first(), Some(Ask::Relay(_)));
-        self.single_flight(id, relaying).await.map_err(unavailable)
+        // The leader of a flight keeps to its deadline; the margin covers
+        // its last answer arriving.
+        match tokio::time::timeout(deadline + FLIGHT_MARGIN, self.single_flight(id, relaying, deadline)).await
+        {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(unavailable(format!("not here within {deadline:?}; its fetch goes on"))),
+        }
     }
 
     /// One fetch per (chunk, whether it may relay) at a time; every caller
@@ -431,6 +454,7 @@ impl Node {
         self: &Arc<Self>,
         id: ChunkId,
         relay: bool,
+        deadline: Duration,
     ) -> Result<Arc<Vec<u8>>, String> {
         let (wait, leader) = {
             let mut in_flight = self.in_flight.lock();
@@ -451,7 +475,7 @@ impl Node {
             // not cancel it for the others.
             let node = self.clone();
             tokio::spawn(async move {
-                let result = node.fetch_uncached(id, relay).await.map(Arc::new);
+                let result = node.fetch_uncached(id, relay, deadline).await.map(Arc::new);
                 if let Err(reason) = &result {
                     tracing::warn!(chunk = %id, relay, reason, "chunk unavailable");
                 }
@@ -512,11 +536,11 @@ impl Node {
         Ok((layers, holders, plan))
     }
 
-    async fn fetch_uncached(&self, id: ChunkId, relay: bool) -> Result<Vec<u8>, String> {
+    async fn fetch_uncached(&self, id: ChunkId, relay: bool, deadline: Duration) -> Result<Vec<u8>, String> {
         if let Some(stored) = self.blocking(move |s| s.get_stored_chunk(&id)).await? {
             return Ok(stored);
         }
-        let until = tokio::time::Instant::now() + self.config.fetch_deadline;
+        let until = tokio::time::Instant::now() + deadline;
         let (layers, holders, plan) = loop {
             let (layers, holders, plan) = self.plan(id, relay).await?;
             if !plan.is_empty() {
@@ -527,9 +551,8 @@ impl Node {
             if tokio::time::Instant::now() + NO_HOLDER_RETRY >= until {
                 self.metrics.fetch_failures.inc();
                 return Err(format!(
-                    "no live node announced its layers ({}) within {:?}",
+                    "no live node announced its layers ({}) within {deadline:?}",
                     short_list(&layers),
-                    self.config.fetch_deadline
                 ));
             }
             tokio::time::sleep(NO_HOLDER_RETRY).await;
@@ -566,14 +589,16 @@ impl Node {
                     tried.push(format!("{} ({e})", holder.node));
                 }
                 Err(_) => {
+                    // Slow, perhaps only busy: asked last for a while, but its
+                    // connection (and the requests on it) stays.
                     tracing::warn!(chunk = %id, peer = %holder.node, ?share, "peer silent; trying the next");
-                    self.penalise(holder.addr);
+                    self.penalised.lock().insert(holder.addr, Instant::now());
                     tried.push(format!("{} (no answer within {share:?})", holder.node));
                 }
             }
         }
         self.metrics.fetch_failures.inc();
-        Err(format!("no peer gave it within {:?}; tried {}", self.config.fetch_deadline, tried.join(", ")))
+        Err(format!("no peer gave it within {deadline:?}; tried {}", tried.join(", ")))
     }
 
     /// Stores a verified chunk and notes its layers' progress; a layer whose

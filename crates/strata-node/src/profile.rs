@@ -14,9 +14,13 @@ use strata_wire::PeerRequest;
 
 use crate::{Node, NodeError};
 
-/// Chunk fetches a prefetch keeps in flight: enough to fill a 100 Mbit/s
-/// link at 150 ms RTT with chunks of ~20 KB stored.
-const PREFETCH_IN_FLIGHT: usize = 128;
+/// Chunk fetches a prefetch keeps in flight: about a 100 Mbit/s link at
+/// 100 ms RTT with chunks of ~20 KB stored, without queueing so deep that
+/// a crowd of nodes starting at once waits out its deadlines.
+const PREFETCH_IN_FLIGHT: usize = 64;
+/// A prefetched chunk's deadline, in fetch deadlines: it may queue behind
+/// the rest of the profile; a read that joins it keeps its own deadline.
+const PREFETCH_DEADLINES: u32 = 4;
 
 impl Node {
     /// Keeps `chunks` as `image`'s startup profile unless it has one (only
@@ -121,7 +125,8 @@ impl Node {
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
             let node = self.clone();
             fetches.spawn(async move {
-                let fetched = node.fetch_chunk(chunk).await.is_ok();
+                let deadline = node.fetch_deadline() * PREFETCH_DEADLINES;
+                let fetched = node.fetch_chunk_within(chunk, deadline).await.is_ok();
                 drop(permit);
                 fetched
             });

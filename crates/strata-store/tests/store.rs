@@ -221,3 +221,49 @@ fn a_reader_opens_beside_a_writer_and_a_second_writer_is_refused() {
     let second = Store::open(&dir.path().join("store"), OpenMode::ReadWrite);
     assert!(matches!(second, Err(StoreError::Busy { .. })), "{:?}", second.err());
 }
+
+#[test]
+fn a_startup_profile_keeps_only_the_images_chunks_and_the_first_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let (mine, other) = (b"mine ".repeat(100), b"other ".repeat(100));
+    import(&store, "app:1", &mine);
+    import(&store, "other:1", &other);
+    let (app, _) = store.resolve("app:1").unwrap();
+    let (own, foreign, unknown) = (ChunkId::of(&mine), ChunkId::of(&other), ChunkId::of(b"nowhere"));
+    assert_eq!(store.profile(&app).unwrap(), None);
+
+    // Chunks of another image and unknown chunks are dropped, repeats once.
+    let kept = store.put_profile(&app, &[foreign, own, unknown, own]).unwrap();
+    assert_eq!(kept, Some(vec![own]));
+    assert_eq!(store.profile(&app).unwrap(), Some(vec![own]));
+    // The first profile stays.
+    assert_eq!(store.put_profile(&app, &[own]).unwrap(), None);
+    // Nothing of the image: nothing kept.
+    let (other_id, _) = store.resolve("other:1").unwrap();
+    assert_eq!(store.put_profile(&other_id, &[own, unknown]).unwrap(), None);
+    assert_eq!(store.profile(&other_id).unwrap(), None);
+
+    // The profile goes with the image.
+    store.remove("app:1").unwrap();
+    assert_eq!(store.profile(&app).unwrap(), None);
+}
+
+#[test]
+fn a_store_made_before_profiles_existed_opens_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let store = open(&dir);
+        import(&store, "app:1", b"data");
+    }
+    // Drop the profiles family, as a store of an older version lacks it.
+    {
+        let mut db =
+            rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, strata_store::schema::ALL).unwrap();
+        db.drop_cf(strata_store::schema::PROFILES).unwrap();
+    }
+    let view = Store::open(&path, OpenMode::ReadOnly).unwrap();
+    let (app, _) = view.resolve("app:1").unwrap();
+    assert_eq!(view.profile(&app).unwrap(), None);
+}
