@@ -24,7 +24,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,7 @@ fn lazy_start(
         serde_json::from_slice(&std::fs::read(&trace_path).expect("read trace")).expect("read trace JSON");
     if record {
         // The client hands the profile to the origin in the background.
-        let until = Instant::now() + Duration::from_secs(60);
-        while origin.metric("strata_profiles_kept_total") < 1.0 {
-            assert!(Instant::now() < until, "the origin never received the startup profile");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        origin.wait_metric("strata_profiles_kept_total", 1.0);
     }
     let run = LazyRun {
         ready,
@@ -131,12 +127,7 @@ fn main() {
     let mbit = common::arg("--mbit", 100);
     let runs = common::arg("--runs", 1) as usize;
     let root = common::scratch("coldstart");
-    let out: PathBuf = match std::env::args().skip_while(|a| a != "--out").nth(1) {
-        Some(dir) => dir.into(),
-        None if bench => Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results"),
-        None => root.join("results"),
-    };
-    std::fs::create_dir_all(&out).expect("results dir");
+    let out = common::results_dir(&root);
     eprintln!("scratch dir {} (node logs: */*.log)", root.display());
 
     let link = DelayLink::new("stb-p1", mbit);

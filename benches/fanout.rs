@@ -22,7 +22,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -107,11 +107,7 @@ fn strata_round(
     let times = threads.into_iter().map(|t| t.join().expect("node thread")).collect();
     if record {
         // The node hands the profile to the origin in the background.
-        let until = Instant::now() + Duration::from_secs(60);
-        while origin.metric("strata_profiles_kept_total") < 1.0 {
-            assert!(Instant::now() < until, "the origin never received the startup profile");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        origin.wait_metric("strata_profiles_kept_total", 1.0);
     }
     let fetched = nodes.iter().map(|n| n.metric("strata_chunk_bytes_fetched_total")).sum();
     (times, fetched)
@@ -158,12 +154,7 @@ fn main() {
     });
     let mbit = common::arg("--mbit", 100);
     let root = common::scratch("fanout");
-    let out: PathBuf = match std::env::args().skip_while(|a| a != "--out").nth(1) {
-        Some(dir) => dir.into(),
-        None if bench => Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results"),
-        None => root.join("results"),
-    };
-    std::fs::create_dir_all(&out).expect("results dir");
+    let out = common::results_dir(&root);
     eprintln!("scratch dir {} (node logs: */*.log)", root.display());
 
     let image = images::image(&image_name);

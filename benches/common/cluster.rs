@@ -109,6 +109,15 @@ impl BenchNode {
             .sum()
     }
 
+    /// Waits until metric `name` reaches `at_least`; panics after a minute.
+    pub fn wait_metric(&self, name: &str, at_least: f64) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while self.metric(name) < at_least {
+            assert!(Instant::now() < until, "{name} of {} never reached {at_least}", self.data.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Other members this node's gossip sees alive.
     pub fn alive_peers(&self) -> usize {
         let out = strata(&self.data).args(["--json", "peers"]).output().expect("strata peers");

@@ -167,3 +167,15 @@ pub fn today() -> String {
     let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// Where a bench writes its results: `--out DIR`, else benches/results
+/// under `cargo bench`, else `scratch/results` (smoke runs).
+pub fn results_dir(scratch: &Path) -> PathBuf {
+    let out = match std::env::args().skip_while(|a| a != "--out").nth(1) {
+        Some(dir) => dir.into(),
+        None if is_bench() => Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results"),
+        None => scratch.join("results"),
+    };
+    std::fs::create_dir_all(&out).expect("results dir");
+    out
+}
