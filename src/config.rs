@@ -31,9 +31,9 @@ pub struct Settings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MountSettings {
-    /// Most the kernel reads ahead of a read, KiB (4 to 1024). Larger makes
-    /// sequential reads from the local store faster; smaller fetches less
-    /// that nobody reads when chunks come from peers.
+    /// Most the kernel reads ahead of a read, KiB (4 to 1024; the kernel
+    /// also holds it to the mount's read_ahead_kb, 128 by default). Smaller
+    /// fetches less that nobody reads when chunks come from peers.
     pub readahead_kb: u32,
     /// Seconds from a mount's start whose reads make the image's startup
     /// profile (recorded by mounts through a node, shared with peers that

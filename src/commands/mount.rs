@@ -150,10 +150,7 @@ pub fn serve(
     // Leave the caller's session: its end must not end the mount.
     let _ = nix::unistd::setsid();
     let mut report = std::io::stdout();
-    // Reads are always traced (cheap): a mount through the node records the
-    // image's startup profile from them.
-    let trace = Arc::new(ReadTrace::default());
-    let mut serving = match start(ctx, image, mountpoint, upper, trace.clone(), peer) {
+    let mut serving = match start(ctx, image, mountpoint, upper, trace_reads.is_some(), peer) {
         Ok(serving) => serving,
         Err(e) => {
             let _ = writeln!(report, "error: {}", crate::error_chain(&e));
@@ -176,16 +173,19 @@ pub fn serve(
     report.flush()?;
     detach_stdout()?;
     tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
-    let profile = serving.through_node.then(|| {
-        let window = Duration::from_secs_f64(ctx.settings.mount.profile_window_secs.max(0.0));
-        ProfileRecorder::start(ctx.data_dir.clone(), serving.image_id, trace.clone(), window)
-    });
+    let profile = match (&serving.trace, serving.through_node) {
+        (Some(trace), true) => {
+            let window = Duration::from_secs_f64(ctx.settings.mount.profile_window_secs.max(0.0));
+            Some(ProfileRecorder::start(ctx.data_dir.clone(), serving.image_id, trace.clone(), window))
+        }
+        _ => None,
+    };
     let result = serving.session.run();
     if let Some(profile) = profile {
         profile.finish();
     }
-    if let Some(path) = trace_reads {
-        write_trace(&trace, path);
+    if let (Some(trace), Some(path)) = (&serving.trace, trace_reads) {
+        write_trace(trace, path);
     }
     mounts::remove(&ctx.data_dir, mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mount ended");
@@ -217,6 +217,9 @@ struct Serving {
     image_id: strata_types::ImageId,
     /// Chunks missing here come through this data dir's node.
     through_node: bool,
+    /// The reads served, when asked for or when a node runs (which makes
+    /// the image's startup profile of them).
+    trace: Option<Arc<ReadTrace>>,
     /// For a peer's image: the runtime its connection lives on, kept as
     /// long as the session.
     _runtime: Option<tokio::runtime::Runtime>,
@@ -227,7 +230,7 @@ fn start(
     image: &str,
     mountpoint: &Path,
     upper: Option<&Path>,
-    read_trace: Arc<ReadTrace>,
+    trace_reads: bool,
     peer: &PeerArgs,
 ) -> anyhow::Result<Serving> {
     let mut through_node = false;
@@ -253,9 +256,10 @@ fn start(
             (id, image.to_owned(), tree, Arc::new(source), Some(runtime))
         };
     let upper_dir = upper.map(|dir| UpperDir::open(dir, &id)).transpose()?;
+    let trace = (trace_reads || through_node).then(|| Arc::new(ReadTrace::default()));
     let options = MountOptions {
         fs_name: format!("strata:{name}"),
-        read_trace: Some(read_trace),
+        read_trace: trace.clone(),
         readahead_kb: ctx.settings.mount.readahead_kb,
         ..MountOptions::default()
     };
@@ -270,7 +274,7 @@ fn start(
         started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         log: mounts::log_path(&ctx.data_dir, mountpoint),
     };
-    Ok(Serving { session, record, image_id: id, through_node, _runtime: runtime })
+    Ok(Serving { session, record, image_id: id, through_node, trace, _runtime: runtime })
 }
 
 /// An image from peers: its record and indexes from the first that has

@@ -355,10 +355,18 @@ impl Node {
             .await
             .map_err(|e| NodeError::Setup(e.to_string()))?;
         match local {
-            Ok((id, _)) => {
+            Ok((id, record)) => {
                 // Pulled before and still partial (a restart): its profile
                 // goes on being prefetched.
-                self.start_prefetch(id);
+                let partial = self.partial.lock();
+                if record
+                    .layers
+                    .iter()
+                    .any(|l| LayerId::from_slice(l).is_ok_and(|l| partial.contains_key(&l)))
+                {
+                    drop(partial);
+                    self.start_prefetch(id);
+                }
                 return Ok(id);
             }
             Err(StoreError::NoSuchImage(_)) => {}

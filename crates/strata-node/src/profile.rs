@@ -24,14 +24,18 @@ const PREFETCH_DEADLINES: u32 = 4;
 
 impl Node {
     /// Keeps `chunks` as `image`'s startup profile unless it has one (only
-    /// chunks of the image's layers). Returns whether it was kept.
-    pub fn keep_profile(&self, image: ImageId, chunks: &[ChunkId]) -> Result<bool, NodeError> {
+    /// chunks of the image's layers). Returns the profile kept, if it was.
+    pub fn keep_profile(
+        &self,
+        image: ImageId,
+        chunks: &[ChunkId],
+    ) -> Result<Option<Vec<ChunkId>>, NodeError> {
         let kept = self.store().put_profile(&image, chunks)?;
         if let Some(kept) = &kept {
             self.metrics.profiles_kept.inc();
             tracing::info!(%image, chunks = kept.len(), "startup profile kept");
         }
-        Ok(kept.is_some())
+        Ok(kept)
     }
 
     /// A profile a mount on this node recorded: kept here, then offered to
@@ -41,17 +45,15 @@ impl Node {
         image: ImageId,
         chunks: Vec<ChunkId>,
     ) -> Result<(), NodeError> {
-        let store = self.store().clone();
-        let kept = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let kept = store.put_profile(&image, &chunks)?;
-            let layers = store.image(&image)?.map(|r| r.layers).unwrap_or_default();
+        let node = self.clone();
+        let kept = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let kept = node.keep_profile(image, &chunks)?;
+            let layers = node.store().image(&image)?.map(|r| r.layers).unwrap_or_default();
             Ok((kept, layers))
         })
         .await
         .map_err(|e| NodeError::Setup(e.to_string()))??;
         let (Some(kept), layers) = kept else { return Ok(()) };
-        self.metrics.profiles_kept.inc();
-        tracing::info!(%image, chunks = kept.len(), "startup profile recorded");
         let node = self.clone();
         tokio::spawn(async move { node.offer_profile(image, kept, layers).await });
         Ok(())

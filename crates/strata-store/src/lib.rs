@@ -32,7 +32,6 @@ mod txn;
 
 pub use error::StoreError;
 pub use gc::GcReport;
-pub use profile::decode_profile;
 pub use query::{ImageEntry, LayerEntry, RemoveOutcome};
 pub use stats::StoreStats;
 pub use store::{OpenMode, Store};

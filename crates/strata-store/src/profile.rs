@@ -11,7 +11,7 @@ use strata_types::{ChunkId, ImageId, LayerId, MAX_PROFILE_CHUNKS};
 use crate::{schema, Store, StoreError};
 
 /// The image's profile as stored, or `None` if malformed.
-pub fn decode_profile(bytes: &[u8]) -> Option<Vec<ChunkId>> {
+fn decode_profile(bytes: &[u8]) -> Option<Vec<ChunkId>> {
     strata_types::decode_chunk_list(bytes, MAX_PROFILE_CHUNKS)
 }
 
