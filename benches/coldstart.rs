@@ -37,6 +37,12 @@ use serde_json::{json, Value};
 
 struct LazyRun {
     ready: Duration,
+    /// The same start again on the same node, every chunk it read now
+    /// local: the cost of the FUSE mount and the store without the network.
+    local: Duration,
+    /// Chunks the node fetched during that second start (0 when it was
+    /// local as meant).
+    local_fetched: f64,
     metadata_bytes: f64,
     chunk_bytes: f64,
     chunks: f64,
@@ -66,11 +72,41 @@ fn lazy_start(
     });
     client.wait_peers(1);
     let trace_path = dir.join("trace.json");
+    let ready = run_until_ready(&data, image, Some(&trace_path), record);
+    let trace: Value =
+        serde_json::from_slice(&std::fs::read(&trace_path).expect("read trace")).expect("read trace JSON");
+    if record {
+        // The client hands the profile to the origin in the background.
+        origin.wait_metric("strata_profiles_kept_total", 1.0);
+    }
+    let mut run = LazyRun {
+        ready,
+        local: Duration::ZERO,
+        local_fetched: 0.0,
+        metadata_bytes: client.metric("strata_image_metadata_bytes_fetched_total"),
+        chunk_bytes: client.metric("strata_chunk_bytes_fetched_total"),
+        chunks: client.metric("strata_chunks_fetched_total"),
+        prefetched: client.metric("strata_prefetched_chunks_total"),
+        trace,
+    };
+    run.local = run_until_ready(&data, image, None, false);
+    run.local_fetched = client.metric("strata_chunks_fetched_total") - run.chunks;
+    drop(client);
+    let _ = std::fs::remove_dir_all(dir);
+    run
+}
+
+/// `strata run` of the image's workload through the node at `data`, timed
+/// to `ready`; its reads traced to `trace`, its startup profile recorded
+/// with `record`.
+fn run_until_ready(data: &Path, image: &BenchImage, trace: Option<&Path>, record: bool) -> Duration {
     let started = Instant::now();
-    let mut child = strata(&data)
-        .arg("run")
-        .arg("--trace-reads")
-        .arg(&trace_path)
+    let mut run = strata(data);
+    run.arg("run");
+    if let Some(trace) = trace {
+        run.arg("--trace-reads").arg(trace);
+    }
+    let mut child = run
         .arg(&image.reference)
         .arg("--")
         .args(&image.command)
@@ -81,23 +117,7 @@ fn lazy_start(
     let ready = wait_for_line(child.stdout.take().expect("stdout"), READY, started);
     let status = child.wait().expect("strata run");
     assert!(status.success(), "strata run {} failed: {status}", image.reference);
-    let trace: Value =
-        serde_json::from_slice(&std::fs::read(&trace_path).expect("read trace")).expect("read trace JSON");
-    if record {
-        // The client hands the profile to the origin in the background.
-        origin.wait_metric("strata_profiles_kept_total", 1.0);
-    }
-    let run = LazyRun {
-        ready,
-        metadata_bytes: client.metric("strata_image_metadata_bytes_fetched_total"),
-        chunk_bytes: client.metric("strata_chunk_bytes_fetched_total"),
-        chunks: client.metric("strata_chunks_fetched_total"),
-        prefetched: client.metric("strata_prefetched_chunks_total"),
-        trace,
-    };
-    drop(client);
-    let _ = std::fs::remove_dir_all(dir);
-    run
+    ready
 }
 
 struct Row {
@@ -234,8 +254,27 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
             p1.push(json!({
                 "image": image, "rtt_ms": rtt, "full_ready_s": full, "full_downloaded_s": downloaded,
                 "full_unpacked_s": unpacked, "first_ready_s": first, "profiled_ready_s": profiled,
+                "native_warm_s": m(&|r| secs(r.full.warm)), "strata_local_s": m(&|r| secs(r.profiled.local)),
+                "local_start_chunks_fetched": m(&|r| r.profiled.local_fetched),
             }));
         }
+    }
+
+    println!("\nWhere a start with the profile spends its time: the workload alone (a second start in the full pull's overlayfs tree, page cache warm), plus the FUSE mount and store (a second `strata run` on the same node, every chunk local), plus the network (the rest)\n");
+    println!("| image | RTT (ms) | with profile (s) | workload alone (s) | + FUSE and store (s) | + network (s) | chunks fetched by the local start |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &p1 {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            r["image"].as_str().unwrap_or(""),
+            r["rtt_ms"],
+            f("profiled_ready_s"),
+            f("native_warm_s"),
+            f("strata_local_s") - f("native_warm_s"),
+            f("profiled_ready_s") - f("strata_local_s"),
+            f("local_start_chunks_fetched"),
+        );
     }
 
     println!("\nP2 bytes fetched before the workload is ready vs bytes it read (RTT {} ms)\n", rtts[0]);
@@ -316,5 +355,9 @@ fn smoke_checks(rows: &[Row]) {
         assert!(r.lazy.metadata_bytes > 0.0, "the lazy start fetched no metadata");
         assert!(r.full.bytes_downloaded > 0, "the full pull moved nothing");
         assert!(r.profiled.prefetched > 0.0, "the start with a profile prefetched nothing");
+        assert_eq!(
+            r.profiled.local_fetched, 0.0,
+            "the second start on a node fetched chunks: it was not local"
+        );
     }
 }

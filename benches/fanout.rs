@@ -41,8 +41,15 @@ struct Round {
     strata_origin_bytes: f64,
     /// Chunk bytes the nodes fetched, all sources.
     strata_fetched_bytes: f64,
+    /// Each node's prefetch of the startup profile, first fetch to last:
+    /// the data's arrival, apart from the workload's CPU time.
+    prefetch: Vec<f64>,
     baseline: Vec<Duration>,
     baseline_origin_bytes: f64,
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
 }
 
 fn slowest(times: &[Duration]) -> f64 {
@@ -58,7 +65,7 @@ fn strata_round(
     root: &Path,
     image: &BenchImage,
     record: bool,
-) -> (Vec<Duration>, f64) {
+) -> (Vec<Duration>, f64, Vec<f64>) {
     let nodes: Vec<BenchNode> = hosts
         .iter()
         .enumerate()
@@ -110,7 +117,8 @@ fn strata_round(
         origin.wait_metric("strata_profiles_kept_total", 1.0);
     }
     let fetched = nodes.iter().map(|n| n.metric("strata_chunk_bytes_fetched_total")).sum();
-    (times, fetched)
+    let prefetch = nodes.iter().map(|n| n.metric("strata_prefetch_seconds_total")).collect();
+    (times, fetched, prefetch)
 }
 
 /// Every node pulls the whole image from the origin at once.
@@ -192,7 +200,8 @@ fn main() {
         let round_dir = root.join(format!("n{n}"));
         eprintln!("N = {n}: Strata");
         let origin = start_origin();
-        let (times, fetched) = strata_round(&switch, &hosts[..n], &origin, &certs, &round_dir, &image, false);
+        let (times, fetched, prefetch) =
+            strata_round(&switch, &hosts[..n], &origin, &certs, &round_dir, &image, false);
         let origin_bytes = origin.metric("strata_chunk_bytes_served_total");
         drop(origin);
         eprintln!("N = {n}: full pull from the origin");
@@ -204,6 +213,7 @@ fn main() {
             strata: times,
             strata_origin_bytes: origin_bytes,
             strata_fetched_bytes: fetched,
+            prefetch,
             baseline,
             baseline_origin_bytes: baseline_bytes as f64,
         };
@@ -241,16 +251,19 @@ fn report(rounds: &[Round], image: &str, mbit: u64, out: &Path) {
         common::machine(),
         common::today()
     );
-    println!("| N | Strata: slowest ready (s) | t(N)/t(1) | origin egress ÷ working set | full pull: slowest ready (s) | t(N)/t(1) | origin egress ÷ working set |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| N | Strata: slowest ready (s) | t(N)/t(1) | slowest prefetch (s) | its ÷ N = 1 | origin egress ÷ working set | full pull: slowest ready (s) | t(N)/t(1) | origin egress ÷ working set |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let p1 = rounds.iter().find(|r| r.n == 1).map(|r| max(&r.prefetch));
     let mut rows = Vec::new();
     for r in rounds {
         let (t, b) = (slowest(&r.strata), slowest(&r.baseline));
         let ws = working_set.max(1.0);
+        let p = max(&r.prefetch);
         println!(
-            "| {} | {t:.2} | {:.2} | {:.2} | {b:.2} | {:.2} | {:.2} |",
+            "| {} | {t:.2} | {:.2} | {p:.2} | {:.2} | {:.2} | {b:.2} | {:.2} | {:.2} |",
             r.n,
             t / t1.unwrap_or(t),
+            p / p1.unwrap_or(p).max(1e-3),
             r.strata_origin_bytes / ws,
             b / b1.unwrap_or(b),
             r.baseline_origin_bytes / ws,
@@ -259,7 +272,7 @@ fn report(rounds: &[Round], image: &str, mbit: u64, out: &Path) {
             "n": r.n,
             "strata_ready_s": r.strata.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "strata_slowest_s": t, "strata_origin_bytes": r.strata_origin_bytes,
-            "strata_fetched_bytes": r.strata_fetched_bytes,
+            "strata_fetched_bytes": r.strata_fetched_bytes, "strata_prefetch_s": r.prefetch,
             "baseline_ready_s": r.baseline.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "baseline_slowest_s": b, "baseline_origin_bytes": r.baseline_origin_bytes,
         }));
@@ -282,6 +295,10 @@ fn report(rounds: &[Round], image: &str, mbit: u64, out: &Path) {
                 y_label: "seconds".into(),
                 series: vec![
                     Series { label: "Strata (lazy, P2P)".into(), points: points(&|r| slowest(&r.strata)) },
+                    Series {
+                        label: "Strata, profile prefetched".into(),
+                        points: points(&|r| max(&r.prefetch)),
+                    },
                     Series {
                         label: "full pull from origin".into(),
                         points: points(&|r| slowest(&r.baseline)),

@@ -18,6 +18,7 @@
 
 pub mod directory;
 mod handler;
+mod lookup_cache;
 pub mod membership;
 pub mod metrics;
 mod node;

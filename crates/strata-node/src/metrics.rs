@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FromLabel {
@@ -27,6 +28,7 @@ pub struct Metrics {
     pub images_pulled: Counter,
     pub image_metadata_bytes_fetched: Counter,
     pub prefetched_chunks: Counter,
+    pub prefetch_seconds: Counter<f64, AtomicU64>,
     pub profiles_kept: Counter,
     pub members_live: Gauge,
     pub announcements: Counter,
@@ -48,6 +50,7 @@ impl Metrics {
             images_pulled: Counter::default(),
             image_metadata_bytes_fetched: Counter::default(),
             prefetched_chunks: Counter::default(),
+            prefetch_seconds: Counter::default(),
             profiles_kept: Counter::default(),
             members_live: Gauge::default(),
             announcements: Counter::default(),
@@ -90,6 +93,11 @@ impl Metrics {
             "prefetched_chunks",
             "Chunks fetched ahead of reads from images' startup profiles",
             m.prefetched_chunks.clone(),
+        );
+        registry.register(
+            "prefetch_seconds",
+            "Time spent prefetching startup profiles, first fetch to last",
+            m.prefetch_seconds.clone(),
         );
         registry.register(
             "profiles_kept",

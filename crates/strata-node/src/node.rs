@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::directory::{Directory, Holder};
 use crate::handler::NodeHandler;
+use crate::lookup_cache::{Cached, LookupCache};
 use crate::membership::{Member, MemberState, MemberView, Membership};
 use crate::metrics::{FromLabel, Metrics};
 use crate::throttle::{Caps, Throttle};
@@ -46,8 +47,6 @@ pub struct NodeConfig {
     pub caps: Caps,
 }
 
-/// How long a directory answer is reused.
-const LOOKUP_CACHE: Duration = Duration::from_secs(2);
 /// How often a fetch that found no holder asks the directory again.
 const NO_HOLDER_RETRY: Duration = Duration::from_millis(250);
 /// Beyond a flight's deadline, how long a caller waits for its outcome.
@@ -69,11 +68,6 @@ struct Holdings {
     partial: Vec<Key>,
 }
 
-struct CachedLookup {
-    at: Instant,
-    holders: Vec<Holder>,
-}
-
 pub struct Node {
     config: NodeConfig,
     me: Member,
@@ -82,7 +76,7 @@ pub struct Node {
     pool: Arc<Pool>,
     membership: Membership,
     directory: Mutex<Directory>,
-    lookups: Mutex<HashMap<Key, CachedLookup>>,
+    lookups: Mutex<LookupCache>,
     /// Fetches under way, by chunk and whether they may relay: every reader
     /// of a chunk waits on one fetch.
     in_flight: Mutex<HashMap<(ChunkId, bool), Waiters>>,
@@ -288,12 +282,10 @@ impl Node {
     }
 
     /// Who holds `key`, as its directory nodes say (this node included when
-    /// it announced it). Answers are reused for a moment.
+    /// it announced it). Answers are reused for a moment ([`LookupCache`]).
     pub async fn lookup(&self, key: &Key) -> Vec<Holder> {
-        if let Some(cached) = self.lookups.lock().get(key) {
-            if cached.at.elapsed() < LOOKUP_CACHE {
-                return cached.holders.clone();
-            }
+        if let Cached::Use(holders) = self.lookups.lock().get(key, Instant::now()) {
+            return holders;
         }
         let live = self.live();
         let per_node = (self.config.fetch_deadline / 4).min(Duration::from_secs(1));
@@ -337,11 +329,7 @@ impl Node {
                 None => merged.push(holder),
             }
         }
-        // An answer naming only this node may be a directory still filling:
-        // not kept, so the next read asks again.
-        if merged.iter().any(|h| h.node != self.me.name) {
-            self.lookups.lock().insert(*key, CachedLookup { at: Instant::now(), holders: merged.clone() });
-        }
+        self.lookups.lock().put(*key, merged.clone(), &self.me.name, Instant::now());
         merged
     }
 
@@ -399,11 +387,6 @@ impl Node {
                     self.partial.lock().extend(missing);
                     self.metrics.images_pulled.inc();
                     tracing::info!(image = reference, %id, from = %holder.node, "image metadata pulled");
-                    // Announced in the background: the caller waits on the
-                    // image, not on its directory nodes.
-                    let node = self.clone();
-                    let name = name_key(reference);
-                    tokio::spawn(async move { node.announce(&[name], &partial).await });
                     if !profile.is_empty() {
                         let node = self.clone();
                         let kept = tokio::task::spawn_blocking(move || node.keep_profile(id, &profile)).await;
@@ -411,7 +394,17 @@ impl Node {
                             tracing::warn!(%id, error = %e, "keeping the peer's startup profile failed");
                         }
                     }
-                    self.start_prefetch(id);
+                    // Announced in the background: the caller waits on the
+                    // image, not on its directory nodes. The prefetch starts
+                    // once the directory knows this node joins the layers'
+                    // group, so that nodes starting together fetch each
+                    // chunk from the origin once.
+                    let node = self.clone();
+                    let name = name_key(reference);
+                    tokio::spawn(async move {
+                        node.announce(&[name], &partial).await;
+                        node.start_prefetch(id);
+                    });
                     return Ok(id);
                 }
                 Ok(Err(e)) => errors.push(format!("{} ({e})", holder.node)),
@@ -569,7 +562,13 @@ impl Node {
         for (i, ask) in plan.iter().enumerate() {
             let Some(holder) = holders.get(&ask.node()) else { continue };
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let share = left / (plan.len() - i) as u32;
+            let share = match ask {
+                // The designated fetcher is the group's one way to the
+                // origin: it gets half the time, since asking the origin
+                // past it is a second copy from the origin.
+                Ask::Relay(_) if plan.len() > 1 => left / 2,
+                _ => left / (plan.len() - i) as u32,
+            };
             let (request, from) = match ask {
                 Ask::Relay(_) => (PeerRequest::RelayChunks(vec![id]), "relay"),
                 Ask::Fetch(_) if holder.complete => (PeerRequest::FetchChunks(vec![id]), "complete"),

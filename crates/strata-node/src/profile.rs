@@ -141,6 +141,7 @@ impl Node {
             }
         }
         self.metrics.prefetched_chunks.inc_by(fetched);
+        self.metrics.prefetch_seconds.inc_by(started.elapsed().as_secs_f64());
         tracing::info!(
             %image,
             fetched,

@@ -1,0 +1,109 @@
+//! Directory answers reused for a moment. A group of nodes fetching one
+//! layer forms within a second of their starts, and a node that goes on
+//! using an answer from before its peers announced fetches from the origin
+//! what a peer is designated to relay. So an answer is fresh only briefly;
+//! after that one caller refreshes it while the others go on with the
+//! stale answer, and none is used past [`MAX_AGE`].
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::directory::Holder;
+
+/// Used without asking again.
+pub(crate) const FRESH: Duration = Duration::from_millis(250);
+/// Used at all (while one caller refreshes it).
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(2);
+
+/// A directory key: a LayerId's bytes, or a name key.
+type Key = [u8; 32];
+
+struct Entry {
+    at: Instant,
+    holders: Vec<Holder>,
+    refreshing: bool,
+}
+
+/// What a caller does about a key.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Cached {
+    /// Use these holders.
+    Use(Vec<Holder>),
+    /// Ask the directory, then [`LookupCache::put`] the answer.
+    Ask,
+}
+
+#[derive(Default)]
+pub(crate) struct LookupCache {
+    entries: HashMap<Key, Entry>,
+}
+
+impl LookupCache {
+    pub(crate) fn get(&mut self, key: &Key, now: Instant) -> Cached {
+        let Some(entry) = self.entries.get_mut(key) else { return Cached::Ask };
+        let age = now.saturating_duration_since(entry.at);
+        if age < FRESH || (age < MAX_AGE && entry.refreshing) {
+            return Cached::Use(entry.holders.clone());
+        }
+        if age < MAX_AGE {
+            // This caller refreshes it; the others go on with it meanwhile.
+            entry.refreshing = true;
+        }
+        Cached::Ask
+    }
+
+    /// Keeps a directory answer. One that names no node but `me` may be a
+    /// directory still filling: it replaces nothing and is not kept, so the
+    /// next caller asks again.
+    pub(crate) fn put(&mut self, key: Key, holders: Vec<Holder>, me: &str, now: Instant) {
+        if holders.iter().any(|h| h.node != me) {
+            self.entries.insert(key, Entry { at: now, holders, refreshing: false });
+        } else {
+            self.entries.remove(&key);
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(node: &str) -> Holder {
+        Holder { node: node.into(), addr: "127.0.0.1:1".parse().expect("addr"), complete: false }
+    }
+
+    #[test]
+    fn a_fresh_answer_is_used_then_one_caller_refreshes_while_the_others_use_it() {
+        let (mut cache, t0, key) = (LookupCache::default(), Instant::now(), [1; 32]);
+        assert_eq!(cache.get(&key, t0), Cached::Ask);
+        cache.put(key, vec![holder("a"), holder("me")], "me", t0);
+        assert!(matches!(cache.get(&key, t0 + FRESH / 2), Cached::Use(h) if h.len() == 2));
+        let later = t0 + FRESH;
+        assert_eq!(cache.get(&key, later), Cached::Ask, "the first caller past FRESH refreshes");
+        assert!(matches!(cache.get(&key, later), Cached::Use(_)), "the others go on with it");
+        cache.put(key, vec![holder("a"), holder("b")], "me", later);
+        assert!(matches!(cache.get(&key, later), Cached::Use(h) if h[1].node == "b"));
+    }
+
+    #[test]
+    fn no_answer_is_used_past_its_max_age_even_while_refreshing() {
+        let (mut cache, t0, key) = (LookupCache::default(), Instant::now(), [2; 32]);
+        cache.put(key, vec![holder("a")], "me", t0);
+        assert_eq!(cache.get(&key, t0 + FRESH), Cached::Ask);
+        assert_eq!(cache.get(&key, t0 + MAX_AGE), Cached::Ask);
+    }
+
+    #[test]
+    fn an_answer_naming_only_this_node_is_not_kept_and_drops_the_old_one() {
+        let (mut cache, t0, key) = (LookupCache::default(), Instant::now(), [3; 32]);
+        cache.put(key, vec![holder("a")], "me", t0);
+        cache.put(key, vec![holder("me")], "me", t0);
+        assert_eq!(cache.get(&key, t0), Cached::Ask);
+        cache.put(key, Vec::new(), "me", t0);
+        assert_eq!(cache.get(&key, t0), Cached::Ask);
+    }
+}
