@@ -44,7 +44,10 @@ struct Round {
     /// Each node's prefetch of the startup profile, first fetch to last:
     /// the data's arrival, apart from the workload's CPU time.
     prefetch: Vec<f64>,
+    /// How busy the machine's cores were from the start to the last `ready`.
+    strata_cpu: f64,
     baseline: Vec<Duration>,
+    baseline_cpu: f64,
     baseline_origin_bytes: f64,
 }
 
@@ -65,7 +68,7 @@ fn strata_round(
     root: &Path,
     image: &BenchImage,
     record: bool,
-) -> (Vec<Duration>, f64, Vec<f64>) {
+) -> (Vec<Duration>, f64, Vec<f64>, f64) {
     let nodes: Vec<BenchNode> = hosts
         .iter()
         .enumerate()
@@ -84,6 +87,7 @@ fn strata_round(
         node.wait_peers(nodes.len());
     }
     let barrier = Arc::new(Barrier::new(nodes.len()));
+    let cpu = common::CpuTicks::now();
     let threads: Vec<_> = nodes
         .iter()
         .map(|node| {
@@ -112,13 +116,14 @@ fn strata_round(
         })
         .collect();
     let times = threads.into_iter().map(|t| t.join().expect("node thread")).collect();
+    let cpu = cpu.busy_since();
     if record {
         // The node hands the profile to the origin in the background.
         origin.wait_metric("strata_profiles_kept_total", 1.0);
     }
     let fetched = nodes.iter().map(|n| n.metric("strata_chunk_bytes_fetched_total")).sum();
     let prefetch = nodes.iter().map(|n| n.metric("strata_prefetch_seconds_total")).collect();
-    (times, fetched, prefetch)
+    (times, fetched, prefetch, cpu)
 }
 
 /// Every node pulls the whole image from the origin at once.
@@ -129,8 +134,9 @@ fn baseline_round(
     layers: usize,
     root: &Path,
     image: &BenchImage,
-) -> (Vec<Duration>, u64) {
+) -> (Vec<Duration>, u64, f64) {
     let barrier = Arc::new(Barrier::new(hosts.len()));
+    let cpu = common::CpuTicks::now();
     let threads: Vec<_> = hosts
         .iter()
         .enumerate()
@@ -147,7 +153,8 @@ fn baseline_round(
         })
         .collect();
     let results: Vec<(Duration, u64)> = threads.into_iter().map(|t| t.join().expect("pull thread")).collect();
-    (results.iter().map(|r| r.0).collect(), results.iter().map(|r| r.1).sum())
+    let cpu = cpu.busy_since();
+    (results.iter().map(|r| r.0).collect(), results.iter().map(|r| r.1).sum(), cpu)
 }
 
 fn main() {
@@ -200,12 +207,12 @@ fn main() {
         let round_dir = root.join(format!("n{n}"));
         eprintln!("N = {n}: Strata");
         let origin = start_origin();
-        let (times, fetched, prefetch) =
+        let (times, fetched, prefetch, strata_cpu) =
             strata_round(&switch, &hosts[..n], &origin, &certs, &round_dir, &image, false);
         let origin_bytes = origin.metric("strata_chunk_bytes_served_total");
         drop(origin);
         eprintln!("N = {n}: full pull from the origin");
-        let (baseline, baseline_bytes) =
+        let (baseline, baseline_bytes, baseline_cpu) =
             baseline_round(&switch, &hosts[..n], &server, layers.len(), &round_dir, &image);
         let _ = std::fs::remove_dir_all(&round_dir);
         let round = Round {
@@ -214,7 +221,9 @@ fn main() {
             strata_origin_bytes: origin_bytes,
             strata_fetched_bytes: fetched,
             prefetch,
+            strata_cpu,
             baseline,
+            baseline_cpu,
             baseline_origin_bytes: baseline_bytes as f64,
         };
         eprintln!(
@@ -251,8 +260,8 @@ fn report(rounds: &[Round], image: &str, mbit: u64, out: &Path) {
         common::machine(),
         common::today()
     );
-    println!("| N | Strata: slowest ready (s) | t(N)/t(1) | slowest prefetch (s) | its ÷ N = 1 | origin egress ÷ working set | full pull: slowest ready (s) | t(N)/t(1) | origin egress ÷ working set |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| N | Strata: slowest ready (s) | t(N)/t(1) | slowest prefetch (s) | its ÷ N = 1 | origin egress ÷ working set | CPU busy | full pull: slowest ready (s) | t(N)/t(1) | origin egress ÷ working set | CPU busy |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let p1 = rounds.iter().find(|r| r.n == 1).map(|r| max(&r.prefetch));
     let mut rows = Vec::new();
     for r in rounds {
@@ -260,19 +269,22 @@ fn report(rounds: &[Round], image: &str, mbit: u64, out: &Path) {
         let ws = working_set.max(1.0);
         let p = max(&r.prefetch);
         println!(
-            "| {} | {t:.2} | {:.2} | {p:.2} | {:.2} | {:.2} | {b:.2} | {:.2} | {:.2} |",
+            "| {} | {t:.2} | {:.2} | {p:.2} | {:.2} | {:.2} | {:.0}% | {b:.2} | {:.2} | {:.2} | {:.0}% |",
             r.n,
             t / t1.unwrap_or(t),
             p / p1.unwrap_or(p).max(1e-3),
             r.strata_origin_bytes / ws,
+            100.0 * r.strata_cpu,
             b / b1.unwrap_or(b),
             r.baseline_origin_bytes / ws,
+            100.0 * r.baseline_cpu,
         );
         rows.push(json!({
             "n": r.n,
             "strata_ready_s": r.strata.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "strata_slowest_s": t, "strata_origin_bytes": r.strata_origin_bytes,
             "strata_fetched_bytes": r.strata_fetched_bytes, "strata_prefetch_s": r.prefetch,
+            "strata_cpu_busy": r.strata_cpu, "baseline_cpu_busy": r.baseline_cpu,
             "baseline_ready_s": r.baseline.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "baseline_slowest_s": b, "baseline_origin_bytes": r.baseline_origin_bytes,
         }));

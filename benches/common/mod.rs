@@ -179,3 +179,36 @@ pub fn results_dir(scratch: &Path) -> PathBuf {
     std::fs::create_dir_all(&out).expect("results dir");
     out
 }
+
+/// The machine's CPU time so far, busy and in all, from /proc/stat (in
+/// clock ticks): two readings give how busy every core was in between.
+#[derive(Clone, Copy)]
+pub struct CpuTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTicks {
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .expect("cpu line")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal: idle and iowait
+        // are not busy.
+        let total: u64 = fields.iter().take(8).sum();
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        CpuTicks { busy: total - idle, total }
+    }
+
+    /// The share of all cores' time that was busy since `self`.
+    pub fn busy_since(self) -> f64 {
+        let now = CpuTicks::now();
+        (now.busy - self.busy) as f64 / (now.total - self.total).max(1) as f64
+    }
+}

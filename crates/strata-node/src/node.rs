@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use strata_chunk::ChunkDecoder;
 use strata_net::quinn::Endpoint;
 use strata_net::Pool;
-use strata_placement::{plan_fetch, Ask, LayerHolder, Ring};
+use strata_placement::{plan_fetch, time_share, Ask, LayerHolder, Ring};
 use strata_proto::v1::LookupReply;
 use strata_store::{ImageId, LayerId, Store, StoreError};
 use strata_tls::Identity;
@@ -60,6 +60,14 @@ type Waiters = Vec<oneshot::Sender<Result<Arc<Vec<u8>>, String>>>;
 
 /// A directory key: a LayerId's bytes, or [`name_key`] of an image name.
 type Key = [u8; 32];
+
+/// A chunk's layers, their holders, and whom to ask in which order.
+struct FetchPlan {
+    layers: Vec<LayerId>,
+    holders: HashMap<NodeId, Holder>,
+    refs: Vec<LayerHolder>,
+    asks: Vec<Ask>,
+}
 
 /// Keys held whole and keys being fetched, as one announcement carries them.
 #[derive(Default)]
@@ -438,8 +446,8 @@ impl Node {
         }
         // A fetch that goes to a complete holder itself shares its flight
         // with the relays this node serves for the chunk: one fetch each.
-        let (_, _, plan) = self.plan(id, true).await.map_err(unavailable)?;
-        let relaying = matches!(plan.first(), Some(Ask::Relay(_)));
+        let plan = self.plan(id, true).await.map_err(unavailable)?;
+        let relaying = matches!(plan.asks.first(), Some(Ask::Relay(_)));
         // The leader of a flight keeps to its deadline; the margin covers
         // its last answer arriving.
         match tokio::time::timeout(deadline + FLIGHT_MARGIN, self.single_flight(id, relaying, deadline)).await
@@ -512,11 +520,7 @@ impl Node {
     }
 
     /// The chunk's layers, their holders, and whom to ask in which order.
-    async fn plan(
-        &self,
-        id: ChunkId,
-        relay: bool,
-    ) -> Result<(Vec<LayerId>, HashMap<NodeId, Holder>, Vec<Ask>), String> {
+    async fn plan(&self, id: ChunkId, relay: bool) -> Result<FetchPlan, String> {
         let layers = self.blocking(move |s| s.chunk_layers(&id)).await?;
         if layers.is_empty() {
             return Err("it is in no layer this node knows".into());
@@ -533,8 +537,8 @@ impl Node {
             holders.iter().filter(|(_, h)| penalised_addrs.contains(&h.addr)).map(|(id, _)| *id).collect();
         let refs: Vec<LayerHolder> =
             holders.iter().map(|(n, h)| LayerHolder { node: *n, complete: h.complete }).collect();
-        let plan = plan_fetch(&id, self.me.node_id(), &refs, &penalised, relay);
-        Ok((layers, holders, plan))
+        let asks = plan_fetch(&id, self.me.node_id(), &refs, &penalised, relay);
+        Ok(FetchPlan { layers, holders, refs, asks })
     }
 
     async fn fetch_uncached(&self, id: ChunkId, relay: bool, deadline: Duration) -> Result<Vec<u8>, String> {
@@ -542,10 +546,10 @@ impl Node {
             return Ok(stored);
         }
         let until = tokio::time::Instant::now() + deadline;
-        let (layers, holders, plan) = loop {
-            let (layers, holders, plan) = self.plan(id, relay).await?;
-            if !plan.is_empty() {
-                break (layers, holders, plan);
+        let FetchPlan { layers, holders, refs, asks } = loop {
+            let plan = self.plan(id, relay).await?;
+            if !plan.asks.is_empty() {
+                break plan;
             }
             // Directories refill within moments of a membership change:
             // ask again until the deadline.
@@ -553,22 +557,16 @@ impl Node {
                 self.metrics.fetch_failures.inc();
                 return Err(format!(
                     "no live node announced its layers ({}) within {deadline:?}",
-                    short_list(&layers),
+                    short_list(&plan.layers),
                 ));
             }
             tokio::time::sleep(NO_HOLDER_RETRY).await;
         };
         let mut tried = Vec::new();
-        for (i, ask) in plan.iter().enumerate() {
+        for (i, ask) in asks.iter().enumerate() {
             let Some(holder) = holders.get(&ask.node()) else { continue };
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let share = match ask {
-                // The designated fetcher is the group's one way to the
-                // origin: it gets half the time, since asking the origin
-                // past it is a second copy from the origin.
-                Ask::Relay(_) if plan.len() > 1 => left / 2,
-                _ => left / (plan.len() - i) as u32,
-            };
+            let share = time_share(left, &asks[i..], &refs);
             let (request, from) = match ask {
                 Ask::Relay(_) => (PeerRequest::RelayChunks(vec![id]), "relay"),
                 Ask::Fetch(_) if holder.complete => (PeerRequest::FetchChunks(vec![id]), "complete"),
@@ -597,9 +595,14 @@ impl Node {
                 }
                 Err(_) => {
                     // Slow, perhaps only busy: asked last for a while, but its
-                    // connection (and the requests on it) stays.
+                    // connection (and the requests on it) stays. Not a node
+                    // fetching the layer too: busy with the same start as
+                    // this one, and asked after the origin it would send
+                    // the origin every chunk it relays.
                     tracing::warn!(chunk = %id, peer = %holder.node, ?share, "peer silent; trying the next");
-                    self.penalised.lock().insert(holder.addr, Instant::now());
+                    if holder.complete {
+                        self.penalised.lock().insert(holder.addr, Instant::now());
+                    }
                     tried.push(format!("{} (no answer within {share:?})", holder.node));
                 }
             }

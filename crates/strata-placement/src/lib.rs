@@ -23,6 +23,6 @@ mod schedule;
 #[cfg(test)]
 mod test_ids;
 
-pub use plan::{plan_fetch, Ask, LayerHolder};
+pub use plan::{plan_fetch, time_share, Ask, LayerHolder};
 pub use ring::Ring;
 pub use schedule::{schedule, Assignment, Source};

@@ -11,6 +11,7 @@
 //! the complete holders are next, then any other partial holder.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use strata_types::{ChunkId, NodeId};
 
@@ -42,7 +43,10 @@ impl Ask {
 
 /// The order in which `me` asks for `chunk`. `relay` is false when `me` is
 /// itself fetching on another node's behalf (a relay never relays again).
-/// Penalised nodes go after the others, keeping their relative order.
+/// When `me` is the designated fetcher (or relaying), the partial holder
+/// that was designated before `me` joined is asked first, without relay:
+/// a node that joins a group late takes over chunks the group may already
+/// hold. Penalised nodes go after the others, keeping their relative order.
 pub fn plan_fetch(
     chunk: &ChunkId,
     me: NodeId,
@@ -60,20 +64,45 @@ pub fn plan_fetch(
     let partial: Vec<NodeId> =
         holders.iter().filter(|h| !h.complete && h.node != me).map(|h| h.node).collect();
     let mut asks = Vec::new();
-    let mut designated = None;
-    if relay && !partial.is_empty() && !complete.is_empty() {
+    let mut first = None;
+    if !partial.is_empty() && !complete.is_empty() {
         let mut group = partial.clone();
         group.push(me);
-        let first = by_score(group).first().copied();
-        if let Some(node) = first.filter(|n| *n != me) {
-            designated = Some(node);
-            asks.push(Ask::Relay(node));
-        }
+        let designated = by_score(group)[0];
+        // The first of the others: the designated fetcher when it is not
+        // me, else the one that was before I joined the group (it may have
+        // fetched the chunk already: asked before the origin, it saves a
+        // second copy from the origin).
+        let others_first = by_score(partial.clone())[0];
+        first = Some(others_first);
+        asks.push(if relay && designated != me {
+            Ask::Relay(others_first)
+        } else {
+            Ask::Fetch(others_first)
+        });
     }
     asks.extend(by_score(complete).into_iter().map(Ask::Fetch));
-    asks.extend(by_score(partial).into_iter().filter(|n| Some(*n) != designated).map(Ask::Fetch));
+    asks.extend(by_score(partial).into_iter().filter(|n| Some(*n) != first).map(Ask::Fetch));
     asks.sort_by_key(|a| penalised.contains(&a.node()));
     asks
+}
+
+/// How much of the time `left` a fetch gives the first of the asks still
+/// to make, `rest`: the time is shared out by weight. The designated
+/// fetcher weighs most (asking the origin past it is a second copy from
+/// the origin), a complete holder next (it holds the chunk, however busy),
+/// a partial holder little (it may well not hold it, and says so fast).
+pub fn time_share(left: Duration, rest: &[Ask], holders: &[LayerHolder]) -> Duration {
+    let weight = |ask: &Ask| -> u32 {
+        match ask {
+            Ask::Relay(_) => 16,
+            Ask::Fetch(n) if holders.iter().any(|h| h.node == *n && h.complete) => 8,
+            Ask::Fetch(_) => 1,
+        }
+    };
+    let Some(first) = rest.first() else { return left };
+    let total: u32 = rest.iter().map(weight).sum();
+    left * weight(first) / total.max(1)
 }
 
 #[cfg(test)]
@@ -107,14 +136,17 @@ mod tests {
         for n in [1u32, 2, 4, 8, 16] {
             let holders = group(n);
             for c in 0..500 {
-                // Who would go to the origin for this chunk first?
+                // Who would go to the origin for this chunk, relaying nothing?
                 let direct: Vec<u32> = (1..=n)
                     .filter(|i| {
                         let plan = plan_fetch(&chunk(c), node(*i), &holders, &BTreeSet::new(), true);
-                        plan[0] == Ask::Fetch(node(0))
+                        plan.iter().all(|a| matches!(a, Ask::Fetch(_)))
                     })
                     .collect();
                 assert_eq!(direct.len(), 1, "n={n} chunk {c}: {direct:?}");
+                let plan = plan_fetch(&chunk(c), node(direct[0]), &holders, &BTreeSet::new(), true);
+                let origin_at = usize::from(n > 1);
+                assert_eq!(plan[origin_at], Ask::Fetch(node(0)), "n={n}: {plan:?}");
                 // Everyone else asks that node to relay.
                 for i in (1..=n).filter(|i| *i != direct[0]) {
                     let plan = plan_fetch(&chunk(c), node(i), &holders, &BTreeSet::new(), true);
@@ -146,8 +178,8 @@ mod tests {
         let holders = group(8);
         for c in 0..200 {
             let plan = plan_fetch(&chunk(c), node(3), &holders, &BTreeSet::new(), false);
-            assert_eq!(plan[0], Ask::Fetch(node(0)));
             assert!(plan.iter().all(|a| matches!(a, Ask::Fetch(_))));
+            assert_eq!(plan[1], Ask::Fetch(node(0)), "the origin right after the first of the group");
         }
     }
 
@@ -171,5 +203,46 @@ mod tests {
         let plan = plan_fetch(&chunk(1), node(1), &holders, &BTreeSet::new(), true);
         assert_eq!(plan.len(), 2);
         assert!(plan.iter().all(|a| matches!(a, Ask::Fetch(_))));
+    }
+
+    #[test]
+    fn the_designated_fetcher_and_complete_holders_get_most_of_the_deadline() {
+        let holders = group(15);
+        let left = Duration::from_secs(5);
+        let plan = plan_fetch(&chunk(7), node(3), &holders, &BTreeSet::new(), true);
+        assert!(matches!(plan[0], Ask::Relay(_)));
+        // The relay, then the origin, then the 13 other partial holders.
+        assert_eq!(plan.len(), 15);
+        assert!(time_share(left, &plan, &holders) >= left * 2 / 5);
+        assert!(time_share(left, &plan[1..], &holders) >= left / 3, "the origin among 13 partials");
+        assert_eq!(time_share(left, &plan[2..], &holders), left / 13, "partials share alike");
+        assert_eq!(time_share(left, &plan[14..], &holders), left, "the last ask gets what is left");
+        assert_eq!(time_share(left, &[], &holders), left);
+    }
+
+    #[test]
+    fn a_node_that_joins_late_asks_the_previous_designated_fetcher_before_the_origin() {
+        // Nodes 1..=4 fetched together; node 5 joins: for the chunks it is
+        // now designated for, it first asks whoever was before.
+        let before = group(4);
+        let after = group(5);
+        let mut taken = 0;
+        for c in 0..400 {
+            let plan = plan_fetch(&chunk(c), node(5), &after, &BTreeSet::new(), true);
+            if matches!(plan[0], Ask::Relay(_)) {
+                continue;
+            }
+            taken += 1;
+            let previous = (1..=4)
+                .find(|i| {
+                    plan_fetch(&chunk(c), node(*i), &before, &BTreeSet::new(), true)
+                        .iter()
+                        .all(|a| matches!(a, Ask::Fetch(_)))
+                })
+                .expect("a designated fetcher before");
+            assert_eq!(plan[0], Ask::Fetch(node(previous)), "chunk {c}");
+            assert_eq!(plan[1], Ask::Fetch(node(0)), "then the origin");
+        }
+        assert!((40..130).contains(&taken), "node 5 took {taken} of 400 chunks");
     }
 }
