@@ -25,14 +25,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{certs, ok, start_node, BenchNode, NodeSpec};
 use common::fullpull::{self, BlobServer, FullPullTimes};
 use common::images::{self, BenchImage, READY};
 use common::netns::DelayLink;
-use common::{mib, strata, wait_for_line};
+use common::{mib, strata};
 use serde_json::{json, Value};
 
 struct LazyRun {
@@ -72,7 +71,7 @@ fn lazy_start(
     });
     client.wait_peers(1);
     let trace_path = dir.join("trace.json");
-    let ready = run_until_ready(&data, image, Some(&trace_path), record);
+    let ready = images::run_until_ready(&data, image, Some(&trace_path), record);
     let trace: Value =
         serde_json::from_slice(&std::fs::read(&trace_path).expect("read trace")).expect("read trace JSON");
     if record {
@@ -89,35 +88,11 @@ fn lazy_start(
         prefetched: client.metric("strata_prefetched_chunks_total"),
         trace,
     };
-    run.local = run_until_ready(&data, image, None, false);
+    run.local = images::run_until_ready(&data, image, None, false);
     run.local_fetched = client.metric("strata_chunks_fetched_total") - run.chunks;
     drop(client);
     let _ = std::fs::remove_dir_all(dir);
     run
-}
-
-/// `strata run` of the image's workload through the node at `data`, timed
-/// to `ready`; its reads traced to `trace`, its startup profile recorded
-/// with `record`.
-fn run_until_ready(data: &Path, image: &BenchImage, trace: Option<&Path>, record: bool) -> Duration {
-    let started = Instant::now();
-    let mut run = strata(data);
-    run.arg("run");
-    if let Some(trace) = trace {
-        run.arg("--trace-reads").arg(trace);
-    }
-    let mut child = run
-        .arg(&image.reference)
-        .arg("--")
-        .args(&image.command)
-        .env("STRATA_MOUNT__PROFILE_WINDOW_SECS", if record { "60" } else { "0" })
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("strata run");
-    let ready = wait_for_line(child.stdout.take().expect("stdout"), READY, started);
-    let status = child.wait().expect("strata run");
-    assert!(status.success(), "strata run {} failed: {status}", image.reference);
-    ready
 }
 
 struct Row {

@@ -23,15 +23,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{certs, ok, start_node, BenchNode, NodeSpec};
 use common::fullpull::{self, BlobServer};
 use common::images::{self, BenchImage, READY};
 use common::netns::Switch;
-use common::{mib, strata, wait_for_line};
+use common::{mib, strata};
 use serde_json::json;
 
 struct Round {
@@ -91,27 +90,10 @@ fn strata_round(
     let threads: Vec<_> = nodes
         .iter()
         .map(|node| {
-            let (data, barrier) = (node.data.clone(), barrier.clone());
-            let (image, command) = (image.reference.clone(), image.command.clone());
+            let (data, barrier, image) = (node.data.clone(), barrier.clone(), image.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                let started = Instant::now();
-                let mut child = strata(&data)
-                    .arg("run")
-                    .arg(&image)
-                    .arg("--")
-                    .args(&command)
-                    .env("STRATA_MOUNT__PROFILE_WINDOW_SECS", if record { "60" } else { "0" })
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("strata run");
-                let ready = wait_for_line(child.stdout.take().expect("stdout"), READY, started);
-                assert!(
-                    child.wait().expect("strata run").success(),
-                    "strata run failed on {}",
-                    data.display()
-                );
-                ready
+                images::run_until_ready(&data, &image, None, record)
             })
         })
         .collect();

@@ -3,13 +3,15 @@
 //! each runs until it prints [`READY`].
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::cluster::ok;
 
 /// The line every workload prints once it has started for real.
 pub const READY: &str = "ready";
 
+#[derive(Clone)]
 pub struct BenchImage {
     pub name: &'static str,
     /// Name:tag inside the archive.
@@ -18,6 +20,30 @@ pub struct BenchImage {
     pub archive: PathBuf,
     /// Runs in the image until it prints [`READY`].
     pub command: Vec<String>,
+}
+
+/// `strata run` of the image's workload through the node at `data`, timed
+/// to `ready`; its reads traced to `trace`, its startup profile recorded
+/// with `record`.
+pub fn run_until_ready(data: &Path, image: &BenchImage, trace: Option<&Path>, record: bool) -> Duration {
+    let started = Instant::now();
+    let mut run = super::strata(data);
+    run.arg("run");
+    if let Some(trace) = trace {
+        run.arg("--trace-reads").arg(trace);
+    }
+    let mut child = run
+        .arg(&image.reference)
+        .arg("--")
+        .args(&image.command)
+        .env("STRATA_MOUNT__PROFILE_WINDOW_SECS", if record { "60" } else { "0" })
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("strata run");
+    let ready = super::wait_for_line(child.stdout.take().expect("stdout"), READY, started);
+    let status = child.wait().expect("strata run");
+    assert!(status.success(), "strata run {} on {} failed: {status}", image.reference, data.display());
+    ready
 }
 
 /// Where built images are kept between runs.

@@ -62,27 +62,21 @@ pub fn plan_fetch(
     let complete: Vec<NodeId> =
         holders.iter().filter(|h| h.complete && h.node != me).map(|h| h.node).collect();
     let partial: Vec<NodeId> =
-        holders.iter().filter(|h| !h.complete && h.node != me).map(|h| h.node).collect();
+        by_score(holders.iter().filter(|h| !h.complete && h.node != me).map(|h| h.node).collect());
     let mut asks = Vec::new();
-    let mut first = None;
-    if !partial.is_empty() && !complete.is_empty() {
+    // The first of the others: the designated fetcher when it is not me,
+    // else the one that was before I joined the group (it may have fetched
+    // the chunk already: asked before the origin, it saves a second copy
+    // from the origin).
+    let others_first = partial.first().copied().filter(|_| !complete.is_empty());
+    if let Some(first) = others_first {
         let mut group = partial.clone();
         group.push(me);
-        let designated = by_score(group)[0];
-        // The first of the others: the designated fetcher when it is not
-        // me, else the one that was before I joined the group (it may have
-        // fetched the chunk already: asked before the origin, it saves a
-        // second copy from the origin).
-        let others_first = by_score(partial.clone())[0];
-        first = Some(others_first);
-        asks.push(if relay && designated != me {
-            Ask::Relay(others_first)
-        } else {
-            Ask::Fetch(others_first)
-        });
+        let designated_is_me = by_score(group).first() == Some(&me);
+        asks.push(if relay && !designated_is_me { Ask::Relay(first) } else { Ask::Fetch(first) });
     }
     asks.extend(by_score(complete).into_iter().map(Ask::Fetch));
-    asks.extend(by_score(partial).into_iter().filter(|n| Some(*n) != first).map(Ask::Fetch));
+    asks.extend(partial.into_iter().filter(|n| Some(*n) != others_first).map(Ask::Fetch));
     asks.sort_by_key(|a| penalised.contains(&a.node()));
     asks
 }
