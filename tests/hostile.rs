@@ -90,7 +90,7 @@ fn symlinks_pointing_outside_are_kept_as_data() {
 fn hardlink_to_a_missing_entry() {
     let s = store_with_base();
     let a = one_layer(&s, "hl-missing.tar", layer(|t| t.hardlink("link", "no/such/file")));
-    refused(&s, &a, &["\"link\"", "no/such/file", "not an earlier regular file"]);
+    refused(&s, &a, &["\"link\"", "no/such/file", "not an earlier non-directory"]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! deploy/kubernetes/strata.yaml, checked offline: every resource against
 //! the Kubernetes API schemas (kubernetes-validate, strict: unknown fields
-//! are errors; deploy/setup installs it from PyPI), and the settings its
+//! are errors; deploy/setup installs it from PyPI into a virtual environment
+//! that deploy/test puts first on PATH), and the settings its
 //! ConfigMap carries read by strata itself.
 
 mod common;
@@ -19,7 +20,7 @@ fn validate(file: &std::path::Path) -> std::process::Output {
         .args(["--strict", "--kubernetes-version", "1.31.0", "--quiet"])
         .arg(file)
         .output()
-        .expect("kubernetes-validate (pip install kubernetes-validate; deploy/setup does)")
+        .expect("kubernetes-validate on PATH (deploy/setup test installs it in /var/cache/strata-tools/venv; deploy/test puts it on PATH)")
 }
 
 #[test]

@@ -34,7 +34,7 @@ pub enum EntryProblem {
     RootNotDir,
     #[error("parent {0:?} is not a directory in this layer")]
     ParentNotDir(String),
-    #[error("hardlink to {0:?}, which is not an earlier regular file of this layer")]
+    #[error("hardlink to {0:?}, which is not an earlier non-directory of this layer")]
     HardlinkTarget(String),
     #[error("hardlink target: {0}")]
     HardlinkPath(Box<EntryProblem>),

@@ -113,19 +113,23 @@ fn add_member<R: Read, S: ChunkSink>(
     }
     let path = normalize_member_path(raw_path)?;
     let (parent, name) = split_parent(&path);
+    // AUFS bookkeeping (`.wh..wh.plnk/`, `.wh..wh.aufs`, `.wh..wh.orph/`)
+    // is not content: never in the rootfs; files under `.wh..wh.plnk/` are
+    // kept aside, as hardlinks may name them (docker's aufs driver wrote
+    // layers that way).
+    let aufs = is_aufs_path(&path);
 
-    if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-        if name == OPAQUE_MARKER {
-            tree.mark_opaque(parent.to_vec());
-        } else if hidden.starts_with(WHITEOUT_PREFIX) {
-            // Other `.wh..wh.` names are AUFS bookkeeping, not content.
-        } else if hidden.is_empty() || hidden == b"." || hidden == b".." {
-            return Err(EntryProblem::BadWhiteout.into());
-        } else {
-            let path = join(parent, hidden);
-            tree.insert(Entry { path, kind: EntryKind::Whiteout as i32, ..Default::default() });
+    if !aufs {
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if name == OPAQUE_MARKER {
+                tree.mark_opaque(parent.to_vec());
+            } else if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(EntryProblem::BadWhiteout.into());
+            } else {
+                tree.whiteout(join(parent, hidden));
+            }
+            return Ok(());
         }
-        return Ok(());
     }
 
     let kind = match entry_type {
@@ -140,6 +144,9 @@ fn add_member<R: Read, S: ChunkSink>(
     };
     if path.is_empty() && kind != EntryKind::Dir {
         return Err(EntryProblem::RootNotDir.into());
+    }
+    if aufs && kind != EntryKind::File {
+        return Ok(());
     }
 
     if kind == EntryKind::Hardlink {
@@ -219,8 +226,20 @@ fn add_member<R: Read, S: ChunkSink>(
         node.size = present;
         node.chunks = chunks;
     }
-    tree.insert(node);
+    if aufs {
+        tree.insert_aufs(node);
+    } else {
+        tree.insert(node);
+    }
     Ok(())
+}
+
+/// Whether `path` lies in AUFS's own namespace: a component (other than a
+/// final opaque marker) named `.wh..wh.*`.
+fn is_aufs_path(path: &[u8]) -> bool {
+    let (parent, name) = split_parent(path);
+    let own = |c: &[u8]| c.starts_with(b".wh..wh.");
+    (own(name) && name != OPAQUE_MARKER) || parent.split(|b| *b == b'/').any(own)
 }
 
 /// Passes bytes through and remembers whether the last 512-byte block read

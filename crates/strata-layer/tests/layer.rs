@@ -244,7 +244,7 @@ fn hardlinks_to_missing_or_later_entries_are_refused() {
     let e = refused(&TarBuilder::new().link(EntryType::Link, "a", "b").file("b", b"later").finish());
     assert!(e.contains("\"a\""), "{e}");
     let e = refused(&TarBuilder::new().dir("d").link(EntryType::Link, "a", "d").finish());
-    assert!(e.contains("not an earlier regular file"), "{e}");
+    assert!(e.contains("not an earlier non-directory"), "{e}");
     let e = refused(&TarBuilder::new().link(EntryType::Link, "a", "../x").finish());
     assert!(e.contains("hardlink target"), "{e}");
 }
@@ -377,4 +377,111 @@ proptest! {
         let keep = cut.index(tar.len() + 1);
         let _ = read(&tar[..keep]);
     }
+}
+
+fn entry<'a>(index: &'a LayerIndex, path: &str) -> Option<&'a strata_proto::v1::Entry> {
+    index.entries.iter().find(|e| e.path == path.as_bytes())
+}
+
+fn kind_of(index: &LayerIndex, path: &str) -> Option<EntryKind> {
+    entry(index, path).map(|e| EntryKind::try_from(e.kind).unwrap())
+}
+
+#[test]
+fn a_hardlink_may_name_any_earlier_non_directory() {
+    // docker writes a hardlink member for any non-directory with nlink > 1.
+    let tar = TarBuilder::new()
+        .link(EntryType::Symlink, "sym", "target/of/symlink")
+        .link(EntryType::Link, "sym-link", "sym")
+        .device(EntryType::Fifo, "fifo", 0, 0)
+        .link(EntryType::Link, "fifo-link", "fifo")
+        .device(EntryType::Char, "null", 1, 3)
+        .link(EntryType::Link, "null-link", "null")
+        .link(EntryType::Link, "null-link2", "null-link")
+        .finish();
+    let (index, _) = read(&tar).unwrap();
+    assert_eq!(kind_of(&index, "sym"), Some(EntryKind::Symlink));
+    assert_eq!(entry(&index, "sym").unwrap().link_target, b"target/of/symlink");
+    assert_eq!(kind_of(&index, "sym-link"), Some(EntryKind::Hardlink));
+    assert_eq!(entry(&index, "sym-link").unwrap().link_target, b"sym");
+    assert_eq!(entry(&index, "fifo-link").unwrap().link_target, b"fifo");
+    assert_eq!(entry(&index, "null-link2").unwrap().link_target, b"null");
+    // Whichever name comes first, the same index.
+    let reordered = TarBuilder::new()
+        .device(EntryType::Char, "null-link2", 1, 3)
+        .link(EntryType::Link, "null", "null-link2")
+        .link(EntryType::Link, "null-link", "null")
+        .device(EntryType::Fifo, "fifo-link", 0, 0)
+        .link(EntryType::Link, "fifo", "fifo-link")
+        .link(EntryType::Symlink, "sym-link", "target/of/symlink")
+        .link(EntryType::Link, "sym", "sym-link")
+        .finish();
+    assert_eq!(layer_id(&read(&reordered).unwrap().0), layer_id(&index));
+    // And back to a tar that reads to the same layer.
+    let (_, mut chunks) = read(&tar).unwrap();
+    let out = write_layer(&index, &mut chunks, Vec::new()).unwrap();
+    assert_eq!(layer_id(&read(&out).unwrap().0), layer_id(&index));
+}
+
+#[test]
+fn whiteouts_act_on_lower_layers_only_whatever_the_order() {
+    // .wh.DIR with DIR/ and DIR/file, in every order: DIR holds only this
+    // layer's children (opaque), never a whiteout, never refused.
+    let orders: Vec<Vec<u8>> = vec![
+        TarBuilder::new().file(".wh.d", b"").dir("d").file("d/new", b"n").finish(),
+        TarBuilder::new().dir("d").file("d/new", b"n").file(".wh.d", b"").finish(),
+        TarBuilder::new().dir("d").file(".wh.d", b"").file("d/new", b"n").finish(),
+        TarBuilder::new().file("d/new", b"n").file(".wh.d", b"").finish(),
+        TarBuilder::new().file(".wh.d", b"").file("d/new", b"n").finish(),
+    ];
+    for (i, tar) in orders.iter().enumerate() {
+        let (index, _) = read(tar).unwrap_or_else(|e| panic!("order {i} refused: {e}"));
+        assert_eq!(kind_of(&index, "d/new"), Some(EntryKind::File), "order {i}");
+        assert_ne!(kind_of(&index, "d"), Some(EntryKind::Whiteout), "order {i}");
+        assert!(index.opaque_dirs.contains(&b"d".to_vec()), "order {i}: d opaque");
+    }
+    // A whiteout of a path the layer replaces by a file says nothing more.
+    for tar in [
+        TarBuilder::new().file(".wh.f", b"").file("f", b"x").finish(),
+        TarBuilder::new().file("f", b"x").file(".wh.f", b"").finish(),
+    ] {
+        let (index, _) = read(&tar).unwrap();
+        assert_eq!(kind_of(&index, "f"), Some(EntryKind::File));
+        assert!(index.opaque_dirs.is_empty());
+    }
+    // An opaque marker anywhere in the order.
+    let a = TarBuilder::new().file("d/.wh..wh..opq", b"").dir("d").file("d/x", b"x").finish();
+    let b = TarBuilder::new().dir("d").file("d/x", b"x").file("d/.wh..wh..opq", b"").finish();
+    let (ia, _) = read(&a).unwrap();
+    assert!(ia.opaque_dirs.contains(&b"d".to_vec()));
+    assert_eq!(layer_id(&ia), layer_id(&read(&b).unwrap().0));
+    // A plain whiteout stays one.
+    let (index, _) = read(&TarBuilder::new().file("e/.wh.gone", b"").finish()).unwrap();
+    assert_eq!(kind_of(&index, "e/gone"), Some(EntryKind::Whiteout));
+}
+
+#[test]
+fn aufs_metadata_never_shows_and_plnk_hardlinks_keep_their_content() {
+    let tar = TarBuilder::new()
+        .file(".wh..wh.aufs", b"")
+        .dir(".wh..wh.orph")
+        .dir(".wh..wh.plnk")
+        .file(".wh..wh.plnk/1234.5678", b"linked content")
+        .dir("bin")
+        .link(EntryType::Link, "bin/a", ".wh..wh.plnk/1234.5678")
+        .link(EntryType::Link, "bin/b", ".wh..wh.plnk/1234.5678")
+        .finish();
+    let (index, mut chunks) = read(&tar).unwrap();
+    assert!(
+        index.entries.iter().all(|e| !e.path.windows(8).any(|w| w == b".wh..wh.")),
+        "AUFS names in the index: {:?}",
+        index.entries.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect::<Vec<_>>()
+    );
+    let a = entry(&index, "bin/a").unwrap();
+    assert_eq!(EntryKind::try_from(a.kind).unwrap(), EntryKind::File);
+    let bytes: Vec<u8> =
+        a.chunks.iter().flat_map(|c| chunks.chunk(&ChunkId::from_slice(&c.id).unwrap()).unwrap()).collect();
+    assert_eq!(bytes, b"linked content");
+    assert_eq!(kind_of(&index, "bin/b"), Some(EntryKind::Hardlink));
+    assert_eq!(entry(&index, "bin/b").unwrap().link_target, b"bin/a");
 }

@@ -52,41 +52,32 @@ pub fn file_attr(ino: Ino, inode: &Inode) -> FileAttr {
     }
 }
 
-/// Attributes of an entry of the upper directory, numbered `ino`.
-pub fn attr_of_metadata(ino: u64, meta: &std::fs::Metadata) -> FileAttr {
-    use std::os::unix::fs::MetadataExt;
+/// Attributes of an entry of the upper directory (its lstat), numbered `ino`.
+pub fn attr_of_stat(ino: u64, st: &libc::stat) -> FileAttr {
     let time = |sec: i64, nsec: i64| system_time(sec.saturating_mul(1_000_000_000).saturating_add(nsec));
-    let file_type = meta.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    let kind = if file_type.is_dir() {
-        FileType::Directory
-    } else if file_type.is_symlink() {
-        FileType::Symlink
-    } else if file_type.is_char_device() {
-        FileType::CharDevice
-    } else if file_type.is_block_device() {
-        FileType::BlockDevice
-    } else if file_type.is_fifo() {
-        FileType::NamedPipe
-    } else if file_type.is_socket() {
-        FileType::Socket
-    } else {
-        FileType::RegularFile
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
     };
     FileAttr {
         ino: INodeNo(ino),
-        size: meta.size(),
-        blocks: meta.blocks(),
-        atime: time(meta.atime(), meta.atime_nsec()),
-        mtime: time(meta.mtime(), meta.mtime_nsec()),
-        ctime: time(meta.ctime(), meta.ctime_nsec()),
-        crtime: time(meta.mtime(), meta.mtime_nsec()),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: time(st.st_mtime, st.st_mtime_nsec),
         kind,
-        perm: (meta.mode() & 0o7777) as u16,
-        nlink: meta.nlink() as u32,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        rdev: meta.rdev() as u32,
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
         blksize: BLOCK_SIZE,
         flags: 0,
     }

@@ -6,11 +6,11 @@
 //! elsewhere), so the layer stands on its own.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use strata_layer::{Entry, EntryKind, LayerError, LayerTarWriter, Xattr};
@@ -19,7 +19,8 @@ use crate::cow::{read_merged, MergedReadError};
 use crate::lower::LowerTree;
 use crate::nodes::join;
 use crate::reader::ChunkReader;
-use crate::{sys, upper};
+use crate::sys;
+use crate::upper::{self, At};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -30,132 +31,146 @@ pub enum CommitError {
 }
 
 /// Writes the changes in `upper_root` (a writable layer's `root/`) as a layer tar.
+/// The tree is walked by directory descriptors, so paths of any depth commit.
 pub fn write_upper_layer<W: Write>(
     upper_root: &Path,
     tree: &LowerTree,
     reader: &Arc<ChunkReader>,
     out: W,
 ) -> Result<W, CommitError> {
-    let mut walk = Walk { tree, reader, tar: LayerTarWriter::new(out), links: HashMap::new() };
-    if upper::is_opaque(upper_root).map_err(io_at(upper_root))? {
+    let root_err = |source| CommitError::Io { path: upper_root.to_owned(), source };
+    let root = File::open(upper_root).map(OwnedFd::from).map_err(root_err)?;
+    let mut walk = Walk { upper_root, tree, reader, tar: LayerTarWriter::new(out), links: HashMap::new() };
+    let dot = At::new(root.as_fd(), b".").map_err(root_err)?;
+    if upper::is_opaque(&dot.xattr_path().map_err(root_err)?).map_err(root_err)? {
         walk.tar.append_opaque_marker(b"")?;
     }
-    walk.dir(upper_root, b"")?;
+    walk.dir(root.as_fd(), b"")?;
     Ok(walk.tar.finish()?)
 }
 
-fn io_at(path: &Path) -> impl Fn(io::Error) -> CommitError + '_ {
-    move |source| CommitError::Io { path: path.to_owned(), source }
-}
-
 struct Walk<'a, W: Write> {
+    upper_root: &'a Path,
     tree: &'a LowerTree,
     reader: &'a Arc<ChunkReader>,
     tar: LayerTarWriter<W>,
-    /// First path of each upper file with several links, by (device, inode).
+    /// First path of each upper entry with several links, by (device, inode).
     links: HashMap<(u64, u64), Vec<u8>>,
 }
 
 impl<W: Write> Walk<'_, W> {
-    fn dir(&mut self, dir: &Path, rel: &[u8]) -> Result<(), CommitError> {
-        let mut names: Vec<Vec<u8>> = fs::read_dir(dir)
-            .map_err(io_at(dir))?
-            .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-            .collect::<Result<_, _>>()
-            .map_err(io_at(dir))?;
+    fn io_at<'p>(&self, rel: &'p [u8]) -> impl Fn(io::Error) -> CommitError + 'p {
+        let root = self.upper_root.to_owned();
+        move |source| CommitError::Io { path: join_path(&root, rel), source }
+    }
+
+    fn dir(&mut self, dir: BorrowedFd<'_>, rel: &[u8]) -> Result<(), CommitError> {
+        let listing =
+            sys::open_at(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(self.io_at(rel))?;
+        let mut names = sys::dir_names(listing).map_err(self.io_at(rel))?;
         names.sort();
         for name in names {
-            let path = dir.join(std::ffi::OsStr::from_bytes(&name));
             let child = join(rel, &name);
-            self.entry(&path, child)?;
+            let at = At::new(dir, &name).map_err(self.io_at(&child))?;
+            self.entry(&at, child)?;
         }
         Ok(())
     }
 
-    fn entry(&mut self, path: &Path, rel: Vec<u8>) -> Result<(), CommitError> {
-        let meta = fs::symlink_metadata(path).map_err(io_at(path))?;
-        if upper::is_whiteout(&meta) {
+    fn entry(&mut self, at: &At<'_>, rel: Vec<u8>) -> Result<(), CommitError> {
+        let st = at.stat().map_err(self.io_at(&rel))?;
+        if upper::is_whiteout(&st) {
             let entry = Entry { path: rel, kind: EntryKind::Whiteout as i32, ..Default::default() };
             return Ok(self.tar.append(&entry, io::empty())?);
         }
-        let file_type = meta.file_type();
+        let xattr_path = at.xattr_path().map_err(self.io_at(&rel))?;
         let mut entry = Entry {
             path: rel.clone(),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
-            xattrs: self.xattrs(path)?,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec),
+            xattrs: self.xattrs(&xattr_path, &rel)?,
             ..Default::default()
         };
-        if file_type.is_dir() {
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFDIR {
             entry.kind = EntryKind::Dir as i32;
             self.tar.append(&entry, io::empty())?;
-            if upper::is_opaque(path).map_err(io_at(path))? {
+            if upper::is_opaque(&xattr_path).map_err(self.io_at(&rel))? {
                 self.tar.append_opaque_marker(&rel)?;
             }
-            return self.dir(path, &rel);
+            let dir = at.open_dir().map_err(self.io_at(&rel))?;
+            return self.dir(dir.as_fd(), &rel);
         }
-        if file_type.is_file() {
-            if meta.nlink() > 1 {
-                if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
-                    let link = Entry {
-                        path: rel,
-                        kind: EntryKind::Hardlink as i32,
-                        link_target: first.clone(),
-                        ..Default::default()
-                    };
-                    return Ok(self.tar.append(&link, io::empty())?);
-                }
-                self.links.insert((meta.dev(), meta.ino()), rel);
+        if st.st_nlink > 1 {
+            // Any non-directory may have several names (docker writes a
+            // hardlink member for each further name, whatever the type).
+            if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
+                let link = Entry {
+                    path: rel,
+                    kind: EntryKind::Hardlink as i32,
+                    link_target: first.clone(),
+                    ..Default::default()
+                };
+                return Ok(self.tar.append(&link, io::empty())?);
             }
-            entry.kind = EntryKind::File as i32;
-            entry.size = meta.len();
-            let file = File::open(path).map_err(io_at(path))?;
-            let origin = upper::origin(path).map_err(io_at(path))?;
-            let lower = origin
-                .as_ref()
-                .and_then(|o| self.tree.lookup_path(&o.lower_path))
-                .and_then(|l| self.tree.get(l));
-            let content = MergedFile {
-                file: &file,
-                lower: lower.zip(origin.map(|o| o.lower_size)),
-                reader: self.reader,
-                pos: 0,
-            };
-            return Ok(self.tar.append(&entry, content)?);
+            self.links.insert((st.st_dev, st.st_ino), rel.clone());
         }
-        if file_type.is_symlink() {
-            entry.kind = EntryKind::Symlink as i32;
-            entry.link_target = fs::read_link(path).map_err(io_at(path))?.as_os_str().as_bytes().to_vec();
-        } else if file_type.is_char_device() || file_type.is_block_device() {
-            entry.kind =
-                if file_type.is_char_device() { EntryKind::CharDevice } else { EntryKind::BlockDevice }
-                    as i32;
-            entry.dev_major = libc::major(meta.rdev());
-            entry.dev_minor = libc::minor(meta.rdev());
-        } else if file_type.is_fifo() {
-            entry.kind = EntryKind::Fifo as i32;
-        } else {
-            tracing::warn!(path = %path.display(), "sockets cannot go in a layer; left out");
-            return Ok(());
+        match kind {
+            libc::S_IFREG => {
+                entry.kind = EntryKind::File as i32;
+                entry.size = st.st_size as u64;
+                let file = at.open(libc::O_RDONLY, 0).map_err(self.io_at(&rel))?;
+                let origin = upper::origin(&xattr_path).map_err(self.io_at(&rel))?;
+                let lower = origin
+                    .as_ref()
+                    .and_then(|o| self.tree.lookup_path(&o.lower_path))
+                    .and_then(|l| self.tree.get(l));
+                let content = MergedFile {
+                    file: &file,
+                    lower: lower.zip(origin.map(|o| o.lower_size)),
+                    reader: self.reader,
+                    pos: 0,
+                };
+                return Ok(self.tar.append(&entry, content)?);
+            }
+            libc::S_IFLNK => {
+                entry.kind = EntryKind::Symlink as i32;
+                entry.link_target = at.read_link().map_err(self.io_at(&rel))?;
+            }
+            libc::S_IFCHR | libc::S_IFBLK => {
+                entry.kind =
+                    if kind == libc::S_IFCHR { EntryKind::CharDevice } else { EntryKind::BlockDevice } as i32;
+                entry.dev_major = libc::major(st.st_rdev);
+                entry.dev_minor = libc::minor(st.st_rdev);
+            }
+            libc::S_IFIFO => entry.kind = EntryKind::Fifo as i32,
+            _ => {
+                tracing::warn!(path = %String::from_utf8_lossy(&rel), "sockets cannot go in a layer; left out");
+                return Ok(());
+            }
         }
         Ok(self.tar.append(&entry, io::empty())?)
     }
 
-    fn xattrs(&self, path: &Path) -> Result<Vec<Xattr>, CommitError> {
+    fn xattrs(&self, path: &std::ffi::CStr, rel: &[u8]) -> Result<Vec<Xattr>, CommitError> {
         let mut out = Vec::new();
-        for name in sys::list_xattrs(path).map_err(io_at(path))? {
+        for name in sys::list_xattrs(path).map_err(self.io_at(rel))? {
             if upper::is_private_xattr(&name) {
                 continue;
             }
-            if let Some(value) = sys::get_xattr(path, &name).map_err(io_at(path))? {
+            if let Some(value) = sys::get_xattr(path, &name).map_err(self.io_at(rel))? {
                 out.push(Xattr { name, value });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+fn join_path(root: &Path, rel: &[u8]) -> PathBuf {
+    root.join(std::ffi::OsStr::from_bytes(rel))
 }
 
 /// A file's bytes as the mount shows them.

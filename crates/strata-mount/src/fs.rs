@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tracing::debug_span;
 
 use crate::attr::file_type;
-use crate::overlay::{AttrChanges, Caller, DirEntries, NewEntry, OpResult, Overlay, ReadPlan};
+use crate::overlay::{AttrChanges, Caller, NewEntry, OpResult, Overlay, ReadPlan};
 use crate::sys::Time;
 use crate::trace::ReadTrace;
 
@@ -32,18 +32,57 @@ const TTL: Duration = Duration::from_secs(300);
 /// Largest read or write the kernel sends in one request, and the most it may read ahead.
 const MAX_IO: u32 = 1 << 20;
 const NAME_MAX: u32 = 255;
-/// Merged directory listings kept between readdir calls.
+/// Directory listings kept between readdir calls.
 const RECENT_LISTINGS: usize = 64;
+/// Offsets of "." and ".."; entries' offsets (cookies) are above.
+const DOT_OFFSET: u64 = 1;
+const DOTDOT_OFFSET: u64 = 2;
 
-/// A directory listing taken at opendir, so offsets stay valid while the
-/// directory changes.
-type Listing = Arc<DirEntries>;
+/// A directory's entries in the order of their cookies.
+type Listing = Arc<Vec<ListEntry>>;
+
+/// A directory entry and its cookie: the readdir offset that resumes the
+/// stream after it.
+struct ListEntry {
+    cookie: u64,
+    name: Box<[u8]>,
+    ino: u64,
+    kind: FileType,
+}
+
+/// The readdir offset of the entry after `name`: a hash of the name, so that
+/// a directory stream resumed after changes to the directory neither skips
+/// nor repeats an entry present throughout (offsets by position would shift
+/// under an unlink: `rm -rf` of a large directory then left entries behind).
+/// In 3..2^63, as the kernel takes offsets as signed and "." and ".." hold 1
+/// and 2 (ext4 and others hash names into readdir cookies alike).
+fn cookie(name: &[u8]) -> u64 {
+    let hash = blake3::hash(name);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    (u64::from_le_bytes(first) >> 1).max(DOTDOT_OFFSET + 1)
+}
+
+fn sorted_listing(entries: impl Iterator<Item = (Box<[u8]>, u64, FileType)>) -> Listing {
+    let mut list: Vec<ListEntry> =
+        entries.map(|(name, ino, kind)| ListEntry { cookie: cookie(&name), name, ino, kind }).collect();
+    list.sort_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
+    Arc::new(list)
+}
+
+/// The entries of `listing` a readdir at `offset` continues with.
+fn entries_after(listing: &[ListEntry], offset: u64) -> &[ListEntry] {
+    if offset <= DOTDOT_OFFSET {
+        return listing;
+    }
+    &listing[listing.partition_point(|e| e.cookie <= offset)..]
+}
 
 pub struct MountFs {
     overlay: Arc<Overlay>,
-    listings: Mutex<HashMap<u64, Listing>>,
+    /// Per directory: the listing a stream goes on with, and the generation
+    /// of names it was taken at.
     recent_listings: Mutex<HashMap<u64, (u64, Listing)>>,
-    next_handle: AtomicU64,
     /// The kernel opens files without asking (zero-message opens).
     no_open: AtomicBool,
     /// ... and directories.
@@ -82,9 +121,7 @@ impl MountFs {
     ) -> std::io::Result<Self> {
         Ok(Self {
             overlay,
-            listings: Mutex::new(HashMap::new()),
             recent_listings: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             workers,
@@ -108,24 +145,29 @@ impl MountFs {
         Self::reply_entry(reply, result);
     }
 
-    /// Directory entries from `offset` on, each with the offset of the next:
-    /// "." is 0, ".." is 1, entry i is 2 + i.
-    fn listing(&self, ino: INodeNo, fh: FileHandle) -> OpResult<Listing> {
-        if let Some(listing) = self.listings.lock().get(&fh.0) {
-            return Ok(listing.clone());
-        }
-        // Without opendir (the kernel's zero-message opendir) a listing is
-        // kept until the names change, so that successive readdir calls of
-        // one directory see one list.
+    /// The listing of directory `ino` a readdir at `offset` reads from. A
+    /// stream that starts (offset 0) sees the directory as it is now; one
+    /// that goes on reads the listing it started from, by cookie, so entries
+    /// present throughout are neither skipped nor repeated, whatever
+    /// changed meanwhile (entries added or removed since may or may not
+    /// show, as POSIX allows).
+    fn listing(&self, ino: INodeNo, offset: u64) -> OpResult<Listing> {
         let generation = self.overlay.generation();
         if let Some((at, listing)) = self.recent_listings.lock().get(&ino.0) {
-            if *at == generation {
+            if *at == generation || offset > 0 {
                 return Ok(listing.clone());
             }
         }
-        let listing = Arc::new(self.overlay.children(ino.0)?);
+        let listing = match self.overlay.lower_only_dir(ino.0).and_then(|l| self.overlay.tree.get(l)) {
+            Some(dir) => sorted_listing(dir.children.iter().map(|(n, c)| {
+                let kind = self.overlay.tree.get(*c).map_or(FileType::RegularFile, |i| file_type(i.kind));
+                (n.clone(), c.0, kind)
+            })),
+            None => sorted_listing(self.overlay.children(ino.0)?.into_iter()),
+        };
         let mut recent = self.recent_listings.lock();
         if recent.len() >= RECENT_LISTINGS {
+            // Streams that go on rebuild theirs and resume by cookie.
             recent.clear();
         }
         recent.insert(ino.0, (generation, listing.clone()));
@@ -404,7 +446,12 @@ impl Filesystem for MountFs {
         if !self.overlay.writable() {
             return reply.error(Errno::EROFS);
         }
-        reply_empty(reply, self.overlay.fallocate(ino.0, mode, offset, length));
+        // May fetch a copied-up file's lower bytes: on a worker.
+        let overlay = self.overlay.clone();
+        self.workers.spawn_blocking(move || {
+            let _span = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+            reply_empty(reply, overlay.fallocate(ino.0, mode, offset, length));
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -413,48 +460,28 @@ impl Filesystem for MountFs {
             // keeps their listings until they change.
             return reply.error(Errno::ENOSYS);
         }
-        if self.overlay.lower_only_dir(ino.0).is_some() {
-            // Unchanged lower directory: listed straight from the tree.
-            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
-        }
-        match self.overlay.children(ino.0) {
-            Ok(listing) => {
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                self.listings.lock().insert(fh, Arc::new(listing));
-                reply.opened(FileHandle(fh), FopenFlags::empty())
-            }
-            Err(e) => reply.error(err(e)),
-        }
+        // Streams need no state here: offsets are cookies.
+        let flags = if self.overlay.lower_only_dir(ino.0).is_some() {
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), flags)
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let dots = [(&b"."[..], ino.0, FileType::Directory), (&b".."[..], ino.0, FileType::Directory)];
-        if fh.0 == 0 {
-            if let Some(dir) = self.overlay.lower_only_dir(ino.0).and_then(|l| self.overlay.tree.get(l)) {
-                let children = dir.children.iter().map(|(n, c)| {
-                    (
-                        &n[..],
-                        c.0,
-                        self.overlay.tree.get(*c).map_or(FileType::RegularFile, |i| file_type(i.kind)),
-                    )
-                });
-                for (i, (name, child, kind)) in
-                    dots.into_iter().chain(children).enumerate().skip(offset as usize)
-                {
-                    if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
-                        break;
-                    }
-                }
-                return reply.ok();
-            }
-        }
-        let listing = match self.listing(ino, fh) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listing = match self.listing(ino, offset) {
             Ok(listing) => listing,
             Err(e) => return reply.error(err(e)),
         };
-        let entries = listing.iter().map(|(n, c, k)| (&n[..], *c, *k));
-        for (i, (name, child, kind)) in dots.into_iter().chain(entries).enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+        let dots = [(&b"."[..], DOT_OFFSET), (&b".."[..], DOTDOT_OFFSET)];
+        for (name, off) in dots {
+            if offset < off && reply.add(ino, off, FileType::Directory, OsStr::from_bytes(name)) {
+                return reply.ok();
+            }
+        }
+        for e in entries_after(&listing, offset) {
+            if reply.add(INodeNo(e.ino), e.cookie, e.kind, OsStr::from_bytes(&e.name)) {
                 break;
             }
         }
@@ -465,34 +492,30 @@ impl Filesystem for MountFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let lower_dir = (fh.0 == 0).then(|| self.overlay.lower_only_dir(ino.0)).flatten();
-        let names: Vec<(Box<[u8]>, u64)> = if let Some(dir) = lower_dir.and_then(|l| self.overlay.tree.get(l))
-        {
-            dir.children.iter().map(|(n, c)| (n.clone(), c.0)).collect()
-        } else {
-            match self.listing(ino, fh) {
-                Ok(listing) => listing.iter().map(|(n, c, _)| (n.clone(), *c)).collect(),
-                Err(e) => return reply.error(err(e)),
-            }
+        let listing = match self.listing(ino, offset) {
+            Ok(listing) => listing,
+            Err(e) => return reply.error(err(e)),
         };
-        let dots: [(Box<[u8]>, u64); 2] = [(Box::from(&b"."[..]), ino.0), (Box::from(&b".."[..]), ino.0)];
-        for (i, (name, child)) in dots.into_iter().chain(names).enumerate().skip(offset as usize) {
-            // Entries after "." and ".." count as lookups: give them the
-            // attributes a lookup would.
-            let attr = if i < 2 {
-                self.overlay.attr(ino.0)
-            } else {
-                match self.overlay.lookup(ino.0, &name) {
-                    Ok((_, attr)) => Ok(attr),
-                    Err(e) => Err(e),
+        if offset < DOTDOT_OFFSET {
+            // "." and ".." carry no lookup (the kernel does not count them).
+            let Ok(attr) = self.overlay.attr(ino.0) else { return reply.error(Errno::ENOENT) };
+            for (name, off) in [(&b"."[..], DOT_OFFSET), (&b".."[..], DOTDOT_OFFSET)] {
+                if offset < off && reply.add(ino, off, OsStr::from_bytes(name), &TTL, &attr, Generation(0)) {
+                    return reply.ok();
                 }
-            };
-            let Ok(attr) = attr else { continue };
-            if reply.add(INodeNo(child), i as u64 + 1, OsStr::from_bytes(&name), &TTL, &attr, Generation(0)) {
+            }
+        }
+        for e in entries_after(&listing, offset) {
+            // Each entry given with attributes counts as a lookup; entries
+            // gone since the listing was taken are left out.
+            let Ok((child, attr)) = self.overlay.lookup(ino.0, &e.name) else { continue };
+            if reply.add(INodeNo(child), e.cookie, OsStr::from_bytes(&e.name), &TTL, &attr, Generation(0)) {
+                // Not sent: the lookup does not count.
+                self.overlay.forget(child, 1);
                 break;
             }
         }
@@ -503,12 +526,16 @@ impl Filesystem for MountFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.listings.lock().remove(&fh.0);
         reply.ok();
+    }
+
+    // BATCH_FORGET comes here too (fuser's default splits it).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.overlay.forget(ino.0, nlookup);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

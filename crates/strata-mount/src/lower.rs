@@ -235,7 +235,7 @@ impl Builder {
             let node = match kind {
                 EntryKind::Hardlink => *files_of_layer
                     .get(entry.link_target.as_slice())
-                    .ok_or_else(|| bad(&entry.path, "hardlink to a file this layer does not hold"))?,
+                    .ok_or_else(|| bad(&entry.path, "hardlink to an entry this layer does not hold"))?,
                 EntryKind::Dir => match existing {
                     Some(node) if self.nodes[node].inode.kind == Kind::Dir => {
                         set_dir_attrs(&mut self.nodes[node].inode, entry, origin);
@@ -250,9 +250,8 @@ impl Builder {
                 _ => {
                     let inode = leaf_inode(kind, entry, origin).map_err(|reason| bad(&entry.path, reason))?;
                     let node = self.push(inode);
-                    if kind == EntryKind::File {
-                        files_of_layer.insert(&entry.path, node);
-                    }
+                    // Any non-directory may be a hardlink target.
+                    files_of_layer.insert(&entry.path, node);
                     node
                 }
             };

@@ -22,6 +22,29 @@ pub struct Node {
     pub opaque: bool,
     /// A copied-up file's lower size: unwritten bytes below it come from `lower`.
     pub cow_lower_size: Option<u64>,
+    /// Lookups the kernel holds (each entry reply counts one; FORGET gives
+    /// them back). A nameless inode goes when this reaches 0.
+    pub lookups: u64,
+    /// The inode has no name (unlinked or renamed over while the kernel
+    /// held it): `parent`/`name` are stale, its upper entry, if any, is the
+    /// writable layer's orphan of this number.
+    pub detached: bool,
+}
+
+impl Node {
+    /// A node reached by `name` in `parent`, not yet known to the kernel.
+    pub fn new(parent: u64, name: &[u8], lower: Option<Ino>, upper: bool) -> Self {
+        Self {
+            parent,
+            name: name.into(),
+            lower,
+            upper,
+            opaque: false,
+            cow_lower_size: None,
+            lookups: 0,
+            detached: false,
+        }
+    }
 }
 
 /// A name: the directory's inode and the name in it.
@@ -72,23 +95,70 @@ impl Nodes {
         ino
     }
 
-    /// Adds a name for a known inode (a hardlink).
-    pub fn add_name(&mut self, parent: u64, name: &[u8], ino: u64) {
+    /// Adds a name for a known inode (a hardlink). A nameless inode takes
+    /// it as its own; returns whether it was nameless.
+    pub fn add_name(&mut self, parent: u64, name: &[u8], ino: u64) -> bool {
         let key = (parent, Box::<[u8]>::from(name));
         if self.names.insert(key.clone(), ino) == Some(ino) {
-            return;
+            return false;
+        }
+        if let Some(node) = self.nodes.get_mut(&ino).filter(|n| n.detached) {
+            node.detached = false;
+            node.parent = parent;
+            node.name = name.into();
+            return true;
         }
         let own = self.nodes.get(&ino).is_some_and(|n| n.parent == parent && *n.name == *name);
         if !own {
             self.aliases.entry(ino).or_default().push(key);
         }
+        false
+    }
+
+    /// Whether `ino` is known by more than one name.
+    pub fn has_other_names(&self, ino: u64) -> bool {
+        self.aliases.get(&ino).is_some_and(|a| !a.is_empty())
+    }
+
+    /// One more lookup held by the kernel.
+    pub fn remember(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups += 1;
+        }
+    }
+
+    /// The kernel gives back `n` lookups of `ino`. A nameless inode no
+    /// lookup holds any more is dropped and returned, for its upper entry
+    /// to be removed.
+    pub fn forget(&mut self, ino: u64, n: u64) -> Option<Node> {
+        let node = self.nodes.get_mut(&ino)?;
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups == 0 && node.detached && ino != Ino::ROOT.0 {
+            return self.nodes.remove(&ino);
+        }
+        None
+    }
+
+    /// Drops a nameless inode at once (the kernel holds no lookup of it).
+    pub fn drop_detached(&mut self, ino: u64) -> Option<Node> {
+        if self.nodes.get(&ino).is_some_and(|n| n.detached && n.lookups == 0) {
+            return self.nodes.remove(&ino);
+        }
+        None
     }
 
     /// Forgets `name` in `parent`; the inode, if it has another name, is
-    /// reached by that one from now on.
+    /// reached by that one from now on, else it is nameless (detached).
     pub fn remove_name(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
         let key = (parent, Box::<[u8]>::from(name));
         let ino = self.names.remove(&key)?;
+        let own = self.nodes.get(&ino).is_some_and(|n| n.parent == parent && *n.name == *name);
+        if own && !self.has_other_names(ino) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.detached = true;
+            }
+            return Some(ino);
+        }
         if let Some(aliases) = self.aliases.get_mut(&ino) {
             let own = self.nodes.get(&ino).is_some_and(|n| n.parent == parent && *n.name == *name);
             if own {
@@ -156,14 +226,7 @@ mod tests {
     use super::*;
 
     fn node(parent: u64, name: &str) -> Node {
-        Node {
-            parent,
-            name: name.as_bytes().into(),
-            lower: None,
-            upper: true,
-            opaque: false,
-            cow_lower_size: None,
-        }
+        Node::new(parent, name.as_bytes(), None, true)
     }
 
     #[test]

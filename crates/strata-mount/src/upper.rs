@@ -16,11 +16,11 @@
 //!   in `trusted.strata.lower_size`. Written ranges are whole filesystem blocks
 //!   of data, so SEEK_DATA / SEEK_HOLE tell them apart.
 
+use std::ffi::{CStr, CString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +35,9 @@ pub const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.strata.";
 const OPAQUE: &[u8] = b"trusted.strata.opaque";
 const ORIGIN: &[u8] = b"trusted.strata.origin";
 const LOWER_SIZE: &[u8] = b"trusted.strata.lower_size";
+/// Longest relative path handed to one openat(2) while walking down to a
+/// deep directory (PATH_MAX is 4096 with its NUL).
+const PATH_PIECE: usize = 4000;
 
 /// Where a copied-up file's unwritten bytes come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,18 +49,172 @@ pub struct Origin {
     pub lower_size: u64,
 }
 
+/// The directory an [`At`] names its entry in.
+enum DirFd<'u> {
+    Borrowed(BorrowedFd<'u>),
+    Owned(OwnedFd),
+}
+
+/// An entry of the writable layer named by a directory descriptor and one
+/// name: every call on it is one of the `*at` family (xattrs, which have
+/// none, go through `/proc/self/fd/N/name`), so no path handed to the kernel
+/// is longer than a name, and the mount's path limits are the kernel's
+/// wherever the upper directory lives.
+pub struct At<'u> {
+    dir: DirFd<'u>,
+    name: CString,
+}
+
+impl<'u> At<'u> {
+    /// `name` in the directory open as `dir`.
+    pub fn new(dir: BorrowedFd<'u>, name: &[u8]) -> io::Result<Self> {
+        Ok(At { dir: DirFd::Borrowed(dir), name: sys::c_bytes(name)? })
+    }
+
+    /// This directory, open for listing and as the base of its entries' `At`s.
+    pub fn open_dir(&self) -> io::Result<OwnedFd> {
+        sys::open_at(self.dir(), &self.name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+    }
+
+    fn dir(&self) -> BorrowedFd<'_> {
+        match &self.dir {
+            DirFd::Borrowed(fd) => *fd,
+            DirFd::Owned(fd) => fd.as_fd(),
+        }
+    }
+
+    /// lstat(2).
+    pub fn stat(&self) -> io::Result<libc::stat> {
+        sys::stat_at(self.dir(), &self.name)
+    }
+
+    /// lstat(2), `None` if nothing has the name.
+    pub fn try_stat(&self) -> io::Result<Option<libc::stat>> {
+        match self.stat() {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn mkdir(&self, mode: u32) -> io::Result<()> {
+        sys::mkdir_at(self.dir(), &self.name, mode)
+    }
+
+    /// mknod(2): `mode` holds the file type and permission bits.
+    pub fn mknod(&self, mode: u32, rdev: u64) -> io::Result<()> {
+        sys::mknod_at(self.dir(), &self.name, mode, rdev)
+    }
+
+    pub fn symlink(&self, target: &[u8]) -> io::Result<()> {
+        sys::symlink_at(target, self.dir(), &self.name)
+    }
+
+    /// A new regular file, open read-write.
+    pub fn create_file(&self, mode: u32) -> io::Result<File> {
+        self.open(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode)
+    }
+
+    /// open(2) with `flags`, never following a final symlink.
+    pub fn open(&self, flags: i32, mode: u32) -> io::Result<File> {
+        Ok(File::from(sys::open_at(self.dir(), &self.name, flags | libc::O_NOFOLLOW, mode)?))
+    }
+
+    /// Gives this entry the further name `to` (link(2)).
+    pub fn link_to(&self, to: &At<'_>) -> io::Result<()> {
+        sys::link_at(self.dir(), &self.name, to.dir(), &to.name)
+    }
+
+    /// renameat2(2) of this entry to `to`.
+    pub fn rename_to(&self, to: &At<'_>, flags: u32) -> io::Result<()> {
+        sys::rename_at(self.dir(), &self.name, to.dir(), &to.name, flags)
+    }
+
+    pub fn unlink(&self) -> io::Result<()> {
+        sys::unlink_at(self.dir(), &self.name, 0)
+    }
+
+    pub fn rmdir(&self) -> io::Result<()> {
+        sys::unlink_at(self.dir(), &self.name, libc::AT_REMOVEDIR)
+    }
+
+    /// Removes the entry, with everything below it if it is a directory.
+    pub fn remove_all(&self) -> io::Result<()> {
+        sys::remove_all_at(self.dir(), &self.name)
+    }
+
+    /// lchown(2); `None` leaves that id.
+    pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        sys::chown_at(self.dir(), &self.name, uid, gid)
+    }
+
+    /// chmod(2) (not for symlinks).
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        sys::chmod_at(self.dir(), &self.name, mode)
+    }
+
+    pub fn set_times(&self, atime: sys::Time, mtime: sys::Time) -> io::Result<()> {
+        sys::set_times_at(self.dir(), &self.name, atime, mtime)
+    }
+
+    pub fn read_link(&self) -> io::Result<Vec<u8>> {
+        sys::read_link_at(self.dir(), &self.name)
+    }
+
+    /// The names in this directory.
+    pub fn names(&self) -> io::Result<Vec<Vec<u8>>> {
+        sys::dir_names(self.open_dir()?)
+    }
+
+    /// A short path the xattr calls can use for this entry.
+    pub fn xattr_path(&self) -> io::Result<CString> {
+        sys::proc_path(self.dir().as_raw_fd(), self.name.as_bytes())
+    }
+
+    pub fn get_xattr(&self, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        sys::get_xattr(&self.xattr_path()?, name)
+    }
+
+    pub fn set_xattr(&self, name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+        sys::set_xattr(&self.xattr_path()?, name, value, flags)
+    }
+
+    pub fn remove_xattr(&self, name: &[u8]) -> io::Result<()> {
+        sys::remove_xattr(&self.xattr_path()?, name)
+    }
+
+    pub fn list_xattrs(&self) -> io::Result<Vec<Vec<u8>>> {
+        sys::list_xattrs(&self.xattr_path()?)
+    }
+}
+
 pub struct UpperDir {
     dir: PathBuf,
     root: PathBuf,
-    work: PathBuf,
+    /// `root/` and `work/`, open for the `*at` calls.
+    root_fd: OwnedFd,
+    work_fd: OwnedFd,
     /// Filesystem block size: written ranges are whole blocks.
     block: u64,
     temp_counter: AtomicU64,
     _lock: File,
 }
 
+fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| MountError::Io { path: path.to_owned(), source })
+}
+
 impl UpperDir {
     /// Opens (creating if needed) the writable layer in `dir` for `image`.
+    /// Clears `work/`: entries half made by an interrupted operation, and
+    /// files unlinked while open when the last mount ended (their blocks are
+    /// freed here if that mount's process died).
     pub fn open(dir: &Path, image: &ImageId) -> Result<Self, MountError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -92,16 +249,26 @@ impl UpperDir {
             }
             Err(e) => return Err(io(&marker)(e)),
         }
-        // Clear what an interrupted operation left half made.
-        if let Ok(entries) = fs::read_dir(&work) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
-            }
+        let root_fd = open_dir(&root)?;
+        let work_fd = open_dir(&work)?;
+        for name in sys::dir_names(
+            sys::open_at(work_fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(io(&work))?,
+        )
+        .map_err(io(&work))?
+        {
+            let c = sys::c_bytes(&name).map_err(io(&work))?;
+            sys::remove_all_at(work_fd.as_fd(), &c).map_err(io(&work))?;
         }
         let block = fs::metadata(&root).map_err(io(&root))?.blksize().max(512);
-        let upper =
-            Self { dir: dir.to_owned(), root, work, block, temp_counter: AtomicU64::new(0), _lock: lock };
+        let upper = Self {
+            dir: dir.to_owned(),
+            root,
+            root_fd,
+            work_fd,
+            block,
+            temp_counter: AtomicU64::new(0),
+            _lock: lock,
+        };
         upper.probe_holes()?;
         Ok(upper)
     }
@@ -125,15 +292,16 @@ impl UpperDir {
 
     /// Chunk-level copy-on-write needs a filesystem that reports holes.
     fn probe_holes(&self) -> Result<(), MountError> {
-        let path = self.temp_path();
+        let at = self.temp();
+        let path = self.dir.join("work");
         let io = |source| MountError::Io { path: path.clone(), source };
-        let file = OpenOptions::new().create_new(true).read(true).write(true).open(&path).map_err(io)?;
+        let file = at.create_file(0o600).map_err(io)?;
         let result = (|| {
             file.set_len(4 << 20)?;
             file.write_all_at(b"x", 2 << 20)?;
             sys::seek(&file, 0, libc::SEEK_DATA)
         })();
-        let _ = fs::remove_file(&path);
+        let _ = at.unlink();
         match result.map_err(io)? {
             Some(first_data) if first_data > 0 => Ok(()),
             _ => Err(MountError::NoHoles(self.dir.clone())),
@@ -148,19 +316,57 @@ impl UpperDir {
         self.block
     }
 
-    /// The upper path of merged path `rel` ("" is the root).
-    pub fn path(&self, rel: &[u8]) -> PathBuf {
+    /// The upper entry of merged path `rel` ("" is the root), reached by
+    /// descriptors: its parent directory is opened relative to `root/` (in
+    /// pieces shorter than PATH_MAX when the path is longer).
+    pub fn at(&self, rel: &[u8]) -> io::Result<At<'_>> {
+        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
         if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(std::ffi::OsStr::from_bytes(rel))
+            return Ok(At { dir: DirFd::Borrowed(self.root_fd.as_fd()), name: c".".to_owned() });
         }
+        let (parent, name) = match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&b""[..], rel),
+        };
+        let name = sys::c_bytes(name)?;
+        if parent.is_empty() {
+            return Ok(At { dir: DirFd::Borrowed(self.root_fd.as_fd()), name });
+        }
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let mut rest = parent;
+        let mut dir: Option<OwnedFd> = None;
+        while !rest.is_empty() {
+            let cut = if rest.len() <= PATH_PIECE {
+                rest.len()
+            } else {
+                rest[..PATH_PIECE]
+                    .iter()
+                    .rposition(|b| *b == b'/')
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?
+            };
+            let piece = sys::c_bytes(&rest[..cut])?;
+            let from = dir.as_ref().map_or(self.root_fd.as_fd(), |d| d.as_fd());
+            dir = Some(sys::open_at(from, &piece, flags, 0)?);
+            rest = rest.get(cut + 1..).unwrap_or_default();
+        }
+        let dir = dir.map_or(DirFd::Borrowed(self.root_fd.as_fd()), DirFd::Owned);
+        Ok(At { dir, name })
     }
 
-    /// A fresh name in the work directory.
-    pub fn temp_path(&self) -> PathBuf {
+    /// A fresh name in the work directory, for an entry being made.
+    pub fn temp(&self) -> At<'_> {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        self.work.join(format!("t{}-{n}", std::process::id()))
+        let name = CString::new(format!("t{}-{n}", std::process::id())).unwrap_or_default();
+        At { dir: DirFd::Borrowed(self.work_fd.as_fd()), name }
+    }
+
+    /// Where the upper entry of inode `ino` lives while it has no name: it
+    /// was unlinked or renamed over while the kernel still held it (open
+    /// files, a working directory). Removed when the kernel forgets the
+    /// inode, or by the next mount.
+    pub fn orphan(&self, ino: u64) -> At<'_> {
+        let name = CString::new(format!("o{ino}")).unwrap_or_default();
+        At { dir: DirFd::Borrowed(self.work_fd.as_fd()), name }
     }
 
     pub fn root(&self) -> &Path {
@@ -168,23 +374,33 @@ impl UpperDir {
     }
 }
 
-pub fn is_whiteout(meta: &fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
+/// A character device 0/0 records a deletion (as overlayfs does).
+pub fn is_whiteout(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
 }
 
-pub fn make_whiteout(path: &Path) -> io::Result<()> {
-    sys::mknod(path, libc::S_IFCHR, 0)
+pub fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-pub fn is_opaque(path: &Path) -> io::Result<bool> {
+pub fn is_file(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+pub fn make_whiteout(at: &At<'_>) -> io::Result<()> {
+    at.mknod(libc::S_IFCHR, 0)
+}
+
+/// Xattr calls take a path: `path` is an [`At::xattr_path`] or a plain one.
+pub fn is_opaque(path: &CStr) -> io::Result<bool> {
     Ok(sys::get_xattr(path, OPAQUE)?.is_some())
 }
 
-pub fn set_opaque(path: &Path) -> io::Result<()> {
+pub fn set_opaque(path: &CStr) -> io::Result<()> {
     sys::set_xattr(path, OPAQUE, b"y", 0)
 }
 
-pub fn origin(path: &Path) -> io::Result<Option<Origin>> {
+pub fn origin(path: &CStr) -> io::Result<Option<Origin>> {
     let Some(lower_path) = sys::get_xattr(path, ORIGIN)? else { return Ok(None) };
     let lower_size = match sys::get_xattr(path, LOWER_SIZE)? {
         Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -193,12 +409,12 @@ pub fn origin(path: &Path) -> io::Result<Option<Origin>> {
     Ok(Some(Origin { lower_path, lower_size }))
 }
 
-pub fn set_origin(path: &Path, origin: &Origin) -> io::Result<()> {
+pub fn set_origin(path: &CStr, origin: &Origin) -> io::Result<()> {
     set_lower_size(path, origin.lower_size)?;
     sys::set_xattr(path, ORIGIN, &origin.lower_path, 0)
 }
 
-pub fn set_lower_size(path: &Path, size: u64) -> io::Result<()> {
+pub fn set_lower_size(path: &CStr, size: u64) -> io::Result<()> {
     sys::set_xattr(path, LOWER_SIZE, size.to_string().as_bytes(), 0)
 }
 

@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::kernel_overlay::KernelOverlay;
 use common::{import, mount_with};
 use strata_mount::UpperDir;
 use strata_sample::{base_layer, random_bytes, update_layer, LayerTar};
@@ -24,49 +25,6 @@ fn third_layer() -> Vec<u8> {
     t.dir("usr/share", 0o755).expect("dir");
     t.file(b"usr/share/.wh.doc", 0o644, b"").expect("whiteout");
     t.finish().expect("tar")
-}
-
-/// Extracts a layer tar into `dir` as overlayfs wants it: whiteouts as
-/// character devices 0/0, opaque directories marked by xattr.
-fn extract_for_overlayfs(layer: &[u8], dir: &Path) {
-    fs::create_dir_all(dir).expect("mkdir");
-    let tar_path = dir.with_extension("tar");
-    fs::write(&tar_path, layer).expect("write tar");
-    let status = Command::new("tar")
-        .args(["--same-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
-        .arg(&tar_path)
-        .arg("-C")
-        .arg(dir)
-        .status()
-        .expect("tar runs");
-    assert!(status.success());
-    convert_whiteouts(dir);
-}
-
-fn convert_whiteouts(dir: &Path) {
-    for entry in fs::read_dir(dir).expect("readdir") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").as_bytes().to_vec();
-        if name == b".wh..wh..opq" {
-            fs::remove_file(&path).expect("rm marker");
-            set_xattr(dir, "trusted.overlay.opaque", b"y");
-        } else if let Some(hidden) = name.strip_prefix(b".wh.") {
-            fs::remove_file(&path).expect("rm whiteout");
-            let target = dir.join(std::ffi::OsStr::from_bytes(hidden));
-            let c = std::ffi::CString::new(target.as_os_str().as_bytes()).expect("path");
-            // SAFETY: a valid C string.
-            assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
-        } else if fs::symlink_metadata(&path).expect("stat").is_dir() {
-            convert_whiteouts(&path);
-        }
-    }
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
-    let n = std::ffi::CString::new(name).expect("name");
-    // SAFETY: valid C strings and a value of the length given.
-    assert_eq!(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }, 0);
 }
 
 /// One entry as compared: everything but times and directory link counts.
@@ -174,34 +132,8 @@ fn the_same_operations_give_the_same_tree_as_kernel_overlayfs() {
     let image = import(layers.clone());
 
     let scratch = tempfile::tempdir().expect("scratch");
-    let mut lowers = Vec::new();
-    for (i, layer) in layers.iter().enumerate() {
-        let dir = scratch.path().join(format!("layer{i}"));
-        extract_for_overlayfs(layer, &dir);
-        lowers.push(dir);
-    }
-    let (upper, work, merged) =
-        (scratch.path().join("upper"), scratch.path().join("work"), scratch.path().join("merged"));
-    for dir in [&upper, &work, &merged] {
-        fs::create_dir(dir).expect("mkdir");
-    }
-    // overlayfs lists lower directories top first.
-    let lowerdir: Vec<String> = lowers.iter().rev().map(|d| d.display().to_string()).collect();
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
-    let status = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &options])
-        .arg(&merged)
-        .status()
-        .expect("mount");
-    assert!(status.success(), "mounting overlayfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _overlay = Unmount(merged.clone());
+    let kernel = KernelOverlay::new(&layers, scratch.path());
+    let merged = kernel.merged.clone();
 
     let strata_upper = tempfile::tempdir().expect("upper");
     let ours = mount_with(

@@ -36,6 +36,28 @@ enum Member {
     Link(String),
 }
 
+/// An archive compressed as a whole (`docker save | gzip`, or zstd, which
+/// `docker load` accepts too) decompressed into an unnamed temporary file
+/// (in `TMPDIR`; gone when closed), so that its members can be read in
+/// place like a plain tar's. A plain archive is returned as it is.
+fn decompressed(mut file: File) -> io::Result<File> {
+    use std::io::{BufReader, Seek};
+    let compression = {
+        let mut head = BufReader::new(&file);
+        crate::blob::Compression::sniff(&mut head)?
+    };
+    file.rewind()?;
+    if compression == crate::blob::Compression::None {
+        return Ok(file);
+    }
+    let mut plain = tempfile::tempfile()?;
+    let mut decoder = compression.decoder(BufReader::new(file))?;
+    io::copy(&mut decoder, &mut plain)
+        .map_err(|e| io::Error::new(e.kind(), format!("decompressing the archive: {e}")))?;
+    plain.rewind()?;
+    Ok(plain)
+}
+
 impl Archive {
     pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
         let open_err = |source| ImportError::Open { path: path.to_owned(), source };
@@ -43,8 +65,8 @@ impl Archive {
         if meta.is_dir() {
             return Ok(Archive::Dir(path.to_owned()));
         }
-        let file = File::open(path).map_err(open_err)?;
-        let len = meta.len();
+        let file = decompressed(File::open(path).map_err(open_err)?).map_err(open_err)?;
+        let len = file.metadata().map_err(open_err)?.len();
         let mut members = HashMap::new();
         let mut tar = tar::Archive::new(&file);
         let entries = tar.entries_with_seek().map_err(open_err)?;

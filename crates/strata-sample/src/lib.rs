@@ -76,8 +76,19 @@ impl<W: Write> LayerTar<W> {
 
     /// A file carrying PAX records (xattrs, sub-second mtime).
     pub fn file_with_pax(&mut self, path: &str, data: &[u8], records: &[(&str, &[u8])]) -> io::Result<()> {
+        self.file_with_pax_mode(path, 0o644, data, records)
+    }
+
+    /// A file of mode `mode` (setuid bits included) carrying PAX records.
+    pub fn file_with_pax_mode(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+        records: &[(&str, &[u8])],
+    ) -> io::Result<()> {
         self.0.append_pax_extensions(records.iter().copied())?;
-        self.file(path.as_bytes(), 0o644, data)
+        self.file(path.as_bytes(), mode, data)
     }
 
     pub fn finish(self) -> io::Result<W> {

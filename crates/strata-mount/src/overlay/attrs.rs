@@ -1,31 +1,31 @@
 //! Attributes and extended attributes.
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-
 use super::*;
 
 impl Overlay {
     pub fn setattr(&self, ino: u64, changes: &AttrChanges) -> OpResult<FileAttr> {
-        let path = {
-            let mut nodes = self.nodes.lock();
-            self.copy_up(&mut nodes, ino)?;
-            self.upper_path(&nodes, ino)?
-        };
+        let mut nodes = self.nodes.lock();
+        self.copy_up(&mut nodes, ino)?;
+        let at = self.upper_at(&nodes, ino)?;
+        // Owner before mode: chown clears setuid/setgid (and file
+        // capabilities), a mode set with it must survive.
         if changes.uid.is_some() || changes.gid.is_some() {
-            std::os::unix::fs::lchown(&path, changes.uid, changes.gid).map_err(ioe)?;
+            at.chown(changes.uid, changes.gid).map_err(ioe)?;
         }
         if let Some(mode) = changes.mode {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777)).map_err(ioe)?;
+            at.chmod(mode & 0o7777).map_err(ioe)?;
         }
         if let Some(size) = changes.size {
-            self.truncate(ino, &*self.upper_file(ino)?, &path, size)?;
+            // A stripe lock is taken before `nodes`, never after.
+            drop(nodes);
+            self.truncate(ino, &*self.upper_file(ino)?, &at, size)?;
+            nodes = self.nodes.lock();
         }
         if changes.atime.is_some() || changes.mtime.is_some() {
             let (a, m) = (changes.atime.unwrap_or(Time::Omit), changes.mtime.unwrap_or(Time::Omit));
-            sys::set_times(&path, a, m).map_err(ioe)?;
+            at.set_times(a, m).map_err(ioe)?;
         }
-        self.attr(ino)
+        self.attr_locked(&nodes, ino)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> OpResult<Vec<u8>> {
@@ -35,7 +35,7 @@ impl Overlay {
         let nodes = self.nodes.lock();
         let node = nodes.get(ino).ok_or(libc::ENOENT)?;
         if node.upper {
-            return sys::get_xattr(&self.upper_path(&nodes, ino)?, name).map_err(ioe)?.ok_or(libc::ENODATA);
+            return self.upper_at(&nodes, ino)?.get_xattr(name).map_err(ioe)?.ok_or(libc::ENODATA);
         }
         let lower = node.lower.and_then(|l| self.tree.get(l)).ok_or(libc::ENOENT)?;
         lower.xattrs.iter().find(|(n, _)| **n == *name).map(|(_, v)| v.to_vec()).ok_or(libc::ENODATA)
@@ -46,7 +46,7 @@ impl Overlay {
         let nodes = self.nodes.lock();
         let node = nodes.get(ino).ok_or(libc::ENOENT)?;
         let names: Vec<Vec<u8>> = if node.upper {
-            sys::list_xattrs(&self.upper_path(&nodes, ino)?).map_err(ioe)?
+            self.upper_at(&nodes, ino)?.list_xattrs().map_err(ioe)?
         } else {
             let lower = node.lower.and_then(|l| self.tree.get(l)).ok_or(libc::ENOENT)?;
             lower.xattrs.iter().map(|(n, _)| n.to_vec()).collect()
@@ -65,7 +65,7 @@ impl Overlay {
         }
         let mut nodes = self.nodes.lock();
         self.copy_up(&mut nodes, ino)?;
-        sys::set_xattr(&self.upper_path(&nodes, ino)?, name, value, flags).map_err(ioe)
+        self.upper_at(&nodes, ino)?.set_xattr(name, value, flags).map_err(ioe)
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> OpResult<()> {
@@ -75,6 +75,6 @@ impl Overlay {
         drop(self.getxattr(ino, name)?);
         let mut nodes = self.nodes.lock();
         self.copy_up(&mut nodes, ino)?;
-        sys::remove_xattr(&self.upper_path(&nodes, ino)?, name).map_err(ioe)
+        self.upper_at(&nodes, ino)?.remove_xattr(name).map_err(ioe)
     }
 }

@@ -1,56 +1,59 @@
 //! Copy-up: a lower entry made to exist in the upper directory, with its metadata.
 
-use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-
 use super::*;
 
 impl Overlay {
     /// Makes `ino` exist in the upper directory, with the lower entry's
-    /// metadata; a file's data stays below until written.
+    /// metadata; a file's data stays below until written. A nameless inode
+    /// (unlinked while open) is copied up to its orphan.
+    ///
+    /// Metadata is applied in the order the kernel does not undo: owner
+    /// first (chown clears setuid/setgid bits and `security.capability`),
+    /// then mode, then xattrs (capabilities included), then times.
     pub(super) fn copy_up(&self, nodes: &mut Nodes, ino: u64) -> OpResult<()> {
         let node = nodes.get(ino).ok_or(libc::ENOENT)?.clone();
         if node.upper {
             return Ok(());
         }
         let upper = self.upper()?;
-        self.copy_up(nodes, node.parent)?;
+        if !node.detached {
+            self.copy_up(nodes, node.parent)?;
+        }
         let lower_ino = node.lower.ok_or(libc::EIO)?;
         let lower = self.tree.get(lower_ino).ok_or(libc::EIO)?;
         let rel = nodes.path(ino);
-        let dest = upper.path(&rel);
-        let tmp = upper.temp_path();
+        let dest = self.upper_at(nodes, ino)?;
+        let tmp = upper.temp();
         let made = match lower.kind {
-            Kind::Dir => fs::create_dir(&tmp),
-            Kind::File => {
-                OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|f| f.set_len(lower.size))
-            }
-            Kind::Symlink => std::os::unix::fs::symlink(OsStr::from_bytes(&lower.target), &tmp),
-            Kind::CharDevice => sys::mknod(&tmp, libc::S_IFCHR | 0o600, lower.rdev),
-            Kind::BlockDevice => sys::mknod(&tmp, libc::S_IFBLK | 0o600, lower.rdev),
-            Kind::Fifo => sys::mknod(&tmp, libc::S_IFIFO | 0o600, 0),
+            Kind::Dir => tmp.mkdir(0o700),
+            Kind::File => tmp.create_file(0o600).and_then(|f| f.set_len(lower.size)),
+            Kind::Symlink => tmp.symlink(&lower.target),
+            Kind::CharDevice => tmp.mknod(libc::S_IFCHR | 0o600, lower.rdev),
+            Kind::BlockDevice => tmp.mknod(libc::S_IFBLK | 0o600, lower.rdev),
+            Kind::Fifo => tmp.mknod(libc::S_IFIFO | 0o600, 0),
         };
         made.map_err(ioe)?;
         let finish = || -> io::Result<()> {
+            let xattr_path = tmp.xattr_path()?;
             if lower.kind != Kind::Dir {
                 let lower_size = if lower.kind == Kind::File { lower.size } else { 0 };
-                upper::set_origin(&tmp, &Origin { lower_path: self.tree.path_of(lower_ino), lower_size })?;
+                upper::set_origin(
+                    &xattr_path,
+                    &Origin { lower_path: self.tree.path_of(lower_ino), lower_size },
+                )?;
+            }
+            tmp.chown(Some(lower.uid), Some(lower.gid))?;
+            if lower.kind != Kind::Symlink {
+                tmp.chmod(u32::from(lower.perm))?;
             }
             for (name, value) in lower.xattrs.iter() {
-                sys::set_xattr(&tmp, name, value, 0)?;
+                sys::set_xattr(&xattr_path, name, value, 0)?;
             }
-            std::os::unix::fs::lchown(&tmp, Some(lower.uid), Some(lower.gid))?;
-            if lower.kind != Kind::Symlink {
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(u32::from(lower.perm)))?;
-            }
-            sys::set_times(&tmp, Time::from_ns(lower.mtime_ns), Time::from_ns(lower.mtime_ns))?;
-            sys::rename(&tmp, &dest, libc::RENAME_NOREPLACE)
+            tmp.set_times(Time::from_ns(lower.mtime_ns), Time::from_ns(lower.mtime_ns))?;
+            tmp.rename_to(&dest, libc::RENAME_NOREPLACE)
         };
         if let Err(e) = finish() {
-            let _ = fs::remove_dir(&tmp).or_else(|_| fs::remove_file(&tmp));
+            let _ = tmp.remove_all();
             return Err(ioe(e));
         }
         if let Some(n) = nodes.get_mut(ino) {
@@ -59,8 +62,8 @@ impl Overlay {
                 n.cow_lower_size = Some(lower.size);
             }
         }
-        if lower.kind == Kind::File && lower.nlink > 1 {
-            self.link_other_names(nodes, ino, lower_ino, &rel, &dest)?;
+        if lower.kind != Kind::Dir && lower.nlink > 1 && !node.detached {
+            self.link_other_names(nodes, ino, lower_ino, &rel)?;
         }
         Ok(())
     }
@@ -73,7 +76,6 @@ impl Overlay {
         ino: u64,
         lower: Ino,
         done: &[u8],
-        dest: &std::path::Path,
     ) -> OpResult<()> {
         let upper = self.upper()?;
         for other in self.tree.paths_of(lower) {
@@ -86,9 +88,9 @@ impl Overlay {
             };
             let parent = self.resolve_path(nodes, parent_path)?.ok_or(libc::ENOENT)?;
             self.copy_up(nodes, parent)?;
-            let target = upper.path(&other);
-            if fs::symlink_metadata(&target).is_err() {
-                fs::hard_link(dest, &target).map_err(ioe)?;
+            let target = upper.at(&other).map_err(ioe)?;
+            if target.try_stat().map_err(ioe)?.is_none() {
+                upper.at(done).map_err(ioe)?.link_to(&target).map_err(ioe)?;
             }
         }
         Ok(())
@@ -106,8 +108,8 @@ impl Overlay {
                 self.copy_up_tree(nodes, child)?;
             }
         }
-        let path = self.upper_path(nodes, ino)?;
-        upper::set_opaque(&path).map_err(ioe)?;
+        let at = self.upper_at(nodes, ino)?;
+        upper::set_opaque(&at.xattr_path().map_err(ioe)?).map_err(ioe)?;
         if let Some(node) = nodes.get_mut(ino) {
             node.opaque = true;
             node.lower = None;

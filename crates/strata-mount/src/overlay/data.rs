@@ -40,14 +40,11 @@ impl Overlay {
     /// open files (the kernel sends no open or release to tie them to).
     pub(super) fn upper_file(&self, ino: u64) -> OpResult<Arc<File>> {
         self.files.get_or_insert_with(&ino, || {
-            let path = {
-                let nodes = self.nodes.lock();
-                if !nodes.get(ino).ok_or(libc::ENOENT)?.upper {
-                    return Err(libc::EBADF);
-                }
-                self.upper_path(&nodes, ino)?
-            };
-            open_upper(&path, libc::O_RDWR).map(Arc::new)
+            let nodes = self.nodes.lock();
+            if !nodes.get(ino).ok_or(libc::ENOENT)?.upper {
+                return Err(libc::EBADF);
+            }
+            open_upper(&self.upper_at(&nodes, ino)?, libc::O_RDWR).map(Arc::new)
         })
     }
 
@@ -78,17 +75,62 @@ impl Overlay {
         if data_only { file.sync_data() } else { file.sync_all() }.map_err(ioe)
     }
 
-    /// fallocate(2) on `ino`'s upper file. Refused where lower bytes still
-    /// show through holes: allocated blocks would hide them.
+    /// fallocate(2) on `ino`'s upper file, in any mode the upper
+    /// filesystem has (plain, keep-size, punch-hole, zero-range, collapse,
+    /// insert), as overlayfs passes it to its upper file. A copied-up file
+    /// whose lower bytes still show through holes first takes them all
+    /// into its upper file (what overlayfs copies up on open for writing),
+    /// so that allocating, punching or moving blocks acts on the file's
+    /// true bytes; it then no longer reads from below. May wait on a chunk
+    /// source: call it on a worker.
     pub fn fallocate(&self, ino: u64, mode: i32, offset: u64, len: u64) -> OpResult<()> {
         {
             let mut nodes = self.nodes.lock();
             self.copy_up(&mut nodes, ino)?;
-            if nodes.get(ino).is_some_and(|n| n.cow_lower_size.unwrap_or(0) > 0) {
-                return Err(libc::EOPNOTSUPP);
+        }
+        let file = self.upper_file(ino)?;
+        let _stripe = self.cow_lock(ino);
+        let (cow, at) = {
+            let nodes = self.nodes.lock();
+            let node = nodes.get(ino).ok_or(libc::ENOENT)?;
+            let cow = node.cow_lower_size.filter(|s| *s > 0).and_then(|s| node.lower.map(|l| (l, s)));
+            (cow, self.upper_at(&nodes, ino)?)
+        };
+        if let Some((lower, lower_size)) = cow {
+            self.take_lower_bytes(&file, lower, lower_size)?;
+            file.sync_data().map_err(ioe)?;
+            upper::set_lower_size(&at.xattr_path().map_err(ioe)?, 0).map_err(ioe)?;
+            if let Some(node) = self.nodes.lock().get_mut(ino) {
+                node.cow_lower_size = Some(0);
             }
         }
-        sys::fallocate(&*self.upper_file(ino)?, mode, offset, len).map_err(ioe)
+        sys::fallocate(&file, mode, offset, len).map_err(ioe)
+    }
+
+    /// Fills every hole of a copied-up file below `lower_size` with the
+    /// lower file's bytes.
+    fn take_lower_bytes(&self, file: &File, lower: Ino, lower_size: u64) -> OpResult<()> {
+        const PIECE: u64 = 1 << 20;
+        let size = file.metadata().map_err(ioe)?.len();
+        let end = lower_size.min(size);
+        let mut pos = 0;
+        while pos < end {
+            let hole = sys::seek(file, pos, libc::SEEK_HOLE).map_err(ioe)?.unwrap_or(size);
+            if hole >= end {
+                break;
+            }
+            let data = sys::seek(file, hole, libc::SEEK_DATA).map_err(ioe)?.unwrap_or(u64::MAX);
+            let hole_end = data.min(end);
+            let mut at = hole;
+            while at < hole_end {
+                let n = (hole_end - at).min(PIECE);
+                let bytes = self.read_lower(lower, at, n as u32)?;
+                file.write_all_at(&bytes, at).map_err(ioe)?;
+                at += n;
+            }
+            pos = hole_end;
+        }
+        Ok(())
     }
 
     /// A read of a lower-only file answered from decoded chunks in memory,
@@ -173,13 +215,13 @@ impl Overlay {
 
     /// Sets the size of the upper file of `ino`; a copied-up file forgets
     /// the lower bytes at and above the new size.
-    pub(super) fn truncate(&self, ino: u64, file: &File, path: &std::path::Path, size: u64) -> OpResult<()> {
+    pub(super) fn truncate(&self, ino: u64, file: &File, at: &At<'_>, size: u64) -> OpResult<()> {
         let _stripe = self.cow_lock(ino);
         {
             let mut nodes = self.nodes.lock();
             if let Some(node) = nodes.get_mut(ino) {
                 if node.cow_lower_size.is_some_and(|lower_size| size < lower_size) {
-                    upper::set_lower_size(path, size).map_err(ioe)?;
+                    upper::set_lower_size(&at.xattr_path().map_err(ioe)?, size).map_err(ioe)?;
                     node.cow_lower_size = Some(size);
                 }
             }

@@ -16,23 +16,20 @@ mod data;
 
 use std::collections::BTreeSet;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use fuser::FileAttr;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::attr::{attr_of_metadata, file_attr};
+use crate::attr::{attr_of_stat, file_attr};
 use crate::cow::{self, read_merged, MergedReadError};
 use crate::lower::{Ino, Kind, LowerTree};
 use crate::nodes::{join, Node, Nodes};
 use crate::reader::ChunkReader;
 use crate::sys::{self, errno, Time};
-use crate::upper::{self, Origin, UpperDir};
+use crate::upper::{self, At, Origin, UpperDir};
 
 /// Upper files kept open at once.
 const OPEN_FILES: usize = 1024;
@@ -97,17 +94,11 @@ pub struct Overlay {
 impl Overlay {
     pub fn new(tree: Arc<LowerTree>, reader: Arc<ChunkReader>, upper: Option<UpperDir>) -> io::Result<Self> {
         let opaque = match &upper {
-            Some(u) => upper::is_opaque(u.root())?,
+            Some(u) => upper::is_opaque(&u.at(b"")?.xattr_path()?)?,
             None => false,
         };
-        let root = Node {
-            parent: Ino::ROOT.0,
-            name: Box::default(),
-            lower: Some(Ino::ROOT),
-            upper: upper.is_some(),
-            opaque,
-            cow_lower_size: None,
-        };
+        let mut root = Node::new(Ino::ROOT.0, b"", Some(Ino::ROOT), upper.is_some());
+        root.opaque = opaque;
         let nodes = Nodes::new(tree.len() as u64 + 1, root);
         Ok(Self {
             tree,
@@ -141,14 +132,49 @@ impl Overlay {
         self.cow_stripes[(ino % 64) as usize].lock()
     }
 
-    fn upper_path(&self, nodes: &Nodes, ino: u64) -> OpResult<PathBuf> {
-        Ok(self.upper()?.path(&nodes.path(ino)))
+    /// The upper entry of `ino`: by its name, or its orphan if it has none.
+    fn upper_at<'u>(&'u self, nodes: &Nodes, ino: u64) -> OpResult<At<'u>> {
+        let upper = self.upper()?;
+        if nodes.get(ino).is_some_and(|n| n.detached) {
+            return Ok(upper.orphan(ino));
+        }
+        upper.at(&nodes.path(ino)).map_err(ioe)
     }
 
+    /// The upper entry `name` in directory `parent`.
+    fn child_at<'u>(&'u self, nodes: &Nodes, parent: u64, name: &[u8]) -> OpResult<At<'u>> {
+        self.upper()?.at(&join(&nodes.path(parent), name)).map_err(ioe)
+    }
+
+    /// Resolves `name` in `parent` for the kernel: the lookup it gets
+    /// counts until FORGET gives it back.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> OpResult<(u64, FileAttr)> {
         let mut nodes = self.nodes.lock();
         let ino = self.resolve(&mut nodes, parent, name)?.ok_or(libc::ENOENT)?;
-        Ok((ino, self.attr_locked(&nodes, ino)?))
+        let attr = self.attr_locked(&nodes, ino)?;
+        nodes.remember(ino);
+        Ok((ino, attr))
+    }
+
+    /// The kernel gives back `n` lookups of `ino`; a nameless inode none
+    /// holds any more goes, and its upper blocks with it.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let gone = self.nodes.lock().forget(ino, n);
+        if let Some(node) = gone {
+            self.drop_orphan(ino, &node);
+        }
+    }
+
+    /// Removes what a nameless inode kept in the writable layer.
+    fn drop_orphan(&self, ino: u64, node: &Node) {
+        self.files.remove(&ino);
+        if let (true, Some(upper)) = (node.upper, &self.upper) {
+            if let Err(e) = upper.orphan(ino).remove_all() {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(ino, error = %e, "could not remove an unlinked file's upper entry");
+                }
+            }
+        }
     }
 
     pub fn attr(&self, ino: u64) -> OpResult<FileAttr> {
@@ -158,18 +184,31 @@ impl Overlay {
 
     fn attr_locked(&self, nodes: &Nodes, ino: u64) -> OpResult<FileAttr> {
         let node = nodes.get(ino).ok_or(libc::ENOENT)?;
-        if node.upper {
-            let meta = fs::symlink_metadata(self.upper_path(nodes, ino)?).map_err(ioe)?;
-            let mut attr = attr_of_metadata(ino, &meta);
-            if meta.is_dir() && node.lower.is_some() && !node.opaque {
+        let mut attr = if node.upper {
+            let st = self.upper_at(nodes, ino)?.stat().map_err(ioe)?;
+            let mut attr = attr_of_stat(ino, &st);
+            if upper::is_dir(&st) && node.lower.is_some() && !node.opaque {
                 // Merged: the upper count of subdirectories is not the whole
                 // story; 1 tells tools such as find not to rely on it.
                 attr.nlink = 1;
             }
-            return Ok(attr);
+            if node.detached {
+                // The orphan's own link is no name.
+                attr.nlink = attr.nlink.saturating_sub(1);
+            }
+            attr
+        } else {
+            let lower = node.lower.and_then(|l| self.tree.get(l)).ok_or(libc::ENOENT)?;
+            let mut attr = file_attr(Ino(ino), lower);
+            if node.detached {
+                attr.nlink = attr.nlink.saturating_sub(1);
+            }
+            attr
+        };
+        if node.detached && attr.kind == fuser::FileType::Directory {
+            attr.nlink = 0;
         }
-        let lower = node.lower.and_then(|l| self.tree.get(l)).ok_or(libc::ENOENT)?;
-        Ok(file_attr(Ino(ino), lower))
+        Ok(attr)
     }
 
     fn kind(&self, nodes: &Nodes, ino: u64) -> OpResult<fuser::FileType> {
@@ -182,41 +221,43 @@ impl Overlay {
             return Ok(Some(ino));
         }
         let p = nodes.get(parent).ok_or(libc::ENOENT)?.clone();
+        if p.detached {
+            return Ok(None);
+        }
         let lower_child =
             if p.opaque { None } else { p.lower.and_then(|l| self.tree.get(l)).and_then(|d| d.child(name)) };
         if p.upper {
-            let path = self.upper()?.path(&join(&nodes.path(parent), name));
-            match fs::symlink_metadata(&path) {
-                Ok(meta) if upper::is_whiteout(&meta) => return Ok(None),
-                Ok(meta) => {
-                    let mut node = Node {
-                        parent,
-                        name: name.into(),
-                        lower: None,
-                        upper: true,
-                        opaque: false,
-                        cow_lower_size: None,
-                    };
-                    if meta.is_dir() {
-                        node.opaque = upper::is_opaque(&path).map_err(ioe)?;
-                        let lower_dir =
-                            lower_child.filter(|l| self.tree.get(*l).is_some_and(|i| i.kind == Kind::Dir));
-                        node.lower = if node.opaque { None } else { lower_dir };
-                    } else if let Some(origin) = upper::origin(&path).map_err(ioe)? {
-                        node.lower = self.tree.lookup_path(&origin.lower_path);
-                        if meta.is_file() && node.lower.is_some() {
-                            node.cow_lower_size = Some(origin.lower_size);
-                        }
+            let at = self.child_at(nodes, parent, name)?;
+            if let Some(st) = at.try_stat().map_err(ioe)? {
+                if upper::is_whiteout(&st) {
+                    return Ok(None);
+                }
+                let mut node = Node::new(parent, name, None, true);
+                if upper::is_dir(&st) {
+                    node.opaque = upper::is_opaque(&at.xattr_path().map_err(ioe)?).map_err(ioe)?;
+                    let lower_dir =
+                        lower_child.filter(|l| self.tree.get(*l).is_some_and(|i| i.kind == Kind::Dir));
+                    node.lower = if node.opaque { None } else { lower_dir };
+                } else if let Some(origin) = upper::origin(&at.xattr_path().map_err(ioe)?).map_err(ioe)? {
+                    node.lower = self.tree.lookup_path(&origin.lower_path);
+                    if upper::is_file(&st) && node.lower.is_some() {
+                        node.cow_lower_size = Some(origin.lower_size);
                     }
-                    if let Some(known) = node.lower.map(|l| l.0).filter(|i| nodes.get(*i).is_some()) {
-                        nodes.add_name(parent, name, known);
+                }
+                if let Some(known) = node.lower.map(|l| l.0).filter(|i| nodes.get(*i).is_some()) {
+                    if self.same_upper_inode(nodes, known, &st) {
+                        if nodes.add_name(parent, name, known) {
+                            // A nameless inode found by another of its names:
+                            // its orphan link is no longer needed.
+                            let _ = self.upper()?.orphan(known).unlink();
+                        }
                         return Ok(Some(known));
                     }
-                    let number = node.lower.map(|l| l.0);
-                    return Ok(Some(nodes.insert(number, node)));
+                    // Another upper file with the same origin: numbered anew.
+                    return Ok(Some(nodes.insert(None, node)));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ioe(e)),
+                let number = node.lower.map(|l| l.0);
+                return Ok(Some(nodes.insert(number, node)));
             }
         }
         let Some(lower) = lower_child else { return Ok(None) };
@@ -224,15 +265,20 @@ impl Overlay {
             nodes.add_name(parent, name, lower.0);
             return Ok(Some(lower.0));
         }
-        let node = Node {
-            parent,
-            name: name.into(),
-            lower: Some(lower),
-            upper: false,
-            opaque: false,
-            cow_lower_size: None,
-        };
-        Ok(Some(nodes.insert(Some(lower.0), node)))
+        Ok(Some(nodes.insert(Some(lower.0), Node::new(parent, name, Some(lower), false))))
+    }
+
+    /// Whether the known inode `ino` is the upper entry `st` describes (or
+    /// has no upper entry to compare).
+    fn same_upper_inode(&self, nodes: &Nodes, ino: u64, st: &libc::stat) -> bool {
+        let Some(node) = nodes.get(ino) else { return false };
+        if !node.upper {
+            return true;
+        }
+        match self.upper_at(nodes, ino).and_then(|at| at.stat().map_err(ioe)) {
+            Ok(known) => known.st_ino == st.st_ino && known.st_dev == st.st_dev,
+            Err(_) => true,
+        }
     }
 
     /// The inode at merged `path`, resolving each component.
@@ -272,11 +318,11 @@ impl Overlay {
     fn child_names(&self, nodes: &mut Nodes, ino: u64) -> OpResult<BTreeSet<Vec<u8>>> {
         let node = nodes.get(ino).ok_or(libc::ENOENT)?.clone();
         let mut names = BTreeSet::new();
+        if node.detached {
+            return Ok(names);
+        }
         if node.upper {
-            let dir = self.upper_path(nodes, ino)?;
-            for entry in fs::read_dir(&dir).map_err(ioe)? {
-                names.insert(entry.map_err(ioe)?.file_name().as_bytes().to_vec());
-            }
+            names.extend(self.upper_at(nodes, ino)?.names().map_err(ioe)?);
         }
         if !node.opaque {
             if let Some(dir) = node.lower.and_then(|l| self.tree.get(l)) {
@@ -300,15 +346,14 @@ impl Overlay {
     pub fn lower_only_dir(&self, ino: u64) -> Option<Ino> {
         let nodes = self.nodes.lock();
         let node = nodes.get(ino)?;
-        (!node.upper).then_some(node.lower).flatten()
+        (!node.upper && !node.detached).then_some(node.lower).flatten()
     }
 
     pub fn readlink(&self, ino: u64) -> OpResult<Vec<u8>> {
         let nodes = self.nodes.lock();
         let node = nodes.get(ino).ok_or(libc::ENOENT)?;
         if node.upper {
-            let target = fs::read_link(self.upper_path(&nodes, ino)?).map_err(ioe)?;
-            return Ok(target.as_os_str().as_bytes().to_vec());
+            return self.upper_at(&nodes, ino)?.read_link().map_err(ioe);
         }
         let lower = node.lower.and_then(|l| self.tree.get(l)).ok_or(libc::ENOENT)?;
         if lower.kind != Kind::Symlink {
@@ -320,16 +365,14 @@ impl Overlay {
 
 /// Opens an upper file; creation, truncation and appending are the
 /// overlay's business, never the open's.
-fn open_upper(path: &std::path::Path, flags: i32) -> OpResult<File> {
-    let mut options = OpenOptions::new();
-    match flags & libc::O_ACCMODE {
-        libc::O_WRONLY => options.write(true),
-        libc::O_RDWR => options.read(true).write(true),
-        _ => options.read(true),
+fn open_upper(at: &At<'_>, flags: i32) -> OpResult<File> {
+    let access = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => libc::O_WRONLY,
+        libc::O_RDWR => libc::O_RDWR,
+        _ => libc::O_RDONLY,
     };
     let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
-    options.custom_flags((flags & keep) | libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    options.open(path).map_err(ioe)
+    at.open(access | (flags & keep), 0).map_err(ioe)
 }
 
 fn read_plain(file: &File, offset: u64, len: u32) -> OpResult<Vec<u8>> {
@@ -338,20 +381,12 @@ fn read_plain(file: &File, offset: u64, len: u32) -> OpResult<Vec<u8>> {
 
 /// Moves a finished entry from the work directory to `dest`, replacing a
 /// whiteout there in the same step.
-fn place(tmp: &std::path::Path, dest: &std::path::Path, over_whiteout: bool) -> io::Result<()> {
+fn place(tmp: &At<'_>, dest: &At<'_>, over_whiteout: bool) -> io::Result<()> {
     if over_whiteout {
         // Exchange works whatever the two kinds; the whiteout ends up in work/.
-        sys::rename(tmp, dest, libc::RENAME_EXCHANGE)?;
-        fs::remove_file(tmp)
+        tmp.rename_to(dest, libc::RENAME_EXCHANGE)?;
+        tmp.unlink()
     } else {
-        sys::rename(tmp, dest, libc::RENAME_NOREPLACE)
-    }
-}
-
-fn remove_any(path: &std::path::Path) -> io::Result<()> {
-    if fs::symlink_metadata(path)?.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
+        tmp.rename_to(dest, libc::RENAME_NOREPLACE)
     }
 }

@@ -1,6 +1,8 @@
 //! Shared by the FUSE tests: images imported into a real store, mounted in-process.
 #![allow(dead_code)]
 
+pub mod kernel_overlay;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
