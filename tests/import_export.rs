@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{sample_archive, Strata};
+use common::{gzip, sample_archive, zstd, Strata};
 use serde_json::Value;
 use strata_oci::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression};
-use strata_sample::{base_layer, sample_config, update_layer, write_image, write_sample_image};
+use strata_sample::{base_layer, sample_config, update_layer, write_image, write_sample_image, LayerTar};
 
 fn layer_ids(inspect: &Value) -> Vec<String> {
     inspect["layers"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect()
@@ -329,4 +329,92 @@ fn a_terminal_gets_a_progress_bar() {
     let drawn = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(drawn.contains("KiB/") && drawn.contains('['), "no progress bar drawn: {drawn:?}");
     assert!(drawn.contains("imported tty:1"));
+}
+
+#[test]
+fn an_archive_compressed_as_a_whole_imports_like_the_plain_one() {
+    // `docker save | gzip` (and zstd), which `docker load` accepts.
+    let s = Strata::new();
+    let plain = s.path("plain.tar");
+    write_sample_image(&plain, ArchiveLayout::DockerLegacy, LayerCompression::Gzip, "whole:1").unwrap();
+    s.import(&plain);
+    let ids = layer_ids(&s.json(&["inspect", "whole:1"]));
+    let bytes = std::fs::read(&plain).unwrap();
+    for (file, packed) in [("whole.tar.gz", gzip(&bytes)), ("whole.tar.zst", zstd(&bytes))] {
+        let path = s.path(file);
+        std::fs::write(&path, &packed).unwrap();
+        let name = format!("{file}:1");
+        let report = s.json(&["import", path.to_str().unwrap(), "--name", &name]);
+        assert_eq!(report["new_chunks"], 0, "{file}: the same content");
+        assert_eq!(layer_ids(&s.json(&["inspect", &name])), ids, "{file}: the same layers");
+    }
+    // A compressed archive cut short is refused, and nothing is imported.
+    let before = s.snapshot();
+    let cut = gzip(&bytes);
+    let path = s.path("cut.tar.gz");
+    std::fs::write(&path, &cut[..cut.len() / 2]).unwrap();
+    let err = s.fails(&["import", path.to_str().unwrap(), "--name", "cut:1"]);
+    assert!(err.contains("decompressing the archive"), "{err}");
+    assert_eq!(s.snapshot(), before);
+}
+
+#[test]
+fn hardlinks_to_symlinks_and_fifos_export_as_links() {
+    let s = Strata::new();
+    let mut t = LayerTar::new(Vec::new());
+    t.symlink("sym", "etc/hostname").unwrap();
+    t.hardlink("sym-again", "sym").unwrap();
+    t.device(tar::EntryType::Fifo, "fifo", 0, 0).unwrap();
+    t.hardlink("fifo-again", "fifo").unwrap();
+    let path = s.path("links.tar");
+    write_image(
+        ArchiveTarget::Tar(path.clone()),
+        ArchiveLayout::Oci,
+        LayerCompression::Gzip,
+        &["links:1".to_owned()],
+        sample_config(&["true"]),
+        &[base_layer().unwrap(), t.finish().unwrap()],
+    )
+    .unwrap();
+    s.import(&path);
+    let ids = layer_ids(&s.json(&["inspect", "links:1"]));
+    let out = s.path("out.tar");
+    s.ok(&["export", "links:1", "-o", out.to_str().unwrap()]);
+    // The exported layer holds link members for the second names.
+    let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let mut link_members = Vec::new();
+    for member in archive.entries().unwrap() {
+        let mut member = member.unwrap();
+        let mut blob = Vec::new();
+        std::io::Read::read_to_end(&mut member, &mut blob).unwrap();
+        let plain = if blob.starts_with(&[0x1f, 0x8b]) {
+            let mut d = flate2::read::GzDecoder::new(&blob[..]);
+            let mut v = Vec::new();
+            if std::io::Read::read_to_end(&mut d, &mut v).is_err() {
+                continue;
+            }
+            v
+        } else {
+            continue;
+        };
+        let mut layer = tar::Archive::new(&plain[..]);
+        let Ok(entries) = layer.entries() else { continue };
+        for e in entries.flatten() {
+            if e.header().entry_type() == tar::EntryType::Link {
+                let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                let target = String::from_utf8_lossy(&e.link_name_bytes().unwrap_or_default()).into_owned();
+                link_members.push(format!("{path} -> {target}"));
+            }
+        }
+    }
+    link_members.sort();
+    assert!(
+        link_members.iter().any(|l| l.starts_with("sym"))
+            && link_members.iter().any(|l| l.starts_with("fifo")),
+        "link members: {link_members:?}"
+    );
+    // Re-imported, the same layers.
+    s.ok(&["rm", "links:1"]);
+    s.json(&["import", out.to_str().unwrap(), "--name", "links:2"]);
+    assert_eq!(layer_ids(&s.json(&["inspect", "links:2"])), ids);
 }

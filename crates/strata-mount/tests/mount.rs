@@ -247,3 +247,75 @@ fn a_chunk_no_source_has_is_an_io_error_not_wrong_bytes() {
     assert_eq!(std::fs::metadata(m.path("bin/app")).expect("stat").len(), 300_000);
     assert_eq!(errno_of(std::fs::read(m.path("etc/hostname"))), Some(libc::EIO));
 }
+
+#[test]
+fn hardlinks_to_symlinks_fifos_and_devices_share_one_inode() {
+    // docker writes a hardlink member for any non-directory with nlink > 1.
+    let mut t = LayerTar::new(Vec::new());
+    t.dir("l", 0o755).expect("dir");
+    t.symlink("l/sym", "../etc/hostname").expect("symlink");
+    t.hardlink("l/sym-again", "l/sym").expect("link");
+    t.device(tar::EntryType::Fifo, "l/fifo", 0, 0).expect("fifo");
+    t.hardlink("l/fifo-again", "l/fifo").expect("link");
+    t.device(tar::EntryType::Char, "l/null", 1, 3).expect("char");
+    t.hardlink("l/null-again", "l/null").expect("link");
+    t.hardlink("l/null-third", "l/null-again").expect("link");
+    let image = import(vec![base_layer().expect("base"), t.finish().expect("tar")]);
+    let m = mount(image.tree, image.store.clone());
+    let stat = |p: &str| std::fs::symlink_metadata(m.path(p)).expect("stat");
+    for (a, b, links) in
+        [("l/sym", "l/sym-again", 2), ("l/fifo", "l/fifo-again", 2), ("l/null", "l/null-third", 3)]
+    {
+        let (sa, sb) = (stat(a), stat(b));
+        assert_eq!(sa.ino(), sb.ino(), "{a} and {b} are one inode");
+        assert_eq!((sa.nlink(), sb.nlink()), (links, links), "{a}: link count");
+    }
+    assert!(stat("l/sym-again").file_type().is_symlink());
+    assert_eq!(std::fs::read_link(m.path("l/sym-again")).expect("readlink"), Path::new("../etc/hostname"));
+    assert!(stat("l/fifo-again").file_type().is_fifo());
+    assert_eq!(stat("l/null-third").rdev(), libc::makedev(1, 3));
+}
+
+#[test]
+fn a_layer_whiting_out_a_directory_it_also_holds_shows_only_its_own_children() {
+    let mut lower = LayerTar::new(Vec::new());
+    lower.dir("d", 0o755).expect("dir");
+    lower.file(b"d/old", 0o644, b"old").expect("file");
+    lower.dir("e", 0o755).expect("dir");
+    lower.file(b"e/old", 0o644, b"old").expect("file");
+    let mut upper = LayerTar::new(Vec::new());
+    // Members in the order that once made import refuse the layer: the
+    // directory's child before its whiteout, and no directory member.
+    upper.file(b"d/new", 0o644, b"new").expect("file");
+    upper.file(b".wh.d", 0o644, b"").expect("whiteout");
+    upper.dir("e", 0o755).expect("dir");
+    upper.file(b"e/new", 0o644, b"new").expect("file");
+    upper.file(b".wh.e", 0o644, b"").expect("whiteout");
+    // AUFS bookkeeping with a hardlink into .wh..wh.plnk.
+    upper.file(b".wh..wh.aufs", 0o644, b"").expect("aufs");
+    upper.dir(".wh..wh.plnk", 0o700).expect("plnk");
+    upper.file(b".wh..wh.plnk/1.2", 0o755, b"#!/bin/sh\n").expect("plnk file");
+    upper.dir("bin", 0o755).expect("dir");
+    upper.hardlink("bin/tool", ".wh..wh.plnk/1.2").expect("link");
+    upper.hardlink("bin/tool2", ".wh..wh.plnk/1.2").expect("link");
+    let image =
+        import(vec![base_layer().expect("base"), lower.finish().expect("tar"), upper.finish().expect("tar")]);
+    let m = mount(image.tree, image.store.clone());
+    let names = |p: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(m.path(p))
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("d"), ["new"]);
+    assert_eq!(names("e"), ["new"]);
+    assert!(names("").iter().all(|n| !n.starts_with(".wh.")), "{:?}", names(""));
+    assert_eq!(std::fs::read(m.path("bin/tool")).expect("read"), b"#!/bin/sh\n");
+    let (a, b) = (
+        std::fs::metadata(m.path("bin/tool")).expect("stat"),
+        std::fs::metadata(m.path("bin/tool2")).expect("stat"),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+}
