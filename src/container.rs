@@ -1,7 +1,10 @@
-//! Entering a mounted rootfs for `strata run`: new mount and UTS namespaces
-//! (the PID namespace is made by the caller before it forks), a minimal
-//! /dev, /proc, read-only /sys, pivot_root, then the image's user and
-//! working directory.
+//! Entering a mounted rootfs for `strata run`: new mount, UTS and IPC
+//! namespaces (the PID namespace is made by the caller before it forks), the
+//! mounts and files docker gives a container (/proc; a tmpfs /dev with the
+//! standard nodes, /dev/pts, /dev/shm, /dev/mqueue; read-only /sys;
+//! /etc/hostname, /etc/hosts, /etc/resolv.conf), pivot_root, then the
+//! image's user (with its groups) and working directory, created when no
+//! layer holds it.
 //!
 //! [`Entry::enter`] runs in the forked child before exec, where only
 //! async-signal-safe calls are allowed: every path is made into a C string
@@ -15,12 +18,16 @@ use std::path::Path;
 /// Host device nodes bound into the container's /dev.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Links every /dev has.
-const DEV_LINKS: [(&str, &str); 4] = [
+const DEV_LINKS: [(&str, &str); 5] = [
     ("/proc/self/fd", "/dev/fd"),
     ("/proc/self/fd/0", "/dev/stdin"),
     ("/proc/self/fd/1", "/dev/stdout"),
     ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),
 ];
+/// Files of /etc that a container gets from its runtime, bound over the
+/// image's (created empty in the writable layer where missing), as docker does.
+pub const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
 
 /// Everything the child needs, prepared before the fork.
 pub struct Entry {
@@ -30,11 +37,24 @@ pub struct Entry {
     sys: CString,
     devices: Vec<(CString, CString)>,
     links: Vec<(CString, CString)>,
+    /// /dev/pts, /dev/shm, /dev/mqueue, each mounted after /dev.
+    dev_mounts: Vec<DevMount>,
+    /// Host file → the image's /etc file it is bound over (resolved within the rootfs).
+    etc_binds: Vec<(CString, CString)>,
+    /// The working directory and each of its ancestors, shortest first:
+    /// made (root-owned, 0755, as docker does) where missing.
+    cwd_prefixes: Vec<CString>,
     cwd: CString,
     hostname: Vec<u8>,
-    uid: libc::uid_t,
-    gid: libc::gid_t,
+    user: ExecUser,
     c: Literals,
+}
+
+struct DevMount {
+    target: CString,
+    fstype: CString,
+    flags: libc::c_ulong,
+    data: CString,
 }
 
 /// Constant C strings, made once.
@@ -61,7 +81,16 @@ fn check(ret: libc::c_int, what: &'static str) -> io::Result<()> {
 }
 
 impl Entry {
-    pub fn new(rootfs: &Path, cwd: &str, hostname: &str, uid: u32, gid: u32) -> io::Result<Self> {
+    /// Prepares entering `rootfs`. `etc_files` are the host files bound over
+    /// the image's /etc files (see [`ETC_FILES`]), each with its target:
+    /// the host path the image's file resolves to within the rootfs.
+    pub fn new(
+        rootfs: &Path,
+        cwd: &str,
+        hostname: &str,
+        user: ExecUser,
+        etc_files: &[(std::path::PathBuf, std::path::PathBuf)],
+    ) -> io::Result<Self> {
         let at = |rel: &str| c([rootfs.as_os_str().as_bytes(), b"/", rel.as_bytes()].concat());
         let mut devices = Vec::new();
         for name in DEVICES {
@@ -71,6 +100,39 @@ impl Entry {
         for (target, link) in DEV_LINKS {
             links.push((c(target)?, c(link)?));
         }
+        let nosuid_noexec_nodev = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+        let dev_mounts = vec![
+            DevMount {
+                target: at("dev/pts")?,
+                fstype: c("devpts")?,
+                flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+                data: c("newinstance,ptmxmode=0666,mode=0620,gid=5")?,
+            },
+            DevMount {
+                target: at("dev/shm")?,
+                fstype: c("tmpfs")?,
+                flags: nosuid_noexec_nodev,
+                data: c("mode=1777,size=65536k")?,
+            },
+            DevMount {
+                target: at("dev/mqueue")?,
+                fstype: c("mqueue")?,
+                flags: nosuid_noexec_nodev,
+                data: c("")?,
+            },
+        ];
+        let mut etc_binds = Vec::new();
+        for (host, target) in etc_files {
+            etc_binds.push((c(host.as_os_str().as_bytes())?, c(target.as_os_str().as_bytes())?));
+        }
+        let cwd = if cwd.is_empty() { "/" } else { cwd };
+        let mut cwd_prefixes = Vec::new();
+        let mut prefix = String::new();
+        for part in cwd.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            prefix.push('/');
+            prefix.push_str(part);
+            cwd_prefixes.push(c(&prefix)?);
+        }
         Ok(Self {
             rootfs: c(rootfs.as_os_str().as_bytes())?,
             dev: at("dev")?,
@@ -78,10 +140,12 @@ impl Entry {
             sys: at("sys")?,
             devices,
             links,
-            cwd: c(if cwd.is_empty() { "/" } else { cwd })?,
+            dev_mounts,
+            etc_binds,
+            cwd_prefixes,
+            cwd: c(cwd)?,
             hostname: hostname.as_bytes().to_vec(),
-            uid,
-            gid,
+            user,
             c: Literals {
                 root: c("/")?,
                 dot: c(".")?,
@@ -99,7 +163,7 @@ impl Entry {
         let l = &self.c;
         // SAFETY: raw system calls on C strings prepared in `new`; no allocation.
         unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS), "unshare")?;
+            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC), "unshare")?;
             // Nothing mounted from here on reaches the host.
             check(
                 libc::mount(null, l.root.as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()),
@@ -124,6 +188,25 @@ impl Entry {
                 check(
                     libc::mount(host.as_ptr(), target.as_ptr(), null, libc::MS_BIND, std::ptr::null()),
                     "binding a device",
+                )?;
+            }
+            for m in &self.dev_mounts {
+                check(libc::mkdir(m.target.as_ptr(), 0o755), "creating a /dev mount point")?;
+                check(
+                    libc::mount(
+                        m.fstype.as_ptr(),
+                        m.target.as_ptr(),
+                        m.fstype.as_ptr(),
+                        m.flags,
+                        m.data.as_ptr().cast(),
+                    ),
+                    "mounting /dev/pts, /dev/shm or /dev/mqueue",
+                )?;
+            }
+            for (host, target) in &self.etc_binds {
+                check(
+                    libc::mount(host.as_ptr(), target.as_ptr(), null, libc::MS_BIND, std::ptr::null()),
+                    "binding /etc/hostname, /etc/hosts or /etc/resolv.conf",
                 )?;
             }
             check(
@@ -170,50 +253,138 @@ impl Entry {
                 libc::symlink(target.as_ptr(), link.as_ptr());
             }
 
-            check(libc::setgroups(1, &self.gid), "setgroups")?;
-            check(libc::setgid(self.gid), "setgid")?;
-            check(libc::setuid(self.uid), "setuid")?;
+            for dir in &self.cwd_prefixes {
+                // Inside the new root: symlinks resolve within the image.
+                if libc::mkdir(dir.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST {
+                    check(-1, "creating the working directory")?;
+                }
+            }
+            let u = &self.user;
+            check(libc::setgroups(u.groups.len(), u.groups.as_ptr()), "setgroups")?;
+            check(libc::setgid(u.gid), "setgid")?;
+            check(libc::setuid(u.uid), "setuid")?;
             check(libc::chdir(self.cwd.as_ptr()), "entering the working directory")?;
         }
         Ok(())
     }
 }
 
-/// The uid and gid of an image's `User` ("", "uid", "uid:gid", "name",
-/// "name:group"), names looked up in the rootfs's /etc/passwd and /etc/group.
-pub fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<(u32, u32)> {
-    if user.is_empty() {
-        return Ok((0, 0));
-    }
+/// Who the image's process runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Every group of the process, the primary one first (setgroups(2)).
+    pub groups: Vec<u32>,
+    /// HOME, unless the image's Env sets it.
+    pub home: String,
+}
+
+fn table(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
+    std::fs::read_to_string(rootfs.join("etc").join(file))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| l.split(':').map(str::to_owned).collect())
+        .collect()
+}
+
+/// Resolves an image's `User` ("", "uid", "name", "uid:gid", "name:group")
+/// against the image's own /etc/passwd and /etc/group, as docker does
+/// (runc's `GetExecUser`): a name must be in passwd; a numeric uid may be
+/// missing there (then gid 0 and HOME "/"); the primary group and HOME come
+/// from passwd; without an explicit group the user also gets every group
+/// /etc/group lists it in; an explicit group (name looked up in
+/// /etc/group, or a number) replaces the primary group and adds none.
+/// An empty `User` is uid 0, resolved the same way.
+pub fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<ExecUser> {
     let (name, group) = match user.split_once(':') {
-        Some((n, g)) => (n, Some(g)),
-        None => (user, None),
+        Some((n, g)) => (if n.is_empty() { "0" } else { n }, Some(g).filter(|g| !g.is_empty())),
+        None => (if user.is_empty() { "0" } else { user }, None),
     };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let entry =
-        passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 3 && f[0] == name);
-    let (uid, primary) = match name.parse::<u32>() {
-        Ok(uid) => (uid, entry.and_then(|f| f[3].parse().ok()).unwrap_or(0)),
-        Err(_) => {
-            let f =
-                entry.ok_or_else(|| anyhow::anyhow!("user {name:?} is not in the image's /etc/passwd"))?;
-            (f[2].parse()?, f[3].parse()?)
+    let passwd = table(rootfs, "passwd");
+    let entry = match name.parse::<u32>() {
+        Ok(uid) => passwd.iter().find(|f| f.len() > 5 && f[2].parse::<u32>().ok() == Some(uid)),
+        Err(_) => Some(passwd.iter().find(|f| f.len() > 5 && f[0] == name).ok_or_else(|| {
+            anyhow::anyhow!("unable to find user {name}: no matching entries in the image's /etc/passwd")
+        })?),
+    };
+    let uid = match entry {
+        Some(f) => {
+            f[2].parse().map_err(|_| anyhow::anyhow!("the image's /etc/passwd has a bad uid for {name}"))?
         }
+        None => name.parse()?,
     };
-    let gid = match group {
-        None => primary,
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => {
-                let groups = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
-                let f = groups
-                    .lines()
-                    .map(|l| l.split(':').collect::<Vec<_>>())
-                    .find(|f| f.len() > 2 && f[0] == g)
-                    .ok_or_else(|| anyhow::anyhow!("group {g:?} is not in the image's /etc/group"))?;
-                f[2].parse()?
+    let mut gid: u32 = match entry {
+        Some(f) => {
+            f[3].parse().map_err(|_| anyhow::anyhow!("the image's /etc/passwd has a bad gid for {name}"))?
+        }
+        None => 0,
+    };
+    let home = entry.map(|f| f[5].clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| "/".to_owned());
+    let groups_table = table(rootfs, "group");
+    let mut groups = Vec::new();
+    match group {
+        Some(g) => {
+            gid = match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => groups_table.iter().find(|f| f.len() > 2 && f[0] == g).ok_or_else(|| {
+                    anyhow::anyhow!("unable to find group {g}: no matching entries in the image's /etc/group")
+                })?[2]
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("the image's /etc/group has a bad gid for {g}"))?,
+            };
+        }
+        None => {
+            if let Some(user_name) = entry.map(|f| f[0].as_str()) {
+                for f in groups_table.iter().filter(|f| f.len() > 3) {
+                    if f[3].split(',').any(|member| member.trim() == user_name) {
+                        if let Ok(g) = f[2].parse::<u32>() {
+                            groups.push(g);
+                        }
+                    }
+                }
             }
-        },
-    };
-    Ok((uid, gid))
+        }
+    }
+    groups.retain(|g| *g != gid);
+    groups.insert(0, gid);
+    groups.dedup();
+    Ok(ExecUser { uid, gid, groups, home })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs(passwd: &str, group: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), passwd).unwrap();
+        std::fs::write(dir.path().join("etc/group"), group).unwrap();
+        dir
+    }
+
+    #[test]
+    fn users_resolve_as_docker_resolves_them() {
+        let r = rootfs(
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+            "root:x:0:\napp:x:1000:\nextra:x:2000:app\nmore:x:3000:other,app\n",
+        );
+        let u = |spec: &str| resolve_user(spec, r.path()).unwrap();
+        let app = ExecUser { uid: 1000, gid: 1000, groups: vec![1000, 2000, 3000], home: "/home/app".into() };
+        assert_eq!(u("app"), app);
+        assert_eq!(u("1000"), app, "a numeric uid found in passwd is that user");
+        assert_eq!(u(""), ExecUser { uid: 0, gid: 0, groups: vec![0], home: "/root".into() });
+        assert_eq!(u("4242"), ExecUser { uid: 4242, gid: 0, groups: vec![0], home: "/".into() });
+        assert_eq!(
+            u("app:extra"),
+            ExecUser { uid: 1000, gid: 2000, groups: vec![2000], home: "/home/app".into() }
+        );
+        assert_eq!(u("1000:77"), ExecUser { uid: 1000, gid: 77, groups: vec![77], home: "/home/app".into() });
+        let err = resolve_user("nobody-here", r.path()).unwrap_err().to_string();
+        assert!(err.contains("unable to find user nobody-here"), "{err}");
+        let err = resolve_user("app:nogroup", r.path()).unwrap_err().to_string();
+        assert!(err.contains("unable to find group nogroup"), "{err}");
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::mount::{start_mount, unmount};
 use super::Ctx;
-use crate::container::{resolve_user, Entry};
+use crate::container::{resolve_user, Entry, ETC_FILES};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -76,7 +76,7 @@ pub fn run(
         run_dir,
         done: false,
     };
-    let code = run_mounted(&started.mountpoint, &process, &found_id.short())?;
+    let code = run_mounted(&started.mountpoint, &cleanup.run_dir, &process, &found_id.short())?;
     cleanup.finish()?;
     Ok(code)
 }
@@ -113,15 +113,83 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn run_mounted(rootfs: &Path, process: &Process, hostname: &str) -> anyhow::Result<i32> {
+/// The contents docker gives /etc/hostname, /etc/hosts and /etc/resolv.conf
+/// of a container sharing the host's network: its hostname, the standard
+/// localhost lines with the hostname, the host's resolver configuration.
+fn etc_file_contents(name: &str, hostname: &str) -> String {
+    match name {
+        "hostname" => format!("{hostname}\n"),
+        "hosts" => format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+             ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+        ),
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+/// Opens (creating it empty if missing) `rel` inside the rootfs, symlinks
+/// resolved within the rootfs (openat2 RESOLVE_IN_ROOT), never outside.
+fn open_in_rootfs(root: &std::fs::File, rel: &str, dir: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let path = std::ffi::CString::new(rel).map_err(|_| std::io::Error::other("NUL in path"))?;
+    let flags = if dir { libc::O_PATH | libc::O_DIRECTORY } else { libc::O_RDONLY | libc::O_CREAT };
+    // SAFETY: open_how is plain data; zeroed is a valid start.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if dir { 0 } else { 0o644 };
+    how.resolve = libc::RESOLVE_IN_ROOT;
+    // SAFETY: openat2 with a valid descriptor, C string and open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn run_mounted(rootfs: &Path, run_dir: &Path, process: &Process, hostname: &str) -> anyhow::Result<i32> {
     for dir in ["proc", "dev", "sys"] {
         let path = rootfs.join(dir);
         if std::fs::symlink_metadata(&path).is_err() {
             std::fs::create_dir(&path).with_context(|| format!("creating /{dir} in the image"))?;
         }
     }
-    let (uid, gid) = resolve_user(&process.user, rootfs)?;
-    let entry = Entry::new(rootfs, &process.cwd, hostname, uid, gid)?;
+    let user = resolve_user(&process.user, rootfs)?;
+    // /etc/hostname, /etc/hosts, /etc/resolv.conf: written here, bound over
+    // the image's (made empty in the writable layer where missing).
+    let root = std::fs::File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
+    if open_in_rootfs(&root, "etc", true).is_err() {
+        nix::sys::stat::mkdirat(
+            std::os::fd::AsFd::as_fd(&root),
+            "etc",
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        )
+        .context("creating /etc in the image")?;
+    }
+    let mut etc_files = Vec::new();
+    for name in ETC_FILES {
+        let host = run_dir.join(name);
+        std::fs::write(&host, etc_file_contents(name, hostname))
+            .with_context(|| format!("writing {}", host.display()))?;
+        let target = open_in_rootfs(&root, &format!("etc/{name}"), false)
+            .with_context(|| format!("opening /etc/{name} in the image"))?;
+        // Where it resolved to within the rootfs (the image's symlinks
+        // followed inside it): nothing changes there before the child
+        // mounts onto it, as the container has not started.
+        let resolved =
+            std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target)))
+                .with_context(|| format!("resolving /etc/{name} in the image"))?;
+        etc_files.push((host, resolved));
+    }
+    let entry = Entry::new(rootfs, &process.cwd, hostname, user.clone(), &etc_files)?;
 
     // Threads cannot be started once the PID namespace is unshared: the
     // signal thread starts first and learns the pid later.
@@ -131,6 +199,11 @@ fn run_mounted(rootfs: &Path, process: &Process, hostname: &str) -> anyhow::Resu
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).context("a new PID namespace")?;
     let mut command = Command::new(&process.argv[0]);
     command.args(&process.argv[1..]).env_clear();
+    // As docker: HOSTNAME, then HOME from passwd unless the image sets it.
+    command.env("HOSTNAME", hostname);
+    if !process.env.iter().any(|e| e.starts_with("HOME=")) {
+        command.env("HOME", &user.home);
+    }
     for var in &process.env {
         if let Some((k, v)) = var.split_once('=') {
             command.env(k, v);
