@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod container;
 mod control;
+mod image_chunks;
 mod logging;
 mod mounts;
 mod output;

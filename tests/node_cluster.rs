@@ -229,3 +229,78 @@ fn a_node_restarts_under_live_mounts() {
 fn _node_a_addr(a: &Strata) -> String {
     a.json(&["peers"])["self"]["addr"].as_str().expect("addr").to_owned()
 }
+
+#[test]
+fn an_image_pulled_lazily_exports_commits_and_inspects_like_a_local_one() {
+    let (a, b) = (Strata::new(), Strata::new());
+    let certs = certs(&a, &["node-a", "node-b"]);
+    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    let mut node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    wait_for("B to see A", || alive_peers(&b).iter().any(|p| p == "node-a"));
+    a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
+
+    // B reads one small file: the rest of the image stays on A.
+    let upper = b.path("upper");
+    let mnt = b.path("mnt");
+    std::fs::create_dir_all(&mnt).expect("mountpoint");
+    let (mnt_arg, upper_arg) = (mnt.to_str().expect("utf-8"), upper.to_str().expect("utf-8"));
+    b.ok(&["mount", "sample:1", mnt_arg, "--upper", upper_arg]);
+    assert_eq!(std::fs::read(mnt.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+    // A change to a lower file whose other chunks B never read.
+    let mut motd = std::fs::OpenOptions::new().append(true).open(mnt.join("etc/motd")).expect("open");
+    std::io::Write::write_all(&mut motd, b"appended on B\n").expect("append");
+    drop(motd);
+    umount(&b, &mnt);
+    let missing = &b.json(&["inspect", "sample:1"])["missing"];
+    assert!(missing["chunks"].as_u64().expect("chunks") > 0, "B lacks chunks: {missing}");
+    assert!(missing["bytes"].as_u64().expect("bytes") > 300_000, "bin/app was never read: {missing}");
+
+    // Without a node the export says what is missing and how to get it,
+    // and writes nothing.
+    node_b.kill();
+    let out = b.path("without-node.tar");
+    let err = b.fails(&["export", "sample:1", "-o", out.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("sample:1") && err.contains("lacks") && err.contains("chunks") && err.contains("serve"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no partial archive");
+
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    wait_for("B to see A again", || alive_peers(&b).iter().any(|p| p == "node-a"));
+
+    // With the node: commit of the writable layer (the copied-up file's
+    // unread lower chunks come through it), then export of the committed
+    // image, whose base chunks B never read.
+    b.ok(&["commit", "--upper", upper_arg, "--name", "committed:1"]);
+    let committed = b.path("committed.tar");
+    b.ok(&["export", "committed:1", "-o", committed.to_str().expect("utf-8")]);
+    let check = Strata::new();
+    check.json(&["import", committed.to_str().expect("utf-8")]);
+    let check_mnt = check.path("check-mnt");
+    std::fs::create_dir_all(&check_mnt).expect("mountpoint");
+    check.ok(&["mount", "committed:1", check_mnt.to_str().expect("utf-8"), "--read-only"]);
+    let motd = std::fs::read(check_mnt.join("etc/motd")).expect("read");
+    let app = std::fs::read(check_mnt.join("bin/app")).expect("read");
+    check.ok(&["umount", check_mnt.to_str().expect("utf-8")]);
+    assert!(motd.ends_with(b"one more line\nappended on B\n"), "the committed motd has every byte");
+    assert_eq!(motd.len(), 200_000 + "one more line\n".len() + "appended on B\n".len());
+    assert_eq!(app, strata_sample::random_bytes(1, 300_000), "base chunks B never read were fetched");
+
+    // And the original image exports from B as from A.
+    let (from_a, from_b) = (a.path("a.tar"), b.path("b.tar"));
+    a.ok(&["export", "sample:1", "-o", from_a.to_str().expect("utf-8")]);
+    b.ok(&["export", "sample:1", "-o", from_b.to_str().expect("utf-8")]);
+    let ids = |file: &std::path::Path, name: &str| {
+        check.json(&["import", file.to_str().expect("utf-8"), "--name", name]);
+        check.json(&["inspect", name])["layers"].clone()
+    };
+    assert_eq!(ids(&from_a, "from-a:1"), ids(&from_b, "from-b:1"), "B's export holds A's layers");
+    // What B fetched stays with B's node: with A gone, B exports again.
+    let mut node_a = node_a;
+    node_a.kill();
+    let again = b.path("again.tar");
+    b.ok(&["export", "sample:1", "-o", again.to_str().expect("utf-8")]);
+    assert_eq!(ids(&again, "again:1"), ids(&from_a, "from-a:2"));
+    drop(node_b);
+}

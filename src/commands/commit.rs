@@ -10,6 +10,7 @@ use strata_mount::{ChunkReader, UpperDir};
 use strata_store::ImageId;
 
 use super::Ctx;
+use crate::image_chunks::ImageChunks;
 use crate::mounts;
 use crate::output::bytes;
 
@@ -37,7 +38,16 @@ pub fn commit(
     let store = ctx.write_store()?;
     let base = store.image(&image)?.with_context(|| format!("the writable layer's image {image} is gone"))?;
     let tree = strata_mount::load_lower(&store, &base)?;
-    let reader = Arc::new(ChunkReader::new(store.clone(), 64 << 20));
+    // Copied-up files of an image pulled lazily may need lower chunks not
+    // here yet: fetched through the node (this runs inside it when one runs).
+    let chunks = ImageChunks::new(
+        ctx.node.as_ref(),
+        store.clone(),
+        &ctx.store_dir(),
+        &ctx.data_dir,
+        &image.to_string(),
+    )?;
+    let reader = Arc::new(ChunkReader::new(Arc::new(chunks), 64 << 20));
     let (pipe_out, pipe_in) = std::io::pipe().context("making a pipe")?;
     let root = upper.join("root");
     let committed = std::thread::scope(|scope| {

@@ -50,6 +50,8 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
         layers.push((layer_id, layer));
     }
     let size: u64 = layers.iter().map(|(_, l)| l.content_bytes).sum();
+    // Pulled lazily through a node: the chunks nobody read are not here.
+    let missing = strata_oci::missing_chunks(&store, &record)?;
     if ctx.json {
         return crate::output::json(&json!({
             "name": name,
@@ -58,6 +60,7 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
             "config_digest": record.config_digest,
             "config": config,
             "size": size,
+            "missing": {"chunks": missing.chunks, "bytes": missing.bytes, "layers": missing.layers},
             "layers": layers.iter().map(|(id, l)| json!({
                 "id": id,
                 "diff_id": l.diff_id,
@@ -72,6 +75,14 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
     println!("name:       {}", names.join(", "));
     println!("id:         {id}");
     println!("size:       {}", bytes(size));
+    if missing.chunks > 0 {
+        println!(
+            "missing:    {} chunks ({}) in {} layers, pulled lazily: fetched through a node when read",
+            missing.chunks,
+            bytes(missing.bytes),
+            missing.layers
+        );
+    }
     let container = &config["config"];
     for (label, key) in [
         ("entrypoint", "Entrypoint"),

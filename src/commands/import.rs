@@ -2,7 +2,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde_json::json;
-use strata_oci::{export_image, import_archive, ExportOptions, LayerCompression};
+use strata_oci::{export_image_from, import_archive, ExportOptions, LayerCompression};
+
+use crate::image_chunks::{missing_error, ImageChunks, LayerChunks};
 
 use super::Ctx;
 use crate::cli::Compression;
@@ -63,8 +65,18 @@ pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -
         Compression::Gzip => LayerCompression::Gzip,
         Compression::Zstd => LayerCompression::Zstd,
     };
-    let report = export_image(&store, image, output, &ExportOptions { compression })
-        .with_context(|| format!("exporting {image} to {}", output.display()))?;
+    // An image pulled lazily lacks the chunks nobody read: the node fetches
+    // them; without one, say how much is missing before writing anything.
+    let found = strata_oci::find_image(&store, image)?;
+    let missing = strata_oci::missing_chunks(&store, &found.record)?;
+    let store = std::sync::Arc::new(store);
+    let chunks = ImageChunks::new(ctx.node.as_ref(), store.clone(), &ctx.store_dir(), &ctx.data_dir, image)?;
+    if missing.chunks > 0 && !chunks.fetches() {
+        return Err(missing_error(image, missing, &ctx.data_dir));
+    }
+    let report =
+        export_image_from(&store, image, output, &ExportOptions { compression }, &mut LayerChunks(&chunks))
+            .with_context(|| format!("exporting {image} to {}", output.display()))?;
     if ctx.json {
         return ctx.print_json(&json!({
             "image": report.image,

@@ -21,7 +21,10 @@ mod writer;
 
 pub use commit::{add_layer, CommittedImage};
 pub use error::{ExportError, ImportError};
-pub use export::{export_image, ExportOptions, ExportReport, ExportedLayer};
+pub use export::{
+    export_image, export_image_from, missing_chunks, ExportOptions, ExportReport, ExportedLayer,
+    MissingChunks,
+};
 pub use import::{import_archive, ImportOptions, ImportProgress, ImportReport, ImportedImage, NoProgress};
 pub use name::{find_image, normalize_name, FoundImage, NameError};
 pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, WrittenLayer};
