@@ -244,7 +244,7 @@ impl Filesystem for MountFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -255,8 +255,15 @@ impl Filesystem for MountFs {
         if !self.overlay.writable() {
             return reply.error(Errno::EROFS);
         }
-        let changes =
-            AttrChanges { mode, uid, gid, size, atime: atime.map(time_of), mtime: mtime.map(time_of) };
+        let changes = AttrChanges {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_of),
+            mtime: mtime.map(time_of),
+            ctime: ctime.is_some(),
+        };
         reply_attr(reply, self.overlay.setattr(ino.0, &changes));
     }
 

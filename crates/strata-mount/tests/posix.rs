@@ -279,6 +279,27 @@ fn probes(root: &Path) -> Probes {
         put(&mut out, &format!("fallocate.{label}"), format!("{r} size={} {}", bytes.len(), hash(&bytes)));
     }
 
+    // chown(-1, -1) changes only the ctime, as the kernel's filesystems do
+    // (pjdfstest chown/00.t). Wait for the coarse clock to pass the ctime.
+    let name = root.join("tmp/ctime");
+    fs::write(&name, b"c").expect("write");
+    let ctime = |p: &Path| {
+        let m = fs::symlink_metadata(p).expect("stat");
+        (m.ctime(), m.ctime_nsec())
+    };
+    let before = ctime(&name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+        <= before.0 + 1
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let c = cpath(&name);
+    // SAFETY: chown of a valid path; -1 leaves both ids.
+    put(&mut out, "chown-minus-one.rc", rc(unsafe { libc::chown(c.as_ptr(), u32::MAX, u32::MAX) }));
+    put(&mut out, "chown-minus-one.ctime-changed", (ctime(&name) != before).to_string());
+
     // Link a lower file under a second name (checked after a remount).
     fs::hard_link(root.join("data/tree/leaf"), root.join("data/tree/no_leaf")).expect("link");
     out

@@ -9,8 +9,25 @@ impl Overlay {
         let at = self.upper_at(&nodes, ino)?;
         // Owner before mode: chown clears setuid/setgid (and file
         // capabilities), a mode set with it must survive.
+        // A SETATTR that changes nothing is chown(-1, -1) (the kernel sends
+        // the ctime only with a writeback cache): it changes the ctime.
+        let only_ctime = changes.mode.is_none()
+            && changes.size.is_none()
+            && changes.atime.is_none()
+            && changes.mtime.is_none()
+            && changes.uid.is_none()
+            && changes.gid.is_none();
         if changes.uid.is_some() || changes.gid.is_some() {
             at.chown(changes.uid, changes.gid).map_err(ioe)?;
+        } else if only_ctime || changes.ctime {
+            // The ctime alone moves, as on the kernel's own filesystems: a
+            // chmod to the same mode (a chown would clear setuid bits).
+            let st = at.stat().map_err(ioe)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                at.chown(None, None).map_err(ioe)?;
+            } else if changes.mode.is_none() {
+                at.chmod(st.st_mode & 0o7777).map_err(ioe)?;
+            }
         }
         if let Some(mode) = changes.mode {
             at.chmod(mode & 0o7777).map_err(ioe)?;

@@ -66,6 +66,9 @@ pub struct AttrChanges {
     pub size: Option<u64>,
     pub atime: Option<Time>,
     pub mtime: Option<Time>,
+    /// The kernel asks for the change time to be set (only with a
+    /// writeback cache; otherwise a SETATTR with no change means it).
+    pub ctime: bool,
 }
 
 /// A directory's entries in the merged view: name, inode, type.
