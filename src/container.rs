@@ -171,6 +171,14 @@ impl Entry {
             )?;
             check(libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()), "sethostname")?;
 
+            // Before /dev is mounted: a target the image's symlinks put
+            // under /dev is still the image's file.
+            for (host, target) in &self.etc_binds {
+                check(
+                    libc::mount(host.as_ptr(), target.as_ptr(), null, libc::MS_BIND, std::ptr::null()),
+                    "binding /etc/hostname, /etc/hosts or /etc/resolv.conf",
+                )?;
+            }
             check(
                 libc::mount(
                     l.tmpfs.as_ptr(),
@@ -201,12 +209,6 @@ impl Entry {
                         m.data.as_ptr().cast(),
                     ),
                     "mounting /dev/pts, /dev/shm or /dev/mqueue",
-                )?;
-            }
-            for (host, target) in &self.etc_binds {
-                check(
-                    libc::mount(host.as_ptr(), target.as_ptr(), null, libc::MS_BIND, std::ptr::null()),
-                    "binding /etc/hostname, /etc/hosts or /etc/resolv.conf",
                 )?;
             }
             check(
@@ -280,29 +282,27 @@ pub struct ExecUser {
     pub home: String,
 }
 
-fn table(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
-    std::fs::read_to_string(rootfs.join("etc").join(file))
-        .unwrap_or_default()
-        .lines()
+fn table(text: &str) -> Vec<Vec<String>> {
+    text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .map(|l| l.split(':').map(str::to_owned).collect())
         .collect()
 }
 
 /// Resolves an image's `User` ("", "uid", "name", "uid:gid", "name:group")
-/// against the image's own /etc/passwd and /etc/group, as docker does
+/// against the image's own /etc/passwd and /etc/group (their text), as docker does
 /// (runc's `GetExecUser`): a name must be in passwd; a numeric uid may be
 /// missing there (then gid 0 and HOME "/"); the primary group and HOME come
 /// from passwd; without an explicit group the user also gets every group
 /// /etc/group lists it in; an explicit group (name looked up in
 /// /etc/group, or a number) replaces the primary group and adds none.
 /// An empty `User` is uid 0, resolved the same way.
-pub fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<ExecUser> {
+pub fn resolve_user(user: &str, passwd: &str, group_file: &str) -> anyhow::Result<ExecUser> {
     let (name, group) = match user.split_once(':') {
         Some((n, g)) => (if n.is_empty() { "0" } else { n }, Some(g).filter(|g| !g.is_empty())),
         None => (if user.is_empty() { "0" } else { user }, None),
     };
-    let passwd = table(rootfs, "passwd");
+    let passwd = table(passwd);
     let entry = match name.parse::<u32>() {
         Ok(uid) => passwd.iter().find(|f| f.len() > 5 && f[2].parse::<u32>().ok() == Some(uid)),
         Err(_) => Some(passwd.iter().find(|f| f.len() > 5 && f[0] == name).ok_or_else(|| {
@@ -322,7 +322,7 @@ pub fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<ExecUser> {
         None => 0,
     };
     let home = entry.map(|f| f[5].clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| "/".to_owned());
-    let groups_table = table(rootfs, "group");
+    let groups_table = table(group_file);
     let mut groups = Vec::new();
     match group {
         Some(g) => {
@@ -357,21 +357,11 @@ pub fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<ExecUser> {
 mod tests {
     use super::*;
 
-    fn rootfs(passwd: &str, group: &str) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), passwd).unwrap();
-        std::fs::write(dir.path().join("etc/group"), group).unwrap();
-        dir
-    }
-
     #[test]
     fn users_resolve_as_docker_resolves_them() {
-        let r = rootfs(
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-            "root:x:0:\napp:x:1000:\nextra:x:2000:app\nmore:x:3000:other,app\n",
-        );
-        let u = |spec: &str| resolve_user(spec, r.path()).unwrap();
+        let passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n";
+        let group = "root:x:0:\napp:x:1000:\nextra:x:2000:app\nmore:x:3000:other,app\n";
+        let u = |spec: &str| resolve_user(spec, passwd, group).unwrap();
         let app = ExecUser { uid: 1000, gid: 1000, groups: vec![1000, 2000, 3000], home: "/home/app".into() };
         assert_eq!(u("app"), app);
         assert_eq!(u("1000"), app, "a numeric uid found in passwd is that user");
@@ -382,9 +372,9 @@ mod tests {
             ExecUser { uid: 1000, gid: 2000, groups: vec![2000], home: "/home/app".into() }
         );
         assert_eq!(u("1000:77"), ExecUser { uid: 1000, gid: 77, groups: vec![77], home: "/home/app".into() });
-        let err = resolve_user("nobody-here", r.path()).unwrap_err().to_string();
+        let err = resolve_user("nobody-here", passwd, group).unwrap_err().to_string();
         assert!(err.contains("unable to find user nobody-here"), "{err}");
-        let err = resolve_user("app:nogroup", r.path()).unwrap_err().to_string();
+        let err = resolve_user("app:nogroup", passwd, group).unwrap_err().to_string();
         assert!(err.contains("unable to find group nogroup"), "{err}");
     }
 }

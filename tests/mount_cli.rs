@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -288,4 +289,28 @@ fn a_mount_killed_mid_write_keeps_what_was_written_and_remounts_clean() {
     );
     s.ok(&["umount", mp.arg()]);
     assert_eq!(s.snapshot(), (images, stats), "the store never saw the writes");
+}
+
+#[test]
+fn commit_keeps_hardlinked_symlinks_and_leaves_sockets_out() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&s, "mnt");
+    s.ok(&["mount", "sample:1", mp.arg()]);
+    let root = &mp.path;
+    std::os::unix::fs::symlink("etc/motd", root.join("sym")).expect("symlink");
+    std::fs::hard_link(root.join("sym"), root.join("sym-again")).expect("link a symlink");
+    let listener = std::os::unix::net::UnixListener::bind(root.join("sock")).expect("bind a socket");
+    std::fs::hard_link(root.join("sock"), root.join("sock-again")).expect("link a socket");
+    drop(listener);
+    s.json(&["commit", mp.arg(), "--name", "sample:2"]);
+    let check = Mountpoint::new(&s, "check");
+    s.ok(&["mount", "sample:2", check.arg(), "--read-only"]);
+    let (a, b) = (
+        std::fs::symlink_metadata(check.path.join("sym")).expect("stat"),
+        std::fs::symlink_metadata(check.path.join("sym-again")).expect("stat"),
+    );
+    assert!(a.file_type().is_symlink());
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one symlink inode with two names");
+    assert!(!check.path.join("sock").exists() && !check.path.join("sock-again").exists(), "sockets left out");
 }

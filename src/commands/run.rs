@@ -127,16 +127,15 @@ fn etc_file_contents(name: &str, hostname: &str) -> String {
     }
 }
 
-/// Opens (creating it empty if missing) `rel` inside the rootfs, symlinks
-/// resolved within the rootfs (openat2 RESOLVE_IN_ROOT), never outside.
-fn open_in_rootfs(root: &std::fs::File, rel: &str, dir: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+/// Opens `rel` inside the rootfs, symlinks resolved within the rootfs
+/// (openat2 RESOLVE_IN_ROOT), never outside. `flags` as open(2).
+fn open_in_rootfs(root: &std::fs::File, rel: &str, flags: i32, mode: u64) -> std::io::Result<std::fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let path = std::ffi::CString::new(rel).map_err(|_| std::io::Error::other("NUL in path"))?;
-    let flags = if dir { libc::O_PATH | libc::O_DIRECTORY } else { libc::O_RDONLY | libc::O_CREAT };
     // SAFETY: open_how is plain data; zeroed is a valid start.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = if dir { 0 } else { 0o644 };
+    how.mode = mode;
     how.resolve = libc::RESOLVE_IN_ROOT;
     // SAFETY: openat2 with a valid descriptor, C string and open_how of the size given.
     let fd = unsafe {
@@ -152,7 +151,55 @@ fn open_in_rootfs(root: &std::fs::File, rel: &str, dir: bool) -> std::io::Result
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a descriptor the kernel just returned.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) })
+}
+
+/// Largest /etc/passwd or /etc/group read from an image.
+const MAX_ID_FILE: u64 = 16 << 20;
+
+/// The image's /etc/`name` (passwd, group), read inside the rootfs: ""
+/// when missing; an error when it is not a regular file or too large (an
+/// image's symlink never reaches the host, a fifo never blocks the run).
+fn read_image_file(root: &std::fs::File, name: &str) -> anyhow::Result<String> {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = match open_in_rootfs(root, &format!("etc/{name}"), flags, 0) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening the image's /etc/{name}")),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("the image's /etc/{name} is not a regular file");
+    }
+    if meta.len() > MAX_ID_FILE {
+        bail!("the image's /etc/{name} is {} bytes, more than {MAX_ID_FILE}", meta.len());
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_ID_FILE), &mut text)
+        .with_context(|| format!("reading the image's /etc/{name}"))?;
+    Ok(text)
+}
+
+/// Where the image's /etc/`name` resolves within the rootfs, made an empty
+/// regular file if missing; an error if it is anything but a regular file.
+fn etc_target(root: &std::fs::File, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let rel = format!("etc/{name}");
+    let found = match open_in_rootfs(root, &rel, libc::O_PATH, 0) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK | libc::O_NOCTTY;
+            open_in_rootfs(root, &rel, flags, 0o644)
+        }
+        other => other,
+    }
+    .with_context(|| format!("opening /etc/{name} in the image"))?;
+    if !found.metadata()?.is_file() {
+        bail!("the image's /etc/{name} is not a regular file: it cannot be bound over");
+    }
+    // Where it resolved to (the image's symlinks followed inside the
+    // rootfs): nothing changes there before the child mounts onto it, as
+    // the container has not started.
+    std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)))
+        .with_context(|| format!("resolving /etc/{name} in the image"))
 }
 
 fn run_mounted(rootfs: &Path, run_dir: &Path, process: &Process, hostname: &str) -> anyhow::Result<i32> {
@@ -162,11 +209,12 @@ fn run_mounted(rootfs: &Path, run_dir: &Path, process: &Process, hostname: &str)
             std::fs::create_dir(&path).with_context(|| format!("creating /{dir} in the image"))?;
         }
     }
-    let user = resolve_user(&process.user, rootfs)?;
+    let root = std::fs::File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
+    let user =
+        resolve_user(&process.user, &read_image_file(&root, "passwd")?, &read_image_file(&root, "group")?)?;
     // /etc/hostname, /etc/hosts, /etc/resolv.conf: written here, bound over
     // the image's (made empty in the writable layer where missing).
-    let root = std::fs::File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
-    if open_in_rootfs(&root, "etc", true).is_err() {
+    if open_in_rootfs(&root, "etc", libc::O_PATH | libc::O_DIRECTORY, 0).is_err() {
         nix::sys::stat::mkdirat(
             std::os::fd::AsFd::as_fd(&root),
             "etc",
@@ -179,15 +227,7 @@ fn run_mounted(rootfs: &Path, run_dir: &Path, process: &Process, hostname: &str)
         let host = run_dir.join(name);
         std::fs::write(&host, etc_file_contents(name, hostname))
             .with_context(|| format!("writing {}", host.display()))?;
-        let target = open_in_rootfs(&root, &format!("etc/{name}"), false)
-            .with_context(|| format!("opening /etc/{name} in the image"))?;
-        // Where it resolved to within the rootfs (the image's symlinks
-        // followed inside it): nothing changes there before the child
-        // mounts onto it, as the container has not started.
-        let resolved =
-            std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target)))
-                .with_context(|| format!("resolving /etc/{name} in the image"))?;
-        etc_files.push((host, resolved));
+        etc_files.push((host, etc_target(&root, name)?));
     }
     let entry = Entry::new(rootfs, &process.cwd, hostname, user.clone(), &etc_files)?;
 

@@ -103,6 +103,10 @@ impl<W: Write> Walk<'_, W> {
             let dir = at.open_dir().map_err(self.io_at(&rel))?;
             return self.dir(dir.as_fd(), &rel);
         }
+        if kind == libc::S_IFSOCK {
+            tracing::warn!(path = %String::from_utf8_lossy(&rel), "sockets cannot go in a layer; left out");
+            return Ok(());
+        }
         if st.st_nlink > 1 {
             // Any non-directory may have several names (docker writes a
             // hardlink member for each further name, whatever the type).

@@ -176,10 +176,13 @@ impl Nodes {
         Some(ino)
     }
 
-    /// Moves an inode's name.
+    /// Moves an inode's name. The old name is dropped only while it still
+    /// names `ino`: in an exchange, the other inode's move has taken it.
     pub fn rename(&mut self, ino: u64, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8]) {
         let (old, new) = ((parent, Box::<[u8]>::from(name)), (new_parent, Box::<[u8]>::from(new_name)));
-        self.names.remove(&old);
+        if self.names.get(&old) == Some(&ino) {
+            self.names.remove(&old);
+        }
         self.names.insert(new.clone(), ino);
         let own = self.nodes.get(&ino).is_some_and(|n| n.parent == parent && *n.name == *name);
         if own {
@@ -197,15 +200,17 @@ impl Nodes {
     pub fn path(&self, ino: u64) -> Vec<u8> {
         let mut parts: Vec<&[u8]> = Vec::new();
         let mut at = ino;
-        let mut guard = 0;
+        // Parents never loop; the bound only keeps a broken map from
+        // spinning (paths may be deeper than PATH_MAX).
+        let mut guard = self.nodes.len();
         while at != Ino::ROOT.0 {
             let Some(node) = self.nodes.get(&at) else { break };
             parts.push(&node.name);
             at = node.parent;
-            guard += 1;
-            if guard > 4096 {
-                break;
-            }
+            guard = match guard.checked_sub(1) {
+                Some(g) => g,
+                None => break,
+            };
         }
         parts.reverse();
         parts.join(&b'/')
@@ -246,5 +251,22 @@ mod tests {
         assert_eq!(nodes.path(file), b"d/e");
         assert_eq!(nodes.named(dir, b"e"), Some(file));
         assert_eq!(nodes.named(dir, b"a"), None);
+    }
+
+    #[test]
+    fn an_exchange_keeps_both_names() {
+        let mut nodes = Nodes::new(100, node(1, ""));
+        let a = nodes.insert(None, node(1, "a"));
+        let b = nodes.insert(None, node(1, "b"));
+        // RENAME_EXCHANGE of a and b, as the overlay records it.
+        nodes.rename(a, 1, b"a", 1, b"b");
+        nodes.rename(b, 1, b"b", 1, b"a");
+        assert_eq!(nodes.named(1, b"b"), Some(a));
+        assert_eq!(nodes.named(1, b"a"), Some(b));
+        assert_eq!((nodes.path(a), nodes.path(b)), (b"b".to_vec(), b"a".to_vec()));
+        // Unlinking one name leaves the other inode named.
+        nodes.remove_name(1, b"b");
+        assert!(nodes.get(a).is_some_and(|n| n.detached));
+        assert!(nodes.get(b).is_some_and(|n| !n.detached));
     }
 }

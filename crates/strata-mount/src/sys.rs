@@ -59,6 +59,14 @@ pub fn set_xattr(path: &CStr, name: &[u8], value: &[u8], flags: i32) -> io::Resu
     check(unsafe { libc::lsetxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
 }
 
+/// Sets xattr `name` of the open file `file` (fsetxattr(2)): the inode the
+/// descriptor holds, whatever names it has now.
+pub fn fset_xattr(file: &File, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let n = c_bytes(name)?;
+    // SAFETY: an open descriptor, a valid C string and a value of the length given.
+    check(unsafe { libc::fsetxattr(file.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+}
+
 pub fn remove_xattr(path: &CStr, name: &[u8]) -> io::Result<()> {
     let n = c_bytes(name)?;
     // SAFETY: valid C strings.

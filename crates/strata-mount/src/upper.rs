@@ -418,6 +418,12 @@ pub fn set_lower_size(path: &CStr, size: u64) -> io::Result<()> {
     sys::set_xattr(path, LOWER_SIZE, size.to_string().as_bytes(), 0)
 }
 
+/// [`set_lower_size`] on an open upper file: its inode, whatever its names
+/// are by now.
+pub fn set_lower_size_of(file: &File, size: u64) -> io::Result<()> {
+    sys::fset_xattr(file, LOWER_SIZE, size.to_string().as_bytes())
+}
+
 pub fn is_private_xattr(name: &[u8]) -> bool {
     name.starts_with(PRIVATE_XATTR_PREFIX)
 }

@@ -33,12 +33,17 @@ impl Overlay {
             at.chmod(mode & 0o7777).map_err(ioe)?;
         }
         if let Some(size) = changes.size {
-            // A stripe lock is taken before `nodes`, never after.
+            // A stripe lock is taken before `nodes`, never after; the
+            // truncate acts on the open file, whatever its names become.
+            drop(at);
             drop(nodes);
-            self.truncate(ino, &*self.upper_file(ino)?, &at, size)?;
+            self.truncate(ino, &*self.upper_file(ino)?, size)?;
             nodes = self.nodes.lock();
-        }
-        if changes.atime.is_some() || changes.mtime.is_some() {
+            if changes.atime.is_some() || changes.mtime.is_some() {
+                let (a, m) = (changes.atime.unwrap_or(Time::Omit), changes.mtime.unwrap_or(Time::Omit));
+                self.upper_at(&nodes, ino)?.set_times(a, m).map_err(ioe)?;
+            }
+        } else if changes.atime.is_some() || changes.mtime.is_some() {
             let (a, m) = (changes.atime.unwrap_or(Time::Omit), changes.mtime.unwrap_or(Time::Omit));
             at.set_times(a, m).map_err(ioe)?;
         }

@@ -141,7 +141,11 @@ impl Overlay {
         let orphan = self.upper()?.orphan(ino);
         match dest.link_to(&orphan) {
             Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // A stale orphan of an earlier life of this number: replace it.
+                orphan.remove_all().map_err(ioe)?;
+                dest.link_to(&orphan).map_err(ioe)
+            }
             Err(e) => Err(ioe(e)),
         }
     }
@@ -251,10 +255,11 @@ impl Overlay {
         // a directory that is empty in the merged view (only whiteouts), or
         // the entry renamed over. An inode the kernel still holds keeps its
         // upper entry as its orphan.
-        let kept = dst.filter(|d| self.keeps_inode(&nodes, *d));
         if let Some(d) = dst {
+            // First, so that its other names are known when deciding.
             self.copy_up_if_hardlinked(&mut nodes, d)?;
         }
+        let kept = dst.filter(|d| self.keeps_inode(&nodes, *d));
         if let Some(d) = kept {
             let orphan = self.upper()?.orphan(d);
             if nodes.get(d).is_some_and(|n| n.upper) {

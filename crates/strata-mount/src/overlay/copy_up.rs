@@ -46,7 +46,9 @@ impl Overlay {
             if lower.kind != Kind::Symlink {
                 tmp.chmod(u32::from(lower.perm))?;
             }
-            for (name, value) in lower.xattrs.iter() {
+            // An image's own `trusted.strata.*` would pose as the layer's
+            // bookkeeping (origin, lower size, opaque): never copied.
+            for (name, value) in lower.xattrs.iter().filter(|(n, _)| !upper::is_private_xattr(n)) {
                 sys::set_xattr(&xattr_path, name, value, 0)?;
             }
             tmp.set_times(Time::from_ns(lower.mtime_ns), Time::from_ns(lower.mtime_ns))?;

@@ -90,16 +90,15 @@ impl Overlay {
         }
         let file = self.upper_file(ino)?;
         let _stripe = self.cow_lock(ino);
-        let (cow, at) = {
+        let cow = {
             let nodes = self.nodes.lock();
             let node = nodes.get(ino).ok_or(libc::ENOENT)?;
-            let cow = node.cow_lower_size.filter(|s| *s > 0).and_then(|s| node.lower.map(|l| (l, s)));
-            (cow, self.upper_at(&nodes, ino)?)
+            node.cow_lower_size.filter(|s| *s > 0).and_then(|s| node.lower.map(|l| (l, s)))
         };
         if let Some((lower, lower_size)) = cow {
             self.take_lower_bytes(&file, lower, lower_size)?;
             file.sync_data().map_err(ioe)?;
-            upper::set_lower_size(&at.xattr_path().map_err(ioe)?, 0).map_err(ioe)?;
+            upper::set_lower_size_of(&file, 0).map_err(ioe)?;
             if let Some(node) = self.nodes.lock().get_mut(ino) {
                 node.cow_lower_size = Some(0);
             }
@@ -125,7 +124,10 @@ impl Overlay {
             while at < hole_end {
                 let n = (hole_end - at).min(PIECE);
                 let bytes = self.read_lower(lower, at, n as u32)?;
-                file.write_all_at(&bytes, at).map_err(ioe)?;
+                // Zeros stay holes: with the lower size at 0 they read as zeros.
+                if bytes.iter().any(|b| *b != 0) {
+                    file.write_all_at(&bytes, at).map_err(ioe)?;
+                }
                 at += n;
             }
             pos = hole_end;
@@ -215,13 +217,13 @@ impl Overlay {
 
     /// Sets the size of the upper file of `ino`; a copied-up file forgets
     /// the lower bytes at and above the new size.
-    pub(super) fn truncate(&self, ino: u64, file: &File, at: &At<'_>, size: u64) -> OpResult<()> {
+    pub(super) fn truncate(&self, ino: u64, file: &File, size: u64) -> OpResult<()> {
         let _stripe = self.cow_lock(ino);
         {
             let mut nodes = self.nodes.lock();
             if let Some(node) = nodes.get_mut(ino) {
                 if node.cow_lower_size.is_some_and(|lower_size| size < lower_size) {
-                    upper::set_lower_size(&at.xattr_path().map_err(ioe)?, size).map_err(ioe)?;
+                    upper::set_lower_size_of(file, size).map_err(ioe)?;
                     node.cow_lower_size = Some(size);
                 }
             }

@@ -162,8 +162,9 @@ impl Overlay {
     /// The kernel gives back `n` lookups of `ino`; a nameless inode none
     /// holds any more goes, and its upper blocks with it.
     pub fn forget(&self, ino: u64, n: u64) {
-        let gone = self.nodes.lock().forget(ino, n);
-        if let Some(node) = gone {
+        // Under `nodes`, so no new life of the number races the removal.
+        let mut nodes = self.nodes.lock();
+        if let Some(node) = nodes.forget(ino, n) {
             self.drop_orphan(ino, &node);
         }
     }
