@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it compiles: every clone
+    // shares one target dir, and a script compiled in another (maybe since
+    // deleted) clone must still find this clone's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files =
         ["strata/v1/layer.proto", "strata/v1/store.proto", "strata/v1/wire.proto"].map(|f| root.join(f));
     for file in &files {
