@@ -38,9 +38,11 @@ enum Member {
 
 /// An archive compressed as a whole (`docker save | gzip`, or zstd, which
 /// `docker load` accepts too) decompressed into an unnamed temporary file
-/// (in `TMPDIR`; gone when closed), so that its members can be read in
-/// place like a plain tar's. A plain archive is returned as it is.
-fn decompressed(mut file: File) -> io::Result<File> {
+/// in `scratch` (the store's directory: on disk, beside what the import
+/// writes anyway, never a RAM-backed /tmp; gone when closed), so that its
+/// members can be read in place like a plain tar's. A plain archive is
+/// returned as it is.
+fn decompressed(mut file: File, scratch: &Path) -> io::Result<File> {
     use std::io::{BufReader, Seek};
     let compression = {
         let mut head = BufReader::new(&file);
@@ -50,7 +52,7 @@ fn decompressed(mut file: File) -> io::Result<File> {
     if compression == crate::blob::Compression::None {
         return Ok(file);
     }
-    let mut plain = tempfile::tempfile()?;
+    let mut plain = tempfile::tempfile_in(scratch)?;
     let mut decoder = compression.decoder(BufReader::new(file))?;
     io::copy(&mut decoder, &mut plain)
         .map_err(|e| io::Error::new(e.kind(), format!("decompressing the archive: {e}")))?;
@@ -59,13 +61,15 @@ fn decompressed(mut file: File) -> io::Result<File> {
 }
 
 impl Archive {
-    pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
+    /// Opens the archive at `path`; `scratch` takes a decompressed copy of
+    /// an archive compressed as a whole.
+    pub(crate) fn open(path: &Path, scratch: &Path) -> Result<Self, ImportError> {
         let open_err = |source| ImportError::Open { path: path.to_owned(), source };
         let meta = std::fs::metadata(path).map_err(open_err)?;
         if meta.is_dir() {
             return Ok(Archive::Dir(path.to_owned()));
         }
-        let file = decompressed(File::open(path).map_err(open_err)?).map_err(open_err)?;
+        let file = decompressed(File::open(path).map_err(open_err)?, scratch).map_err(open_err)?;
         let len = file.metadata().map_err(open_err)?.len();
         let mut members = HashMap::new();
         let mut tar = tar::Archive::new(&file);

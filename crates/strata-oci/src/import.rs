@@ -81,7 +81,7 @@ pub fn import_archive(
     options: &ImportOptions,
     progress: &dyn ImportProgress,
 ) -> Result<ImportReport, ImportError> {
-    let archive = Archive::open(path)?;
+    let archive = Archive::open(path, store.path())?;
     let mut plans = plan(&archive, path)?;
     if !options.names.is_empty() {
         if plans.len() != 1 {
