@@ -200,6 +200,19 @@ impl Builder {
         };
         // Opaque directories and whiteouts act on the layers below only, so
         // they go first.
+        // Indexes come from the store or a peer; one not written by this
+        // code (a lying peer's index hashes to its own id just as well) may
+        // hold any path. Every path must be canonical, as `read_layer`
+        // writes them: relative, no empty, "." or ".." component, no NUL,
+        // no trailing slash, within the length limits.
+        let canonical = |path: &[u8]| strata_layer::normalize_member_path(path).is_ok_and(|n| n == path);
+        for path in index.opaque_dirs.iter().chain(index.entries.iter().map(|e| &e.path)).chain(
+            index.entries.iter().filter(|e| e.kind == EntryKind::Hardlink as i32).map(|e| &e.link_target),
+        ) {
+            if !canonical(path) {
+                return Err(bad(path, "path is not canonical"));
+            }
+        }
         for dir in &index.opaque_dirs {
             if let Some(node) = self.find(dir) {
                 if self.nodes[node].inode.kind == Kind::Dir {

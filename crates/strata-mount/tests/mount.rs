@@ -319,3 +319,36 @@ fn a_layer_whiting_out_a_directory_it_also_holds_shows_only_its_own_children() {
     );
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
 }
+
+#[test]
+fn an_index_with_a_path_that_is_not_canonical_is_refused() {
+    // Found by the lower_tree fuzz target: an entry "etcx/" (trailing
+    // slash) made a child with an empty name. Indexes from peers are not
+    // written by this code, so every path is checked.
+    let input = include_bytes!("fuzz-regressions/lower-tree-trailing-slash.bin");
+    let mut layers = Vec::new();
+    let mut rest = &input[..];
+    while layers.len() < 4 && rest.len() >= 2 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let bytes = &rest[2..2 + len];
+        rest = &rest[2 + len..];
+        let index = <strata_layer::LayerIndex as prost::Message>::decode(bytes).expect("the input decodes");
+        layers.push((strata_types::LayerId::of(bytes), index));
+    }
+    let err = strata_mount::LowerTree::build(&layers).err().expect("refused");
+    assert!(err.to_string().contains("not canonical"), "{err}");
+    for bad in [&b"a/"[..], b"/a", b"a//b", b"./a", b"a/../b", b"a\0b"] {
+        let bad = bad.to_vec();
+        let index = strata_layer::LayerIndex {
+            version: 1,
+            entries: vec![strata_layer::Entry {
+                path: bad.clone(),
+                kind: strata_layer::EntryKind::File as i32,
+                ..Default::default()
+            }],
+            opaque_dirs: vec![],
+        };
+        let layer = strata_types::LayerId::of(&bad);
+        assert!(strata_mount::LowerTree::build(&[(layer, index)]).is_err(), "{bad:?} refused");
+    }
+}

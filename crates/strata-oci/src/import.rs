@@ -72,6 +72,26 @@ pub struct ImportReport {
     pub content_bytes: u64,
 }
 
+/// An image an archive names, as read from its manifests and indexes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveImage {
+    pub names: Vec<String>,
+    pub layers: usize,
+}
+
+/// Reads the manifests and indexes of a docker-save archive or OCI layout
+/// (directory or tar; an archive compressed as a whole is decompressed into
+/// `scratch`) and returns the images it names, checking every document's
+/// digest and shape as an import would, without reading layers or storing
+/// anything. Errors as [`import_archive`]'s.
+pub fn archive_images(path: &Path, scratch: &Path) -> Result<Vec<ArchiveImage>, ImportError> {
+    let archive = Archive::open(path, scratch)?;
+    Ok(plan(&archive, path)?
+        .into_iter()
+        .map(|p| ArchiveImage { names: p.names, layers: p.layers.len() })
+        .collect())
+}
+
 /// Imports every image of a docker-save archive or OCI layout (directory or
 /// tar) in one store transaction: all of them appear, or none and the store
 /// is as it was.

@@ -25,6 +25,9 @@ pub use export::{
     export_image, export_image_from, missing_chunks, ExportOptions, ExportReport, ExportedLayer,
     MissingChunks,
 };
-pub use import::{import_archive, ImportOptions, ImportProgress, ImportReport, ImportedImage, NoProgress};
+pub use import::{
+    archive_images, import_archive, ArchiveImage, ImportOptions, ImportProgress, ImportReport, ImportedImage,
+    NoProgress,
+};
 pub use name::{find_image, normalize_name, FoundImage, NameError};
 pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, WrittenLayer};
