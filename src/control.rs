@@ -1,178 +1,35 @@
-//! The node's control socket (DATA_DIR/node.sock): how the CLI and mount
-//! processes talk to a node running on the same data dir.
-//!
-//! One connection carries requests one after another; each message is a
-//! 4-byte big-endian length and that many bytes of postcard. Commands that
-//! change the store (import, rm, gc, commit) run inside the node, which owns
-//! the store while it runs; mounts ask it for images only peers hold and for
-//! chunks they lack.
+//! The CLI's and mounts' side of the node's control socket (the protocol
+//! itself is `strata-control`). Commands that change the store (import,
+//! rm, gc, commit) run inside the node, which owns the store while it runs;
+//! mounts ask it for images only peers hold and for chunks they lack.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
+pub use strata_control::{
+    call, connect, read_message_async, socket_path, write_message_async, Forwarded, Reply, Request,
+};
 use strata_types::{ChunkId, ImageId};
-
-/// Largest message: a chunk's stored form with room to spare.
-const MAX_MESSAGE: usize = 64 << 20;
-
-/// A CLI command the node runs for the caller, on its store.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Forwarded {
-    Import { file: PathBuf, names: Vec<String> },
-    Rm { images: Vec<String> },
-    Gc,
-    Commit { mountpoint: Option<PathBuf>, upper: Option<PathBuf>, names: Vec<String> },
-    Peers,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
-    Run {
-        command: Forwarded,
-        json: bool,
-    },
-    /// Make an image that peers hold known here (metadata only).
-    Pull {
-        reference: String,
-    },
-    /// A chunk's stored form, fetched from peers if missing.
-    Chunk {
-        id: ChunkId,
-    },
-    /// The chunks a mount of `image` read first, in order: the image's
-    /// startup profile if it has none yet.
-    Profile {
-        image: ImageId,
-        chunks: Vec<ChunkId>,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Reply {
-    /// What the command printed, and whether it failed (with the error).
-    Done {
-        output: Vec<u8>,
-        error: Option<String>,
-    },
-    Pulled {
-        image: String,
-    },
-    Chunk {
-        stored: Vec<u8>,
-    },
-    Failed {
-        error: String,
-    },
-}
-
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("node.sock")
-}
-
-/// A connection to the node on `data_dir`, or `None` when no node runs
-/// there (no socket, or a stale one).
-pub fn connect(data_dir: &Path) -> Option<UnixStream> {
-    UnixStream::connect(socket_path(data_dir)).ok()
-}
-
-/// A message as it goes on the socket: its length, then its postcard bytes.
-fn frame(message: &impl Serialize) -> anyhow::Result<Vec<u8>> {
-    let body = postcard::to_stdvec(message).context("encoding a control message")?;
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-/// The body length a frame header announces, within the limit.
-fn body_len(header: [u8; 4]) -> anyhow::Result<usize> {
-    let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_MESSAGE {
-        bail!("control message of {len} bytes (limit {MAX_MESSAGE})");
-    }
-    Ok(len)
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> anyhow::Result<T> {
-    postcard::from_bytes(body).context("decoding a control message")
-}
-
-/// Whether a header read found the stream cleanly ended.
-fn at_end(result: std::io::Result<()>) -> anyhow::Result<bool> {
-    match result {
-        Ok(()) => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
-        Err(e) => Err(e.into()),
-    }
-}
-
-pub fn write_message(out: &mut impl Write, message: &impl Serialize) -> anyhow::Result<()> {
-    out.write_all(&frame(message)?)?;
-    out.flush()?;
-    Ok(())
-}
-
-/// The next message, or `None` at a clean end of the stream.
-pub fn read_message<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> anyhow::Result<Option<T>> {
-    let mut header = [0u8; 4];
-    if at_end(input.read_exact(&mut header))? {
-        return Ok(None);
-    }
-    let mut body = vec![0u8; body_len(header)?];
-    input.read_exact(&mut body)?;
-    decode(&body).map(Some)
-}
-
-/// [`write_message`] on an async stream (the node's side).
-pub async fn write_message_async(
-    out: &mut (impl tokio::io::AsyncWrite + Unpin),
-    message: &impl Serialize,
-) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    out.write_all(&frame(message)?).await?;
-    out.flush().await?;
-    Ok(())
-}
-
-/// [`read_message`] on an async stream (the node's side).
-pub async fn read_message_async<T: for<'de> Deserialize<'de>>(
-    input: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> anyhow::Result<Option<T>> {
-    use tokio::io::AsyncReadExt;
-    let mut header = [0u8; 4];
-    if at_end(input.read_exact(&mut header).await.map(drop))? {
-        return Ok(None);
-    }
-    let mut body = vec![0u8; body_len(header)?];
-    input.read_exact(&mut body).await?;
-    decode(&body).map(Some)
-}
-
-/// Sends one request and reads its reply.
-pub fn call(stream: &mut UnixStream, request: &Request, timeout: Option<Duration>) -> anyhow::Result<Reply> {
-    stream.set_read_timeout(timeout)?;
-    write_message(stream, request)?;
-    read_message(stream)?.context("the node closed the control connection")
-}
 
 /// Runs `command` in the node on `data_dir` if one runs there: prints what
 /// it printed and returns `Some(result)`; `None` when no node runs.
 pub fn forward(data_dir: &Path, command: Forwarded, json: bool) -> Option<anyhow::Result<()>> {
     let mut stream = connect(data_dir)?;
-    let result = call(&mut stream, &Request::Run { command, json }, None).and_then(|reply| match reply {
-        Reply::Done { output, error } => {
-            std::io::stdout().write_all(&output)?;
-            match error {
-                None => Ok(()),
-                Some(e) => Err(anyhow::anyhow!(e)),
+    let result = call(&mut stream, &Request::Run { command, json }, None)
+        .map_err(anyhow::Error::from)
+        .and_then(|reply| match reply {
+            Reply::Done { output, error } => {
+                std::io::stdout().write_all(&output)?;
+                match error {
+                    None => Ok(()),
+                    Some(e) => Err(anyhow::anyhow!(e)),
+                }
             }
-        }
-        other => bail!("unexpected reply from the node: {other:?}"),
-    });
+            other => bail!("unexpected reply from the node: {other:?}"),
+        });
     Some(result)
 }
 

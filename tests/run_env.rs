@@ -116,3 +116,115 @@ fn strata_run_gives_the_environment_docker_run_gives() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The entries of the last layer of a docker-save archive (`docker save`,
+/// `strata export`): path without a trailing slash, and type, sorted.
+fn last_layer_entries(archive: &std::path::Path) -> Vec<(String, char)> {
+    use std::io::Read;
+    let mut members = std::collections::HashMap::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).expect("archive"));
+    for entry in tar.entries().expect("tar") {
+        let mut entry = entry.expect("tar member");
+        let path = entry.path().expect("path").to_string_lossy().trim_start_matches("./").to_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("member");
+        members.insert(path, bytes);
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&members["manifest.json"]).expect("manifest.json");
+    let layers = manifest[0]["Layers"].as_array().expect("Layers");
+    let last = layers.last().and_then(|l| l.as_str()).expect("a layer");
+    let mut blob = members[last.trim_start_matches("./")].clone();
+    if blob.starts_with(&[0x1f, 0x8b]) {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..]).read_to_end(&mut plain).expect("gzip layer");
+        blob = plain;
+    }
+    let mut out: Vec<(String, char)> = tar::Archive::new(&blob[..])
+        .entries()
+        .expect("layer tar")
+        .map(|e| {
+            let e = e.expect("layer member");
+            let path = e
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_owned();
+            let kind = match e.header().entry_type() {
+                tar::EntryType::Directory => 'd',
+                tar::EntryType::Regular => 'f',
+                tar::EntryType::Symlink => 'l',
+                tar::EntryType::Link => 'h',
+                other => panic!("unexpected member type {other:?} for {path}"),
+            };
+            (path, kind)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `strata run --upper` then `strata commit` gives the layer `docker run`
+/// then `docker commit` gives: what the program changed, and (as docker
+/// keeps them in its init layer) none of the mountpoints and /etc files
+/// the run set up for the container in an image that lacked them.
+#[test]
+fn a_commit_after_strata_run_holds_what_docker_commit_holds() {
+    let s = Strata::new();
+    let case = Case { tag: "commit", user: "", workdir: "/srv/work" };
+    let name = "strata-test/run-env:commit";
+    s.import(&image(&s, &case));
+    let exported = s.path("commit-export.tar");
+    s.ok(&["export", name, "-o", exported.to_str().expect("utf-8")]);
+    let load = Command::new("docker").arg("load").arg("-i").arg(&exported).output().expect("docker CLI");
+    assert!(load.status.success(), "docker load: {}", String::from_utf8_lossy(&load.stderr));
+
+    let programs = [
+        ("nothing", "true"),
+        ("tmp", "echo hi > /tmp/x"),
+        ("etc", "echo x > /etc/extra && chmod 600 /etc/passwd"),
+        ("rm", "rm /etc/group && mkdir -p /home/new"),
+    ];
+    let mut failures = Vec::new();
+    for (tag, program) in programs {
+        let container = format!("strata-test-commit-{tag}-{}", std::process::id());
+        let committed = format!("strata-test/committed:{tag}");
+        let run = Command::new("docker")
+            .args(["run", "--name", &container, name, program])
+            .output()
+            .expect("docker");
+        assert!(run.status.success(), "docker run: {}", String::from_utf8_lossy(&run.stderr));
+        let commit =
+            Command::new("docker").args(["commit", &container, &committed]).output().expect("docker");
+        assert!(commit.status.success(), "docker commit: {}", String::from_utf8_lossy(&commit.stderr));
+        let docker_tar = s.path(&format!("docker-{tag}.tar"));
+        let save = Command::new("docker")
+            .arg("save")
+            .arg("-o")
+            .arg(&docker_tar)
+            .arg(&committed)
+            .output()
+            .expect("docker");
+        let _ = Command::new("docker").args(["rm", "-f", &container]).output();
+        let _ = Command::new("docker").args(["rmi", "-f", &committed]).output();
+        assert!(save.status.success(), "docker save: {}", String::from_utf8_lossy(&save.stderr));
+
+        let upper = s.path(&format!("upper-{tag}"));
+        let upper_arg = upper.to_str().expect("utf-8");
+        // The image's Entrypoint is `/bin/sh -c`: the program replaces its Cmd.
+        s.ok(&["run", "--upper", upper_arg, name, "--", program]);
+        s.ok(&["commit", "--upper", upper_arg, "--name", &committed]);
+        let ours_tar = s.path(&format!("strata-{tag}.tar"));
+        s.ok(&["export", &committed, "-o", ours_tar.to_str().expect("utf-8")]);
+
+            let (want, got) = (last_layer_entries(&docker_tar), last_layer_entries(&ours_tar));
+        assert!(tag == "nothing" || want.len() > 2, "{program:?} changed something under docker: {want:?}");
+        if want != got {
+            failures.push(format!("{program:?}:\n  docker: {want:?}\n  strata: {got:?}"));
+        }
+    }
+    let _ = Command::new("docker").args(["rmi", "-f", name]).output();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

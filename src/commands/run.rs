@@ -76,7 +76,7 @@ pub fn run(
         run_dir,
         done: false,
     };
-    let code = run_mounted(&started.mountpoint, &cleanup.run_dir, &process, &found_id.short())?;
+    let code = run_mounted(&started.mountpoint, upper, &cleanup.run_dir, &process, &found_id.short())?;
     cleanup.finish()?;
     Ok(code)
 }
@@ -181,11 +181,14 @@ fn read_image_file(root: &std::fs::File, name: &str) -> anyhow::Result<String> {
 }
 
 /// Where the image's /etc/`name` resolves within the rootfs, made an empty
-/// regular file if missing; an error if it is anything but a regular file.
-fn etc_target(root: &std::fs::File, name: &str) -> anyhow::Result<std::path::PathBuf> {
+/// regular file if missing (and then `true`); an error if it is anything
+/// but a regular file.
+fn etc_target(root: &std::fs::File, name: &str) -> anyhow::Result<(std::path::PathBuf, bool)> {
     let rel = format!("etc/{name}");
+    let mut made = false;
     let found = match open_in_rootfs(root, &rel, libc::O_PATH, 0) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            made = true;
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK | libc::O_NOCTTY;
             open_in_rootfs(root, &rel, flags, 0o644)
         }
@@ -198,15 +201,48 @@ fn etc_target(root: &std::fs::File, name: &str) -> anyhow::Result<std::path::Pat
     // Where it resolved to (the image's symlinks followed inside the
     // rootfs): nothing changes there before the child mounts onto it, as
     // the container has not started.
-    std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)))
-        .with_context(|| format!("resolving /etc/{name} in the image"))
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)))
+        .with_context(|| format!("resolving /etc/{name} in the image"))?;
+    Ok((path, made))
 }
 
-fn run_mounted(rootfs: &Path, run_dir: &Path, process: &Process, hostname: &str) -> anyhow::Result<i32> {
+/// What `strata run` makes in the image for the container's setup, marked
+/// in the writable layer so that a commit leaves it out (docker keeps
+/// such entries in an init layer below the container's).
+struct Setup<'a> {
+    rootfs: &'a Path,
+    upper: Option<&'a Path>,
+}
+
+impl Setup<'_> {
+    /// Marks `path` (inside the rootfs) as made for the setup.
+    fn made(&self, path: &Path) -> anyhow::Result<()> {
+        let Some(upper) = self.upper else { return Ok(()) };
+        let rel = path
+            .strip_prefix(self.rootfs)
+            .with_context(|| format!("{} is outside the rootfs {}", path.display(), self.rootfs.display()))?;
+        strata_mount::upper::mark_init(upper, std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()))
+            .context("marking container setup in the writable layer")?;
+        Ok(())
+    }
+}
+
+fn run_mounted(
+    rootfs: &Path,
+    upper: Option<&Path>,
+    run_dir: &Path,
+    process: &Process,
+    hostname: &str,
+) -> anyhow::Result<i32> {
+    // Paths the setup makes are compared with the rootfs as the kernel names it.
+    let real_rootfs =
+        std::fs::canonicalize(rootfs).with_context(|| format!("resolving {}", rootfs.display()))?;
+    let setup = Setup { rootfs: &real_rootfs, upper };
     for dir in ["proc", "dev", "sys"] {
         let path = rootfs.join(dir);
         if std::fs::symlink_metadata(&path).is_err() {
             std::fs::create_dir(&path).with_context(|| format!("creating /{dir} in the image"))?;
+            setup.made(&real_rootfs.join(dir))?;
         }
     }
     let root = std::fs::File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
@@ -221,13 +257,18 @@ fn run_mounted(rootfs: &Path, run_dir: &Path, process: &Process, hostname: &str)
             nix::sys::stat::Mode::from_bits_truncate(0o755),
         )
         .context("creating /etc in the image")?;
+        setup.made(&real_rootfs.join("etc"))?;
     }
     let mut etc_files = Vec::new();
     for name in ETC_FILES {
         let host = run_dir.join(name);
         std::fs::write(&host, etc_file_contents(name, hostname))
             .with_context(|| format!("writing {}", host.display()))?;
-        etc_files.push((host, etc_target(&root, name)?));
+        let (target, made) = etc_target(&root, name)?;
+        if made {
+            setup.made(&target)?;
+        }
+        etc_files.push((host, target));
     }
     let entry = Entry::new(rootfs, &process.cwd, hostname, user.clone(), &etc_files)?;
 

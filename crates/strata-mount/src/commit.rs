@@ -4,6 +4,12 @@
 //! become `.wh.NAME` members, opaque directories `.wh..wh..opq` markers, and
 //! a copied-up file's content is its merged bytes (upper blocks, lower chunks
 //! elsewhere), so the layer stands on its own.
+//!
+//! What `strata run` set up for the container and marked
+//! ([`crate::upper::mark_init`]) is left out while unchanged, as `docker
+//! commit` leaves out the init layer: an empty mountpoint directory, an
+//! empty file made to bind `/etc/hosts` over, and a lower directory copied
+//! up only to hold them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use strata_layer::{Entry, EntryKind, LayerError, LayerTarWriter, Xattr};
 
 use crate::cow::{read_merged, MergedReadError};
-use crate::lower::LowerTree;
+use crate::lower::{Kind, LowerTree};
 use crate::nodes::join;
 use crate::reader::ChunkReader;
 use crate::sys;
@@ -82,6 +88,10 @@ impl<W: Write> Walk<'_, W> {
         if upper::is_whiteout(&st) {
             let entry = Entry { path: rel, kind: EntryKind::Whiteout as i32, ..Default::default() };
             return Ok(self.tar.append(&entry, io::empty())?);
+        }
+        if self.init_only(at, &rel, &st)? {
+            tracing::debug!(path = %String::from_utf8_lossy(&rel), "container setup left out");
+            return Ok(());
         }
         let xattr_path = at.xattr_path().map_err(self.io_at(&rel))?;
         let mut entry = Entry {
@@ -156,6 +166,68 @@ impl<W: Write> Walk<'_, W> {
             }
         }
         Ok(self.tar.append(&entry, io::empty())?)
+    }
+
+    /// Whether the entry holds only container setup: marked by
+    /// [`upper::mark_init`] and unchanged since (an empty regular file with
+    /// one name, or a directory), or a directory whose children all are,
+    /// itself marked or a lower directory copied up with its mode, owner,
+    /// group and xattrs as they were (only to hold them).
+    fn init_only(&self, at: &At<'_>, rel: &[u8], st: &libc::stat) -> Result<bool, CommitError> {
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFREG && kind != libc::S_IFDIR {
+            return Ok(false);
+        }
+        let xattr_path = at.xattr_path().map_err(self.io_at(rel))?;
+        let marked = upper::init_unchanged(&xattr_path, st).map_err(self.io_at(rel))?;
+        if kind == libc::S_IFREG {
+            return Ok(marked == Some(true) && st.st_size == 0 && st.st_nlink == 1);
+        }
+        if marked == Some(false) || upper::is_opaque(&xattr_path).map_err(self.io_at(rel))? {
+            return Ok(false);
+        }
+        let names = at.names().map_err(self.io_at(rel))?;
+        if marked.is_none() && (names.is_empty() || !self.same_as_lower(&xattr_path, rel, st)?) {
+            return Ok(false);
+        }
+        let dir = at.open_dir().map_err(self.io_at(rel))?;
+        for name in names {
+            let child = join(rel, &name);
+            let child_at = At::new(dir.as_fd(), &name).map_err(self.io_at(&child))?;
+            let child_st = child_at.stat().map_err(self.io_at(&child))?;
+            if !self.init_only(&child_at, &child, &child_st)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether the upper directory `rel` has the mode, owner, group and
+    /// xattrs of the lower directory at the same path.
+    fn same_as_lower(
+        &self,
+        xattr_path: &std::ffi::CStr,
+        rel: &[u8],
+        st: &libc::stat,
+    ) -> Result<bool, CommitError> {
+        let Some(lower) = self.tree.lookup_path(rel).and_then(|ino| self.tree.get(ino)) else {
+            return Ok(false);
+        };
+        if lower.kind != Kind::Dir
+            || u32::from(lower.perm) != st.st_mode & 0o7777
+            || (lower.uid, lower.gid) != (st.st_uid, st.st_gid)
+        {
+            return Ok(false);
+        }
+        let mut lower_xattrs: Vec<(&[u8], &[u8])> = lower
+            .xattrs
+            .iter()
+            .filter(|(name, _)| !upper::is_private_xattr(name))
+            .map(|(name, value)| (&name[..], &value[..]))
+            .collect();
+        lower_xattrs.sort();
+        let upper_xattrs = self.xattrs(xattr_path, rel)?;
+        Ok(lower_xattrs.iter().copied().eq(upper_xattrs.iter().map(|x| (&x.name[..], &x.value[..]))))
     }
 
     fn xattrs(&self, path: &std::ffi::CStr, rel: &[u8]) -> Result<Vec<Xattr>, CommitError> {

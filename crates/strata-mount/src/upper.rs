@@ -9,6 +9,12 @@
 //! ```
 //!
 //! - A whiteout (deleted lower entry) is a character device 0/0.
+//! - An entry `strata run` made for the container's setup (mountpoints
+//!   `/proc`, `/dev`, `/sys`; empty `/etc/hosts`, `/etc/hostname`,
+//!   `/etc/resolv.conf` to bind over) has `trusted.strata.init`: its mode,
+//!   owner and group when made. Docker keeps such entries in an init layer
+//!   below the container's; here they share the writable layer, and commit
+//!   leaves them out while they are as made (see [`crate::commit`]).
 //! - An opaque directory (lower children hidden) has `trusted.strata.opaque`.
 //! - A copied-up file keeps its lower data where it was not written: it is a
 //!   sparse file of the right size whose holes read from the lower file named
@@ -35,6 +41,7 @@ pub const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.strata.";
 const OPAQUE: &[u8] = b"trusted.strata.opaque";
 const ORIGIN: &[u8] = b"trusted.strata.origin";
 const LOWER_SIZE: &[u8] = b"trusted.strata.lower_size";
+const INIT: &[u8] = b"trusted.strata.init";
 /// Longest relative path handed to one openat(2) while walking down to a
 /// deep directory (PATH_MAX is 4096 with its NUL).
 const PATH_PIECE: usize = 4000;
@@ -320,37 +327,7 @@ impl UpperDir {
     /// descriptors: its parent directory is opened relative to `root/` (in
     /// pieces shorter than PATH_MAX when the path is longer).
     pub fn at(&self, rel: &[u8]) -> io::Result<At<'_>> {
-        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
-        if rel.is_empty() {
-            return Ok(At { dir: DirFd::Borrowed(self.root_fd.as_fd()), name: c".".to_owned() });
-        }
-        let (parent, name) = match rel.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&rel[..i], &rel[i + 1..]),
-            None => (&b""[..], rel),
-        };
-        let name = sys::c_bytes(name)?;
-        if parent.is_empty() {
-            return Ok(At { dir: DirFd::Borrowed(self.root_fd.as_fd()), name });
-        }
-        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let mut rest = parent;
-        let mut dir: Option<OwnedFd> = None;
-        while !rest.is_empty() {
-            let cut = if rest.len() <= PATH_PIECE {
-                rest.len()
-            } else {
-                rest[..PATH_PIECE]
-                    .iter()
-                    .rposition(|b| *b == b'/')
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?
-            };
-            let piece = sys::c_bytes(&rest[..cut])?;
-            let from = dir.as_ref().map_or(self.root_fd.as_fd(), |d| d.as_fd());
-            dir = Some(sys::open_at(from, &piece, flags, 0)?);
-            rest = rest.get(cut + 1..).unwrap_or_default();
-        }
-        let dir = dir.map_or(DirFd::Borrowed(self.root_fd.as_fd()), DirFd::Owned);
-        Ok(At { dir, name })
+        at_in(self.root_fd.as_fd(), rel)
     }
 
     /// A fresh name in the work directory, for an entry being made.
@@ -372,6 +349,79 @@ impl UpperDir {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// The entry at `rel` below the directory `root` ("" is `root` itself),
+/// reached by descriptors: its parent directory is opened relative to
+/// `root` (in pieces shorter than PATH_MAX when the path is longer), never
+/// through a symlink.
+fn at_in<'u>(root: BorrowedFd<'u>, rel: &[u8]) -> io::Result<At<'u>> {
+    let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+    if rel.is_empty() {
+        return Ok(At { dir: DirFd::Borrowed(root), name: c".".to_owned() });
+    }
+    let (parent, name) = match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&b""[..], rel),
+    };
+    let name = sys::c_bytes(name)?;
+    if parent.is_empty() {
+        return Ok(At { dir: DirFd::Borrowed(root), name });
+    }
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let mut rest = parent;
+    let mut dir: Option<OwnedFd> = None;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= PATH_PIECE {
+            rest.len()
+        } else {
+            rest[..PATH_PIECE]
+                .iter()
+                .rposition(|b| *b == b'/')
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?
+        };
+        let piece = sys::c_bytes(&rest[..cut])?;
+        let from = dir.as_ref().map_or(root, |d| d.as_fd());
+        dir = Some(sys::open_at(from, &piece, flags, 0)?);
+        rest = rest.get(cut + 1..).unwrap_or_default();
+    }
+    let dir = dir.map_or(DirFd::Borrowed(root), DirFd::Owned);
+    Ok(At { dir, name })
+}
+
+/// Marks the entry at merged path `rel` of the writable layer in `dir` as
+/// container setup made by `strata run` (docker's init layer), recording
+/// its mode, owner and group as they are now. Call it right after making
+/// the entry through the mount, before the container starts. The layer
+/// may be mounted (the mark is one of Strata's private xattrs, which the
+/// mount never shows nor copies).
+///
+/// Errors: [`MountError::Io`] when the entry is not in the layer's `root/`
+/// (it was not made through a mount of this layer) or the xattr cannot be set.
+pub fn mark_init(dir: &Path, rel: &[u8]) -> Result<(), MountError> {
+    let root = dir.join("root");
+    let path = join_host(&root, rel);
+    let io = |source| MountError::Io { path: path.clone(), source };
+    let root_fd = open_dir(&root)?;
+    let at = at_in(root_fd.as_fd(), rel).map_err(io)?;
+    let st = at.stat().map_err(io)?;
+    at.set_xattr(INIT, init_mark(&st).as_bytes(), 0).map_err(io)
+}
+
+fn join_host(root: &Path, rel: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    root.join(std::ffi::OsStr::from_bytes(rel.strip_prefix(b"/").unwrap_or(rel)))
+}
+
+fn init_mark(st: &libc::stat) -> String {
+    format!("{:o} {} {}", st.st_mode & 0o7777, st.st_uid, st.st_gid)
+}
+
+/// Whether the entry at `path` (an [`At::xattr_path`]) is container setup
+/// whose mode, owner and group are still those [`mark_init`] recorded;
+/// `None` when it is not marked.
+pub fn init_unchanged(path: &CStr, st: &libc::stat) -> io::Result<Option<bool>> {
+    Ok(sys::get_xattr(path, INIT)?.map(|mark| mark == init_mark(st).as_bytes()))
 }
 
 /// A character device 0/0 records a deletion (as overlayfs does).

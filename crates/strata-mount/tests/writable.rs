@@ -373,3 +373,77 @@ fn remove_xattr(path: &Path, name: &str) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// The members of a layer tar: path (no trailing slash) and whether it is
+/// a directory, sorted.
+fn tar_members(tar: &[u8]) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = tar::Archive::new(tar)
+        .entries()
+        .expect("tar")
+        .map(|e| {
+            let e = e.expect("member");
+            let path = e.path().expect("path").to_string_lossy().trim_end_matches('/').to_owned();
+            (path, e.header().entry_type().is_dir())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn container_setup_marked_in_the_layer_is_left_out_of_a_commit_while_unchanged() {
+    let image = image();
+    let upper = tempfile::tempdir().expect("upper");
+    let m = writable(&image, upper.path());
+    let mark = |rel: &str| strata_mount::upper::mark_init(upper.path(), rel.as_bytes()).expect("mark");
+    // Setup as `strata run` makes it: a mountpoint, and an empty file in a
+    // lower directory (which copies that directory up).
+    fs::create_dir(m.path("proc")).expect("mkdir");
+    mark("proc");
+    fs::write(m.path("data/hosts"), b"").expect("create");
+    mark("data/hosts");
+    // Setup the container changed afterwards: kept.
+    fs::create_dir(m.path("sys")).expect("mkdir");
+    mark("sys");
+    fs::set_permissions(m.path("sys"), fs::Permissions::from_mode(0o700)).expect("chmod");
+    fs::write(m.path("data/tree/resolv"), b"").expect("create");
+    mark("data/tree/resolv");
+    fs::write(m.path("data/tree/resolv"), b"nameserver 10.0.0.1\n").expect("write");
+    fs::create_dir(m.path("mq")).expect("mkdir");
+    mark("mq");
+    fs::write(m.path("mq/made-by-the-container"), b"x").expect("create");
+    fs::write(m.path("new"), b"new").expect("create");
+    // Nothing outside the layer can be marked.
+    assert!(strata_mount::upper::mark_init(upper.path(), b"data/tree/top").is_err(), "a lower-only entry");
+
+    let reader = std::sync::Arc::new(strata_mount::ChunkReader::new(image.store.clone(), 1 << 20));
+    let tar = strata_mount::write_upper_layer(&upper.path().join("root"), &image.tree, &reader, Vec::new())
+        .expect("commit");
+    let want: Vec<(String, bool)> = [
+        ("data", true),
+        ("data/tree", true),
+        ("data/tree/resolv", false),
+        ("mq", true),
+        ("mq/made-by-the-container", false),
+        ("new", false),
+        ("sys", true),
+    ]
+    .iter()
+    .map(|(p, d)| (p.to_string(), *d))
+    .collect();
+    assert_eq!(tar_members(&tar), want);
+
+    // The setup stays in the mount, hidden marks and all.
+    assert!(m.path("proc").is_dir() && m.path("data/hosts").is_file());
+    assert_eq!(xattr_names(&m.path("proc")), b"");
+    drop(m);
+
+    // Only the setup in a lower directory: that directory goes too.
+    let upper = tempfile::tempdir().expect("upper");
+    let m = writable(&image, upper.path());
+    fs::write(m.path("data/tree/hostname"), b"").expect("create");
+    strata_mount::upper::mark_init(upper.path(), b"data/tree/hostname").expect("mark");
+    let tar = strata_mount::write_upper_layer(&upper.path().join("root"), &image.tree, &reader, Vec::new())
+        .expect("commit");
+    assert_eq!(tar_members(&tar), vec![]);
+}

@@ -1,7 +1,7 @@
 //! A Strata node's cluster side.
 //!
 //! - [`Node`]: the running node: its store, its QUIC endpoint (mutual TLS),
-//!   gossip membership ([`membership`], SWIM by foca over QUIC datagrams),
+//!   gossip membership (`strata-membership`, SWIM by foca over QUIC datagrams),
 //!   the directory entries placed on it ([`directory`]), and the fetch path:
 //!   a chunk missing here is asked of the holders its layer's directory
 //!   nodes name, in the order `strata_placement::plan_fetch` gives (the
@@ -19,7 +19,6 @@
 pub mod directory;
 mod handler;
 mod lookup_cache;
-pub mod membership;
 pub mod metrics;
 mod node;
 mod peer_source;
@@ -29,10 +28,11 @@ pub mod throttle;
 
 pub use directory::Holder;
 pub use handler::{NodeHandler, StoreHandler};
-pub use membership::{MemberState, MemberView};
 pub use node::{name_key, Node, NodeConfig};
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
 pub use remote::{fetch_image, indexes, RemoteImage, RemoteLayer};
+pub use strata_membership as membership;
+pub use strata_membership::{MemberState, MemberView};
 pub use throttle::Caps;
 
 /// What a node operation can fail with.

@@ -5,6 +5,10 @@
 //! foca spreads joins, probes members and declares the silent ones down,
 //! and a node that finds itself declared down rejoins under a new
 //! incarnation. The live view is published on a watch channel.
+//!
+//! [`Membership`] drives the protocol on a task of its own; [`protocol`]
+//! builds the same state machine without I/O (tests, the fuzz target).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -98,6 +102,17 @@ fn config() -> Config {
     config
 }
 
+/// The SWIM state machine of one node as [`Membership`] runs it.
+pub type Gossip = Foca<Member, PostcardCodec, rand010::rngs::StdRng, foca::NoCustomBroadcast>;
+
+/// The state machine [`Membership`] runs, with nothing attached: feed it
+/// payloads (`strata_wire::decode_gossip` of a datagram) with
+/// `handle_data` and timers with `handle_timer`, and carry out what the
+/// runtime then holds. `seed` seeds its random choices (probe order).
+pub fn protocol(me: Member, seed: u64) -> Gossip {
+    Foca::new(me, config(), rand010::rngs::StdRng::seed_from_u64(seed), PostcardCodec)
+}
+
 impl Membership {
     /// Starts gossip as `me`, joining through `seeds`. Datagrams travel on
     /// `pool`'s connections; what peers send arrives through [`Self::receive`].
@@ -105,8 +120,7 @@ impl Membership {
         let (input, mut inbox) = mpsc::channel::<Input>(1024);
         let (publish, view) = watch::channel(Vec::new());
         let seed = me.incarnation ^ u64::from(std::process::id());
-        let mut foca =
-            Foca::new(me.clone(), config(), rand010::rngs::StdRng::seed_from_u64(seed), PostcardCodec);
+        let mut foca = protocol(me.clone(), seed);
         let mut runtime = AccumulatingRuntime::new();
         let seeds: Vec<Member> = seeds.into_iter().filter(|a| *a != me.addr).map(Member::seed).collect();
         let driver = Driver { pool, input: input.clone(), publish };
@@ -199,11 +213,7 @@ struct Driver {
 
 impl Driver {
     /// Carries out what foca asked for: datagrams, timers, notifications.
-    fn drain(
-        &self,
-        foca: &mut Foca<Member, PostcardCodec, rand010::rngs::StdRng, foca::NoCustomBroadcast>,
-        runtime: &mut AccumulatingRuntime<Member>,
-    ) {
+    fn drain(&self, foca: &mut Gossip, runtime: &mut AccumulatingRuntime<Member>) {
         while let Some((to, data)) = runtime.to_send() {
             let data = match strata_wire::encode_gossip(&data) {
                 Ok(d) => Bytes::from(d),
@@ -267,5 +277,62 @@ impl Driver {
         if changed || *self.publish.borrow() != view {
             self.publish.send_replace(view);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, port: u16) -> Member {
+        Member { name: name.into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), incarnation: 1 }
+    }
+
+    /// Delivers every datagram each side wants to send, through the wire
+    /// envelope, until neither has more; timers are not run (no time passes).
+    fn exchange(nodes: &mut [(Gossip, AccumulatingRuntime<Member>)]) {
+        for _ in 0..16 {
+            let mut sent = Vec::new();
+            for (_, runtime) in nodes.iter_mut() {
+                while let Some((to, data)) = runtime.to_send() {
+                    sent.push((to.addr, strata_wire::encode_gossip(&data).unwrap()));
+                }
+            }
+            if sent.is_empty() {
+                return;
+            }
+            for (to, datagram) in sent {
+                let (foca, runtime) = nodes.iter_mut().find(|(f, _)| f.identity().addr == to).unwrap();
+                let payload = strata_wire::decode_gossip(&datagram).unwrap();
+                foca.handle_data(&payload, runtime).unwrap();
+            }
+        }
+        panic!("gossip did not settle");
+    }
+
+    #[test]
+    fn a_node_announcing_to_a_seed_joins_it_without_sockets() {
+        let (a, b) = (member("a", 1), member("b", 2));
+        let mut nodes = [
+            (protocol(a.clone(), 1), AccumulatingRuntime::new()),
+            (protocol(b.clone(), 2), AccumulatingRuntime::new()),
+        ];
+        let (foca, runtime) = &mut nodes[0];
+        foca.announce(Member::seed(b.addr), runtime).unwrap();
+        exchange(&mut nodes);
+        let knows = |foca: &Gossip| foca.iter_members().map(|m| m.id().clone()).collect::<Vec<_>>();
+        assert_eq!(knows(&nodes[0].0), vec![b]);
+        assert_eq!(knows(&nodes[1].0), vec![a]);
+    }
+
+    #[test]
+    fn garbage_payloads_are_refused_and_change_nothing() {
+        let mut foca = protocol(member("a", 1), 1);
+        let mut runtime = AccumulatingRuntime::new();
+        for garbage in [&b""[..], b"\x00", b"\xff\xff\xff\xff", &[7u8; 999]] {
+            assert!(foca.handle_data(garbage, &mut runtime).is_err());
+        }
+        assert_eq!(foca.num_members(), 0);
+        assert!(runtime.to_send().is_none());
     }
 }

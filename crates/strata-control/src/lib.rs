@@ -1,0 +1,301 @@
+//! The node's control protocol: what the CLI and mount processes say to
+//! the node running on the same data dir, over its Unix socket
+//! (`DATA_DIR/node.sock`, mode 0600).
+//!
+//! This crate owns the messages ([`Request`], [`Reply`], [`Forwarded`]) and
+//! their framing, and nothing else: no sockets are opened here except by
+//! [`connect`], and no command is carried out. One connection carries
+//! requests one after another, each answered by one reply. On the socket a
+//! message is a 4-byte big-endian body length, then that many bytes of
+//! [postcard](https://docs.rs/postcard) (its wire format v1). A body longer
+//! than [`MAX_MESSAGE`], one that does not decode as the expected type, or
+//! one with bytes left over after the message is refused with a
+//! [`ControlError`]; the peer on the other end is the same user's process,
+//! but a crashed or foreign writer must not take the node down.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use strata_types::{ChunkId, ImageId};
+
+/// Largest message body, in bytes: a chunk's stored form (at most 16 MiB
+/// uncompressed, FastCDC's largest) with room to spare.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// Length of the frame header: the body length as a big-endian `u32`.
+pub const HEADER_LEN: usize = 4;
+
+/// What can go wrong reading or writing a control message.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control message of {len} bytes (limit {MAX_MESSAGE})")]
+    TooLarge { len: usize },
+    #[error("encoding a control message: {0}")]
+    Encode(#[source] postcard::Error),
+    #[error("decoding a control message: {0}")]
+    Decode(#[source] postcard::Error),
+    #[error("control message followed by {0} stray bytes")]
+    Trailing(usize),
+    #[error("the stream ended inside a control message")]
+    Truncated,
+    #[error("the node closed the control connection")]
+    Closed,
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A CLI command the node runs for the caller, on its store (the node owns
+/// the store while it runs, so commands that change it go through here).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// `strata import FILE [--name NAME]...`: `file` is a path on this host.
+    Import { file: PathBuf, names: Vec<String> },
+    /// `strata rm IMAGE...`: references as the CLI takes them.
+    Rm { images: Vec<String> },
+    /// `strata gc`.
+    Gc,
+    /// `strata commit`: a mountpoint or an upper directory, and names.
+    Commit { mountpoint: Option<PathBuf>, upper: Option<PathBuf>, names: Vec<String> },
+    /// `strata peers`.
+    Peers,
+}
+
+/// What a client asks the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a CLI command on the node's store; `json` selects JSON output.
+    Run { command: Forwarded, json: bool },
+    /// Make an image that peers hold known here (metadata only).
+    Pull { reference: String },
+    /// A chunk's stored form, fetched from peers if missing.
+    Chunk { id: ChunkId },
+    /// The chunks a mount of `image` read first, in order: the image's
+    /// startup profile if it has none yet.
+    Profile { image: ImageId, chunks: Vec<ChunkId> },
+}
+
+/// The node's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// What the command printed, and whether it failed (with the error).
+    Done { output: Vec<u8>, error: Option<String> },
+    /// The image a [`Request::Pull`] made known, as its id in hex.
+    Pulled { image: String },
+    /// A chunk's stored form (not yet verified: the caller decodes it
+    /// against the id it asked for).
+    Chunk { stored: Vec<u8> },
+    /// The request could not be carried out.
+    Failed { error: String },
+}
+
+/// The control socket of the node on `data_dir`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("node.sock")
+}
+
+/// A connection to the node on `data_dir`, or `None` when no node runs
+/// there (no socket, or a stale one nobody listens on).
+pub fn connect(data_dir: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket_path(data_dir)).ok()
+}
+
+/// A message as it goes on the socket: its body length, then its postcard bytes.
+///
+/// Errors: [`ControlError::Encode`], or [`ControlError::TooLarge`] for a
+/// body over [`MAX_MESSAGE`] (the reader would refuse it).
+pub fn encode(message: &impl Serialize) -> Result<Vec<u8>, ControlError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out = postcard::to_extend(message, out).map_err(ControlError::Encode)?;
+    let len = out.len() - HEADER_LEN;
+    let header =
+        u32::try_from(len).ok().filter(|_| len <= MAX_MESSAGE).ok_or(ControlError::TooLarge { len })?;
+    out[..HEADER_LEN].copy_from_slice(&header.to_be_bytes());
+    Ok(out)
+}
+
+/// The body length a frame header announces, if within [`MAX_MESSAGE`].
+pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, ControlError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_MESSAGE {
+        return Err(ControlError::TooLarge { len });
+    }
+    Ok(len)
+}
+
+/// A whole message body: exactly one `T`, no bytes left over.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
+    let (message, rest) = postcard::take_from_bytes(body).map_err(ControlError::Decode)?;
+    if !rest.is_empty() {
+        return Err(ControlError::Trailing(rest.len()));
+    }
+    Ok(message)
+}
+
+/// A body read in full; the stream ending inside it is [`ControlError::Truncated`].
+fn body_read(result: std::io::Result<()>) -> Result<(), ControlError> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ControlError::Truncated),
+        other => Ok(other?),
+    }
+}
+
+/// Writes one message and flushes.
+pub fn write_message(out: &mut impl Write, message: &impl Serialize) -> Result<(), ControlError> {
+    out.write_all(&encode(message)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The next message, or `None` when the stream ends cleanly between
+/// messages. A stream that ends inside a header counts as a clean end only
+/// before its first byte (a partial header is [`ControlError::Truncated`]).
+pub fn read_message<T: DeserializeOwned>(input: &mut impl Read) -> Result<Option<T>, ControlError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match input.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(ControlError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut body = vec![0u8; body_len(header)?];
+    body_read(input.read_exact(&mut body))?;
+    decode_body(&body).map(Some)
+}
+
+/// [`write_message`] on an async stream (the node's side).
+pub async fn write_message_async(
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    message: &impl Serialize,
+) -> Result<(), ControlError> {
+    use tokio::io::AsyncWriteExt;
+    out.write_all(&encode(message)?).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+/// [`read_message`] on an async stream (the node's side).
+pub async fn read_message_async<T: DeserializeOwned>(
+    input: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Option<T>, ControlError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match input.read(&mut header[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(ControlError::Truncated),
+            n => got += n,
+        }
+    }
+    let mut body = vec![0u8; body_len(header)?];
+    body_read(input.read_exact(&mut body).await.map(drop))?;
+    decode_body(&body).map(Some)
+}
+
+/// Sends one request and reads its reply, waiting at most `timeout` for
+/// it (`None`: as long as it takes).
+///
+/// Errors: the socket's, a reply that does not decode, or
+/// [`ControlError::Closed`] when the node hangs up instead of answering.
+pub fn call(
+    stream: &mut UnixStream,
+    request: &Request,
+    timeout: Option<Duration>,
+) -> Result<Reply, ControlError> {
+    stream.set_read_timeout(timeout)?;
+    write_message(stream, request)?;
+    read_message(stream)?.ok_or(ControlError::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Request> {
+        vec![
+            Request::Run {
+                command: Forwarded::Commit {
+                    mountpoint: Some("/m".into()),
+                    upper: None,
+                    names: vec!["a:b".into()],
+                },
+                json: true,
+            },
+            Request::Run { command: Forwarded::Gc, json: false },
+            Request::Pull { reference: "busybox:latest".into() },
+            Request::Chunk { id: ChunkId::of(b"x") },
+            Request::Profile { image: ImageId::of(b"i"), chunks: vec![ChunkId::of(b"a"), ChunkId::of(b"b")] },
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip_on_one_stream() {
+        let mut wire = Vec::new();
+        for request in samples() {
+            write_message(&mut wire, &request).unwrap();
+        }
+        let mut input = &wire[..];
+        for request in samples() {
+            assert_eq!(read_message::<Request>(&mut input).unwrap(), Some(request));
+        }
+        assert_eq!(read_message::<Request>(&mut input).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn async_reader_reads_what_the_sync_writer_wrote() {
+        let mut wire = Vec::new();
+        for request in samples() {
+            write_message(&mut wire, &request).unwrap();
+        }
+        let mut input = &wire[..];
+        for request in samples() {
+            assert_eq!(read_message_async::<Request>(&mut input).await.unwrap(), Some(request));
+        }
+        assert_eq!(read_message_async::<Request>(&mut input).await.unwrap(), None);
+    }
+
+    #[test]
+    fn header_layout_is_big_endian_length_then_body() {
+        let frame = encode(&Request::Run { command: Forwarded::Peers, json: false }).unwrap();
+        // Variant 0 (Run), variant 4 (Peers), false.
+        assert_eq!(frame, [0, 0, 0, 3, 0, 4, 0]);
+    }
+
+    #[test]
+    fn oversized_truncated_trailing_and_garbage_bodies_are_refused() {
+        let big = ((MAX_MESSAGE + 1) as u32).to_be_bytes();
+        assert!(matches!(read_message::<Request>(&mut &big[..]), Err(ControlError::TooLarge { .. })));
+
+        let frame = encode(&Request::Pull { reference: "abc".into() }).unwrap();
+        for cut in 1..frame.len() {
+            let got = read_message::<Request>(&mut &frame[..cut]);
+            assert!(matches!(got, Err(ControlError::Truncated)), "cut at {cut}: {got:?}");
+        }
+
+        let mut trailing = frame.clone();
+        trailing.push(7);
+        trailing[3] += 1;
+        assert!(matches!(read_message::<Request>(&mut &trailing[..]), Err(ControlError::Trailing(1))));
+
+        // Variant 9 does not exist; an id that is not 64 hex digits is refused.
+        assert!(matches!(read_message::<Request>(&mut &[0, 0, 0, 1, 9][..]), Err(ControlError::Decode(_))));
+        let mut bad_id = vec![2u8, 3, b'x', b'y', b'z'];
+        bad_id.splice(0..0, (bad_id.len() as u32).to_be_bytes());
+        assert!(matches!(read_message::<Request>(&mut &bad_id[..]), Err(ControlError::Decode(_))));
+    }
+
+    #[test]
+    fn a_reply_too_large_for_the_reader_is_not_written() {
+        let reply = Reply::Chunk { stored: vec![0; MAX_MESSAGE] };
+        assert!(matches!(encode(&reply), Err(ControlError::TooLarge { .. })));
+    }
+}
