@@ -188,6 +188,7 @@ fn a_commit_after_strata_run_holds_what_docker_commit_holds() {
         ("rm", "rm /etc/group && mkdir -p /home/new"),
     ];
     let mut failures = Vec::new();
+    let mut docker_tmp = Vec::new();
     for (tag, program) in programs {
         let container = format!("strata-test-commit-{tag}-{}", std::process::id());
         let committed = format!("strata-test/committed:{tag}");
@@ -219,12 +220,44 @@ fn a_commit_after_strata_run_holds_what_docker_commit_holds() {
         let ours_tar = s.path(&format!("strata-{tag}.tar"));
         s.ok(&["export", &committed, "-o", ours_tar.to_str().expect("utf-8")]);
 
-            let (want, got) = (last_layer_entries(&docker_tar), last_layer_entries(&ours_tar));
+        let (want, got) = (last_layer_entries(&docker_tar), last_layer_entries(&ours_tar));
         assert!(tag == "nothing" || want.len() > 2, "{program:?} changed something under docker: {want:?}");
+        if tag == "tmp" {
+            docker_tmp = want.clone();
+        }
         if want != got {
             failures.push(format!("{program:?}:\n  docker: {want:?}\n  strata: {got:?}"));
         }
     }
     let _ = Command::new("docker").args(["rmi", "-f", name]).output();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // As `docker commit` of a running container: the commit of a live
+    // run's mountpoint (its writable layer made for the run) holds the
+    // same as docker's, the run's setup left out.
+    let mut child = s
+        .command()
+        .args(["run", name, "--", "echo hi > /tmp/x && read line"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("strata run");
+    let mut mountpoint = None;
+    common::node::wait_for("the run's mount with /tmp/x", || {
+        let mounts = s.json(&["mounts"]);
+        mountpoint = mounts.as_array().expect("mounts").iter().find_map(|m| {
+            let path = std::path::PathBuf::from(m["mountpoint"].as_str()?);
+            (m["state"] == "live" && path.join("tmp/x").exists()).then_some(path)
+        });
+        mountpoint.is_some()
+    });
+    let mountpoint = mountpoint.expect("found above");
+    s.ok(&["commit", mountpoint.to_str().expect("utf-8"), "--name", "strata-test/committed:live"]);
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"go\n").expect("a line for the program");
+    drop(stdin);
+    assert!(child.wait().expect("strata run").success(), "the run ends once it reads its line");
+    let live_tar = s.path("strata-live.tar");
+    s.ok(&["export", "strata-test/committed:live", "-o", live_tar.to_str().expect("utf-8")]);
+    assert_eq!(last_layer_entries(&live_tar), docker_tmp, "commit of a running container");
 }

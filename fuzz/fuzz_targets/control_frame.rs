@@ -1,21 +1,47 @@
 //! Bytes arriving on the node's control socket: read as the node reads
-//! requests and as a client reads replies, message after message until the
-//! stream ends or a message is refused. Every message that decodes encodes
-//! again and decodes to itself.
+//! requests (async reader) and as a client reads replies (sync reader),
+//! message after message until the stream ends or a message is refused.
+//! Both readers give the same messages and the same error on the same
+//! bytes; every message that decodes encodes again and decodes to itself.
 #![no_main]
 
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
 use libfuzzer_sys::fuzz_target;
-use strata_control::{encode, read_message, Reply, Request};
+use strata_control::{encode, read_message, read_message_async, Reply, Request};
+
+/// Runs a future that never waits (it reads from memory) to its end.
+fn at_once<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a read from memory waited"),
+    }
+}
 
 fn stream<T>(data: &[u8])
 where
     T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug,
 {
-    let mut input = data;
-    while let Ok(Some(message)) = read_message::<T>(&mut input) {
-        let frame = encode(&message).expect("a decoded message encodes");
-        let again = read_message::<T>(&mut &frame[..]).expect("decodes again");
-        assert_eq!(again.as_ref(), Some(&message));
+    let (mut sync_input, mut async_input) = (data, data);
+    loop {
+        let sync = read_message::<T>(&mut sync_input);
+        let asynchronous = at_once(read_message_async::<T>(&mut async_input));
+        match (sync, asynchronous) {
+            (Ok(Some(message)), Ok(Some(same))) => {
+                assert_eq!(message, same, "the readers disagree");
+                let frame = encode(&message).expect("a decoded message encodes");
+                let again = read_message::<T>(&mut &frame[..]).expect("decodes again");
+                assert_eq!(again.as_ref(), Some(&message));
+            }
+            (Ok(None), Ok(None)) => return,
+            (Err(a), Err(b)) => {
+                assert_eq!(a.to_string(), b.to_string(), "the readers refuse differently");
+                return;
+            }
+            (a, b) => panic!("the readers disagree: {a:?} vs {b:?}"),
+        }
     }
 }
 

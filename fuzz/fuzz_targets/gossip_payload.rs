@@ -27,7 +27,7 @@ fn drain(foca: &mut Gossip, runtime: &mut AccumulatingRuntime<Member>) {
         }
         while runtime.to_notify().is_some() {}
         let Some((_, timer)) = runtime.to_schedule() else { return };
-        let _ = foca.handle_timer(timer, runtime);
+        let _ = foca.handle_timer(timer, &mut *runtime);
     }
 }
 

@@ -225,7 +225,16 @@ async fn serve_control(template: Arc<Ctx>, node: Arc<Node>, mut stream: tokio::n
             }
         };
         let reply = answer(&template, &node, request).await;
-        if let Err(e) = control::write_message_async(&mut stream, &reply).await {
+        let written = match control::write_message_async(&mut stream, &reply).await {
+            // A reply the client could not take (a command's output over
+            // the message limit): it learns why instead of a closed socket.
+            Err(e @ strata_control::ControlError::TooLarge { .. }) => {
+                let failed = Reply::Failed { error: format!("the reply was too large to send: {e}") };
+                control::write_message_async(&mut stream, &failed).await
+            }
+            other => other,
+        };
+        if let Err(e) = written {
             tracing::debug!(error = %e, "control reply not delivered");
             return;
         }

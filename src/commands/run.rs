@@ -76,7 +76,13 @@ pub fn run(
         run_dir,
         done: false,
     };
-    let code = run_mounted(&started.mountpoint, upper, &cleanup.run_dir, &process, &found_id.short())?;
+    let code = run_mounted(
+        &started.mountpoint,
+        started.upper.as_deref(),
+        &cleanup.run_dir,
+        &process,
+        &found_id.short(),
+    )?;
     cleanup.finish()?;
     Ok(code)
 }
@@ -206,23 +212,26 @@ fn etc_target(root: &std::fs::File, name: &str) -> anyhow::Result<(std::path::Pa
     Ok((path, made))
 }
 
-/// What `strata run` makes in the image for the container's setup, marked
-/// in the writable layer so that a commit leaves it out (docker keeps
-/// such entries in an init layer below the container's).
+/// What `strata run` makes in the image for the container's setup, to be
+/// marked in the writable layer so that a commit leaves it out (docker
+/// keeps such entries in an init layer below the container's).
 struct Setup<'a> {
     rootfs: &'a Path,
-    upper: Option<&'a Path>,
+    made: Vec<std::path::PathBuf>,
 }
 
 impl Setup<'_> {
-    /// Marks `path` (inside the rootfs) as made for the setup.
-    fn made(&self, path: &Path) -> anyhow::Result<()> {
-        let Some(upper) = self.upper else { return Ok(()) };
-        let rel = path
-            .strip_prefix(self.rootfs)
-            .with_context(|| format!("{} is outside the rootfs {}", path.display(), self.rootfs.display()))?;
-        strata_mount::upper::mark_init(upper, std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()))
-            .context("marking container setup in the writable layer")?;
+    /// Marks what was made (paths inside the rootfs), once all of it is:
+    /// a mark records the entry's mtime, which making its children moves.
+    fn mark(self, upper: Option<&Path>) -> anyhow::Result<()> {
+        let Some(upper) = upper else { return Ok(()) };
+        for path in &self.made {
+            let rel = path.strip_prefix(self.rootfs).with_context(|| {
+                format!("{} is outside the rootfs {}", path.display(), self.rootfs.display())
+            })?;
+            strata_mount::upper::mark_init(upper, std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()))
+                .context("marking container setup in the writable layer")?;
+        }
         Ok(())
     }
 }
@@ -237,12 +246,12 @@ fn run_mounted(
     // Paths the setup makes are compared with the rootfs as the kernel names it.
     let real_rootfs =
         std::fs::canonicalize(rootfs).with_context(|| format!("resolving {}", rootfs.display()))?;
-    let setup = Setup { rootfs: &real_rootfs, upper };
+    let mut setup = Setup { rootfs: &real_rootfs, made: Vec::new() };
     for dir in ["proc", "dev", "sys"] {
         let path = rootfs.join(dir);
         if std::fs::symlink_metadata(&path).is_err() {
             std::fs::create_dir(&path).with_context(|| format!("creating /{dir} in the image"))?;
-            setup.made(&real_rootfs.join(dir))?;
+            setup.made.push(real_rootfs.join(dir));
         }
     }
     let root = std::fs::File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
@@ -257,7 +266,7 @@ fn run_mounted(
             nix::sys::stat::Mode::from_bits_truncate(0o755),
         )
         .context("creating /etc in the image")?;
-        setup.made(&real_rootfs.join("etc"))?;
+        setup.made.push(real_rootfs.join("etc"));
     }
     let mut etc_files = Vec::new();
     for name in ETC_FILES {
@@ -266,10 +275,11 @@ fn run_mounted(
             .with_context(|| format!("writing {}", host.display()))?;
         let (target, made) = etc_target(&root, name)?;
         if made {
-            setup.made(&target)?;
+            setup.made.push(target.clone());
         }
         etc_files.push((host, target));
     }
+    setup.mark(upper)?;
     let entry = Entry::new(rootfs, &process.cwd, hostname, user.clone(), &etc_files)?;
 
     // Threads cannot be started once the PID namespace is unshared: the

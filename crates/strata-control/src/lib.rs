@@ -136,14 +136,6 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> 
     Ok(message)
 }
 
-/// A body read in full; the stream ending inside it is [`ControlError::Truncated`].
-fn body_read(result: std::io::Result<()>) -> Result<(), ControlError> {
-    match result {
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ControlError::Truncated),
-        other => Ok(other?),
-    }
-}
-
 /// Writes one message and flushes.
 pub fn write_message(out: &mut impl Write, message: &impl Serialize) -> Result<(), ControlError> {
     out.write_all(&encode(message)?)?;
@@ -166,8 +158,14 @@ pub fn read_message<T: DeserializeOwned>(input: &mut impl Read) -> Result<Option
             Err(e) => return Err(e.into()),
         }
     }
-    let mut body = vec![0u8; body_len(header)?];
-    body_read(input.read_exact(&mut body))?;
+    // Grown as bytes arrive, not allocated at the announced length: a
+    // header alone never costs MAX_MESSAGE of memory.
+    let len = body_len(header)?;
+    let mut body = Vec::new();
+    input.take(len as u64).read_to_end(&mut body)?;
+    if body.len() < len {
+        return Err(ControlError::Truncated);
+    }
     decode_body(&body).map(Some)
 }
 
@@ -196,8 +194,12 @@ pub async fn read_message_async<T: DeserializeOwned>(
             n => got += n,
         }
     }
-    let mut body = vec![0u8; body_len(header)?];
-    body_read(input.read_exact(&mut body).await.map(drop))?;
+    let len = body_len(header)?;
+    let mut body = Vec::new();
+    input.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(ControlError::Truncated);
+    }
     decode_body(&body).map(Some)
 }
 

@@ -55,6 +55,18 @@ pub fn write_upper_layer<W: Write>(
     Ok(walk.tar.finish()?)
 }
 
+/// An upper entry with respect to the container setup `strata run` made.
+#[derive(Debug, PartialEq, Eq)]
+enum Setup {
+    /// A change of the container's (or not setup at all): committed.
+    Changed,
+    /// Setup as made, where the lower tree has nothing: left out.
+    LeftOut,
+    /// Setup as made over a lower entry the container had deleted: the
+    /// deletion is committed.
+    OverDeletion,
+}
+
 struct Walk<'a, W: Write> {
     upper_root: &'a Path,
     tree: &'a LowerTree,
@@ -89,9 +101,18 @@ impl<W: Write> Walk<'_, W> {
             let entry = Entry { path: rel, kind: EntryKind::Whiteout as i32, ..Default::default() };
             return Ok(self.tar.append(&entry, io::empty())?);
         }
-        if self.init_only(at, &rel, &st)? {
-            tracing::debug!(path = %String::from_utf8_lossy(&rel), "container setup left out");
-            return Ok(());
+        match self.setup(at, &rel, &st)? {
+            Setup::Changed => {}
+            Setup::LeftOut => {
+                tracing::debug!(path = %String::from_utf8_lossy(&rel), "container setup left out");
+                return Ok(());
+            }
+            Setup::OverDeletion => {
+                // The run remade a lower entry the container had deleted:
+                // the deletion is the change.
+                let entry = Entry { path: rel, kind: EntryKind::Whiteout as i32, ..Default::default() };
+                return Ok(self.tar.append(&entry, io::empty())?);
+            }
         }
         let xattr_path = at.xattr_path().map_err(self.io_at(&rel))?;
         let mut entry = Entry {
@@ -168,38 +189,64 @@ impl<W: Write> Walk<'_, W> {
         Ok(self.tar.append(&entry, io::empty())?)
     }
 
-    /// Whether the entry holds only container setup: marked by
-    /// [`upper::mark_init`] and unchanged since (an empty regular file with
-    /// one name, or a directory), or a directory whose children all are,
-    /// itself marked or a lower directory copied up with its mode, owner,
-    /// group and xattrs as they were (only to hold them).
-    fn init_only(&self, at: &At<'_>, rel: &[u8], st: &libc::stat) -> Result<bool, CommitError> {
+    /// What the entry is with respect to container setup ([`upper::mark_init`]).
+    ///
+    /// Setup left unchanged is an entry marked and still as marked (an
+    /// empty regular file with one name, or a directory), every child of a
+    /// directory included. Such an entry where the lower tree has nothing
+    /// is left out; where the lower tree holds the path, the run remade a
+    /// deleted entry, and the deletion is written. An unmarked directory
+    /// whose children are all left out, copied up from the lower one with
+    /// its mode, owner, group and xattrs unchanged (only to hold them), is
+    /// left out too.
+    fn setup(&self, at: &At<'_>, rel: &[u8], st: &libc::stat) -> Result<Setup, CommitError> {
         let kind = st.st_mode & libc::S_IFMT;
         if kind != libc::S_IFREG && kind != libc::S_IFDIR {
-            return Ok(false);
+            return Ok(Setup::Changed);
         }
         let xattr_path = at.xattr_path().map_err(self.io_at(rel))?;
-        let marked = upper::init_unchanged(&xattr_path, st).map_err(self.io_at(rel))?;
-        if kind == libc::S_IFREG {
-            return Ok(marked == Some(true) && st.st_size == 0 && st.st_nlink == 1);
+        let marked = upper::init_unchanged(&xattr_path, rel, st).map_err(self.io_at(rel))?;
+        if marked == Some(false) {
+            return Ok(Setup::Changed);
         }
-        if marked == Some(false) || upper::is_opaque(&xattr_path).map_err(self.io_at(rel))? {
-            return Ok(false);
+        let in_lower = self.tree.lookup_path(rel).is_some();
+        if kind == libc::S_IFREG {
+            let unchanged = marked.is_some() && st.st_size == 0 && st.st_nlink == 1;
+            return Ok(match (unchanged, in_lower) {
+                (false, _) => Setup::Changed,
+                (true, false) => Setup::LeftOut,
+                (true, true) => Setup::OverDeletion,
+            });
         }
         let names = at.names().map_err(self.io_at(rel))?;
-        if marked.is_none() && (names.is_empty() || !self.same_as_lower(&xattr_path, rel, st)?) {
-            return Ok(false);
+        let holder = marked.is_some()
+            || (!names.is_empty()
+                && !upper::is_opaque(&xattr_path).map_err(self.io_at(rel))?
+                && self.same_as_lower(&xattr_path, rel, st)?);
+        if !holder {
+            return Ok(Setup::Changed);
         }
-        let dir = at.open_dir().map_err(self.io_at(rel))?;
-        for name in names {
-            let child = join(rel, &name);
-            let child_at = At::new(dir.as_fd(), &name).map_err(self.io_at(&child))?;
-            let child_st = child_at.stat().map_err(self.io_at(&child))?;
-            if !self.init_only(&child_at, &child, &child_st)? {
-                return Ok(false);
+        // Children remade over deletions inside a directory remade over a
+        // deletion: the directory's deletion covers them.
+        let mut remade = false;
+        if !names.is_empty() {
+            let dir = at.open_dir().map_err(self.io_at(rel))?;
+            for name in names {
+                let child = join(rel, &name);
+                let child_at = At::new(dir.as_fd(), &name).map_err(self.io_at(&child))?;
+                let child_st = child_at.stat().map_err(self.io_at(&child))?;
+                match self.setup(&child_at, &child, &child_st)? {
+                    Setup::LeftOut => {}
+                    Setup::OverDeletion => remade = true,
+                    Setup::Changed => return Ok(Setup::Changed),
+                }
             }
         }
-        Ok(true)
+        Ok(match (marked.is_some() && in_lower, remade) {
+            (true, _) => Setup::OverDeletion,
+            (false, false) => Setup::LeftOut,
+            (false, true) => Setup::Changed,
+        })
     }
 
     /// Whether the upper directory `rel` has the mode, owner, group and

@@ -11,8 +11,8 @@
 //! - A whiteout (deleted lower entry) is a character device 0/0.
 //! - An entry `strata run` made for the container's setup (mountpoints
 //!   `/proc`, `/dev`, `/sys`; empty `/etc/hosts`, `/etc/hostname`,
-//!   `/etc/resolv.conf` to bind over) has `trusted.strata.init`: its mode,
-//!   owner and group when made. Docker keeps such entries in an init layer
+//!   `/etc/resolv.conf` to bind over) has `trusted.strata.init`: its path,
+//!   mode, owner, group and mtime once made. Docker keeps such entries in an init layer
 //!   below the container's; here they share the writable layer, and commit
 //!   leaves them out while they are as made (see [`crate::commit`]).
 //! - An opaque directory (lower children hidden) has `trusted.strata.opaque`.
@@ -353,8 +353,9 @@ impl UpperDir {
 
 /// The entry at `rel` below the directory `root` ("" is `root` itself),
 /// reached by descriptors: its parent directory is opened relative to
-/// `root` (in pieces shorter than PATH_MAX when the path is longer), never
-/// through a symlink.
+/// `root` (in pieces shorter than PATH_MAX when the path is longer). `rel`
+/// is a merged path: its parents are directories (only the last component
+/// of each piece is opened with O_NOFOLLOW).
 fn at_in<'u>(root: BorrowedFd<'u>, rel: &[u8]) -> io::Result<At<'u>> {
     let rel = rel.strip_prefix(b"/").unwrap_or(rel);
     if rel.is_empty() {
@@ -391,21 +392,34 @@ fn at_in<'u>(root: BorrowedFd<'u>, rel: &[u8]) -> io::Result<At<'u>> {
 
 /// Marks the entry at merged path `rel` of the writable layer in `dir` as
 /// container setup made by `strata run` (docker's init layer), recording
-/// its mode, owner and group as they are now. Call it right after making
-/// the entry through the mount, before the container starts. The layer
-/// may be mounted (the mark is one of Strata's private xattrs, which the
-/// mount never shows nor copies).
+/// its path, mode, owner, group and mtime as they are now. Call it once
+/// the setup is made through the mount, before the container starts. The
+/// layer may be mounted (the mark is one of Strata's private xattrs, which
+/// the mount never shows nor copies).
 ///
-/// Errors: [`MountError::Io`] when the entry is not in the layer's `root/`
-/// (it was not made through a mount of this layer) or the xattr cannot be set.
+/// Errors: [`MountError::Io`] when `rel` is not a canonical relative path
+/// (EINVAL), passes through a symlink or is not in the layer's `root/` (it
+/// was not made through a mount of this layer), or the xattr cannot be set.
 pub fn mark_init(dir: &Path, rel: &[u8]) -> Result<(), MountError> {
     let root = dir.join("root");
     let path = join_host(&root, rel);
     let io = |source| MountError::Io { path: path.clone(), source };
+    let canonical =
+        !rel.is_empty() && rel.split(|b| *b == b'/').all(|c| !c.is_empty() && c != b"." && c != b"..");
+    if !canonical {
+        return Err(io(io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let (parent, name) = match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&b"."[..], rel),
+    };
     let root_fd = open_dir(&root)?;
-    let at = at_in(root_fd.as_fd(), rel).map_err(io)?;
+    let parent = sys::c_bytes(parent).map_err(io)?;
+    let parent_fd =
+        sys::open_beneath(root_fd.as_fd(), &parent, libc::O_PATH | libc::O_DIRECTORY).map_err(io)?;
+    let at = At { dir: DirFd::Owned(parent_fd), name: sys::c_bytes(name).map_err(io)? };
     let st = at.stat().map_err(io)?;
-    at.set_xattr(INIT, init_mark(&st).as_bytes(), 0).map_err(io)
+    at.set_xattr(INIT, &init_mark(rel, &st), 0).map_err(io)
 }
 
 fn join_host(root: &Path, rel: &[u8]) -> PathBuf {
@@ -413,15 +427,34 @@ fn join_host(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(std::ffi::OsStr::from_bytes(rel.strip_prefix(b"/").unwrap_or(rel)))
 }
 
-fn init_mark(st: &libc::stat) -> String {
-    format!("{:o} {} {}", st.st_mode & 0o7777, st.st_uid, st.st_gid)
+/// What [`mark_init`] records: the path, then mode, owner, group, mtime.
+fn init_mark(rel: &[u8], st: &libc::stat) -> Vec<u8> {
+    let mut mark = rel.to_vec();
+    mark.push(0);
+    mark.extend_from_slice(
+        format!(
+            "{:o} {} {} {}.{:09}",
+            st.st_mode & 0o7777,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime,
+            st.st_mtime_nsec
+        )
+        .as_bytes(),
+    );
+    mark
 }
 
-/// Whether the entry at `path` (an [`At::xattr_path`]) is container setup
-/// whose mode, owner and group are still those [`mark_init`] recorded;
-/// `None` when it is not marked.
-pub fn init_unchanged(path: &CStr, st: &libc::stat) -> io::Result<Option<bool>> {
-    Ok(sys::get_xattr(path, INIT)?.map(|mark| mark == init_mark(st).as_bytes()))
+/// Whether the entry at `path` (an [`At::xattr_path`]), found at merged
+/// path `rel`, is container setup still as [`mark_init`] recorded it: same
+/// path (not renamed or linked elsewhere since), mode, owner, group and
+/// mtime, and no xattr of its own. `None` when it is not marked.
+pub fn init_unchanged(path: &CStr, rel: &[u8], st: &libc::stat) -> io::Result<Option<bool>> {
+    let Some(mark) = sys::get_xattr(path, INIT)? else { return Ok(None) };
+    if mark != init_mark(rel, st) {
+        return Ok(Some(false));
+    }
+    Ok(Some(sys::list_xattrs(path)?.iter().all(|name| is_private_xattr(name))))
 }
 
 /// A character device 0/0 records a deletion (as overlayfs does).

@@ -447,3 +447,65 @@ fn container_setup_marked_in_the_layer_is_left_out_of_a_commit_while_unchanged()
         .expect("commit");
     assert_eq!(tar_members(&tar), vec![]);
 }
+
+/// A mark stands only for the entry as made: setup the container (or a
+/// later mount of the same layer) changed, moved, linked or remade over a
+/// deletion is committed as what it now is.
+#[test]
+fn container_setup_changed_after_marking_is_committed_as_changed() {
+    let image = image();
+    let upper = tempfile::tempdir().expect("upper");
+    let m = writable(&image, upper.path());
+    let mark = |rel: &str| strata_mount::upper::mark_init(upper.path(), rel.as_bytes()).expect("mark");
+    // A lower file deleted, then remade empty by a run: the deletion stays.
+    fs::remove_file(m.path("data/big")).expect("rm");
+    fs::write(m.path("data/big"), b"").expect("create");
+    mark("data/big");
+    // A lower directory deleted, then remade with a file in it by a run.
+    fs::remove_dir_all(m.path("data/tree")).expect("rm -r");
+    fs::create_dir(m.path("data/tree")).expect("mkdir");
+    fs::write(m.path("data/tree/hosts"), b"").expect("create");
+    mark("data/tree/hosts");
+    mark("data/tree");
+    // Moved, given an xattr, touched, linked elsewhere: changes.
+    fs::create_dir(m.path("mountpoint")).expect("mkdir");
+    mark("mountpoint");
+    fs::rename(m.path("mountpoint"), m.path("data/moved")).expect("mv");
+    fs::write(m.path("xa"), b"").expect("create");
+    mark("xa");
+    let path = CString::new(m.path("xa").as_os_str().as_bytes()).expect("path");
+    // SAFETY: valid C strings and a value of the length given.
+    let set = unsafe { libc::setxattr(path.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    assert_eq!(set, 0, "setxattr: {}", std::io::Error::last_os_error());
+    fs::write(m.path("touched"), b"").expect("create");
+    mark("touched");
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    OpenOptions::new().write(true).open(m.path("touched")).expect("open").set_modified(when).expect("touch");
+    fs::write(m.path("h"), b"").expect("create");
+    mark("h");
+    fs::hard_link(m.path("h"), m.path("h2")).expect("ln");
+    fs::remove_file(m.path("h")).expect("rm");
+    // Paths that are not canonical, or lead out of the layer, are refused.
+    for bad in ["", "/xa", "../xa", "data/../xa", "data//big", "./xa", "xa/"] {
+        assert!(strata_mount::upper::mark_init(upper.path(), bad.as_bytes()).is_err(), "{bad:?}");
+    }
+
+    let reader = std::sync::Arc::new(strata_mount::ChunkReader::new(image.store.clone(), 1 << 20));
+    let tar = strata_mount::write_upper_layer(&upper.path().join("root"), &image.tree, &reader, Vec::new())
+        .expect("commit");
+    let want: Vec<(String, bool)> = [
+        ("data", true),
+        ("data/.wh.big", false),
+        ("data/.wh.tree", false),
+        ("data/moved", true),
+        // A directory renamed in is opaque, as overlayfs makes it.
+        ("data/moved/.wh..wh..opq", false),
+        ("h2", false),
+        ("touched", false),
+        ("xa", false),
+    ]
+    .iter()
+    .map(|(p, d)| (p.to_string(), *d))
+    .collect();
+    assert_eq!(tar_members(&tar), want);
+}
