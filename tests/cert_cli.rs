@@ -1,10 +1,8 @@
 //! `strata cert`: a cluster CA and node certificates a node can load.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::Strata;
+use crate::common::Strata;
 
 #[test]
 fn init_ca_then_issue_gives_loadable_node_certificates_with_private_keys() {

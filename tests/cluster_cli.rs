@@ -3,10 +3,8 @@
 //! mounts A's image lazily and reads it; when A dies, B's reads of chunks it
 //! never fetched fail with EIO, not a hang.
 
-mod common;
-
-use common::node::Node;
-use common::{sample_archive, Strata};
+use crate::common::node::Node;
+use crate::common::{sample_archive, Strata};
 
 fn serve(strata: &Strata, node: &str, certs: &str) -> (Node, String) {
     let node = Node::start(strata, node, certs, &[], &[]);

@@ -1,8 +1,6 @@
 //! `strata config show`: defaults, then the settings file, then STRATA_*.
 
-mod common;
-
-use common::Strata;
+use crate::common::Strata;
 
 #[test]
 fn settings_come_from_defaults_then_the_file_then_the_environment() {

@@ -2,12 +2,10 @@
 //! and only garbage that gc collects; gc in a second process waits for an
 //! import and never takes what it needs.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 
-use common::Strata;
+use crate::common::Strata;
 use strata_oci::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression};
 
 /// An image whose second layer is large enough that the import is still
@@ -59,7 +57,7 @@ fn import_until_second_layer(
 #[test]
 fn kill_9_mid_import_leaves_nothing_visible_and_gc_cleans_up() {
     let s = Strata::new();
-    s.import(&common::sample_archive(s.dir.path(), "base.tar", "base:1"));
+    s.import(&crate::common::sample_archive(s.dir.path(), "base.tar", "base:1"));
     let before = s.snapshot();
     let archive = two_layer_archive(&s);
 

@@ -1,11 +1,9 @@
 //! A real image from Debian's busybox-static package: imported, exported,
 //! loaded into Docker and run.
 
-mod common;
-
 use std::process::Command;
 
-use common::{busybox_image, Strata};
+use crate::common::{busybox_image, Strata};
 use strata_sample::debian_package_layer;
 
 #[test]

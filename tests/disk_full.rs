@@ -1,11 +1,9 @@
 //! A full disk: the import fails with a clear error, no image appears, and
 //! once space returns the store works and gc restores the figures.
 
-mod common;
-
 use std::process::Command;
 
-use common::{sample_archive, Strata};
+use crate::common::{sample_archive, Strata};
 use strata_oci::{ArchiveLayout, ArchiveTarget, LayerCompression};
 
 /// A size-limited tmpfs, unmounted on drop.

@@ -1,11 +1,9 @@
 //! Hostile archives: each is refused with an error naming the member and
 //! the reason, a non-zero exit, and the store exactly as before.
 
-mod common;
-
 use std::path::Path;
 
-use common::{archive_of_blobs, gzip, sample_archive, zstd, Strata};
+use crate::common::{archive_of_blobs, gzip, sample_archive, zstd, Strata};
 use strata_oci::ArchiveLayout;
 use strata_sample::LayerTar;
 use tar::EntryType;

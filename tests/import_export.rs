@@ -1,9 +1,7 @@
 //! Import and export through the CLI: every archive format, JSON shapes,
 //! round trips, dedup, rm and gc.
 
-mod common;
-
-use common::{gzip, sample_archive, zstd, Strata};
+use crate::common::{gzip, sample_archive, zstd, Strata};
 use serde_json::Value;
 use strata_oci::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression};
 use strata_sample::{base_layer, sample_config, update_layer, write_image, write_sample_image, LayerTar};

@@ -4,12 +4,10 @@
 //! that deploy/test puts first on PATH), and the settings its
 //! ConfigMap carries read by strata itself.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::Strata;
+use crate::common::Strata;
 
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/strata.yaml")

@@ -2,13 +2,11 @@
 //! process serves the mount; the store stays usable beside it; a killed
 //! mount process leaves a dead mount that `umount` clears.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{sample_archive, Strata};
+use crate::common::{sample_archive, Strata};
 
 /// A mountpoint that is unmounted (lazily) whatever the test's outcome.
 struct Mountpoint<'a> {

@@ -2,10 +2,8 @@
 //! routed through the node, images and chunks found through the directory
 //! and fetched lazily by mounts, failures survived.
 
-mod common;
-
-use common::node::{alive_peers, certs, wait_for, Node};
-use common::{busybox_image, sample_archive, Strata};
+use crate::common::node::{alive_peers, certs, wait_for, Node};
+use crate::common::{busybox_image, sample_archive, Strata};
 
 fn mount(s: &Strata, image: &str, name: &str) -> std::path::PathBuf {
     let mountpoint = s.path(name);

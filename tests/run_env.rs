@@ -2,11 +2,9 @@
 //! image: each check runs the same image (a `strata export` loaded into
 //! Docker 20.10) under both and compares what the program sees.
 
-mod common;
-
 use std::process::Command;
 
-use common::Strata;
+use crate::common::Strata;
 use strata_sample::{debian_package_layer, sample_config, write_image, LayerTar};
 
 /// What the program reports about its environment. Hostnames and ids differ
@@ -243,7 +241,7 @@ fn a_commit_after_strata_run_holds_what_docker_commit_holds() {
         .spawn()
         .expect("strata run");
     let mut mountpoint = None;
-    common::node::wait_for("the run's mount with /tmp/x", || {
+    crate::common::node::wait_for("the run's mount with /tmp/x", || {
         let mounts = s.json(&["mounts"]);
         mountpoint = mounts.as_array().expect("mounts").iter().find_map(|m| {
             let path = std::path::PathBuf::from(m["mountpoint"].as_str()?);

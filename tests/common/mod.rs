@@ -1,5 +1,4 @@
 //! Runs the real `strata` binary against a scratch data dir.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,7 +9,6 @@ use super::Strata;
 
 pub struct Node {
     pub child: Child,
-    pub name: String,
     /// QUIC address peers reach it on.
     pub addr: String,
     /// host:port of its metrics endpoint.
@@ -51,7 +50,7 @@ impl Node {
         let addr = read_line("listening on ");
         let metrics = read_line("metrics on http://").trim_end_matches("/metrics").to_owned();
         read_line("control socket ");
-        Node { child, name: name.into(), addr, metrics, log, _stdout: stdout }
+        Node { child, addr, metrics, log, _stdout: stdout }
     }
 
     pub fn kill(&mut self) {

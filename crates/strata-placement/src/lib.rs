@@ -9,9 +9,6 @@
 //!   fresh by holders' announcements. Every node computes the same directory
 //!   from the same membership, and when a member joins or leaves only the keys
 //!   whose top `replicas` it enters or leaves move.
-//! - [`schedule`]: which holder each chunk of a batch is fetched from, spread
-//!   over holders so one layer comes from several peers at once, peers before
-//!   the origin, penalised peers last.
 //! - [`plan_fetch`]: whom a node asks for one chunk of a layer that several
 //!   nodes fetch at once: its designated fetcher in the group (by rendezvous
 //!   hash) relays it, so each chunk leaves the complete holders once.
@@ -19,10 +16,8 @@
 
 mod plan;
 mod ring;
-mod schedule;
 #[cfg(test)]
 mod test_ids;
 
 pub use plan::{plan_fetch, time_share, Ask, LayerHolder};
 pub use ring::Ring;
-pub use schedule::{schedule, Assignment, Source};

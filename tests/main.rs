@@ -1,0 +1,20 @@
+//! The CLI's integration tests, one test binary (one RocksDB link): the
+//! real `strata` binary on scratch data dirs, real archives, real mounts,
+//! real nodes on loopback, Docker 20.10, docker-compose and Kubernetes
+//! manifest checks. Each module is one area; `common` runs the binary.
+
+mod common;
+
+mod cert_cli;
+mod cluster_cli;
+mod compose;
+mod config_cli;
+mod crash;
+mod debian;
+mod disk_full;
+mod hostile;
+mod import_export;
+mod kubernetes;
+mod mount_cli;
+mod node_cluster;
+mod run_env;
