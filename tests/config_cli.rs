@@ -33,3 +33,17 @@ fn settings_come_from_defaults_then_the_file_then_the_environment() {
     let err = s.fails(&["--config", other.to_str().expect("utf-8"), "config", "show"]);
     assert!(err.contains("settings") || err.contains("zstd_level"), "{err}");
 }
+
+#[test]
+fn chunking_that_could_cut_chunks_no_peer_frame_carries_is_refused() {
+    let s = Strata::new();
+    let file = s.path("big-chunks.toml");
+    // FastCDC allows 16 MiB chunks; a peer frame carries 4 MiB.
+    std::fs::write(&file, "[chunking]\nmode = \"cdc\"\nmin = 1048576\navg = 2097152\nmax = 16777216\n")
+        .expect("write");
+    let err = s.fails(&["--config", file.to_str().expect("utf-8"), "config", "show"]);
+    assert!(err.contains("chunking settings") && err.contains("max <= 4128768"), "{err}");
+    std::fs::write(&file, "[chunking]\nmode = \"fixed\"\nsize = 8388608\n").expect("write");
+    let err = s.fails(&["--config", file.to_str().expect("utf-8"), "config", "show"]);
+    assert!(err.contains("between 1 and 4128768 bytes"), "{err}");
+}

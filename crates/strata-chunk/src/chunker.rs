@@ -3,8 +3,14 @@ use std::io::{self, Read};
 use fastcdc::v2020;
 use serde::{Deserialize, Serialize};
 
-/// No chunk is ever longer than this; decoders refuse to allocate for more.
-pub const MAX_CHUNK_LEN: usize = v2020::MAXIMUM_MAX;
+/// No chunk is ever longer than this (4 MiB less 64 KiB); decoders refuse
+/// to allocate for more and chunking settings that could make more are
+/// refused. It is what one frame of the peer protocol (4 MiB,
+/// `strata_wire::MAX_FRAME`) carries as one chunk reply, stored form
+/// (5-byte header, at most the chunk's length after it) and envelope
+/// included, so every stored chunk can be served to a peer; FastCDC itself
+/// would allow 16 MiB.
+pub const MAX_CHUNK_LEN: usize = (4 << 20) - (64 << 10);
 
 /// How regular files are split into chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +43,7 @@ impl Chunking {
             Chunking::Cdc { min, avg, max } => {
                 let ok = (v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX).contains(&min)
                     && (v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&avg)
-                    && (v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&max)
+                    && (v2020::MAXIMUM_MIN..=MAX_CHUNK_LEN).contains(&max)
                     && min <= avg
                     && avg <= max;
                 if ok {
@@ -48,7 +54,7 @@ impl Chunking {
                         avg,
                         max,
                         min_lo: v2020::MINIMUM_MIN,
-                        max_hi: v2020::MAXIMUM_MAX,
+                        max_hi: MAX_CHUNK_LEN,
                     })
                 }
             }
@@ -193,6 +199,10 @@ mod tests {
         assert!(Chunker::new(Chunking::Cdc { min: 8192, avg: 1024, max: 4096 }).is_err());
         assert!(Chunker::new(Chunking::Fixed { size: 0 }).is_err());
         assert!(Chunker::new(Chunking::Fixed { size: MAX_CHUNK_LEN + 1 }).is_err());
+        // FastCDC would cut chunks of up to 16 MiB; no peer frame carries them.
+        assert!(Chunker::new(Chunking::Cdc { min: 1 << 20, avg: 2 << 20, max: 16 << 20 }).is_err());
+        assert!(Chunker::new(Chunking::Cdc { min: 1 << 20, avg: 2 << 20, max: MAX_CHUNK_LEN + 1 }).is_err());
+        assert!(Chunker::new(Chunking::Cdc { min: 1 << 20, avg: 2 << 20, max: MAX_CHUNK_LEN }).is_ok());
     }
 
     #[test]

@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use strata_types::{ChunkId, ImageId};
 
-/// Largest message body, in bytes: a chunk's stored form (at most 16 MiB
-/// uncompressed, FastCDC's largest) with room to spare.
+/// Largest message body, in bytes: a chunk's stored form (under 4 MiB,
+/// `strata_chunk::MAX_CHUNK_LEN`) or a command's output, with room to spare.
 pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Length of the frame header: the body length as a big-endian `u32`.
