@@ -47,7 +47,7 @@ impl StoredChunkHeader {
 }
 
 /// Why a stored chunk could not be turned back into its bytes.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChunkError {
     #[error("chunk {id}: stored form is {len} bytes, shorter than its header")]
     Truncated { id: ChunkId, len: usize },

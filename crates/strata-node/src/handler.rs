@@ -153,7 +153,7 @@ impl NodeHandler {
                             Some(stored.as_ref().clone())
                         }
                         Err(reason) => {
-                            tracing::debug!(chunk = %id, reason, "relay failed");
+                            tracing::debug!(chunk = %id, %reason, "relay failed");
                             None
                         }
                     }

@@ -17,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod directory;
+pub mod fetch;
 mod handler;
 mod lookup_cache;
 pub mod metrics;
@@ -27,6 +28,7 @@ mod remote;
 pub mod throttle;
 
 pub use directory::Holder;
+pub use fetch::{FetchError, PeerFailure};
 pub use handler::{NodeHandler, StoreHandler};
 pub use node::{name_key, Node, NodeConfig};
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
@@ -48,4 +50,10 @@ pub enum NodeError {
     NotFound(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("unavailable: chunk {id}: {source}")]
+    Fetch {
+        id: strata_types::ChunkId,
+        #[source]
+        source: fetch::FetchError,
+    },
 }

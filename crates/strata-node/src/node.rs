@@ -18,9 +18,13 @@ use strata_tls::Identity;
 use strata_types::{ChunkId, NodeId};
 use strata_wire::response::Kind;
 use strata_wire::{Announcement, PeerRequest, MAX_KEYS};
-use tokio::sync::oneshot;
 
 use crate::directory::{Directory, Holder};
+use crate::fetch::{FetchError, Flights, Joined, PeerFailure};
+
+/// Chunk fetches under way, by (chunk, whether the fetch may relay): the
+/// stored forms they end with.
+type ChunkFlights = Flights<(ChunkId, bool), Arc<Vec<u8>>>;
 use crate::handler::NodeHandler;
 use crate::lookup_cache::{Cached, LookupCache};
 use crate::membership::{Member, MemberState, MemberView, Membership};
@@ -56,8 +60,6 @@ const PENALTY: Duration = Duration::from_secs(30);
 /// Directory entries outlive this many missed announcements.
 const TTL_INTERVALS: u32 = 3;
 
-type Waiters = Vec<oneshot::Sender<Result<Arc<Vec<u8>>, String>>>;
-
 /// A directory key: a LayerId's bytes, or [`name_key`] of an image name.
 type Key = [u8; 32];
 
@@ -87,7 +89,7 @@ pub struct Node {
     lookups: Mutex<LookupCache>,
     /// Fetches under way, by chunk and whether they may relay: every reader
     /// of a chunk waits on one fetch.
-    in_flight: Mutex<HashMap<(ChunkId, bool), Waiters>>,
+    flights: Arc<ChunkFlights>,
     /// Layers being fetched, with how many of their chunks are still missing.
     partial: Mutex<HashMap<LayerId, usize>>,
     penalised: Mutex<HashMap<SocketAddr, Instant>>,
@@ -138,7 +140,7 @@ impl Node {
                 pool,
                 membership,
                 lookups: Mutex::default(),
-                in_flight: Mutex::default(),
+                flights: Arc::default(),
                 partial: Mutex::new(partial),
                 penalised: Mutex::default(),
                 prefetching: Mutex::default(),
@@ -440,8 +442,13 @@ impl Node {
         id: ChunkId,
         deadline: Duration,
     ) -> Result<Arc<Vec<u8>>, NodeError> {
-        let unavailable = |reason: String| NodeError::Unavailable(format!("chunk {id}: {reason}"));
-        if let Some(stored) = self.blocking(move |s| s.get_stored_chunk(&id)).await.map_err(unavailable)? {
+        let unavailable = |source: FetchError| NodeError::Fetch { id, source };
+        if let Some(stored) = self
+            .blocking(move |s| s.get_stored_chunk(&id))
+            .await
+            .map_err(FetchError::Local)
+            .map_err(unavailable)?
+        {
             return Ok(Arc::new(stored));
         }
         // A fetch that goes to a complete holder itself shares its flight
@@ -453,48 +460,35 @@ impl Node {
         match tokio::time::timeout(deadline + FLIGHT_MARGIN, self.single_flight(id, relaying, deadline)).await
         {
             Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(unavailable(format!("not here within {deadline:?}; its fetch goes on"))),
+            Err(_) => Err(unavailable(FetchError::Deadline(deadline))),
         }
     }
 
     /// One fetch per (chunk, whether it may relay) at a time; every caller
-    /// gets its outcome.
+    /// gets its outcome, also when the fetch is cancelled or panics.
     pub(crate) async fn single_flight(
         self: &Arc<Self>,
         id: ChunkId,
         relay: bool,
         deadline: Duration,
-    ) -> Result<Arc<Vec<u8>>, String> {
-        let (wait, leader) = {
-            let mut in_flight = self.in_flight.lock();
-            let (tx, rx) = oneshot::channel();
-            match in_flight.get_mut(&(id, relay)) {
-                Some(waiters) => {
-                    waiters.push(tx);
-                    (rx, false)
-                }
-                None => {
-                    in_flight.insert((id, relay), vec![tx]);
-                    (rx, true)
-                }
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
+        let wait = match self.flights.join((id, relay)) {
+            Joined::Waiter(wait) => wait,
+            Joined::Leader(leader, wait) => {
+                // The fetch runs on its own task: a reader that gives up
+                // does not cancel it for the others.
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let result = node.fetch_uncached(id, relay, deadline).await.map(Arc::new);
+                    if let Err(reason) = &result {
+                        tracing::warn!(chunk = %id, relay, %reason, "chunk unavailable");
+                    }
+                    leader.finish(result);
+                });
+                wait
             }
         };
-        if leader {
-            // The fetch runs on its own task: a reader that gives up does
-            // not cancel it for the others.
-            let node = self.clone();
-            tokio::spawn(async move {
-                let result = node.fetch_uncached(id, relay, deadline).await.map(Arc::new);
-                if let Err(reason) = &result {
-                    tracing::warn!(chunk = %id, relay, reason, "chunk unavailable");
-                }
-                let waiters = node.in_flight.lock().remove(&(id, relay)).unwrap_or_default();
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-            });
-        }
-        wait.await.map_err(|_| "the fetch was dropped".to_owned())?
+        wait.await.unwrap_or(Err(FetchError::Abandoned))
     }
 
     fn penalised(&self) -> BTreeSet<SocketAddr> {
@@ -520,10 +514,10 @@ impl Node {
     }
 
     /// The chunk's layers, their holders, and whom to ask in which order.
-    async fn plan(&self, id: ChunkId, relay: bool) -> Result<FetchPlan, String> {
-        let layers = self.blocking(move |s| s.chunk_layers(&id)).await?;
+    async fn plan(&self, id: ChunkId, relay: bool) -> Result<FetchPlan, FetchError> {
+        let layers = self.blocking(move |s| s.chunk_layers(&id)).await.map_err(FetchError::Local)?;
         if layers.is_empty() {
-            return Err("it is in no layer this node knows".into());
+            return Err(FetchError::NotInAnyLayer);
         }
         let mut holders: HashMap<NodeId, Holder> = HashMap::new();
         for layer in &layers {
@@ -541,8 +535,15 @@ impl Node {
         Ok(FetchPlan { layers, holders, refs, asks })
     }
 
-    async fn fetch_uncached(&self, id: ChunkId, relay: bool, deadline: Duration) -> Result<Vec<u8>, String> {
-        if let Some(stored) = self.blocking(move |s| s.get_stored_chunk(&id)).await? {
+    async fn fetch_uncached(
+        &self,
+        id: ChunkId,
+        relay: bool,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, FetchError> {
+        if let Some(stored) =
+            self.blocking(move |s| s.get_stored_chunk(&id)).await.map_err(FetchError::Local)?
+        {
             return Ok(stored);
         }
         let until = tokio::time::Instant::now() + deadline;
@@ -555,13 +556,12 @@ impl Node {
             // ask again until the deadline.
             if tokio::time::Instant::now() + NO_HOLDER_RETRY >= until {
                 self.metrics.fetch_failures.inc();
-                return Err(format!(
-                    "no live node announced its layers ({}) within {deadline:?}",
-                    short_list(&plan.layers),
-                ));
+                return Err(FetchError::NoHolder { layers: short_list(&plan.layers), deadline });
             }
             tokio::time::sleep(NO_HOLDER_RETRY).await;
         };
+        let mut decoder =
+            ChunkDecoder::new().map_err(|e| FetchError::Local(format!("a chunk decoder: {e}")))?;
         let mut tried = Vec::new();
         for (i, ask) in asks.iter().enumerate() {
             let Some(holder) = holders.get(&ask.node()) else { continue };
@@ -572,43 +572,42 @@ impl Node {
                 Ask::Fetch(_) if holder.complete => (PeerRequest::FetchChunks(vec![id]), "complete"),
                 Ask::Fetch(_) => (PeerRequest::FetchChunks(vec![id]), "partial"),
             };
-            match tokio::time::timeout(share, self.pool.request(holder.addr, &request)).await {
-                Ok(Ok(replies)) => match verified(&id, &replies) {
+            let failure = match tokio::time::timeout(share, self.pool.request(holder.addr, &request)).await {
+                Ok(Ok(replies)) => match verified(&mut decoder, &id, &replies) {
                     Ok(Some(stored)) => {
                         self.keep(id, &stored, &layers, from).await;
                         return Ok(stored);
                     }
-                    Ok(None) => tried.push(format!("{} (does not hold it)", holder.node)),
-                    Err(reason) => {
-                        if reason.contains("bad bytes") {
-                            self.metrics.bad_chunks.inc();
-                        }
-                        tracing::warn!(chunk = %id, peer = %holder.node, reason, "peer failed; trying the next");
-                        self.penalise(holder.addr);
-                        tried.push(format!("{} ({reason})", holder.node));
+                    Ok(None) => {
+                        tried.push(format!("{} (does not hold it)", holder.node));
+                        continue;
                     }
+                    Err(failure) => failure,
                 },
-                Ok(Err(e)) => {
-                    tracing::warn!(chunk = %id, peer = %holder.node, error = %e, "peer failed; trying the next");
-                    self.penalise(holder.addr);
-                    tried.push(format!("{} ({e})", holder.node));
-                }
-                Err(_) => {
-                    // Slow, perhaps only busy: asked last for a while, but its
-                    // connection (and the requests on it) stays. Not a node
-                    // fetching the layer too: busy with the same start as
-                    // this one, and asked after the origin it would send
-                    // the origin every chunk it relays.
-                    tracing::warn!(chunk = %id, peer = %holder.node, ?share, "peer silent; trying the next");
-                    if holder.complete {
-                        self.penalised.lock().insert(holder.addr, Instant::now());
-                    }
-                    tried.push(format!("{} (no answer within {share:?})", holder.node));
+                Ok(Err(e)) => PeerFailure::Network(e.to_string()),
+                Err(_) => PeerFailure::Silent(share),
+            };
+            if let PeerFailure::BadBytes(_) = failure {
+                self.metrics.bad_chunks.inc();
+            }
+            if failure.penalises() {
+                tracing::warn!(chunk = %id, peer = %holder.node, %failure, "peer failed; trying the next");
+                self.penalise(holder.addr);
+            } else {
+                // Slow, perhaps only busy: asked last for a while, but its
+                // connection (and the requests on it) stays. Not a node
+                // fetching the layer too: busy with the same start as
+                // this one, and asked after the origin it would send
+                // the origin every chunk it relays.
+                tracing::warn!(chunk = %id, peer = %holder.node, ?share, "peer silent; trying the next");
+                if holder.complete {
+                    self.penalised.lock().insert(holder.addr, Instant::now());
                 }
             }
+            tried.push(format!("{} ({failure})", holder.node));
         }
         self.metrics.fetch_failures.inc();
-        Err(format!("no peer gave it within {deadline:?}; tried {}", tried.join(", ")))
+        Err(FetchError::Exhausted { deadline, tried: tried.join(", ") })
     }
 
     /// Stores a verified chunk and notes its layers' progress; a layer whose
@@ -644,16 +643,19 @@ impl Node {
 }
 
 /// The stored form in a FetchChunks reply, decoded and checked against `id`.
-fn verified(id: &ChunkId, replies: &[strata_wire::Response]) -> Result<Option<Vec<u8>>, String> {
+fn verified(
+    decoder: &mut ChunkDecoder,
+    id: &ChunkId,
+    replies: &[strata_wire::Response],
+) -> Result<Option<Vec<u8>>, PeerFailure> {
     match replies.first().and_then(|r| r.kind.as_ref()) {
         Some(Kind::Chunk(c)) if c.id == id.as_bytes() && c.missing => Ok(None),
         Some(Kind::Chunk(c)) if c.id == id.as_bytes() => {
-            let mut decoder = ChunkDecoder::new().map_err(|e| e.to_string())?;
-            decoder.decode(id, &c.stored).map_err(|e| format!("sent bad bytes: {e}"))?;
+            decoder.decode(id, &c.stored).map_err(PeerFailure::BadBytes)?;
             Ok(Some(c.stored.clone()))
         }
-        Some(Kind::Error(e)) => Err(format!("error {}: {}", e.code, e.message)),
-        other => Err(format!("unexpected reply {other:?}")),
+        Some(Kind::Error(e)) => Err(PeerFailure::Refused { code: e.code, message: e.message.clone() }),
+        other => Err(PeerFailure::Unexpected(format!("{other:?}"))),
     }
 }
 

@@ -1,0 +1,187 @@
+//! What a chunk fetch can end in, typed: a fetch's outcome decides metrics
+//! and penalties by its kind, never by its message; and the single-flight
+//! table, whose entries a leader that is cancelled or panics cannot strand.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use strata_chunk::ChunkError;
+use tokio::sync::oneshot;
+
+/// Why one peer did not give a chunk it was asked for.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PeerFailure {
+    /// The bytes it sent do not decode to the chunk asked for: it lies or
+    /// its store is corrupt. Counted in `strata_bad_chunks_total`.
+    #[error("sent bad bytes: {0}")]
+    BadBytes(ChunkError),
+    /// It answered with a protocol error.
+    #[error("error {code}: {message}")]
+    Refused { code: i32, message: String },
+    /// It answered something other than the chunk asked for.
+    #[error("unexpected reply {0}")]
+    Unexpected(String),
+    /// The connection or stream failed.
+    #[error("{0}")]
+    Network(String),
+    /// No answer within its share of the deadline.
+    #[error("no answer within {0:?}")]
+    Silent(Duration),
+}
+
+impl PeerFailure {
+    /// Whether the peer is asked last for a while ([`PeerFailure::Silent`]
+    /// is decided by the caller: a busy partial holder is not penalised).
+    pub fn penalises(&self) -> bool {
+        !matches!(self, PeerFailure::Silent(_))
+    }
+}
+
+/// Why a chunk could not be had.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No layer this node knows lists the chunk.
+    #[error("it is in no layer this node knows")]
+    NotInAnyLayer,
+    /// Nobody alive announced holding its layers.
+    #[error("no live node announced its layers ({layers}) within {deadline:?}")]
+    NoHolder { layers: String, deadline: Duration },
+    /// Every holder was asked; none gave it.
+    #[error("no peer gave it within {deadline:?}; tried {tried}")]
+    Exhausted { deadline: Duration, tried: String },
+    /// The caller's deadline passed; the fetch it joined goes on.
+    #[error("not here within {0:?}; its fetch goes on")]
+    Deadline(Duration),
+    /// This node failed: its store, or the means to decode a chunk.
+    #[error("on this node: {0}")]
+    Local(String),
+    /// The fetch ended without an outcome: its task was cancelled (the
+    /// node is stopping) or panicked.
+    #[error("the fetch ended without an outcome (cancelled or panicked)")]
+    Abandoned,
+}
+
+type Outcome<T> = Result<T, FetchError>;
+
+/// One fetch per key at a time; every caller gets its outcome.
+pub struct Flights<K, T> {
+    waiting: Mutex<HashMap<K, Vec<oneshot::Sender<Outcome<T>>>>>,
+}
+
+impl<K, T> Default for Flights<K, T> {
+    fn default() -> Self {
+        Self { waiting: Mutex::default() }
+    }
+}
+
+/// A caller's place in a flight.
+pub enum Joined<K: Eq + Hash + Clone, T: Clone> {
+    /// This caller leads: it must run the fetch and [`Leader::finish`] it.
+    Leader(Leader<K, T>, oneshot::Receiver<Outcome<T>>),
+    /// Another caller leads; the outcome arrives here.
+    Waiter(oneshot::Receiver<Outcome<T>>),
+}
+
+impl<K: Eq + Hash + Clone, T: Clone> Flights<K, T> {
+    /// Joins the flight for `key`, leading it if there is none.
+    pub fn join(self: &Arc<Self>, key: K) -> Joined<K, T> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.waiting.lock();
+        match waiting.get_mut(&key) {
+            Some(waiters) => {
+                waiters.push(tx);
+                Joined::Waiter(rx)
+            }
+            None => {
+                waiting.insert(key.clone(), vec![tx]);
+                Joined::Leader(Leader { flights: self.clone(), key: Some(key) }, rx)
+            }
+        }
+    }
+
+    /// Flights under way.
+    pub fn len(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn settle(&self, key: &K, outcome: Outcome<T>) {
+        let waiters = self.waiting.lock().remove(key).unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+}
+
+/// The leader of a flight. Its outcome goes to every caller; dropped
+/// without one (cancelled, panicked), it ends the flight with
+/// [`FetchError::Abandoned`], so no caller waits on a flight nobody runs
+/// and the next caller starts a new one.
+pub struct Leader<K: Eq + Hash + Clone, T: Clone> {
+    flights: Arc<Flights<K, T>>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash + Clone, T: Clone> Leader<K, T> {
+    pub fn finish(mut self, outcome: Outcome<T>) {
+        if let Some(key) = self.key.take() {
+            self.flights.settle(&key, outcome);
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, T: Clone> Drop for Leader<K, T> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.flights.settle(&key, Err(FetchError::Abandoned));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_caller_gets_the_leaders_outcome_and_the_flight_ends() {
+        let flights: Arc<Flights<u32, u32>> = Arc::default();
+        let Joined::Leader(leader, first) = flights.join(1) else { panic!("the first caller leads") };
+        let Joined::Waiter(second) = flights.join(1) else { panic!("the second waits") };
+        assert!(matches!(flights.join(2), Joined::Leader(..)), "another key, another flight");
+        leader.finish(Ok(7));
+        assert_eq!(first.await.unwrap().unwrap(), 7);
+        assert_eq!(second.await.unwrap().unwrap(), 7);
+        assert!(matches!(flights.join(1), Joined::Leader(..)), "a finished flight is gone");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_panics_or_is_cancelled_strands_nobody() {
+        let flights: Arc<Flights<u32, u32>> = Arc::default();
+        let Joined::Leader(leader, _) = flights.join(1) else { panic!("leads") };
+        let Joined::Waiter(waiter) = flights.join(1) else { panic!("waits") };
+        let task = tokio::spawn(async move {
+            let _leader = leader;
+            panic!("the fetch panics");
+        });
+        assert!(task.await.is_err());
+        assert!(matches!(waiter.await.unwrap(), Err(FetchError::Abandoned)));
+        assert!(flights.is_empty());
+
+        // Cancelled: the task holding the leader is aborted mid-fetch.
+        let Joined::Leader(leader, _) = flights.join(2) else { panic!("leads") };
+        let Joined::Waiter(waiter) = flights.join(2) else { panic!("waits") };
+        let task = tokio::spawn(async move {
+            let _leader = leader;
+            std::future::pending::<()>().await;
+        });
+        task.abort();
+        assert!(matches!(waiter.await.unwrap(), Err(FetchError::Abandoned)));
+        assert!(matches!(flights.join(2), Joined::Leader(..)), "the next caller starts anew");
+    }
+}
