@@ -207,7 +207,10 @@ async fn read_request(recv: &mut RecvStream) -> Result<PeerRequest, NetError> {
 pub struct Pool {
     endpoint: Endpoint,
     handler: Arc<dyn Handler>,
-    connections: parking_lot::Mutex<std::collections::HashMap<SocketAddr, Connection>>,
+    /// One slot per peer address: callers that find it empty wait for one
+    /// dial, so a peer is never dialled twice at once.
+    connections:
+        parking_lot::Mutex<std::collections::HashMap<SocketAddr, Arc<tokio::sync::OnceCell<Connection>>>>,
 }
 
 impl Pool {
@@ -219,22 +222,36 @@ impl Pool {
         &self.endpoint
     }
 
-    /// A live connection to the node at `addr` (any node of the cluster).
+    /// A live connection to the node at `addr` (any node of the cluster):
+    /// the pool's one connection to it, dialled by the first caller that
+    /// finds none (the others wait for that dial). A failed dial leaves the
+    /// slot empty for the next caller.
     pub async fn get(&self, addr: SocketAddr) -> Result<Connection, NetError> {
-        if let Some(c) = self.connections.lock().get(&addr).filter(|c| c.close_reason().is_none()) {
-            return Ok(c.clone());
-        }
-        let connection = connect(&self.endpoint, addr, None).await?;
-        tokio::spawn(read_datagrams(connection.clone(), self.handler.clone()));
-        self.connections.lock().insert(addr, connection.clone());
-        Ok(connection)
+        let slot = {
+            let mut connections = self.connections.lock();
+            let slot = connections.entry(addr).or_default();
+            if slot.get().is_some_and(|c| c.close_reason().is_some()) {
+                *slot = Arc::default();
+            }
+            slot.clone()
+        };
+        let connection = slot
+            .get_or_try_init(|| async {
+                let connection = connect(&self.endpoint, addr, None).await?;
+                tokio::spawn(read_datagrams(connection.clone(), self.handler.clone()));
+                Ok::<_, NetError>(connection)
+            })
+            .await?;
+        Ok(connection.clone())
     }
 
     /// Drops the connection to `addr` (after it failed or went silent): the
     /// next use dials again.
     pub fn forget(&self, addr: SocketAddr) {
-        if let Some(c) = self.connections.lock().remove(&addr) {
-            c.close(0u32.into(), b"forgotten");
+        if let Some(slot) = self.connections.lock().remove(&addr) {
+            if let Some(c) = slot.get() {
+                c.close(0u32.into(), b"forgotten");
+            }
         }
     }
 

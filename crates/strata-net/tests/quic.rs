@@ -114,3 +114,34 @@ async fn a_peer_without_a_cluster_certificate_gets_no_answer() {
     .await;
     assert!(result.is_err(), "a stranger was served: {result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_dials_a_peer_once_however_many_callers_ask_at_once() {
+    let ca = generate_ca("test").expect("ca");
+    let server =
+        server_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &identity(&ca, "server")).expect("endpoint");
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(serve(server.clone(), Arc::new(Nothing)));
+    let client = client_endpoint(&identity(&ca, "client")).expect("client");
+    let pool = Arc::new(strata_net::Pool::new(client, Arc::new(Nothing)));
+
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get(addr).await.expect("connection").stable_id() })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for caller in callers {
+        ids.push(caller.await.expect("caller"));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one connection for every caller");
+    assert_eq!(server.open_connections(), 1, "the server saw one connection");
+
+    // Forgotten, it is dialled again, once.
+    pool.forget(addr);
+    let again = pool.get(addr).await.expect("redial").stable_id();
+    assert_ne!(again, ids[0]);
+    assert_eq!(pool.get(addr).await.expect("reuse").stable_id(), again);
+}
