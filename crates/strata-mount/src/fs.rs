@@ -264,7 +264,17 @@ impl Filesystem for MountFs {
             mtime: mtime.map(time_of),
             ctime: ctime.is_some(),
         };
-        reply_attr(reply, self.overlay.setattr(ino.0, &changes));
+        if changes.size.is_none() {
+            return reply_attr(reply, self.overlay.setattr(ino.0, &changes));
+        }
+        // A truncation (O_TRUNC included) takes the file's copy-on-write
+        // lock, which a write waiting on a chunk source may hold: on a
+        // worker, so no request thread waits on a source.
+        let overlay = self.overlay.clone();
+        self.workers.spawn_blocking(move || {
+            let _span = debug_span!("truncate", ino = ino.0, size = changes.size).entered();
+            reply_attr(reply, overlay.setattr(ino.0, &changes));
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {

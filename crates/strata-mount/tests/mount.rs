@@ -9,10 +9,9 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use common::{errno_of, import, mount, xattr, xattr_names};
+use common::{errno_of, import, mount, xattr, xattr_names, StallingSource};
 use strata_mount::{ChunkSource, SourceError};
 use strata_sample::{base_layer, random_bytes, text_bytes, update_layer, LayerTar};
-use strata_store::Store;
 use strata_types::ChunkId;
 
 #[test]
@@ -174,26 +173,6 @@ fn a_directory_of_twelve_thousand_entries_lists_with_stable_offsets() {
         let files: Vec<_> = seen.iter().filter(|n| n.starts_with('f')).collect();
         assert_eq!(files.len(), 12_000);
         assert_eq!(seen.len(), 12_002, ". and .. are listed once");
-    }
-}
-
-/// Holds back the chunks of one file until released; passes others through.
-struct StallingSource {
-    inner: Arc<Store>,
-    stalled: Vec<ChunkId>,
-    entered: Mutex<Option<mpsc::Sender<()>>>,
-    release: Mutex<mpsc::Receiver<()>>,
-}
-
-impl ChunkSource for StallingSource {
-    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
-        if self.stalled.contains(id) {
-            if let Some(entered) = self.entered.lock().expect("lock").take() {
-                entered.send(()).expect("test listens");
-            }
-            self.release.lock().expect("lock").recv().expect("test releases");
-        }
-        self.inner.fetch(id)
     }
 }
 

@@ -509,3 +509,100 @@ fn container_setup_changed_after_marking_is_committed_as_changed() {
     .collect();
     assert_eq!(tar_members(&tar), want);
 }
+
+/// No FUSE request thread waits on a chunk source, and files never wait
+/// on each other: while a write to one copied-up file waits on its lower
+/// bytes (a head fill from a stalled source), `O_TRUNC` opens, truncates
+/// and small unaligned writes (head and tail fills) of every other file
+/// complete, while a truncate of the stalled file waits its turn.
+#[test]
+fn a_write_stalled_on_its_source_holds_up_no_other_file() {
+    const FILES: usize = 70; // more than any fixed set of lock stripes
+    let stalled_data = random_bytes(20, 300_000);
+    let mut t = LayerTar::new(Vec::new());
+    t.file(b"stalled", 0o644, &stalled_data).expect("file");
+    let others: Vec<Vec<u8>> = (0..FILES).map(|i| random_bytes(100 + i as u64, 20_000)).collect();
+    for (i, data) in others.iter().enumerate() {
+        t.file(format!("f{i}").as_bytes(), 0o644, data).expect("file");
+    }
+    let image = import(vec![t.finish().expect("tar")]);
+    let stalled_ino = image.tree.lookup_path(b"stalled").expect("stalled");
+    let stalled = image.tree.get(stalled_ino).expect("inode").chunks.iter().map(|c| c.id).collect();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let source = common::StallingSource {
+        inner: image.store.clone(),
+        stalled,
+        entered: std::sync::Mutex::new(Some(entered_tx)),
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let upper = tempfile::tempdir().expect("upper");
+    let tree = strata_mount::load_lower(&image.store, &image.store.resolve("test:1").expect("image").1)
+        .expect("tree");
+    let m = mount_with(
+        tree,
+        std::sync::Arc::new(source),
+        Some(UpperDir::open(upper.path(), &image.id).expect("upper")),
+    );
+
+    // One byte into the middle of a block: its head and tail come from below.
+    let path = m.path("stalled");
+    let writer = std::thread::spawn(move || {
+        let file = OpenOptions::new().write(true).open(&path)?;
+        std::os::unix::fs::FileExt::write_all_at(&file, b"X", 5_000)
+    });
+    entered_rx.recv().expect("the write reaches the stalled source");
+
+    // A truncate of the stalled file waits for its write (the kernel holds
+    // the inode's lock across a write): it must hold up nothing else.
+    let path = m.path("stalled");
+    let truncator = std::thread::spawn(move || OpenOptions::new().write(true).open(&path)?.set_len(200_000));
+    // Everything else, from a thread of its own: a hang is a failure.
+    let root = m.path("");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let others_expected = others.clone();
+    std::thread::spawn(move || {
+        let result = (|| -> std::io::Result<()> {
+            for i in 0..FILES {
+                let path = root.join(format!("f{i}"));
+                match i % 3 {
+                    0 => drop(OpenOptions::new().write(true).truncate(true).open(&path)?),
+                    1 => OpenOptions::new().write(true).open(&path)?.set_len(1_000)?,
+                    _ => std::os::unix::fs::FileExt::write_all_at(
+                        &OpenOptions::new().write(true).open(&path)?,
+                        b"Y",
+                        4_099,
+                    )?,
+                }
+            }
+            for (i, original) in others_expected.iter().enumerate() {
+                let got = fs::read(root.join(format!("f{i}")))?;
+                let want: Vec<u8> = match i % 3 {
+                    0 => Vec::new(),
+                    1 => original[..1_000].to_vec(),
+                    _ => {
+                        let mut w = original.clone();
+                        w[4_099] = b'Y';
+                        w
+                    }
+                };
+                assert!(got == want, "f{i} reads back as written");
+            }
+            Ok(())
+        })();
+        let _ = done_tx.send(result);
+    });
+    let others_done = done_rx.recv_timeout(std::time::Duration::from_secs(60));
+    // Released either way, so a failure ends here rather than hanging.
+    for _ in 0..64 {
+        release_tx.send(()).expect("release");
+    }
+    others_done
+        .expect("the other files' changes completed while one write waited on its source")
+        .expect("changes");
+    writer.join().expect("join").expect("the stalled write completes once released");
+    truncator.join().expect("join").expect("the truncate completes after it");
+    let mut want = stalled_data[..200_000].to_vec();
+    want[5_000] = b'X';
+    assert!(fs::read(m.path("stalled")).expect("read") == want, "the stalled file holds both changes");
+}

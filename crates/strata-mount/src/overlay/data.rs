@@ -89,50 +89,72 @@ impl Overlay {
             self.copy_up(&mut nodes, ino)?;
         }
         let file = self.upper_file(ino)?;
-        let _stripe = self.cow_lock(ino);
-        let cow = {
-            let nodes = self.nodes.lock();
-            let node = nodes.get(ino).ok_or(libc::ENOENT)?;
-            node.cow_lower_size.filter(|s| *s > 0).and_then(|s| node.lower.map(|l| (l, s)))
-        };
-        if let Some((lower, lower_size)) = cow {
-            self.take_lower_bytes(&file, lower, lower_size)?;
-            file.sync_data().map_err(ioe)?;
-            upper::set_lower_size_of(&file, 0).map_err(ioe)?;
-            if let Some(node) = self.nodes.lock().get_mut(ino) {
-                node.cow_lower_size = Some(0);
-            }
-        }
+        self.take_lower_bytes(ino, &file)?;
+        let _cow = self.cow_lock(ino);
         sys::fallocate(&file, mode, offset, len).map_err(ioe)
     }
 
-    /// Fills every hole of a copied-up file below `lower_size` with the
-    /// lower file's bytes.
-    fn take_lower_bytes(&self, file: &File, lower: Ino, lower_size: u64) -> OpResult<()> {
+    /// The lower file and lower size of a copied-up file whose lower bytes
+    /// still show through holes.
+    fn cow_of(&self, ino: u64) -> OpResult<Option<(Ino, u64)>> {
+        let nodes = self.nodes.lock();
+        let node = nodes.get(ino).ok_or(libc::ENOENT)?;
+        Ok(node.cow_lower_size.filter(|s| *s > 0).and_then(|s| node.lower.map(|l| (l, s))))
+    }
+
+    /// Fills every hole of a copied-up file below its lower size with the
+    /// lower file's bytes, then sets its lower size to 0 (it no longer
+    /// reads from below). Each piece is fetched without the file's lock and
+    /// written under it, where it is still a hole; zeros stay holes (with
+    /// the lower size at 0 they read as zeros).
+    fn take_lower_bytes(&self, ino: u64, file: &File) -> OpResult<()> {
         const PIECE: u64 = 1 << 20;
-        let size = file.metadata().map_err(ioe)?.len();
-        let end = lower_size.min(size);
         let mut pos = 0;
-        while pos < end {
-            let hole = sys::seek(file, pos, libc::SEEK_HOLE).map_err(ioe)?.unwrap_or(size);
-            if hole >= end {
-                break;
-            }
-            let data = sys::seek(file, hole, libc::SEEK_DATA).map_err(ioe)?.unwrap_or(u64::MAX);
-            let hole_end = data.min(end);
-            let mut at = hole;
-            while at < hole_end {
-                let n = (hole_end - at).min(PIECE);
-                let bytes = self.read_lower(lower, at, n as u32)?;
-                // Zeros stay holes: with the lower size at 0 they read as zeros.
-                if bytes.iter().any(|b| *b != 0) {
-                    file.write_all_at(&bytes, at).map_err(ioe)?;
+        loop {
+            let piece = {
+                let _cow = self.cow_lock(ino);
+                let Some((lower, lower_size)) = self.cow_of(ino)? else { return Ok(()) };
+                let size = file.metadata().map_err(ioe)?.len();
+                let end = lower_size.min(size);
+                let hole = match sys::seek(file, pos, libc::SEEK_HOLE).map_err(ioe)? {
+                    Some(hole) if hole < end => hole,
+                    _ => {
+                        // Every byte below the lower size is in the upper file.
+                        file.sync_data().map_err(ioe)?;
+                        upper::set_lower_size_of(file, 0).map_err(ioe)?;
+                        if let Some(node) = self.nodes.lock().get_mut(ino) {
+                            node.cow_lower_size = Some(0);
+                        }
+                        return Ok(());
+                    }
+                };
+                let data = sys::seek(file, hole, libc::SEEK_DATA).map_err(ioe)?.unwrap_or(u64::MAX);
+                (lower, hole, (data.min(end) - hole).min(PIECE))
+            };
+            let (lower, at, n) = piece;
+            let bytes = self.read_lower(lower, at, n as u32)?;
+            let _cow = self.cow_lock(ino);
+            // Meanwhile a write may have filled part of the piece, a
+            // truncation cut the lower size: only what is still a hole
+            // below the lower size takes the lower bytes.
+            let lower_size = self.cow_of(ino)?.map_or(0, |(_, s)| s);
+            let end = (at + n).min(lower_size);
+            let mut from = at;
+            while from < end {
+                let Some(hole) = sys::seek(file, from, libc::SEEK_HOLE).map_err(ioe)?.filter(|h| *h < end)
+                else {
+                    break;
+                };
+                let hole_end =
+                    sys::seek(file, hole, libc::SEEK_DATA).map_err(ioe)?.unwrap_or(u64::MAX).min(end);
+                let slice = &bytes[(hole - at) as usize..(hole_end - at) as usize];
+                if slice.iter().any(|b| *b != 0) {
+                    file.write_all_at(slice, hole).map_err(ioe)?;
                 }
-                at += n;
+                from = hole_end;
             }
-            pos = hole_end;
+            pos = at + n;
         }
-        Ok(())
     }
 
     /// A read of a lower-only file answered from decoded chunks in memory,
@@ -186,7 +208,27 @@ impl Overlay {
         }
         let file = self.upper_file(ino)?;
         let file = &*file;
-        let _stripe = self.cow_lock(ino);
+        let block = self.upper()?.block_size();
+        let end = offset + data.len() as u64;
+        // The lower bytes of the blocks the write only partly covers are
+        // fetched before the lock is taken; under it they are read again,
+        // from the chunk cache.
+        if let Some((lower, lower_size)) = self.cow_of(ino)? {
+            // Blocks the upper file holds already need nothing from below.
+            let held = |from: u64, to: u64| -> OpResult<bool> {
+                Ok(sys::seek(file, from, libc::SEEK_HOLE).map_err(ioe)?.is_some_and(|hole| hole >= to))
+            };
+            let head_start = offset / block * block;
+            let head_end = offset.min(lower_size);
+            if head_start < head_end && !held(head_start, head_end)? {
+                self.read_lower(lower, head_start, (head_end - head_start) as u32)?;
+            }
+            let tail_end = end.div_ceil(block).saturating_mul(block).min(lower_size);
+            if end < tail_end && !held(end, tail_end)? {
+                self.read_lower(lower, end, (tail_end - end) as u32)?;
+            }
+        }
+        let _cow = self.cow_lock(ino);
         let cow = {
             let nodes = self.nodes.lock();
             nodes.get(ino).and_then(|n| n.cow_lower_size.and_then(|s| n.lower.map(|l| (l, s))))
@@ -195,8 +237,6 @@ impl Overlay {
             file.write_all_at(data, offset).map_err(ioe)?;
             return Ok(data.len() as u32);
         };
-        let block = self.upper()?.block_size();
-        let end = offset + data.len() as u64;
         let size = file.metadata().map_err(ioe)?.len();
         let head_start = offset / block * block;
         let mut start = offset;
@@ -218,7 +258,7 @@ impl Overlay {
     /// Sets the size of the upper file of `ino`; a copied-up file forgets
     /// the lower bytes at and above the new size.
     pub(super) fn truncate(&self, ino: u64, file: &File, size: u64) -> OpResult<()> {
-        let _stripe = self.cow_lock(ino);
+        let _cow = self.cow_lock(ino);
         {
             let mut nodes = self.nodes.lock();
             if let Some(node) = nodes.get_mut(ino) {

@@ -5,23 +5,29 @@
 //! `copy_up` brings lower entries up; `changes` makes, removes, renames and
 //! links; `attrs` sets attributes and xattrs.
 //!
-//! Locks: `nodes` guards names and inode state; a copy-on-write file's stripe
-//! lock serializes its writes and truncations. A stripe lock is always taken
-//! before `nodes`, never after. File data moves without holding `nodes`.
+//! Locks: `nodes` guards names and inode state; a file's copy-on-write lock
+//! (one per inode, so files never wait on each other) serializes its
+//! writes, truncations and fallocations. A copy-on-write lock is always
+//! taken before `nodes`, never after. File data moves without holding
+//! `nodes`, and no lock is held while a chunk source is asked: lower bytes
+//! a change needs are fetched first (into the chunk cache), then the lock
+//! is taken and they are read again from memory. Every operation that
+//! takes a copy-on-write lock runs on a worker, never on a FUSE request
+//! thread.
 
 mod attrs;
 mod changes;
 mod copy_up;
 mod data;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
 use fuser::FileAttr;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 
 use crate::attr::{attr_of_stat, file_attr};
 use crate::cow::{self, read_merged, MergedReadError};
@@ -81,12 +87,17 @@ pub enum ReadPlan {
     Upper { cow: Option<(Ino, u64)> },
 }
 
+/// Copy-on-write locks kept before unused ones are dropped.
+const COW_LOCKS_KEPT: usize = 1024;
+
 pub struct Overlay {
     pub tree: Arc<LowerTree>,
     pub reader: Arc<ChunkReader>,
     pub upper: Option<UpperDir>,
     nodes: Mutex<Nodes>,
-    cow_stripes: [Mutex<()>; 64],
+    /// Copy-on-write locks by inode, made on first use; unused ones are
+    /// dropped as the map grows.
+    cow_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     /// Open upper files by inode.
     files: quick_cache::sync::Cache<u64, Arc<File>>,
     /// Bumped by every change of names: directory listings taken at an
@@ -108,7 +119,7 @@ impl Overlay {
             reader,
             upper,
             nodes: Mutex::new(nodes),
-            cow_stripes: std::array::from_fn(|_| Mutex::new(())),
+            cow_locks: Mutex::default(),
             files: quick_cache::sync::Cache::new(OPEN_FILES),
             generation: std::sync::atomic::AtomicU64::new(0),
         })
@@ -131,8 +142,17 @@ impl Overlay {
         self.upper.as_ref().ok_or(libc::EROFS)
     }
 
-    fn cow_lock(&self, ino: u64) -> MutexGuard<'_, ()> {
-        self.cow_stripes[(ino % 64) as usize].lock()
+    /// The copy-on-write lock of `ino`, held until the guard drops.
+    fn cow_lock(&self, ino: u64) -> parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()> {
+        let lock = {
+            let mut locks = self.cow_locks.lock();
+            if locks.len() >= COW_LOCKS_KEPT {
+                // Only the map holds them: nobody waits on or holds them.
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(ino).or_default().clone()
+        };
+        lock.lock_arc()
     }
 
     /// The upper entry of `ino`: by its name, or its orphan if it has none.

@@ -8,10 +8,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use strata_mount::{ChunkSource, LowerTree, MountOptions, UpperDir};
+use strata_mount::{ChunkSource, LowerTree, MountOptions, SourceError, UpperDir};
 use strata_oci::{ArchiveLayout, ArchiveTarget, ImportOptions, LayerCompression, NoProgress};
 use strata_sample::{sample_config, write_image};
 use strata_store::{ImageId, OpenMode, Store};
+use strata_types::ChunkId;
 
 pub struct Image {
     pub dir: tempfile::TempDir,
@@ -89,4 +90,24 @@ pub fn xattr_names(path: &Path) -> Vec<u8> {
     let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert!(n >= 0, "listxattr failed");
     buf[..n as usize].to_vec()
+}
+
+/// Holds back the chunks of one file until released; passes others through.
+pub struct StallingSource {
+    pub inner: Arc<Store>,
+    pub stalled: Vec<ChunkId>,
+    pub entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    pub release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ChunkSource for StallingSource {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        if self.stalled.contains(id) {
+            if let Some(entered) = self.entered.lock().expect("lock").take() {
+                entered.send(()).expect("test listens");
+            }
+            self.release.lock().expect("lock").recv().expect("test releases");
+        }
+        self.inner.fetch(id)
+    }
 }
