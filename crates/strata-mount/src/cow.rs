@@ -6,10 +6,10 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use crate::error::SourceError;
 use crate::lower::Inode;
 use crate::reader::ChunkReader;
 use crate::sys;
+use crate::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergedReadError {

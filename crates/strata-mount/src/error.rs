@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use strata_store::StoreError;
-use strata_types::{ChunkId, LayerId};
+use strata_types::LayerId;
 
 /// Why a mount could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -24,13 +24,4 @@ pub enum MountError {
     NoHoles(PathBuf),
     #[error("mounting at {}: {source}", path.display())]
     Fuse { path: PathBuf, source: std::io::Error },
-}
-
-/// Why a chunk could not be had from a [`crate::ChunkSource`].
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("chunk {0} is not available")]
-    Missing(ChunkId),
-    #[error("chunk {id}: {reason}")]
-    Failed { id: ChunkId, reason: String },
 }

@@ -25,17 +25,17 @@ mod nodes;
 mod overlay;
 mod reader;
 mod session;
-mod source;
 mod sys;
 mod trace;
 pub mod upper;
 
 pub use commit::{write_upper_layer, CommitError};
-pub use error::{MountError, SourceError};
+pub use error::MountError;
 pub use fs::MountFs;
 pub use lower::{Ino, Inode, Kind, LowerTree};
 pub use reader::ChunkReader;
 pub use session::{load_lower, mount, MountOptions};
-pub use source::{ChunkSource, StoreSource};
+/// Where chunk bytes come from (defined by the store, below the node).
+pub use strata_store::{ChunkSource, SourceError, StoreSource};
 pub use trace::{FileReport, ReadTrace, TraceReport};
 pub use upper::UpperDir;

@@ -7,9 +7,9 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 use strata_types::ChunkId;
 
-use crate::error::SourceError;
 use crate::lower::ChunkSpan;
-use crate::source::ChunkSource;
+use crate::ChunkSource;
+use crate::SourceError;
 
 /// Chunks of one read fetched ahead of the in-order pass, at most.
 const MAX_PREFETCH: usize = 32;

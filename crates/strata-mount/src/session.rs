@@ -12,9 +12,9 @@ use crate::fs::MountFs;
 use crate::lower::LowerTree;
 use crate::overlay::Overlay;
 use crate::reader::ChunkReader;
-use crate::source::ChunkSource;
 use crate::trace::ReadTrace;
 use crate::upper::UpperDir;
+use crate::ChunkSource;
 
 /// How to mount.
 #[derive(Clone, Debug)]

@@ -1,11 +1,11 @@
 use std::sync::Arc;
 
 use prost::Message;
-use strata_mount::StoreSource;
 use strata_net::Handler;
 use strata_proto::v1::{
     ChunkReply, End, Holder as ProtoHolder, Holders, ImageReply, LayerIndexReply, LookupReply,
 };
+use strata_store::StoreSource;
 use strata_store::{Store, StoreError};
 use strata_types::ChunkId;
 use strata_wire::response::Kind;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use strata_chunk::ChunkDecoder;
-use strata_mount::{ChunkSource, SourceError};
 use strata_net::quinn::{Connection, Endpoint};
+use strata_store::{ChunkSource, SourceError};
 use strata_types::ChunkId;
 use strata_wire::response::Kind;
 use strata_wire::PeerRequest;

@@ -1,18 +1,28 @@
-//! Where a mount gets chunk bytes: one abstraction for the local store now and
-//! for peers and the origin later.
+//! Where chunk bytes come from: the [`ChunkSource`] abstraction that mounts
+//! read through (the local store, a node, a list of peers) and its
+//! store-backed implementations. It lives here, below both the mount and
+//! the node, so the read path runs strictly downward: mount → node → store.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use strata_store::{OpenMode, Store, StoreError};
 use strata_types::ChunkId;
 
-use crate::error::SourceError;
+use crate::{OpenMode, Store, StoreError};
 
 /// A provider of chunk bytes. Blocking: the mount calls it from worker
 /// threads, never from the threads that read FUSE requests, so a slow source
 /// delays only the reads that need its chunks.
+/// Why a chunk could not be had from a [`ChunkSource`].
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("chunk {0} is not available")]
+    Missing(ChunkId),
+    #[error("chunk {id}: {reason}")]
+    Failed { id: ChunkId, reason: String },
+}
+
 pub trait ChunkSource: Send + Sync + 'static {
     /// The chunk's uncompressed bytes, verified: BLAKE3 of them is `id`.
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError>;
