@@ -65,6 +65,12 @@ fn three_nodes_read_an_image_imported_on_one_and_survive_its_death() {
     }
     umount(&b, &mnt_b2);
     assert!(node_b.metric("strata_chunks_fetched_total") >= 2.0);
+    // Every chunk fetched from a peer is one observation of its fetch time.
+    assert_eq!(
+        node_b.metric("strata_chunk_fetch_seconds_count"),
+        node_b.metric("strata_chunks_fetched_total"),
+        "a fetch-time observation per fetched chunk"
+    );
     let fetched_bytes = node_b.metric("strata_chunk_bytes_fetched_total");
     // bin/app is random (stored as is); each of its chunks came once.
     assert!(

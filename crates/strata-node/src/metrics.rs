@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -19,6 +20,9 @@ pub struct Metrics {
     registry: Registry,
     pub chunks_fetched: Family<FromLabel, Counter>,
     pub chunk_bytes_fetched: Family<FromLabel, Counter>,
+    /// Seconds from asking a peer for a chunk to holding it verified, by
+    /// the kind of peer that gave it.
+    pub fetch_seconds: Family<FromLabel, Histogram, fn() -> Histogram>,
     pub fetch_failures: Counter,
     pub bad_chunks: Counter,
     pub chunks_served: Counter,
@@ -41,6 +45,7 @@ impl Metrics {
             registry: Registry::default(),
             chunks_fetched: Family::default(),
             chunk_bytes_fetched: Family::default(),
+            fetch_seconds: Family::new_with_constructor(fetch_histogram),
             fetch_failures: Counter::default(),
             bad_chunks: Counter::default(),
             chunks_served: Counter::default(),
@@ -95,6 +100,11 @@ impl Metrics {
             m.prefetched_chunks.clone(),
         );
         registry.register(
+            "chunk_fetch_seconds",
+            "Seconds from asking a peer for a chunk to holding it verified, by the kind of peer that gave it",
+            m.fetch_seconds.clone(),
+        );
+        registry.register(
             "prefetch_seconds",
             "Time spent prefetching startup profiles, first fetch to last",
             m.prefetch_seconds.clone(),
@@ -127,4 +137,10 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Buckets from 0.5 ms to about 16 s, doubling: a loopback fetch to a
+/// deadline-long one.
+fn fetch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }

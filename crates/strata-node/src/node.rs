@@ -572,9 +572,12 @@ impl Node {
                 Ask::Fetch(_) if holder.complete => (PeerRequest::FetchChunks(vec![id]), "complete"),
                 Ask::Fetch(_) => (PeerRequest::FetchChunks(vec![id]), "partial"),
             };
+            let asked = Instant::now();
             let failure = match tokio::time::timeout(share, self.pool.request(holder.addr, &request)).await {
                 Ok(Ok(replies)) => match verified(&mut decoder, &id, &replies) {
                     Ok(Some(stored)) => {
+                        let seconds = asked.elapsed().as_secs_f64();
+                        self.metrics.fetch_seconds.get_or_create(&FromLabel { from }).observe(seconds);
                         self.keep(id, &stored, &layers, from).await;
                         return Ok(stored);
                     }
