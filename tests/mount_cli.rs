@@ -268,6 +268,11 @@ fn a_mount_killed_mid_write_keeps_what_was_written_and_remounts_clean() {
     let written = writer.join().expect("writer");
     assert!(written >= 8 && written < u8::MAX as u64, "the writer was cut off ({written} blocks)");
     wait_until_gone(pid);
+    // A mount over the dead one is refused with what happened and what to do.
+    let err = s.fails(&["mount", "sample:1", mp.arg(), "--upper", &upper_arg]);
+    assert!(err.contains("is a mount whose process died") && err.contains("strata umount"), "{err}");
+    let mounts = s.json(&["mounts"]);
+    assert_eq!(mounts[0]["state"], "dead", "{mounts}");
     s.ok(&["umount", mp.arg()]);
 
     s.ok(&["mount", "sample:1", mp.arg(), "--upper", &upper_arg]);

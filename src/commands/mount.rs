@@ -448,8 +448,16 @@ pub fn new_upper_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
 fn checked_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     let resolved = std::fs::canonicalize(path)
         .with_context(|| format!("mountpoint {} does not exist", path.display()))?;
-    if !resolved.is_dir() {
-        bail!("mountpoint {} is not a directory", resolved.display());
+    match std::fs::metadata(&resolved) {
+        Ok(meta) if meta.is_dir() => Ok(resolved),
+        Ok(_) => bail!("mountpoint {} is not a directory", resolved.display()),
+        // What a FUSE mount answers once its process is gone.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mountpoint {} is a mount whose process died (`strata mounts` shows it dead): \
+             `strata umount {}` first",
+            resolved.display(),
+            resolved.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("mountpoint {}", resolved.display())),
     }
-    Ok(resolved)
 }
