@@ -3,14 +3,17 @@ use std::io::{self, Read};
 use fastcdc::v2020;
 use serde::{Deserialize, Serialize};
 
-/// No chunk is ever longer than this (4 MiB less 64 KiB); decoders refuse
-/// to allocate for more and chunking settings that could make more are
-/// refused. It is what one frame of the peer protocol (4 MiB,
-/// `strata_wire::MAX_FRAME`) carries as one chunk reply, stored form
-/// (5-byte header, at most the chunk's length after it) and envelope
-/// included, so every stored chunk can be served to a peer; FastCDC itself
-/// would allow 16 MiB.
+/// No chunk cut now is longer than this (4 MiB less 64 KiB): chunking
+/// settings that could cut more are refused. It is what one frame of the
+/// peer protocol (4 MiB, `strata_wire::MAX_FRAME`) carries as one chunk
+/// reply, stored form (5-byte header, at most the chunk's length after it)
+/// and envelope included, so every chunk can be served to a peer.
 pub const MAX_CHUNK_LEN: usize = (4 << 20) - (64 << 10);
+
+/// The longest chunk a decoder accepts: FastCDC's own maximum (16 MiB),
+/// which settings allowed before [`MAX_CHUNK_LEN`] existed, so chunks
+/// stored then still read (they cannot be served to peers).
+pub const MAX_DECODED_LEN: usize = v2020::MAXIMUM_MAX;
 
 /// How regular files are split into chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

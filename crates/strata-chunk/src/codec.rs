@@ -3,7 +3,7 @@
 
 use strata_types::ChunkId;
 
-use crate::MAX_CHUNK_LEN;
+use crate::{MAX_CHUNK_LEN, MAX_DECODED_LEN};
 
 /// How a stored chunk's payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl StoredChunkHeader {
             other => return Err(ChunkError::UnknownCodec { id: *id, codec: other }),
         };
         let len = u32::from_le_bytes([a, b, c, d]);
-        if len as usize > MAX_CHUNK_LEN {
+        if len as usize > MAX_DECODED_LEN {
             return Err(ChunkError::TooLong { id: *id, len: len as u64 });
         }
         Ok(Self { codec, len })
@@ -53,7 +53,7 @@ pub enum ChunkError {
     Truncated { id: ChunkId, len: usize },
     #[error("chunk {id}: unknown codec {codec}")]
     UnknownCodec { id: ChunkId, codec: u8 },
-    #[error("chunk {id}: declared length {len} exceeds the {MAX_CHUNK_LEN}-byte limit")]
+    #[error("chunk {id}: declared length {len} exceeds the {MAX_DECODED_LEN}-byte limit")]
     TooLong { id: ChunkId, len: u64 },
     #[error("chunk {id}: zstd payload does not decode: {reason}")]
     Decompress { id: ChunkId, reason: String },
@@ -175,6 +175,21 @@ impl ChunkDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_longer_than_new_chunking_cuts_still_decodes() {
+        // Stored before the wire-frame limit: 8 MiB, raw.
+        let data = vec![7u8; 8 << 20];
+        let id = ChunkId::of(&data);
+        let mut stored = vec![Codec::Raw as u8];
+        stored.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        stored.extend_from_slice(&data);
+        assert!(data.len() > MAX_CHUNK_LEN);
+        assert_eq!(ChunkDecoder::new().unwrap().decode(&id, &stored).unwrap(), data);
+        let mut too_long = vec![Codec::Raw as u8];
+        too_long.extend_from_slice(&((MAX_DECODED_LEN + 1) as u32).to_le_bytes());
+        assert!(matches!(StoredChunkHeader::parse(&id, &too_long), Err(ChunkError::TooLong { .. })));
+    }
 
     fn round_trip(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let stored = ChunkEncoder::new(3).unwrap().encode(data);

@@ -11,5 +11,5 @@
 mod chunker;
 pub mod codec;
 
-pub use chunker::{Chunker, Chunking, ChunkingError, MAX_CHUNK_LEN};
+pub use chunker::{Chunker, Chunking, ChunkingError, MAX_CHUNK_LEN, MAX_DECODED_LEN};
 pub use codec::{ChunkDecoder, ChunkEncoder, ChunkError, Codec, StoredChunkHeader};

@@ -28,6 +28,19 @@ pub fn read_merged(
     offset: u64,
     len: u32,
 ) -> Result<Vec<u8>, MergedReadError> {
+    read_merged_with(file, lower_size, offset, len, |pos, n| {
+        reader.read(&lower.chunks, lower.size, pos, n).map_err(MergedReadError::from)
+    })
+}
+
+/// [`read_merged`] with the lower file's bytes from `lower(offset, len)`.
+pub fn read_merged_with<E: From<io::Error>>(
+    file: &File,
+    lower_size: u64,
+    offset: u64,
+    len: u32,
+    mut lower: impl FnMut(u64, u32) -> Result<Vec<u8>, E>,
+) -> Result<Vec<u8>, E> {
     let size = file.metadata()?.len();
     let end = size.min(offset.saturating_add(u64::from(len)));
     let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
@@ -38,7 +51,7 @@ pub fn read_merged(
             let hole_end = data_at.min(end);
             let lower_end = hole_end.min(lower_size).max(pos);
             if lower_end > pos {
-                out.extend(reader.read(&lower.chunks, lower.size, pos, (lower_end - pos) as u32)?);
+                out.extend(lower(pos, (lower_end - pos) as u32)?);
             }
             out.resize(out.len() + (hole_end - lower_end) as usize, 0);
             pos = hole_end;

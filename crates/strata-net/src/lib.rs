@@ -235,24 +235,33 @@ impl Pool {
             }
             slot.clone()
         };
-        let connection = slot
+        let dialled = slot
             .get_or_try_init(|| async {
                 let connection = connect(&self.endpoint, addr, None).await?;
                 tokio::spawn(read_datagrams(connection.clone(), self.handler.clone()));
                 Ok::<_, NetError>(connection)
             })
-            .await?;
-        Ok(connection.clone())
+            .await
+            .cloned();
+        if dialled.is_err() {
+            // No empty slot stays behind for a peer that cannot be reached.
+            let mut connections = self.connections.lock();
+            if connections.get(&addr).is_some_and(|s| Arc::ptr_eq(s, &slot) && !s.initialized()) {
+                connections.remove(&addr);
+            }
+        }
+        dialled
     }
 
     /// Drops the connection to `addr` (after it failed or went silent): the
-    /// next use dials again.
+    /// next use dials again. A dial under way is left alone: what it makes
+    /// is the fresh connection a forget asks for.
     pub fn forget(&self, addr: SocketAddr) {
-        if let Some(slot) = self.connections.lock().remove(&addr) {
-            if let Some(c) = slot.get() {
-                c.close(0u32.into(), b"forgotten");
-            }
-        }
+        let mut connections = self.connections.lock();
+        let Some(connection) = connections.get(&addr).and_then(|slot| slot.get().cloned()) else { return };
+        connections.remove(&addr);
+        drop(connections);
+        connection.close(0u32.into(), b"forgotten");
     }
 
     /// Sends one datagram to `addr`, dialing if needed.

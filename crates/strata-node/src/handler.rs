@@ -147,7 +147,18 @@ impl NodeHandler {
                 Ok(Some(stored)) => Some(stored),
                 Ok(None) if relay => {
                     // This node is the chunk's designated fetcher for the group.
-                    match node.runtime().block_on(node.single_flight(id, false, node.fetch_deadline())) {
+                    // Bounded like a fetch of the node's own: the flight
+                    // it joins may be a prefetch's, with a longer deadline.
+                    let deadline = node.fetch_deadline();
+                    let relayed = node.runtime().block_on(async {
+                        tokio::time::timeout(
+                            deadline + crate::node::FLIGHT_MARGIN,
+                            node.single_flight(id, false, deadline),
+                        )
+                        .await
+                        .unwrap_or(Err(crate::FetchError::Deadline(deadline)))
+                    });
+                    match relayed {
                         Ok(stored) => {
                             node.metrics.relays_served.inc();
                             Some(stored.as_ref().clone())

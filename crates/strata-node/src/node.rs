@@ -54,7 +54,7 @@ pub struct NodeConfig {
 /// How often a fetch that found no holder asks the directory again.
 const NO_HOLDER_RETRY: Duration = Duration::from_millis(250);
 /// Beyond a flight's deadline, how long a caller waits for its outcome.
-const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
+pub(crate) const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
 /// How long a peer that failed is asked after the others.
 const PENALTY: Duration = Duration::from_secs(30);
 /// Directory entries outlive this many missed announcements.

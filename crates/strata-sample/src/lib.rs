@@ -292,15 +292,30 @@ pub fn debian_package_layer(package: &str) -> io::Result<Vec<u8>> {
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
         }))
     };
+    // One download at a time in this process (tests run side by side), each
+    // into a directory of its own and renamed into the cache whole, so no
+    // caller (in any process) sees a half-written .deb.
+    static DOWNLOADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = DOWNLOADS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let deb = match find()? {
         Some(deb) => deb,
         None => {
-            let out = Command::new("apt-get").arg("download").arg(package).current_dir(&dir).output()?;
+            let scratch = tempfile::tempdir_in(&dir)?;
+            let out =
+                Command::new("apt-get").arg("download").arg(package).current_dir(scratch.path()).output()?;
             if !out.status.success() {
                 return Err(io::Error::other(format!(
                     "apt-get download {package}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 )));
+            }
+            for entry in std::fs::read_dir(scratch.path())? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "deb") {
+                    if let Some(name) = path.file_name() {
+                        std::fs::rename(&path, dir.join(name))?;
+                    }
+                }
             }
             find()?.ok_or_else(|| io::Error::other(format!("apt-get download {package} left no .deb")))?
         }

@@ -11,9 +11,6 @@ use strata_types::ChunkId;
 
 use crate::{OpenMode, Store, StoreError};
 
-/// A provider of chunk bytes. Blocking: the mount calls it from worker
-/// threads, never from the threads that read FUSE requests, so a slow source
-/// delays only the reads that need its chunks.
 /// Why a chunk could not be had from a [`ChunkSource`].
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SourceError {
@@ -23,6 +20,9 @@ pub enum SourceError {
     Failed { id: ChunkId, reason: String },
 }
 
+/// A provider of chunk bytes. Blocking: the mount calls it from worker
+/// threads, never from the threads that read FUSE requests, so a slow source
+/// delays only the reads that need its chunks.
 pub trait ChunkSource: Send + Sync + 'static {
     /// The chunk's uncompressed bytes, verified: BLAKE3 of them is `id`.
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError>;

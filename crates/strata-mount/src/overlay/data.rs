@@ -200,7 +200,12 @@ impl Overlay {
 
     /// Writes `data` at `offset` of the upper file of `ino`. In a copied-up
     /// file the blocks a write only partly covers are first filled from
-    /// below, so that every upper block holds the file's true bytes.
+    /// below, so that every upper block holds the file's true bytes. The
+    /// lower bytes they need are fetched before the file's lock is taken
+    /// and kept (the lower file never changes); under the lock the fill is
+    /// worked out again from the upper file as it is then, and if it needs
+    /// lower bytes not fetched yet (a hole punched meanwhile), the lock is
+    /// let go, they are fetched, and the write starts over.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
         {
             let mut nodes = self.nodes.lock();
@@ -210,49 +215,79 @@ impl Overlay {
         let file = &*file;
         let block = self.upper()?.block_size();
         let end = offset + data.len() as u64;
-        // The lower bytes of the blocks the write only partly covers are
-        // fetched before the lock is taken; under it they are read again,
-        // from the chunk cache.
+        let head_start = offset / block * block;
+        // Lower byte ranges fetched so far: (offset, bytes).
+        let mut fetched: Vec<(u64, Vec<u8>)> = Vec::new();
         if let Some((lower, lower_size)) = self.cow_of(ino)? {
             // Blocks the upper file holds already need nothing from below.
             let held = |from: u64, to: u64| -> OpResult<bool> {
                 Ok(sys::seek(file, from, libc::SEEK_HOLE).map_err(ioe)?.is_some_and(|hole| hole >= to))
             };
-            let head_start = offset / block * block;
             let head_end = offset.min(lower_size);
             if head_start < head_end && !held(head_start, head_end)? {
-                self.read_lower(lower, head_start, (head_end - head_start) as u32)?;
+                fetched
+                    .push((head_start, self.read_lower(lower, head_start, (head_end - head_start) as u32)?));
             }
             let tail_end = end.div_ceil(block).saturating_mul(block).min(lower_size);
             if end < tail_end && !held(end, tail_end)? {
-                self.read_lower(lower, end, (tail_end - end) as u32)?;
+                fetched.push((end, self.read_lower(lower, end, (tail_end - end) as u32)?));
             }
         }
-        let _cow = self.cow_lock(ino);
-        let cow = {
-            let nodes = self.nodes.lock();
-            nodes.get(ino).and_then(|n| n.cow_lower_size.and_then(|s| n.lower.map(|l| (l, s))))
-        };
-        let Some((lower, lower_size)) = cow else {
-            file.write_all_at(data, offset).map_err(ioe)?;
-            return Ok(data.len() as u32);
-        };
-        let size = file.metadata().map_err(ioe)?.len();
-        let head_start = offset / block * block;
-        let mut start = offset;
-        let mut buf = Vec::with_capacity(data.len() + 2 * block as usize);
-        if head_start < offset && head_start < lower_size {
-            buf = self.read_cow(file, lower, lower_size, head_start, (offset - head_start) as u32)?;
-            buf.resize((offset - head_start) as usize, 0);
-            start = head_start;
+        loop {
+            let guard = self.cow_lock(ino);
+            let cow = {
+                let nodes = self.nodes.lock();
+                nodes.get(ino).and_then(|n| n.cow_lower_size.and_then(|s| n.lower.map(|l| (l, s))))
+            };
+            let Some((lower, lower_size)) = cow else {
+                file.write_all_at(data, offset).map_err(ioe)?;
+                return Ok(data.len() as u32);
+            };
+            // Lower bytes from what was fetched; a range not among them is
+            // noted, and the write starts over once it is fetched.
+            let from_fetched = |at: u64, len: u32| -> Result<Vec<u8>, Fill> {
+                let stop = at + u64::from(len);
+                fetched
+                    .iter()
+                    .find(|(start, bytes)| *start <= at && stop <= start + bytes.len() as u64)
+                    .map(|(start, bytes)| bytes[(at - start) as usize..(stop - start) as usize].to_vec())
+                    .ok_or(Fill::Need(at, len))
+            };
+            let size = file.metadata().map_err(ioe)?.len();
+            let mut start = offset;
+            let mut buf = Vec::with_capacity(data.len() + 2 * block as usize);
+            let filled = (|| -> Result<(), Fill> {
+                if head_start < offset && head_start < lower_size {
+                    let len = (offset - head_start) as u32;
+                    buf = read_merged_with(file, lower_size, head_start, len, from_fetched)?;
+                    buf.resize(len as usize, 0);
+                    start = head_start;
+                }
+                buf.extend_from_slice(data);
+                let tail_end = end.div_ceil(block).saturating_mul(block).min(size);
+                if end < tail_end && end < lower_size {
+                    buf.extend(read_merged_with(
+                        file,
+                        lower_size,
+                        end,
+                        (tail_end - end) as u32,
+                        from_fetched,
+                    )?);
+                }
+                Ok(())
+            })();
+            match filled {
+                Ok(()) => {
+                    file.write_all_at(&buf, start).map_err(ioe)?;
+                    return Ok(data.len() as u32);
+                }
+                Err(Fill::Io(e)) => return Err(ioe(e)),
+                Err(Fill::Need(at, len)) => {
+                    drop(guard);
+                    fetched.push((at, self.read_lower(lower, at, len)?));
+                }
+            }
         }
-        buf.extend_from_slice(data);
-        let tail_end = end.div_ceil(block).saturating_mul(block).min(size);
-        if end < tail_end && end < lower_size {
-            buf.extend(self.read_cow(file, lower, lower_size, end, (tail_end - end) as u32)?);
-        }
-        file.write_all_at(&buf, start).map_err(ioe)?;
-        Ok(data.len() as u32)
     }
 
     /// Sets the size of the upper file of `ino`; a copied-up file forgets
@@ -269,5 +304,18 @@ impl Overlay {
             }
         }
         file.set_len(size).map_err(ioe)
+    }
+}
+
+/// Why the fill of a write's partly covered blocks stopped.
+enum Fill {
+    Io(io::Error),
+    /// Lower bytes not fetched yet: (offset, length).
+    Need(u64, u32),
+}
+
+impl From<io::Error> for Fill {
+    fn from(e: io::Error) -> Self {
+        Fill::Io(e)
     }
 }

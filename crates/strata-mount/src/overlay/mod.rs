@@ -10,8 +10,8 @@
 //! writes, truncations and fallocations. A copy-on-write lock is always
 //! taken before `nodes`, never after. File data moves without holding
 //! `nodes`, and no lock is held while a chunk source is asked: lower bytes
-//! a change needs are fetched first (into the chunk cache), then the lock
-//! is taken and they are read again from memory. Every operation that
+//! a change needs are fetched first and kept, then the lock is taken and
+//! they are merged with the upper file as it is then. Every operation that
 //! takes a copy-on-write lock runs on a worker, never on a FUSE request
 //! thread.
 
@@ -30,7 +30,7 @@ use fuser::FileAttr;
 use parking_lot::Mutex;
 
 use crate::attr::{attr_of_stat, file_attr};
-use crate::cow::{self, read_merged, MergedReadError};
+use crate::cow::{self, read_merged, read_merged_with, MergedReadError};
 use crate::lower::{Ino, Kind, LowerTree};
 use crate::nodes::{join, Node, Nodes};
 use crate::reader::ChunkReader;
