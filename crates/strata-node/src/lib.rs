@@ -23,6 +23,7 @@ mod lookup_cache;
 pub mod metrics;
 mod node;
 mod peer_source;
+pub mod penalties;
 mod profile;
 mod remote;
 pub mod throttle;

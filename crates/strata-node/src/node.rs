@@ -21,6 +21,7 @@ use strata_wire::{Announcement, PeerRequest, MAX_KEYS};
 
 use crate::directory::{Directory, Holder};
 use crate::fetch::{FetchError, Flights, Joined, PeerFailure};
+use crate::penalties::Penalties;
 
 /// Chunk fetches under way, by (chunk, whether the fetch may relay): the
 /// stored forms they end with.
@@ -56,7 +57,6 @@ const NO_HOLDER_RETRY: Duration = Duration::from_millis(250);
 /// Beyond a flight's deadline, how long a caller waits for its outcome.
 pub(crate) const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
 /// How long a peer that failed is asked after the others.
-const PENALTY: Duration = Duration::from_secs(30);
 /// Directory entries outlive this many missed announcements.
 const TTL_INTERVALS: u32 = 3;
 
@@ -92,7 +92,7 @@ pub struct Node {
     flights: Arc<ChunkFlights>,
     /// Layers being fetched, with how many of their chunks are still missing.
     partial: Mutex<HashMap<LayerId, usize>>,
-    penalised: Mutex<HashMap<SocketAddr, Instant>>,
+    penalties: Penalties,
     /// Images whose startup profile is being prefetched.
     prefetching: Mutex<std::collections::HashSet<ImageId>>,
     pub(crate) throttle: Throttle,
@@ -142,7 +142,7 @@ impl Node {
                 lookups: Mutex::default(),
                 flights: Arc::default(),
                 partial: Mutex::new(partial),
-                penalised: Mutex::default(),
+                penalties: Penalties::default(),
                 prefetching: Mutex::default(),
                 metrics: Metrics::new(),
                 runtime: tokio::runtime::Handle::current(),
@@ -491,14 +491,8 @@ impl Node {
         wait.await.unwrap_or(Err(FetchError::Abandoned))
     }
 
-    fn penalised(&self) -> BTreeSet<SocketAddr> {
-        let mut p = self.penalised.lock();
-        p.retain(|_, since| since.elapsed() < PENALTY);
-        p.keys().copied().collect()
-    }
-
     fn penalise(&self, addr: SocketAddr) {
-        self.penalised.lock().insert(addr, Instant::now());
+        self.penalties.penalise(addr, Instant::now());
         self.pool.forget(addr);
     }
 
@@ -526,7 +520,7 @@ impl Node {
                 entry.complete |= h.complete;
             }
         }
-        let penalised_addrs = self.penalised();
+        let penalised_addrs = self.penalties.penalised(Instant::now());
         let penalised: BTreeSet<NodeId> =
             holders.iter().filter(|(_, h)| penalised_addrs.contains(&h.addr)).map(|(id, _)| *id).collect();
         let refs: Vec<LayerHolder> =
@@ -604,7 +598,7 @@ impl Node {
                 // the origin every chunk it relays.
                 tracing::warn!(chunk = %id, peer = %holder.node, ?share, "peer silent; trying the next");
                 if holder.complete {
-                    self.penalised.lock().insert(holder.addr, Instant::now());
+                    self.penalties.penalise(holder.addr, Instant::now());
                 }
             }
             tried.push(format!("{} ({failure})", holder.node));

@@ -10,6 +10,8 @@ use strata_types::ChunkId;
 use strata_wire::response::Kind;
 use strata_wire::PeerRequest;
 
+use crate::penalties::Penalties;
+
 /// A peer to fetch from: its address and, if known, its node name.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -34,11 +36,8 @@ pub struct PeerSource {
     connections: Mutex<HashMap<SocketAddr, Connection>>,
     /// Peers that lied, failed or stayed silent, and since when: asked last
     /// for a while.
-    penalised: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    penalties: Penalties,
 }
-
-/// How long a peer that failed is asked after the others.
-const PENALTY: Duration = Duration::from_secs(30);
 
 impl PeerSource {
     pub fn new(runtime: tokio::runtime::Handle, endpoint: Endpoint, peers: Vec<Peer>) -> Self {
@@ -48,7 +47,7 @@ impl PeerSource {
             peers,
             deadline: DEFAULT_DEADLINE,
             connections: Mutex::new(HashMap::new()),
-            penalised: Mutex::new(HashMap::new()),
+            penalties: Penalties::default(),
         }
     }
 
@@ -59,15 +58,14 @@ impl PeerSource {
 
     /// The peers in the order to ask them: those in good standing first.
     fn order(&self) -> Vec<Peer> {
-        let mut penalised = self.penalised.lock();
-        penalised.retain(|_, since| since.elapsed() < PENALTY);
+        let penalised = self.penalties.penalised(std::time::Instant::now());
         let mut order = self.peers.clone();
-        order.sort_by_key(|p| penalised.contains_key(&p.addr));
+        order.sort_by_key(|p| penalised.contains(&p.addr));
         order
     }
 
     fn penalise(&self, peer: &Peer) {
-        self.penalised.lock().insert(peer.addr, std::time::Instant::now());
+        self.penalties.penalise(peer.addr, std::time::Instant::now());
         self.connections.lock().remove(&peer.addr);
     }
 
