@@ -300,6 +300,12 @@ fn an_image_pulled_lazily_exports_commits_and_inspects_like_a_local_one() {
         check.json(&["inspect", name])["layers"].clone()
     };
     assert_eq!(ids(&from_a, "from-a:1"), ids(&from_b, "from-b:1"), "B's export holds A's layers");
+    // Listings answered through B's node are live: the chunks its export
+    // fetched count at once, not when the store next flushes.
+    let missing = &b.json(&["inspect", "sample:1"])["missing"];
+    assert_eq!(missing["chunks"], 0, "B holds every chunk now: {missing}");
+    let (stats_a, stats_b) = (a.json(&["store", "stats"]), b.json(&["store", "stats"]));
+    assert!(stats_b["chunks"].as_u64() >= stats_a["chunks"].as_u64(), "{stats_b} vs {stats_a}");
     // What B fetched stays with B's node: with A gone, B exports again.
     let mut node_a = node_a;
     node_a.kill();

@@ -2,7 +2,7 @@ use serde_json::json;
 use strata_store::{ImageRecord, LayerId, Store};
 
 use super::Ctx;
-use crate::output::{bytes, table};
+use crate::output::{bytes, table_lines};
 
 /// Logical size of an image: the file bytes of its layers.
 fn image_size(store: &Store, record: &ImageRecord) -> anyhow::Result<u64> {
@@ -26,13 +26,15 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
             .iter()
             .map(|(i, size)| json!({ "name": i.name, "id": i.id, "layers": i.record.layers.len(), "size": size }))
             .collect();
-        return crate::output::json(&out);
+        return ctx.print_json(&out);
     }
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|(i, size)| vec![i.name.clone(), i.id.short(), i.record.layers.len().to_string(), bytes(*size)])
         .collect();
-    table(&["NAME", "ID", "LAYERS", "SIZE"], &cells);
+    for line in table_lines(&["NAME", "ID", "LAYERS", "SIZE"], &cells) {
+        ctx.println(line);
+    }
     Ok(())
 }
 
@@ -53,7 +55,7 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
     // Pulled lazily through a node: the chunks nobody read are not here.
     let missing = strata_oci::missing_chunks(&store, &record)?;
     if ctx.json {
-        return crate::output::json(&json!({
+        return ctx.print_json(&json!({
             "name": name,
             "names": names,
             "id": id,
@@ -72,16 +74,16 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
         }));
     }
-    println!("name:       {}", names.join(", "));
-    println!("id:         {id}");
-    println!("size:       {}", bytes(size));
+    ctx.println(format!("name:       {}", names.join(", ")));
+    ctx.println(format!("id:         {id}"));
+    ctx.println(format!("size:       {}", bytes(size)));
     if missing.chunks > 0 {
-        println!(
+        ctx.println(format!(
             "missing:    {} chunks ({}) in {} layers, pulled lazily: fetched through a node when read",
             missing.chunks,
             bytes(missing.bytes),
             missing.layers
-        );
+        ));
     }
     let container = &config["config"];
     for (label, key) in [
@@ -92,14 +94,16 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
         ("user", "User"),
     ] {
         if let Some(v) = container.get(key).filter(|v| !v.is_null()) {
-            println!("{:<12}{}", format!("{label}:"), v);
+            ctx.println(format!("{:<12}{}", format!("{label}:"), v));
         }
     }
-    println!();
+    ctx.println("");
     let cells: Vec<Vec<String>> = layers
         .iter()
         .map(|(id, l)| vec![id.short(), l.entries.to_string(), bytes(l.content_bytes), l.diff_id.clone()])
         .collect();
-    table(&["LAYER", "FILES", "SIZE", "DIFF_ID"], &cells);
+    for line in table_lines(&["LAYER", "FILES", "SIZE", "DIFF_ID"], &cells) {
+        ctx.println(line);
+    }
     Ok(())
 }

@@ -69,7 +69,6 @@ pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -
     // them; without one, say how much is missing before writing anything.
     let found = strata_oci::find_image(&store, image)?;
     let missing = strata_oci::missing_chunks(&store, &found.record)?;
-    let store = std::sync::Arc::new(store);
     let chunks = ImageChunks::new(ctx.node.as_ref(), store.clone(), &ctx.store_dir(), &ctx.data_dir, image)?;
     if missing.chunks > 0 && !chunks.fetches() {
         return Err(missing_error(image, missing, &ctx.data_dir));

@@ -77,14 +77,14 @@ pub fn stats(ctx: &Ctx) -> anyhow::Result<()> {
             "disk_bytes": s.disk_bytes,
         }));
     }
-    println!("images:         {} ({} names)", s.images, s.names);
-    println!("layers:         {}", s.layers);
-    println!("chunks:         {}", s.chunks);
-    println!("logical bytes:  {}  (file content of all layers)", bytes(s.logical_bytes));
-    println!("unique bytes:   {}  (after dedup)", bytes(s.unique_bytes));
-    println!("stored bytes:   {}  (after compression)", bytes(s.stored_bytes));
-    println!("dedup ratio:    {:.2}x", s.dedup_ratio());
-    println!("compression:    {:.2}x", s.compression_ratio());
-    println!("on disk:        {}", bytes(s.disk_bytes));
+    ctx.println(format!("images:         {} ({} names)", s.images, s.names));
+    ctx.println(format!("layers:         {}", s.layers));
+    ctx.println(format!("chunks:         {}", s.chunks));
+    ctx.println(format!("logical bytes:  {}  (file content of all layers)", bytes(s.logical_bytes)));
+    ctx.println(format!("unique bytes:   {}  (after dedup)", bytes(s.unique_bytes)));
+    ctx.println(format!("stored bytes:   {}  (after compression)", bytes(s.stored_bytes)));
+    ctx.println(format!("dedup ratio:    {:.2}x", s.dedup_ratio()));
+    ctx.println(format!("compression:    {:.2}x", s.compression_ratio()));
+    ctx.println(format!("on disk:        {}", bytes(s.disk_bytes)));
     Ok(())
 }

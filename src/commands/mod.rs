@@ -34,12 +34,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::logging::init(matches!(cli.command, Command::Serve(_)), log_json);
     match cli.command {
         Command::Import { file, names } => routed(&ctx, Forwarded::Import { file: absolute(&file)?, names }),
-        Command::Images => images::list(&ctx),
-        Command::Inspect { image } => images::inspect(&ctx, &image),
+        // Listings are answered by the node when one runs: its store holds
+        // what it fetched before that reaches the files a view reads.
+        Command::Images => routed(&ctx, Forwarded::Images),
+        Command::Inspect { image } => routed(&ctx, Forwarded::Inspect { image }),
         Command::Export { image, output, compression } => import::export(&ctx, &image, &output, compression),
         Command::Rm { images } => routed(&ctx, Forwarded::Rm { images }),
         Command::Gc => routed(&ctx, Forwarded::Gc),
-        Command::Store { command: StoreCommand::Stats } => maintenance::stats(&ctx),
+        Command::Store { command: StoreCommand::Stats } => routed(&ctx, Forwarded::Stats),
         Command::Mount { image, mountpoint, upper, read_only, trace_reads, peer } => mount::mount(
             &ctx,
             &image,
@@ -72,8 +74,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A command that changes the store: run by the node on this data dir when
-/// one runs (it owns the store then), else here.
+/// A command that changes or reads the store: run by the node on this data
+/// dir when one runs (it owns the store then, and holds what it fetched
+/// before the store's files do), else here.
 fn routed(ctx: &Ctx, command: Forwarded) -> anyhow::Result<()> {
     if let Some(result) = crate::control::forward(&ctx.data_dir, command.clone(), ctx.json) {
         return result;
@@ -91,6 +94,9 @@ pub fn run_forwarded(ctx: &Ctx, command: Forwarded) -> anyhow::Result<()> {
             commit::commit(ctx, mountpoint.as_deref(), upper.as_deref(), &names)
         }
         Forwarded::Peers => node::peers(ctx),
+        Forwarded::Images => images::list(ctx),
+        Forwarded::Inspect { image } => images::inspect(ctx, &image),
+        Forwarded::Stats => maintenance::stats(ctx),
     }
 }
 
@@ -176,10 +182,15 @@ impl Ctx {
     }
 
     /// The store for reading: a consistent view beside a running writer.
-    pub fn read_store(&self) -> anyhow::Result<Store> {
+    pub fn read_store(&self) -> anyhow::Result<Arc<Store>> {
+        // Inside a node, its own store: what it fetched is there before
+        // it reaches the store's files.
+        if let Some(node) = &self.node {
+            return Ok(node.store().clone());
+        }
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("creating {}", self.data_dir.display()))?;
-        Store::open(&self.store_dir(), OpenMode::ReadOnly).context("opening the store")
+        Ok(Arc::new(Store::open(&self.store_dir(), OpenMode::ReadOnly).context("opening the store")?))
     }
 
     /// The store for changing (the node's, inside a node), waiting while

@@ -63,6 +63,12 @@ pub enum Forwarded {
     Commit { mountpoint: Option<PathBuf>, upper: Option<PathBuf>, names: Vec<String> },
     /// `strata peers`.
     Peers,
+    /// `strata images`.
+    Images,
+    /// `strata inspect IMAGE`.
+    Inspect { image: String },
+    /// `strata store stats`.
+    Stats,
 }
 
 /// What a client asks the node.
