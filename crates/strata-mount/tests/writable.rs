@@ -374,8 +374,20 @@ fn remove_xattr(path: &Path, name: &str) -> std::io::Result<()> {
     }
 }
 
-/// The members of a layer tar: path (no trailing slash) and whether it is
-/// a directory, sorted.
+/// The writable layer in `upper` committed as a layer tar: its members'
+/// paths (no trailing slash) and whether each is a directory, sorted.
+fn committed(image: &Image, upper: &Path) -> Vec<(String, bool)> {
+    let reader = std::sync::Arc::new(strata_mount::ChunkReader::new(image.store.clone(), 1 << 20));
+    let tar = strata_mount::write_upper_layer(&upper.join("root"), &image.tree, &reader, Vec::new())
+        .expect("commit");
+    tar_members(&tar)
+}
+
+/// `(path, is a directory)` pairs as [`committed`] gives them.
+fn members(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+    list.iter().map(|(p, d)| (p.to_string(), *d)).collect()
+}
+
 fn tar_members(tar: &[u8]) -> Vec<(String, bool)> {
     let mut out: Vec<(String, bool)> = tar::Archive::new(tar)
         .entries()
@@ -416,10 +428,7 @@ fn container_setup_marked_in_the_layer_is_left_out_of_a_commit_while_unchanged()
     // Nothing outside the layer can be marked.
     assert!(strata_mount::upper::mark_init(upper.path(), b"data/tree/top").is_err(), "a lower-only entry");
 
-    let reader = std::sync::Arc::new(strata_mount::ChunkReader::new(image.store.clone(), 1 << 20));
-    let tar = strata_mount::write_upper_layer(&upper.path().join("root"), &image.tree, &reader, Vec::new())
-        .expect("commit");
-    let want: Vec<(String, bool)> = [
+    let want = members(&[
         ("data", true),
         ("data/tree", true),
         ("data/tree/resolv", false),
@@ -427,11 +436,8 @@ fn container_setup_marked_in_the_layer_is_left_out_of_a_commit_while_unchanged()
         ("mq/made-by-the-container", false),
         ("new", false),
         ("sys", true),
-    ]
-    .iter()
-    .map(|(p, d)| (p.to_string(), *d))
-    .collect();
-    assert_eq!(tar_members(&tar), want);
+    ]);
+    assert_eq!(committed(&image, upper.path()), want);
 
     // The setup stays in the mount, hidden marks and all.
     assert!(m.path("proc").is_dir() && m.path("data/hosts").is_file());
@@ -443,9 +449,7 @@ fn container_setup_marked_in_the_layer_is_left_out_of_a_commit_while_unchanged()
     let m = writable(&image, upper.path());
     fs::write(m.path("data/tree/hostname"), b"").expect("create");
     strata_mount::upper::mark_init(upper.path(), b"data/tree/hostname").expect("mark");
-    let tar = strata_mount::write_upper_layer(&upper.path().join("root"), &image.tree, &reader, Vec::new())
-        .expect("commit");
-    assert_eq!(tar_members(&tar), vec![]);
+    assert_eq!(committed(&image, upper.path()), vec![]);
 }
 
 /// A mark stands only for the entry as made: setup the container (or a
@@ -490,10 +494,7 @@ fn container_setup_changed_after_marking_is_committed_as_changed() {
         assert!(strata_mount::upper::mark_init(upper.path(), bad.as_bytes()).is_err(), "{bad:?}");
     }
 
-    let reader = std::sync::Arc::new(strata_mount::ChunkReader::new(image.store.clone(), 1 << 20));
-    let tar = strata_mount::write_upper_layer(&upper.path().join("root"), &image.tree, &reader, Vec::new())
-        .expect("commit");
-    let want: Vec<(String, bool)> = [
+    let want = members(&[
         ("data", true),
         ("data/.wh.big", false),
         ("data/.wh.tree", false),
@@ -503,11 +504,8 @@ fn container_setup_changed_after_marking_is_committed_as_changed() {
         ("h2", false),
         ("touched", false),
         ("xa", false),
-    ]
-    .iter()
-    .map(|(p, d)| (p.to_string(), *d))
-    .collect();
-    assert_eq!(tar_members(&tar), want);
+    ]);
+    assert_eq!(committed(&image, upper.path()), want);
 }
 
 /// No FUSE request thread waits on a chunk source, and files never wait
