@@ -218,12 +218,17 @@ impl<W: Write> Walk<'_, W> {
                 (true, true) => Setup::OverDeletion,
             });
         }
+        // An unmarked directory is listed only if it may be a copied-up
+        // holder (most upper directories are the container's own, and the
+        // walk lists them anyway).
+        if marked.is_none()
+            && (upper::is_opaque(&xattr_path).map_err(self.io_at(rel))?
+                || !self.same_as_lower(&xattr_path, rel, st)?)
+        {
+            return Ok(Setup::Changed);
+        }
         let names = at.names().map_err(self.io_at(rel))?;
-        let holder = marked.is_some()
-            || (!names.is_empty()
-                && !upper::is_opaque(&xattr_path).map_err(self.io_at(rel))?
-                && self.same_as_lower(&xattr_path, rel, st)?);
-        if !holder {
+        if marked.is_none() && names.is_empty() {
             return Ok(Setup::Changed);
         }
         // Children remade over deletions inside a directory remade over a
