@@ -257,3 +257,15 @@ pub enum Compression {
     Gzip,
     Zstd,
 }
+
+impl From<IdentityArgs> for strata_daemon::identity::IdentitySpec {
+    fn from(args: IdentityArgs) -> Self {
+        Self { node: args.node, cert_dir: args.cert_dir }
+    }
+}
+
+impl From<PeerArgs> for strata_daemon::mount::PeerMount {
+    fn from(args: PeerArgs) -> Self {
+        Self { peers: args.peers, fetch_deadline: args.fetch_deadline, identity: args.identity.into() }
+    }
+}

@@ -2,16 +2,9 @@
 
 mod cli;
 mod commands;
-mod config;
-mod container;
-mod control;
-mod image_chunks;
 mod logging;
-mod mounts;
 mod output;
 mod progress;
-mod signals;
-mod startup_profile;
 
 use std::process::ExitCode;
 
@@ -31,13 +24,5 @@ fn main() -> ExitCode {
 /// The error and its causes, each cause once: library errors often repeat
 /// their source in their own message.
 pub(crate) fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !out.contains(&cause) {
-            out.push_str(": ");
-            out.push_str(&cause);
-        }
-    }
-    out
+    strata_daemon::error::chain(e.as_ref())
 }

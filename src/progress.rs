@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use strata_oci::ImportProgress;
+use strata_control::Progress;
 
 pub struct Bar(Option<ProgressBar>);
 
@@ -27,27 +27,21 @@ impl Bar {
         Bar(Some(bar))
     }
 
+    /// Draws one step of the work.
+    pub fn step(&self, step: Progress) {
+        let Some(bar) = &self.0 else { return };
+        match step {
+            Progress::Start { total_bytes } => bar.set_length(total_bytes),
+            Progress::Advance { bytes } => bar.inc(bytes),
+            Progress::Layer { member } => bar.set_message(
+                member.rsplit('/').next().unwrap_or(&member).chars().take(16).collect::<String>(),
+            ),
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
-        }
-    }
-}
-
-impl ImportProgress for Bar {
-    fn start(&self, total_bytes: u64) {
-        if let Some(bar) = &self.0 {
-            bar.set_length(total_bytes);
-        }
-    }
-    fn advance(&self, bytes: u64) {
-        if let Some(bar) = &self.0 {
-            bar.inc(bytes);
-        }
-    }
-    fn layer(&self, member: &str) {
-        if let Some(bar) = &self.0 {
-            bar.set_message(member.rsplit('/').next().unwrap_or(member).chars().take(16).collect::<String>());
         }
     }
 }

@@ -11,7 +11,7 @@ use strata_tls::CertPair;
 use super::Ctx;
 
 fn cert_dir(ctx: &Ctx, dir: Option<PathBuf>) -> PathBuf {
-    dir.unwrap_or_else(|| ctx.data_dir.join("certs"))
+    dir.unwrap_or_else(|| ctx.dir.path.join("certs"))
 }
 
 pub fn init_ca(ctx: &Ctx, dir: Option<PathBuf>, cluster: &str) -> anyhow::Result<()> {
@@ -64,7 +64,7 @@ fn write_pair(dir: &Path, pair: &CertPair, cert: &Path, key: &Path) -> anyhow::R
 
 fn report(ctx: &Ctx, what: &str, cert: &Path, key: &Path) -> anyhow::Result<()> {
     if ctx.json {
-        return crate::output::json(&json!({ "certificate": cert, "key": key }));
+        return ctx.print_json(&json!({ "certificate": cert, "key": key }));
     }
     println!("{what} certificate: {}\n{what} key:         {}", cert.display(), key.display());
     Ok(())

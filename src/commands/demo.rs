@@ -17,10 +17,10 @@ use crate::output::bytes;
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("strata-demo-").tempdir().context("scratch dir")?;
     let store_dir =
-        if ctx.explicit_data_dir { ctx.data_dir.join("store") } else { scratch.path().join("store") };
+        if ctx.explicit_data_dir { ctx.dir.path.join("store") } else { scratch.path().join("store") };
     println!("strata demo: store at {}", store_dir.display());
     let store = Store::open(&store_dir, OpenMode::ReadWrite)?;
-    let options = ctx.settings.import_options(vec![]);
+    let options = ctx.dir.settings.import_options(vec![]);
 
     step("1. build a two-layer image (every entry kind, whiteouts, an opaque dir) as an OCI archive");
     let v1 = scratch.path().join("sample-v1.tar");

@@ -1,90 +1,137 @@
+//! Printing the store commands' outcomes, and `strata export`.
+
+use std::path::Path;
+
 use serde_json::json;
-use strata_store::{ImageRecord, LayerId, Store};
+use strata_control::{
+    Collected, Committed, ImageDetails, ImageSummary, Imported, MemberState, Outcome, Peers, Removed,
+    StoreStats,
+};
 
 use super::Ctx;
-use crate::output::{bytes, table_lines};
+use crate::cli::Compression;
+use crate::output::{bytes, table};
 
-/// Logical size of an image: the file bytes of its layers.
-fn image_size(store: &Store, record: &ImageRecord) -> anyhow::Result<u64> {
-    let mut size = 0;
-    for layer in &record.layers {
-        let id = LayerId::from_slice(layer)?;
-        size += store.layer(&id)?.map_or(0, |l| l.content_bytes);
-    }
-    Ok(size)
-}
-
-pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
-    let store = ctx.read_store()?;
-    let images = store.images()?;
-    let mut rows = Vec::new();
-    for image in &images {
-        rows.push((image, image_size(&store, &image.record)?));
-    }
+/// Prints a command's outcome: `--json` as its serde form, else for people.
+pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
     if ctx.json {
-        let out: Vec<_> = rows
-            .iter()
-            .map(|(i, size)| json!({ "name": i.name, "id": i.id, "layers": i.record.layers.len(), "size": size }))
-            .collect();
-        return ctx.print_json(&out);
+        return match outcome {
+            Outcome::Imported(o) => ctx.print_json(o),
+            Outcome::Removed(o) => ctx.print_json(o),
+            Outcome::Collected(o) => ctx.print_json(o),
+            Outcome::Committed(o) => ctx.print_json(o),
+            Outcome::Peers(o) => ctx.print_json(o),
+            Outcome::Images(o) => ctx.print_json(o),
+            Outcome::Inspected(o) => ctx.print_json(&inspect_json(o)),
+            Outcome::Stats(o) => ctx.print_json(o),
+        };
     }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|(i, size)| vec![i.name.clone(), i.id.short(), i.record.layers.len().to_string(), bytes(*size)])
-        .collect();
-    for line in table_lines(&["NAME", "ID", "LAYERS", "SIZE"], &cells) {
-        ctx.println(line);
+    match outcome {
+        Outcome::Imported(o) => imported(o),
+        Outcome::Removed(o) => removed(o),
+        Outcome::Collected(o) => collected(o),
+        Outcome::Committed(o) => committed(o),
+        Outcome::Peers(o) => peers(o),
+        Outcome::Images(o) => images(o),
+        Outcome::Inspected(o) => inspect(o),
+        Outcome::Stats(o) => stats(o),
     }
     Ok(())
 }
 
-pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
-    let store = ctx.read_store()?;
-    let found = strata_oci::find_image(&store, reference)?;
-    let name = found.display_name();
-    let strata_oci::FoundImage { id, record, names, .. } = found;
-    let config: serde_json::Value = serde_json::from_slice(&record.config)
-        .unwrap_or_else(|_| json!(String::from_utf8_lossy(&record.config)));
-    let mut layers = Vec::new();
-    for raw in &record.layers {
-        let layer_id = LayerId::from_slice(raw)?;
-        let layer = store.layer(&layer_id)?.ok_or_else(|| anyhow::anyhow!("layer {layer_id} is missing"))?;
-        layers.push((layer_id, layer));
+fn imported(report: &Imported) {
+    for image in &report.images {
+        println!("imported {} ({}, {} layers)", image.names.join(", "), image.id.short(), image.layers.len());
     }
-    let size: u64 = layers.iter().map(|(_, l)| l.content_bytes).sum();
-    // Pulled lazily through a node: the chunks nobody read are not here.
-    let missing = strata_oci::missing_chunks(&store, &record)?;
-    if ctx.json {
-        return ctx.print_json(&json!({
-            "name": name,
-            "names": names,
-            "id": id,
-            "config_digest": record.config_digest,
-            "config": config,
-            "size": size,
-            "missing": {"chunks": missing.chunks, "bytes": missing.bytes, "layers": missing.layers},
-            "layers": layers.iter().map(|(id, l)| json!({
-                "id": id,
-                "diff_id": l.diff_id,
-                "blob_digest": l.blob_digest,
-                "media_type": l.blob_media_type,
-                "files": l.entries,
-                "size": l.content_bytes,
-                "chunks": l.chunk_refs,
-            })).collect::<Vec<_>>(),
-        }));
+    println!(
+        "read {} of layers ({} of files): {} new layers, {} new chunks ({})",
+        bytes(report.blob_bytes),
+        bytes(report.content_bytes),
+        report.layers_added,
+        report.new_chunks,
+        bytes(report.new_chunk_bytes),
+    );
+}
+
+fn removed(outcomes: &[Removed]) {
+    for outcome in outcomes {
+        for name in &outcome.names_removed {
+            println!("untagged {name}");
+        }
+        if outcome.image_removed {
+            println!("removed image {} (run `strata gc` to reclaim its space)", outcome.image.short());
+        }
     }
-    ctx.println(format!("name:       {}", names.join(", ")));
-    ctx.println(format!("id:         {id}"));
-    ctx.println(format!("size:       {}", bytes(size)));
-    if missing.chunks > 0 {
-        ctx.println(format!(
+}
+
+fn collected(report: &Collected) {
+    println!(
+        "deleted {} layers and {} chunks ({} stored, {} uncompressed)",
+        report.layers_deleted,
+        report.chunks_deleted,
+        bytes(report.stored_bytes_deleted),
+        bytes(report.chunk_bytes_deleted)
+    );
+}
+
+fn committed(c: &Committed) {
+    println!(
+        "committed {} as {} (image {}): layer {} with {} entries, {} new chunks ({})",
+        c.upper.display(),
+        c.names.join(", "),
+        c.id.short(),
+        c.layer.short(),
+        c.entries,
+        c.new_chunks,
+        bytes(c.new_chunk_bytes)
+    );
+}
+
+fn peers(view: &Peers) {
+    let mut rows = vec![vec![view.this.name.clone(), view.this.addr.to_string(), "self".into()]];
+    rows.extend(view.members.iter().map(|m| {
+        let state = match m.state {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        };
+        vec![m.name.clone(), m.addr.to_string(), state.into()]
+    }));
+    table(&["NODE", "ADDRESS", "STATE"], &rows);
+}
+
+fn images(list: &[ImageSummary]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| vec![i.name.clone(), i.id.short(), i.layers.to_string(), bytes(i.size)])
+        .collect();
+    table(&["NAME", "ID", "LAYERS", "SIZE"], &rows);
+}
+
+/// The image config as JSON (its text, if it is not JSON).
+fn config_value(d: &ImageDetails) -> serde_json::Value {
+    serde_json::from_str(&d.config).unwrap_or_else(|_| json!(d.config))
+}
+
+fn inspect_json(d: &ImageDetails) -> serde_json::Value {
+    let mut value = serde_json::to_value(d).unwrap_or_default();
+    value["config"] = config_value(d);
+    value
+}
+
+fn inspect(d: &ImageDetails) {
+    println!("name:       {}", d.names.join(", "));
+    println!("id:         {}", d.id);
+    println!("size:       {}", bytes(d.size));
+    if d.missing.chunks > 0 {
+        println!(
             "missing:    {} chunks ({}) in {} layers, pulled lazily: fetched through a node when read",
-            missing.chunks,
-            bytes(missing.bytes),
-            missing.layers
-        ));
+            d.missing.chunks,
+            bytes(d.missing.bytes),
+            d.missing.layers
+        );
     }
+    let config = config_value(d);
     let container = &config["config"];
     for (label, key) in [
         ("entrypoint", "Entrypoint"),
@@ -94,16 +141,56 @@ pub fn inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<()> {
         ("user", "User"),
     ] {
         if let Some(v) = container.get(key).filter(|v| !v.is_null()) {
-            ctx.println(format!("{:<12}{}", format!("{label}:"), v));
+            println!("{:<12}{}", format!("{label}:"), v);
         }
     }
-    ctx.println("");
-    let cells: Vec<Vec<String>> = layers
+    println!();
+    let rows: Vec<Vec<String>> = d
+        .layers
         .iter()
-        .map(|(id, l)| vec![id.short(), l.entries.to_string(), bytes(l.content_bytes), l.diff_id.clone()])
+        .map(|l| vec![l.id.short(), l.files.to_string(), bytes(l.size), l.diff_id.clone()])
         .collect();
-    for line in table_lines(&["LAYER", "FILES", "SIZE", "DIFF_ID"], &cells) {
-        ctx.println(line);
+    table(&["LAYER", "FILES", "SIZE", "DIFF_ID"], &rows);
+}
+
+fn stats(s: &StoreStats) {
+    println!("images:         {} ({} names)", s.images, s.names);
+    println!("layers:         {}", s.layers);
+    println!("chunks:         {}", s.chunks);
+    println!("logical bytes:  {}  (file content of all layers)", bytes(s.logical_bytes));
+    println!("unique bytes:   {}  (after dedup)", bytes(s.unique_bytes));
+    println!("stored bytes:   {}  (after compression)", bytes(s.stored_bytes));
+    println!("dedup ratio:    {:.2}x", s.dedup_ratio);
+    println!("compression:    {:.2}x", s.compression_ratio);
+    println!("on disk:        {}", bytes(s.disk_bytes));
+}
+
+/// `strata export`.
+pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -> anyhow::Result<()> {
+    let compression = match compression {
+        Compression::None => strata_oci::LayerCompression::None,
+        Compression::Gzip => strata_oci::LayerCompression::Gzip,
+        Compression::Zstd => strata_oci::LayerCompression::Zstd,
+    };
+    let report = strata_daemon::ops::export(&ctx.dir, image, output, compression)?;
+    if ctx.json {
+        return ctx.print_json(&json!({
+            "image": report.image,
+            "name": report.name,
+            "manifest_digest": report.manifest_digest,
+            "bytes": report.bytes,
+            "layers": report.layers.iter().map(|l| json!({
+                "id": l.id, "digest": l.digest, "diff_id": l.diff_id, "size": l.size,
+            })).collect::<Vec<_>>(),
+        }));
     }
+    println!(
+        "exported {} ({}) to {}: {} layers, {}",
+        report.name,
+        report.image.short(),
+        output.display(),
+        report.layers.len(),
+        bytes(report.bytes)
+    );
     Ok(())
 }

@@ -1,48 +1,18 @@
-//! `strata mount`, `umount` and `mounts`.
-//!
-//! `mount` starts a background process (`strata mount-serve`, in its own
-//! session) that mounts the image and serves it; `mount` returns once that
-//! process reports the mount live. The serving process holds the store
-//! read-only, so imports, `gc` and other mounts go on beside it.
+//! `strata mount`, `umount` and `mounts`: the daemon library mounts; this
+//! prints what it did.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
-use anyhow::{bail, Context};
 use serde_json::json;
-use strata_mount::{MountOptions, ReadTrace, StoreSource, UpperDir};
+use strata_daemon::mount::{start_mount, unmount, MountSpec};
 
 use super::Ctx;
-use crate::cli::PeerArgs;
-use crate::mounts::{self, MountRecord, MountState};
-use crate::startup_profile::ProfileRecorder;
 
-/// How long `umount` waits for the serving process to finish.
-const EXIT_WAIT: Duration = Duration::from_secs(30);
-
-/// A mount that `start_mount` brought up.
-pub struct Started {
-    pub mountpoint: PathBuf,
-    pub upper: Option<PathBuf>,
-    pub pid: u32,
-}
-
-pub fn mount(
-    ctx: &Ctx,
-    image: &str,
-    mountpoint: &Path,
-    upper: Option<&Path>,
-    read_only: bool,
-    trace_reads: Option<&Path>,
-    peer: &PeerArgs,
-) -> anyhow::Result<()> {
-    let started = start_mount_from(ctx, image, mountpoint, upper, read_only, trace_reads, Some(peer))?;
-    let (mountpoint, pid) = (&started.mountpoint, started.pid);
+pub fn mount(ctx: &Ctx, spec: &MountSpec) -> anyhow::Result<()> {
+    let started = start_mount(&ctx.dir, spec)?;
+    let (mountpoint, pid, image) = (&started.mountpoint, started.pid, &spec.image);
     if ctx.json {
-        return crate::output::json(&json!({
+        return ctx.print_json(&json!({
             "mountpoint": mountpoint,
             "image": image,
             "pid": pid,
@@ -60,334 +30,16 @@ pub fn mount(
     Ok(())
 }
 
-/// Starts the background process serving `image` at `mountpoint` and
-/// returns once the mount is live.
-pub fn start_mount(
-    ctx: &Ctx,
-    image: &str,
-    mountpoint: &Path,
-    upper: Option<&Path>,
-    read_only: bool,
-    trace_reads: Option<&Path>,
-) -> anyhow::Result<Started> {
-    start_mount_from(ctx, image, mountpoint, upper, read_only, trace_reads, None)
-}
-
-fn start_mount_from(
-    ctx: &Ctx,
-    image: &str,
-    mountpoint: &Path,
-    upper: Option<&Path>,
-    read_only: bool,
-    trace_reads: Option<&Path>,
-    peer: Option<&PeerArgs>,
-) -> anyhow::Result<Started> {
-    if read_only && upper.is_some() {
-        bail!("--upper and --read-only exclude each other");
-    }
-    let upper = match (read_only, upper) {
-        (true, _) => None,
-        (false, Some(dir)) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            Some(std::fs::canonicalize(dir)?)
-        }
-        (false, None) => Some(new_upper_dir(&ctx.data_dir)?),
-    };
-    let mountpoint = checked_mountpoint(mountpoint)?;
-    if let Some(record) = mounts::find(&ctx.data_dir, &mountpoint) {
-        if mounts::process_alive(record.pid) {
-            bail!("{} is already a mount of {} (pid {})", mountpoint.display(), record.image, record.pid);
-        }
-    }
-    std::fs::create_dir_all(mounts::records_dir(&ctx.data_dir))?;
-    let log_path = mounts::log_path(&ctx.data_dir, &mountpoint);
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-
-    let mut command = Command::new(std::env::current_exe().context("finding the strata binary")?);
-    command.arg("--data-dir").arg(&ctx.data_dir);
-    if let Some(config) = &ctx.config_file {
-        command.arg("--config").arg(config);
-    }
-    command.arg("mount-serve").arg(image).arg(&mountpoint);
-    if let Some(upper) = &upper {
-        command.arg("--upper").arg(upper);
-    }
-    if let Some(trace) = trace_reads {
-        command.arg("--trace-reads").arg(std::path::absolute(trace)?);
-    }
-    if let Some(peer) = peer.filter(|p| !p.peers.is_empty()) {
-        command.args(peer_args(peer));
-    }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .context("starting the mount process")?;
-    let stdout = child.stdout.take().context("mount process stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let line = line.trim_end();
-    if let Some(pid) = line.strip_prefix("ready ") {
-        return Ok(Started { mountpoint, upper, pid: pid.parse()? });
-    }
-    let status = child.wait()?;
-    match line.strip_prefix("error: ") {
-        Some(reason) => bail!("{reason}"),
-        None => bail!("the mount process ended ({status}); its log is {}", log_path.display()),
-    }
-}
-
-/// Runs in the background process: mount, report, serve until unmounted.
-pub fn serve(
-    ctx: &Ctx,
-    image: &str,
-    mountpoint: &Path,
-    upper: Option<&Path>,
-    trace_reads: Option<&Path>,
-    peer: &PeerArgs,
-) -> anyhow::Result<()> {
-    // Leave the caller's session: its end must not end the mount.
-    let _ = nix::unistd::setsid();
-    let mut report = std::io::stdout();
-    let mut serving = match start(ctx, image, mountpoint, upper, trace_reads.is_some(), peer) {
-        Ok(serving) => serving,
-        Err(e) => {
-            let _ = writeln!(report, "error: {}", crate::error_chain(&e));
-            return Err(e);
-        }
-    };
-    let mut unmounter = serving.session.unmount_callable();
-    let record = serving.record.clone();
-    // SIGTERM, SIGINT or SIGHUP unmount; the session then ends by itself.
-    // Handled from before the mount is reported live, so that a signal sent
-    // as soon as `strata mount` returns cannot kill the process outright.
-    crate::signals::on_termination(move |_| {
-        tracing::info!("signal received: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!(error = %e, "unmount on signal failed (files still open?)");
-        }
-    })?;
-    mounts::write(&ctx.data_dir, &record)?;
-    writeln!(report, "ready {}", std::process::id())?;
-    report.flush()?;
-    detach_stdout()?;
-    tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
-    let profile = match (&serving.trace, serving.through_node) {
-        (Some(trace), true) => {
-            let window = Duration::from_secs_f64(ctx.settings.mount.profile_window_secs.max(0.0));
-            Some(ProfileRecorder::start(ctx.data_dir.clone(), serving.image_id, trace.clone(), window))
-        }
-        _ => None,
-    };
-    let result = serving.session.run();
-    if let Some(profile) = profile {
-        profile.finish();
-    }
-    if let (Some(trace), Some(path)) = (&serving.trace, trace_reads) {
-        write_trace(trace, path);
-    }
-    mounts::remove(&ctx.data_dir, mountpoint);
-    tracing::info!(mountpoint = %mountpoint.display(), "mount ended");
-    result.context("serving the mount")
-}
-
-/// Writes the reads a mount served; a failure is logged (the mount's
-/// work is done by now).
-fn write_trace(trace: &ReadTrace, path: &Path) {
-    let report = trace.report();
-    let written = serde_json::to_vec_pretty(&report)
-        .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(path, json));
-    match written {
-        Ok(()) => tracing::info!(
-            path = %path.display(),
-            files = report.files_read,
-            bytes = report.bytes_read,
-            "read trace written"
-        ),
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "writing the read trace failed"),
-    }
-}
-
-/// A mount being served.
-struct Serving {
-    session: fuser::Session<strata_mount::MountFs>,
-    record: MountRecord,
-    image_id: strata_types::ImageId,
-    /// Chunks missing here come through this data dir's node.
-    through_node: bool,
-    /// The reads served, when asked for or when a node runs (which makes
-    /// the image's startup profile of them).
-    trace: Option<Arc<ReadTrace>>,
-    /// For a peer's image: the runtime its connection lives on, kept as
-    /// long as the session.
-    _runtime: Option<tokio::runtime::Runtime>,
-}
-
-fn start(
-    ctx: &Ctx,
-    image: &str,
-    mountpoint: &Path,
-    upper: Option<&Path>,
-    trace_reads: bool,
-    peer: &PeerArgs,
-) -> anyhow::Result<Serving> {
-    let mut through_node = false;
-    let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) =
-        if peer.peers.is_empty() {
-            // With a node running here, an image only peers hold is pulled
-            // (metadata) first, and chunks missing here come through the node.
-            let node = crate::control::pull(&ctx.data_dir, image)?;
-            through_node = node;
-            let local = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
-            let store = local.store();
-            let found = strata_oci::find_image(&store, image)?;
-            let tree = strata_mount::load_lower(&store, &found.record)?;
-            let source: Arc<dyn strata_mount::ChunkSource> = if node {
-                let timeout = std::time::Duration::from_secs_f64(ctx.settings.node.fetch_deadline_secs + 5.0);
-                Arc::new(crate::control::NodeChunkSource::new(local, &ctx.data_dir, timeout))
-            } else {
-                local
-            };
-            (found.id, found.display_name(), tree, source, None)
-        } else {
-            let (id, tree, source, runtime) = from_peers(ctx, image, peer)?;
-            (id, image.to_owned(), tree, Arc::new(source), Some(runtime))
-        };
-    let upper_dir = upper.map(|dir| UpperDir::open(dir, &id)).transpose()?;
-    let trace = (trace_reads || through_node).then(|| Arc::new(ReadTrace::default()));
-    let options = MountOptions {
-        fs_name: format!("strata:{name}"),
-        read_trace: trace.clone(),
-        readahead_kb: ctx.settings.mount.readahead_kb,
-        ..MountOptions::default()
-    };
-    let session = strata_mount::mount(tree, source, upper_dir, mountpoint, &options)?;
-    let record = MountRecord {
-        mountpoint: mountpoint.to_owned(),
-        image: image.to_owned(),
-        image_id: id.to_hex(),
-        read_only: upper.is_none(),
-        upper: upper.map(Path::to_owned),
-        pid: std::process::id(),
-        started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        log: mounts::log_path(&ctx.data_dir, mountpoint),
-    };
-    Ok(Serving { session, record, image_id: id, through_node, trace, _runtime: runtime })
-}
-
-/// An image from peers: its record and indexes from the first that has
-/// them, its chunks from any of them as they are read.
-fn from_peers(
-    ctx: &Ctx,
-    image: &str,
-    peer: &PeerArgs,
-) -> anyhow::Result<(
-    strata_store::ImageId,
-    strata_mount::LowerTree,
-    strata_node::PeerSource,
-    tokio::runtime::Runtime,
-)> {
-    let identity = super::serve::load_identity(ctx, &peer.identity)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let endpoint = {
-        let _guard = runtime.enter();
-        strata_net::client_endpoint(&identity)?
-    };
-    let mut tried = Vec::new();
-    for addr in &peer.peers {
-        let fetched = runtime.block_on(async {
-            let connection = strata_net::connect(&endpoint, *addr, None).await.map_err(|e| e.to_string())?;
-            strata_node::fetch_image(&connection, image).await
-        });
-        match fetched {
-            Ok(strata_node::RemoteImage { id, layers, .. }) => {
-                let tree = strata_mount::LowerTree::build(&strata_node::indexes(&layers))?;
-                let deadline = std::time::Duration::from_secs_f64(peer.fetch_deadline.max(0.01));
-                let peers =
-                    peer.peers.iter().map(|addr| strata_node::Peer { addr: *addr, name: None }).collect();
-                let source = strata_node::PeerSource::new(runtime.handle().clone(), endpoint, peers)
-                    .with_deadline(deadline);
-                return Ok((id, tree, source, runtime));
-            }
-            Err(e) => tried.push(format!("{addr}: {e}")),
-        }
-    }
-    anyhow::bail!("no peer gave image {image}: {}", tried.join("; "))
-}
-
-/// The flags that hand a peer mount's settings to the serving process.
-fn peer_args(peer: &PeerArgs) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for addr in &peer.peers {
-        args.extend(["--peer".into(), addr.to_string().into()]);
-    }
-    args.extend(["--fetch-deadline".into(), peer.fetch_deadline.to_string().into()]);
-    if let Some(node) = &peer.identity.node {
-        args.extend(["--node".into(), node.into()]);
-    }
-    if let Some(dir) = &peer.identity.cert_dir {
-        args.extend(["--cert-dir".into(), dir.into()]);
-    }
-    args
-}
-
-/// Points stdout at /dev/null so that `strata mount`, which reads it, sees
-/// its end and can return.
-fn detach_stdout() -> anyhow::Result<()> {
-    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    nix::unistd::dup2_stdout(&null)?;
-    Ok(())
-}
-
 pub fn umount(ctx: &Ctx, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
-    let mountpoint = unmount(ctx, mountpoint, lazy)?;
+    let mountpoint = unmount(&ctx.dir, mountpoint, lazy)?;
     if !ctx.json {
         println!("unmounted {}", mountpoint.display());
     }
     Ok(())
 }
 
-/// Unmounts and waits for the serving process to end; returns the mountpoint.
-pub fn unmount(ctx: &Ctx, mountpoint: &Path, lazy: bool) -> anyhow::Result<PathBuf> {
-    // A dead FUSE mount cannot be resolved (ENOTCONN): fall back to the path as given.
-    let mountpoint = std::fs::canonicalize(mountpoint)
-        .or_else(|_| std::path::absolute(mountpoint))
-        .with_context(|| format!("resolving {}", mountpoint.display()))?;
-    let record = mounts::find(&ctx.data_dir, &mountpoint);
-    let mounted = mounts::mounted_strata_paths().contains(&mountpoint);
-    if record.is_none() && !mounted {
-        bail!("{} is not a strata mount", mountpoint.display());
-    }
-    if mounted {
-        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
-        match nix::mount::umount2(&mountpoint, flags) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::EBUSY) => bail!(
-                "{} is busy: a process has files open or its working directory there; \
-                 end it, or unmount with --lazy",
-                mountpoint.display()
-            ),
-            Err(e) => return Err(e).with_context(|| format!("unmounting {}", mountpoint.display())),
-        }
-    }
-    if let Some(record) = &record {
-        // The serving process sees the end of its session and exits.
-        let started = Instant::now();
-        while mounts::process_alive(record.pid) && started.elapsed() < EXIT_WAIT {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if mounts::process_alive(record.pid) {
-            bail!("unmounted {}, but its process {} has not exited", mountpoint.display(), record.pid);
-        }
-        mounts::remove(&ctx.data_dir, &mountpoint);
-    }
-    Ok(mountpoint)
-}
-
 pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
-    let records = mounts::list(&ctx.data_dir)?;
+    let records = strata_daemon::mounts::list(&ctx.dir.path)?;
     if ctx.json {
         let out: Vec<_> = records
             .iter()
@@ -404,7 +56,7 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        return crate::output::json(&out);
+        return ctx.print_json(&out);
     }
     let rows: Vec<Vec<String>> = records
         .iter()
@@ -422,42 +74,4 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
         .collect();
     crate::output::table(&["MOUNTPOINT", "IMAGE", "ID", "MODE", "PID", "STATE", "UPPER"], &rows);
     Ok(())
-}
-
-/// Image ids that live or dead mounts use: `rm` keeps them.
-pub fn mounted_image_ids(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    Ok(mounts::list(data_dir)?
-        .into_iter()
-        .filter(|(_, state)| *state != MountState::Gone)
-        .map(|(r, _)| (r.image_id, r.mountpoint))
-        .collect())
-}
-
-/// A fresh writable layer directory under the data dir.
-pub fn new_upper_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
-    let parent = data_dir.join("uppers");
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let seed = format!("{nanos}-{}", std::process::id());
-    let name = blake3::hash(seed.as_bytes()).to_hex()[..16].to_owned();
-    let dir = parent.join(name);
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn checked_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
-    let resolved = std::fs::canonicalize(path)
-        .with_context(|| format!("mountpoint {} does not exist", path.display()))?;
-    match std::fs::metadata(&resolved) {
-        Ok(meta) if meta.is_dir() => Ok(resolved),
-        Ok(_) => bail!("mountpoint {} is not a directory", resolved.display()),
-        // What a FUSE mount answers once its process is gone.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
-            "mountpoint {} is a mount whose process died (`strata mounts` shows it dead): \
-             `strata umount {}` first",
-            resolved.display(),
-            resolved.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("mountpoint {}", resolved.display())),
-    }
 }

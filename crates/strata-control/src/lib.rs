@@ -2,10 +2,16 @@
 //! the node running on the same data dir, over its Unix socket
 //! (`DATA_DIR/node.sock`, mode 0600).
 //!
-//! This crate owns the messages ([`Request`], [`Reply`], [`Forwarded`]) and
-//! their framing, and nothing else: no sockets are opened here except by
-//! [`connect`], and no command is carried out. One connection carries
-//! requests one after another, each answered by one reply. On the socket a
+//! This crate owns the messages ([`Request`], [`Reply`], [`Command`] and the
+//! typed [`Outcome`]s and [`Progress`] of commands) and their framing, and
+//! nothing else: no sockets are opened here except by [`connect`], and no
+//! command is carried out. One connection carries requests one after
+//! another; each is answered by one final reply, a [`Request::Run`] first by
+//! any number of [`Reply::Progress`]. A client cancels the command it is
+//! waiting on by shutting down its writing half of the connection (its
+//! process ending does the same): the node stops what can be stopped
+//! (an import: nothing is added) and answers [`Reply::Cancelled`], or the
+//! outcome if the work was already done. On the socket a
 //! message is a 4-byte big-endian body length, then that many bytes of
 //! [postcard](https://docs.rs/postcard) (its wire format v1). A body longer
 //! than [`MAX_MESSAGE`], one that does not decode as the expected type, or
@@ -20,8 +26,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use strata_types::{ChunkId, ImageId};
+use serde::Serialize;
+
+mod messages;
+
+pub use messages::*;
 
 /// Largest message body, in bytes: a chunk's stored form (under 4 MiB,
 /// `strata_chunk::MAX_CHUNK_LEN`) or a command's output, with room to spare.
@@ -47,56 +56,6 @@ pub enum ControlError {
     Closed,
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A CLI command the node runs for the caller, on its store (the node owns
-/// the store while it runs, so commands that change it go through here).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Forwarded {
-    /// `strata import FILE [--name NAME]...`: `file` is a path on this host.
-    Import { file: PathBuf, names: Vec<String> },
-    /// `strata rm IMAGE...`: references as the CLI takes them.
-    Rm { images: Vec<String> },
-    /// `strata gc`.
-    Gc,
-    /// `strata commit`: a mountpoint or an upper directory, and names.
-    Commit { mountpoint: Option<PathBuf>, upper: Option<PathBuf>, names: Vec<String> },
-    /// `strata peers`.
-    Peers,
-    /// `strata images`.
-    Images,
-    /// `strata inspect IMAGE`.
-    Inspect { image: String },
-    /// `strata store stats`.
-    Stats,
-}
-
-/// What a client asks the node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
-    /// Run a CLI command on the node's store; `json` selects JSON output.
-    Run { command: Forwarded, json: bool },
-    /// Make an image that peers hold known here (metadata only).
-    Pull { reference: String },
-    /// A chunk's stored form, fetched from peers if missing.
-    Chunk { id: ChunkId },
-    /// The chunks a mount of `image` read first, in order: the image's
-    /// startup profile if it has none yet.
-    Profile { image: ImageId, chunks: Vec<ChunkId> },
-}
-
-/// The node's answer to one [`Request`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reply {
-    /// What the command printed, and whether it failed (with the error).
-    Done { output: Vec<u8>, error: Option<String> },
-    /// The image a [`Request::Pull`] made known, as its id in hex.
-    Pulled { image: String },
-    /// A chunk's stored form (not yet verified: the caller decodes it
-    /// against the id it asked for).
-    Chunk { stored: Vec<u8> },
-    /// The request could not be carried out.
-    Failed { error: String },
 }
 
 /// The control socket of the node on `data_dir`.
@@ -227,18 +186,18 @@ pub fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_types::{ChunkId, ImageId, LayerId};
 
     fn samples() -> Vec<Request> {
         vec![
             Request::Run {
-                command: Forwarded::Commit {
+                command: Command::Commit {
                     mountpoint: Some("/m".into()),
                     upper: None,
                     names: vec!["a:b".into()],
                 },
-                json: true,
             },
-            Request::Run { command: Forwarded::Gc, json: false },
+            Request::Run { command: Command::Gc },
             Request::Pull { reference: "busybox:latest".into() },
             Request::Chunk { id: ChunkId::of(b"x") },
             Request::Profile { image: ImageId::of(b"i"), chunks: vec![ChunkId::of(b"a"), ChunkId::of(b"b")] },
@@ -273,9 +232,9 @@ mod tests {
 
     #[test]
     fn header_layout_is_big_endian_length_then_body() {
-        let frame = encode(&Request::Run { command: Forwarded::Peers, json: false }).unwrap();
-        // Variant 0 (Run), variant 4 (Peers), false.
-        assert_eq!(frame, [0, 0, 0, 3, 0, 4, 0]);
+        let frame = encode(&Request::Run { command: Command::Peers }).unwrap();
+        // Variant 0 (Run), variant 4 (Peers).
+        assert_eq!(frame, [0, 0, 0, 2, 0, 4]);
     }
 
     #[test]
@@ -299,6 +258,54 @@ mod tests {
         let mut bad_id = vec![2u8, 3, b'x', b'y', b'z'];
         bad_id.splice(0..0, (bad_id.len() as u32).to_be_bytes());
         assert!(matches!(read_message::<Request>(&mut &bad_id[..]), Err(ControlError::Decode(_))));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let replies = vec![
+            Reply::Progress(Progress::Start { total_bytes: 1 << 40 }),
+            Reply::Progress(Progress::Layer { member: "blobs/sha256/ab".into() }),
+            Reply::Progress(Progress::Advance { bytes: 1 << 20 }),
+            Reply::Done(Outcome::Imported(Imported {
+                images: vec![ImportedImage {
+                    names: vec!["a:1".into()],
+                    id: ImageId::of(b"i"),
+                    layers: vec![LayerId::of(b"l")],
+                }],
+                layers_added: 1,
+                ..Imported::default()
+            })),
+            Reply::Done(Outcome::Stats(StoreStats { dedup_ratio: 1.5, ..StoreStats::default() })),
+            Reply::Done(Outcome::Peers(Peers {
+                this: Peer { name: "n1".into(), addr: "127.0.0.1:1".parse().unwrap() },
+                members: vec![Member {
+                    name: "n2".into(),
+                    addr: "[::1]:2".parse().unwrap(),
+                    state: MemberState::Suspect,
+                    incarnation: 7,
+                }],
+            })),
+            Reply::Pulled { image: ImageId::of(b"p") },
+            Reply::Recorded,
+            Reply::Cancelled,
+            Reply::Failed { error: "no".into() },
+        ];
+        let mut wire = Vec::new();
+        for reply in &replies {
+            write_message(&mut wire, reply).unwrap();
+        }
+        let mut input = &wire[..];
+        for reply in replies {
+            assert_eq!(read_message::<Reply>(&mut input).unwrap(), Some(reply));
+        }
+    }
+
+    #[test]
+    fn peers_json_names_this_node_self() {
+        let peers =
+            Peers { this: Peer { name: "n1".into(), addr: "127.0.0.1:1".parse().unwrap() }, members: vec![] };
+        let json = serde_json::to_value(&peers).unwrap();
+        assert_eq!(json["self"]["name"], "n1");
     }
 
     #[test]

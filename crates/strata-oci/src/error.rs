@@ -34,6 +34,9 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error("import setup: {0}")]
     Setup(String),
+    /// The caller cancelled (`ImportProgress::cancelled`); nothing was stored.
+    #[error("import cancelled")]
+    Cancelled,
 }
 
 impl ImportError {

@@ -47,6 +47,27 @@ pub trait ImportProgress: Send + Sync {
     fn advance(&self, _bytes: u64) {}
     /// A layer begins.
     fn layer(&self, _member: &str) {}
+    /// Whether the caller wants the import stopped: asked before every
+    /// read of a layer blob and before the commit; once true, the import
+    /// ends with [`ImportError::Cancelled`] and the store is as it was.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A layer blob that stops being readable once the import is cancelled.
+struct Cancellable<'a, R> {
+    inner: R,
+    progress: &'a dyn ImportProgress,
+}
+
+impl<R: std::io::Read> std::io::Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.progress.cancelled() {
+            return Err(std::io::Error::other("import cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// An [`ImportProgress`] that shows nothing.
@@ -137,7 +158,11 @@ pub fn import_archive(
         for (n, layer) in unique.iter().enumerate() {
             tracing::info!(member = %layer.member, layer = n + 1, of = unique.len(), "importing layer");
             progress.layer(&layer.member);
-            let result = convert_layer(&archive, layer, &mut chunker, &mut sink, progress);
+            let result = if progress.cancelled() {
+                Err(ImportError::Cancelled)
+            } else {
+                convert_layer(&archive, layer, &mut chunker, &mut sink, progress)
+            };
             match result {
                 Ok((index, record, summary)) => {
                     report.blob_bytes += record.blob_size;
@@ -147,7 +172,9 @@ pub fn import_archive(
                 Err(e) => {
                     drop(sink);
                     pool.finish().ok();
-                    return Err(e);
+                    // A read refused because of a cancel surfaces as the
+                    // layer's error: say what it was.
+                    return Err(if progress.cancelled() { ImportError::Cancelled } else { e });
                 }
             }
         }
@@ -163,6 +190,9 @@ pub fn import_archive(
     }
     for plan in plans {
         report.images.push(stage_image(&mut txn, plan, &layer_ids));
+    }
+    if progress.cancelled() {
+        return Err(ImportError::Cancelled);
     }
     let summary = txn.commit()?;
     report.layers_added = summary.layers_added;
@@ -205,6 +235,7 @@ fn convert_layer<S: ChunkSink>(
             return Err(ImportError::SizeMismatch { member: member.to_owned(), expected, actual: size });
         }
     }
+    let reader = Cancellable { inner: reader, progress };
     let mut blob = Hashing::with_progress(reader, Box::new(|n| progress.advance(n)));
     let mut buffered = BufReader::with_capacity(256 << 10, &mut blob);
     let compression = Compression::sniff(&mut buffered).map_err(|e| ImportError::member(member, e))?;

@@ -5,12 +5,12 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::mount::{start_mount, unmount};
-use super::Ctx;
 use crate::container::{resolve_user, Entry, ETC_FILES};
+use crate::data_dir::DataDir;
+use crate::error::{refuse, Context, Result};
+use crate::mount::{start_mount, unmount, MountSpec};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -23,7 +23,7 @@ struct Process {
 }
 
 impl Process {
-    fn from_config(config: &[u8], args: &[String]) -> anyhow::Result<Self> {
+    fn from_config(config: &[u8], args: &[String]) -> Result<Self> {
         let value: Value = serde_json::from_slice(config).context("the image config is not JSON")?;
         let c = &value["config"];
         let strings = |v: &Value| -> Vec<String> {
@@ -34,7 +34,7 @@ impl Process {
         let mut argv = strings(&c["Entrypoint"]);
         argv.extend(if args.is_empty() { strings(&c["Cmd"]) } else { args.to_vec() });
         if argv.is_empty() {
-            bail!("the image has no Entrypoint or Cmd: give a command after --");
+            refuse!("the image has no Entrypoint or Cmd: give a command after --");
         }
         let mut env = strings(&c["Env"]);
         if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -49,26 +49,36 @@ impl Process {
     }
 }
 
-/// Runs the image's process and returns its exit code (128 + signal if killed).
+/// Runs the image's process in a writable mount of it (`upper`, else a
+/// layer made for the run and removed after it) and returns its exit code
+/// (128 + signal if killed). SIGINT, SIGTERM and SIGHUP go on to the
+/// process; whatever happens, the mount goes.
 pub fn run(
-    ctx: &Ctx,
+    ctx: &DataDir,
     image: &str,
     upper: Option<&Path>,
     trace_reads: Option<&Path>,
     args: &[String],
-) -> anyhow::Result<i32> {
+) -> Result<i32> {
     // With a node running here, an image only peers hold is pulled first.
-    crate::control::pull(&ctx.data_dir, image)?;
+    crate::client::pull(&ctx.path, image)?;
     let (found_id, config) = {
         let store = ctx.read_store()?;
         let found = strata_oci::find_image(&store, image)?;
         (found.id, found.record.config)
     };
     let process = Process::from_config(&config, args)?;
-    let run_dir = ctx.data_dir.join("run").join(format!("{}-{}", found_id.short(), std::process::id()));
+    let run_dir = ctx.path.join("run").join(format!("{}-{}", found_id.short(), std::process::id()));
     let rootfs = run_dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-    let started = start_mount(ctx, image, &rootfs, upper, false, trace_reads)?;
+    let spec = MountSpec {
+        image: image.to_owned(),
+        mountpoint: rootfs.clone(),
+        upper: upper.map(Path::to_owned),
+        trace_reads: trace_reads.map(Path::to_owned),
+        ..MountSpec::default()
+    };
+    let started = start_mount(ctx, &spec)?;
     let mut cleanup = Cleanup {
         ctx,
         mountpoint: started.mountpoint.clone(),
@@ -90,7 +100,7 @@ pub fn run(
 /// Whatever happens to the run, even a panic, the mount goes, and a
 /// writable layer made for the run goes with it.
 struct Cleanup<'a> {
-    ctx: &'a Ctx,
+    ctx: &'a DataDir,
     mountpoint: std::path::PathBuf,
     layer: Option<std::path::PathBuf>,
     run_dir: std::path::PathBuf,
@@ -98,7 +108,7 @@ struct Cleanup<'a> {
 }
 
 impl Cleanup<'_> {
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn finish(&mut self) -> Result<()> {
         self.done = true;
         let unmounted = unmount(self.ctx, &self.mountpoint, false);
         if let Some(dir) = &self.layer {
@@ -113,7 +123,7 @@ impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if !self.done {
             if let Err(e) = self.finish() {
-                eprintln!("cleaning up the run: {}", crate::error_chain(&e));
+                tracing::error!(error = %crate::error::chain(&e), "cleaning up the run");
             }
         }
     }
@@ -166,7 +176,7 @@ const MAX_ID_FILE: u64 = 16 << 20;
 /// The image's /etc/`name` (passwd, group), read inside the rootfs: ""
 /// when missing; an error when it is not a regular file or too large (an
 /// image's symlink never reaches the host, a fifo never blocks the run).
-fn read_image_file(root: &std::fs::File, name: &str) -> anyhow::Result<String> {
+fn read_image_file(root: &std::fs::File, name: &str) -> Result<String> {
     let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
     let file = match open_in_rootfs(root, &format!("etc/{name}"), flags, 0) {
         Ok(file) => file,
@@ -175,10 +185,10 @@ fn read_image_file(root: &std::fs::File, name: &str) -> anyhow::Result<String> {
     };
     let meta = file.metadata()?;
     if !meta.is_file() {
-        bail!("the image's /etc/{name} is not a regular file");
+        refuse!("the image's /etc/{name} is not a regular file");
     }
     if meta.len() > MAX_ID_FILE {
-        bail!("the image's /etc/{name} is {} bytes, more than {MAX_ID_FILE}", meta.len());
+        refuse!("the image's /etc/{name} is {} bytes, more than {MAX_ID_FILE}", meta.len());
     }
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_ID_FILE), &mut text)
@@ -189,7 +199,7 @@ fn read_image_file(root: &std::fs::File, name: &str) -> anyhow::Result<String> {
 /// Where the image's /etc/`name` resolves within the rootfs, made an empty
 /// regular file if missing (and then `true`); an error if it is anything
 /// but a regular file.
-fn etc_target(root: &std::fs::File, name: &str) -> anyhow::Result<(std::path::PathBuf, bool)> {
+fn etc_target(root: &std::fs::File, name: &str) -> Result<(std::path::PathBuf, bool)> {
     let rel = format!("etc/{name}");
     let mut made = false;
     let found = match open_in_rootfs(root, &rel, libc::O_PATH, 0) {
@@ -202,7 +212,7 @@ fn etc_target(root: &std::fs::File, name: &str) -> anyhow::Result<(std::path::Pa
     }
     .with_context(|| format!("opening /etc/{name} in the image"))?;
     if !found.metadata()?.is_file() {
-        bail!("the image's /etc/{name} is not a regular file: it cannot be bound over");
+        refuse!("the image's /etc/{name} is not a regular file: it cannot be bound over");
     }
     // Where it resolved to (the image's symlinks followed inside the
     // rootfs): nothing changes there before the child mounts onto it, as
@@ -223,12 +233,12 @@ struct Setup<'a> {
 impl Setup<'_> {
     /// Marks what was made (paths inside the rootfs), once all of it is:
     /// a mark records the entry's mtime, which making its children moves.
-    fn mark(self, upper: Option<&Path>) -> anyhow::Result<()> {
+    fn mark(self, upper: Option<&Path>) -> Result<()> {
         let Some(upper) = upper else { return Ok(()) };
         for path in &self.made {
-            let rel = path.strip_prefix(self.rootfs).with_context(|| {
-                format!("{} is outside the rootfs {}", path.display(), self.rootfs.display())
-            })?;
+            let Ok(rel) = path.strip_prefix(self.rootfs) else {
+                refuse!("{} is outside the rootfs {}", path.display(), self.rootfs.display());
+            };
             strata_mount::upper::mark_init(upper, std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()))
                 .context("marking container setup in the writable layer")?;
         }
@@ -242,7 +252,7 @@ fn run_mounted(
     run_dir: &Path,
     process: &Process,
     hostname: &str,
-) -> anyhow::Result<i32> {
+) -> Result<i32> {
     // Paths the setup makes are compared with the rootfs as the kernel names it.
     let real_rootfs =
         std::fs::canonicalize(rootfs).with_context(|| format!("resolving {}", rootfs.display()))?;

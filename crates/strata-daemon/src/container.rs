@@ -297,7 +297,7 @@ fn table(text: &str) -> Vec<Vec<String>> {
 /// /etc/group lists it in; an explicit group (name looked up in
 /// /etc/group, or a number) replaces the primary group and adds none.
 /// An empty `User` is uid 0, resolved the same way.
-pub fn resolve_user(user: &str, passwd: &str, group_file: &str) -> anyhow::Result<ExecUser> {
+pub fn resolve_user(user: &str, passwd: &str, group_file: &str) -> crate::error::Result<ExecUser> {
     let (name, group) = match user.split_once(':') {
         Some((n, g)) => (if n.is_empty() { "0" } else { n }, Some(g).filter(|g| !g.is_empty())),
         None => (if user.is_empty() { "0" } else { user }, None),
@@ -306,19 +306,21 @@ pub fn resolve_user(user: &str, passwd: &str, group_file: &str) -> anyhow::Resul
     let entry = match name.parse::<u32>() {
         Ok(uid) => passwd.iter().find(|f| f.len() > 5 && f[2].parse::<u32>().ok() == Some(uid)),
         Err(_) => Some(passwd.iter().find(|f| f.len() > 5 && f[0] == name).ok_or_else(|| {
-            anyhow::anyhow!("unable to find user {name}: no matching entries in the image's /etc/passwd")
+            crate::error::Error::Refused(format!(
+                "unable to find user {name}: no matching entries in the image's /etc/passwd"
+            ))
         })?),
     };
     let uid = match entry {
-        Some(f) => {
-            f[2].parse().map_err(|_| anyhow::anyhow!("the image's /etc/passwd has a bad uid for {name}"))?
-        }
-        None => name.parse()?,
+        Some(f) => f[2].parse().map_err(|_| {
+            crate::error::Error::Refused(format!("the image's /etc/passwd has a bad uid for {name}"))
+        })?,
+        None => name.parse().map_err(|_| crate::error::Error::Refused(format!("bad user {name}")))?,
     };
     let mut gid: u32 = match entry {
-        Some(f) => {
-            f[3].parse().map_err(|_| anyhow::anyhow!("the image's /etc/passwd has a bad gid for {name}"))?
-        }
+        Some(f) => f[3].parse().map_err(|_| {
+            crate::error::Error::Refused(format!("the image's /etc/passwd has a bad gid for {name}"))
+        })?,
         None => 0,
     };
     let home = entry.map(|f| f[5].clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| "/".to_owned());
@@ -329,10 +331,14 @@ pub fn resolve_user(user: &str, passwd: &str, group_file: &str) -> anyhow::Resul
             gid = match g.parse::<u32>() {
                 Ok(gid) => gid,
                 Err(_) => groups_table.iter().find(|f| f.len() > 2 && f[0] == g).ok_or_else(|| {
-                    anyhow::anyhow!("unable to find group {g}: no matching entries in the image's /etc/group")
+                    crate::error::Error::Refused(format!(
+                        "unable to find group {g}: no matching entries in the image's /etc/group"
+                    ))
                 })?[2]
                     .parse()
-                    .map_err(|_| anyhow::anyhow!("the image's /etc/group has a bad gid for {g}"))?,
+                    .map_err(|_| {
+                        crate::error::Error::Refused(format!("the image's /etc/group has a bad gid for {g}"))
+                    })?,
             };
         }
         None => {

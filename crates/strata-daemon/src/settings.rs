@@ -6,11 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use strata_chunk::Chunking;
+
+use crate::error::{refuse, Error, Result};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -126,11 +127,18 @@ impl Settings {
         }
     }
 
-    pub fn load(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<Self> {
+    /// Defaults, then `explicit` (else the [default file](Self::default_file)),
+    /// then `STRATA_*` variables.
+    ///
+    /// Errors: a given file that does not exist, a value of the wrong type,
+    /// chunking settings `strata_chunk::Chunking::validate` refuses.
+    pub fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         match explicit {
             Some(file) => {
-                anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+                if !file.exists() {
+                    refuse!("config file {} does not exist", file.display());
+                }
                 figment = figment.merge(Toml::file(file));
             }
             None => {
@@ -142,8 +150,10 @@ impl Settings {
         let settings: Settings = figment
             .merge(Env::prefixed("STRATA_").ignore(&["data_dir", "config", "log"]).split("__"))
             .extract()
-            .context("reading settings")?;
-        settings.chunking.validate().context("chunking settings")?;
+            .map_err(|e| Error::Settings(Box::new(e)))?;
+        if let Err(e) = settings.chunking.validate() {
+            refuse!("chunking settings: {e}");
+        }
         Ok(settings)
     }
 }

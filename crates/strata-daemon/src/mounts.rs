@@ -7,9 +7,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Context, Result};
+
+/// One mount, as its serving process recorded it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MountRecord {
     pub mountpoint: PathBuf,
@@ -25,6 +27,7 @@ pub struct MountRecord {
     pub log: PathBuf,
 }
 
+/// Whether a recorded mount is still served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MountState {
@@ -56,7 +59,7 @@ pub fn log_path(data_dir: &Path, mountpoint: &Path) -> PathBuf {
 }
 
 /// Writes the record atomically (temporary file, then rename).
-pub fn write(data_dir: &Path, record: &MountRecord) -> anyhow::Result<()> {
+pub fn write(data_dir: &Path, record: &MountRecord) -> Result<()> {
     let path = record_path(data_dir, &record.mountpoint);
     let tmp = path.with_extension("json.tmp");
     let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -76,7 +79,7 @@ pub fn find(data_dir: &Path, mountpoint: &Path) -> Option<MountRecord> {
 }
 
 /// Every record, with the state of its mount.
-pub fn list(data_dir: &Path) -> anyhow::Result<Vec<(MountRecord, MountState)>> {
+pub fn list(data_dir: &Path) -> Result<Vec<(MountRecord, MountState)>> {
     let dir = records_dir(data_dir);
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,

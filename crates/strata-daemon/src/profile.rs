@@ -13,6 +13,7 @@ use std::time::Duration;
 use strata_mount::ReadTrace;
 use strata_types::ImageId;
 
+/// The recording thread of one mount's startup profile.
 pub struct ProfileRecorder {
     /// Dropped to close the window early (the mount ended).
     stop: Option<mpsc::Sender<()>>,
@@ -20,6 +21,8 @@ pub struct ProfileRecorder {
 }
 
 impl ProfileRecorder {
+    /// Starts recording `trace`'s reads for `image`; the profile goes to
+    /// the node on `data_dir` after `window` or at [`finish`](Self::finish).
     pub fn start(data_dir: PathBuf, image: ImageId, trace: Arc<ReadTrace>, window: Duration) -> Self {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -31,7 +34,7 @@ impl ProfileRecorder {
                     return;
                 }
                 let count = chunks.len();
-                match crate::control::record_profile(&data_dir, image, chunks) {
+                match crate::client::record_profile(&data_dir, image, chunks) {
                     Ok(()) => tracing::info!(%image, chunks = count, "startup profile handed to the node"),
                     Err(e) => tracing::info!(%image, error = %e, "the node did not take the startup profile"),
                 }

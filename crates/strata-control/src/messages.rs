@@ -1,0 +1,270 @@
+//! The messages: what a client asks ([`Request`], [`Command`]) and what the
+//! node answers ([`Reply`], [`Outcome`], [`Progress`]). Every answer is typed:
+//! the CLI formats it (tables, `--json`, progress bars); nothing travels as
+//! printed text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use strata_types::{ChunkId, ImageId, LayerId};
+
+/// A command run on the node's store for a caller (the node owns the store
+/// while it runs, so commands that change it go through here). Paths are
+/// absolute: the node does not share the caller's working directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Import a docker-save archive or OCI layout (`strata import`); names
+    /// replace the archive's (which must then hold one image). Cancellable.
+    Import { file: PathBuf, names: Vec<String> },
+    /// Remove names or images (`strata rm`): references as `find_image`
+    /// takes them (name, id, unique id prefix).
+    Rm { images: Vec<String> },
+    /// Delete what no image uses (`strata gc`).
+    Gc,
+    /// Turn a writable layer into a new image (`strata commit`): a
+    /// writable mount's mountpoint, or the writable layer's directory.
+    Commit { mountpoint: Option<PathBuf>, upper: Option<PathBuf>, names: Vec<String> },
+    /// The members this node's gossip knows (`strata peers`).
+    Peers,
+    /// The images in the store (`strata images`).
+    Images,
+    /// One image in detail (`strata inspect`).
+    Inspect { image: String },
+    /// The store's totals (`strata store stats`).
+    Stats,
+}
+
+impl Command {
+    /// Whether the node stops this command when its caller cancels (today
+    /// only an import; the others are short or must not stop halfway).
+    pub fn cancellable(&self) -> bool {
+        matches!(self, Command::Import { .. })
+    }
+}
+
+/// What a client asks the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a command on the node's store. Answered by any number of
+    /// [`Reply::Progress`], then [`Reply::Done`], [`Reply::Failed`] or
+    /// [`Reply::Cancelled`].
+    Run { command: Command },
+    /// Make an image that peers hold known here (metadata only); answered
+    /// by [`Reply::Pulled`].
+    Pull { reference: String },
+    /// A chunk's stored form, fetched from peers if missing; answered by
+    /// [`Reply::Chunk`].
+    Chunk { id: ChunkId },
+    /// The chunks a mount of `image` read first, in order: the image's
+    /// startup profile if it has none yet; answered by [`Reply::Recorded`].
+    Profile { image: ImageId, chunks: Vec<ChunkId> },
+}
+
+/// The node's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A step of a command still running (more replies follow).
+    Progress(Progress),
+    /// A command's result.
+    Done(Outcome),
+    /// The image a [`Request::Pull`] made known.
+    Pulled { image: ImageId },
+    /// A chunk's stored form (not yet verified: the caller decodes it
+    /// against the id it asked for).
+    Chunk { stored: Vec<u8> },
+    /// A startup profile was taken (or the image had one).
+    Recorded,
+    /// The command was stopped at the caller's request; it changed nothing.
+    Cancelled,
+    /// The request could not be carried out: the error and its causes.
+    Failed { error: String },
+}
+
+/// How a long command advances, for a progress bar. Byte counts add up
+/// to the `total_bytes` of [`Progress::Start`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// Before the first layer: the layer blob bytes the command will read.
+    Start { total_bytes: u64 },
+    /// A layer begins: its archive member.
+    Layer { member: String },
+    /// Another `bytes` of layer blobs read (several reads at once: the
+    /// node sends one of these per MiB or so, not one per read).
+    Advance { bytes: u64 },
+}
+
+/// What a [`Command`] produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Imported(Imported),
+    Removed(Vec<Removed>),
+    Collected(Collected),
+    Committed(Committed),
+    Peers(Peers),
+    Images(Vec<ImageSummary>),
+    Inspected(Box<ImageDetails>),
+    Stats(StoreStats),
+}
+
+/// An import's result (`strata import`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Imported {
+    pub images: Vec<ImportedImage>,
+    pub layers_added: u64,
+    pub new_chunks: u64,
+    /// Bytes of the new chunks, uncompressed.
+    pub new_chunk_bytes: u64,
+    /// Layer blob bytes read from the archive, as stored there.
+    pub blob_bytes: u64,
+    /// Regular-file bytes of all layers read.
+    pub content_bytes: u64,
+}
+
+/// One image an import added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedImage {
+    pub names: Vec<String>,
+    pub id: ImageId,
+    pub layers: Vec<LayerId>,
+}
+
+/// What `strata rm` did for one reference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub image: ImageId,
+    pub names_removed: Vec<String>,
+    /// Whether the image itself went (its last name did, or it was named by id).
+    pub image_removed: bool,
+}
+
+/// What `strata gc` deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    pub layers_deleted: u64,
+    pub chunks_deleted: u64,
+    /// Uncompressed bytes of the chunks deleted.
+    pub chunk_bytes_deleted: u64,
+    /// Stored (compressed) bytes of the chunks deleted.
+    pub stored_bytes_deleted: u64,
+}
+
+/// A commit's result: the new image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub id: ImageId,
+    pub names: Vec<String>,
+    /// The writable layer that was committed.
+    pub upper: PathBuf,
+    pub layer: LayerId,
+    /// `sha256:…` of the new layer's tar.
+    pub diff_id: String,
+    pub entries: u64,
+    pub new_chunks: u64,
+    pub new_chunk_bytes: u64,
+}
+
+/// The membership a node's gossip sees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    #[serde(rename = "self")]
+    pub this: Peer,
+    pub members: Vec<Member>,
+}
+
+/// A node's name and QUIC address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// One member as gossip sees it (SWIM states).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: MemberState,
+    /// The member's start time in ms: a restarted node has a higher one.
+    pub incarnation: u64,
+}
+
+/// SWIM's view of a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Down,
+}
+
+/// One row of `strata images`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    pub name: String,
+    pub id: ImageId,
+    pub layers: u64,
+    /// Regular-file bytes of the image's layers.
+    pub size: u64,
+}
+
+/// `strata inspect`: an image, its config and layers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDetails {
+    /// The name it was found by (or its first).
+    pub name: String,
+    pub names: Vec<String>,
+    pub id: ImageId,
+    pub config_digest: String,
+    /// The image config, as stored (JSON text, OCI image spec `config.json`).
+    pub config: String,
+    /// Regular-file bytes of the image's layers.
+    pub size: u64,
+    /// What is not in the store yet (an image pulled lazily).
+    pub missing: Missing,
+    pub layers: Vec<LayerDetails>,
+}
+
+/// Chunks an image lacks in the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missing {
+    pub chunks: u64,
+    /// Uncompressed bytes of those chunks.
+    pub bytes: u64,
+    /// Layers with at least one chunk missing.
+    pub layers: u64,
+}
+
+/// One layer of [`ImageDetails`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDetails {
+    pub id: LayerId,
+    pub diff_id: String,
+    pub blob_digest: String,
+    pub media_type: String,
+    /// Tar entries.
+    pub files: u64,
+    /// Regular-file bytes.
+    pub size: u64,
+    /// Chunk references (a chunk used twice counts twice).
+    pub chunks: u64,
+}
+
+/// `strata store stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub chunks: u64,
+    /// File content of all layers.
+    pub logical_bytes: u64,
+    /// After dedup (each chunk once, uncompressed).
+    pub unique_bytes: u64,
+    /// After compression.
+    pub stored_bytes: u64,
+    pub dedup_ratio: f64,
+    pub compression_ratio: f64,
+    pub layers: u64,
+    pub images: u64,
+    pub names: u64,
+    /// The store's files on disk.
+    pub disk_bytes: u64,
+}

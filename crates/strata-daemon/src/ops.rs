@@ -1,0 +1,366 @@
+//! The store commands, run on a data dir's store: by the node for its
+//! callers, or by the CLI itself when no node runs. Each returns a typed
+//! [`Outcome`]; nothing is printed here.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_control::{
+    Collected, Command, Committed, ImageDetails, ImageSummary, Imported, ImportedImage, LayerDetails, Member,
+    MemberState, Missing, Outcome, Peer, Peers, Progress, Removed, StoreStats,
+};
+use strata_mount::{ChunkReader, UpperDir};
+use strata_store::{ImageId, ImageRecord, LayerId, Store};
+
+use crate::cancel::Cancel;
+use crate::chunks::ImageChunks;
+use crate::data_dir::DataDir;
+use crate::error::{refuse, Context, Error, Result};
+use crate::mounts;
+
+/// Runs `command` on `dir`'s store. `progress` is told how long work
+/// advances (an import); `cancel` stops what can be stopped (an import:
+/// nothing is added, [`Error::Cancelled`]).
+pub fn execute(
+    dir: &DataDir,
+    command: Command,
+    progress: &(dyn Fn(Progress) + Sync),
+    cancel: &Cancel,
+) -> Result<Outcome> {
+    match command {
+        Command::Import { file, names } => import(dir, &file, names, progress, cancel).map(Outcome::Imported),
+        Command::Rm { images } => rm(dir, &images).map(Outcome::Removed),
+        Command::Gc => gc(dir).map(Outcome::Collected),
+        Command::Commit { mountpoint, upper, names } => {
+            commit(dir, mountpoint.as_deref(), upper.as_deref(), &names).map(Outcome::Committed)
+        }
+        Command::Peers => peers(dir).map(Outcome::Peers),
+        Command::Images => images(dir).map(Outcome::Images),
+        Command::Inspect { image } => inspect(dir, &image).map(|d| Outcome::Inspected(Box::new(d))),
+        Command::Stats => stats(dir).map(Outcome::Stats),
+    }
+}
+
+/// An import's progress as [`Progress`] steps, and its cancellation.
+struct Reporter<'a> {
+    progress: &'a (dyn Fn(Progress) + Sync),
+    cancel: &'a Cancel,
+}
+
+impl strata_oci::ImportProgress for Reporter<'_> {
+    fn start(&self, total_bytes: u64) {
+        (self.progress)(Progress::Start { total_bytes });
+    }
+    fn advance(&self, bytes: u64) {
+        (self.progress)(Progress::Advance { bytes });
+    }
+    fn layer(&self, member: &str) {
+        (self.progress)(Progress::Layer { member: member.to_owned() });
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// `strata import`: every image of the archive, in one transaction.
+pub fn import(
+    dir: &DataDir,
+    file: &Path,
+    names: Vec<String>,
+    progress: &(dyn Fn(Progress) + Sync),
+    cancel: &Cancel,
+) -> Result<Imported> {
+    let store = dir.write_store()?;
+    let options = dir.settings.import_options(names);
+    let report = match strata_oci::import_archive(&store, file, &options, &Reporter { progress, cancel }) {
+        Err(strata_oci::ImportError::Cancelled) => return Err(Error::Cancelled),
+        other => other.with_context(|| format!("importing {}", file.display()))?,
+    };
+    Ok(Imported {
+        images: report
+            .images
+            .into_iter()
+            .map(|i| ImportedImage { names: i.names, id: i.id, layers: i.layers })
+            .collect(),
+        layers_added: report.layers_added as u64,
+        new_chunks: report.new_chunks,
+        new_chunk_bytes: report.new_chunk_bytes,
+        blob_bytes: report.blob_bytes,
+        content_bytes: report.content_bytes,
+    })
+}
+
+/// `strata rm`: a name removes that name; an id removes every name of the
+/// image. An image a mount uses is refused.
+pub fn rm(dir: &DataDir, references: &[String]) -> Result<Vec<Removed>> {
+    let store = dir.write_store()?;
+    let mounted = crate::mount::mounted_image_ids(&dir.path)?;
+    let mut out = Vec::new();
+    for reference in references {
+        let found = strata_oci::find_image(&store, reference)?;
+        let removes_image = found.named.is_none() || found.names.len() <= 1;
+        let mount = mounted.iter().find(|(id, _)| *id == found.id.to_hex());
+        if let (true, Some((_, mountpoint))) = (removes_image, mount) {
+            refuse!("{reference} is mounted at {}: unmount it first", mountpoint.display());
+        }
+        let outcome = store.remove(found.named.as_deref().unwrap_or(reference))?;
+        out.push(Removed {
+            image: outcome.image,
+            names_removed: outcome.names_removed,
+            image_removed: outcome.image_removed,
+        });
+    }
+    Ok(out)
+}
+
+/// `strata gc`.
+pub fn gc(dir: &DataDir) -> Result<Collected> {
+    let report = dir.write_store()?.gc()?;
+    Ok(Collected {
+        layers_deleted: report.layers_deleted,
+        chunks_deleted: report.chunks_deleted,
+        chunk_bytes_deleted: report.chunk_bytes_deleted,
+        stored_bytes_deleted: report.stored_bytes_deleted,
+    })
+}
+
+/// `strata commit`: a writable layer becomes a layer of a new image. The
+/// upper tree is streamed as a layer tar through a pipe into the import
+/// pipeline (`strata_oci::add_layer`); copied-up files of an image pulled
+/// lazily take their lower chunks through the node.
+pub fn commit(
+    dir: &DataDir,
+    mountpoint: Option<&Path>,
+    upper: Option<&Path>,
+    names: &[String],
+) -> Result<Committed> {
+    let (upper, image): (PathBuf, ImageId) = match (mountpoint, upper) {
+        (Some(mountpoint), None) => {
+            let mountpoint = std::fs::canonicalize(mountpoint)
+                .or_else(|_| std::path::absolute(mountpoint))
+                .with_context(|| format!("resolving {}", mountpoint.display()))?;
+            let record = mounts::find(&dir.path, &mountpoint)
+                .with_context(|| format!("{} is not a strata mount", mountpoint.display()))?;
+            let upper = record.upper.with_context(|| {
+                format!("{} is a read-only mount: there is nothing to commit", mountpoint.display())
+            })?;
+            let id = record.image_id.parse().map_err(|_| {
+                Error::Refused(format!("the mount record's image id {:?} is not an id", record.image_id))
+            })?;
+            (upper, id)
+        }
+        (None, Some(dir)) => (dir.to_owned(), UpperDir::image_of(dir)?),
+        _ => refuse!("give a writable mount's mountpoint, or --upper DIR"),
+    };
+    let store = dir.write_store()?;
+    let base = store.image(&image)?.with_context(|| format!("the writable layer's image {image} is gone"))?;
+    let tree = strata_mount::load_lower(&store, &base)?;
+    let chunks =
+        ImageChunks::new(dir.node.as_ref(), store.clone(), &dir.store_dir(), &dir.path, &image.to_string())?;
+    let reader = Arc::new(ChunkReader::new(Arc::new(chunks), 64 << 20));
+    let (pipe_out, pipe_in) = std::io::pipe().context("making a pipe")?;
+    let root = upper.join("root");
+    let committed = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| -> Result<()> {
+            let out = strata_mount::write_upper_layer(&root, &tree, &reader, BufWriter::new(pipe_in))?;
+            out.into_inner().map_err(|e| e.into_error())?.flush()?;
+            Ok(())
+        });
+        let options = dir.settings.import_options(Vec::new());
+        let result = strata_oci::add_layer(&store, &base, pipe_out, names, &options, "strata commit");
+        match writer.join() {
+            Ok(Err(e)) => Err(e).with_context(|| format!("reading the writable layer {}", upper.display())),
+            Ok(Ok(())) => result.map_err(Error::from),
+            Err(_) => refuse!("the layer writer panicked"),
+        }
+    })?;
+    Ok(Committed {
+        id: committed.id,
+        names: committed.names,
+        upper,
+        layer: committed.layer,
+        diff_id: committed.diff_id.to_string(),
+        entries: committed.layer_entries,
+        new_chunks: committed.new_chunks,
+        new_chunk_bytes: committed.new_chunk_bytes,
+    })
+}
+
+/// `strata peers`: the members this node's gossip knows, by name.
+pub fn peers(dir: &DataDir) -> Result<Peers> {
+    let node = dir
+        .node
+        .as_ref()
+        .with_context(|| format!("no node runs on {}: start one with `strata serve`", dir.path.display()))?;
+    let mut members: Vec<Member> = node
+        .members()
+        .into_iter()
+        .map(|m| Member {
+            name: m.name,
+            addr: m.addr,
+            state: match m.state {
+                strata_node::MemberState::Alive => MemberState::Alive,
+                strata_node::MemberState::Suspect => MemberState::Suspect,
+                strata_node::MemberState::Down => MemberState::Down,
+            },
+            incarnation: m.incarnation,
+        })
+        .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Peers { this: Peer { name: node.name().to_owned(), addr: node.addr() }, members })
+}
+
+/// Logical size of an image: the file bytes of its layers.
+fn image_size(store: &Store, record: &ImageRecord) -> Result<u64> {
+    let mut size = 0;
+    for layer in &record.layers {
+        let id = LayerId::from_slice(layer)?;
+        size += store.layer(&id)?.map_or(0, |l| l.content_bytes);
+    }
+    Ok(size)
+}
+
+/// `strata images`: every name, sorted.
+pub fn images(dir: &DataDir) -> Result<Vec<ImageSummary>> {
+    let store = dir.read_store()?;
+    let mut out = Vec::new();
+    for image in store.images()? {
+        let size = image_size(&store, &image.record)?;
+        out.push(ImageSummary {
+            name: image.name,
+            id: image.id,
+            layers: image.record.layers.len() as u64,
+            size,
+        });
+    }
+    Ok(out)
+}
+
+/// `strata inspect`: an image by name, id or unique id prefix.
+pub fn inspect(dir: &DataDir, reference: &str) -> Result<ImageDetails> {
+    let store = dir.read_store()?;
+    let found = strata_oci::find_image(&store, reference)?;
+    let name = found.display_name();
+    let strata_oci::FoundImage { id, record, names, .. } = found;
+    let mut layers = Vec::new();
+    for raw in &record.layers {
+        let layer_id = LayerId::from_slice(raw)?;
+        let layer = store.layer(&layer_id)?.with_context(|| format!("layer {layer_id} is missing"))?;
+        layers.push(LayerDetails {
+            id: layer_id,
+            diff_id: layer.diff_id,
+            blob_digest: layer.blob_digest,
+            media_type: layer.blob_media_type,
+            files: layer.entries,
+            size: layer.content_bytes,
+            chunks: layer.chunk_refs,
+        });
+    }
+    // Pulled lazily through a node: the chunks nobody read are not here.
+    let missing = strata_oci::missing_chunks(&store, &record)?;
+    Ok(ImageDetails {
+        name,
+        names,
+        id,
+        config_digest: record.config_digest,
+        config: String::from_utf8_lossy(&record.config).into_owned(),
+        size: layers.iter().map(|l| l.size).sum(),
+        missing: Missing { chunks: missing.chunks, bytes: missing.bytes, layers: missing.layers },
+        layers,
+    })
+}
+
+/// `strata store stats`.
+pub fn stats(dir: &DataDir) -> Result<StoreStats> {
+    let s = dir.read_store()?.stats()?;
+    Ok(StoreStats {
+        chunks: s.chunks,
+        logical_bytes: s.logical_bytes,
+        unique_bytes: s.unique_bytes,
+        stored_bytes: s.stored_bytes,
+        dedup_ratio: s.dedup_ratio(),
+        compression_ratio: s.compression_ratio(),
+        layers: s.layers,
+        images: s.images,
+        names: s.names,
+        disk_bytes: s.disk_bytes,
+    })
+}
+
+/// `strata export`: the image as an OCI layout tar at `output`. Chunks an
+/// image pulled lazily lacks come through the node; with none running,
+/// refused before anything is written, saying how much is missing.
+pub fn export(
+    dir: &DataDir,
+    image: &str,
+    output: &Path,
+    compression: strata_oci::LayerCompression,
+) -> Result<strata_oci::ExportReport> {
+    let store = dir.read_store()?;
+    let found = strata_oci::find_image(&store, image)?;
+    let missing = strata_oci::missing_chunks(&store, &found.record)?;
+    let chunks = ImageChunks::new(dir.node.as_ref(), store.clone(), &dir.store_dir(), &dir.path, image)?;
+    if missing.chunks > 0 && !chunks.fetches() {
+        return Err(crate::chunks::missing_error(image, missing, &dir.path));
+    }
+    let options = strata_oci::ExportOptions { compression };
+    strata_oci::export_image_from(&store, image, output, &options, &mut crate::chunks::LayerChunks(&chunks))
+        .with_context(|| format!("exporting {image} to {}", output.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::settings::Settings;
+
+    fn sample(dir: &Path) -> PathBuf {
+        let path = dir.join("sample.tar");
+        strata_sample::write_sample_image(
+            &path,
+            strata_oci::ArchiveLayout::OciWithDockerManifest,
+            strata_oci::LayerCompression::Gzip,
+            "sample:1",
+        )
+        .unwrap();
+        path
+    }
+
+    /// Cancelled at its first blob bytes, an import adds nothing: the
+    /// store's images and totals are as before.
+    #[test]
+    fn a_cancelled_import_leaves_the_store_as_it_was() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(&scratch.path().join("data"), Settings::default());
+        let archive = sample(scratch.path());
+        let before = (images(&dir).unwrap(), stats(&dir).unwrap());
+        let cancel = Cancel::new();
+        let steps = AtomicUsize::new(0);
+        let progress = |step: Progress| {
+            steps.fetch_add(1, Ordering::SeqCst);
+            if matches!(step, Progress::Advance { .. }) {
+                cancel.cancel();
+            }
+        };
+        let result = import(&dir, &archive, vec![], &progress, &cancel);
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert!(steps.load(Ordering::SeqCst) >= 3, "start, a layer and bytes were reported");
+        let mut after = (images(&dir).unwrap(), stats(&dir).unwrap());
+        after.1.disk_bytes = before.1.disk_bytes;
+        assert_eq!(after, before);
+
+        // Not cancelled, the same import goes through, reporting every byte.
+        let total = std::sync::Mutex::new((0u64, 0u64));
+        let counting = |step: Progress| match step {
+            Progress::Start { total_bytes } => total.lock().unwrap().0 = total_bytes,
+            Progress::Advance { bytes } => total.lock().unwrap().1 += bytes,
+            Progress::Layer { .. } => {}
+        };
+        let imported = import(&dir, &archive, vec![], &counting, &Cancel::new()).unwrap();
+        assert_eq!(imported.images[0].names, ["sample:1"]);
+        let (announced, advanced) = *total.lock().unwrap();
+        assert_eq!((announced, advanced), (imported.blob_bytes, imported.blob_bytes));
+    }
+}

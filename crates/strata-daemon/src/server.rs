@@ -1,0 +1,379 @@
+//! The node process (`strata serve`): the node, its control socket and its
+//! metrics endpoint.
+//!
+//! The node owns the store while it runs. Commands that change the store
+//! reach it through the control socket (DATA_DIR/node.sock), and so do mount
+//! processes for images and chunks only peers hold. On SIGTERM the node
+//! leaves the cluster, closes its endpoint and control socket, and flushes
+//! the store; mounts stay live in their own processes, reading what is
+//! local, while reads of chunks not yet here fail after the fetch deadline
+//! until a node runs on the data dir again.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_control::{
+    read_message_async, socket_path, write_message_async, Command, ControlError, Progress, Reply, Request,
+};
+use strata_node::{Caps, Node, NodeConfig};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::cancel::Cancel;
+use crate::data_dir::DataDir;
+use crate::error::{refuse, Context, Error, Result};
+use crate::identity::IdentitySpec;
+use crate::settings::NodeSettings;
+
+/// Where a started node can be reached; what `strata serve` prints.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// The QUIC address peers reach.
+    pub addr: SocketAddr,
+    /// The metrics endpoint, when one is configured.
+    pub metrics: Option<SocketAddr>,
+    pub control_socket: PathBuf,
+}
+
+/// Progress steps buffered for a caller that reads slowly; more are
+/// coalesced (byte counts) or dropped (layer names) rather than waited for.
+const PROGRESS_BUFFER: usize = 64;
+
+/// Blob bytes per [`Progress::Advance`] sent to a caller, at least.
+const ADVANCE_STEP: u64 = 1 << 20;
+
+/// Runs the node on `dir` with `settings` until SIGTERM, SIGINT or SIGHUP
+/// (a second one exits at once). `on_ready` is called once it serves.
+///
+/// Errors: no name; identity files missing or invalid; a node already runs
+/// on the data dir; the store, the QUIC endpoint, the control socket or the
+/// metrics address cannot be had.
+pub fn serve_node(dir: &DataDir, settings: NodeSettings, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+    let name = settings.name.clone().context(
+        "the node needs a name: --node NAME or [node] name (its certificate is CERT_DIR/NAME.pem)",
+    )?;
+    let identity = crate::identity::load_identity(
+        &dir.path,
+        &IdentitySpec {
+            node: Some(settings.cert_name.clone().unwrap_or_else(|| name.clone())),
+            cert_dir: settings.cert_dir.clone(),
+        },
+    )?;
+    if settings.fetch_deadline_secs.is_nan() || settings.fetch_deadline_secs <= 0.0 {
+        refuse!("the fetch deadline must be positive");
+    }
+    std::fs::create_dir_all(&dir.path)?;
+    if strata_control::connect(&dir.path).is_some() {
+        refuse!("a node already runs on {}", dir.path.display());
+    }
+    let store = Arc::new(dir.open_write_store()?);
+    // Signals are taken from here on: the first stops the node cleanly.
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel::<u32>(4);
+    crate::signals::on_termination(move |n| {
+        if n > 1 {
+            tracing::error!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        let _ = stop_tx.try_send(n);
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run(dir, settings, name, identity, store, stop_rx, on_ready));
+    // Control connections of live mounts block in reads: do not wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// host:port to an address; a name that does not resolve yet (a peer
+/// still starting) is asked again for up to `patience`.
+async fn resolve(what: &str, addr: &str, patience: Duration) -> Result<SocketAddr> {
+    let until = tokio::time::Instant::now() + patience;
+    loop {
+        match tokio::net::lookup_host(addr).await.map(|mut a| a.next()) {
+            Ok(Some(a)) => return Ok(a),
+            result => {
+                if tokio::time::Instant::now() >= until {
+                    let why = match result {
+                        Err(e) => e.to_string(),
+                        _ => "no address".into(),
+                    };
+                    refuse!("{what} {addr:?} does not resolve: {why}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    dir: &DataDir,
+    settings: NodeSettings,
+    name: String,
+    identity: strata_tls::Identity,
+    store: Arc<strata_store::Store>,
+    mut stop_rx: tokio::sync::mpsc::Receiver<u32>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<()> {
+    let listen = resolve("listen address", &settings.listen, Duration::ZERO).await?;
+    let advertise = match &settings.advertise {
+        Some(a) => Some(resolve("advertised address", a, Duration::from_secs(30)).await?),
+        None => None,
+    };
+    let mut seeds = Vec::new();
+    for seed in &settings.seeds {
+        match resolve("seed", seed, Duration::from_secs(30)).await {
+            Ok(addr) => seeds.push(addr),
+            Err(e) => tracing::warn!(error = %e, "seed skipped"),
+        }
+    }
+    let config = NodeConfig {
+        name,
+        listen,
+        advertise,
+        seeds,
+        fetch_deadline: Duration::from_secs_f64(settings.fetch_deadline_secs),
+        announce_interval: Duration::from_secs_f64(settings.announce_interval_secs.max(0.5)),
+        directory_replicas: settings.directory_replicas.max(1),
+        caps: Caps {
+            node: Some(settings.max_upload_bytes_per_sec).filter(|c| *c > 0),
+            per_peer: Some(settings.max_upload_per_peer_bytes_per_sec).filter(|c| *c > 0),
+        },
+    };
+    let node = Node::start(config, &identity, store).await?;
+
+    let socket = socket_path(&dir.path);
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding the control socket {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let in_node = Arc::new(dir.in_node(node.clone()));
+    tokio::spawn(accept_control(listener, in_node, node.clone()));
+
+    let metrics = match settings.metrics_listen.trim() {
+        "" => None,
+        addr => {
+            Some(serve_metrics(node.clone(), resolve("metrics address", addr, Duration::ZERO).await?).await?)
+        }
+    };
+    on_ready(&Ready { addr: node.addr(), metrics, control_socket: socket.clone() });
+    tracing::info!(node = node.name(), addr = %node.addr(), "node ready");
+
+    stop_rx.recv().await;
+    let live = crate::mounts::list(&dir.path)
+        .map(|records| records.into_iter().filter(|(r, _)| crate::mounts::process_alive(r.pid)).count())
+        .unwrap_or(0);
+    tracing::info!(
+        live_mounts = live,
+        "stopping: leaving the cluster; mounts stay live in their own processes and read what is local, \
+         reads of chunks not yet here fail after the fetch deadline until a node runs on this data dir again"
+    );
+    let _ = std::fs::remove_file(&socket);
+    node.shutdown().await;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// `/metrics` (Prometheus text) and `/healthz` on `addr`; returns the bound address.
+async fn serve_metrics(node: Arc<Node>, addr: SocketAddr) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(move || async move { node.metrics_text() }))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn accept_control(listener: tokio::net::UnixListener, dir: Arc<DataDir>, node: Arc<Node>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (read, write) = stream.into_split();
+                tokio::spawn(serve_control(dir.clone(), node.clone(), read, write));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One control connection, on a task of its own: requests answered in
+/// turn until it closes. Idle connections (mounts keep a few) hold no thread.
+async fn serve_control(
+    dir: Arc<DataDir>,
+    node: Arc<Node>,
+    mut read: OwnedReadHalf,
+    mut write: OwnedWriteHalf,
+) {
+    loop {
+        let request: Request = match read_message_async(&mut read).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::info!(error = %e, "bad control request");
+                return;
+            }
+        };
+        let (reply, go_on) = match request {
+            Request::Run { command } => run_command(&dir, &node, command, &mut read, &mut write).await,
+            other => (answer(&node, other).await, true),
+        };
+        if let Err(e) = send(&mut write, &reply).await {
+            tracing::debug!(error = %e, "control reply not delivered");
+            return;
+        }
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// Writes `reply`; one too large to send is answered `Failed` instead, so
+/// the client learns why rather than seeing a closed socket.
+async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), ControlError> {
+    match write_message_async(write, reply).await {
+        Err(e @ ControlError::TooLarge { .. }) => {
+            let failed = Reply::Failed { error: format!("the reply was too large to send: {e}") };
+            write_message_async(write, &failed).await
+        }
+        other => other,
+    }
+}
+
+async fn answer(node: &Arc<Node>, request: Request) -> Reply {
+    match request {
+        Request::Run { .. } => Reply::Failed { error: "commands are run by run_command".into() },
+        Request::Pull { reference } => match node.pull_image(&reference).await {
+            Ok(id) => Reply::Pulled { image: id },
+            Err(e) => Reply::Failed { error: crate::error::chain(&e) },
+        },
+        Request::Chunk { id } => match node.fetch_chunk(id).await {
+            Ok(stored) => Reply::Chunk { stored: stored.as_ref().clone() },
+            Err(e) => Reply::Failed { error: crate::error::chain(&e) },
+        },
+        Request::Profile { image, chunks } => match node.record_profile(image, chunks).await {
+            Ok(()) => Reply::Recorded,
+            Err(e) => Reply::Failed { error: crate::error::chain(&e) },
+        },
+    }
+}
+
+/// Hands an import's progress to the connection's task: byte counts
+/// gathered into steps of [`ADVANCE_STEP`], never waiting on the caller.
+struct ProgressSender {
+    tx: tokio::sync::mpsc::Sender<Progress>,
+    unsent: AtomicU64,
+}
+
+impl ProgressSender {
+    fn send(&self, step: Progress) {
+        match step {
+            Progress::Advance { bytes } => {
+                if self.unsent.fetch_add(bytes, Ordering::Relaxed) + bytes >= ADVANCE_STEP {
+                    self.flush();
+                }
+            }
+            other => {
+                self.flush();
+                // A layer name the caller has no room for is only cosmetic.
+                let _ = self.tx.try_send(other);
+            }
+        }
+    }
+
+    fn flush(&self) {
+        let bytes = self.unsent.swap(0, Ordering::Relaxed);
+        if bytes > 0 && self.tx.try_send(Progress::Advance { bytes }).is_err() {
+            self.unsent.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs a command for a caller on the blocking pool, sending its progress
+/// as it comes. The caller's end of the connection closing (its half-close
+/// is the protocol's cancel; a client that dies does the same) cancels a
+/// cancellable command. Returns the final reply and whether the connection
+/// takes further requests (not once the caller left or cancelled).
+async fn run_command(
+    dir: &Arc<DataDir>,
+    node: &Arc<Node>,
+    command: Command,
+    read: &mut OwnedReadHalf,
+    write: &mut OwnedWriteHalf,
+) -> (Reply, bool) {
+    let changes_holdings = matches!(command, Command::Import { .. } | Command::Commit { .. });
+    let cancellable = command.cancellable();
+    let cancel = Cancel::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
+    let work = {
+        let (dir, cancel) = (dir.clone(), cancel.clone());
+        let sender = ProgressSender { tx, unsent: AtomicU64::new(0) };
+        let span = tracing::info_span!("control", command = ?command);
+        // Commands do blocking store work: on the blocking pool.
+        tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
+            crate::ops::execute(&dir, command, &|step| sender.send(step), &cancel)
+        })
+    };
+    tokio::pin!(work);
+    let mut caller_left = false;
+    let mut probe = [0u8; 1];
+    let left = |why: &str, cancel: &Cancel| {
+        tracing::info!(why, cancellable, "the caller left or cancelled");
+        if cancellable {
+            cancel.cancel();
+        }
+    };
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            Some(step) = rx.recv(), if !caller_left => {
+                if let Err(e) = write_message_async(write, &Reply::Progress(step)).await {
+                    caller_left = true;
+                    left(&format!("progress not delivered: {e}"), &cancel);
+                }
+            }
+            closed = read.read(&mut probe), if !caller_left => {
+                // End of stream (the cancel), bytes out of turn, or an error:
+                // the caller takes no further requests on this connection.
+                caller_left = true;
+                let why = match closed {
+                    Ok(0) => "end of stream".to_owned(),
+                    Ok(_) => "a request out of turn".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                left(&why, &cancel);
+            }
+        }
+    };
+    let reply = match result {
+        Ok(Ok(outcome)) => {
+            if changes_holdings {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = node.announce_all().await {
+                        tracing::warn!(error = %e, "announcing new holdings");
+                    }
+                });
+            }
+            Reply::Done(outcome)
+        }
+        Ok(Err(Error::Cancelled)) => {
+            tracing::info!("command cancelled: nothing changed");
+            Reply::Cancelled
+        }
+        Ok(Err(e)) => Reply::Failed { error: crate::error::chain(&e) },
+        Err(e) => Reply::Failed { error: format!("the command panicked: {e}") },
+    };
+    (reply, !caller_left)
+}
