@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{median, mib};
-use strata_net::Handler;
+use strata_net::{Answering, Handler, Replies};
 use strata_proto::v1::{ChunkReply, End};
 use strata_tls::{generate_ca, issue_node_cert, Identity};
 use strata_types::ChunkId;
@@ -30,8 +30,13 @@ const BATCH: usize = 64;
 struct Memory(HashMap<ChunkId, Vec<u8>>);
 
 impl Handler for Memory {
-    fn handle(&self, _from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
-        let PeerRequest::FetchChunks(ids) = request else { return vec![] };
+    fn handle<'a>(
+        &'a self,
+        _from: std::net::SocketAddr,
+        request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a> {
+        let PeerRequest::FetchChunks(ids, _) = request else { return replies.all(vec![]) };
         let mut out: Vec<Response> = ids
             .iter()
             .map(|id| {
@@ -46,7 +51,7 @@ impl Handler for Memory {
             })
             .collect();
         out.push(Response { kind: Some(Kind::End(End {})) });
-        out
+        replies.all(out)
     }
 }
 
@@ -142,7 +147,12 @@ async fn quic(ids: &[ChunkId], chunks: Arc<Memory>, streams: usize, verify: bool
             let mut bytes = 0u64;
             let mut decoder = strata_chunk::ChunkDecoder::new().unwrap();
             for batch in share {
-                for reply in strata_net::request(&connection, &PeerRequest::FetchChunks(batch)).await.unwrap()
+                for reply in strata_net::request(
+                    &connection,
+                    &PeerRequest::FetchChunks(batch, strata_wire::Priority::Demand),
+                )
+                .await
+                .unwrap()
                 {
                     if let Some(Kind::Chunk(c)) = reply.kind {
                         if verify {

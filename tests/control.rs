@@ -6,20 +6,24 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
-use strata_control::{read_message, write_message, Command, Progress, Reply, Request};
+use strata_control::{read_message, write_message, Command, Outcome, Progress, Reply, Request};
 
 use crate::common::node::{certs, wait_for, Node};
 use crate::common::{archive_of_blobs, Strata};
 
-/// An image of three layers of 40 MiB of incompressible file content:
-/// long enough to import that a cancel sent when it starts lands while it runs.
+/// A test build's import holds still once it has read its first bytes,
+/// until cancelled (`fault-injection`): so a cancel lands mid-import.
+const STALL: (&str, &str) = ("STRATA_FAULT_STALL_IMPORT", "1");
+
+/// An image of two layers of 3 MiB of incompressible file content.
 fn big_archive(s: &Strata) -> PathBuf {
     use rand::{RngCore, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let blobs: Vec<Vec<u8>> = (0..3)
+    let blobs: Vec<Vec<u8>> = (0..2)
         .map(|n| {
-            let mut data = vec![0u8; 40 << 20];
+            let mut data = vec![0u8; 3 << 20];
             rng.fill_bytes(&mut data);
             let mut t = strata_sample::LayerTar::new(Vec::new());
             t.file(format!("data{n}").as_bytes(), 0o644, &data).expect("file");
@@ -32,41 +36,51 @@ fn big_archive(s: &Strata) -> PathBuf {
 }
 
 fn socket(s: &Strata) -> UnixStream {
-    UnixStream::connect(s.data_dir().join("node.sock")).expect("control socket")
+    let stream = UnixStream::connect(s.data_dir().join("node.sock")).expect("control socket");
+    // A node that never answers fails the test instead of hanging it.
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    stream
 }
 
-/// Sends an import and reads replies up to its first progress step.
-fn start_import(s: &Strata, archive: &Path) -> UnixStream {
+fn next(stream: &mut UnixStream) -> Option<Reply> {
+    read_message::<Reply>(stream).expect("a reply within a minute")
+}
+
+/// Sends an import and reads replies up to its first progress step;
+/// returns the connection and the bytes announced.
+fn start_import(s: &Strata, archive: &Path) -> (UnixStream, u64) {
     let mut stream = socket(s);
     let command = Command::Import { file: archive.to_owned(), names: vec![] };
     write_message(&mut stream, &Request::Run { command }).expect("request");
-    match read_message::<Reply>(&mut stream).expect("reply") {
-        Some(Reply::Progress(Progress::Start { total_bytes })) => assert!(total_bytes > 100 << 20),
+    match next(&mut stream) {
+        Some(Reply::Progress(Progress::Start { total_bytes })) => (stream, total_bytes),
         other => panic!("expected the import's start, got {other:?}"),
     }
-    stream
 }
 
 #[test]
 fn an_import_through_the_node_reports_progress_and_stops_when_its_caller_cancels_or_dies() {
     let s = Strata::new();
     let certs = certs(&s, &["n1"]);
-    let node = Node::start(&s, "n1", &certs, &[], &[]);
+    let node = Node::start(&s, "n1", &certs, &[], &[STALL]);
     let archive = big_archive(&s);
     let before = s.snapshot();
 
     // The protocol's cancel: the caller shuts down its writing half and
-    // still reads the answer.
-    let mut stream = start_import(&s, &archive);
+    // still reads the answer, which comes before the blobs were read.
+    let (mut stream, total) = start_import(&s, &archive);
     stream.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut advanced = 0;
     let last = loop {
-        match read_message::<Reply>(&mut stream).expect("reply") {
+        match next(&mut stream) {
+            Some(Reply::Progress(Progress::Advance { bytes })) => advanced += bytes,
             Some(Reply::Progress(_)) => continue,
             other => break other,
         }
     };
     assert_eq!(last, Some(Reply::Cancelled));
-    assert_eq!(read_message::<Reply>(&mut stream).expect("end"), None, "the node closes the connection");
+    assert!(advanced < total, "cancelled mid-import: {advanced} of {total} bytes");
+    assert_eq!(next(&mut stream), None, "the node closes the connection");
     assert_eq!(s.snapshot(), before, "a cancelled import adds nothing");
 
     // A caller that dies mid-import cancels it too.
@@ -74,34 +88,42 @@ fn an_import_through_the_node_reports_progress_and_stops_when_its_caller_cancels
     wait_for("the node to cancel the import of a caller that left", || {
         node.log_text().matches("command cancelled: nothing changed").count() == 2
     });
-    // Another request on a new connection waits for nothing: the store is
-    // the node's, and the import is gone.
-    let mut stream = socket(&s);
-    write_message(&mut stream, &Request::Run { command: Command::Images }).expect("request");
-    match read_message::<Reply>(&mut stream).expect("reply") {
-        Some(Reply::Done(strata_control::Outcome::Images(images))) => {
-            assert!(images.is_empty(), "{images:?}")
-        }
-        other => panic!("expected the image list, got {other:?}"),
-    }
+    assert_eq!(s.snapshot(), before);
 
-    // Left alone, the import completes, its progress adding up to the
-    // blob bytes it reports.
-    let mut stream = start_import(&s, &archive);
-    let mut advanced = 0;
+    // A relative path is refused: the node does not share the caller's directory.
+    let mut stream = socket(&s);
+    let command = Command::Import { file: "big.tar".into(), names: vec![] };
+    write_message(&mut stream, &Request::Run { command }).expect("request");
+    match next(&mut stream) {
+        Some(Reply::Failed { error }) => assert!(error.contains("not an absolute path"), "{error}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn progress_through_the_node_adds_up_to_the_blob_bytes_read() {
+    let s = Strata::new();
+    let certs = certs(&s, &["n1"]);
+    let _node = Node::start(&s, "n1", &certs, &[], &[]);
+    let archive = big_archive(&s);
+    let (mut stream, total) = start_import(&s, &archive);
+    let (mut advanced, mut layers) = (0, 0);
     let imported = loop {
-        match read_message::<Reply>(&mut stream).expect("reply") {
+        match next(&mut stream) {
             Some(Reply::Progress(Progress::Advance { bytes })) => advanced += bytes,
-            Some(Reply::Progress(_)) => {}
-            Some(Reply::Done(strata_control::Outcome::Imported(imported))) => break imported,
+            Some(Reply::Progress(Progress::Layer { .. })) => layers += 1,
+            Some(Reply::Done(Outcome::Imported(imported))) => break imported,
             other => panic!("expected progress or the outcome, got {other:?}"),
         }
     };
     assert_eq!(imported.images[0].names, ["big:1"]);
-    assert!(advanced <= imported.blob_bytes && advanced + (1 << 20) >= imported.blob_bytes, "{advanced}");
+    assert_eq!((total, advanced, layers), (imported.blob_bytes, imported.blob_bytes, 2));
     // The connection takes further requests after a command that ended.
     write_message(&mut stream, &Request::Run { command: Command::Images }).expect("request");
-    assert!(matches!(read_message::<Reply>(&mut stream).expect("reply"), Some(Reply::Done(_))));
+    match next(&mut stream) {
+        Some(Reply::Done(Outcome::Images(images))) => assert_eq!(images.len(), 1),
+        other => panic!("expected the image list, got {other:?}"),
+    }
 }
 
 /// Ctrl-C in `strata import`: "cancelled", exit 130, nothing added, both
@@ -111,13 +133,14 @@ fn ctrl_c_cancels_an_import_with_or_without_a_node() {
     for with_node in [true, false] {
         let s = Strata::new();
         let certs = certs(&s, &["n1"]);
-        let node = with_node.then(|| Node::start(&s, "n1", &certs, &[], &[]));
+        let node = with_node.then(|| Node::start(&s, "n1", &certs, &[], &[STALL]));
         let archive = big_archive(&s);
         let before = s.snapshot();
         let log = s.path("import.log");
         let mut child = s
             .command()
             .env("STRATA_LOG", "info")
+            .env(STALL.0, STALL.1)
             .args(["import", archive.to_str().expect("utf-8")])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -134,11 +157,15 @@ fn ctrl_c_cancels_an_import_with_or_without_a_node() {
             nix::sys::signal::Signal::SIGINT,
         )
         .expect("SIGINT");
-        let status = child.wait().expect("exit");
+        let mut status = None;
+        wait_for("strata import to exit", || {
+            status = child.try_wait().expect("wait");
+            status.is_some()
+        });
         let mut stdout = String::new();
         child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("stdout");
         let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-        assert_eq!(status.code(), Some(130), "with node {with_node}: {stderr}");
+        assert_eq!(status.and_then(|s| s.code()), Some(130), "with node {with_node}: {stderr}");
         assert!(stderr.contains("cancelled: nothing was imported"), "with node {with_node}: {stderr}");
         assert!(stdout.is_empty(), "{stdout}");
         assert_eq!(s.snapshot(), before, "with node {with_node}: a cancelled import adds nothing");

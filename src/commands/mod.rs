@@ -97,6 +97,7 @@ fn routed(ctx: &Ctx, command: Routed) -> anyhow::Result<()> {
             if n > 1 {
                 std::process::exit(130);
             }
+            eprintln!("cancelling (a second signal exits at once)");
             cancel.cancel();
         })?;
     }
@@ -141,7 +142,17 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(deadline) = args.fetch_deadline {
         s.fetch_deadline_secs = deadline;
     }
-    strata_daemon::server::serve_node(&ctx.dir, s, |ready| {
+    // Signals are taken from here on: the first stops the node cleanly,
+    // a second exits at once.
+    let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
+    strata_daemon::signals::on_termination(move |n| {
+        if n > 1 {
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        let _ = stop_tx.try_send(());
+    })?;
+    strata_daemon::server::serve_node(&ctx.dir, s, stop, |ready| {
         // What scripts wait for; nobody may be reading any more by the
         // time the node stops, so write errors are not fatal.
         let mut text = format!("listening on {}\n", ready.addr);

@@ -33,7 +33,8 @@ mod messages;
 pub use messages::*;
 
 /// Largest message body, in bytes: a chunk's stored form (under 4 MiB,
-/// `strata_chunk::MAX_CHUNK_LEN`) or a command's output, with room to spare.
+/// `strata_chunk::MAX_CHUNK_LEN`) or a command's outcome (an image list),
+/// with room to spare.
 pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Length of the frame header: the body length as a big-endian `u32`.
@@ -258,6 +259,16 @@ mod tests {
         let mut bad_id = vec![2u8, 3, b'x', b'y', b'z'];
         bad_id.splice(0..0, (bad_id.len() as u32).to_be_bytes());
         assert!(matches!(read_message::<Request>(&mut &bad_id[..]), Err(ControlError::Decode(_))));
+    }
+
+    /// Mount processes of an older binary read these replies from a newer
+    /// node: their bytes must not move.
+    #[test]
+    fn chunk_pull_and_failure_replies_keep_their_bytes() {
+        assert_eq!(encode(&Reply::Chunk { stored: vec![7, 8] }).unwrap(), [0, 0, 0, 4, 2, 2, 7, 8]);
+        assert_eq!(encode(&Reply::Failed { error: "no".into() }).unwrap(), [0, 0, 0, 4, 3, 2, b'n', b'o']);
+        let pulled = encode(&Reply::Pulled { image: ImageId::of(b"p") }).unwrap();
+        assert_eq!(&pulled[4..6], [1, 64], "variant 1, then the id as 64 hex digits");
     }
 
     #[test]

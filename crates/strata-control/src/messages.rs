@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use strata_types::{ChunkId, ImageId, LayerId};
 
 /// A command run on the node's store for a caller (the node owns the store
-/// while it runs, so commands that change it go through here). Paths are
-/// absolute: the node does not share the caller's working directory.
+/// while it runs, so commands that change it go through here). Paths must
+/// be absolute (the node refuses others): it does not share the caller's
+/// working directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Import a docker-save archive or OCI layout (`strata import`); names
@@ -61,11 +62,12 @@ pub enum Request {
     Profile { image: ImageId, chunks: Vec<ChunkId> },
 }
 
-/// The node's answer to one [`Request`].
+/// The node's answer to one [`Request`]. The first four variants keep the
+/// places they had before typed outcomes (`Pulled`, `Chunk` and `Failed`
+/// also their shapes), so a mount process started by an older binary reads
+/// chunks on through a newer node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
-    /// A step of a command still running (more replies follow).
-    Progress(Progress),
     /// A command's result.
     Done(Outcome),
     /// The image a [`Request::Pull`] made known.
@@ -73,12 +75,14 @@ pub enum Reply {
     /// A chunk's stored form (not yet verified: the caller decodes it
     /// against the id it asked for).
     Chunk { stored: Vec<u8> },
+    /// The request could not be carried out: the error and its causes.
+    Failed { error: String },
+    /// A step of a command still running (more replies follow).
+    Progress(Progress),
     /// A startup profile was taken (or the image had one).
     Recorded,
     /// The command was stopped at the caller's request; it changed nothing.
     Cancelled,
-    /// The request could not be carried out: the error and its causes.
-    Failed { error: String },
 }
 
 /// How a long command advances, for a progress bar. Byte counts add up
@@ -94,16 +98,24 @@ pub enum Progress {
     Advance { bytes: u64 },
 }
 
-/// What a [`Command`] produced.
+/// What a [`Command`] produced, one variant per command.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// [`Command::Import`].
     Imported(Imported),
+    /// [`Command::Rm`]: one entry per reference, in the order given.
     Removed(Vec<Removed>),
+    /// [`Command::Gc`].
     Collected(Collected),
+    /// [`Command::Commit`].
     Committed(Committed),
+    /// [`Command::Peers`].
     Peers(Peers),
+    /// [`Command::Images`]: every name, sorted.
     Images(Vec<ImageSummary>),
+    /// [`Command::Inspect`].
     Inspected(Box<ImageDetails>),
+    /// [`Command::Stats`].
     Stats(StoreStats),
 }
 

@@ -37,7 +37,7 @@ fn run_on(
     cancel: &Cancel,
 ) -> Result<Outcome> {
     write_message(stream, &Request::Run { command })?;
-    cancel.watch(stream)?;
+    let _watch = cancel.watch(stream)?;
     loop {
         match read_message::<Reply>(stream)? {
             Some(Reply::Progress(step)) => progress(step),

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use strata_store::{OpenMode, Store, StoreError};
 
-use crate::error::{Context, Result};
+use crate::cancel::Cancel;
+use crate::error::{Context, Error, Result};
 use crate::settings::Settings;
 
 /// What every operation needs: where the store is, the settings, and the
@@ -61,20 +62,31 @@ impl DataDir {
     /// The store for changing (the node's, inside a node), waiting up to
     /// `lock_wait` while another process holds it.
     pub fn write_store(&self) -> Result<Arc<Store>> {
+        self.write_store_unless(&Cancel::new())
+    }
+
+    /// [`write_store`](Self::write_store), giving up with
+    /// [`Error::Cancelled`] when `cancel` is while it waits.
+    pub fn write_store_unless(&self, cancel: &Cancel) -> Result<Arc<Store>> {
         if let Some(node) = &self.node {
             return Ok(node.store().clone());
         }
-        self.open_write_store().map(Arc::new)
+        self.open_write_store_unless(cancel).map(Arc::new)
     }
 
     /// Opens the store for changing, waiting up to `lock_wait` while
     /// another process holds it (said once on stderr's log).
     pub fn open_write_store(&self) -> Result<Store> {
+        self.open_write_store_unless(&Cancel::new())
+    }
+
+    fn open_write_store_unless(&self, cancel: &Cancel) -> Result<Store> {
         std::fs::create_dir_all(&self.path).with_context(|| format!("creating {}", self.path.display()))?;
         let started = Instant::now();
         let mut told = false;
         loop {
             match Store::open(&self.store_dir(), OpenMode::ReadWrite) {
+                Err(StoreError::Busy { .. }) if cancel.is_cancelled() => return Err(Error::Cancelled),
                 Err(StoreError::Busy { path }) if started.elapsed() < self.lock_wait => {
                     if !told {
                         tracing::warn!(path = %path.display(), "waiting for another strata process to release the store");

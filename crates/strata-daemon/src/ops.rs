@@ -54,6 +54,14 @@ impl strata_oci::ImportProgress for Reporter<'_> {
     }
     fn advance(&self, bytes: u64) {
         (self.progress)(Progress::Advance { bytes });
+        // Test builds: an import that holds still once it has begun, until
+        // cancelled, so a test's cancel lands mid-import every time.
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os("STRATA_FAULT_STALL_IMPORT").is_some() {
+            while !self.cancel.is_cancelled() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
     fn layer(&self, member: &str) {
         (self.progress)(Progress::Layer { member: member.to_owned() });
@@ -64,6 +72,12 @@ impl strata_oci::ImportProgress for Reporter<'_> {
 }
 
 /// `strata import`: every image of the archive, in one transaction.
+///
+/// Errors: [`Error::Cancelled`] once `cancel` is (nothing added, whether
+/// it came while waiting for the store, decompressing, reading a layer or
+/// just before the commit); the import's own refusal
+/// ([`strata_oci::ImportError`]: not an archive, a digest mismatch, a
+/// hostile layer, …), with the file named.
 pub fn import(
     dir: &DataDir,
     file: &Path,
@@ -71,7 +85,7 @@ pub fn import(
     progress: &(dyn Fn(Progress) + Sync),
     cancel: &Cancel,
 ) -> Result<Imported> {
-    let store = dir.write_store()?;
+    let store = dir.write_store_unless(cancel)?;
     let options = dir.settings.import_options(names);
     let report = match strata_oci::import_archive(&store, file, &options, &Reporter { progress, cancel }) {
         Err(strata_oci::ImportError::Cancelled) => return Err(Error::Cancelled),
@@ -92,11 +106,16 @@ pub fn import(
 }
 
 /// `strata rm`: a name removes that name; an id removes every name of the
-/// image. An image a mount uses is refused.
+/// image. Every reference is resolved and checked first, so that a
+/// reference that does not resolve, or an image a mount uses, refuses the
+/// whole command before anything is removed.
+///
+/// Errors: [`strata_store::StoreError::NoSuchImage`] (or an ambiguous id
+/// prefix) for a reference; [`Error::Refused`] for a mounted image.
 pub fn rm(dir: &DataDir, references: &[String]) -> Result<Vec<Removed>> {
     let store = dir.write_store()?;
     let mounted = crate::mount::mounted_image_ids(&dir.path)?;
-    let mut out = Vec::new();
+    let mut targets = Vec::new();
     for reference in references {
         let found = strata_oci::find_image(&store, reference)?;
         let removes_image = found.named.is_none() || found.names.len() <= 1;
@@ -104,7 +123,11 @@ pub fn rm(dir: &DataDir, references: &[String]) -> Result<Vec<Removed>> {
         if let (true, Some((_, mountpoint))) = (removes_image, mount) {
             refuse!("{reference} is mounted at {}: unmount it first", mountpoint.display());
         }
-        let outcome = store.remove(found.named.as_deref().unwrap_or(reference))?;
+        targets.push(found.named.unwrap_or_else(|| reference.clone()));
+    }
+    let mut out = Vec::new();
+    for target in targets {
+        let outcome = store.remove(&target)?;
         out.push(Removed {
             image: outcome.image,
             names_removed: outcome.names_removed,

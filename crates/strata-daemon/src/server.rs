@@ -45,13 +45,20 @@ const PROGRESS_BUFFER: usize = 64;
 /// Blob bytes per [`Progress::Advance`] sent to a caller, at least.
 const ADVANCE_STEP: u64 = 1 << 20;
 
-/// Runs the node on `dir` with `settings` until SIGTERM, SIGINT or SIGHUP
-/// (a second one exits at once). `on_ready` is called once it serves.
+/// Runs the node on `dir` with `settings` until `stop` receives (or its
+/// senders are gone): the binary sends on SIGTERM, SIGINT or SIGHUP. Then
+/// commands running for callers are cancelled, the node leaves the
+/// cluster, and the store is flushed. `on_ready` is called once it serves.
 ///
 /// Errors: no name; identity files missing or invalid; a node already runs
 /// on the data dir; the store, the QUIC endpoint, the control socket or the
 /// metrics address cannot be had.
-pub fn serve_node(dir: &DataDir, settings: NodeSettings, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+pub fn serve_node(
+    dir: &DataDir,
+    settings: NodeSettings,
+    stop: tokio::sync::mpsc::Receiver<()>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<()> {
     let name = settings.name.clone().context(
         "the node needs a name: --node NAME or [node] name (its certificate is CERT_DIR/NAME.pem)",
     )?;
@@ -70,17 +77,8 @@ pub fn serve_node(dir: &DataDir, settings: NodeSettings, on_ready: impl FnOnce(&
         refuse!("a node already runs on {}", dir.path.display());
     }
     let store = Arc::new(dir.open_write_store()?);
-    // Signals are taken from here on: the first stops the node cleanly.
-    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel::<u32>(4);
-    crate::signals::on_termination(move |n| {
-        if n > 1 {
-            tracing::error!("second signal: exiting now");
-            std::process::exit(130);
-        }
-        let _ = stop_tx.try_send(n);
-    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let result = runtime.block_on(run(dir, settings, name, identity, store, stop_rx, on_ready));
+    let result = runtime.block_on(run(dir, settings, name, identity, store, stop, on_ready));
     // Control connections of live mounts block in reads: do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -113,7 +111,7 @@ async fn run(
     name: String,
     identity: strata_tls::Identity,
     store: Arc<strata_store::Store>,
-    mut stop_rx: tokio::sync::mpsc::Receiver<u32>,
+    mut stop: tokio::sync::mpsc::Receiver<()>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<()> {
     let listen = resolve("listen address", &settings.listen, Duration::ZERO).await?;
@@ -148,8 +146,9 @@ async fn run(
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding the control socket {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let in_node = Arc::new(dir.in_node(node.clone()));
-    tokio::spawn(accept_control(listener, in_node, node.clone()));
+    let control =
+        Arc::new(Control { dir: dir.in_node(node.clone()), node: node.clone(), stopping: Cancel::new() });
+    tokio::spawn(accept_control(listener, control.clone()));
 
     let metrics = match settings.metrics_listen.trim() {
         "" => None,
@@ -160,7 +159,10 @@ async fn run(
     on_ready(&Ready { addr: node.addr(), metrics, control_socket: socket.clone() });
     tracing::info!(node = node.name(), addr = %node.addr(), "node ready");
 
-    stop_rx.recv().await;
+    stop.recv().await;
+    // An import running for a caller stops, adding nothing, before the
+    // store closes under it.
+    control.stopping.cancel();
     let live = crate::mounts::list(&dir.path)
         .map(|records| records.into_iter().filter(|(r, _)| crate::mounts::process_alive(r.pid)).count())
         .unwrap_or(0);
@@ -192,12 +194,21 @@ async fn serve_metrics(node: Arc<Node>, addr: SocketAddr) -> Result<SocketAddr> 
     Ok(bound)
 }
 
-async fn accept_control(listener: tokio::net::UnixListener, dir: Arc<DataDir>, node: Arc<Node>) {
+/// What every control connection serves from.
+struct Control {
+    /// The data dir, with the node in it.
+    dir: DataDir,
+    node: Arc<Node>,
+    /// Cancelled when the node stops: the parent of every command's cancel.
+    stopping: Cancel,
+}
+
+async fn accept_control(listener: tokio::net::UnixListener, control: Arc<Control>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let (read, write) = stream.into_split();
-                tokio::spawn(serve_control(dir.clone(), node.clone(), read, write));
+                tokio::spawn(serve_control(control.clone(), read, write));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
@@ -209,12 +220,7 @@ async fn accept_control(listener: tokio::net::UnixListener, dir: Arc<DataDir>, n
 
 /// One control connection, on a task of its own: requests answered in
 /// turn until it closes. Idle connections (mounts keep a few) hold no thread.
-async fn serve_control(
-    dir: Arc<DataDir>,
-    node: Arc<Node>,
-    mut read: OwnedReadHalf,
-    mut write: OwnedWriteHalf,
-) {
+async fn serve_control(control: Arc<Control>, mut read: OwnedReadHalf, mut write: OwnedWriteHalf) {
     loop {
         let request: Request = match read_message_async(&mut read).await {
             Ok(Some(r)) => r,
@@ -225,8 +231,8 @@ async fn serve_control(
             }
         };
         let (reply, go_on) = match request {
-            Request::Run { command } => run_command(&dir, &node, command, &mut read, &mut write).await,
-            other => (answer(&node, other).await, true),
+            Request::Run { command } => run_command(&control, command, &mut read, &mut write).await,
+            other => (answer(&control.node, other).await, true),
         };
         if let Err(e) = send(&mut write, &reply).await {
             tracing::debug!(error = %e, "control reply not delivered");
@@ -235,6 +241,17 @@ async fn serve_control(
         if !go_on {
             return;
         }
+    }
+}
+
+/// The host paths a command names (the node resolves them itself).
+fn command_paths(command: &Command) -> Vec<&std::path::Path> {
+    match command {
+        Command::Import { file, .. } => vec![file.as_path()],
+        Command::Commit { mountpoint, upper, .. } => {
+            mountpoint.iter().chain(upper).map(|p| p.as_path()).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -272,7 +289,9 @@ async fn answer(node: &Arc<Node>, request: Request) -> Reply {
 /// gathered into steps of [`ADVANCE_STEP`], never waiting on the caller.
 struct ProgressSender {
     tx: tokio::sync::mpsc::Sender<Progress>,
-    unsent: AtomicU64,
+    /// Blob bytes read and not yet sent; what is left when the work ends
+    /// goes in one last step.
+    unsent: Arc<AtomicU64>,
 }
 
 impl ProgressSender {
@@ -305,24 +324,31 @@ impl ProgressSender {
 /// cancellable command. Returns the final reply and whether the connection
 /// takes further requests (not once the caller left or cancelled).
 async fn run_command(
-    dir: &Arc<DataDir>,
-    node: &Arc<Node>,
+    control: &Arc<Control>,
     command: Command,
     read: &mut OwnedReadHalf,
     write: &mut OwnedWriteHalf,
 ) -> (Reply, bool) {
+    if let Some(path) = command_paths(&command).into_iter().find(|p| !p.is_absolute()) {
+        let error = format!(
+            "{} is not an absolute path: the node does not share the caller's directory",
+            path.display()
+        );
+        return (Reply::Failed { error }, true);
+    }
     let changes_holdings = matches!(command, Command::Import { .. } | Command::Commit { .. });
     let cancellable = command.cancellable();
-    let cancel = Cancel::new();
+    let cancel = control.stopping.child();
     let (tx, mut rx) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
+    let unsent = Arc::new(AtomicU64::new(0));
     let work = {
-        let (dir, cancel) = (dir.clone(), cancel.clone());
-        let sender = ProgressSender { tx, unsent: AtomicU64::new(0) };
+        let (control, cancel) = (control.clone(), cancel.clone());
+        let sender = ProgressSender { tx, unsent: unsent.clone() };
         let span = tracing::info_span!("control", command = ?command);
         // Commands do blocking store work: on the blocking pool.
         tokio::task::spawn_blocking(move || {
             let _span = span.entered();
-            crate::ops::execute(&dir, command, &|step| sender.send(step), &cancel)
+            crate::ops::execute(&control.dir, command, &|step| sender.send(step), &cancel)
         })
     };
     tokio::pin!(work);
@@ -336,7 +362,9 @@ async fn run_command(
     };
     let result = loop {
         tokio::select! {
-            result = &mut work => break result,
+            // Progress first: the steps sent before the work ended all
+            // reach the caller before its outcome.
+            biased;
             Some(step) = rx.recv(), if !caller_left => {
                 if let Err(e) = write_message_async(write, &Reply::Progress(step)).await {
                     caller_left = true;
@@ -354,12 +382,31 @@ async fn run_command(
                 };
                 left(&why, &cancel);
             }
+            result = &mut work => break result,
         }
     };
+    // Steps still buffered, then the bytes not yet counted in one: the
+    // caller's byte counts add up to what the work read.
+    if !caller_left {
+        let mut last = Vec::new();
+        while let Ok(step) = rx.try_recv() {
+            last.push(step);
+        }
+        let bytes = unsent.swap(0, Ordering::Relaxed);
+        if bytes > 0 {
+            last.push(Progress::Advance { bytes });
+        }
+        for step in last {
+            if write_message_async(write, &Reply::Progress(step)).await.is_err() {
+                caller_left = true;
+                break;
+            }
+        }
+    }
     let reply = match result {
         Ok(Ok(outcome)) => {
             if changes_holdings {
-                let node = node.clone();
+                let node = control.node.clone();
                 tokio::spawn(async move {
                     if let Err(e) = node.announce_all().await {
                         tracing::warn!(error = %e, "announcing new holdings");

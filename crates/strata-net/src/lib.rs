@@ -43,14 +43,57 @@ fn stream(e: impl std::fmt::Display) -> NetError {
     NetError::Stream(e.to_string())
 }
 
-/// Answers requests. Called once per stream, on a blocking-pool thread (it
-/// may block: read the store, wait for a fetch, pace a reply); the responses
-/// are sent in order, the last ending the reply (`End` or `Error`).
+/// What a [`Handler`] returns: the work of answering one request.
+pub type Answering<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NetError>> + Send + 'a>>;
+
+/// Answers requests. [`Handler::handle`] is called once per stream, on the
+/// async runtime (it must not block: store reads go to the blocking pool,
+/// waits on tokio timers); it sends its responses through the stream's
+/// [`Replies`] one frame at a time, the last ending the reply (`End` or
+/// `Error`), so a reply of many chunks starts arriving with its first.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, from: SocketAddr, request: PeerRequest) -> Vec<Response>;
+    fn handle<'a>(
+        &'a self,
+        from: SocketAddr,
+        request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a>;
 
     /// An unreliable datagram from a peer (membership gossip). Must not block.
     fn datagram(&self, _from: SocketAddr, _data: bytes::Bytes) {}
+}
+
+/// The sending half of one request's stream.
+pub struct Replies {
+    send: SendStream,
+}
+
+impl Replies {
+    /// Sends one response frame.
+    pub async fn send(&mut self, response: &Response) -> Result<(), NetError> {
+        self.send.write_all(&encode_frame(response)?).await.map_err(stream)
+    }
+
+    /// Sends each of `responses` in order.
+    pub async fn send_all(&mut self, responses: &[Response]) -> Result<(), NetError> {
+        for response in responses {
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+
+    /// An [`Answering`] that sends `responses`: for handlers whose whole
+    /// reply is at hand at once.
+    pub fn all(&mut self, responses: Vec<Response>) -> Answering<'_> {
+        Box::pin(async move { self.send_all(&responses).await })
+    }
+
+    /// This reply's QUIC stream priority: of the streams on a connection
+    /// with data to send, the highest goes first (quinn; default 0).
+    pub fn set_priority(&self, priority: i32) {
+        let _ = self.send.set_priority(priority);
+    }
 }
 
 /// Transport settings for chunk traffic: flow-control windows sized for
@@ -152,25 +195,22 @@ async fn read_datagrams(connection: Connection, handler: Arc<dyn Handler>) {
 
 async fn serve_stream(
     from: SocketAddr,
-    mut send: SendStream,
+    send: SendStream,
     mut recv: RecvStream,
     handler: Arc<dyn Handler>,
 ) -> Result<(), NetError> {
-    let responses = match read_request(&mut recv).await {
-        Ok(request) => {
-            let handler = handler.clone();
-            tokio::task::spawn_blocking(move || handler.handle(from, request)).await.map_err(stream)?
-        }
+    let request = read_request(&mut recv).await;
+    let id = send.id();
+    let mut replies = Replies { send };
+    match request {
+        Ok(request) => handler.handle(from, request, &mut replies).await?,
         Err(NetError::Wire(e)) => {
-            tracing::info!(stream = %send.id(), error = %e, "bad request");
-            vec![e.to_response()]
+            tracing::info!(stream = %id, error = %e, "bad request");
+            replies.send(&e.to_response()).await?;
         }
         Err(e) => return Err(e),
-    };
-    for response in &responses {
-        send.write_all(&encode_frame(response)?).await.map_err(stream)?;
     }
-    send.finish().map_err(stream)?;
+    replies.send.finish().map_err(stream)?;
     Ok(())
 }
 

@@ -4,19 +4,26 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use strata_net::{client_endpoint, connect, read_responses, request, serve, server_endpoint, Handler};
+use strata_net::{
+    client_endpoint, connect, read_responses, request, serve, server_endpoint, Answering, Handler, Replies,
+};
 use strata_tls::{generate_ca, issue_node_cert, CertPair, Identity};
 use strata_types::ChunkId;
 use strata_wire::response::Kind;
-use strata_wire::{ErrorCode, PeerRequest, Response};
+use strata_wire::{ErrorCode, PeerRequest, Priority, Response};
 
 /// Says every chunk is missing: enough to see requests arrive and replies return.
 struct Nothing;
 
 impl Handler for Nothing {
-    fn handle(&self, _from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
+    fn handle<'a>(
+        &'a self,
+        _from: std::net::SocketAddr,
+        request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a> {
         let mut out = Vec::new();
-        if let PeerRequest::FetchChunks(ids) = request {
+        if let PeerRequest::FetchChunks(ids, _) = request {
             for id in ids {
                 out.push(Response {
                     kind: Some(Kind::Chunk(strata_proto::v1::ChunkReply {
@@ -28,7 +35,7 @@ impl Handler for Nothing {
             }
         }
         out.push(Response { kind: Some(Kind::End(strata_proto::v1::End {})) });
-        out
+        replies.all(out)
     }
 }
 
@@ -58,7 +65,9 @@ async fn a_cluster_peer_fetches_over_mutual_tls() {
     let client = client_endpoint(&identity(&ca, "client")).expect("client");
     let connection = connect(&client, addr, Some("server")).await.expect("connect");
     let ids: Vec<ChunkId> = (0..5u32).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
-    let replies = request(&connection, &PeerRequest::FetchChunks(ids.clone())).await.expect("request");
+    let replies = request(&connection, &PeerRequest::FetchChunks(ids.clone(), Priority::Demand))
+        .await
+        .expect("request");
     assert_eq!(replies.len(), 6);
     for (reply, id) in replies.iter().zip(&ids) {
         match &reply.kind {
@@ -94,7 +103,8 @@ async fn garbage_and_oversized_frames_end_their_stream_not_the_connection() {
     assert_eq!(error_code(&read_responses(recv).await.expect("reply")), Some(ErrorCode::BadFrame as i32));
 
     // The same connection still serves.
-    let replies = request(&connection, &PeerRequest::FetchChunks(vec![])).await.expect("request");
+    let replies =
+        request(&connection, &PeerRequest::FetchChunks(vec![], Priority::Demand)).await.expect("request");
     assert!(matches!(replies.last().and_then(|r| r.kind.as_ref()), Some(Kind::End(_))));
 }
 
@@ -109,7 +119,7 @@ async fn a_peer_without_a_cluster_certificate_gets_no_answer() {
     let client = client_endpoint(&stranger).expect("client");
     let result = async {
         let connection = connect(&client, addr, None).await?;
-        request(&connection, &PeerRequest::FetchChunks(vec![])).await
+        request(&connection, &PeerRequest::FetchChunks(vec![], Priority::Demand)).await
     }
     .await;
     assert!(result.is_err(), "a stranger was served: {result:?}");

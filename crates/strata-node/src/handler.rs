@@ -1,7 +1,8 @@
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prost::Message;
-use strata_net::Handler;
+use strata_net::{Answering, Handler, NetError, Replies};
 use strata_proto::v1::{
     ChunkReply, End, Holder as ProtoHolder, Holders, ImageReply, LayerIndexReply, LookupReply,
 };
@@ -9,7 +10,9 @@ use strata_store::StoreSource;
 use strata_store::{Store, StoreError};
 use strata_types::ChunkId;
 use strata_wire::response::Kind;
-use strata_wire::{ErrorCode, PeerRequest, Response};
+use strata_wire::{ErrorCode, PeerRequest, Priority, Response};
+
+use crate::throttle::Pace;
 
 /// Serves chunks, layer indexes and images from a store.
 pub struct StoreHandler {
@@ -18,6 +21,7 @@ pub struct StoreHandler {
 
 /// A store this process owns, or a read-only view beside another process's
 /// writer (reopened when the writer's compaction removes a file it named).
+#[derive(Clone)]
 enum Backing {
     Owned(Arc<Store>),
     View(Arc<StoreSource>),
@@ -30,6 +34,17 @@ impl Backing {
             Backing::View(view) => view.with_store(read),
         }
     }
+
+    /// [`read`](Self::read) on the blocking pool: store reads may wait on disk.
+    async fn read_async<T: Send + 'static>(
+        &self,
+        read: impl Fn(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read(read))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("a store read panicked: {e}"))))
+    }
 }
 
 impl StoreHandler {
@@ -39,6 +54,68 @@ impl StoreHandler {
 
     pub fn from_view(view: Arc<StoreSource>) -> Self {
         Self { store: Backing::View(view) }
+    }
+
+    /// Chunks as stored, one reply frame each, then `End`.
+    async fn chunks(&self, ids: Vec<ChunkId>, replies: &mut Replies) -> Result<(), NetError> {
+        for id in ids {
+            match self.store.read_async(move |s| s.get_stored_chunk(&id)).await {
+                Ok(stored) => replies.send(&chunk_reply(&id, stored)).await?,
+                Err(e) => return replies.send(&error(ErrorCode::Internal, e)).await,
+            }
+        }
+        replies.send(&end()).await
+    }
+
+    /// The reply to anything but chunks, whole (an index, an image, an error).
+    async fn metadata(&self, request: PeerRequest) -> Vec<Response> {
+        match request {
+            PeerRequest::FetchLayerIndex(layer) => {
+                let read =
+                    self.store.read_async(move |s| Ok((s.layer_index(&layer)?, s.layer(&layer)?))).await;
+                match read {
+                    Ok((index, record)) => vec![
+                        reply(Kind::LayerIndex(LayerIndexReply { index: index.encode_to_vec(), record })),
+                        end(),
+                    ],
+                    Err(StoreError::MissingLayer(_)) => vec![error(ErrorCode::NotFound, layer)],
+                    Err(e) => vec![error(ErrorCode::Internal, e)],
+                }
+            }
+            PeerRequest::ResolveImage(reference) => {
+                let read = self
+                    .store
+                    .read_async(move |s| {
+                        let (id, record) = s.resolve(&reference)?;
+                        let profile = s.profile(&id).ok().flatten();
+                        Ok((id, record, profile))
+                    })
+                    .await;
+                match read {
+                    Ok((id, record, profile)) => vec![
+                        reply(Kind::Image(ImageReply {
+                            image_id: id.as_bytes().to_vec(),
+                            record: Some(record),
+                            startup_profile: profile
+                                .map(|p| strata_types::encode_chunk_list(&p))
+                                .unwrap_or_default(),
+                        })),
+                        end(),
+                    ],
+                    Err(StoreError::NoSuchImage(name)) => vec![error(ErrorCode::NotFound, name)],
+                    Err(e) => vec![error(ErrorCode::Internal, e)],
+                }
+            }
+            PeerRequest::Announce { .. } | PeerRequest::Lookup(_) => {
+                vec![error(ErrorCode::UnknownRequest, "this node keeps no directory")]
+            }
+            PeerRequest::OfferProfile { .. } => {
+                vec![error(ErrorCode::UnknownRequest, "this node keeps no startup profiles")]
+            }
+            PeerRequest::FetchChunks(..) | PeerRequest::RelayChunks(..) => {
+                vec![error(ErrorCode::Internal, "chunks are streamed, not answered whole")]
+            }
+        }
     }
 }
 
@@ -54,75 +131,49 @@ pub(crate) fn end() -> Response {
     reply(Kind::End(End {}))
 }
 
+fn chunk_reply(id: &ChunkId, stored: Option<Vec<u8>>) -> Response {
+    reply(Kind::Chunk(ChunkReply {
+        id: id.as_bytes().to_vec(),
+        missing: stored.is_none(),
+        stored: stored.unwrap_or_default(),
+    }))
+}
+
 impl Handler for StoreHandler {
-    fn handle(&self, _from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
-        match request {
-            PeerRequest::FetchChunks(ids) | PeerRequest::RelayChunks(ids) => {
-                let mut out = Vec::with_capacity(ids.len() + 1);
-                for id in ids {
-                    match self.store.read(|s| s.get_stored_chunk(&id)) {
-                        Ok(stored) => out.push(reply(Kind::Chunk(ChunkReply {
-                            id: id.as_bytes().to_vec(),
-                            missing: stored.is_none(),
-                            stored: stored.unwrap_or_default(),
-                        }))),
-                        Err(e) => {
-                            out.push(error(ErrorCode::Internal, e));
-                            return out;
-                        }
-                    }
+    fn handle<'a>(
+        &'a self,
+        _from: SocketAddr,
+        request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a> {
+        Box::pin(async move {
+            match request {
+                PeerRequest::FetchChunks(ids, _) | PeerRequest::RelayChunks(ids, _) => {
+                    self.chunks(ids, replies).await
                 }
-                out.push(end());
-                out
-            }
-            PeerRequest::FetchLayerIndex(layer) => {
-                match (self.store.read(|s| s.layer_index(&layer)), self.store.read(|s| s.layer(&layer))) {
-                    (Ok(index), Ok(record)) => {
-                        vec![
-                            reply(Kind::LayerIndex(LayerIndexReply { index: index.encode_to_vec(), record })),
-                            end(),
-                        ]
-                    }
-                    (Err(StoreError::MissingLayer(_)), _) => {
-                        vec![error(ErrorCode::NotFound, layer)]
-                    }
-                    (Err(e), _) | (_, Err(e)) => vec![error(ErrorCode::Internal, e)],
+                other => {
+                    let out = self.metadata(other).await;
+                    replies.send_all(&out).await
                 }
             }
-            PeerRequest::ResolveImage(reference) => match self.store.read(|s| s.resolve(&reference)) {
-                Ok((id, record)) => {
-                    vec![
-                        reply(Kind::Image(ImageReply {
-                            image_id: id.as_bytes().to_vec(),
-                            record: Some(record),
-                            startup_profile: self
-                                .store
-                                .read(|s| s.profile(&id))
-                                .ok()
-                                .flatten()
-                                .map(|p| strata_types::encode_chunk_list(&p))
-                                .unwrap_or_default(),
-                        })),
-                        end(),
-                    ]
-                }
-                Err(StoreError::NoSuchImage(name)) => vec![error(ErrorCode::NotFound, name)],
-                Err(e) => vec![error(ErrorCode::Internal, e)],
-            },
-            PeerRequest::Announce { .. } | PeerRequest::Lookup(_) => {
-                vec![error(ErrorCode::UnknownRequest, "this node keeps no directory")]
-            }
-            PeerRequest::OfferProfile { .. } => {
-                vec![error(ErrorCode::UnknownRequest, "this node keeps no startup profiles")]
-            }
-        }
+        })
+    }
+}
+
+/// QUIC stream priority of demand replies over prefetch ones.
+fn stream_priority(priority: Priority) -> i32 {
+    match priority {
+        Priority::Demand => 1,
+        Priority::Prefetch => 0,
     }
 }
 
 /// A running node's answers to peers: chunks (relayed when asked and
 /// lacking), directory announcements and lookups, gossip datagrams; indexes
-/// and images as [`StoreHandler`] serves them. Replies are paced by the
-/// node's bandwidth caps.
+/// and images as [`StoreHandler`] serves them. Chunk replies stream one
+/// frame per chunk, each paced by the node's bandwidth caps on a tokio
+/// timer; demand replies go first (stream priority, and the caps' budget:
+/// `throttle`).
 pub struct NodeHandler {
     node: std::sync::Weak<crate::Node>,
     store: StoreHandler,
@@ -133,31 +184,30 @@ impl NodeHandler {
         Self { node, store: StoreHandler::new(store) }
     }
 
-    fn chunks(
+    async fn chunks(
         &self,
         node: &Arc<crate::Node>,
-        from: std::net::SocketAddr,
+        from: SocketAddr,
         ids: Vec<ChunkId>,
         relay: bool,
-    ) -> Vec<Response> {
-        let mut out = Vec::with_capacity(ids.len() + 1);
-        let mut bytes = 0u64;
+        priority: Priority,
+        replies: &mut Replies,
+    ) -> Result<(), NetError> {
+        replies.set_priority(stream_priority(priority));
         for id in ids {
-            let stored = match node.store().get_stored_chunk(&id) {
+            let stored = match self.store.store.read_async(move |s| s.get_stored_chunk(&id)).await {
                 Ok(Some(stored)) => Some(stored),
                 Ok(None) if relay => {
                     // This node is the chunk's designated fetcher for the group.
                     // Bounded like a fetch of the node's own: the flight
                     // it joins may be a prefetch's, with a longer deadline.
                     let deadline = node.fetch_deadline();
-                    let relayed = node.runtime().block_on(async {
-                        tokio::time::timeout(
-                            deadline + crate::node::FLIGHT_MARGIN,
-                            node.single_flight(id, false, deadline),
-                        )
-                        .await
-                        .unwrap_or(Err(crate::FetchError::Deadline(deadline)))
-                    });
+                    let relayed = tokio::time::timeout(
+                        deadline + crate::node::FLIGHT_MARGIN,
+                        node.single_flight(id, false, deadline, priority),
+                    )
+                    .await
+                    .unwrap_or(Err(crate::FetchError::Deadline(deadline)));
                     match relayed {
                         Ok(stored) => {
                             node.metrics.relays_served.inc();
@@ -170,76 +220,105 @@ impl NodeHandler {
                     }
                 }
                 Ok(None) => None,
-                Err(e) => {
-                    out.push(error(ErrorCode::Internal, e));
-                    return out;
-                }
+                Err(e) => return replies.send(&error(ErrorCode::Internal, e)).await,
             };
             #[cfg(feature = "fault-injection")]
             let stored = stored.map(corrupt_if_asked);
             if let Some(s) = &stored {
-                bytes += s.len() as u64;
+                pace(node, from, s.len() as u64, priority).await;
                 node.metrics.chunks_served.inc();
                 node.metrics.chunk_bytes_served.inc_by(s.len() as u64);
             }
-            out.push(reply(Kind::Chunk(ChunkReply {
-                id: id.as_bytes().to_vec(),
-                missing: stored.is_none(),
-                stored: stored.unwrap_or_default(),
-            })));
+            replies.send(&chunk_reply(&id, stored)).await?;
         }
-        let wait = node.throttle.delay(from, bytes, std::time::Instant::now());
+        replies.send(&end()).await
+    }
+}
+
+/// Waits until the bandwidth caps let `bytes` go to `from` (a tokio timer:
+/// only this reply waits).
+async fn pace(node: &crate::Node, from: SocketAddr, bytes: u64, priority: Priority) {
+    let mut counted = false;
+    loop {
+        let (wait, done) = match node.throttle.pace(from, bytes, priority, std::time::Instant::now()) {
+            Pace::SendAfter(wait) => (wait, true),
+            Pace::RetryAfter(wait) => (wait, false),
+        };
         if !wait.is_zero() {
-            node.metrics.throttle_waits.inc();
-            // A blocking-pool thread: the wait holds back this reply only.
-            std::thread::sleep(wait);
+            if !counted {
+                node.metrics.throttle_waits.inc();
+                counted = true;
+            }
+            tokio::time::sleep(wait).await;
         }
-        out.push(end());
-        out
+        if done {
+            return;
+        }
     }
 }
 
 impl Handler for NodeHandler {
-    fn handle(&self, from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
-        let Some(node) = self.node.upgrade() else {
-            return vec![error(ErrorCode::Internal, "node stopping")];
-        };
-        match request {
-            PeerRequest::FetchChunks(ids) => self.chunks(&node, from, ids, false),
-            PeerRequest::RelayChunks(ids) => self.chunks(&node, from, ids, true),
-            PeerRequest::Announce(announcement) => {
-                node.directory().lock().record(&announcement, std::time::Instant::now());
-                vec![end()]
-            }
-            PeerRequest::Lookup(keys) => {
-                let now = std::time::Instant::now();
-                let directory = node.directory().lock();
-                let holders = keys
-                    .iter()
-                    .map(|key| Holders {
-                        key: key.to_vec(),
-                        holders: directory
-                            .holders(key, now)
-                            .into_iter()
-                            .map(|h| ProtoHolder {
-                                node: h.node,
-                                addr: h.addr.to_string(),
-                                complete: h.complete,
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                vec![reply(Kind::Lookup(LookupReply { holders })), end()]
-            }
-            PeerRequest::OfferProfile { image, chunks } => match node.keep_profile(image, &chunks) {
-                Ok(_) => vec![end()],
-                Err(e) => vec![error(ErrorCode::Internal, e)],
-            },
-            other => self.store.handle(from, other),
-        }
+    fn handle<'a>(
+        &'a self,
+        from: SocketAddr,
+        request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a> {
+        Box::pin(async move {
+            let Some(node) = self.node.upgrade() else {
+                return replies.send(&error(ErrorCode::Internal, "node stopping")).await;
+            };
+            let out = match request {
+                PeerRequest::FetchChunks(ids, priority) => {
+                    return self.chunks(&node, from, ids, false, priority, replies).await
+                }
+                PeerRequest::RelayChunks(ids, priority) => {
+                    return self.chunks(&node, from, ids, true, priority, replies).await
+                }
+                PeerRequest::Announce(announcement) => {
+                    node.directory().lock().record(&announcement, std::time::Instant::now());
+                    vec![end()]
+                }
+                PeerRequest::Lookup(keys) => {
+                    let now = std::time::Instant::now();
+                    let directory = node.directory().lock();
+                    let holders = keys
+                        .iter()
+                        .map(|key| Holders {
+                            key: key.to_vec(),
+                            holders: directory
+                                .holders(key, now)
+                                .into_iter()
+                                .map(|h| ProtoHolder {
+                                    node: h.node,
+                                    addr: h.addr.to_string(),
+                                    complete: h.complete,
+                                })
+                                .collect(),
+                        })
+                        .collect();
+                    vec![reply(Kind::Lookup(LookupReply { holders })), end()]
+                }
+                PeerRequest::OfferProfile { image, chunks } => {
+                    let node = node.clone();
+                    let kept =
+                        tokio::task::spawn_blocking(move || node.keep_profile(image, &chunks).map(drop))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(crate::NodeError::Setup(format!("keeping a profile panicked: {e}")))
+                            });
+                    match kept {
+                        Ok(()) => vec![end()],
+                        Err(e) => vec![error(ErrorCode::Internal, e)],
+                    }
+                }
+                other => self.store.metadata(other).await,
+            };
+            replies.send_all(&out).await
+        })
     }
 
-    fn datagram(&self, _from: std::net::SocketAddr, data: bytes::Bytes) {
+    fn datagram(&self, _from: SocketAddr, data: bytes::Bytes) {
         if let Some(node) = self.node.upgrade() {
             node.receive_gossip(data);
         }

@@ -17,7 +17,7 @@ use strata_store::{ImageId, LayerId, Store, StoreError};
 use strata_tls::Identity;
 use strata_types::{ChunkId, NodeId};
 use strata_wire::response::Kind;
-use strata_wire::{Announcement, PeerRequest, MAX_KEYS};
+use strata_wire::{Announcement, PeerRequest, Priority, MAX_KEYS};
 
 use crate::directory::{Directory, Holder};
 use crate::fetch::{FetchError, Flights, Joined, PeerFailure};
@@ -431,16 +431,18 @@ impl Node {
     /// The chunk's stored form, from the store or else from peers (then
     /// verified and stored). Concurrent callers for one chunk share one fetch.
     pub async fn fetch_chunk(self: &Arc<Self>, id: ChunkId) -> Result<Arc<Vec<u8>>, NodeError> {
-        self.fetch_chunk_within(id, self.config.fetch_deadline).await
+        self.fetch_chunk_within(id, self.config.fetch_deadline, Priority::Demand).await
     }
 
-    /// [`Self::fetch_chunk`] with its own deadline. A caller that joins a
-    /// fetch already under way (a prefetch's, with a longer deadline) still
-    /// gives up after its own.
+    /// [`Self::fetch_chunk`] with its own deadline and priority (asked of
+    /// peers with it). A caller that joins a fetch already under way (a
+    /// prefetch's, with a longer deadline) still gives up after its own;
+    /// the flight keeps the priority of the caller that started it.
     pub(crate) async fn fetch_chunk_within(
         self: &Arc<Self>,
         id: ChunkId,
         deadline: Duration,
+        priority: Priority,
     ) -> Result<Arc<Vec<u8>>, NodeError> {
         let unavailable = |source: FetchError| NodeError::Fetch { id, source };
         if let Some(stored) = self
@@ -457,7 +459,11 @@ impl Node {
         let relaying = matches!(plan.asks.first(), Some(Ask::Relay(_)));
         // The leader of a flight keeps to its deadline; the margin covers
         // its last answer arriving.
-        match tokio::time::timeout(deadline + FLIGHT_MARGIN, self.single_flight(id, relaying, deadline)).await
+        match tokio::time::timeout(
+            deadline + FLIGHT_MARGIN,
+            self.single_flight(id, relaying, deadline, priority),
+        )
+        .await
         {
             Ok(result) => result.map_err(unavailable),
             Err(_) => Err(unavailable(FetchError::Deadline(deadline))),
@@ -471,6 +477,7 @@ impl Node {
         id: ChunkId,
         relay: bool,
         deadline: Duration,
+        priority: Priority,
     ) -> Result<Arc<Vec<u8>>, FetchError> {
         let wait = match self.flights.join((id, relay)) {
             Joined::Waiter(wait) => wait,
@@ -479,7 +486,7 @@ impl Node {
                 // does not cancel it for the others.
                 let node = self.clone();
                 tokio::spawn(async move {
-                    let result = node.fetch_uncached(id, relay, deadline).await.map(Arc::new);
+                    let result = node.fetch_uncached(id, relay, deadline, priority).await.map(Arc::new);
                     if let Err(reason) = &result {
                         tracing::warn!(chunk = %id, relay, %reason, "chunk unavailable");
                     }
@@ -534,6 +541,7 @@ impl Node {
         id: ChunkId,
         relay: bool,
         deadline: Duration,
+        priority: Priority,
     ) -> Result<Vec<u8>, FetchError> {
         if let Some(stored) =
             self.blocking(move |s| s.get_stored_chunk(&id)).await.map_err(FetchError::Local)?
@@ -562,9 +570,11 @@ impl Node {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             let share = time_share(left, &asks[i..], &refs);
             let (request, from) = match ask {
-                Ask::Relay(_) => (PeerRequest::RelayChunks(vec![id]), "relay"),
-                Ask::Fetch(_) if holder.complete => (PeerRequest::FetchChunks(vec![id]), "complete"),
-                Ask::Fetch(_) => (PeerRequest::FetchChunks(vec![id]), "partial"),
+                Ask::Relay(_) => (PeerRequest::RelayChunks(vec![id], priority), "relay"),
+                Ask::Fetch(_) if holder.complete => {
+                    (PeerRequest::FetchChunks(vec![id], priority), "complete")
+                }
+                Ask::Fetch(_) => (PeerRequest::FetchChunks(vec![id], priority), "partial"),
             };
             let asked = Instant::now();
             let failure = match tokio::time::timeout(share, self.pool.request(holder.addr, &request)).await {

@@ -82,9 +82,12 @@ impl PeerSource {
 
     async fn fetch_from(&self, peer: &Peer, id: &ChunkId) -> Result<Option<Vec<u8>>, String> {
         let connection = self.connection(peer).await?;
-        let replies = strata_net::request(&connection, &PeerRequest::FetchChunks(vec![*id]))
-            .await
-            .map_err(|e| e.to_string())?;
+        let replies = strata_net::request(
+            &connection,
+            &PeerRequest::FetchChunks(vec![*id], strata_wire::Priority::Demand),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         match replies.first().and_then(|r| r.kind.as_ref()) {
             Some(Kind::Chunk(c)) if c.id == id.as_bytes() && c.missing => Ok(None),
             Some(Kind::Chunk(c)) if c.id == id.as_bytes() => {

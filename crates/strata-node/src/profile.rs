@@ -128,7 +128,8 @@ impl Node {
             let node = self.clone();
             fetches.spawn(async move {
                 let deadline = node.fetch_deadline() * PREFETCH_DEADLINES;
-                let fetched = node.fetch_chunk_within(chunk, deadline).await.is_ok();
+                let fetched =
+                    node.fetch_chunk_within(chunk, deadline, strata_wire::Priority::Prefetch).await.is_ok();
                 drop(permit);
                 fetched
             });

@@ -1,12 +1,21 @@
 //! Bandwidth caps on what a node serves: a token bucket for the node as a
-//! whole and one per peer. Clock-driven and pure; the caller waits the
-//! delay it returns, so the caps are tested without sockets.
+//! whole and one per peer, shared by two priorities. Clock-driven and pure;
+//! the caller waits the delay it returns (on a tokio timer), so the caps
+//! and the priorities are tested without sockets.
+//!
+//! Demand replies (a read waits for them) always take their bytes and wait
+//! out any deficit. Prefetch replies take bytes only when both buckets hold
+//! them, and otherwise wait without taking any: so however many prefetch
+//! replies queue, they never put the buckets in debt, and a demand reply
+//! waits at most for its own bytes and other demand replies' (its bound:
+//! demand bytes ÷ rate), never behind a prefetch flood.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use strata_wire::Priority;
 
 /// A token bucket of bytes: `rate` per second, bursts of up to one second's
 /// worth (at least `min_burst`, so one large chunk always fits).
@@ -26,17 +35,37 @@ impl Bucket {
         Self { rate: rate as f64, burst, tokens: burst, at: now }
     }
 
-    /// Takes `bytes`; returns how long to wait before sending them.
-    fn take(&mut self, bytes: u64, now: Instant) -> Duration {
+    /// Adds the tokens earned since the last call.
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now.max(self.at);
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - bytes as f64;
-        if self.tokens >= 0.0 {
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Takes `bytes` (after [`refill`](Self::refill)); returns how long to
+    /// wait before sending them.
+    fn take(&mut self, bytes: u64) -> Duration {
+        self.tokens -= bytes as f64;
+        self.shortfall(0.0)
+    }
+
+    /// How long until the bucket holds `want` tokens (zero if it does).
+    fn shortfall(&self, want: f64) -> Duration {
+        if self.tokens >= want {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+            Duration::from_secs_f64((want - self.tokens) / self.rate)
         }
     }
+}
+
+/// The answer of [`Throttle::pace`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// The bytes are taken: send them after this wait (zero: now).
+    SendAfter(Duration),
+    /// Nothing taken (prefetch, buckets short): ask again after this wait.
+    RetryAfter(Duration),
 }
 
 /// Caps in bytes per second; `None` is uncapped.
@@ -66,23 +95,33 @@ impl Throttle {
         }
     }
 
-    /// How long to hold a reply of `bytes` to `peer` sent at `now`: the
-    /// longer of the node's and the peer's waits.
-    pub fn delay(&self, peer: SocketAddr, bytes: u64, now: Instant) -> Duration {
-        let node = self.node.lock().as_mut().map_or(Duration::ZERO, |b| b.take(bytes, now));
-        let peer_wait = match self.caps.per_peer.filter(|r| *r > 0) {
-            None => Duration::ZERO,
-            Some(rate) => {
-                let mut peers = self.peers.lock();
-                if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
-                    if let Some(stalest) = peers.iter().min_by_key(|(_, b)| b.at).map(|(a, _)| *a) {
-                        peers.remove(&stalest);
-                    }
+    /// Paces a reply of `bytes` to `peer` at `now` (see the module docs):
+    /// demand replies take their bytes and wait out the deficit of either
+    /// bucket; prefetch replies take them only when both buckets hold them.
+    pub fn pace(&self, peer: SocketAddr, bytes: u64, priority: Priority, now: Instant) -> Pace {
+        // Locks in one order: the node's, then the peers'.
+        let mut node = self.node.lock();
+        let per_peer = self.caps.per_peer.filter(|r| *r > 0);
+        let mut peers = self.peers.lock();
+        let peer_bucket = per_peer.map(|rate| {
+            if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
+                if let Some(stalest) = peers.iter().min_by_key(|(_, b)| b.at).map(|(a, _)| *a) {
+                    peers.remove(&stalest);
                 }
-                peers.entry(peer).or_insert_with(|| Bucket::new(rate, MIN_BURST, now)).take(bytes, now)
             }
-        };
-        node.max(peer_wait)
+            peers.entry(peer).or_insert_with(|| Bucket::new(rate, MIN_BURST, now))
+        });
+        let mut buckets: Vec<&mut Bucket> = node.iter_mut().chain(peer_bucket).collect();
+        for bucket in buckets.iter_mut() {
+            bucket.refill(now);
+        }
+        if priority == Priority::Prefetch {
+            let wait = buckets.iter().map(|b| b.shortfall(bytes as f64)).max().unwrap_or(Duration::ZERO);
+            if !wait.is_zero() {
+                return Pace::RetryAfter(wait);
+            }
+        }
+        Pace::SendAfter(buckets.iter_mut().map(|b| b.take(bytes)).max().unwrap_or(Duration::ZERO))
     }
 }
 
@@ -92,6 +131,65 @@ mod tests {
 
     fn addr(i: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i], 7420))
+    }
+
+    impl Throttle {
+        /// A demand reply's wait.
+        fn delay(&self, peer: SocketAddr, bytes: u64, now: Instant) -> Duration {
+            match self.pace(peer, bytes, Priority::Demand, now) {
+                Pace::SendAfter(wait) => wait,
+                Pace::RetryAfter(_) => unreachable!("demand always takes"),
+            }
+        }
+    }
+
+    /// A prefetch reply sent as soon as the throttle lets it, on a
+    /// simulated clock: returns when it is sent.
+    fn send_prefetch(t: &Throttle, peer: SocketAddr, bytes: u64, mut now: Instant) -> Instant {
+        loop {
+            match t.pace(peer, bytes, Priority::Prefetch, now) {
+                Pace::SendAfter(wait) => return now + wait,
+                Pace::RetryAfter(wait) => now += wait,
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefetch_flood_never_delays_a_demand_read_beyond_its_own_bytes() {
+        let t0 = Instant::now();
+        let rate = 8u64 << 20;
+        for caps in [Caps { node: Some(rate), per_peer: None }, Caps { node: None, per_peer: Some(rate) }] {
+            let t = Throttle::new(caps);
+            // 1,000 prefetch replies of 1 MiB ask at once: the burst goes,
+            // the rest wait without taking anything.
+            let sent: Vec<bool> = (0..1000)
+                .map(|_| matches!(t.pace(addr(1), 1 << 20, Priority::Prefetch, t0), Pace::SendAfter(_)))
+                .collect();
+            assert_eq!(sent.iter().filter(|s| **s).count(), 8, "one second's burst");
+            // A demand read of 1 MiB now waits for its own bytes only
+            // (1/8 s at 8 MiB/s), not for the 992 MiB queued before it.
+            let wait = t.delay(addr(1), 1 << 20, t0);
+            assert!(wait <= Duration::from_millis(125), "{caps:?}: {wait:?}");
+            // A second demand read waits for both (each demand byte counts).
+            let wait = t.delay(addr(1), 1 << 20, t0);
+            assert!(wait <= Duration::from_millis(250), "{caps:?}: {wait:?}");
+            // And the prefetch goes on at the cap once demand has had its share.
+            let at = send_prefetch(&t, addr(1), 1 << 20, t0).duration_since(t0);
+            assert!(at.abs_diff(Duration::from_millis(375)) < Duration::from_millis(1), "{at:?}");
+        }
+    }
+
+    #[test]
+    fn prefetch_alone_is_paced_at_the_cap() {
+        let t0 = Instant::now();
+        let t = Throttle::new(Caps { node: Some(10 << 20), per_peer: Some(20 << 20) });
+        let mut now = t0;
+        for _ in 0..100 {
+            now = send_prefetch(&t, addr(2), 1 << 20, now);
+        }
+        // 100 MiB at 10 MiB/s after a 10 MiB burst: 9 s.
+        let secs = now.duration_since(t0).as_secs_f64();
+        assert!((8.9..9.1).contains(&secs), "{secs}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use strata_mount::{ChunkReader, ChunkSource, SourceError};
-use strata_net::{client_endpoint, serve, server_endpoint, Handler};
+use strata_net::{client_endpoint, serve, server_endpoint, Answering, Handler, Replies};
 use strata_node::{Peer, PeerSource, StoreHandler};
 use strata_oci::{ArchiveLayout, ImportOptions, LayerCompression, NoProgress};
 use strata_proto::v1::ChunkReply;
@@ -23,8 +23,13 @@ fn identity(ca: &CertPair, node: &str) -> Identity {
 struct Liar;
 
 impl Handler for Liar {
-    fn handle(&self, _from: std::net::SocketAddr, request: PeerRequest) -> Vec<Response> {
-        let PeerRequest::FetchChunks(ids) = request else { return vec![] };
+    fn handle<'a>(
+        &'a self,
+        _from: std::net::SocketAddr,
+        request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a> {
+        let PeerRequest::FetchChunks(ids, _) = request else { return replies.all(vec![]) };
         let mut out: Vec<Response> = ids
             .iter()
             .map(|id| {
@@ -41,7 +46,7 @@ impl Handler for Liar {
             })
             .collect();
         out.push(Response { kind: Some(Kind::End(strata_proto::v1::End {})) });
-        out
+        replies.all(out)
     }
 }
 
@@ -171,20 +176,28 @@ fn an_image_only_a_peer_holds_mounts_from_its_indexes_and_reads_lazily() {
 }
 
 /// Never answers until the test lets it go.
-struct Silent(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+struct Silent(tokio::sync::watch::Receiver<bool>);
 
 impl Handler for Silent {
-    fn handle(&self, _from: std::net::SocketAddr, _request: PeerRequest) -> Vec<Response> {
-        let _ = self.0.lock().map(|rx| rx.recv());
-        vec![]
+    fn handle<'a>(
+        &'a self,
+        _from: std::net::SocketAddr,
+        _request: PeerRequest,
+        _replies: &'a mut Replies,
+    ) -> Answering<'a> {
+        let mut released = self.0.clone();
+        Box::pin(async move {
+            let _ = released.wait_for(|go| *go).await;
+            Ok(())
+        })
     }
 }
 
 #[test]
 fn a_silent_peer_costs_its_share_of_the_deadline_then_the_next_answers() {
     let cluster = Cluster::new();
-    let (release, wait) = std::sync::mpsc::channel();
-    let silent = cluster.node("silent", Arc::new(Silent(std::sync::Mutex::new(wait))));
+    let (release, wait) = tokio::sync::watch::channel(false);
+    let silent = cluster.node("silent", Arc::new(Silent(wait)));
     let honest = cluster.node("node-a", Arc::new(StoreHandler::new(cluster.store.clone())));
     let app = cluster.app();
 
@@ -198,5 +211,5 @@ fn a_silent_peer_costs_its_share_of_the_deadline_then_the_next_answers() {
     let err = alone.fetch(&app.chunks[1].id).expect_err("no answer");
     let SourceError::Failed { reason, .. } = &err else { panic!("{err}") };
     assert!(reason.contains(&silent.addr.to_string()) && reason.contains("deadline"), "{reason}");
-    drop(release);
+    let _ = release.send(true);
 }

@@ -42,7 +42,7 @@ enum Member {
 /// writes anyway, never a RAM-backed /tmp; gone when closed), so that its
 /// members can be read in place like a plain tar's. A plain archive is
 /// returned as it is.
-fn decompressed(mut file: File, scratch: &Path) -> io::Result<File> {
+fn decompressed(mut file: File, scratch: &Path, cancelled: &(dyn Fn() -> bool + Sync)) -> io::Result<File> {
     use std::io::{BufReader, Seek};
     let compression = {
         let mut head = BufReader::new(&file);
@@ -53,6 +53,7 @@ fn decompressed(mut file: File, scratch: &Path) -> io::Result<File> {
         return Ok(file);
     }
     let mut plain = tempfile::tempfile_in(scratch)?;
+    let file = crate::import::Cancellable { inner: file, cancelled };
     let mut decoder = compression.decoder(BufReader::new(file))?;
     io::copy(&mut decoder, &mut plain)
         .map_err(|e| io::Error::new(e.kind(), format!("decompressing the archive: {e}")))?;
@@ -64,12 +65,22 @@ impl Archive {
     /// Opens the archive at `path`; `scratch` takes a decompressed copy of
     /// an archive compressed as a whole.
     pub(crate) fn open(path: &Path, scratch: &Path) -> Result<Self, ImportError> {
+        Self::open_cancellable(path, scratch, &|| false)
+    }
+
+    /// [`open`](Self::open), whose decompression stops (with an error)
+    /// once `cancelled` says so.
+    pub(crate) fn open_cancellable(
+        path: &Path,
+        scratch: &Path,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Self, ImportError> {
         let open_err = |source| ImportError::Open { path: path.to_owned(), source };
         let meta = std::fs::metadata(path).map_err(open_err)?;
         if meta.is_dir() {
             return Ok(Archive::Dir(path.to_owned()));
         }
-        let file = decompressed(File::open(path).map_err(open_err)?, scratch).map_err(open_err)?;
+        let file = decompressed(File::open(path).map_err(open_err)?, scratch, cancelled).map_err(open_err)?;
         let len = file.metadata().map_err(open_err)?.len();
         let mut members = HashMap::new();
         let mut tar = tar::Archive::new(&file);

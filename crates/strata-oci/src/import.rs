@@ -55,15 +55,15 @@ pub trait ImportProgress: Send + Sync {
     }
 }
 
-/// A layer blob that stops being readable once the import is cancelled.
-struct Cancellable<'a, R> {
-    inner: R,
-    progress: &'a dyn ImportProgress,
+/// A reader that stops being readable once `cancelled` says so.
+pub(crate) struct Cancellable<'a, R> {
+    pub(crate) inner: R,
+    pub(crate) cancelled: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl<R: std::io::Read> std::io::Read for Cancellable<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.progress.cancelled() {
+        if (self.cancelled)() {
             return Err(std::io::Error::other("import cancelled"));
         }
         self.inner.read(buf)
@@ -122,8 +122,15 @@ pub fn import_archive(
     options: &ImportOptions,
     progress: &dyn ImportProgress,
 ) -> Result<ImportReport, ImportError> {
-    let archive = Archive::open(path, store.path())?;
+    let cancelled = || progress.cancelled();
+    let archive = match Archive::open_cancellable(path, store.path(), &cancelled) {
+        Err(_) if progress.cancelled() => return Err(ImportError::Cancelled),
+        other => other?,
+    };
     let mut plans = plan(&archive, path)?;
+    if progress.cancelled() {
+        return Err(ImportError::Cancelled);
+    }
     if !options.names.is_empty() {
         if plans.len() != 1 {
             return Err(ImportError::NameNeedsOneImage(plans.len()));
@@ -174,7 +181,11 @@ pub fn import_archive(
                     pool.finish().ok();
                     // A read refused because of a cancel surfaces as the
                     // layer's error: say what it was.
-                    return Err(if progress.cancelled() { ImportError::Cancelled } else { e });
+                    if progress.cancelled() {
+                        tracing::debug!(error = %e, "import cancelled");
+                        return Err(ImportError::Cancelled);
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -235,7 +246,8 @@ fn convert_layer<S: ChunkSink>(
             return Err(ImportError::SizeMismatch { member: member.to_owned(), expected, actual: size });
         }
     }
-    let reader = Cancellable { inner: reader, progress };
+    let cancelled = || progress.cancelled();
+    let reader = Cancellable { inner: reader, cancelled: &cancelled };
     let mut blob = Hashing::with_progress(reader, Box::new(|n| progress.advance(n)));
     let mut buffered = BufReader::with_capacity(256 << 10, &mut blob);
     let compression = Compression::sniff(&mut buffered).map_err(|e| ImportError::member(member, e))?;

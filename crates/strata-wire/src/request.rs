@@ -15,13 +15,24 @@ pub const MAX_KEYS: usize = 1024;
 const MAX_REFERENCE: usize = 1024;
 const MAX_NODE_NAME: usize = 253;
 
+/// Whether chunks are wanted by a read that waits for them or ahead of
+/// reads (wire: `FetchChunks.prefetch`). Servers answer demand first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    /// Read-ahead, a startup profile's prefetch, background fetching.
+    Prefetch,
+    /// A read is waiting.
+    #[default]
+    Demand,
+}
+
 /// A request as a server acts on it: ids checked and typed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerRequest {
-    FetchChunks(Vec<ChunkId>),
+    FetchChunks(Vec<ChunkId>, Priority),
     /// FetchChunks with `relay` set: chunks the server lacks it fetches from
     /// their complete holders on the asker's behalf.
-    RelayChunks(Vec<ChunkId>),
+    RelayChunks(Vec<ChunkId>, Priority),
     FetchLayerIndex(LayerId),
     ResolveImage(String),
     Announce(Announcement),
@@ -52,8 +63,15 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
         return Err(WireError::UnknownVersion(request.version));
     }
     match request.kind.ok_or(WireError::UnknownRequest)? {
-        request::Kind::FetchChunks(f) if f.relay => Ok(PeerRequest::RelayChunks(ids(&f.ids, "chunk ids")?)),
-        request::Kind::FetchChunks(f) => Ok(PeerRequest::FetchChunks(ids(&f.ids, "chunk ids")?)),
+        request::Kind::FetchChunks(f) => {
+            let priority = if f.prefetch { Priority::Prefetch } else { Priority::Demand };
+            let ids = ids(&f.ids, "chunk ids")?;
+            Ok(if f.relay {
+                PeerRequest::RelayChunks(ids, priority)
+            } else {
+                PeerRequest::FetchChunks(ids, priority)
+            })
+        }
         request::Kind::FetchLayerIndex(f) => Ok(PeerRequest::FetchLayerIndex(id(&f.layer)?)),
         request::Kind::ResolveImage(r) => {
             if r.reference.is_empty() || r.reference.len() > MAX_REFERENCE {
@@ -88,12 +106,16 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
 pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, WireError> {
     let bytes = |v: &[ChunkId]| v.iter().map(|i| i.as_bytes().to_vec()).collect();
     let kind = match request {
-        PeerRequest::FetchChunks(ids) => {
-            request::Kind::FetchChunks(FetchChunks { ids: bytes(ids), relay: false })
-        }
-        PeerRequest::RelayChunks(ids) => {
-            request::Kind::FetchChunks(FetchChunks { ids: bytes(ids), relay: true })
-        }
+        PeerRequest::FetchChunks(ids, priority) => request::Kind::FetchChunks(FetchChunks {
+            ids: bytes(ids),
+            relay: false,
+            prefetch: *priority == Priority::Prefetch,
+        }),
+        PeerRequest::RelayChunks(ids, priority) => request::Kind::FetchChunks(FetchChunks {
+            ids: bytes(ids),
+            relay: true,
+            prefetch: *priority == Priority::Prefetch,
+        }),
         PeerRequest::FetchLayerIndex(layer) => {
             request::Kind::FetchLayerIndex(FetchLayerIndex { layer: layer.as_bytes().to_vec() })
         }

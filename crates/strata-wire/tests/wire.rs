@@ -6,7 +6,7 @@ use strata_proto::v1::{request, FetchChunks, Request};
 use strata_types::{ChunkId, LayerId};
 use strata_wire::{
     decode_request, encode_frame, encode_request, Announcement, ErrorCode, FrameDecoder, PeerRequest,
-    WireError, MAX_FRAME, MAX_KEYS, VERSION,
+    Priority, WireError, MAX_FRAME, MAX_KEYS, VERSION,
 };
 
 fn chunk(i: u32) -> ChunkId {
@@ -15,10 +15,11 @@ fn chunk(i: u32) -> ChunkId {
 
 fn requests() -> Vec<PeerRequest> {
     vec![
-        PeerRequest::FetchChunks((0..10).map(chunk).collect()),
+        PeerRequest::FetchChunks((0..10).map(chunk).collect(), Priority::Demand),
+        PeerRequest::FetchChunks(vec![chunk(1)], Priority::Prefetch),
         PeerRequest::FetchLayerIndex(LayerId::of(b"layer")),
         PeerRequest::ResolveImage("registry.local/app:1.4".into()),
-        PeerRequest::RelayChunks(vec![chunk(3)]),
+        PeerRequest::RelayChunks(vec![chunk(3)], Priority::Prefetch),
         PeerRequest::Announce(Announcement {
             node: "node-a".into(),
             addr: "10.0.0.7:7420".parse().expect("addr"),
@@ -49,7 +50,7 @@ fn a_frame_over_the_limit_is_refused_from_its_length_alone() {
     decoder.push(&((MAX_FRAME as u32) + 1).to_be_bytes());
     assert_eq!(decoder.next_frame(), Err(WireError::TooLarge { len: MAX_FRAME + 1, max: MAX_FRAME }));
     assert_eq!(WireError::TooLarge { len: 1, max: 0 }.code(), ErrorCode::TooLarge);
-    let huge = FetchChunks { ids: vec![vec![0u8; 32]; (MAX_FRAME / 34) + 10], relay: false };
+    let huge = FetchChunks { ids: vec![vec![0u8; 32]; (MAX_FRAME / 34) + 10], relay: false, prefetch: false };
     assert!(matches!(encode_frame(&huge), Err(WireError::TooLarge { .. })), "we never send one either");
 }
 
@@ -60,7 +61,7 @@ fn garbage_unknown_versions_and_unknown_requests_get_their_codes() {
 
     let future = Request {
         version: VERSION + 1,
-        kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![], relay: false })),
+        kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![], relay: false, prefetch: false })),
     };
     assert_eq!(decode_request(&future.encode_to_vec()), Err(WireError::UnknownVersion(VERSION + 1)));
 
@@ -82,7 +83,11 @@ fn garbage_unknown_versions_and_unknown_requests_get_their_codes() {
 fn ids_of_the_wrong_length_and_too_many_keys_are_refused() {
     let short = Request {
         version: VERSION,
-        kind: Some(request::Kind::FetchChunks(FetchChunks { ids: vec![vec![1u8; 31]], relay: false })),
+        kind: Some(request::Kind::FetchChunks(FetchChunks {
+            ids: vec![vec![1u8; 31]],
+            relay: false,
+            prefetch: false,
+        })),
     };
     assert!(matches!(decode_request(&short.encode_to_vec()), Err(WireError::BadFrame(_))));
     let many = Request {
@@ -90,6 +95,7 @@ fn ids_of_the_wrong_length_and_too_many_keys_are_refused() {
         kind: Some(request::Kind::FetchChunks(FetchChunks {
             ids: vec![vec![1u8; 32]; MAX_KEYS + 1],
             relay: false,
+            prefetch: false,
         })),
     };
     assert_eq!(
