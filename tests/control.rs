@@ -171,3 +171,33 @@ fn ctrl_c_cancels_an_import_with_or_without_a_node() {
         assert_eq!(s.snapshot(), before, "with node {with_node}: a cancelled import adds nothing");
     }
 }
+
+/// A mount on a node's data dir reports its reads to the node: counters
+/// and a latency histogram per mount on the node's `/metrics`, gone when
+/// the mount ends.
+#[test]
+fn a_mounts_reads_show_on_its_nodes_metrics() {
+    let s = Strata::new();
+    let certs = certs(&s, &["n1"]);
+    let node = Node::start(&s, "n1", &certs, &[], &[]);
+    s.import(&crate::common::sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mnt = s.path("mnt");
+    std::fs::create_dir_all(&mnt).expect("mountpoint");
+    let out = s
+        .command()
+        .env("STRATA_MOUNT__STATS_INTERVAL_SECS", "0.2")
+        .args(["mount", "sample:1", mnt.to_str().expect("utf-8"), "--read-only"])
+        .output()
+        .expect("strata mount");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hostname = std::fs::read(mnt.join("etc/hostname")).expect("read");
+    wait_for("the mount's reads on the node's metrics", || {
+        node.metric("strata_fuse_read_seconds_count") >= 1.0
+            && node.metric("strata_fuse_read_bytes_total") >= hostname.len() as f64
+    });
+    let reads = node.metric("strata_fuse_reads_total");
+    assert_eq!(node.metric("strata_fuse_read_seconds_count"), reads, "every read is in the histogram");
+    assert_eq!(node.metric("strata_fuse_read_errors_total"), 0.0);
+    s.ok(&["umount", mnt.to_str().expect("utf-8")]);
+    wait_for("the ended mount's series to go", || node.metric("strata_fuse_reads_total") == 0.0);
+}

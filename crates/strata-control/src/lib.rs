@@ -272,6 +272,22 @@ mod tests {
     }
 
     #[test]
+    fn mount_stats_round_trip() {
+        let request = Request::MountStats {
+            mountpoint: "/m".into(),
+            image: "a:1".into(),
+            stats: strata_types::ReadStats {
+                reads_cached: 3,
+                latency_buckets: vec![1, 2],
+                ..Default::default()
+            },
+            ended: true,
+        };
+        let frame = encode(&request).unwrap();
+        assert_eq!(read_message::<Request>(&mut &frame[..]).unwrap(), Some(request));
+    }
+
+    #[test]
     fn replies_round_trip() {
         let replies = vec![
             Reply::Progress(Progress::Start { total_bytes: 1 << 40 }),

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use strata_types::{ChunkId, ImageId, LayerId};
+use strata_types::{ChunkId, ImageId, LayerId, ReadStats};
 
 /// A command run on the node's store for a caller (the node owns the store
 /// while it runs, so commands that change it go through here). Paths must
@@ -45,7 +45,7 @@ impl Command {
 }
 
 /// What a client asks the node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Run a command on the node's store. Answered by any number of
     /// [`Reply::Progress`], then [`Reply::Done`], [`Reply::Failed`] or
@@ -60,6 +60,13 @@ pub enum Request {
     /// The chunks a mount of `image` read first, in order: the image's
     /// startup profile if it has none yet; answered by [`Reply::Recorded`].
     Profile { image: ImageId, chunks: Vec<ChunkId> },
+    /// [`Request::Chunk`] for a mount's read-ahead: asked of peers with
+    /// prefetch priority (they answer reads that wait first).
+    ChunkAhead { id: ChunkId },
+    /// A mount's read counters, sent by its process every
+    /// `[mount] stats_interval_secs` and when it ends (`ended`), for the
+    /// node's `/metrics`; answered by [`Reply::Recorded`].
+    MountStats { mountpoint: PathBuf, image: String, stats: ReadStats, ended: bool },
 }
 
 /// The node's answer to one [`Request`]. The first four variants keep the

@@ -45,12 +45,12 @@ impl NodeChunkSource {
         Self { local, data_dir: data_dir.to_owned(), timeout, idle: Default::default() }
     }
 
-    fn ask_node(&self, id: &ChunkId) -> Result<Vec<u8>, String> {
+    fn ask_node(&self, id: &ChunkId, ahead: bool) -> Result<Vec<u8>, String> {
         let idle = self.idle.lock().pop();
         // An idle connection may be to a node that has since restarted:
         // when it fails, once more on a fresh one.
-        let pooled =
-            idle.and_then(|mut s| crate::client::ask_chunk(&mut s, id, self.timeout).ok().map(|r| (s, r)));
+        let pooled = idle
+            .and_then(|mut s| crate::client::ask_chunk(&mut s, id, ahead, self.timeout).ok().map(|r| (s, r)));
         let (stream, answer) = match pooled {
             Some(done) => done,
             None => {
@@ -60,8 +60,8 @@ impl NodeChunkSource {
                         self.data_dir.display()
                     ));
                 };
-                let answer =
-                    crate::client::ask_chunk(&mut stream, id, self.timeout).map_err(|e| e.to_string())?;
+                let answer = crate::client::ask_chunk(&mut stream, id, ahead, self.timeout)
+                    .map_err(|e| e.to_string())?;
                 (stream, answer)
             }
         };
@@ -76,13 +76,23 @@ impl NodeChunkSource {
     }
 }
 
-impl ChunkSource for NodeChunkSource {
-    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+impl NodeChunkSource {
+    fn fetch_as(&self, id: &ChunkId, ahead: bool) -> Result<Vec<u8>, SourceError> {
         match self.local.fetch(id) {
             Err(SourceError::Missing(_)) => {}
             other => return other,
         }
-        self.ask_node(id).map_err(|reason| SourceError::Failed { id: *id, reason })
+        self.ask_node(id, ahead).map_err(|reason| SourceError::Failed { id: *id, reason })
+    }
+}
+
+impl ChunkSource for NodeChunkSource {
+    fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.fetch_as(id, false)
+    }
+
+    fn fetch_ahead(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.fetch_as(id, true)
     }
 }
 

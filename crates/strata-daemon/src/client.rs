@@ -78,9 +78,11 @@ pub fn pull(data_dir: &Path, reference: &str) -> Result<bool> {
 pub(crate) fn ask_chunk(
     stream: &mut UnixStream,
     id: &ChunkId,
+    ahead: bool,
     timeout: Duration,
 ) -> Result<Result<Vec<u8>, String>, strata_control::ControlError> {
-    Ok(match call(stream, &Request::Chunk { id: *id }, Some(timeout))? {
+    let request = if ahead { Request::ChunkAhead { id: *id } } else { Request::Chunk { id: *id } };
+    Ok(match call(stream, &request, Some(timeout))? {
         Reply::Chunk { stored } => Ok(stored),
         Reply::Failed { error } => Err(error),
         other => Err(format!("unexpected reply from the node: {other:?}")),

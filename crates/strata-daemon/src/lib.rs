@@ -29,6 +29,7 @@ pub mod data_dir;
 pub mod error;
 pub mod format;
 pub mod identity;
+pub mod metrics;
 pub mod mount;
 pub mod mounts;
 pub mod ops;

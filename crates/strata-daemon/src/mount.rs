@@ -19,7 +19,7 @@ use crate::data_dir::DataDir;
 use crate::error::{refuse, Context, Error, Result};
 use crate::identity::IdentitySpec;
 use crate::mounts::{self, MountRecord, MountState};
-use crate::profile::ProfileRecorder;
+use crate::profile::{ProfileRecorder, StatsReporter};
 
 /// How long `umount` waits for the serving process to finish.
 const EXIT_WAIT: Duration = Duration::from_secs(30);
@@ -162,10 +162,20 @@ pub fn serve(dir: &DataDir, spec: &MountSpec) -> Result<()> {
         }
         _ => None,
     };
+    // Read counters go to the node on the data dir whenever one runs there.
+    let interval = Duration::from_secs_f64(ctx.settings.mount.stats_interval_secs.max(0.05));
+    let reporter = StatsReporter::start(
+        ctx.path.clone(),
+        mountpoint.to_owned(),
+        image.to_owned(),
+        serving.stats.clone(),
+        interval,
+    );
     let result = serving.session.run();
     if let Some(profile) = profile {
         profile.finish();
     }
+    reporter.finish();
     if let (Some(trace), Some(path)) = (&serving.trace, trace_reads) {
         write_trace(trace, path);
     }
@@ -202,6 +212,8 @@ struct Serving {
     /// The reads served, when asked for or when a node runs (which makes
     /// the image's startup profile of them).
     trace: Option<Arc<ReadTrace>>,
+    /// The mount's read counters, reported to the node.
+    stats: Arc<strata_mount::MountStats>,
     /// For a peer's image: the runtime its connection lives on, kept as
     /// long as the session.
     _runtime: Option<tokio::runtime::Runtime>,
@@ -249,6 +261,7 @@ fn start(
         readahead_kb: ctx.settings.mount.readahead_kb,
         ..MountOptions::default()
     };
+    let stats = options.stats.clone();
     let session = strata_mount::mount(tree, source, upper_dir, mountpoint, &options)?;
     let record = MountRecord {
         mountpoint: mountpoint.to_owned(),
@@ -260,7 +273,7 @@ fn start(
         started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         log: mounts::log_path(&ctx.path, mountpoint),
     };
-    Ok(Serving { session, record, image_id: id, through_node, trace, _runtime: runtime })
+    Ok(Serving { session, record, image_id: id, through_node, trace, stats, _runtime: runtime })
 }
 
 /// An image from peers: its record and indexes from the first that has

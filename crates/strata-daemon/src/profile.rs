@@ -51,3 +51,54 @@ impl ProfileRecorder {
         }
     }
 }
+
+/// The thread that reports a mount's read counters to the node on its data
+/// dir: every `interval`, and once more, marked ended, at
+/// [`finish`](Self::finish). A node that is not running misses reports;
+/// the next one carries the totals.
+pub struct StatsReporter {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StatsReporter {
+    /// Starts reporting `stats` of the mount of `image` at `mountpoint`.
+    pub fn start(
+        data_dir: PathBuf,
+        mountpoint: PathBuf,
+        image: String,
+        stats: Arc<strata_mount::MountStats>,
+        interval: Duration,
+    ) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("strata-stats".into())
+            .spawn(move || loop {
+                let ended = !matches!(stopped.recv_timeout(interval), Err(mpsc::RecvTimeoutError::Timeout));
+                let report = strata_control::Request::MountStats {
+                    mountpoint: mountpoint.clone(),
+                    image: image.clone(),
+                    stats: stats.snapshot(),
+                    ended,
+                };
+                if let Some(mut stream) = strata_control::connect(&data_dir) {
+                    if let Err(e) = strata_control::call(&mut stream, &report, Some(Duration::from_secs(5))) {
+                        tracing::debug!(error = %e, "read counters not reported");
+                    }
+                }
+                if ended {
+                    return;
+                }
+            })
+            .ok();
+        Self { stop: Some(stop), thread }
+    }
+
+    /// Sends the last report and waits for it.
+    pub fn finish(mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

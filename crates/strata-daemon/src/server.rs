@@ -9,6 +9,7 @@
 //! local, while reads of chunks not yet here fail after the fetch deadline
 //! until a node runs on the data dir again.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use strata_control::{
     read_message_async, socket_path, write_message_async, Command, ControlError, Progress, Reply, Request,
 };
 use strata_node::{Caps, Node, NodeConfig};
+use strata_types::ReadStats;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -146,15 +148,19 @@ async fn run(
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding the control socket {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let control =
-        Arc::new(Control { dir: dir.in_node(node.clone()), node: node.clone(), stopping: Cancel::new() });
+    let control = Arc::new(Control {
+        dir: dir.in_node(node.clone()),
+        node: node.clone(),
+        stopping: Cancel::new(),
+        mounts: Default::default(),
+    });
     tokio::spawn(accept_control(listener, control.clone()));
 
     let metrics = match settings.metrics_listen.trim() {
         "" => None,
-        addr => {
-            Some(serve_metrics(node.clone(), resolve("metrics address", addr, Duration::ZERO).await?).await?)
-        }
+        addr => Some(
+            serve_metrics(control.clone(), resolve("metrics address", addr, Duration::ZERO).await?).await?,
+        ),
     };
     on_ready(&Ready { addr: node.addr(), metrics, control_socket: socket.clone() });
     tracing::info!(node = node.name(), addr = %node.addr(), "node ready");
@@ -178,13 +184,23 @@ async fn run(
 }
 
 /// `/metrics` (Prometheus text) and `/healthz` on `addr`; returns the bound address.
-async fn serve_metrics(node: Arc<Node>, addr: SocketAddr) -> Result<SocketAddr> {
+async fn serve_metrics(control: Arc<Control>, addr: SocketAddr) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;
     let bound = listener.local_addr()?;
     let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(move || async move { node.metrics_text() }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                let mut text = control.node.metrics_text();
+                let body_end = text.trim_end_matches("# EOF\n").len();
+                text.truncate(body_end);
+                crate::metrics::mounts_text(&mut text, &control.mounts.lock());
+                text.push_str("# EOF\n");
+                text
+            }),
+        )
         .route("/healthz", axum::routing::get(|| async { "ok\n" }));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -201,6 +217,8 @@ struct Control {
     node: Arc<Node>,
     /// Cancelled when the node stops: the parent of every command's cancel.
     stopping: Cancel,
+    /// The latest read counters of each live mount on the data dir.
+    mounts: parking_lot::Mutex<BTreeMap<PathBuf, (String, ReadStats)>>,
 }
 
 async fn accept_control(listener: tokio::net::UnixListener, control: Arc<Control>) {
@@ -232,6 +250,15 @@ async fn serve_control(control: Arc<Control>, mut read: OwnedReadHalf, mut write
         };
         let (reply, go_on) = match request {
             Request::Run { command } => run_command(&control, command, &mut read, &mut write).await,
+            Request::MountStats { mountpoint, image, stats, ended } => {
+                let mut mounts = control.mounts.lock();
+                if ended {
+                    mounts.remove(&mountpoint);
+                } else {
+                    mounts.insert(mountpoint, (image, stats));
+                }
+                (Reply::Recorded, true)
+            }
             other => (answer(&control.node, other).await, true),
         };
         if let Err(e) = send(&mut write, &reply).await {
@@ -269,12 +296,18 @@ async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), ControlEr
 
 async fn answer(node: &Arc<Node>, request: Request) -> Reply {
     match request {
-        Request::Run { .. } => Reply::Failed { error: "commands are run by run_command".into() },
+        Request::Run { .. } | Request::MountStats { .. } => {
+            Reply::Failed { error: "answered by the connection's task".into() }
+        }
         Request::Pull { reference } => match node.pull_image(&reference).await {
             Ok(id) => Reply::Pulled { image: id },
             Err(e) => Reply::Failed { error: crate::error::chain(&e) },
         },
         Request::Chunk { id } => match node.fetch_chunk(id).await {
+            Ok(stored) => Reply::Chunk { stored: stored.as_ref().clone() },
+            Err(e) => Reply::Failed { error: crate::error::chain(&e) },
+        },
+        Request::ChunkAhead { id } => match node.fetch_chunk_ahead(id).await {
             Ok(stored) => Reply::Chunk { stored: stored.as_ref().clone() },
             Err(e) => Reply::Failed { error: crate::error::chain(&e) },
         },

@@ -40,11 +40,18 @@ pub struct MountSettings {
     /// profile (recorded by mounts through a node, shared with peers that
     /// pull the image, which fetch those chunks ahead of the reads).
     pub profile_window_secs: f64,
+    /// Seconds between a mount's reports of its read counters to the node
+    /// on its data dir (shown on the node's `/metrics`).
+    pub stats_interval_secs: f64,
 }
 
 impl Default for MountSettings {
     fn default() -> Self {
-        Self { readahead_kb: strata_mount::MountOptions::default().readahead_kb, profile_window_secs: 60.0 }
+        Self {
+            readahead_kb: strata_mount::MountOptions::default().readahead_kb,
+            profile_window_secs: 60.0,
+            stats_interval_secs: 10.0,
+        }
     }
 }
 

@@ -91,6 +91,7 @@ pub struct MountFs {
     trace: Option<Arc<ReadTrace>>,
     /// Bytes the kernel may read ahead.
     readahead: u32,
+    stats: Arc<crate::stats::MountStats>,
 }
 
 fn err(code: i32) -> Errno {
@@ -118,6 +119,7 @@ impl MountFs {
         workers: tokio::runtime::Runtime,
         trace: Option<Arc<ReadTrace>>,
         readahead: u32,
+        stats: Arc<crate::stats::MountStats>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             overlay,
@@ -127,6 +129,7 @@ impl MountFs {
             workers,
             trace,
             readahead,
+            stats,
         })
     }
 
@@ -389,6 +392,7 @@ impl Filesystem for MountFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let started = std::time::Instant::now();
         let plan = match self.overlay.read_plan(ino.0) {
             Ok(plan) => plan,
             Err(e) => return reply.error(err(e)),
@@ -400,13 +404,16 @@ impl Filesystem for MountFs {
         // Chunks already decoded are copied out here; anything that may wait
         // on a source goes to a worker.
         if let Some(data) = self.overlay.read_cached(&plan, offset, size) {
+            self.stats.record(true, Some(data.len()), started.elapsed());
             return reply.data(&data);
         }
-        let overlay = self.overlay.clone();
+        let (overlay, stats) = (self.overlay.clone(), self.stats.clone());
         self.workers.spawn_blocking(move || {
             let _span = debug_span!("read", ino = ino.0, offset, size).entered();
             tracing::trace!("read request");
-            reply_data(reply, overlay.read(ino.0, &plan, offset, size));
+            let result = overlay.read(ino.0, &plan, offset, size);
+            stats.record(false, result.as_ref().ok().map(Vec::len), started.elapsed());
+            reply_data(reply, result);
         });
     }
 

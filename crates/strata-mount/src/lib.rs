@@ -25,6 +25,7 @@ mod nodes;
 mod overlay;
 mod reader;
 mod session;
+pub mod stats;
 mod sys;
 mod trace;
 pub mod upper;
@@ -35,6 +36,7 @@ pub use fs::MountFs;
 pub use lower::{Ino, Inode, Kind, LowerTree};
 pub use reader::ChunkReader;
 pub use session::{load_lower, mount, MountOptions};
+pub use stats::MountStats;
 /// Where chunk bytes come from (defined by the store, below the node).
 pub use strata_store::{ChunkSource, SourceError, StoreSource};
 pub use trace::{FileReport, ReadTrace, TraceReport};

@@ -60,9 +60,17 @@ impl ChunkReader {
 
     /// The chunk's bytes, from the cache or the source.
     pub fn chunk(&self, span: &ChunkSpan) -> Result<Arc<Vec<u8>>, SourceError> {
+        self.chunk_as(span, false)
+    }
+
+    /// [`chunk`](Self::chunk), asked of the source as a read-ahead when
+    /// `ahead` (no read waits for it). A read that then needs the chunk
+    /// waits for that fetch (one fetch per chunk).
+    fn chunk_as(&self, span: &ChunkSpan, ahead: bool) -> Result<Arc<Vec<u8>>, SourceError> {
         self.cache.get_or_insert_with(&span.id, || {
             let t = std::time::Instant::now();
-            let bytes = self.source.fetch(&span.id)?;
+            let bytes =
+                if ahead { self.source.fetch_ahead(&span.id)? } else { self.source.fetch(&span.id)? };
             tracing::trace!(us = t.elapsed().as_micros() as u64, len = bytes.len(), "fetched");
             if bytes.len() != span.len as usize {
                 return Err(SourceError::Failed {
@@ -76,11 +84,13 @@ impl ChunkReader {
 
     /// Starts fetching the chunks of one read, after the first, on the
     /// prefetch pool, so that their fetches (disk or network) and decoding
-    /// overlap with the in-order pass. Single-flight caching means the pass
+    /// overlap with the in-order pass; those from index `ahead_from` on are
+    /// read-ahead beyond the read. Single-flight caching means the pass
     /// waits for a chunk in flight instead of fetching it again.
-    fn prefetch_chunks(self: &Arc<Self>, spans: &[ChunkSpan]) {
+    fn prefetch_chunks(self: &Arc<Self>, spans: &[ChunkSpan], ahead_from: usize) {
         let Some(pool) = &self.prefetch else { return };
-        for span in spans.iter().skip(1).take(MAX_PREFETCH) {
+        for (i, span) in spans.iter().enumerate().skip(1).take(MAX_PREFETCH) {
+            let ahead = i >= ahead_from;
             // Neither decoded nor already on its way (a second task would only
             // wait for the first).
             if self.cache.get(&span.id).is_some() || !self.in_flight.lock().insert(span.id) {
@@ -88,7 +98,7 @@ impl ChunkReader {
             }
             let (reader, span) = (self.clone(), *span);
             pool.spawn_blocking(move || {
-                drop(reader.chunk(&span));
+                drop(reader.chunk_as(&span, ahead));
                 reader.in_flight.lock().remove(&span.id);
             });
         }
@@ -159,7 +169,7 @@ impl ChunkReader {
         } else {
             last
         };
-        self.prefetch_chunks(&chunks[first..ahead]);
+        self.prefetch_chunks(&chunks[first..ahead], last - first);
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (span, cached) in spans.iter().zip(cached) {
             let bytes = match cached {
@@ -171,5 +181,66 @@ impl ChunkReader {
             out.extend_from_slice(&bytes[from as usize..to as usize]);
         }
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    /// Chunks of a known length; remembers how each was asked for.
+    #[derive(Default)]
+    struct Asked(Mutex<BTreeMap<u8, &'static str>>);
+
+    fn id(i: u8) -> ChunkId {
+        ChunkId::of(&[i; 16])
+    }
+
+    impl ChunkSource for Asked {
+        fn fetch(&self, chunk: &ChunkId) -> Result<Vec<u8>, SourceError> {
+            let i = (0..=255).find(|i| id(*i) == *chunk).expect("a known chunk");
+            self.0.lock().insert(i, "demand");
+            Ok(vec![i; 16])
+        }
+
+        fn fetch_ahead(&self, chunk: &ChunkId) -> Result<Vec<u8>, SourceError> {
+            let i = (0..=255).find(|i| id(*i) == *chunk).expect("a known chunk");
+            self.0.lock().insert(i, "ahead");
+            Ok(vec![i; 16])
+        }
+    }
+
+    /// The chunks a read needs are asked for as demand (the read waits for
+    /// them); those read ahead beyond it as read-ahead, which peers answer
+    /// after demand.
+    #[test]
+    fn a_read_asks_its_own_chunks_as_demand_and_those_beyond_as_read_ahead() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let source = Arc::new(Asked::default());
+        let reader =
+            Arc::new(ChunkReader::new(source.clone(), 1 << 20).with_prefetch(runtime.handle().clone()));
+        let chunks: Vec<ChunkSpan> =
+            (0..20u8).map(|i| ChunkSpan { id: id(i), offset: u64::from(i) * 16, len: 16 }).collect();
+        // From the start of the file: chunks 0..4 are the read, 4..12 ahead.
+        let bytes = reader.read(&chunks, 20 * 16, 0, 64).unwrap();
+        assert_eq!(bytes.len(), 64);
+        // Read-ahead runs on the pool: wait until it is all asked for.
+        let started = std::time::Instant::now();
+        while source.0.lock().len() < 4 + READ_AHEAD_CHUNKS {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "read-ahead never ran");
+            std::thread::yield_now();
+        }
+        let asked = source.0.lock().clone();
+        for i in 0..4 {
+            assert_eq!(asked[&i], "demand", "chunk {i} of the read");
+        }
+        for i in 4..(4 + READ_AHEAD_CHUNKS as u8) {
+            assert_eq!(asked[&i], "ahead", "chunk {i} beyond the read");
+        }
+        assert!(!asked.contains_key(&(4 + READ_AHEAD_CHUNKS as u8)));
     }
 }

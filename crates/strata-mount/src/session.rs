@@ -32,6 +32,8 @@ pub struct MountOptions {
     pub readahead_kb: u32,
     /// Record the image bytes served here.
     pub read_trace: Option<Arc<ReadTrace>>,
+    /// Where the mount counts its reads (kept by the caller to report them).
+    pub stats: Arc<crate::stats::MountStats>,
 }
 
 impl Default for MountOptions {
@@ -43,6 +45,7 @@ impl Default for MountOptions {
             fs_name: "strata".to_owned(),
             readahead_kb: 1024,
             read_trace: None,
+            stats: Arc::default(),
         }
     }
 }
@@ -88,6 +91,7 @@ pub fn mount(
         workers,
         options.read_trace.clone(),
         options.readahead_kb.saturating_mul(1024),
+        options.stats.clone(),
     )
     .map_err(io)?;
     let mut mount_options = vec![

@@ -434,6 +434,12 @@ impl Node {
         self.fetch_chunk_within(id, self.config.fetch_deadline, Priority::Demand).await
     }
 
+    /// [`Self::fetch_chunk`] for a read-ahead: asked of peers with prefetch
+    /// priority (they answer reads that wait first); same deadline.
+    pub async fn fetch_chunk_ahead(self: &Arc<Self>, id: ChunkId) -> Result<Arc<Vec<u8>>, NodeError> {
+        self.fetch_chunk_within(id, self.config.fetch_deadline, Priority::Prefetch).await
+    }
+
     /// [`Self::fetch_chunk`] with its own deadline and priority (asked of
     /// peers with it). A caller that joins a fetch already under way (a
     /// prefetch's, with a longer deadline) still gives up after its own;

@@ -80,14 +80,16 @@ impl PeerSource {
         Ok(connection)
     }
 
-    async fn fetch_from(&self, peer: &Peer, id: &ChunkId) -> Result<Option<Vec<u8>>, String> {
+    async fn fetch_from(
+        &self,
+        peer: &Peer,
+        id: &ChunkId,
+        priority: strata_wire::Priority,
+    ) -> Result<Option<Vec<u8>>, String> {
         let connection = self.connection(peer).await?;
-        let replies = strata_net::request(
-            &connection,
-            &PeerRequest::FetchChunks(vec![*id], strata_wire::Priority::Demand),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let replies = strata_net::request(&connection, &PeerRequest::FetchChunks(vec![*id], priority))
+            .await
+            .map_err(|e| e.to_string())?;
         match replies.first().and_then(|r| r.kind.as_ref()) {
             Some(Kind::Chunk(c)) if c.id == id.as_bytes() && c.missing => Ok(None),
             Some(Kind::Chunk(c)) if c.id == id.as_bytes() => {
@@ -102,6 +104,16 @@ impl PeerSource {
 
 impl ChunkSource for PeerSource {
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.fetch_as(id, strata_wire::Priority::Demand)
+    }
+
+    fn fetch_ahead(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.fetch_as(id, strata_wire::Priority::Prefetch)
+    }
+}
+
+impl PeerSource {
+    fn fetch_as(&self, id: &ChunkId, priority: strata_wire::Priority) -> Result<Vec<u8>, SourceError> {
         self.runtime.block_on(async {
             let until = tokio::time::Instant::now() + self.deadline;
             let mut tried = Vec::new();
@@ -110,7 +122,7 @@ impl ChunkSource for PeerSource {
                 // Each peer gets an equal share of the time left, so a silent
                 // one costs a retry elsewhere, not the whole deadline.
                 let share = until.saturating_duration_since(tokio::time::Instant::now()) / (order.len() - i) as u32;
-                match tokio::time::timeout(share, self.fetch_from(peer, id)).await {
+                match tokio::time::timeout(share, self.fetch_from(peer, id, priority)).await {
                     Ok(Ok(Some(bytes))) => return Ok(bytes),
                     Ok(Ok(None)) => tried.push(format!("{} (does not hold it)", peer.addr)),
                     Ok(Err(reason)) => {

@@ -26,6 +26,13 @@ pub enum SourceError {
 pub trait ChunkSource: Send + Sync + 'static {
     /// The chunk's uncompressed bytes, verified: BLAKE3 of them is `id`.
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError>;
+
+    /// [`fetch`](Self::fetch) for a read-ahead: no read waits for it yet,
+    /// so sources that go to the network ask with prefetch priority (peers
+    /// answer demand first). By default the same as `fetch`.
+    fn fetch_ahead(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
+        self.fetch(id)
+    }
 }
 
 /// Chunks from the local store, opened read-only beside the process that
