@@ -1,0 +1,189 @@
+//! An in-process cluster: N nodes in this test process, each with a real
+//! store in a temporary directory, real QUIC with mutual TLS on loopback,
+//! real gossip. Fetching, relays, membership changes and deadlines are
+//! tested here without starting processes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_node::{Caps, FetchError, MemberState, Node, NodeConfig, NodeError};
+use strata_oci::{ArchiveLayout, ImportOptions, LayerCompression, NoProgress};
+use strata_store::{OpenMode, Store};
+use strata_tls::{generate_ca, issue_node_cert, CertPair, Identity};
+use strata_types::{ChunkId, LayerId};
+
+/// Nodes of one cluster (one CA), started on one runtime.
+struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    ca: CertPair,
+    dir: tempfile::TempDir,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Self {
+            runtime,
+            ca: generate_ca("test").expect("ca"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: vec![],
+        }
+    }
+
+    /// Starts a node named `name` with an empty store, joining through the
+    /// first node (if any); returns its index.
+    fn start(&mut self, name: &str) -> usize {
+        let store_dir = self.dir.path().join(name);
+        let store = Arc::new(Store::open(&store_dir, OpenMode::ReadWrite).expect("store"));
+        let identity = Identity::from_pem(&self.ca.cert_pem, &issue_node_cert(&self.ca, name).expect("cert"))
+            .expect("identity");
+        let config = NodeConfig {
+            name: name.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            seeds: self.nodes.first().map(|n| n.addr()).into_iter().collect(),
+            fetch_deadline: Duration::from_secs(4),
+            announce_interval: Duration::from_secs(30),
+            directory_replicas: 2,
+            caps: Caps::default(),
+        };
+        let node = self.runtime.block_on(Node::start(config, &identity, store)).expect("node starts");
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    fn node(&self, i: usize) -> &Arc<Node> {
+        &self.nodes[i]
+    }
+
+    /// Waits until every node sees every other alive.
+    fn settle(&self) {
+        let names: BTreeSet<String> = self.nodes.iter().map(|n| n.name().to_owned()).collect();
+        wait_until("the cluster to see itself whole", || {
+            self.nodes.iter().all(|n| {
+                let alive: BTreeSet<String> = n
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.state == MemberState::Alive)
+                    .map(|m| m.name)
+                    .chain([n.name().to_owned()])
+                    .collect();
+                alive == names
+            })
+        });
+    }
+}
+
+/// Polls `done` (every 20 ms, failing after a minute).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A counter of a node's metrics (summed over its labels).
+fn metric(node: &Node, name: &str) -> f64 {
+    node.metrics_text()
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Imports the sample image into `node`'s store and announces it.
+fn import_sample(cluster: &Cluster, node: usize) -> (Vec<LayerId>, Vec<ChunkId>) {
+    let archive = cluster.dir.path().join("sample.tar");
+    strata_sample::write_sample_image(&archive, ArchiveLayout::Oci, LayerCompression::Gzip, "sample:1")
+        .expect("image");
+    let store = cluster.node(node).store().clone();
+    let report =
+        strata_oci::import_archive(&store, &archive, &ImportOptions::default(), &NoProgress).expect("import");
+    cluster.runtime.block_on(cluster.node(node).announce_all()).expect("announce");
+    let (_, record) = store.resolve("sample:1").expect("image");
+    let tree = strata_mount::load_lower(&store, &record).expect("tree");
+    let chunks: BTreeSet<ChunkId> = (1..=tree.len() as u64)
+        .filter_map(|i| tree.get(strata_mount::Ino(i)))
+        .flat_map(|inode| inode.chunks.iter().map(|c| c.id))
+        .collect();
+    (report.images[0].layers.clone(), chunks.into_iter().collect())
+}
+
+/// Two nodes that start one image together: every chunk reaches both,
+/// verified, and leaves the origin once (each chunk's designated fetcher
+/// goes to the origin; the other asks it to relay).
+#[test]
+fn two_nodes_starting_one_image_take_each_chunk_from_the_origin_once() {
+    let mut cluster = Cluster::new();
+    let origin = cluster.start("origin");
+    let (b, c) = (cluster.start("node-b"), cluster.start("node-c"));
+    cluster.settle();
+    let (layers, chunks) = import_sample(&cluster, origin);
+    for n in [b, c] {
+        cluster.runtime.block_on(cluster.node(n).pull_image("sample:1")).expect("pull");
+    }
+    // Both see the group (origin complete, both partial) before fetching:
+    // their plans agree on each chunk's designated fetcher.
+    for n in [b, c] {
+        wait_until("the group in the directory", || {
+            layers.iter().all(|layer| {
+                let holders = cluster.runtime.block_on(cluster.node(n).lookup(layer.as_bytes()));
+                holders.len() == 3 && holders.iter().filter(|h| h.complete).count() == 1
+            })
+        });
+    }
+    let fetched = cluster.runtime.block_on(async {
+        let mut all = tokio::task::JoinSet::new();
+        for n in [b, c] {
+            for id in chunks.clone() {
+                let node = cluster.node(n).clone();
+                all.spawn(async move { (n, id, node.fetch_chunk(id).await) });
+            }
+        }
+        all.join_all().await
+    });
+    for (n, id, result) in fetched {
+        let stored = result.unwrap_or_else(|e| panic!("node {n} chunk {id}: {e}"));
+        let bytes =
+            strata_chunk::ChunkDecoder::new().expect("decoder").decode(&id, &stored).expect("verified");
+        assert!(!bytes.is_empty());
+    }
+    let served = metric(cluster.node(origin), "strata_chunks_served_total");
+    assert_eq!(served, chunks.len() as f64, "each chunk left the origin once");
+    let relayed = metric(cluster.node(b), "strata_relays_served_total")
+        + metric(cluster.node(c), "strata_relays_served_total");
+    assert!(relayed > 0.0, "the group shared the work");
+}
+
+/// A node that stops leaves: the others see it down at once (no
+/// suspicion timeout), and a chunk only it held fails, typed, within the
+/// deadline.
+#[test]
+fn a_node_that_leaves_is_seen_down_and_what_only_it_held_fails_typed() {
+    let mut cluster = Cluster::new();
+    let origin = cluster.start("origin");
+    let b = cluster.start("node-b");
+    cluster.settle();
+    let (_, chunks) = import_sample(&cluster, origin);
+    cluster.runtime.block_on(cluster.node(b).pull_image("sample:1")).expect("pull");
+    cluster.runtime.block_on(cluster.node(origin).shutdown());
+    wait_until("B to see the origin down", || {
+        cluster.node(b).members().iter().any(|m| m.name == "origin" && m.state == MemberState::Down)
+    });
+    let result = cluster.runtime.block_on(cluster.node(b).fetch_chunk(chunks[0]));
+    match result {
+        Err(NodeError::Fetch {
+            source: FetchError::NoHolder { .. } | FetchError::Exhausted { .. }, ..
+        }) => {}
+        other => panic!("expected no holder, got {:?}", other.map(|s| s.len())),
+    }
+    assert_eq!(metric(cluster.node(b), "strata_bad_chunks_total"), 0.0);
+}
