@@ -195,9 +195,22 @@ fn a_mounts_reads_show_on_its_nodes_metrics() {
         node.metric("strata_fuse_read_seconds_count") >= 1.0
             && node.metric("strata_fuse_read_bytes_total") >= hostname.len() as f64
     });
-    let reads = node.metric("strata_fuse_reads_total");
-    assert_eq!(node.metric("strata_fuse_read_seconds_count"), reads, "every read is in the histogram");
-    assert_eq!(node.metric("strata_fuse_read_errors_total"), 0.0);
+    // One scrape: every read in the histogram, buckets cumulative.
+    let text = node.metrics_text();
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a value");
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .map(value)
+            .sum()
+    };
+    let buckets: Vec<f64> =
+        text.lines().filter(|l| l.starts_with("strata_fuse_read_seconds_bucket{")).map(value).collect();
+    assert_eq!(buckets.len(), 13, "12 bounds and +Inf: {text}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets.last().copied(), Some(sum("strata_fuse_read_seconds_count")));
+    assert_eq!(sum("strata_fuse_read_seconds_count"), sum("strata_fuse_reads_total"));
+    assert_eq!(sum("strata_fuse_read_errors_total"), 0.0);
     s.ok(&["umount", mnt.to_str().expect("utf-8")]);
     wait_for("the ended mount's series to go", || node.metric("strata_fuse_reads_total") == 0.0);
 }

@@ -58,13 +58,19 @@ impl Node {
         let _ = self.child.wait();
     }
 
-    /// The value of a Prometheus metric (summed over its labels).
-    pub fn metric(&self, name: &str) -> f64 {
+    /// The node's `/metrics` body, one scrape.
+    pub fn metrics_text(&self) -> String {
         let mut stream = std::net::TcpStream::connect(&self.metrics).expect("metrics endpoint");
         write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
         let mut body = String::new();
         stream.read_to_string(&mut body).expect("response");
-        body.lines()
+        body
+    }
+
+    /// The value of a Prometheus metric (summed over its labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()

@@ -275,6 +275,7 @@ mod tests {
     fn mount_stats_round_trip() {
         let request = Request::MountStats {
             mountpoint: "/m".into(),
+            pid: 42,
             image: "a:1".into(),
             stats: strata_types::ReadStats {
                 reads_cached: 3,

@@ -63,10 +63,10 @@ pub enum Request {
     /// [`Request::Chunk`] for a mount's read-ahead: asked of peers with
     /// prefetch priority (they answer reads that wait first).
     ChunkAhead { id: ChunkId },
-    /// A mount's read counters, sent by its process every
+    /// A mount's read counters, sent by its serving process (`pid`) every
     /// `[mount] stats_interval_secs` and when it ends (`ended`), for the
     /// node's `/metrics`; answered by [`Reply::Recorded`].
-    MountStats { mountpoint: PathBuf, image: String, stats: ReadStats, ended: bool },
+    MountStats { mountpoint: PathBuf, pid: u32, image: String, stats: ReadStats, ended: bool },
 }
 
 /// The node's answer to one [`Request`]. The first four variants keep the

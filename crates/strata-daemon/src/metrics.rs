@@ -8,16 +8,29 @@ use std::path::PathBuf;
 
 use strata_types::{ReadStats, READ_LATENCY_BOUNDS};
 
+/// Each live mount's latest read counters, by mountpoint and serving
+/// process, with its image.
+pub type MountCounters = BTreeMap<(PathBuf, u32), (String, ReadStats)>;
+
+/// A bucket bound as OpenMetrics writes floats (`1.0`, not `1`).
+fn bound(le: f64) -> String {
+    if le.fract() == 0.0 {
+        format!("{le:.1}")
+    } else {
+        format!("{le}")
+    }
+}
+
 /// A label value with `\`, `"` and newlines escaped (OpenMetrics ABNF).
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Appends the mount families to `out` (before its `# EOF`).
-pub fn mounts_text(out: &mut String, mounts: &BTreeMap<PathBuf, (String, ReadStats)>) {
+pub fn mounts_text(out: &mut String, mounts: &MountCounters) {
     let labels: Vec<(String, &ReadStats)> = mounts
         .iter()
-        .map(|(mountpoint, (image, stats))| {
+        .map(|((mountpoint, _), (image, stats))| {
             (
                 format!("mountpoint=\"{}\",image=\"{}\"", label(&mountpoint.to_string_lossy()), label(image)),
                 stats,
@@ -54,7 +67,7 @@ fn write_families(out: &mut String, mounts: &[(String, &ReadStats)]) -> std::fmt
         let mut cumulative = 0;
         for (i, le) in READ_LATENCY_BOUNDS.iter().enumerate() {
             cumulative += s.latency_buckets.get(i).copied().unwrap_or(0);
-            writeln!(out, "strata_fuse_read_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}")?;
+            writeln!(out, "strata_fuse_read_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}", bound(*le))?;
         }
         let count: u64 = s.latency_buckets.iter().sum();
         writeln!(out, "strata_fuse_read_seconds_bucket{{{labels},le=\"+Inf\"}} {count}")?;
@@ -82,7 +95,7 @@ mod tests {
             latency_buckets: buckets,
             latency_sum_seconds: 7.5,
         };
-        let mounts = BTreeMap::from([(PathBuf::from("/m \"x\""), ("app:1".to_owned(), stats))]);
+        let mounts = BTreeMap::from([((PathBuf::from("/m \"x\""), 7), ("app:1".to_owned(), stats))]);
         let mut text = String::new();
         mounts_text(&mut text, &mounts);
         let l = "mountpoint=\"/m \\\"x\\\"\",image=\"app:1\"";
@@ -91,7 +104,7 @@ mod tests {
             format!("strata_fuse_read_errors_total{{{l}}} 1"),
             format!("strata_fuse_read_seconds_bucket{{{l},le=\"0.00005\"}} 2"),
             format!("strata_fuse_read_seconds_bucket{{{l},le=\"0.001\"}} 3"),
-            format!("strata_fuse_read_seconds_bucket{{{l},le=\"5\"}} 3"),
+            format!("strata_fuse_read_seconds_bucket{{{l},le=\"5.0\"}} 3"),
             format!("strata_fuse_read_seconds_bucket{{{l},le=\"+Inf\"}} 4"),
             format!("strata_fuse_read_seconds_count{{{l}}} 4"),
             format!("strata_fuse_read_seconds_sum{{{l}}} 7.5"),

@@ -163,7 +163,10 @@ pub fn serve(dir: &DataDir, spec: &MountSpec) -> Result<()> {
         _ => None,
     };
     // Read counters go to the node on the data dir whenever one runs there.
-    let interval = Duration::from_secs_f64(ctx.settings.mount.stats_interval_secs.max(0.05));
+    let interval = match ctx.settings.mount.stats_interval_secs {
+        secs if secs.is_finite() => Duration::from_secs_f64(secs.clamp(0.05, 3600.0)),
+        _ => Duration::from_secs(10),
+    };
     let reporter = StatsReporter::start(
         ctx.path.clone(),
         mountpoint.to_owned(),

@@ -77,6 +77,7 @@ impl StatsReporter {
                 let ended = !matches!(stopped.recv_timeout(interval), Err(mpsc::RecvTimeoutError::Timeout));
                 let report = strata_control::Request::MountStats {
                     mountpoint: mountpoint.clone(),
+                    pid: std::process::id(),
                     image: image.clone(),
                     stats: stats.snapshot(),
                     ended,

@@ -9,7 +9,6 @@
 //! local, while reads of chunks not yet here fail after the fetch deadline
 //! until a node runs on the data dir again.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +19,6 @@ use strata_control::{
     read_message_async, socket_path, write_message_async, Command, ControlError, Progress, Reply, Request,
 };
 use strata_node::{Caps, Node, NodeConfig};
-use strata_types::ReadStats;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -196,7 +194,10 @@ async fn serve_metrics(control: Arc<Control>, addr: SocketAddr) -> Result<Socket
                 let mut text = control.node.metrics_text();
                 let body_end = text.trim_end_matches("# EOF\n").len();
                 text.truncate(body_end);
-                crate::metrics::mounts_text(&mut text, &control.mounts.lock());
+                let mut mounts = control.mounts.lock();
+                // A mount whose process died without its last report.
+                mounts.retain(|(_, pid), _| crate::mounts::process_alive(*pid));
+                crate::metrics::mounts_text(&mut text, &mounts);
                 text.push_str("# EOF\n");
                 text
             }),
@@ -217,8 +218,9 @@ struct Control {
     node: Arc<Node>,
     /// Cancelled when the node stops: the parent of every command's cancel.
     stopping: Cancel,
-    /// The latest read counters of each live mount on the data dir.
-    mounts: parking_lot::Mutex<BTreeMap<PathBuf, (String, ReadStats)>>,
+    /// The latest read counters of each live mount on the data dir, by
+    /// mountpoint and serving process.
+    mounts: parking_lot::Mutex<crate::metrics::MountCounters>,
 }
 
 async fn accept_control(listener: tokio::net::UnixListener, control: Arc<Control>) {
@@ -250,12 +252,12 @@ async fn serve_control(control: Arc<Control>, mut read: OwnedReadHalf, mut write
         };
         let (reply, go_on) = match request {
             Request::Run { command } => run_command(&control, command, &mut read, &mut write).await,
-            Request::MountStats { mountpoint, image, stats, ended } => {
+            Request::MountStats { mountpoint, pid, image, stats, ended } => {
                 let mut mounts = control.mounts.lock();
                 if ended {
-                    mounts.remove(&mountpoint);
+                    mounts.remove(&(mountpoint, pid));
                 } else {
-                    mounts.insert(mountpoint, (image, stats));
+                    mounts.insert((mountpoint, pid), (image, stats));
                 }
                 (Reply::Recorded, true)
             }

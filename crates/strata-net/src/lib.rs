@@ -89,12 +89,27 @@ impl Replies {
         Box::pin(async move { self.send_all(&responses).await })
     }
 
+    /// Resolves when the asker stops reading this reply (it gave up, or its
+    /// connection closed): a handler waiting to send can stop waiting.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.send.stopped();
+        async move {
+            let _ = stopped.await;
+        }
+    }
+
     /// This reply's QUIC stream priority: of the streams on a connection
     /// with data to send, the highest goes first (quinn; default 0).
     pub fn set_priority(&self, priority: i32) {
         let _ = self.send.set_priority(priority);
     }
 }
+
+/// The QUIC stream priority of replies a read waits for (every reply,
+/// unless its handler lowers it to [`PREFETCH_PRIORITY`]).
+pub const DEMAND_PRIORITY: i32 = 1;
+/// The QUIC stream priority of replies nobody waits for yet.
+pub const PREFETCH_PRIORITY: i32 = 0;
 
 /// Transport settings for chunk traffic: flow-control windows sized for
 /// batches of chunks in flight, and path MTU discovery allowed up to jumbo
@@ -201,9 +216,11 @@ async fn serve_stream(
 ) -> Result<(), NetError> {
     let request = read_request(&mut recv).await;
     let id = send.id();
-    let mut replies = Replies { send };
+    let replies = &mut Replies { send };
+    // Answers a read waiting for them first; handlers lower prefetch replies.
+    replies.set_priority(DEMAND_PRIORITY);
     match request {
-        Ok(request) => handler.handle(from, request, &mut replies).await?,
+        Ok(request) => handler.handle(from, request, replies).await?,
         Err(NetError::Wire(e)) => {
             tracing::info!(stream = %id, error = %e, "bad request");
             replies.send(&e.to_response()).await?;

@@ -163,8 +163,8 @@ impl Handler for StoreHandler {
 /// QUIC stream priority of demand replies over prefetch ones.
 fn stream_priority(priority: Priority) -> i32 {
     match priority {
-        Priority::Demand => 1,
-        Priority::Prefetch => 0,
+        Priority::Demand => strata_net::DEMAND_PRIORITY,
+        Priority::Prefetch => strata_net::PREFETCH_PRIORITY,
     }
 }
 
@@ -225,37 +225,74 @@ impl NodeHandler {
             #[cfg(feature = "fault-injection")]
             let stored = stored.map(corrupt_if_asked);
             if let Some(s) = &stored {
-                pace(node, from, s.len() as u64, priority).await;
+                if !pace(node, from, s.len() as u64, priority, replies).await {
+                    // The asker gave up: the stream and its chunk go now.
+                    return Ok(());
+                }
                 node.metrics.chunks_served.inc();
                 node.metrics.chunk_bytes_served.inc_by(s.len() as u64);
             }
-            replies.send(&chunk_reply(&id, stored)).await?;
+            match replies.send(&chunk_reply(&id, stored)).await {
+                // A chunk stored by an old version, longer than a frame
+                // carries (`strata_chunk::MAX_DECODED_LEN`): said missing,
+                // so the asker tries elsewhere and keeps this connection.
+                Err(NetError::Wire(strata_wire::WireError::TooLarge { len, max })) => {
+                    tracing::warn!(chunk = %id, len, max, "chunk too large for a reply frame: answered missing");
+                    replies.send(&chunk_reply(&id, None)).await?;
+                }
+                other => other?,
+            }
         }
         replies.send(&end()).await
     }
 }
 
 /// Waits until the bandwidth caps let `bytes` go to `from` (a tokio timer:
-/// only this reply waits).
-async fn pace(node: &crate::Node, from: SocketAddr, bytes: u64, priority: Priority) {
+/// only this reply waits). A prefetch reply that has waited half a fetch
+/// deadline is paced as demand from then on: it may not starve, and a read
+/// that came to wait on its flight is not held up for long. Returns false,
+/// at once, when the asker stops reading the reply.
+async fn pace(
+    node: &crate::Node,
+    from: SocketAddr,
+    bytes: u64,
+    priority: Priority,
+    replies: &Replies,
+) -> bool {
+    let started = tokio::time::Instant::now();
+    let aged = node.fetch_deadline() / 2;
+    let mut priority = priority;
     let mut counted = false;
+    let stopped = replies.stopped();
+    tokio::pin!(stopped);
     loop {
+        if priority == Priority::Prefetch && started.elapsed() >= aged {
+            priority = Priority::Demand;
+        }
         let (wait, done) = match node.throttle.pace(from, bytes, priority, std::time::Instant::now()) {
             Pace::SendAfter(wait) => (wait, true),
-            Pace::RetryAfter(wait) => (wait, false),
+            Pace::RetryAfter(wait) => {
+                (wait.min(aged.saturating_sub(started.elapsed())).max(MIN_RETRY), false)
+            }
         };
         if !wait.is_zero() {
             if !counted {
                 node.metrics.throttle_waits.inc();
                 counted = true;
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut stopped => return false,
+            }
         }
         if done {
-            return;
+            return true;
         }
     }
 }
+
+/// The shortest wait before a prefetch reply asks the caps again.
+const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Handler for NodeHandler {
     fn handle<'a>(

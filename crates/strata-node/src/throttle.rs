@@ -116,7 +116,12 @@ impl Throttle {
             bucket.refill(now);
         }
         if priority == Priority::Prefetch {
-            let wait = buckets.iter().map(|b| b.shortfall(bytes as f64)).max().unwrap_or(Duration::ZERO);
+            // A reply larger than a bucket's burst waits for a full bucket.
+            let wait = buckets
+                .iter()
+                .map(|b| b.shortfall((bytes as f64).min(b.burst)))
+                .max()
+                .unwrap_or(Duration::ZERO);
             if !wait.is_zero() {
                 return Pace::RetryAfter(wait);
             }
@@ -146,12 +151,27 @@ mod tests {
     /// A prefetch reply sent as soon as the throttle lets it, on a
     /// simulated clock: returns when it is sent.
     fn send_prefetch(t: &Throttle, peer: SocketAddr, bytes: u64, mut now: Instant) -> Instant {
-        loop {
+        for _ in 0..1000 {
             match t.pace(peer, bytes, Priority::Prefetch, now) {
                 Pace::SendAfter(wait) => return now + wait,
                 Pace::RetryAfter(wait) => now += wait,
             }
         }
+        panic!("a prefetch reply of {bytes} bytes is never sent");
+    }
+
+    #[test]
+    fn a_prefetch_reply_larger_than_the_burst_goes_once_the_bucket_is_full() {
+        let t0 = Instant::now();
+        let t = Throttle::new(Caps { node: Some(1 << 20), per_peer: None });
+        // Burst 4 MiB at 1 MiB/s: a 6 MiB reply takes the full bucket and
+        // pays its last 2 MiB by waiting (2 s).
+        let first = send_prefetch(&t, addr(1), 6 << 20, t0).duration_since(t0);
+        assert!(first.abs_diff(Duration::from_secs(2)) < Duration::from_millis(1), "{first:?}");
+        // The next waits for a full bucket again (2 MiB of debt + 4 MiB: 6 s),
+        // then pays its own last 2 MiB.
+        let second = send_prefetch(&t, addr(1), 6 << 20, t0).duration_since(t0);
+        assert!(second.abs_diff(Duration::from_secs(8)) < Duration::from_millis(1), "{second:?}");
     }
 
     #[test]

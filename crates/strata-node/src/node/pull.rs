@@ -1,0 +1,125 @@
+//! Pulling an image's metadata from a node that holds it: its record and
+//! layer indexes, checked against their ids and stored as layers whose
+//! chunks are missing; then announced as partial and prefetched.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use strata_store::{ImageId, LayerId, Store, StoreError};
+
+use super::*;
+
+impl Node {
+    /// Makes `reference` (an image name) known here: its record and layer
+    /// indexes come from a node that holds it, checked against their ids;
+    /// the chunks follow on first read. Returns the image id.
+    pub async fn pull_image(self: &Arc<Self>, reference: &str) -> Result<ImageId, NodeError> {
+        let store = self.store.clone();
+        let name = reference.to_owned();
+        let local = tokio::task::spawn_blocking(move || store.resolve(&name))
+            .await
+            .map_err(|e| NodeError::Setup(e.to_string()))?;
+        match local {
+            Ok((id, record)) => {
+                // Pulled before and still partial (a restart): its profile
+                // goes on being prefetched.
+                let partial = self.partial.lock();
+                if record
+                    .layers
+                    .iter()
+                    .any(|l| LayerId::from_slice(l).is_ok_and(|l| partial.contains_key(&l)))
+                {
+                    drop(partial);
+                    self.start_prefetch(id);
+                }
+                return Ok(id);
+            }
+            Err(StoreError::NoSuchImage(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let holders: Vec<Holder> =
+            self.lookup(&name_key(reference)).await.into_iter().filter(|h| h.node != self.me.name).collect();
+        if holders.is_empty() {
+            return Err(NodeError::NotFound(format!("no live node announces an image named {reference:?}")));
+        }
+        let mut errors = Vec::new();
+        for holder in &holders {
+            let fetched = async {
+                let connection = self.pool.get(holder.addr).await.map_err(|e| e.to_string())?;
+                crate::fetch_image(&connection, reference).await
+            };
+            match tokio::time::timeout(self.config.fetch_deadline, fetched).await {
+                Ok(Ok(crate::RemoteImage { id, record, layers, profile })) => {
+                    self.metrics
+                        .image_metadata_bytes_fetched
+                        .inc_by(crate::remote::metadata_bytes(&record, &layers) + 32 * profile.len() as u64);
+                    let store = self.store.clone();
+                    let name = reference.to_owned();
+                    let missing = tokio::task::spawn_blocking(move || {
+                        store_remote_image(&store, id, record, layers, name)
+                    })
+                    .await
+                    .map_err(|e| NodeError::Setup(e.to_string()))??;
+                    let partial: Vec<Key> = missing.keys().map(|l| *l.as_bytes()).collect();
+                    self.partial.lock().extend(missing);
+                    self.metrics.images_pulled.inc();
+                    tracing::info!(image = reference, %id, from = %holder.node, "image metadata pulled");
+                    if !profile.is_empty() {
+                        let node = self.clone();
+                        let kept = tokio::task::spawn_blocking(move || node.keep_profile(id, &profile)).await;
+                        if let Ok(Err(e)) = kept {
+                            tracing::warn!(%id, error = %e, "keeping the peer's startup profile failed");
+                        }
+                    }
+                    // Announced in the background: the caller waits on the
+                    // image, not on its directory nodes. The prefetch starts
+                    // once the directory knows this node joins the layers'
+                    // group, so that nodes starting together fetch each
+                    // chunk from the origin once.
+                    let node = self.clone();
+                    let name = name_key(reference);
+                    tokio::spawn(async move {
+                        node.announce(&[name], &partial).await;
+                        node.start_prefetch(id);
+                    });
+                    return Ok(id);
+                }
+                Ok(Err(e)) => errors.push(format!("{} ({e})", holder.node)),
+                Err(_) => errors
+                    .push(format!("{} (no answer within {:?})", holder.node, self.config.fetch_deadline)),
+            }
+        }
+        Err(NodeError::Unavailable(format!(
+            "image {reference:?}: every holder failed: {}",
+            errors.join(", ")
+        )))
+    }
+}
+
+/// Stores a pulled image's record and indexes (its chunks follow on
+/// demand); returns the layers with chunks missing and how many.
+pub(super) fn store_remote_image(
+    store: &Store,
+    id: ImageId,
+    record: strata_proto::v1::ImageRecord,
+    layers: Vec<crate::RemoteLayer>,
+    name: String,
+) -> Result<HashMap<LayerId, usize>, NodeError> {
+    let mut txn = store.begin_import()?;
+    for layer in &layers {
+        txn.stage_remote_layer(layer.id, layer.bytes.clone(), layer.record.clone())?;
+    }
+    let staged = txn.stage_image(record, vec![name]);
+    if staged != id {
+        return Err(NodeError::Unavailable(format!("image record hashes to {staged}, not {id}")));
+    }
+    txn.commit()?;
+    let mut missing = HashMap::new();
+    for layer in &layers {
+        let count = store.missing_chunks(&layer.id)?.len();
+        if count > 0 {
+            missing.insert(layer.id, count);
+        }
+    }
+    Ok(missing)
+}
