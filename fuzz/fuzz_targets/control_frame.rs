@@ -3,6 +3,8 @@
 //! message after message until the stream ends or a message is refused.
 //! Both readers give the same messages and the same error on the same
 //! bytes; every message that decodes encodes again and decodes to itself.
+//! Messages are compared by their encoding: replies carry floats (store
+//! ratios, read latencies), and a NaN is not equal to itself.
 #![no_main]
 
 use std::future::Future;
@@ -22,7 +24,7 @@ fn at_once<F: Future>(future: F) -> F::Output {
 
 fn stream<T>(data: &[u8])
 where
-    T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug,
+    T: serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     let (mut sync_input, mut async_input) = (data, data);
     loop {
@@ -30,10 +32,10 @@ where
         let asynchronous = at_once(read_message_async::<T>(&mut async_input));
         match (sync, asynchronous) {
             (Ok(Some(message)), Ok(Some(same))) => {
-                assert_eq!(message, same, "the readers disagree");
                 let frame = encode(&message).expect("a decoded message encodes");
-                let again = read_message::<T>(&mut &frame[..]).expect("decodes again");
-                assert_eq!(again.as_ref(), Some(&message));
+                assert_eq!(frame, encode(&same).expect("encodes"), "the readers disagree");
+                let again = read_message::<T>(&mut &frame[..]).expect("decodes again").expect("a message");
+                assert_eq!(encode(&again).expect("encodes"), frame, "it does not decode to itself");
             }
             (Ok(None), Ok(None)) => return,
             (Err(a), Err(b)) => {
