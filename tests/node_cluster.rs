@@ -136,44 +136,6 @@ fn a_container_runs_on_a_node_that_never_had_its_image_and_later_nodes_prefetch_
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "fault-injection"),
-    ignore = "needs --features fault-injection (deploy/test sets it)"
-)]
-fn a_lying_node_is_detected_and_reads_stay_correct() {
-    let (a, liar, b) = (Strata::new(), Strata::new(), Strata::new());
-    let certs = certs(&a, &["node-a", "node-liar", "node-b"]);
-    // A large random file: its chunks are spread over both holders.
-    let big = strata_sample::random_bytes(9, 4 << 20);
-    let archive = a.path("big.tar");
-    let mut layer = strata_sample::LayerTar::new(Vec::new());
-    layer.file(b"big.bin", 0o644, &big).expect("tar");
-    strata_sample::write_image(
-        strata_oci::ArchiveTarget::Tar(archive.clone()),
-        strata_oci::ArchiveLayout::DockerLegacy,
-        strata_oci::LayerCompression::None,
-        &["big:1".into()],
-        strata_sample::sample_config(&["true"]),
-        &[layer.finish().expect("tar")],
-    )
-    .expect("image");
-    a.import(&archive);
-    liar.import(&archive);
-    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
-    let node_liar =
-        Node::start(&liar, "node-liar", &certs, &[&node_a.addr], &[("STRATA_FAULT_CORRUPT_CHUNKS", "1")]);
-    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
-    wait_for("B to see both holders", || alive_peers(&b).len() == 2);
-    wait_for("the liar to see B", || alive_peers(&liar).len() == 2);
-
-    let mnt = mount(&b, "big:1", "mnt");
-    assert!(std::fs::read(mnt.join("big.bin")).expect("read") == big, "B reads correct bytes");
-    assert!(node_b.metric("strata_bad_chunks_total") >= 1.0, "the liar was asked and caught");
-    assert!(node_liar.metric("strata_chunks_served_total") >= 1.0);
-    umount(&b, &mnt);
-}
-
-#[test]
 fn a_peer_without_a_cluster_certificate_is_refused() {
     let a = Strata::new();
     let certs = certs(&a, &["node-a"]);

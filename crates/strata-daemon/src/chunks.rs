@@ -94,6 +94,12 @@ impl ChunkSource for NodeChunkSource {
     fn fetch_ahead(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
         self.fetch_as(id, true)
     }
+
+    /// The node shares one flight between a read-ahead and a read of a
+    /// chunk, and the read raises its priority.
+    fn demand_overtakes_ahead(&self) -> bool {
+        true
+    }
 }
 
 /// The chunks of whole-image work; see the module docs.

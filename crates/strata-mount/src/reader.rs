@@ -36,14 +36,17 @@ pub struct ChunkReader {
     prefetch: Option<tokio::runtime::Handle>,
     /// Where the last read of each recently read file ended.
     streams: parking_lot::Mutex<std::collections::HashMap<usize, u64>>,
-    /// Chunks a prefetch task is fetching.
-    in_flight: parking_lot::Mutex<std::collections::HashSet<ChunkId>>,
+    /// Chunks a prefetch task is fetching, and whether as read-ahead.
+    in_flight: parking_lot::Mutex<std::collections::HashMap<ChunkId, bool>>,
+    /// The source's [`ChunkSource::demand_overtakes_ahead`].
+    overtake: bool,
 }
 
 impl ChunkReader {
     pub fn new(source: Arc<dyn ChunkSource>, cache_bytes: u64) -> Self {
         let items = (cache_bytes / (64 << 10)).max(16) as usize;
         Self {
+            overtake: source.demand_overtakes_ahead(),
             source,
             cache: Cache::with_weighter(items, cache_bytes, ByLength),
             prefetch: None,
@@ -58,44 +61,62 @@ impl ChunkReader {
         self
     }
 
-    /// The chunk's bytes, from the cache or the source.
+    /// The chunk's bytes, from the cache or the source. When the source
+    /// lets demand overtake read-ahead without a second fetch
+    /// ([`ChunkSource::demand_overtakes_ahead`]: a node, whose single flight
+    /// the read joins and whose priority it raises), a chunk being fetched
+    /// as read-ahead is asked for again as demand rather than waited for.
     pub fn chunk(&self, span: &ChunkSpan) -> Result<Arc<Vec<u8>>, SourceError> {
+        if self.overtake && self.in_flight.lock().get(&span.id) == Some(&true) {
+            if let Some(bytes) = self.cache.get(&span.id) {
+                return Ok(bytes);
+            }
+            let bytes = Arc::new(self.fetch(span, false)?);
+            self.cache.insert(span.id, bytes.clone());
+            return Ok(bytes);
+        }
         self.chunk_as(span, false)
     }
 
     /// [`chunk`](Self::chunk), asked of the source as a read-ahead when
-    /// `ahead` (no read waits for it). A read that then needs the chunk
-    /// waits for that fetch (one fetch per chunk).
+    /// `ahead` (no read waits for it). Concurrent callers share one fetch.
     fn chunk_as(&self, span: &ChunkSpan, ahead: bool) -> Result<Arc<Vec<u8>>, SourceError> {
-        self.cache.get_or_insert_with(&span.id, || {
-            let t = std::time::Instant::now();
-            let bytes =
-                if ahead { self.source.fetch_ahead(&span.id)? } else { self.source.fetch(&span.id)? };
-            tracing::trace!(us = t.elapsed().as_micros() as u64, len = bytes.len(), "fetched");
-            if bytes.len() != span.len as usize {
-                return Err(SourceError::Failed {
-                    id: span.id,
-                    reason: format!("{} bytes where the index says {}", bytes.len(), span.len),
-                });
-            }
-            Ok(Arc::new(bytes))
-        })
+        self.cache.get_or_insert_with(&span.id, || self.fetch(span, ahead).map(Arc::new))
+    }
+
+    /// The chunk from the source, its length checked against the index.
+    fn fetch(&self, span: &ChunkSpan, ahead: bool) -> Result<Vec<u8>, SourceError> {
+        let t = std::time::Instant::now();
+        let bytes = if ahead { self.source.fetch_ahead(&span.id)? } else { self.source.fetch(&span.id)? };
+        tracing::trace!(us = t.elapsed().as_micros() as u64, len = bytes.len(), ahead, "fetched");
+        if bytes.len() != span.len as usize {
+            return Err(SourceError::Failed {
+                id: span.id,
+                reason: format!("{} bytes where the index says {}", bytes.len(), span.len),
+            });
+        }
+        Ok(bytes)
     }
 
     /// Starts fetching the chunks of one read, after the first, on the
     /// prefetch pool, so that their fetches (disk or network) and decoding
     /// overlap with the in-order pass; those from index `ahead_from` on are
     /// read-ahead beyond the read. Single-flight caching means the pass
-    /// waits for a chunk in flight instead of fetching it again.
+    /// waits for a chunk of the read in flight instead of fetching it
+    /// again; a chunk in flight as read-ahead it asks for as demand.
     fn prefetch_chunks(self: &Arc<Self>, spans: &[ChunkSpan], ahead_from: usize) {
         let Some(pool) = &self.prefetch else { return };
         for (i, span) in spans.iter().enumerate().skip(1).take(MAX_PREFETCH) {
             let ahead = i >= ahead_from;
             // Neither decoded nor already on its way (a second task would only
             // wait for the first).
-            if self.cache.get(&span.id).is_some() || !self.in_flight.lock().insert(span.id) {
+            if self.cache.get(&span.id).is_some() {
                 continue;
             }
+            match self.in_flight.lock().entry(span.id) {
+                std::collections::hash_map::Entry::Occupied(_) => continue,
+                std::collections::hash_map::Entry::Vacant(free) => free.insert(ahead),
+            };
             let (reader, span) = (self.clone(), *span);
             pool.spawn_blocking(move || {
                 drop(reader.chunk_as(&span, ahead));
@@ -242,5 +263,81 @@ mod tests {
             assert_eq!(asked[&i], "ahead", "chunk {i} beyond the read");
         }
         assert!(!asked.contains_key(&(4 + READ_AHEAD_CHUNKS as u8)));
+    }
+
+    /// A source whose read-ahead fetches wait until released; demand
+    /// fetches answer at once.
+    #[derive(Default)]
+    struct HeldAhead {
+        asked: Mutex<Vec<(u8, &'static str)>>,
+        released: std::sync::Mutex<bool>,
+        release: std::sync::Condvar,
+    }
+
+    impl HeldAhead {
+        fn release(&self) {
+            *self.released.lock().unwrap() = true;
+            self.release.notify_all();
+        }
+    }
+
+    impl ChunkSource for HeldAhead {
+        fn fetch(&self, chunk: &ChunkId) -> Result<Vec<u8>, SourceError> {
+            let i = (0..=255).find(|i| id(*i) == *chunk).expect("a known chunk");
+            self.asked.lock().push((i, "demand"));
+            Ok(vec![i; 16])
+        }
+
+        fn fetch_ahead(&self, chunk: &ChunkId) -> Result<Vec<u8>, SourceError> {
+            let i = (0..=255).find(|i| id(*i) == *chunk).expect("a known chunk");
+            self.asked.lock().push((i, "ahead"));
+            let mut released = self.released.lock().unwrap();
+            while !*released {
+                released = self.release.wait(released).unwrap();
+            }
+            Ok(vec![i; 16])
+        }
+
+        fn demand_overtakes_ahead(&self) -> bool {
+            true
+        }
+    }
+
+    /// Releases the held read-ahead however the test ends.
+    struct Release(Arc<HeldAhead>);
+
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+
+    /// The next read of a sequential file needs a chunk still being read
+    /// ahead (held back by the source, as a peer busy with prefetch
+    /// replies would): it asks for it as demand instead of waiting, and
+    /// keeps it.
+    #[test]
+    fn a_read_needing_a_chunk_read_ahead_asks_for_it_as_demand() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let source = Arc::new(HeldAhead::default());
+        let _release = Release(source.clone());
+        let reader =
+            Arc::new(ChunkReader::new(source.clone(), 1 << 20).with_prefetch(runtime.handle().clone()));
+        let chunks: Arc<Vec<ChunkSpan>> = Arc::new(
+            (0..20u8).map(|i| ChunkSpan { id: id(i), offset: u64::from(i) * 16, len: 16 }).collect(),
+        );
+        assert_eq!(reader.read(&chunks, 20 * 16, 0, 16).unwrap(), vec![0; 16]);
+        assert_eq!(reader.in_flight.lock().get(&id(1)), Some(&true), "chunk 1 is being read ahead");
+        // The next read (chunk 1) completes while its read-ahead is held;
+        // were it to wait for the read-ahead, it would not within a minute.
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let (reader, chunks) = (reader.clone(), chunks.clone());
+            move || done.send(reader.read(&chunks, 20 * 16, 16, 16))
+        });
+        let read = result.recv_timeout(std::time::Duration::from_secs(60)).expect("the read waited");
+        assert_eq!(read.unwrap(), vec![1; 16]);
+        assert!(source.asked.lock().contains(&(1, "demand")));
+        assert!(reader.cache.get(&id(1)).is_some(), "kept");
     }
 }

@@ -3,9 +3,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use strata_net::{Answering, Handler, NetError, Replies};
-use strata_proto::v1::{
-    ChunkReply, End, Holder as ProtoHolder, Holders, ImageReply, LayerIndexReply, LookupReply,
-};
+use strata_proto::v1::{ChunkReply, End, ImageReply, LayerIndexReply};
 use strata_store::StoreSource;
 use strata_store::{Store, StoreError};
 use strata_types::ChunkId;
@@ -201,13 +199,7 @@ impl NodeHandler {
                     // This node is the chunk's designated fetcher for the group.
                     // Bounded like a fetch of the node's own: the flight
                     // it joins may be a prefetch's, with a longer deadline.
-                    let deadline = node.fetch_deadline();
-                    let relayed = tokio::time::timeout(
-                        deadline + crate::node::FLIGHT_MARGIN,
-                        node.single_flight(id, false, deadline, priority),
-                    )
-                    .await
-                    .unwrap_or(Err(crate::FetchError::Deadline(deadline)));
+                    let relayed = node.fetcher.relay(id, node.fetcher.deadline(), priority).await;
                     match relayed {
                         Ok(stored) => {
                             node.metrics.relays_served.inc();
@@ -222,8 +214,6 @@ impl NodeHandler {
                 Ok(None) => None,
                 Err(e) => return replies.send(&error(ErrorCode::Internal, e)).await,
             };
-            #[cfg(feature = "fault-injection")]
-            let stored = stored.map(corrupt_if_asked);
             if let Some(s) = &stored {
                 if !pace(node, from, s.len() as u64, priority, replies).await {
                     // The asker gave up: the stream and its chunk go now.
@@ -260,7 +250,7 @@ async fn pace(
     replies: &Replies,
 ) -> bool {
     let started = tokio::time::Instant::now();
-    let aged = node.fetch_deadline() / 2;
+    let aged = node.fetcher.deadline() / 2;
     let mut priority = priority;
     let mut counted = false;
     let stopped = replies.stopped();
@@ -313,28 +303,12 @@ impl Handler for NodeHandler {
                     return self.chunks(&node, from, ids, true, priority, replies).await
                 }
                 PeerRequest::Announce(announcement) => {
-                    node.directory().lock().record(&announcement, std::time::Instant::now());
+                    node.locator.record(&announcement, std::time::Instant::now());
                     vec![end()]
                 }
                 PeerRequest::Lookup(keys) => {
-                    let now = std::time::Instant::now();
-                    let directory = node.directory().lock();
-                    let holders = keys
-                        .iter()
-                        .map(|key| Holders {
-                            key: key.to_vec(),
-                            holders: directory
-                                .holders(key, now)
-                                .into_iter()
-                                .map(|h| ProtoHolder {
-                                    node: h.node,
-                                    addr: h.addr.to_string(),
-                                    complete: h.complete,
-                                })
-                                .collect(),
-                        })
-                        .collect();
-                    vec![reply(Kind::Lookup(LookupReply { holders })), end()]
+                    let holders = node.locator.lookup_reply(&keys, std::time::Instant::now());
+                    vec![reply(Kind::Lookup(holders)), end()]
                 }
                 PeerRequest::OfferProfile { image, chunks } => {
                     let node = node.clone();
@@ -357,19 +331,7 @@ impl Handler for NodeHandler {
 
     fn datagram(&self, _from: SocketAddr, data: bytes::Bytes) {
         if let Some(node) = self.node.upgrade() {
-            node.receive_gossip(data);
+            node.locator.receive_gossip(data);
         }
     }
-}
-
-/// Fault injection for tests: with STRATA_FAULT_CORRUPT_CHUNKS set, every
-/// chunk this node serves has its last byte flipped.
-#[cfg(feature = "fault-injection")]
-fn corrupt_if_asked(mut stored: Vec<u8>) -> Vec<u8> {
-    if std::env::var_os("STRATA_FAULT_CORRUPT_CHUNKS").is_some() {
-        if let Some(last) = stored.last_mut() {
-            *last ^= 0xff;
-        }
-    }
-    stored
 }

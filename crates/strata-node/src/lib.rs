@@ -18,13 +18,15 @@
 
 pub mod directory;
 pub mod fetch;
+pub mod fetcher;
 mod handler;
+pub mod locator;
 mod lookup_cache;
 pub mod metrics;
 mod node;
 mod peer_source;
 pub mod penalties;
-mod profile;
+pub mod progress;
 mod remote;
 pub mod throttle;
 

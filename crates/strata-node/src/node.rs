@@ -2,7 +2,6 @@
 //! entries placed on it, and the fetch path that brings chunks from peers
 //! (verified, stored, then served on to others).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -10,26 +9,24 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use strata_net::quinn::Endpoint;
 use strata_net::Pool;
-use strata_store::{ImageId, LayerId, Store, StoreError};
+use strata_store::{ImageId, LayerId, Store};
 use strata_tls::Identity;
 use strata_types::ChunkId;
+use strata_wire::Priority;
 
-use crate::directory::{Directory, Holder};
-use crate::fetch::{FetchError, Flights, Joined, PeerFailure};
-use crate::penalties::Penalties;
-
-/// Chunk fetches under way, by (chunk, whether the fetch may relay): the
-/// stored forms they end with.
-type ChunkFlights = Flights<(ChunkId, bool), Arc<Vec<u8>>>;
+use crate::directory::Holder;
+use crate::fetcher::{Fetcher, FetcherParts, StoreChunks};
 use crate::handler::NodeHandler;
-use crate::lookup_cache::{Cached, LookupCache};
-use crate::membership::{Member, MemberState, MemberView, Membership};
-use crate::metrics::{FromLabel, Metrics};
+use crate::locator::{Key, Locator};
+use crate::membership::{Member, MemberView};
+use crate::metrics::Metrics;
+use crate::penalties::Penalties;
+use crate::progress::LayerProgress;
 use crate::throttle::{Caps, Throttle};
 use crate::NodeError;
 
 mod announce;
-mod fetcher;
+mod profile;
 mod pull;
 
 use announce::announce_loop;
@@ -53,34 +50,28 @@ pub struct NodeConfig {
     pub caps: Caps,
 }
 
-/// Beyond a flight's deadline, how long a caller waits for its outcome.
-pub(crate) const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
-/// How long a peer that failed is asked after the others.
 /// Directory entries outlive this many missed announcements.
 const TTL_INTERVALS: u32 = 3;
 
-/// A directory key: a LayerId's bytes, or [`name_key`] of an image name.
-type Key = [u8; 32];
-
+/// A running node, made of parts with one room each: the [`Locator`]
+/// (membership, directory, lookups), the [`Fetcher`] (single flight,
+/// plans, penalties, verification), the [`LayerProgress`] of partial
+/// layers, the [`Throttle`] of what it serves, its [`Metrics`]; pulls and
+/// startup profiles are its own methods over those parts.
 pub struct Node {
     config: NodeConfig,
     me: Member,
     store: Arc<Store>,
     endpoint: Endpoint,
     pool: Arc<Pool>,
-    membership: Membership,
-    directory: Mutex<Directory>,
-    lookups: Mutex<LookupCache>,
-    /// Fetches under way, by chunk and whether they may relay: every reader
-    /// of a chunk waits on one fetch.
-    flights: Arc<ChunkFlights>,
+    pub(crate) locator: Arc<Locator>,
+    pub(crate) fetcher: Arc<Fetcher>,
     /// Layers being fetched, with how many of their chunks are still missing.
-    partial: Mutex<HashMap<LayerId, usize>>,
-    penalties: Penalties,
+    progress: Arc<LayerProgress>,
     /// Images whose startup profile is being prefetched.
     prefetching: Mutex<std::collections::HashSet<ImageId>>,
     pub(crate) throttle: Throttle,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -102,33 +93,56 @@ impl Node {
         let bound = endpoint.local_addr().map_err(|e| NodeError::Setup(e.to_string()))?;
         let advertise = config.advertise.unwrap_or_else(|| advertised(bound, &config.seeds));
         let me = Member { name: config.name.clone(), addr: advertise, incarnation: incarnation() };
-        let partial = tokio::task::spawn_blocking({
+        let progress = tokio::task::spawn_blocking({
             let store = store.clone();
-            move || partial_layers(&store)
+            move || LayerProgress::load(&store)
         })
         .await
         .map_err(|e| NodeError::Setup(e.to_string()))??;
+        let progress = Arc::new(progress);
         let (stopping, _) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let handler = Arc::new(NodeHandler::new(weak.clone(), store.clone()));
             let pool = Arc::new(Pool::new(endpoint.clone(), handler.clone()));
-            let membership = Membership::start(me.clone(), config.seeds.clone(), pool.clone());
+            let locator = Arc::new(Locator::start(
+                me.clone(),
+                config.seeds.clone(),
+                pool.clone(),
+                config.directory_replicas,
+                config.announce_interval * TTL_INTERVALS,
+                (config.fetch_deadline / 4).min(Duration::from_secs(1)),
+                metrics.clone(),
+            ));
+            let announcer = weak.clone();
+            let fetcher = Arc::new(Fetcher::new(FetcherParts {
+                me: me.node_id(),
+                store: Box::new(StoreChunks(store.clone())),
+                holders: locator.clone(),
+                peers: pool.clone(),
+                progress: progress.clone(),
+                metrics: metrics.clone(),
+                deadline: config.fetch_deadline,
+                penalties: Penalties::default(),
+                on_whole: Box::new(move |layers: Vec<LayerId>| {
+                    let Some(node) = announcer.upgrade() else { return };
+                    let keys: Vec<Key> = layers.iter().map(|l| *l.as_bytes()).collect();
+                    tokio::spawn(async move { node.locator.announce(&keys, &[]).await });
+                }),
+            }));
             tokio::spawn(strata_net::serve(endpoint.clone(), handler));
             Node {
-                directory: Mutex::new(Directory::new(config.announce_interval * TTL_INTERVALS)),
                 throttle: Throttle::new(config.caps),
                 config,
                 me,
                 store,
                 endpoint,
                 pool,
-                membership,
-                lookups: Mutex::default(),
-                flights: Arc::default(),
-                partial: Mutex::new(partial),
-                penalties: Penalties::default(),
+                locator,
+                fetcher,
+                progress,
                 prefetching: Mutex::default(),
-                metrics: Metrics::new(),
+                metrics,
                 runtime: tokio::runtime::Handle::current(),
                 stopping,
             }
@@ -152,38 +166,51 @@ impl Node {
     }
 
     pub fn members(&self) -> Vec<MemberView> {
-        self.membership.view()
+        self.locator.members()
     }
 
     pub fn metrics_text(&self) -> String {
-        self.metrics.members_live.set(self.membership.live().len() as i64);
+        self.metrics.members_live.set(self.locator.live_count() as i64);
         self.metrics.encode()
+    }
+
+    /// The chunk's stored form, from the store or else from peers (then
+    /// verified and stored). Concurrent callers for one chunk share one
+    /// fetch ([`Fetcher::fetch`]).
+    pub async fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>, NodeError> {
+        self.fetch_chunk_within(id, self.config.fetch_deadline, Priority::Demand).await
+    }
+
+    /// [`Self::fetch_chunk`] for a read-ahead: asked of peers with prefetch
+    /// priority (they answer reads that wait first); same deadline.
+    pub async fn fetch_chunk_ahead(&self, id: ChunkId) -> Result<Arc<Vec<u8>>, NodeError> {
+        self.fetch_chunk_within(id, self.config.fetch_deadline, Priority::Prefetch).await
+    }
+
+    pub(crate) async fn fetch_chunk_within(
+        &self,
+        id: ChunkId,
+        deadline: Duration,
+        priority: Priority,
+    ) -> Result<Arc<Vec<u8>>, NodeError> {
+        self.fetcher.fetch(id, deadline, priority).await.map_err(|source| NodeError::Fetch { id, source })
+    }
+
+    /// Who holds `key` (a layer id's bytes or [`name_key`]), as its
+    /// directory nodes say.
+    pub async fn lookup(&self, key: &Key) -> Vec<Holder> {
+        self.locator.lookup(key).await
+    }
+
+    /// Tells the keys' directory nodes that this node holds them.
+    pub async fn announce(&self, complete: &[Key], partial: &[Key]) {
+        self.locator.announce(complete, partial).await
     }
 
     /// The runtime the node runs on: blocking callers (control requests,
     /// peer handlers) wait on node futures through it.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
-    }
-
-    pub(crate) fn receive_gossip(&self, data: bytes::Bytes) {
-        self.membership.receive(data);
-    }
-
-    pub(crate) fn directory(&self) -> &Mutex<Directory> {
-        &self.directory
-    }
-
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    pub(crate) fn prefetching(&self) -> &Mutex<std::collections::HashSet<ImageId>> {
-        &self.prefetching
-    }
-
-    pub(crate) fn fetch_deadline(&self) -> Duration {
-        self.config.fetch_deadline
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -193,22 +220,10 @@ impl Node {
     /// Leaves the cluster and closes the endpoint; in-flight fetches fail.
     pub async fn shutdown(&self) {
         self.stopping.send_replace(true);
-        self.membership.leave().await;
+        self.locator.leave().await;
         self.endpoint.close(0u32.into(), b"node stopping");
         self.endpoint.wait_idle().await;
     }
-}
-
-/// Layers with chunks still missing, and how many.
-fn partial_layers(store: &Store) -> Result<HashMap<LayerId, usize>, StoreError> {
-    let mut out = HashMap::new();
-    for layer in store.layers()? {
-        let missing = store.missing_chunks(&layer.id)?.len();
-        if missing > 0 {
-            out.insert(layer.id, missing);
-        }
-    }
-    Ok(out)
 }
 
 /// An incarnation that grows across restarts, so a restarted node wins

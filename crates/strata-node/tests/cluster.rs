@@ -203,3 +203,91 @@ fn a_node_that_leaves_is_seen_down_and_what_only_it_held_fails_typed() {
     }
     assert_eq!(metric(cluster.node(b), "strata_bad_chunks_total"), 0.0);
 }
+
+/// Makes `name`'s store (before its node starts) hold `image` of `origin`'s
+/// store whole, but with every chunk's last byte flipped: a store gone bad,
+/// or a node that lies. Returns the chunks.
+fn corrupt_copy(cluster: &Cluster, origin: usize, name: &str, image: &str) -> Vec<ChunkId> {
+    use prost::Message;
+    let from = cluster.node(origin).store().clone();
+    let liar = Store::open(&cluster.dir.path().join(name), OpenMode::ReadWrite).expect("store");
+    let (_, record) = from.resolve(image).expect("image");
+    let mut txn = liar.begin_import().expect("txn");
+    let layers: Vec<LayerId> =
+        record.layers.iter().map(|l| LayerId::from_slice(l).expect("layer id")).collect();
+    for layer in &layers {
+        let index = from.layer_index(layer).expect("index");
+        let layer_record = from.layer(layer).expect("record").expect("layer");
+        txn.stage_remote_layer(*layer, index.encode_to_vec(), layer_record).expect("stage");
+    }
+    txn.stage_image(record, vec![image.to_owned()]);
+    txn.commit().expect("commit");
+    // Staged without chunks: every chunk of the image is missing.
+    let chunks: BTreeSet<ChunkId> =
+        layers.iter().flat_map(|l| liar.missing_chunks(l).expect("missing")).collect();
+    assert!(!chunks.is_empty());
+    for id in &chunks {
+        let mut stored = from.get_stored_chunk(id).expect("read").expect("held");
+        *stored.last_mut().expect("bytes") ^= 0xff;
+        assert!(liar.put_fetched_chunk(id, &stored).expect("put"));
+    }
+    chunks.into_iter().collect()
+}
+
+/// A holder whose store went bad serves bytes that do not match their ids:
+/// the fetching node catches each one, counts it, asks the honest holder,
+/// and stores only true bytes.
+#[test]
+fn a_holder_serving_bad_bytes_is_caught_and_only_true_bytes_are_kept() {
+    let mut cluster = Cluster::new(Duration::from_secs(30));
+    let origin = cluster.start("origin");
+    import_sample(&cluster, origin);
+    let chunks = corrupt_copy(&cluster, origin, "liar", "sample:1");
+    let liar = cluster.start("liar");
+    let reader = cluster.start("reader");
+    cluster.settle();
+    cluster.runtime.block_on(cluster.node(liar).announce_all()).expect("announce");
+    cluster.runtime.block_on(cluster.node(reader).pull_image("sample:1")).expect("pull");
+    // The reader sees both complete holders, so some chunks go to the liar first.
+    wait_until("both holders in the directory", || {
+        let layer = cluster.node(reader).store().layers().expect("layers")[0].id;
+        let holders = cluster.runtime.block_on(cluster.node(reader).lookup(layer.as_bytes()));
+        holders.iter().filter(|h| h.complete).count() == 2
+    });
+    let mut decoder = strata_chunk::ChunkDecoder::new().expect("decoder");
+    for id in &chunks {
+        let stored = cluster.runtime.block_on(cluster.node(reader).fetch_chunk(*id)).expect("fetched");
+        decoder.decode(id, &stored).expect("true bytes");
+        assert_eq!(cluster.node(reader).store().get_stored_chunk(id).expect("read").as_ref(), Some(&*stored));
+    }
+    let bad = metric(cluster.node(reader), "strata_bad_chunks_total");
+    assert!(bad >= 1.0, "the liar was asked first for some chunk and caught");
+    assert!(metric(cluster.node(liar), "strata_chunks_served_total") >= bad);
+    assert_eq!(metric(cluster.node(reader), "strata_fetch_failures_total"), 0.0);
+}
+
+/// Two nodes hold an image; one leaves while a third reads it: the reader
+/// sees it down and takes every chunk from the other, with no failure.
+#[test]
+fn with_two_holders_a_read_survives_one_leaving() {
+    let mut cluster = Cluster::new(Duration::from_secs(30));
+    let (first, second) = (cluster.start("holder-1"), cluster.start("holder-2"));
+    let reader = cluster.start("reader");
+    cluster.settle();
+    let (_, chunks) = import_sample(&cluster, first);
+    import_sample(&cluster, second);
+    cluster.runtime.block_on(cluster.node(reader).pull_image("sample:1")).expect("pull");
+    let (half, rest) = chunks.split_at(chunks.len() / 2);
+    for id in half {
+        cluster.runtime.block_on(cluster.node(reader).fetch_chunk(*id)).expect("fetched");
+    }
+    cluster.runtime.block_on(cluster.node(first).shutdown());
+    wait_until("the reader to see holder-1 down", || {
+        cluster.node(reader).members().iter().any(|m| m.name == "holder-1" && m.state == MemberState::Down)
+    });
+    for id in rest {
+        cluster.runtime.block_on(cluster.node(reader).fetch_chunk(*id)).expect("from holder-2");
+    }
+    assert_eq!(metric(cluster.node(reader), "strata_fetch_failures_total"), 0.0);
+    assert!(metric(cluster.node(second), "strata_chunks_served_total") >= rest.len() as f64);
+}

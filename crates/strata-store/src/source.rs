@@ -33,6 +33,15 @@ pub trait ChunkSource: Send + Sync + 'static {
     fn fetch_ahead(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
         self.fetch(id)
     }
+
+    /// Whether a [`fetch`](Self::fetch) of a chunk that a
+    /// [`fetch_ahead`](Self::fetch_ahead) is still fetching overtakes it
+    /// without fetching it twice (a node: the two share one flight, whose
+    /// priority the demand raises). A read then asks for the chunk again
+    /// instead of waiting for the read-ahead. By default false.
+    fn demand_overtakes_ahead(&self) -> bool {
+        false
+    }
 }
 
 /// Chunks from the local store, opened read-only beside the process that

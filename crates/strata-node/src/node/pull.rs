@@ -23,13 +23,9 @@ impl Node {
             Ok((id, record)) => {
                 // Pulled before and still partial (a restart): its profile
                 // goes on being prefetched.
-                let partial = self.partial.lock();
-                if record
-                    .layers
-                    .iter()
-                    .any(|l| LayerId::from_slice(l).is_ok_and(|l| partial.contains_key(&l)))
-                {
-                    drop(partial);
+                let layers: Vec<LayerId> =
+                    record.layers.iter().filter_map(|l| LayerId::from_slice(l).ok()).collect();
+                if self.progress.any_partial(layers.iter()) {
                     self.start_prefetch(id);
                 }
                 return Ok(id);
@@ -61,7 +57,7 @@ impl Node {
                     .await
                     .map_err(|e| NodeError::Setup(e.to_string()))??;
                     let partial: Vec<Key> = missing.keys().map(|l| *l.as_bytes()).collect();
-                    self.partial.lock().extend(missing);
+                    self.progress.add(missing);
                     self.metrics.images_pulled.inc();
                     tracing::info!(image = reference, %id, from = %holder.node, "image metadata pulled");
                     if !profile.is_empty() {

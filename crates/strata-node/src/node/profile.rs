@@ -12,7 +12,7 @@ use strata_store::StoreError;
 use strata_types::{ChunkId, ImageId, LayerId};
 use strata_wire::PeerRequest;
 
-use crate::{Node, NodeError};
+use super::{Node, NodeError};
 
 /// Chunk fetches a prefetch keeps in flight: about a 100 Mbit/s link at
 /// 100 ms RTT with chunks of ~20 KB stored, without queueing so deep that
@@ -72,10 +72,10 @@ impl Node {
         let request = PeerRequest::OfferProfile { image, chunks };
         for addr in holders {
             let offered = async {
-                let connection = self.pool().get(addr).await.map_err(|e| e.to_string())?;
+                let connection = self.pool.get(addr).await.map_err(|e| e.to_string())?;
                 strata_net::request(&connection, &request).await.map_err(|e| e.to_string())
             };
-            match tokio::time::timeout(self.fetch_deadline(), offered).await {
+            match tokio::time::timeout(self.config.fetch_deadline, offered).await {
                 Ok(Ok(_)) => tracing::debug!(%image, %addr, "startup profile offered"),
                 Ok(Err(e)) => tracing::info!(%image, %addr, error = e, "offering the startup profile failed"),
                 Err(_) => tracing::info!(%image, %addr, "offering the startup profile timed out"),
@@ -86,13 +86,13 @@ impl Node {
     /// Fetches, in the background, the chunks of `image`'s startup profile
     /// that are not here yet (once at a time per image).
     pub(crate) fn start_prefetch(self: &Arc<Self>, image: ImageId) {
-        if !self.prefetching().lock().insert(image) {
+        if !self.prefetching.lock().insert(image) {
             return;
         }
         let node = self.clone();
         tokio::spawn(async move {
             node.prefetch(image).await;
-            node.prefetching().lock().remove(&image);
+            node.prefetching.lock().remove(&image);
         });
     }
 
@@ -127,7 +127,7 @@ impl Node {
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
             let node = self.clone();
             fetches.spawn(async move {
-                let deadline = node.fetch_deadline() * PREFETCH_DEADLINES;
+                let deadline = node.config.fetch_deadline * PREFETCH_DEADLINES;
                 let fetched =
                     node.fetch_chunk_within(chunk, deadline, strata_wire::Priority::Prefetch).await.is_ok();
                 drop(permit);

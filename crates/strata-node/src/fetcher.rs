@@ -1,0 +1,874 @@
+//! The fetch path, as a part of its own: a chunk missing here is asked of
+//! its layers' holders in the order `strata_placement::plan_fetch` gives,
+//! each within its share of the deadline (`time_share`), one flight per
+//! chunk however many callers wait, verified against its id, stored, and
+//! its layers' progress noted. Penalties and metrics follow the typed
+//! outcome of each ask ([`PeerFailure`]).
+//!
+//! The [`Fetcher`] reaches the world through three ports: the store
+//! ([`ChunkStore`]), the directory ([`HolderLookup`]) and the peers
+//! ([`PeerLink`]). The node plugs in its RocksDB store, its [`Locator`]
+//! and its QUIC [`Pool`]; tests plug in fakes and drive the fetcher with
+//! tokio's paused clock, so deadlines, shares and penalties are checked
+//! in simulated time without sockets.
+//!
+//! [`Locator`]: crate::locator::Locator
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_chunk::ChunkDecoder;
+use strata_net::{NetError, Pool};
+use strata_placement::{plan_fetch, time_share, Ask, LayerHolder};
+use strata_store::{LayerId, Store};
+use strata_types::{ChunkId, NodeId};
+use strata_wire::response::Kind;
+use strata_wire::{PeerRequest, Priority, Response};
+use tokio::sync::watch;
+
+use crate::directory::Holder;
+use crate::fetch::{FetchError, Flights, Joined, PeerFailure};
+use crate::metrics::{FromLabel, Metrics};
+use crate::penalties::Penalties;
+use crate::progress::LayerProgress;
+
+/// A boxed future a port returns.
+pub type PortFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where chunks are kept: the node's store.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// The chunk's stored form, if held here.
+    fn stored(&self, id: ChunkId) -> PortFuture<'_, Result<Option<Vec<u8>>, String>>;
+    /// The layers whose indexes list the chunk.
+    fn layers_of(&self, id: ChunkId) -> PortFuture<'_, Result<Vec<LayerId>, String>>;
+    /// Keeps a verified chunk; true when it was not held before.
+    fn put(&self, id: ChunkId, stored: Vec<u8>) -> PortFuture<'_, Result<bool, String>>;
+}
+
+/// Who holds a layer, whole or in part: the directory.
+pub trait HolderLookup: Send + Sync + 'static {
+    fn holders<'a>(&'a self, layer: &'a LayerId) -> PortFuture<'a, Vec<Holder>>;
+}
+
+/// Requests to peers.
+pub trait PeerLink: Send + Sync + 'static {
+    /// Sends `request` to `addr`; its reply frames up to the end.
+    fn request<'a>(
+        &'a self,
+        addr: SocketAddr,
+        request: &'a PeerRequest,
+    ) -> PortFuture<'a, Result<Vec<Response>, NetError>>;
+    /// `addr` failed: its connection goes (the next request dials anew).
+    fn forget(&self, addr: SocketAddr);
+}
+
+/// The node's store as a [`ChunkStore`]: RocksDB reads and writes run on
+/// tokio's blocking pool.
+pub struct StoreChunks(pub Arc<Store>);
+
+impl StoreChunks {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, strata_store::StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| format!("a store task failed: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl ChunkStore for StoreChunks {
+    fn stored(&self, id: ChunkId) -> PortFuture<'_, Result<Option<Vec<u8>>, String>> {
+        Box::pin(self.run(move |s| s.get_stored_chunk(&id)))
+    }
+
+    fn layers_of(&self, id: ChunkId) -> PortFuture<'_, Result<Vec<LayerId>, String>> {
+        Box::pin(self.run(move |s| s.chunk_layers(&id)))
+    }
+
+    fn put(&self, id: ChunkId, stored: Vec<u8>) -> PortFuture<'_, Result<bool, String>> {
+        Box::pin(self.run(move |s| s.put_fetched_chunk(&id, &stored)))
+    }
+}
+
+impl PeerLink for Pool {
+    fn request<'a>(
+        &'a self,
+        addr: SocketAddr,
+        request: &'a PeerRequest,
+    ) -> PortFuture<'a, Result<Vec<Response>, NetError>> {
+        Box::pin(Pool::request(self, addr, request))
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        Pool::forget(self, addr);
+    }
+}
+
+/// Beyond a flight's deadline, how long a caller waits for its outcome.
+pub const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
+/// How often a fetch that found no holder asks the directory again.
+pub const NO_HOLDER_RETRY: Duration = Duration::from_millis(250);
+
+/// Chunk fetches under way, by (chunk, whether the fetch may relay): the
+/// stored forms they end with.
+type ChunkFlights = Flights<(ChunkId, bool), Arc<Vec<u8>>>;
+
+/// What is told when fetched chunks make layers whole. Called before the
+/// fetch's callers get the chunk; what it starts (the node announces the
+/// layers complete in the background) may finish after they do.
+pub type OnWhole = Box<dyn Fn(Vec<LayerId>) + Send + Sync>;
+
+/// Brings chunks from peers: single flight, plan, shares, verification,
+/// penalties, layer progress.
+pub struct Fetcher {
+    me: NodeId,
+    store: Box<dyn ChunkStore>,
+    holders: Arc<dyn HolderLookup>,
+    peers: Arc<dyn PeerLink>,
+    flights: Arc<ChunkFlights>,
+    penalties: Penalties,
+    progress: Arc<LayerProgress>,
+    metrics: Arc<Metrics>,
+    deadline: Duration,
+    on_whole: OnWhole,
+}
+
+/// A chunk's layers, their holders, and whom to ask in which order.
+struct FetchPlan {
+    layers: Vec<LayerId>,
+    holders: HashMap<NodeId, Holder>,
+    refs: Vec<LayerHolder>,
+    asks: Vec<Ask>,
+}
+
+/// The parts a [`Fetcher`] is made of.
+pub struct FetcherParts {
+    /// This node, as placement names it.
+    pub me: NodeId,
+    pub store: Box<dyn ChunkStore>,
+    pub holders: Arc<dyn HolderLookup>,
+    pub peers: Arc<dyn PeerLink>,
+    pub progress: Arc<LayerProgress>,
+    pub metrics: Arc<Metrics>,
+    /// A chunk fetch, all peers together, fails after this long.
+    pub deadline: Duration,
+    pub penalties: Penalties,
+    /// Called (on the fetching task) with the layers a stored chunk made whole.
+    pub on_whole: OnWhole,
+}
+
+impl Fetcher {
+    pub fn new(parts: FetcherParts) -> Self {
+        let FetcherParts { me, store, holders, peers, progress, metrics, deadline, penalties, on_whole } =
+            parts;
+        Self {
+            me,
+            store,
+            holders,
+            peers,
+            flights: Arc::default(),
+            penalties,
+            progress,
+            metrics,
+            deadline,
+            on_whole,
+        }
+    }
+
+    /// The deadline of a fetch.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Fetches under way.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// The chunk's stored form, from the store or else from peers (then
+    /// verified and stored), within `deadline`. Concurrent callers for one
+    /// chunk share one fetch; a caller that joins a fetch under way (a
+    /// prefetch's, with a longer deadline) still gives up after its own,
+    /// and a [`Priority::Demand`] caller raises the fetch's priority (the
+    /// peer being asked is asked again at demand priority).
+    pub async fn fetch(
+        self: &Arc<Self>,
+        id: ChunkId,
+        deadline: Duration,
+        priority: Priority,
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
+        if let Some(stored) = self.store.stored(id).await.map_err(FetchError::Local)? {
+            return Ok(Arc::new(stored));
+        }
+        // A fetch that goes to a complete holder itself shares its flight
+        // with the relays this node serves for the chunk: one fetch each.
+        let plan = self.plan(id, true).await?;
+        let relaying = matches!(plan.asks.first(), Some(Ask::Relay(_)));
+        self.join(id, relaying, deadline, priority).await
+    }
+
+    /// A relay asked by a peer: this node fetches the chunk for its group,
+    /// without relaying again, within `deadline`.
+    pub async fn relay(
+        self: &Arc<Self>,
+        id: ChunkId,
+        deadline: Duration,
+        priority: Priority,
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
+        self.join(id, false, deadline, priority).await
+    }
+
+    /// Waits for the flight of (`id`, `relay`), starting it if there is
+    /// none; gives up after `deadline` (the leader keeps to its own; the
+    /// margin covers its last answer arriving).
+    async fn join(
+        self: &Arc<Self>,
+        id: ChunkId,
+        relay: bool,
+        deadline: Duration,
+        priority: Priority,
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
+        let wait = match self.flights.join((id, relay), priority) {
+            Joined::Waiter(wait) => wait,
+            Joined::Leader(leader, wait) => {
+                // The fetch runs on its own task: a caller that gives up
+                // does not cancel it for the others.
+                let fetcher = self.clone();
+                let raised = leader.priority();
+                tokio::spawn(async move {
+                    let result = fetcher.fetch_uncached(id, relay, deadline, raised).await.map(Arc::new);
+                    if let Err(reason) = &result {
+                        tracing::warn!(chunk = %id, relay, %reason, "chunk unavailable");
+                    }
+                    leader.finish(result);
+                });
+                wait
+            }
+        };
+        match tokio::time::timeout(deadline + FLIGHT_MARGIN, wait).await {
+            Ok(outcome) => outcome.unwrap_or(Err(FetchError::Abandoned)),
+            Err(_) => Err(FetchError::Deadline(deadline)),
+        }
+    }
+
+    fn penalise(&self, addr: SocketAddr) {
+        self.penalties.penalise(addr, Instant::now());
+        self.peers.forget(addr);
+    }
+
+    /// The chunk's layers, their holders, and whom to ask in which order.
+    async fn plan(&self, id: ChunkId, relay: bool) -> Result<FetchPlan, FetchError> {
+        let layers = self.store.layers_of(id).await.map_err(FetchError::Local)?;
+        if layers.is_empty() {
+            return Err(FetchError::NotInAnyLayer);
+        }
+        let mut holders: HashMap<NodeId, Holder> = HashMap::new();
+        for layer in &layers {
+            for h in self.holders.holders(layer).await {
+                let entry = holders.entry(NodeId::of(h.node.as_bytes())).or_insert_with(|| h.clone());
+                entry.complete |= h.complete;
+            }
+        }
+        let penalised_addrs = self.penalties.penalised(Instant::now());
+        let penalised: BTreeSet<NodeId> =
+            holders.iter().filter(|(_, h)| penalised_addrs.contains(&h.addr)).map(|(id, _)| *id).collect();
+        let refs: Vec<LayerHolder> =
+            holders.iter().map(|(n, h)| LayerHolder { node: *n, complete: h.complete }).collect();
+        let asks = plan_fetch(&id, self.me, &refs, &penalised, relay);
+        Ok(FetchPlan { layers, holders, refs, asks })
+    }
+
+    async fn fetch_uncached(
+        &self,
+        id: ChunkId,
+        relay: bool,
+        deadline: Duration,
+        mut priority: watch::Receiver<Priority>,
+    ) -> Result<Vec<u8>, FetchError> {
+        if let Some(stored) = self.store.stored(id).await.map_err(FetchError::Local)? {
+            return Ok(stored);
+        }
+        let until = tokio::time::Instant::now() + deadline;
+        let FetchPlan { layers, holders, refs, asks } = loop {
+            let plan = self.plan(id, relay).await?;
+            if !plan.asks.is_empty() {
+                break plan;
+            }
+            // Directories refill within moments of a membership change:
+            // ask again until the deadline.
+            if tokio::time::Instant::now() + NO_HOLDER_RETRY >= until {
+                self.metrics.fetch_failures.inc();
+                return Err(FetchError::NoHolder { layers: short_list(&plan.layers), deadline });
+            }
+            tokio::time::sleep(NO_HOLDER_RETRY).await;
+        };
+        let mut decoder =
+            ChunkDecoder::new().map_err(|e| FetchError::Local(format!("a chunk decoder: {e}")))?;
+        let mut tried = Vec::new();
+        for (i, ask) in asks.iter().enumerate() {
+            let Some(holder) = holders.get(&ask.node()) else { continue };
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let share = time_share(left, &asks[i..], &refs);
+            let from = match ask {
+                Ask::Relay(_) => "relay",
+                Ask::Fetch(_) if holder.complete => "complete",
+                Ask::Fetch(_) => "partial",
+            };
+            let relayed = matches!(ask, Ask::Relay(_));
+            let asked = Instant::now();
+            let started = tokio::time::Instant::now();
+            let window = Share {
+                until: started + share,
+                // Should a read join this fetch: a demand fetch's share,
+                // unless no other holder is left to ask.
+                on_raise: if i + 1 < asks.len() {
+                    time_share(self.deadline.min(left), &asks[i..], &refs)
+                } else {
+                    share
+                },
+            };
+            let answer = self.ask(holder.addr, (id, relayed), &mut priority, window);
+            let failure = match answer.await {
+                Some(Ok(replies)) => match verified(&mut decoder, &id, &replies) {
+                    Ok(Some(stored)) => {
+                        let seconds = asked.elapsed().as_secs_f64();
+                        self.metrics.fetch_seconds.get_or_create(&FromLabel { from }).observe(seconds);
+                        self.keep(id, &stored, &layers, from).await;
+                        return Ok(stored);
+                    }
+                    Ok(None) => {
+                        tried.push(format!("{} (does not hold it)", holder.node));
+                        continue;
+                    }
+                    Err(failure) => failure,
+                },
+                Some(Err(e)) => PeerFailure::Network(e.to_string()),
+                None => PeerFailure::Silent(started.elapsed()),
+            };
+            if let PeerFailure::BadBytes(_) = failure {
+                self.metrics.bad_chunks.inc();
+            }
+            if failure.penalises() {
+                tracing::warn!(chunk = %id, peer = %holder.node, %failure, "peer failed; trying the next");
+                self.penalise(holder.addr);
+            } else {
+                // Slow, perhaps only busy: asked last for a while, but its
+                // connection (and the requests on it) stays. Not a node
+                // fetching the layer too: busy with the same start as
+                // this one, and asked after the origin it would send
+                // the origin every chunk it relays.
+                tracing::warn!(chunk = %id, peer = %holder.node, ?share, "peer silent; trying the next");
+                if holder.complete {
+                    self.penalties.penalise(holder.addr, Instant::now());
+                }
+            }
+            tried.push(format!("{} ({failure})", holder.node));
+        }
+        self.metrics.fetch_failures.inc();
+        Err(FetchError::Exhausted { deadline, tried: tried.join(", ") })
+    }
+
+    /// Asks `addr` for the chunk at the flight's priority, until
+    /// `share.until`; `None` when it has not answered by then.
+    ///
+    /// When a demand caller joins a prefetch flight meanwhile, the peer is
+    /// asked again at demand priority (it serves that first), the first
+    /// answer winning (an error only when both requests fail), and this
+    /// ask is given up `share.on_raise` from then at the latest (a demand
+    /// fetch's share, so that a silent peer does not hold the read).
+    async fn ask(
+        &self,
+        addr: SocketAddr,
+        (id, relay): (ChunkId, bool),
+        priority: &mut watch::Receiver<Priority>,
+        share: Share,
+    ) -> Option<Result<Vec<Response>, NetError>> {
+        let request = |priority| {
+            if relay {
+                PeerRequest::RelayChunks(vec![id], priority)
+            } else {
+                PeerRequest::FetchChunks(vec![id], priority)
+            }
+        };
+        let now = *priority.borrow_and_update();
+        let first_request = request(now);
+        let first = self.peers.request(addr, &first_request);
+        tokio::pin!(first);
+        let expiry = tokio::time::sleep_until(share.until);
+        tokio::pin!(expiry);
+        if now == Priority::Prefetch {
+            tokio::select! {
+                answer = &mut first => return Some(answer),
+                () = &mut expiry => return None,
+                Ok(()) = priority.changed() => {}
+            }
+        } else {
+            return tokio::select! {
+                answer = &mut first => Some(answer),
+                () = &mut expiry => None,
+            };
+        }
+        tracing::debug!(chunk = %id, peer = %addr, "a read waits on this prefetch: asked again as demand");
+        let raised = tokio::time::Instant::now();
+        expiry.as_mut().reset(share.until.min(raised + share.on_raise));
+        let again_request = request(Priority::Demand);
+        let again = self.peers.request(addr, &again_request);
+        tokio::pin!(again);
+        let (mut first_failed, mut again_failed) = (false, false);
+        loop {
+            let failed = tokio::select! {
+                answer = &mut first, if !first_failed => match answer {
+                    Ok(replies) => return Some(Ok(replies)),
+                    Err(e) => { first_failed = true; e }
+                },
+                answer = &mut again, if !again_failed => match answer {
+                    Ok(replies) => return Some(Ok(replies)),
+                    Err(e) => { again_failed = true; e }
+                },
+                () = &mut expiry => return None,
+            };
+            if first_failed && again_failed {
+                return Some(Err(failed));
+            }
+        }
+    }
+
+    /// Stores a verified chunk and notes its layers' progress; the layers
+    /// it made whole go to `on_whole`.
+    async fn keep(&self, id: ChunkId, stored: &[u8], layers: &[LayerId], from: &'static str) {
+        self.metrics.chunks_fetched.get_or_create(&FromLabel { from }).inc();
+        self.metrics.chunk_bytes_fetched.get_or_create(&FromLabel { from }).inc_by(stored.len() as u64);
+        match self.store.put(id, stored.to_vec()).await {
+            Ok(true) => {
+                let whole = self.progress.chunk_arrived(layers);
+                if !whole.is_empty() {
+                    tracing::info!(layers = whole.len(), "layer complete here");
+                    (self.on_whole)(whole);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(chunk = %id, error = %e, "fetched chunk not stored"),
+        }
+    }
+}
+
+/// The time one ask has.
+struct Share {
+    /// When it is given up.
+    until: tokio::time::Instant,
+    /// Its time from the moment a demand caller joins a prefetch flight
+    /// (`until` stays the limit).
+    on_raise: Duration,
+}
+
+/// The stored form in a FetchChunks reply, decoded and checked against `id`.
+fn verified(
+    decoder: &mut ChunkDecoder,
+    id: &ChunkId,
+    replies: &[Response],
+) -> Result<Option<Vec<u8>>, PeerFailure> {
+    match replies.first().and_then(|r| r.kind.as_ref()) {
+        Some(Kind::Chunk(c)) if c.id == id.as_bytes() && c.missing => Ok(None),
+        Some(Kind::Chunk(c)) if c.id == id.as_bytes() => {
+            decoder.decode(id, &c.stored).map_err(PeerFailure::BadBytes)?;
+            Ok(Some(c.stored.clone()))
+        }
+        Some(Kind::Error(e)) => Err(PeerFailure::Refused { code: e.code, message: e.message.clone() }),
+        other => Err(PeerFailure::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn short_list(layers: &[LayerId]) -> String {
+    layers.iter().map(|l| l.short()).collect::<Vec<_>>().join(", ")
+}
+
+impl HolderLookup for crate::locator::Locator {
+    fn holders<'a>(&'a self, layer: &'a LayerId) -> PortFuture<'a, Vec<Holder>> {
+        Box::pin(self.lookup(layer.as_bytes()))
+    }
+}
+
+/// The fetcher alone, against fake ports, in simulated time (tokio's
+/// paused clock: a timer fires the moment nothing else can run, so every
+/// duration below is exact, not measured).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use strata_chunk::ChunkEncoder;
+    use strata_proto::v1::{ChunkReply, End};
+
+    /// What a fake peer does when asked for a chunk.
+    #[derive(Clone, Copy, Debug)]
+    enum Behaviour {
+        /// Answers with the chunk at once.
+        Serve,
+        /// Answers at once with the chunk's last byte flipped.
+        Lie,
+        /// Never answers.
+        Silent,
+        /// Says it does not hold it.
+        Missing,
+        /// Answers with a protocol error.
+        Refuse,
+        /// Answers after this long.
+        Slow(Duration),
+        /// Answers demand requests at once; prefetch ones never (they wait
+        /// behind a flood of other prefetch replies).
+        DemandFirst,
+    }
+
+    #[derive(Default)]
+    struct FakePeers {
+        chunks: HashMap<ChunkId, Vec<u8>>,
+        behaviour: HashMap<SocketAddr, Behaviour>,
+        asked: Mutex<Vec<(SocketAddr, PeerRequest)>>,
+        forgotten: Mutex<Vec<SocketAddr>>,
+    }
+
+    fn chunk_frame(id: &ChunkId, stored: Option<Vec<u8>>) -> Vec<Response> {
+        let chunk = ChunkReply {
+            id: id.as_bytes().to_vec(),
+            missing: stored.is_none(),
+            stored: stored.unwrap_or_default(),
+        };
+        vec![Response { kind: Some(Kind::Chunk(chunk)) }, Response { kind: Some(Kind::End(End {})) }]
+    }
+
+    impl PeerLink for FakePeers {
+        fn request<'a>(
+            &'a self,
+            addr: SocketAddr,
+            request: &'a PeerRequest,
+        ) -> PortFuture<'a, Result<Vec<Response>, NetError>> {
+            self.asked.lock().push((addr, request.clone()));
+            let (PeerRequest::FetchChunks(ids, priority) | PeerRequest::RelayChunks(ids, priority)) = request
+            else {
+                panic!("the fetcher asks for chunks only: {request:?}")
+            };
+            let (id, priority) = (ids[0], *priority);
+            let stored = self.chunks.get(&id).cloned();
+            let behaviour = self.behaviour.get(&addr).copied().unwrap_or(Behaviour::Missing);
+            Box::pin(async move {
+                match behaviour {
+                    Behaviour::Serve => Ok(chunk_frame(&id, stored)),
+                    Behaviour::Lie => {
+                        let mut bad = stored.expect("the liar knows the chunk");
+                        *bad.last_mut().expect("bytes") ^= 0xff;
+                        Ok(chunk_frame(&id, Some(bad)))
+                    }
+                    Behaviour::Silent => std::future::pending().await,
+                    Behaviour::Missing => Ok(chunk_frame(&id, None)),
+                    Behaviour::Refuse => Ok(vec![Response {
+                        kind: Some(Kind::Error(strata_proto::v1::Error { code: 3, message: "busy".into() })),
+                    }]),
+                    Behaviour::Slow(after) => {
+                        tokio::time::sleep(after).await;
+                        Ok(chunk_frame(&id, stored))
+                    }
+                    Behaviour::DemandFirst if priority == Priority::Demand => Ok(chunk_frame(&id, stored)),
+                    Behaviour::DemandFirst => std::future::pending().await,
+                }
+            })
+        }
+
+        fn forget(&self, addr: SocketAddr) {
+            self.forgotten.lock().push(addr);
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeStore {
+        chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
+        layers: HashMap<ChunkId, Vec<LayerId>>,
+    }
+
+    impl ChunkStore for Arc<FakeStore> {
+        fn stored(&self, id: ChunkId) -> PortFuture<'_, Result<Option<Vec<u8>>, String>> {
+            let stored = self.chunks.lock().get(&id).cloned();
+            Box::pin(async move { Ok(stored) })
+        }
+
+        fn layers_of(&self, id: ChunkId) -> PortFuture<'_, Result<Vec<LayerId>, String>> {
+            let layers = self.layers.get(&id).cloned().unwrap_or_default();
+            Box::pin(async move { Ok(layers) })
+        }
+
+        fn put(&self, id: ChunkId, stored: Vec<u8>) -> PortFuture<'_, Result<bool, String>> {
+            let new = self.chunks.lock().insert(id, stored).is_none();
+            Box::pin(async move { Ok(new) })
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeDirectory {
+        holders: Vec<Holder>,
+        lookups: Mutex<usize>,
+    }
+
+    impl HolderLookup for FakeDirectory {
+        fn holders<'a>(&'a self, _layer: &'a LayerId) -> PortFuture<'a, Vec<Holder>> {
+            *self.lookups.lock() += 1;
+            Box::pin(async move { self.holders.clone() })
+        }
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(2);
+
+    /// A fetcher on node "me" for a layer of `chunks` chunks, whose holders
+    /// (complete unless said) behave as given.
+    struct Setup {
+        fetcher: Arc<Fetcher>,
+        store: Arc<FakeStore>,
+        peers: Arc<FakePeers>,
+        directory: Arc<FakeDirectory>,
+        ids: Vec<ChunkId>,
+        layer: LayerId,
+        whole: Arc<Mutex<Vec<LayerId>>>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn setup(chunks: usize, holders: &[(&str, u16, Behaviour)]) -> Setup {
+        let layer = LayerId::of(b"the layer");
+        let mut encoder = ChunkEncoder::new(3).expect("encoder");
+        let mut peers = FakePeers::default();
+        let mut store = FakeStore::default();
+        let mut ids = Vec::new();
+        for i in 0..chunks {
+            let data = format!("chunk {i} of the layer").repeat(50);
+            let id = ChunkId::of(data.as_bytes());
+            peers.chunks.insert(id, encoder.encode(data.as_bytes()));
+            store.layers.insert(id, vec![layer]);
+            ids.push(id);
+        }
+        let mut directory = FakeDirectory::default();
+        for (name, port, behaviour) in holders {
+            peers.behaviour.insert(addr(*port), *behaviour);
+            directory.holders.push(Holder { node: (*name).into(), addr: addr(*port), complete: true });
+        }
+        let (store, peers, directory) = (Arc::new(store), Arc::new(peers), Arc::new(directory));
+        let progress = Arc::new(LayerProgress::default());
+        progress.add(HashMap::from([(layer, chunks)]));
+        let whole = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Arc::new(Metrics::new());
+        let told = whole.clone();
+        let fetcher = Arc::new(Fetcher::new(FetcherParts {
+            me: NodeId::of(b"me"),
+            store: Box::new(store.clone()),
+            holders: directory.clone(),
+            peers: peers.clone(),
+            progress,
+            metrics: metrics.clone(),
+            deadline: DEADLINE,
+            penalties: Penalties::default(),
+            on_whole: Box::new(move |layers| told.lock().extend(layers)),
+        }));
+        Setup { fetcher, store, peers, directory, ids, layer, whole, metrics }
+    }
+
+    impl Setup {
+        /// The holders in the order the fetcher asks them for `id`.
+        fn order(&self, id: &ChunkId) -> Vec<SocketAddr> {
+            let by_node: HashMap<NodeId, SocketAddr> =
+                self.directory.holders.iter().map(|h| (NodeId::of(h.node.as_bytes()), h.addr)).collect();
+            let refs: Vec<LayerHolder> =
+                by_node.keys().map(|n| LayerHolder { node: *n, complete: true }).collect();
+            plan_fetch(id, NodeId::of(b"me"), &refs, &BTreeSet::new(), true)
+                .iter()
+                .map(|a| by_node[&a.node()])
+                .collect()
+        }
+
+        fn asked(&self) -> Vec<SocketAddr> {
+            self.peers.asked.lock().iter().map(|(a, _)| *a).collect()
+        }
+
+        fn stored(&self, id: &ChunkId) -> Option<Vec<u8>> {
+            self.store.chunks.lock().get(id).cloned()
+        }
+    }
+
+    /// Two complete holders of eight chunks, the one asked first for the
+    /// first chunk behaving as `first`, the other serving: the setup, and
+    /// (the first holder, the other).
+    fn first_behaves(first: Behaviour) -> (Setup, SocketAddr, SocketAddr) {
+        let probe = setup(8, &[("a", 1, Behaviour::Serve), ("b", 2, Behaviour::Serve)]);
+        let order = probe.order(&probe.ids[0]);
+        let behaves = |port: u16| if port == order[0].port() { first } else { Behaviour::Serve };
+        let s = setup(8, &[("a", 1, behaves(1)), ("b", 2, behaves(2))]);
+        (s, order[0], order[1])
+    }
+
+    impl Setup {
+        /// Another chunk the holder `first` would be asked first for.
+        fn another_asking_first(&self, first: SocketAddr) -> ChunkId {
+            *self.ids[1..].iter().find(|id| self.order(id)[0] == first).expect("one of seven chunks")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_holder_costs_its_share_then_the_next_answers_and_goes_last_for_a_while() {
+        let (s, silent, serving) = first_behaves(Behaviour::Silent);
+        let id = s.ids[0];
+        let started = tokio::time::Instant::now();
+        let got = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the second holder serves");
+        assert_eq!(Some(got.as_ref().clone()), s.stored(&id), "verified and stored");
+        // Two complete holders weigh the same: the first is given half the deadline.
+        assert_eq!(started.elapsed(), DEADLINE / 2);
+        assert_eq!(s.asked(), vec![silent, serving]);
+        assert!(s.peers.forgotten.lock().is_empty(), "a silent peer keeps its connection");
+        // A chunk it would be asked first for: now it is asked last.
+        let other = s.another_asking_first(silent);
+        s.fetcher.fetch(other, DEADLINE, Priority::Demand).await.expect("served");
+        assert_eq!(s.asked()[2..], [serving], "the penalised holder goes last");
+        assert_eq!(s.metrics.fetch_failures.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_liar_is_caught_counted_penalised_and_disconnected() {
+        let (s, liar, honest) = first_behaves(Behaviour::Lie);
+        let id = s.ids[0];
+        let got = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the honest holder serves");
+        assert_eq!(got.as_ref(), &s.peers.chunks[&id], "the true bytes");
+        assert_eq!(s.metrics.bad_chunks.get(), 1);
+        assert_eq!(*s.peers.forgotten.lock(), vec![liar]);
+        assert_eq!(s.asked(), vec![liar, honest]);
+        s.fetcher.fetch(s.another_asking_first(liar), DEADLINE, Priority::Demand).await.expect("served");
+        assert_eq!(s.asked()[2..], [honest], "the liar goes last");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_holder_failing_ends_exhausted_naming_each() {
+        let s = setup(1, &[("a", 1, Behaviour::Refuse), ("b", 2, Behaviour::Missing)]);
+        let err = s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("nobody gives it");
+        let FetchError::Exhausted { tried, .. } = &err else { panic!("{err:?}") };
+        assert!(tried.contains("a (error 3: busy)") && tried.contains("b (does not hold it)"), "{tried}");
+        assert_eq!(s.metrics.fetch_failures.get(), 1);
+        assert_eq!(*s.peers.forgotten.lock(), vec![addr(1)], "a refusal penalises; a miss does not");
+        assert!(s.stored(&s.ids[0]).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_holder_the_directory_is_asked_again_until_the_deadline() {
+        let s = setup(1, &[]);
+        let started = tokio::time::Instant::now();
+        let err = s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("no holder");
+        assert!(matches!(err, FetchError::NoHolder { .. }), "{err:?}");
+        // Once to choose the flight, then every NO_HOLDER_RETRY while one
+        // more retry fits the deadline: it gives up one retry before it.
+        let retries = (DEADLINE.as_millis() / NO_HOLDER_RETRY.as_millis()) as usize;
+        assert_eq!(*s.directory.lookups.lock(), 1 + retries);
+        assert_eq!(started.elapsed(), NO_HOLDER_RETRY * (retries as u32 - 1));
+        assert_eq!(s.fetcher.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_in_no_known_layer_fails_at_once() {
+        let s = setup(0, &[("a", 1, Behaviour::Serve)]);
+        let id = ChunkId::of(b"unknown");
+        let err = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect_err("unknown");
+        assert!(matches!(err, FetchError::NotInAnyLayer), "{err:?}");
+        assert!(s.asked().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_callers_share_one_flight_and_the_layer_becomes_whole_once() {
+        let s = setup(2, &[("a", 1, Behaviour::Slow(Duration::from_millis(300)))]);
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            for id in s.ids.clone() {
+                let fetcher = s.fetcher.clone();
+                callers.spawn(async move { fetcher.fetch(id, DEADLINE, Priority::Demand).await });
+            }
+        }
+        while let Some(done) = callers.join_next().await {
+            done.expect("task").expect("fetched");
+        }
+        assert_eq!(s.asked().len(), 2, "one request per chunk for twenty callers");
+        assert_eq!(*s.whole.lock(), vec![s.layer], "the layer is whole, said once");
+        assert_eq!(s.fetcher.in_flight(), 0);
+        // Held now: no peer is asked again.
+        s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect("from the store");
+        assert_eq!(s.asked().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_joining_a_prefetch_asks_again_as_demand_and_both_get_the_chunk() {
+        let s = setup(1, &[("a", 1, Behaviour::DemandFirst)]);
+        let id = s.ids[0];
+        let prefetch = tokio::spawn({
+            let fetcher = s.fetcher.clone();
+            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
+        });
+        while s.asked().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        let read = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the read is served");
+        assert_eq!(started.elapsed(), Duration::ZERO, "the read did not wait behind the prefetch");
+        assert_eq!(prefetch.await.expect("task").expect("the prefetch too"), read);
+        let priorities: Vec<Priority> = s
+            .peers
+            .asked
+            .lock()
+            .iter()
+            .map(|(_, r)| match r {
+                PeerRequest::FetchChunks(_, p) | PeerRequest::RelayChunks(_, p) => *p,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(priorities, vec![Priority::Prefetch, Priority::Demand]);
+    }
+
+    /// A prefetch (four deadlines long) asks a silent holder first; a read
+    /// joins: the silent holder keeps only a demand fetch's share from then
+    /// on, and the other holder serves the read within its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_joining_a_prefetch_stuck_on_a_silent_holder_moves_on_at_a_demand_share() {
+        let (s, silent, serving) = first_behaves(Behaviour::Silent);
+        let id = s.ids[0];
+        let prefetch = tokio::spawn({
+            let fetcher = s.fetcher.clone();
+            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
+        });
+        while s.asked().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the read is served");
+        // Two complete holders: the first is given half of a demand deadline.
+        assert_eq!(started.elapsed(), DEADLINE / 2, "not half of the prefetch's");
+        assert_eq!(s.asked(), vec![silent, silent, serving], "asked again as demand, then the next");
+        prefetch.await.expect("task").expect("the prefetch too");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_gives_up_at_its_deadline_while_the_flight_goes_on() {
+        let s = setup(1, &[("a", 1, Behaviour::Slow(DEADLINE * 2))]);
+        let id = s.ids[0];
+        let prefetch = tokio::spawn({
+            let fetcher = s.fetcher.clone();
+            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
+        });
+        while s.asked().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        let err = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect_err("too slow for the read");
+        assert!(matches!(err, FetchError::Deadline(d) if d == DEADLINE), "{err:?}");
+        assert_eq!(started.elapsed(), DEADLINE + FLIGHT_MARGIN);
+        prefetch.await.expect("task").expect("the prefetch ends with the chunk");
+        assert!(s.stored(&id).is_some());
+    }
+}
