@@ -321,6 +321,13 @@ impl Pool {
         connection.close(0u32.into(), b"forgotten");
     }
 
+    /// The round-trip time QUIC measures on the connection to `addr`, if
+    /// one is open.
+    pub fn rtt(&self, addr: SocketAddr) -> Option<std::time::Duration> {
+        let connections = self.connections.lock();
+        connections.get(&addr).and_then(|slot| slot.get()).map(Connection::rtt)
+    }
+
     /// Sends one datagram to `addr`, dialing if needed.
     pub async fn send_datagram(&self, addr: SocketAddr, data: bytes::Bytes) -> Result<(), NetError> {
         let connection = self.get(addr).await?;

@@ -64,6 +64,10 @@ pub trait PeerLink: Send + Sync + 'static {
     ) -> PortFuture<'a, Result<Vec<Response>, NetError>>;
     /// `addr` failed: its connection goes (the next request dials anew).
     fn forget(&self, addr: SocketAddr);
+    /// The round-trip time to `addr`, when known.
+    fn rtt(&self, _addr: SocketAddr) -> Option<Duration> {
+        None
+    }
 }
 
 /// The node's store as a [`ChunkStore`]: RocksDB reads and writes run on
@@ -109,7 +113,23 @@ impl PeerLink for Pool {
     fn forget(&self, addr: SocketAddr) {
         Pool::forget(self, addr);
     }
+
+    fn rtt(&self, addr: SocketAddr) -> Option<Duration> {
+        Pool::rtt(self, addr)
+    }
 }
+
+/// How long a prefetch ask that a read joined is given to answer before
+/// the peer is asked again at demand priority: its answer is most likely
+/// on the way within two round trips (a re-ask then would only bring the
+/// chunk twice over the link); past that it is queued behind other
+/// prefetch replies.
+pub fn raise_grace(rtt: Option<Duration>) -> Duration {
+    MIN_RAISE_GRACE.max(rtt.unwrap_or(Duration::ZERO) * 2)
+}
+
+/// The least [`raise_grace`].
+pub const MIN_RAISE_GRACE: Duration = Duration::from_millis(20);
 
 /// Beyond a flight's deadline, how long a caller waits for its outcome.
 pub const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
@@ -325,6 +345,7 @@ impl Fetcher {
             let asked = Instant::now();
             let started = tokio::time::Instant::now();
             let window = Share {
+                asked: started,
                 until: started + share,
                 // Should a read join this fetch: a demand fetch's share,
                 // unless no other holder is left to ask.
@@ -378,11 +399,13 @@ impl Fetcher {
     /// Asks `addr` for the chunk at the flight's priority, until
     /// `share.until`; `None` when it has not answered by then.
     ///
-    /// When a demand caller joins a prefetch flight meanwhile, the peer is
-    /// asked again at demand priority (it serves that first), the first
-    /// answer winning (an error only when both requests fail), and this
-    /// ask is given up `share.on_raise` from then at the latest (a demand
-    /// fetch's share, so that a silent peer does not hold the read).
+    /// When a demand caller joins a prefetch flight meanwhile and the ask
+    /// is not answered within [`raise_grace`] of that (or of its start,
+    /// whichever is later), the peer is asked again at demand priority (it
+    /// serves that first), the first answer winning (an error only when
+    /// both requests fail), and this ask is given up `share.on_raise` from
+    /// the raise at the latest (a demand fetch's share, so that a silent
+    /// peer does not hold the read).
     async fn ask(
         &self,
         addr: SocketAddr,
@@ -415,9 +438,15 @@ impl Fetcher {
                 () = &mut expiry => None,
             };
         }
-        tracing::debug!(chunk = %id, peer = %addr, "a read waits on this prefetch: asked again as demand");
         let raised = tokio::time::Instant::now();
         expiry.as_mut().reset(share.until.min(raised + share.on_raise));
+        let grace = tokio::time::sleep_until(share.asked.max(raised) + raise_grace(self.peers.rtt(addr)));
+        tokio::select! {
+            answer = &mut first => return Some(answer),
+            () = &mut expiry => return None,
+            () = grace => {}
+        }
+        tracing::debug!(chunk = %id, peer = %addr, "a read waits on this prefetch: asked again as demand");
         let again_request = request(Priority::Demand);
         let again = self.peers.request(addr, &again_request);
         tokio::pin!(again);
@@ -461,6 +490,8 @@ impl Fetcher {
 
 /// The time one ask has.
 struct Share {
+    /// When it was made.
+    asked: tokio::time::Instant,
     /// When it is given up.
     until: tokio::time::Instant,
     /// Its time from the moment a demand caller joins a prefetch flight
@@ -816,7 +847,8 @@ mod tests {
         }
         let started = tokio::time::Instant::now();
         let read = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the read is served");
-        assert_eq!(started.elapsed(), Duration::ZERO, "the read did not wait behind the prefetch");
+        // No round-trip time known: the least grace, then the demand ask.
+        assert_eq!(started.elapsed(), MIN_RAISE_GRACE, "the read did not wait behind the prefetch");
         assert_eq!(prefetch.await.expect("task").expect("the prefetch too"), read);
         let priorities: Vec<Priority> = s
             .peers
@@ -851,6 +883,25 @@ mod tests {
         assert_eq!(started.elapsed(), DEADLINE / 2, "not half of the prefetch's");
         assert_eq!(s.asked(), vec![silent, silent, serving], "asked again as demand, then the next");
         prefetch.await.expect("task").expect("the prefetch too");
+    }
+
+    /// A prefetch answered within the grace after a read joins brings the
+    /// chunk once: no second ask.
+    #[tokio::test(start_paused = true)]
+    async fn a_prefetch_answering_within_the_grace_is_not_asked_again() {
+        let s = setup(1, &[("a", 1, Behaviour::Slow(MIN_RAISE_GRACE / 2))]);
+        let id = s.ids[0];
+        let prefetch = tokio::spawn({
+            let fetcher = s.fetcher.clone();
+            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
+        });
+        while s.asked().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the read is served");
+        prefetch.await.expect("task").expect("the prefetch too");
+        assert_eq!(s.asked().len(), 1, "one ask");
+        assert_eq!(raise_grace(Some(Duration::from_millis(150))), Duration::from_millis(300));
     }
 
     #[tokio::test(start_paused = true)]
