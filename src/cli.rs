@@ -40,6 +40,22 @@ pub enum Command {
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Pull an image from its registry: busybox, host:port/repo:tag, repo@sha256:…
+    /// (as docker writes them). Credentials: --username with --password-stdin,
+    /// else `[registry.auth."HOST"]` in the settings, else docker's config.
+    Pull {
+        /// The image reference.
+        reference: String,
+        /// OS/ARCH[/VARIANT] to take from a multi-platform image (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// The registry user name; the password comes from stdin (--password-stdin).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password from standard input (its first line).
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
     /// List images.
     Images,
     /// Show an image: config and layers.

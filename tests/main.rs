@@ -18,4 +18,5 @@ mod import_export;
 mod kubernetes;
 mod mount_cli;
 mod node_cluster;
+mod registry_cli;
 mod run_env;

@@ -24,6 +24,7 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
             Outcome::Images(o) => ctx.print_json(o),
             Outcome::Inspected(o) => ctx.print_json(&inspect_json(o)),
             Outcome::Stats(o) => ctx.print_json(o),
+            Outcome::Pulled(o) => ctx.print_json(o),
         };
     }
     match outcome {
@@ -35,6 +36,10 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
         Outcome::Images(o) => images(o),
         Outcome::Inspected(o) => inspect(o),
         Outcome::Stats(o) => stats(o),
+        Outcome::Pulled(o) => {
+            println!("pulled {} ({})", o.name, o.manifest_digest);
+            imported(&o.imported);
+        }
     }
     Ok(())
 }

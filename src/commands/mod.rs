@@ -28,6 +28,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import { file, names } => routed(&ctx, Routed::Import { file: absolute(&file)?, names }),
         // Listings are answered by the node when one runs: its store holds
         // what it fetched before that reaches the files a view reads.
+        Command::Pull { reference, platform, username, password_stdin } => {
+            let credentials = match username {
+                Some(username) if password_stdin => Some((username, read_password()?)),
+                _ => None,
+            };
+            routed(&ctx, Routed::Pull { reference, platform, credentials })
+        }
         Command::Images => routed(&ctx, Routed::Images),
         Command::Inspect { image } => routed(&ctx, Routed::Inspect { image }),
         Command::Export { image, output, compression } => images::export(&ctx, &image, &output, compression),
@@ -165,6 +172,18 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
             .and_then(|()| std::io::Write::flush(&mut stdout));
     })?;
     Ok(())
+}
+
+/// The first line of stdin, without its line end: a password piped in
+/// (`--password-stdin`, as `docker login` takes it).
+fn read_password() -> anyhow::Result<strata_types::Secret> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("--password-stdin: stdin held no password");
+    }
+    Ok(strata_types::Secret::new(password))
 }
 
 /// Paths travel to the node absolute: it does not share the caller's cwd.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use strata_types::{ChunkId, ImageId, LayerId, ReadStats};
+use strata_types::{ChunkId, ImageId, LayerId, ReadStats, Secret};
 
 /// A command run on the node's store for a caller (the node owns the store
 /// while it runs, so commands that change it go through here). Paths must
@@ -34,13 +34,19 @@ pub enum Command {
     Inspect { image: String },
     /// The store's totals (`strata store stats`).
     Stats,
+    /// Pull an image from its registry (`strata pull REF`): `reference` as
+    /// docker writes it, `platform` as `OS/ARCH[/VARIANT]` (default: this
+    /// machine's), credentials given on the command line (else the node's
+    /// settings, docker's config, or none). Cancellable. (Not
+    /// [`Request::Pull`], which takes an image's metadata from peers.)
+    Pull { reference: String, platform: Option<String>, credentials: Option<(String, Secret)> },
 }
 
 impl Command {
-    /// Whether the node stops this command when its caller cancels (today
-    /// only an import; the others are short or must not stop halfway).
+    /// Whether the node stops this command when its caller cancels (an
+    /// import or a pull; the others are short or must not stop halfway).
     pub fn cancellable(&self) -> bool {
-        matches!(self, Command::Import { .. })
+        matches!(self, Command::Import { .. } | Command::Pull { .. })
     }
 }
 
@@ -124,6 +130,18 @@ pub enum Outcome {
     Inspected(Box<ImageDetails>),
     /// [`Command::Stats`].
     Stats(StoreStats),
+    /// [`Command::Pull`].
+    Pulled(Pulled),
+}
+
+/// A registry pull's result (`strata pull`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulled {
+    /// The image's name in the store.
+    pub name: String,
+    /// The image manifest's digest (`sha256:<hex>`), as `@digest` pins it.
+    pub manifest_digest: String,
+    pub imported: Imported,
 }
 
 /// An import's result (`strata import`).

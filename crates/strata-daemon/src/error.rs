@@ -25,6 +25,8 @@ pub enum Error {
     #[error(transparent)]
     Control(#[from] strata_control::ControlError),
     #[error(transparent)]
+    Registry(#[from] strata_registry::RegistryError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Json(#[from] serde_json::Error),

@@ -26,6 +26,8 @@ pub struct Settings {
     pub node: NodeSettings,
     /// Mounts (`strata mount`, `strata run`).
     pub mount: MountSettings,
+    /// Registries (`strata pull`): TLS, insecure ones, credentials.
+    pub registry: strata_registry::RegistrySettings,
 }
 
 /// How mounts are served.
@@ -119,6 +121,7 @@ impl Default for Settings {
             import_workers: import.workers,
             node: NodeSettings::default(),
             mount: MountSettings::default(),
+            registry: strata_registry::RegistrySettings::default(),
         }
     }
 }

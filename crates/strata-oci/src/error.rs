@@ -40,7 +40,8 @@ pub enum ImportError {
 }
 
 impl ImportError {
-    pub(crate) fn member(member: &str, reason: impl ToString) -> Self {
+    /// An error about one archive member or blob, with the reason.
+    pub fn member(member: &str, reason: impl ToString) -> Self {
         ImportError::Member { member: member.to_owned(), reason: reason.to_string() }
     }
 }

@@ -264,8 +264,23 @@ fn image_from_manifest(archive: &Archive, d: &Descriptor) -> Result<ImagePlan, I
     let manifest: ImageManifest =
         serde_json::from_slice(&bytes).map_err(|e| ImportError::member(&member, e))?;
     let (config_member, config) = read_blob(archive, manifest.config(), &member)?;
+    plan_from_manifest(&member, &manifest, &config_member, config)
+}
+
+/// The plan of an image from its manifest (read from `member`) and its
+/// config (read from `config_member`, already checked against the
+/// manifest's config descriptor). Layers named by digest
+/// (`blobs/sha256/<hex>`); foreign, non-distributable and encrypted layers
+/// refused.
+pub(crate) fn plan_from_manifest(
+    member: &str,
+    manifest: &ImageManifest,
+    config_member: &str,
+    config: Vec<u8>,
+) -> Result<ImagePlan, ImportError> {
+    let member = member.to_owned();
     let config_digest = OciDigest::sha256_of(&config);
-    let diff_ids = diff_ids(&config_member, &config)?;
+    let diff_ids = diff_ids(config_member, &config)?;
     if diff_ids.len() != manifest.layers().len() {
         return Err(ImportError::member(
             &member,

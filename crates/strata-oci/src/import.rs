@@ -1,5 +1,5 @@
 use std::collections::{HashMap, HashSet};
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -8,11 +8,11 @@ use strata_chunk::{ChunkEncoder, Chunker, Chunking};
 use strata_layer::{read_layer, ChunkSink, LayerIndex, LayerSummary};
 use strata_proto::v1::{ImageRecord, LayerRecord};
 use strata_store::{ImportTxn, Store, StoreError};
-use strata_types::{ChunkId, ImageId, LayerId};
+use strata_types::{ChunkId, ImageId, LayerId, OciDigest};
 
 use crate::archive::Archive;
 use crate::blob::{Compression, Hashing};
-use crate::formats::{plan, ImagePlan, LayerPlan};
+use crate::formats::{plan, plan_from_manifest, ImagePlan, LayerPlan};
 use crate::{normalize_name, ImportError};
 
 /// How to import.
@@ -113,6 +113,82 @@ pub fn archive_images(path: &Path, scratch: &Path) -> Result<Vec<ArchiveImage>, 
         .collect())
 }
 
+/// Where an import reads layer blobs from: an archive's members, or a
+/// registry's blobs.
+pub trait LayerBlobs: Sync {
+    /// Opens the blob of a layer: `member` is the archive member, or
+    /// `blobs/sha256/<hex>` for a layer named by digest (`digest`, when
+    /// known, with its `size`). Returns the reader and the blob's size.
+    /// The import checks the bytes against the digest and the diff_id.
+    fn open(
+        &self,
+        member: &str,
+        digest: Option<&OciDigest>,
+        size: Option<u64>,
+    ) -> Result<(Box<dyn Read + Send>, u64), ImportError>;
+}
+
+impl LayerBlobs for Archive {
+    fn open(
+        &self,
+        member: &str,
+        _digest: Option<&OciDigest>,
+        _size: Option<u64>,
+    ) -> Result<(Box<dyn Read + Send>, u64), ImportError> {
+        self.open_member(member)
+    }
+}
+
+/// An image as a registry serves it: its manifest (OCI image manifest or
+/// docker schema 2, already checked against its digest by the caller) and
+/// its config blob, with the names to give it. Manifest lists and indexes
+/// are resolved to one platform's manifest before.
+pub struct ManifestImage<'a> {
+    pub manifest: &'a [u8],
+    pub config: &'a [u8],
+    pub names: Vec<String>,
+}
+
+/// Imports one image from its manifest and config, streaming each layer
+/// blob from `blobs` once through the chunker (checked against its digest
+/// and the config's diff_id while it streams), in one store transaction:
+/// the image appears whole or not at all.
+///
+/// Errors: a manifest or config that does not parse or whose config digest
+/// or size differ from the manifest's descriptor; a layer media type that
+/// is foreign, non-distributable or encrypted; the errors of
+/// [`import_archive`] for the layers.
+pub fn import_manifest(
+    store: &Store,
+    image: ManifestImage<'_>,
+    blobs: &dyn LayerBlobs,
+    options: &ImportOptions,
+    progress: &dyn ImportProgress,
+) -> Result<ImportReport, ImportError> {
+    let manifest: oci_spec::image::ImageManifest =
+        serde_json::from_slice(image.manifest).map_err(|e| ImportError::member("manifest", e))?;
+    let described = manifest.config();
+    let expected: OciDigest = described
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e| ImportError::member("manifest", format!("config descriptor: {e}")))?;
+    let actual = OciDigest::sha256_of(image.config);
+    if actual != expected {
+        return Err(ImportError::DigestMismatch { member: "config".into(), expected, actual });
+    }
+    if described.size() != image.config.len() as u64 {
+        return Err(ImportError::SizeMismatch {
+            member: "config".into(),
+            expected: described.size(),
+            actual: image.config.len() as u64,
+        });
+    }
+    let mut plan = plan_from_manifest("manifest", &manifest, "config", image.config.to_vec())?;
+    plan.names = image.names.iter().map(|n| normalize_name(n)).collect::<Result<_, _>>()?;
+    import_plans(store, vec![plan], blobs, &ImportOptions { names: Vec::new(), ..options.clone() }, progress)
+}
+
 /// Imports every image of a docker-save archive or OCI layout (directory or
 /// tar) in one store transaction: all of them appear, or none and the store
 /// is as it was.
@@ -127,10 +203,22 @@ pub fn import_archive(
         Err(_) if progress.cancelled() => return Err(ImportError::Cancelled),
         other => other?,
     };
-    let mut plans = plan(&archive, path)?;
+    let plans = plan(&archive, path)?;
     if progress.cancelled() {
         return Err(ImportError::Cancelled);
     }
+    import_plans(store, plans, &archive, options, progress)
+}
+
+/// Imports planned images, their layer blobs read from `blobs`, in one
+/// store transaction.
+fn import_plans(
+    store: &Store,
+    mut plans: Vec<ImagePlan>,
+    blobs: &dyn LayerBlobs,
+    options: &ImportOptions,
+    progress: &dyn ImportProgress,
+) -> Result<ImportReport, ImportError> {
     if !options.names.is_empty() {
         if plans.len() != 1 {
             return Err(ImportError::NameNeedsOneImage(plans.len()));
@@ -152,7 +240,7 @@ pub fn import_archive(
     for layer in &unique {
         total += match layer.blob_size {
             Some(size) => size,
-            None => archive.open_member(&layer.member)?.1,
+            None => blobs.open(&layer.member, layer.blob_digest.as_ref(), None)?.1,
         };
     }
     progress.start(total);
@@ -168,7 +256,7 @@ pub fn import_archive(
             let result = if progress.cancelled() {
                 Err(ImportError::Cancelled)
             } else {
-                convert_layer(&archive, layer, &mut chunker, &mut sink, progress)
+                convert_layer(blobs, layer, &mut chunker, &mut sink, progress)
             };
             match result {
                 Ok((index, record, summary)) => {
@@ -233,14 +321,14 @@ fn stage_image(
 /// Streams one layer blob: checks its digest and diff_id, and returns the
 /// index and record.
 fn convert_layer<S: ChunkSink>(
-    archive: &Archive,
+    blobs: &dyn LayerBlobs,
     layer: &LayerPlan,
     chunker: &mut Chunker,
     sink: &mut S,
     progress: &dyn ImportProgress,
 ) -> Result<(LayerIndex, LayerRecord, LayerSummary), ImportError> {
     let member = layer.member.as_str();
-    let (reader, size) = archive.open_member(member)?;
+    let (reader, size) = blobs.open(member, layer.blob_digest.as_ref(), layer.blob_size)?;
     if let Some(expected) = layer.blob_size {
         if expected != size {
             return Err(ImportError::SizeMismatch { member: member.to_owned(), expected, actual: size });

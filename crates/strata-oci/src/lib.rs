@@ -26,8 +26,8 @@ pub use export::{
     MissingChunks,
 };
 pub use import::{
-    archive_images, import_archive, ArchiveImage, ImportOptions, ImportProgress, ImportReport, ImportedImage,
-    NoProgress,
+    archive_images, import_archive, import_manifest, ArchiveImage, ImportOptions, ImportProgress,
+    ImportReport, ImportedImage, LayerBlobs, ManifestImage, NoProgress,
 };
 pub use name::{find_image, normalize_name, FoundImage, NameError};
 pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, WrittenLayer};

@@ -1,7 +1,10 @@
 //! Sample images, generated: layer tars with every entry kind, an update
 //! layer with whiteouts, large mixed trees for benchmarks, and a helper to
-//! write them as an image archive. Used by `strata demo`, tests and benches.
+//! write them as an image archive. Used by `strata demo`, tests and benches;
+//! [`registry`] starts a real registry for tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod registry;
 
 use std::io::{self, Write};
 use std::path::Path;

@@ -10,10 +10,12 @@
 mod blake3_id;
 mod oci_digest;
 mod read_stats;
+mod secret;
 
 pub use blake3_id::{ChunkId, IdParseError, ImageId, LayerId, NodeId};
 pub use oci_digest::{OciDigest, OciDigestError, Sha256Writer};
 pub use read_stats::{ReadStats, READ_LATENCY_BOUNDS};
+pub use secret::Secret;
 
 /// Most chunks a startup profile names (1 MiB of ids).
 pub const MAX_PROFILE_CHUNKS: usize = 32 * 1024;

@@ -1,0 +1,294 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfiguredCredentials, Credentials, ImageRef, Platform, RegistryError};
+
+/// Largest manifest or index accepted (bytes), as containerd's limit.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Largest image config accepted (bytes).
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// Manifest lists and indexes followed at most this deep.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// The media types a manifest request accepts: OCI and docker schema 2,
+/// images and lists.
+const ACCEPTED: [&str; 4] = [
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+
+/// How registries are reached (the node's `[registry]` settings).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Registries reached over plain HTTP, as references name them
+    /// (`localhost:5000`); every other one over TLS.
+    pub insecure: Vec<String>,
+    /// A PEM file of CA certificates trusted for a registry, beside the
+    /// system roots, by the registry's name as references write it.
+    pub ca_files: BTreeMap<String, PathBuf>,
+    /// Seconds to establish a connection.
+    pub connect_timeout_secs: f64,
+    /// Seconds a response may go without a byte before the request fails.
+    pub read_timeout_secs: f64,
+    /// Credentials per registry (`[registry.auth."HOST[:PORT]"]`).
+    pub auth: BTreeMap<String, ConfiguredCredentials>,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            insecure: Vec::new(),
+            ca_files: BTreeMap::new(),
+            connect_timeout_secs: 10.0,
+            read_timeout_secs: 30.0,
+            auth: BTreeMap::new(),
+        }
+    }
+}
+
+/// One registry, as an image reference names it, with the credentials it
+/// is asked with.
+#[derive(Clone)]
+pub struct Registry {
+    pub(crate) client: oci_client::Client,
+    pub(crate) auth: RegistryAuth,
+    name: String,
+}
+
+/// A reference resolved to one image manifest.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The image manifest's digest (`sha256:<hex>`): what `@digest` pins.
+    pub digest: String,
+    /// The manifest's bytes as the registry sent them (digest checked).
+    pub manifest: Vec<u8>,
+    /// The digest of the manifest list or index it was chosen from.
+    pub index_digest: Option<String>,
+}
+
+impl Registry {
+    /// The registry `image` names, reached as `settings` say, asked with
+    /// `credentials`.
+    ///
+    /// Errors: a CA file that cannot be read or holds no certificate.
+    pub fn new(
+        settings: &RegistrySettings,
+        image: &ImageRef,
+        credentials: &Credentials,
+    ) -> Result<Self, RegistryError> {
+        let name = image.registry().to_owned();
+        let mut config = ClientConfig {
+            protocol: if settings.insecure.iter().any(|r| *r == name || r == image.host()) {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            connect_timeout: Some(seconds(settings.connect_timeout_secs)),
+            read_timeout: Some(seconds(settings.read_timeout_secs)),
+            platform_resolver: None,
+            ..Default::default()
+        };
+        if let Some(path) = settings.ca_files.get(&name) {
+            let data = std::fs::read(path)
+                .map_err(|e| RegistryError::Settings(format!("CA file {} of {name}: {e}", path.display())))?;
+            if !String::from_utf8_lossy(&data).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(RegistryError::Settings(format!(
+                    "CA file {} of {name} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            config.extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
+        }
+        let client = oci_client::Client::try_from(config)
+            .map_err(|e| RegistryError::Settings(format!("a client for {name}: {e}")))?;
+        Ok(Self { client, auth: credentials.to_client(), name })
+    }
+
+    /// The registry's name, as references write it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Authenticates for pulling from `image`'s repository (the bearer
+    /// flow when the registry challenges with one).
+    pub(crate) async fn authenticate(&self, image: &ImageRef) -> Result<(), RegistryError> {
+        self.client
+            .auth(image.client_ref(), &self.auth, RegistryOperation::Pull)
+            .await
+            .map(drop)
+            .map_err(|e| self.error(image, e))
+    }
+
+    pub(crate) fn error(
+        &self,
+        image: &ImageRef,
+        e: oci_client::errors::OciDistributionError,
+    ) -> RegistryError {
+        RegistryError::from_client(&self.name, &image.to_string(), e)
+    }
+
+    /// `image` resolved to `platform`'s image manifest: a manifest list or
+    /// OCI index is followed to the entry for the platform (nested at most
+    /// four deep); an `@digest` reference must hash to its digest.
+    ///
+    /// Errors: not found, unauthorized, a digest that does not match, a
+    /// manifest over [`MAX_MANIFEST_BYTES`], an index without the platform
+    /// (naming those it offers), a document that is neither.
+    pub async fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<Resolved, RegistryError> {
+        let mut current = image.clone();
+        let mut index_digest = None;
+        for _ in 0..MAX_INDEX_DEPTH {
+            let (bytes, digest) = self
+                .client
+                .pull_manifest_raw(current.client_ref(), &self.auth, &ACCEPTED)
+                .await
+                .map_err(|e| self.error(image, e))?;
+            if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+                return Err(RegistryError::TooLarge {
+                    reference: image.to_string(),
+                    what: "manifest".into(),
+                    size: bytes.len() as u64,
+                    limit: MAX_MANIFEST_BYTES,
+                });
+            }
+            let document: Document =
+                serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
+                    reference: image.to_string(),
+                    detail: format!("not a manifest: {e}"),
+                })?;
+            if document.schema_version != 2 {
+                return Err(RegistryError::BadManifest {
+                    reference: image.to_string(),
+                    detail: format!("schemaVersion {} (only 2 is supported)", document.schema_version),
+                });
+            }
+            match document.manifests {
+                None => return Ok(Resolved { digest, manifest: bytes.to_vec(), index_digest }),
+                Some(entries) => {
+                    let chosen = choose(&entries, platform).ok_or_else(|| RegistryError::NoPlatform {
+                        reference: image.to_string(),
+                        platform: platform.to_string(),
+                        offered: offered(&entries),
+                    })?;
+                    index_digest = Some(digest);
+                    current = image.pinned(&chosen.digest);
+                }
+            }
+        }
+        Err(RegistryError::BadManifest {
+            reference: image.to_string(),
+            detail: format!("manifest lists nested more than {MAX_INDEX_DEPTH} deep"),
+        })
+    }
+}
+
+fn seconds(secs: f64) -> Duration {
+    Duration::from_secs_f64(if secs.is_finite() { secs.clamp(0.1, 3600.0) } else { 30.0 })
+}
+
+/// What tells an image manifest from a list or index.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Document {
+    schema_version: u32,
+    manifests: Option<Vec<IndexEntry>>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    digest: String,
+    platform: Option<EntryPlatform>,
+}
+
+#[derive(Deserialize)]
+struct EntryPlatform {
+    os: String,
+    architecture: String,
+    variant: Option<String>,
+}
+
+/// The entry for `platform` (the first that matches; an index of one entry
+/// without a platform is taken as is). Its digest must be well formed: it
+/// goes into a URL.
+fn choose<'a>(entries: &'a [IndexEntry], platform: &Platform) -> Option<&'a IndexEntry> {
+    let well_formed = |e: &&IndexEntry| {
+        e.digest
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    entries
+        .iter()
+        .filter(well_formed)
+        .find(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| platform.matches(&p.os, &p.architecture, p.variant.as_deref()))
+        })
+        .or_else(|| match entries {
+            [only] if only.platform.is_none() => Some(only).filter(well_formed),
+            _ => None,
+        })
+}
+
+fn offered(entries: &[IndexEntry]) -> String {
+    let list: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.platform.as_ref())
+        .map(|p| match &p.variant {
+            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+            None => format!("{}/{}", p.os, p.architecture),
+        })
+        .collect();
+    if list.is_empty() {
+        "no platforms".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: char, os: &str, arch: &str, variant: Option<&str>) -> IndexEntry {
+        IndexEntry {
+            digest: format!("sha256:{}", n.to_string().repeat(64)),
+            platform: Some(EntryPlatform {
+                os: os.into(),
+                architecture: arch.into(),
+                variant: variant.map(Into::into),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_index_resolves_to_the_platforms_entry_or_says_what_it_offers() {
+        let entries = vec![
+            entry('a', "linux", "arm", Some("v7")),
+            entry('b', "linux", "arm64", Some("v8")),
+            entry('c', "linux", "amd64", None),
+        ];
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        assert!(choose(&entries, &amd64).unwrap().digest.starts_with("sha256:c"));
+        let arm64 = Platform::parse("linux/arm64/v8").unwrap();
+        assert!(choose(&entries, &arm64).unwrap().digest.starts_with("sha256:b"));
+        let s390x = Platform::parse("linux/s390x").unwrap();
+        assert!(choose(&entries, &s390x).is_none());
+        assert_eq!(offered(&entries), "linux/arm/v7, linux/arm64/v8, linux/amd64");
+        // A digest that is not sha256:<64 hex> is never followed.
+        let bad = vec![IndexEntry {
+            digest: "sha256:../../x".into(),
+            platform: entry('c', "linux", "amd64", None).platform,
+        }];
+        assert!(choose(&bad, &amd64).is_none());
+    }
+}

@@ -1,0 +1,89 @@
+use strata_oci::ImportError;
+
+/// What talking to a registry can fail with. Messages name the registry
+/// and the reference; they never hold a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+    #[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")]
+    BadPlatform(String),
+    #[error("registry {registry} refused the credentials (or asks for some): {detail}")]
+    Unauthorized { registry: String, detail: String },
+    #[error("{reference}: not found in its registry ({detail})")]
+    NotFound { reference: String, detail: String },
+    #[error("{what} of {reference}: expected digest {expected}, the registry sent {actual}")]
+    DigestMismatch { reference: String, what: String, expected: String, actual: String },
+    #[error("{what} of {reference} is {size} bytes, more than the {limit} allowed")]
+    TooLarge { reference: String, what: String, size: u64, limit: u64 },
+    #[error("{reference}: no manifest for {platform}; the index offers {offered}")]
+    NoPlatform { reference: String, platform: String, offered: String },
+    #[error("{reference}: {detail}")]
+    BadManifest { reference: String, detail: String },
+    #[error("credentials for {registry}: {detail}")]
+    Credentials { registry: String, detail: String },
+    #[error("registry settings: {0}")]
+    Settings(String),
+    #[error("registry {registry}: {detail}")]
+    Registry { registry: String, detail: String },
+    /// The request did not get an answer: connection refused, TLS (an
+    /// untrusted certificate), a timeout; the source says which.
+    #[error("registry {registry}: no answer")]
+    Transport {
+        registry: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("importing {reference}: {source}")]
+    Import {
+        reference: String,
+        #[source]
+        source: ImportError,
+    },
+}
+
+impl RegistryError {
+    /// A client error, with what it says about the registry's answer.
+    pub(crate) fn from_client(
+        registry: &str,
+        reference: &str,
+        e: oci_client::errors::OciDistributionError,
+    ) -> Self {
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+        let registry = registry.to_owned();
+        let reference = reference.to_owned();
+        match e {
+            E::AuthenticationFailure(detail) => Self::Unauthorized { registry, detail },
+            E::UnauthorizedError { url } => Self::Unauthorized { registry, detail: format!("401 for {url}") },
+            E::ImageManifestNotFoundError(detail) => Self::NotFound { reference, detail },
+            E::RegistryError { envelope, url } => {
+                let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
+                let detail = envelope
+                    .errors
+                    .iter()
+                    .map(|e| format!("{:?}: {}", e.code, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if codes.iter().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
+                    Self::Unauthorized { registry, detail }
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, C::ManifestUnknown | C::NameUnknown | C::NotFound | C::BlobUnknown))
+                {
+                    Self::NotFound { reference, detail }
+                } else {
+                    Self::Registry { registry, detail: format!("{detail} ({url})") }
+                }
+            }
+            E::ServerError { code: 404, url, message } => {
+                Self::NotFound { reference, detail: format!("404 for {url}: {message}") }
+            }
+            E::ServerError { code: code @ (401 | 403), url, message } => {
+                Self::Unauthorized { registry, detail: format!("{code} for {url}: {message}") }
+            }
+            E::DigestError(e) => Self::Registry { registry, detail: format!("digest check failed: {e}") },
+            E::RequestError(e) => Self::Transport { registry, source: Box::new(e) },
+            other => Self::Registry { registry, detail: other.to_string() },
+        }
+    }
+}

@@ -1,0 +1,196 @@
+use std::io::Read;
+
+use futures_util::StreamExt;
+use strata_oci::{ImportError, ImportOptions, ImportProgress, ImportReport, LayerBlobs, ManifestImage};
+use strata_store::Store;
+use strata_types::OciDigest;
+use tokio::sync::mpsc;
+
+use crate::client::MAX_CONFIG_BYTES;
+use crate::{ImageRef, Platform, Registry, RegistryError};
+
+/// What [`pull`] did.
+#[derive(Clone, Debug)]
+pub struct PullReport {
+    /// The name the image has in the store.
+    pub name: String,
+    /// The image manifest's digest.
+    pub manifest_digest: String,
+    pub import: ImportReport,
+}
+
+/// Stream items buffered between the download and the import, at most.
+const BUFFERED_ITEMS: usize = 64;
+
+/// Pulls `image` (resolved to `platform`) from `registry` into `store`:
+/// the manifest and config first (checked against their digests, within
+/// size limits), then each layer blob streamed once from the registry
+/// through the import, checked against its digest and diff_id while it
+/// streams, in one store transaction. The image appears, named
+/// [`ImageRef::store_name`], or the store is as it was. `progress` is told
+/// the blob bytes as they stream and can cancel the import.
+///
+/// Blocking: call it from a thread that is not running async code (a
+/// blocking-pool thread, or any other); requests and downloads run on
+/// `runtime`, the import on the calling thread.
+///
+/// Errors: those of [`Registry::resolve`]; a config over
+/// [`MAX_CONFIG_BYTES`] or not matching its digest;
+/// [`RegistryError::Import`] for a layer that fails (a digest or diff_id
+/// mismatch, a transfer cut, a bad tar, a cancel) or a refused layer media
+/// type (foreign, non-distributable, encrypted).
+pub fn pull(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+    registry: &Registry,
+    image: &ImageRef,
+    platform: &Platform,
+    options: &ImportOptions,
+    progress: &dyn ImportProgress,
+) -> Result<PullReport, RegistryError> {
+    let (resolved, config) = runtime.block_on(async {
+        registry.authenticate(image).await?;
+        let resolved = registry.resolve(image, platform).await?;
+        let config = fetch_config(registry, &image.pinned(&resolved.digest), &resolved.manifest).await?;
+        Ok::<_, RegistryError>((resolved, config))
+    })?;
+    tracing::info!(image = %image, digest = %resolved.digest, "manifest and config fetched");
+    let name = image.store_name();
+    let blobs = RegistryBlobs {
+        registry: registry.clone(),
+        image: image.pinned(&resolved.digest),
+        runtime: runtime.clone(),
+    };
+    let import = strata_oci::import_manifest(
+        store,
+        ManifestImage { manifest: &resolved.manifest, config: &config, names: vec![name.clone()] },
+        &blobs,
+        options,
+        progress,
+    )
+    .map_err(|source| RegistryError::Import { reference: image.to_string(), source })?;
+    Ok(PullReport { name, manifest_digest: resolved.digest, import })
+}
+
+/// The image config the manifest names, checked against its digest.
+async fn fetch_config(
+    registry: &Registry,
+    image: &ImageRef,
+    manifest: &[u8],
+) -> Result<Vec<u8>, RegistryError> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        config: Descriptor,
+    }
+    #[derive(serde::Deserialize)]
+    struct Descriptor {
+        digest: String,
+        size: u64,
+    }
+    let bad = |detail: String| RegistryError::BadManifest { reference: image.to_string(), detail };
+    let parsed: Manifest = serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest: {e}")))?;
+    let expected: OciDigest = parsed
+        .config
+        .digest
+        .parse()
+        .map_err(|e| bad(format!("config digest {:?}: {e}", parsed.config.digest)))?;
+    if parsed.config.size > MAX_CONFIG_BYTES {
+        return Err(RegistryError::TooLarge {
+            reference: image.to_string(),
+            what: "config".into(),
+            size: parsed.config.size,
+            limit: MAX_CONFIG_BYTES,
+        });
+    }
+    let mut stream = registry
+        .client
+        .pull_blob_stream(image.client_ref(), expected.to_string().as_str())
+        .await
+        .map_err(|e| registry.error(image, e))?;
+    let mut config = Vec::with_capacity(parsed.config.size as usize);
+    while let Some(item) = stream.next().await {
+        let bytes = item.map_err(|e| RegistryError::Registry {
+            registry: registry.name().to_owned(),
+            detail: format!("config of {image}: {e}"),
+        })?;
+        if (config.len() + bytes.len()) as u64 > parsed.config.size {
+            return Err(RegistryError::TooLarge {
+                reference: image.to_string(),
+                what: "config".into(),
+                size: (config.len() + bytes.len()) as u64,
+                limit: parsed.config.size,
+            });
+        }
+        config.extend_from_slice(&bytes);
+    }
+    let actual = OciDigest::sha256_of(&config);
+    if actual != expected {
+        return Err(RegistryError::DigestMismatch {
+            reference: image.to_string(),
+            what: "config".into(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(config)
+}
+
+/// Layer blobs from the registry, for the import (which runs on a
+/// blocking thread): each blob's download streams on the runtime into a
+/// bounded channel the import reads from.
+struct RegistryBlobs {
+    registry: Registry,
+    image: ImageRef,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LayerBlobs for RegistryBlobs {
+    fn open(
+        &self,
+        member: &str,
+        digest: Option<&OciDigest>,
+        size: Option<u64>,
+    ) -> Result<(Box<dyn Read + Send>, u64), ImportError> {
+        let (Some(digest), Some(size)) = (digest, size) else {
+            return Err(ImportError::member(member, "a registry layer needs its digest and size"));
+        };
+        let digest = digest.to_string();
+        let stream = self
+            .runtime
+            .block_on(self.registry.client.pull_blob_stream(self.image.client_ref(), digest.as_str()))
+            .map_err(|e| ImportError::member(member, self.registry.error(&self.image, e)))?;
+        let (tx, rx) = mpsc::channel(BUFFERED_ITEMS);
+        self.runtime.spawn(async move {
+            let mut stream = stream;
+            while let Some(item) = stream.next().await {
+                let failed = item.is_err();
+                // The import stopped reading: the download stops too.
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok((Box::new(ChannelReader { rx, current: bytes::Bytes::new() }), size))
+    }
+}
+
+/// Reads what a download task sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}

@@ -1,0 +1,153 @@
+//! Pulls from a real registry: Debian's `docker-registry` (distribution
+//! 2.8) on loopback with TLS (a test CA) and htpasswd (bcrypt) auth; images
+//! pushed into it with skopeo from archives the tests write.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_oci::{ArchiveLayout, ImportOptions, LayerCompression, NoProgress};
+use strata_registry::{Credentials, ImageRef, Platform, Registry, RegistryError, RegistrySettings, Secret};
+use strata_sample::registry::{TestRegistry, PASSWORD, USER};
+use strata_store::{OpenMode, Store};
+
+fn settings(registry: &TestRegistry) -> RegistrySettings {
+    RegistrySettings {
+        ca_files: BTreeMap::from([(registry.host.clone(), registry.ca_file())]),
+        ..Default::default()
+    }
+}
+
+fn basic(password: &str) -> Credentials {
+    Credentials::Basic { username: USER.into(), password: Secret::new(password) }
+}
+
+/// The sample image as a docker-save archive in `dir`, pushed as `repo:tag`.
+fn pushed_sample(registry: &TestRegistry, dir: &Path, repo_tag: &str) -> PathBuf {
+    let archive = dir.join("sample.tar");
+    strata_sample::write_sample_image(
+        &archive,
+        ArchiveLayout::DockerLegacy,
+        LayerCompression::Gzip,
+        "sample:1",
+    )
+    .expect("archive");
+    registry.push(&archive, repo_tag);
+    archive
+}
+
+/// Pulls on the blocking pool, as the node does.
+async fn pull(
+    store: &Arc<Store>,
+    registry: &TestRegistry,
+    reference: &str,
+    credentials: Credentials,
+) -> Result<strata_registry::PullReport, RegistryError> {
+    let image = ImageRef::parse(reference)?;
+    let client = Registry::new(&settings(registry), &image, &credentials)?;
+    pull_with(store, client, image).await
+}
+
+async fn pull_with(
+    store: &Arc<Store>,
+    client: Registry,
+    image: ImageRef,
+) -> Result<strata_registry::PullReport, RegistryError> {
+    let (store, runtime) = (store.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || {
+        strata_registry::pull(
+            &runtime,
+            &store,
+            &client,
+            &image,
+            &Platform::host(),
+            &ImportOptions::default(),
+            &NoProgress,
+        )
+    })
+    .await
+    .expect("pull task")
+}
+
+fn store(dir: &Path, name: &str) -> Arc<Store> {
+    Arc::new(Store::open(&dir.join(name), OpenMode::ReadWrite).expect("store"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pulls_over_tls_with_basic_auth_and_keeps_its_layer_ids() {
+    let registry = TestRegistry::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let archive = pushed_sample(&registry, scratch.path(), "team/sample:1");
+    let pulled = store(scratch.path(), "pulled");
+    let reference = format!("{}/team/sample:1", registry.host);
+    let report = pull(&pulled, &registry, &reference, basic(PASSWORD)).await.expect("pull");
+    assert_eq!(report.name, reference);
+    assert!(report.manifest_digest.starts_with("sha256:"));
+    // The same image imported from its archive: the same layers, the same
+    // config, so the same image id.
+    let imported = store(scratch.path(), "imported");
+    let local = strata_oci::import_archive(&imported, &archive, &ImportOptions::default(), &NoProgress)
+        .expect("import");
+    let (id, record) = pulled.resolve(&reference).expect("pulled image");
+    assert_eq!(record.layers.len(), local.images[0].layers.len());
+    assert_eq!(id, local.images[0].id, "the same image, by content");
+    assert_eq!(report.import.images[0].layers, local.images[0].layers);
+
+    // Pinned by the digest the registry gave: the same image again.
+    let by_digest = format!("{}/team/sample@{}", registry.host, report.manifest_digest);
+    let again = pull(&pulled, &registry, &by_digest, basic(PASSWORD)).await.expect("pull by digest");
+    assert_eq!(again.import.images[0].id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_credentials_are_refused_naming_the_registry_and_store_nothing() {
+    let registry = TestRegistry::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    pushed_sample(&registry, scratch.path(), "sample:1");
+    let pulled = store(scratch.path(), "pulled");
+    let reference = format!("{}/sample:1", registry.host);
+    for credentials in [basic("wrong password"), Credentials::Anonymous] {
+        let err = pull(&pulled, &registry, &reference, credentials).await.expect_err("refused");
+        let message = err.to_string();
+        assert!(matches!(err, RegistryError::Unauthorized { .. }), "{message}");
+        assert!(message.contains(&registry.host), "names the registry: {message}");
+        assert!(!message.contains("wrong password") && !message.contains(PASSWORD), "{message}");
+    }
+    assert!(pulled.images().expect("images").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_tag_or_repository_is_not_found_and_a_foreign_ca_is_refused() {
+    let registry = TestRegistry::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    pushed_sample(&registry, scratch.path(), "sample:1");
+    let pulled = store(scratch.path(), "pulled");
+    for missing in ["sample:2", "nothing-here:1"] {
+        let reference = format!("{}/{missing}", registry.host);
+        let err = pull(&pulled, &registry, &reference, basic(PASSWORD)).await.expect_err("not there");
+        assert!(matches!(err, RegistryError::NotFound { .. }), "{missing}: {err}");
+    }
+    // Without the test CA the registry's certificate is not trusted.
+    let image = ImageRef::parse(&format!("{}/sample:1", registry.host)).expect("ref");
+    let client = Registry::new(&RegistrySettings::default(), &image, &basic(PASSWORD)).expect("client");
+    let err = pull_with(&pulled, client, image.clone()).await.expect_err("untrusted");
+    assert!(matches!(err, RegistryError::Transport { .. }), "{err}");
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    let causes = causes.join(": ");
+    assert!(causes.to_lowercase().contains("certificate"), "says why: {causes}");
+    assert!(pulled.images().expect("images").is_empty());
+    // A CA file that holds no certificate is refused before any request.
+    let not_pem = scratch.path().join("not.pem");
+    std::fs::File::create(&not_pem).and_then(|mut f| f.write_all(b"hello")).expect("write");
+    let settings = RegistrySettings {
+        ca_files: BTreeMap::from([(registry.host.clone(), not_pem)]),
+        ..Default::default()
+    };
+    assert!(matches!(Registry::new(&settings, &image, &basic(PASSWORD)), Err(RegistryError::Settings(_))));
+}
