@@ -66,7 +66,83 @@ fn a_wrong_password_is_refused_naming_the_registry_not_the_password() {
     let out = pull(&s, &format!("{}/busybox:1", registry.host), PASSWORD);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&registry.host), "{stderr}");
+    assert!(stderr.contains(&registry.host) && stderr.to_lowercase().contains("certificate"), "{stderr}");
+}
+
+/// Credentials from docker's config, as the docker CLI keeps them: an
+/// `auths` entry (base64 of USER:PASSWORD), or a credential helper
+/// (`docker-credential-NAME` on PATH, named by `credHelpers`).
+#[test]
+fn credentials_come_from_dockers_config_and_its_credential_helpers() {
+    let s = Strata::new();
+    let docker = s.path("docker");
+    std::fs::create_dir_all(&docker).expect("docker config dir");
+    // The helpers are written before anything else runs: a script written
+    // just before it is run can meet "text file busy" (another thread's
+    // fork holding it open for writing until that child execs).
+    let helper = |name: &str, script: String| {
+        let path = docker.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, script).expect("helper");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    };
+    // A helper prints the secret for the server asked on stdin.
+    helper(
+        "strata-test",
+        format!(
+            "#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n"
+        ),
+    );
+    helper("strata-fails", "#!/bin/sh\necho leaked-secret >&2\nexit 1\n".into());
+    let registry = TestRegistry::start();
+    registry.push(&busybox_image(&s), "busybox:1");
+    trust(&s, &registry);
+    let pull_with_config = |config: String, reference: &str| {
+        std::fs::write(docker.join("config.json"), config).expect("config.json");
+        let path = format!("{}:{}", docker.display(), std::env::var("PATH").unwrap_or_default());
+        s.command()
+            .args(["--json", "pull", reference])
+            .env("DOCKER_CONFIG", &docker)
+            .env("PATH", path)
+            .output()
+    };
+    let reference = format!("{}/busybox:1", registry.host);
+    // No config file: anonymous, refused by this registry.
+    let out = s.command().args(["pull", &reference]).env("DOCKER_CONFIG", &docker).output().expect("pull");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("refused the credentials"), "{stderr}");
+    // `auths`.
+    let auth = base64(format!("{USER}:{PASSWORD}").as_bytes());
+    let config = format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, registry.host);
+    let out = pull_with_config(config, &reference).expect("strata pull");
+    assert!(out.status.success(), "auths: {}", String::from_utf8_lossy(&out.stderr));
+    // `credHelpers`.
+    let config = format!(r#"{{"credHelpers": {{"{}": "strata-test"}}}}"#, registry.host);
+    let out = pull_with_config(config, &reference).expect("strata pull");
+    assert!(out.status.success(), "credHelpers: {}", String::from_utf8_lossy(&out.stderr));
+    // A helper that fails: an error naming it, nothing it printed.
+    let config = format!(r#"{{"credHelpers": {{"{}": "strata-fails"}}}}"#, registry.host);
+    let out = pull_with_config(config, &reference).expect("strata pull");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("docker-credential-strata-fails"), "{stderr}");
+    assert!(!stderr.contains("leaked-secret"), "{stderr}");
+}
+
+/// Standard base64, as docker's config writes `auth`.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[test]

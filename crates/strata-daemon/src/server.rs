@@ -371,7 +371,8 @@ async fn run_command(
         );
         return (Reply::Failed { error }, true);
     }
-    let changes_holdings = matches!(command, Command::Import { .. } | Command::Commit { .. });
+    let changes_holdings =
+        matches!(command, Command::Import { .. } | Command::Commit { .. } | Command::Pull { .. });
     let cancellable = command.cancellable();
     let cancel = control.stopping.child();
     let (tx, mut rx) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);

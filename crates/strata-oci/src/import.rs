@@ -352,6 +352,9 @@ fn convert_layer<S: ChunkSink>(
         (index, summary, Some(diff_id))
     };
     let (blob_digest, blob_size) = blob.finish().map_err(|e| ImportError::member(member, e))?;
+    if let Some(expected) = layer.blob_size.filter(|expected| *expected != blob_size) {
+        return Err(ImportError::SizeMismatch { member: member.to_owned(), expected, actual: blob_size });
+    }
     let diff_id = diff_id.unwrap_or(blob_digest);
     if let Some(expected) = layer.blob_digest {
         if expected != blob_digest {

@@ -61,6 +61,14 @@ impl Credentials {
             other => other,
         };
         let failed = |detail: String| RegistryError::Credentials { registry: registry.to_owned(), detail };
+        // No config file: anonymous, as docker (the crate would call a
+        // missing file unreadable).
+        let config_dir = std::env::var_os("DOCKER_CONFIG")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".docker")));
+        if !config_dir.is_some_and(|dir| dir.join("config.json").is_file()) {
+            return Ok(Credentials::Anonymous);
+        }
         match docker_credential::get_credential(server) {
             Ok(DockerCredential::UsernamePassword(username, password)) => {
                 Ok(Credentials::Basic { username, password: Secret::new(password) })
@@ -71,9 +79,16 @@ impl Credentials {
                     .into(),
             )),
             Err(E::NoCredentialConfigured | E::ConfigNotFound) => Ok(Credentials::Anonymous),
+            // A `credsStore` helper that holds nothing for this registry
+            // says so by failing; docker then goes on anonymously.
+            Err(E::HelperFailure { stdout, stderr, .. })
+                if stdout.contains("credentials not found") || stderr.contains("credentials not found") =>
+            {
+                Ok(Credentials::Anonymous)
+            }
             Err(E::HelperFailure { helper, .. }) => {
                 // Its output may hold a secret: only its name is said.
-                Err(failed(format!("credential helper docker-credential-{helper} failed")))
+                Err(failed(format!("credential helper {helper} failed")))
             }
             Err(e) => Err(failed(format!("docker's config: {}", describe(&e)))),
         }

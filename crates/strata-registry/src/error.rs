@@ -54,7 +54,9 @@ impl RegistryError {
         let reference = reference.to_owned();
         match e {
             E::AuthenticationFailure(detail) => Self::Unauthorized { registry, detail },
-            E::UnauthorizedError { url } => Self::Unauthorized { registry, detail: format!("401 for {url}") },
+            E::UnauthorizedError { url } => {
+                Self::Unauthorized { registry, detail: format!("401 for {}", without_query(&url)) }
+            }
             E::ImageManifestNotFoundError(detail) => Self::NotFound { reference, detail },
             E::RegistryError { envelope, url } => {
                 let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
@@ -72,18 +74,26 @@ impl RegistryError {
                 {
                     Self::NotFound { reference, detail }
                 } else {
-                    Self::Registry { registry, detail: format!("{detail} ({url})") }
+                    Self::Registry { registry, detail: format!("{detail} ({})", without_query(&url)) }
                 }
             }
             E::ServerError { code: 404, url, message } => {
-                Self::NotFound { reference, detail: format!("404 for {url}: {message}") }
+                Self::NotFound { reference, detail: format!("404 for {}: {message}", without_query(&url)) }
             }
-            E::ServerError { code: code @ (401 | 403), url, message } => {
-                Self::Unauthorized { registry, detail: format!("{code} for {url}: {message}") }
-            }
+            E::ServerError { code: code @ (401 | 403), url, message } => Self::Unauthorized {
+                registry,
+                detail: format!("{code} for {}: {message}", without_query(&url)),
+            },
             E::DigestError(e) => Self::Registry { registry, detail: format!("digest check failed: {e}") },
-            E::RequestError(e) => Self::Transport { registry, source: Box::new(e) },
+            // A redirect's URL may be signed (S3, a CDN): not shown.
+            E::RequestError(e) => Self::Transport { registry, source: Box::new(e.without_url()) },
             other => Self::Registry { registry, detail: other.to_string() },
         }
     }
+}
+
+/// A URL without its query, which may carry a signature (S3 and CDN
+/// redirects of blob requests).
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }

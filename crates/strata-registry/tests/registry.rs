@@ -151,3 +151,39 @@ async fn an_unknown_tag_or_repository_is_not_found_and_a_foreign_ca_is_refused()
     };
     assert!(matches!(Registry::new(&settings, &image, &basic(PASSWORD)), Err(RegistryError::Settings(_))));
 }
+
+/// A layer blob whose bytes the registry serves changed (its storage went
+/// bad, or a man in the middle): the pull fails naming the layer, and the
+/// store is exactly as before (no image, no layer, no chunk kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_blob_that_does_not_match_its_digest_leaves_the_store_as_it_was() {
+    let registry = TestRegistry::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    pushed_sample(&registry, scratch.path(), "sample:1");
+    // The biggest blob in the registry's storage is a layer: one byte of
+    // it flipped, its length kept.
+    let blobs = registry.storage().join("docker/registry/v2/blobs/sha256");
+    let mut biggest: Option<(u64, PathBuf)> = None;
+    for prefix in std::fs::read_dir(&blobs).expect("blobs") {
+        for blob in std::fs::read_dir(prefix.expect("entry").path()).expect("prefix") {
+            let data = blob.expect("entry").path().join("data");
+            let len = std::fs::metadata(&data).expect("blob").len();
+            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
+                biggest = Some((len, data));
+            }
+        }
+    }
+    let (len, data) = biggest.expect("a layer blob");
+    let mut bytes = std::fs::read(&data).expect("read blob");
+    bytes[len as usize / 2] ^= 0xff;
+    std::fs::write(&data, bytes).expect("write blob");
+
+    let pulled = store(scratch.path(), "pulled");
+    let before = pulled.stats().expect("stats");
+    let reference = format!("{}/sample:1", registry.host);
+    let err = pull(&pulled, &registry, &reference, basic(PASSWORD)).await.expect_err("a bad blob");
+    assert!(matches!(err, RegistryError::Import { .. }), "{err}");
+    assert!(pulled.images().expect("images").is_empty());
+    assert!(pulled.layers().expect("layers").is_empty());
+    assert_eq!(format!("{:?}", pulled.stats().expect("stats")), format!("{before:?}"), "nothing kept");
+}

@@ -59,9 +59,12 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .expect("docker-registry (deploy/setup installs it)");
-        let registry = Self { child, dir, host: format!("localhost:{port}") };
+        let mut registry = Self { child, dir, host: format!("localhost:{port}") };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                panic!("the registry exited ({status}): {}", registry.log());
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "the registry never listened: {}",
@@ -75,6 +78,12 @@ impl TestRegistry {
     /// What the registry logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Where it stores repositories and blobs (the filesystem driver's
+    /// root), for tests that damage what it serves.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// The CA certificate (PEM) its certificate chains to.
