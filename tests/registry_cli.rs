@@ -92,7 +92,9 @@ fn credentials_come_from_dockers_config_and_its_credential_helpers() {
             "#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n"
         ),
     );
-    helper("strata-fails", "#!/bin/sh\necho leaked-secret >&2\nexit 1\n".into());
+    // It reads its input first (as real helpers do): one that exits before
+    // may not be told the server at all (a broken pipe), a different error.
+    helper("strata-fails", "#!/bin/sh\nread server\necho leaked-secret >&2\nexit 1\n".into());
     let registry = TestRegistry::start();
     registry.push(&busybox_image(&s), "busybox:1");
     trust(&s, &registry);

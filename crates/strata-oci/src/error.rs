@@ -24,6 +24,12 @@ pub enum ImportError {
     SizeMismatch { member: String, expected: u64, actual: u64 },
     #[error("archive member {member:?}: {source}")]
     Layer { member: String, source: LayerError },
+    /// A layer whose media type says its bytes are not to be had from
+    /// where the image is (foreign / non-distributable: the OCI image spec
+    /// `layer.md` and docker's foreign layers, fetched from other URLs) or
+    /// cannot be read (encrypted).
+    #[error("layer {index} ({digest}) has media type {media_type}: {why}")]
+    RefusedLayer { index: usize, digest: String, media_type: String, why: &'static str },
     #[error("{0}")]
     Format(String),
     #[error("--name applies to an archive with one image; this one has {0}")]

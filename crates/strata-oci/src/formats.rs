@@ -288,16 +288,22 @@ pub(crate) fn plan_from_manifest(
         ));
     }
     let mut layers = Vec::new();
-    for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+    for (index, (layer, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
         let media_type = layer.media_type().to_string();
-        if media_type.contains("encrypted")
-            || media_type.contains("foreign")
-            || media_type.contains("nondistributable")
-        {
-            return Err(ImportError::member(
-                &member,
-                format!("layer media type {media_type} is not supported"),
-            ));
+        let why = if media_type.contains("encrypted") {
+            Some("encrypted layers are not supported")
+        } else if media_type.contains("foreign") || media_type.contains("nondistributable") {
+            Some("a foreign (non-distributable) layer: its bytes are not distributed with the image")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ImportError::RefusedLayer {
+                index: index + 1,
+                digest: layer.digest().to_string(),
+                media_type,
+                why,
+            });
         }
         let digest = descriptor_digest(&member, layer)?;
         layers.push(LayerPlan {

@@ -469,3 +469,69 @@ impl ChunkSink for PoolSink {
         self.tx.send((id, data.to_vec())).map_err(|_| failed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blobs that must not be asked for.
+    struct NoBlobs;
+
+    impl LayerBlobs for NoBlobs {
+        fn open(
+            &self,
+            member: &str,
+            _digest: Option<&OciDigest>,
+            _size: Option<u64>,
+        ) -> Result<(Box<dyn Read + Send>, u64), ImportError> {
+            panic!("{member} was opened")
+        }
+    }
+
+    fn manifest(config: &[u8], layer_media_type: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": OciDigest::sha256_of(config).to_string(),
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": layer_media_type,
+                "digest": format!("sha256:{}", "b".repeat(64)),
+                "size": 10,
+                "urls": ["https://example.invalid/layer"],
+            }],
+        }))
+        .unwrap()
+    }
+
+    /// Foreign, non-distributable and encrypted layers are refused by
+    /// media type before any blob is asked for (docker's foreign layers;
+    /// OCI image spec, layer.md), naming the layer; the store is untouched.
+    #[test]
+    fn foreign_non_distributable_and_encrypted_layers_are_refused_before_any_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), strata_store::OpenMode::ReadWrite).unwrap();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "windows",
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "c".repeat(64))]},
+        }))
+        .unwrap();
+        for (media_type, says) in [
+            ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "foreign"),
+            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "foreign"),
+            ("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", "encrypted"),
+        ] {
+            let manifest = manifest(&config, media_type);
+            let image = ManifestImage { manifest: &manifest, config: &config, names: vec!["win:1".into()] };
+            let err = import_manifest(&store, image, &NoBlobs, &ImportOptions::default(), &NoProgress)
+                .expect_err("refused");
+            let message = err.to_string();
+            assert!(matches!(err, ImportError::RefusedLayer { index: 1, .. }), "{message}");
+            assert!(message.contains(media_type) && message.contains(says), "{message}");
+        }
+        assert!(store.images().unwrap().is_empty());
+    }
+}

@@ -108,7 +108,10 @@ impl Credentials {
 fn describe(e: &docker_credential::CredentialRetrievalError) -> &'static str {
     use docker_credential::CredentialRetrievalError as E;
     match e {
-        E::HelperCommunicationError => "the credential helper could not be run",
+        E::HelperCommunicationError => {
+            "a credential helper (credHelpers or credsStore) could not be run, or exited before reading \
+             which server was asked"
+        }
         E::MalformedHelperResponse => "the credential helper answered something unreadable",
         E::CredentialDecodingError => "an `auth` entry is not base64 of USER:PASSWORD",
         E::ConfigReadError => "the config file could not be read or parsed",

@@ -19,6 +19,10 @@ pub struct PullReport {
     pub import: ImportReport,
 }
 
+/// How often a pull asks whether it was cancelled while it waits on the
+/// registry for the manifest and config.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Stream items buffered between the download and the import, at most.
 const BUFFERED_ITEMS: usize = 64;
 
@@ -28,7 +32,7 @@ const BUFFERED_ITEMS: usize = 64;
 /// through the import, checked against its digest and diff_id while it
 /// streams, in one store transaction. The image appears, named
 /// [`ImageRef::store_name`], or the store is as it was. `progress` is told
-/// the blob bytes as they stream and can cancel the import.
+/// the blob bytes as they stream and can cancel the pull at any point.
 ///
 /// Blocking: call it from a thread that is not running async code (a
 /// blocking-pool thread, or any other); requests and downloads run on
@@ -48,11 +52,24 @@ pub fn pull(
     options: &ImportOptions,
     progress: &dyn ImportProgress,
 ) -> Result<PullReport, RegistryError> {
+    let cancelled = || RegistryError::Import { reference: image.to_string(), source: ImportError::Cancelled };
     let (resolved, config) = runtime.block_on(async {
-        registry.authenticate(image).await?;
-        let resolved = registry.resolve(image, platform).await?;
-        let config = fetch_config(registry, &image.pinned(&resolved.digest), &resolved.manifest).await?;
-        Ok::<_, RegistryError>((resolved, config))
+        let work = async {
+            registry.authenticate(image).await?;
+            let resolved = registry.resolve(image, platform).await?;
+            let config = fetch_config(registry, &image.pinned(&resolved.digest), &resolved.manifest).await?;
+            Ok::<_, RegistryError>((resolved, config))
+        };
+        // A cancel (Ctrl-C) is noticed while the registry is asked too.
+        let cancel = async {
+            while !progress.cancelled() {
+                tokio::time::sleep(CANCEL_POLL).await;
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            () = cancel => Err(cancelled()),
+        }
     })?;
     tracing::info!(image = %image, digest = %resolved.digest, "manifest and config fetched");
     let name = image.store_name();

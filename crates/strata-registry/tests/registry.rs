@@ -187,3 +187,68 @@ async fn a_layer_blob_that_does_not_match_its_digest_leaves_the_store_as_it_was(
     assert!(pulled.layers().expect("layers").is_empty());
     assert_eq!(format!("{:?}", pulled.stats().expect("stats")), format!("{before:?}"), "nothing kept");
 }
+
+/// A registry that accepts connections and never answers.
+fn stalled_registry() -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let host = listener.local_addr().expect("addr").to_string();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (host, asked)
+}
+
+/// An import progress that asks to cancel once `flag` is set.
+struct CancelWhen(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl strata_oci::ImportProgress for CancelWhen {
+    fn cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A registry that stalls: a request fails after the read timeout, naming
+/// the registry; a cancel while waiting on it ends the pull at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_registry_times_out_and_a_cancel_does_not_wait_for_it() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let pulled = store(scratch.path(), "pulled");
+    let (host, _) = stalled_registry();
+    let image = ImageRef::parse(&format!("{host}/app:1")).expect("ref");
+    let settings =
+        RegistrySettings { insecure: vec![host.clone()], read_timeout_secs: 1.0, ..Default::default() };
+    let client = Registry::new(&settings, &image, &Credentials::Anonymous).expect("client");
+    let err = pull_with(&pulled, client, image).await.expect_err("stalled");
+    assert!(err.to_string().contains(&host), "names the registry: {err}");
+    assert!(!matches!(err, RegistryError::NotFound { .. } | RegistryError::Import { .. }), "{err}");
+
+    // With the default read timeout (30 s), a cancel once the registry was
+    // asked ends the pull.
+    let (host, asked) = stalled_registry();
+    let image = ImageRef::parse(&format!("{host}/app:1")).expect("ref");
+    let settings = RegistrySettings { insecure: vec![host.clone()], ..Default::default() };
+    let client = Registry::new(&settings, &image, &Credentials::Anonymous).expect("client");
+    let (store, runtime) = (pulled.clone(), tokio::runtime::Handle::current());
+    let err = tokio::task::spawn_blocking(move || {
+        strata_registry::pull(
+            &runtime,
+            &store,
+            &client,
+            &image,
+            &Platform::host(),
+            &ImportOptions::default(),
+            &CancelWhen(asked),
+        )
+    })
+    .await
+    .expect("task")
+    .expect_err("cancelled");
+    assert!(matches!(err, RegistryError::Import { source: strata_oci::ImportError::Cancelled, .. }), "{err}");
+    assert!(pulled.images().expect("images").is_empty());
+}
