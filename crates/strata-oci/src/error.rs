@@ -16,6 +16,15 @@ pub enum ImportError {
     UnknownFormat { path: PathBuf },
     #[error("archive member {member:?}: {reason}")]
     Member { member: String, reason: String },
+    /// A layer blob could not be had from where [`crate::LayerBlobs`]
+    /// reads it (a registry's refusal, a transfer that failed); the source
+    /// says why.
+    #[error("layer blob {digest}")]
+    Blob {
+        digest: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("archive member {member:?}: missing from the archive")]
     MissingMember { member: String },
     #[error("archive member {member:?}: digest is {actual}, the manifest says {expected}")]

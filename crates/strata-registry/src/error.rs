@@ -86,7 +86,12 @@ impl RegistryError {
             },
             E::DigestError(e) => Self::Registry { registry, detail: format!("digest check failed: {e}") },
             // A redirect's URL may be signed (S3, a CDN): not shown.
-            E::RequestError(e) => Self::Transport { registry, source: Box::new(e.without_url()) },
+            // Blob and config requests report an HTTP error status this way.
+            E::RequestError(e) => match e.status().map(|s| s.as_u16()) {
+                Some(401 | 403) => Self::Unauthorized { registry, detail: e.without_url().to_string() },
+                Some(404) => Self::NotFound { reference, detail: e.without_url().to_string() },
+                _ => Self::Transport { registry, source: Box::new(e.without_url()) },
+            },
             other => Self::Registry { registry, detail: other.to_string() },
         }
     }

@@ -175,7 +175,10 @@ impl LayerBlobs for RegistryBlobs {
         let stream = self
             .runtime
             .block_on(self.registry.client.pull_blob_stream(self.image.client_ref(), digest.as_str()))
-            .map_err(|e| ImportError::member(member, self.registry.error(&self.image, e)))?;
+            .map_err(|e| ImportError::Blob {
+                digest: digest.clone(),
+                source: Box::new(self.registry.error(&self.image, e)),
+            })?;
         let (tx, rx) = mpsc::channel(BUFFERED_ITEMS);
         self.runtime.spawn(async move {
             let mut stream = stream;

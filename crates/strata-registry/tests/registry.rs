@@ -252,3 +252,38 @@ async fn a_stalled_registry_times_out_and_a_cancel_does_not_wait_for_it() {
     assert!(matches!(err, RegistryError::Import { source: strata_oci::ImportError::Cancelled, .. }), "{err}");
     assert!(pulled.images().expect("images").is_empty());
 }
+
+/// A layer blob the registry no longer has: the pull fails naming the
+/// blob, as not found, and the store is as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_layer_blob_is_not_found_and_nothing_is_kept() {
+    let registry = TestRegistry::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    pushed_sample(&registry, scratch.path(), "sample:1");
+    let blobs = registry.storage().join("docker/registry/v2/blobs/sha256");
+    let mut biggest: Option<(u64, PathBuf)> = None;
+    for prefix in std::fs::read_dir(&blobs).expect("blobs") {
+        for blob in std::fs::read_dir(prefix.expect("entry").path()).expect("prefix") {
+            let dir = blob.expect("entry").path();
+            let len = std::fs::metadata(dir.join("data")).expect("blob").len();
+            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
+                biggest = Some((len, dir));
+            }
+        }
+    }
+    let (_, dir) = biggest.expect("a layer blob");
+    let hex = dir.file_name().expect("name").to_string_lossy().into_owned();
+    std::fs::remove_dir_all(&dir).expect("remove the blob");
+
+    let pulled = store(scratch.path(), "pulled");
+    let reference = format!("{}/sample:1", registry.host);
+    let err = pull(&pulled, &registry, &reference, basic(PASSWORD)).await.expect_err("a missing blob");
+    let RegistryError::Import { source: strata_oci::ImportError::Blob { digest, source }, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(digest, &format!("sha256:{hex}"));
+    let cause = source.downcast_ref::<RegistryError>().expect("the registry's answer");
+    assert!(matches!(cause, RegistryError::NotFound { .. }), "{cause}");
+    assert!(pulled.images().expect("images").is_empty());
+    assert!(pulled.layers().expect("layers").is_empty());
+}
