@@ -733,6 +733,21 @@ mod tests {
         fn stored(&self, id: &ChunkId) -> Option<Vec<u8>> {
             self.store.chunks.lock().get(id).cloned()
         }
+
+        /// Starts a prefetch of `id` (four deadlines long) and returns once
+        /// it has asked a peer.
+        async fn prefetch_asked(
+            &self,
+            id: ChunkId,
+        ) -> tokio::task::JoinHandle<Result<Arc<Vec<u8>>, FetchError>> {
+            let fetcher = self.fetcher.clone();
+            let prefetch =
+                tokio::spawn(async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await });
+            while self.asked().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            prefetch
+        }
     }
 
     /// Two complete holders of eight chunks, the one asked first for the
@@ -843,13 +858,7 @@ mod tests {
     async fn a_read_joining_a_prefetch_asks_again_as_demand_and_both_get_the_chunk() {
         let s = setup(1, &[("a", 1, Behaviour::DemandFirst)]);
         let id = s.ids[0];
-        let prefetch = tokio::spawn({
-            let fetcher = s.fetcher.clone();
-            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
-        });
-        while s.asked().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let prefetch = s.prefetch_asked(id).await;
         let started = tokio::time::Instant::now();
         let read = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the read is served");
         // No round-trip time known: a tenth of the deadline, then the demand ask.
@@ -879,13 +888,7 @@ mod tests {
     async fn a_read_joining_a_prefetch_stuck_on_a_silent_holder_moves_on_at_a_demand_share() {
         let (s, silent, serving) = first_behaves(Behaviour::Silent);
         let id = s.ids[0];
-        let prefetch = tokio::spawn({
-            let fetcher = s.fetcher.clone();
-            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
-        });
-        while s.asked().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let prefetch = s.prefetch_asked(id).await;
         let started = tokio::time::Instant::now();
         s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the read is served");
         // Two complete holders: the first is given half of a demand deadline.
@@ -900,13 +903,7 @@ mod tests {
     async fn a_prefetch_answering_within_the_grace_is_not_asked_again() {
         let s = setup(1, &[("a", 1, Behaviour::Slow(raise_grace(None, DEADLINE) / 2))]);
         let id = s.ids[0];
-        let prefetch = tokio::spawn({
-            let fetcher = s.fetcher.clone();
-            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
-        });
-        while s.asked().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let prefetch = s.prefetch_asked(id).await;
         s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect("the read is served");
         prefetch.await.expect("task").expect("the prefetch too");
         assert_eq!(s.asked().len(), 1, "one ask");
@@ -918,13 +915,7 @@ mod tests {
     async fn a_caller_gives_up_at_its_deadline_while_the_flight_goes_on() {
         let s = setup(1, &[("a", 1, Behaviour::Slow(DEADLINE * 2))]);
         let id = s.ids[0];
-        let prefetch = tokio::spawn({
-            let fetcher = s.fetcher.clone();
-            async move { fetcher.fetch(id, DEADLINE * 4, Priority::Prefetch).await }
-        });
-        while s.asked().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let prefetch = s.prefetch_asked(id).await;
         let started = tokio::time::Instant::now();
         let err = s.fetcher.fetch(id, DEADLINE, Priority::Demand).await.expect_err("too slow for the read");
         assert!(matches!(err, FetchError::Deadline(d) if d == DEADLINE), "{err:?}");

@@ -152,6 +152,23 @@ async fn an_unknown_tag_or_repository_is_not_found_and_a_foreign_ca_is_refused()
     assert!(matches!(Registry::new(&settings, &image, &basic(PASSWORD)), Err(RegistryError::Settings(_))));
 }
 
+/// The directory of the biggest blob in the registry's storage (a layer
+/// of the sample image): `…/blobs/sha256/<2 hex>/<hex>`, holding `data`.
+fn biggest_blob(registry: &TestRegistry) -> PathBuf {
+    let blobs = registry.storage().join("docker/registry/v2/blobs/sha256");
+    let mut biggest: Option<(u64, PathBuf)> = None;
+    for prefix in std::fs::read_dir(&blobs).expect("blobs") {
+        for blob in std::fs::read_dir(prefix.expect("entry").path()).expect("prefix") {
+            let dir = blob.expect("entry").path();
+            let len = std::fs::metadata(dir.join("data")).expect("blob").len();
+            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
+                biggest = Some((len, dir));
+            }
+        }
+    }
+    biggest.expect("a layer blob").1
+}
+
 /// A layer blob whose bytes the registry serves changed (its storage went
 /// bad, or a man in the middle): the pull fails naming the layer, and the
 /// store is exactly as before (no image, no layer, no chunk kept).
@@ -162,20 +179,10 @@ async fn a_layer_blob_that_does_not_match_its_digest_leaves_the_store_as_it_was(
     pushed_sample(&registry, scratch.path(), "sample:1");
     // The biggest blob in the registry's storage is a layer: one byte of
     // it flipped, its length kept.
-    let blobs = registry.storage().join("docker/registry/v2/blobs/sha256");
-    let mut biggest: Option<(u64, PathBuf)> = None;
-    for prefix in std::fs::read_dir(&blobs).expect("blobs") {
-        for blob in std::fs::read_dir(prefix.expect("entry").path()).expect("prefix") {
-            let data = blob.expect("entry").path().join("data");
-            let len = std::fs::metadata(&data).expect("blob").len();
-            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
-                biggest = Some((len, data));
-            }
-        }
-    }
-    let (len, data) = biggest.expect("a layer blob");
+    let data = biggest_blob(&registry).join("data");
     let mut bytes = std::fs::read(&data).expect("read blob");
-    bytes[len as usize / 2] ^= 0xff;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
     std::fs::write(&data, bytes).expect("write blob");
 
     let pulled = store(scratch.path(), "pulled");
@@ -260,18 +267,7 @@ async fn a_missing_layer_blob_is_not_found_and_nothing_is_kept() {
     let registry = TestRegistry::start();
     let scratch = tempfile::tempdir().expect("tempdir");
     pushed_sample(&registry, scratch.path(), "sample:1");
-    let blobs = registry.storage().join("docker/registry/v2/blobs/sha256");
-    let mut biggest: Option<(u64, PathBuf)> = None;
-    for prefix in std::fs::read_dir(&blobs).expect("blobs") {
-        for blob in std::fs::read_dir(prefix.expect("entry").path()).expect("prefix") {
-            let dir = blob.expect("entry").path();
-            let len = std::fs::metadata(dir.join("data")).expect("blob").len();
-            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
-                biggest = Some((len, dir));
-            }
-        }
-    }
-    let (_, dir) = biggest.expect("a layer blob");
+    let dir = biggest_blob(&registry);
     let hex = dir.file_name().expect("name").to_string_lossy().into_owned();
     std::fs::remove_dir_all(&dir).expect("remove the blob");
 
