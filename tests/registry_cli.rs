@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use strata_sample::registry::{TestRegistry, PASSWORD, USER};
 
-use crate::common::node::{certs, Node};
+use crate::common::node::{alive_peers, certs, wait_for, Node};
 use crate::common::{busybox_image, Strata};
 
 /// Settings in the data dir (read by the CLI and by a node there): the
@@ -161,4 +161,74 @@ fn with_a_node_running_the_node_pulls_into_its_store() {
     let images = s.json(&["images"]);
     assert_eq!(images[0]["name"], reference.as_str(), "{images}");
     assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
+}
+
+/// The cluster as the registry's cache: four nodes asked for one image at
+/// the same moment read each layer blob from the registry once (counted in
+/// the registry's access log): one node pulls it, the others wait for it
+/// and take only its metadata from the cluster, then run it with chunks
+/// fetched from their peers. A second tag of the same manifest, run on a
+/// node that never pulled it, costs the registry no blob either.
+#[test]
+fn nodes_asked_at_once_read_each_blob_from_the_registry_once() {
+    const NODES: usize = 4;
+    let registry = TestRegistry::start();
+    let dirs: Vec<Strata> = (0..NODES).map(|_| Strata::new()).collect();
+    let archive = busybox_image(&dirs[0]);
+    registry.push(&archive, "tools/busybox:1");
+    let names: Vec<String> = (0..NODES).map(|i| format!("node-{i}")).collect();
+    let certs = certs(&dirs[0], &names.iter().map(String::as_str).collect::<Vec<_>>());
+    // Each node finds the CA and the credentials in its settings.
+    for s in &dirs {
+        std::fs::create_dir_all(s.data_dir()).expect("data dir");
+        let config = format!(
+            "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
+            host = registry.host,
+            ca = registry.ca_file(),
+        );
+        std::fs::write(s.data_dir().join("strata.toml"), config).expect("settings");
+    }
+    let first = Node::start(&dirs[0], &names[0], &certs, &[], &[]);
+    let mut nodes = vec![first];
+    for i in 1..NODES {
+        let seed = nodes[0].addr.clone();
+        nodes.push(Node::start(&dirs[i], &names[i], &certs, &[&seed], &[]));
+    }
+    for s in &dirs {
+        wait_for("every node to see every other", || alive_peers(s).len() == NODES - 1);
+    }
+    let reference = format!("{}/tools/busybox:1", registry.host);
+    let outcomes: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let pulls: Vec<_> = dirs.iter().map(|s| scope.spawn(|| s.json(&["pull", &reference]))).collect();
+        pulls.into_iter().map(|p| p.join().expect("pull thread")).collect()
+    });
+    let sources: Vec<&str> = outcomes.iter().map(|o| o["source"].as_str().expect("source")).collect();
+    assert_eq!(sources.iter().filter(|s| **s == "registry").count(), 1, "{outcomes:#?}");
+    assert_eq!(sources.iter().filter(|s| **s == "cluster").count(), NODES - 1, "{outcomes:#?}");
+    let digest = outcomes[0]["manifest_digest"].as_str().expect("digest");
+    assert!(outcomes.iter().all(|o| o["manifest_digest"] == digest), "{outcomes:#?}");
+    let image_ids: std::collections::BTreeSet<String> =
+        outcomes.iter().map(|o| o["imported"]["images"][0]["id"].to_string()).collect();
+    assert_eq!(image_ids.len(), 1, "one image everywhere: {outcomes:#?}");
+
+    let downloads = registry.blob_downloads();
+    let count = |log: &[(String, u64)], digest: &str| log.iter().filter(|(d, _)| d == digest).count();
+    // The config and two layer blobs, each once.
+    let blobs: std::collections::BTreeSet<&String> = downloads.iter().map(|(d, _)| d).collect();
+    assert_eq!(blobs.len(), 3, "{downloads:?}");
+    for blob in &blobs {
+        assert_eq!(count(&downloads, blob), 1, "{blob} read more than once: {downloads:?}");
+    }
+    for s in &dirs {
+        assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
+    }
+
+    // Another tag of the same manifest: resolved (a manifest request), then
+    // found in the store by its repo digest; no blob comes again.
+    registry.push(&archive, "tools/busybox:2");
+    let before = registry.blob_downloads().len();
+    let second = format!("{}/tools/busybox:2", registry.host);
+    assert_eq!(dirs[NODES - 1].ok(&["run", &second]), "strata-busybox\n");
+    assert_eq!(registry.blob_downloads().len(), before, "{:?}", registry.blob_downloads());
+    drop(nodes);
 }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use serde_json::json;
 use strata_control::{
-    Collected, Committed, ImageDetails, ImageSummary, Imported, MemberState, Outcome, Peers, Removed,
-    StoreStats,
+    Collected, Committed, ImageDetails, ImageSummary, Imported, MemberState, Outcome, Peers, PullSource,
+    Removed, StoreStats,
 };
 
 use super::Ctx;
@@ -36,10 +36,23 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
         Outcome::Images(o) => images(o),
         Outcome::Inspected(o) => inspect(o),
         Outcome::Stats(o) => stats(o),
-        Outcome::Pulled(o) => {
-            println!("pulled {} ({})", o.name, o.manifest_digest);
-            imported(&o.imported);
-        }
+        Outcome::Pulled(o) => match &o.source {
+            PullSource::Registry => {
+                println!("pulled {} ({})", o.name, o.manifest_digest);
+                imported(&o.imported);
+            }
+            PullSource::Cluster => println!(
+                "pulled {} ({}) from node {}: {} of metadata, chunks on first read, nothing from the registry",
+                o.name,
+                o.manifest_digest,
+                o.from_node.as_deref().unwrap_or("?"),
+                match o.imported.layers_added {
+                    1 => "1 layer".to_owned(),
+                    n => format!("{n} layers"),
+                }
+            ),
+            PullSource::Store => println!("{} ({}) is up to date", o.name, o.manifest_digest),
+        },
     }
     Ok(())
 }

@@ -141,7 +141,27 @@ pub struct Pulled {
     pub name: String,
     /// The image manifest's digest (`sha256:<hex>`), as `@digest` pins it.
     pub manifest_digest: String,
+    /// Where the image came from.
+    pub source: PullSource,
+    /// The node it came from ([`PullSource::Cluster`]).
+    pub from_node: Option<String>,
+    /// What was added: layer blobs and chunks from the registry; from the
+    /// cluster only the layers' indexes (their chunks follow on first read).
     pub imported: Imported,
+}
+
+/// Where a pulled image came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullSource {
+    /// Its registry: layer blobs downloaded and converted.
+    #[default]
+    Registry,
+    /// A node of the cluster that holds it ([`Pulled::from_node`]): its
+    /// metadata only, no layer byte from the registry.
+    Cluster,
+    /// The store held it already (a tag may have moved to it).
+    Store,
 }
 
 /// An import's result (`strata import`).

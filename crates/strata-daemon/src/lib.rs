@@ -34,6 +34,7 @@ pub mod mount;
 pub mod mounts;
 pub mod ops;
 pub mod profile;
+pub mod pull;
 pub mod run;
 pub mod server;
 pub mod settings;

@@ -235,9 +235,10 @@ fn start(
         .filter(|p| !p.peers.is_empty())
     {
         None => {
-            // With a node running here, an image only peers hold is pulled
-            // (metadata) first, and chunks missing here come through the node.
-            let node = crate::client::pull(&ctx.path, image)?;
+            // An image only peers hold is pulled (metadata) first, and chunks
+            // missing here come through the node; one only its registry
+            // holds is pulled (through the node when one runs).
+            let node = crate::pull::ensure_known(ctx, image)?;
             through_node = node;
             let local = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
             let store = local.store();

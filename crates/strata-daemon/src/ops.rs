@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use strata_control::{
     Collected, Command, Committed, ImageDetails, ImageSummary, Imported, ImportedImage, LayerDetails, Member,
-    MemberState, Missing, Outcome, Peer, Peers, Progress, Pulled, Removed, StoreStats,
+    MemberState, Missing, Outcome, Peer, Peers, Progress, Removed, StoreStats,
 };
 use strata_mount::{ChunkReader, UpperDir};
 use strata_store::{ImageId, ImageRecord, LayerId, Store};
@@ -40,15 +40,16 @@ pub fn execute(
         Command::Inspect { image } => inspect(dir, &image).map(|d| Outcome::Inspected(Box::new(d))),
         Command::Stats => stats(dir).map(Outcome::Stats),
         Command::Pull { reference, platform, credentials } => {
-            pull(dir, &reference, platform.as_deref(), credentials, progress, cancel).map(Outcome::Pulled)
+            crate::pull::pull(dir, &reference, platform.as_deref(), credentials, progress, cancel)
+                .map(Outcome::Pulled)
         }
     }
 }
 
 /// An import's progress as [`Progress`] steps, and its cancellation.
-struct Reporter<'a> {
-    progress: &'a (dyn Fn(Progress) + Sync),
-    cancel: &'a Cancel,
+pub(crate) struct Reporter<'a> {
+    pub(crate) progress: &'a (dyn Fn(Progress) + Sync),
+    pub(crate) cancel: &'a Cancel,
 }
 
 impl strata_oci::ImportProgress for Reporter<'_> {
@@ -97,52 +98,7 @@ pub fn import(
     Ok(imported(report))
 }
 
-/// `strata pull REF`: the image from its registry into the store (see
-/// `strata_registry::pull`), credentials from the caller, else the
-/// settings' `[registry.auth]`, else docker's config. Requests run on the
-/// node's runtime when a node runs the command, else on one of their own.
-///
-/// Errors: a bad reference or platform; the registry's refusals
-/// (unauthorized, not found, …); [`Error::Cancelled`].
-pub fn pull(
-    dir: &DataDir,
-    reference: &str,
-    platform: Option<&str>,
-    credentials: Option<(String, strata_types::Secret)>,
-    progress: &(dyn Fn(Progress) + Sync),
-    cancel: &Cancel,
-) -> Result<Pulled> {
-    use strata_registry::{Credentials, ImageRef, Platform, Registry};
-    let image = ImageRef::parse(reference)?;
-    let platform = platform.map(Platform::parse).transpose()?.unwrap_or_else(Platform::host);
-    let explicit = credentials.map(|(username, password)| Credentials::Basic { username, password });
-    let credentials = Credentials::lookup(image.registry(), explicit, &dir.settings.registry.auth)?;
-    let registry = Registry::new(&dir.settings.registry, &image, &credentials)?;
-    let store = dir.write_store_unless(cancel)?;
-    let options = dir.settings.import_options(Vec::new());
-    let own;
-    let runtime = match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle,
-        Err(_) => {
-            own = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            own.handle().clone()
-        }
-    };
-    let reporter = Reporter { progress, cancel };
-    match strata_registry::pull(&runtime, &store, &registry, &image, &platform, &options, &reporter) {
-        Err(strata_registry::RegistryError::Import {
-            source: strata_oci::ImportError::Cancelled, ..
-        }) => Err(Error::Cancelled),
-        Err(e) => Err(e.into()),
-        Ok(report) => Ok(Pulled {
-            name: report.name,
-            manifest_digest: report.manifest_digest,
-            imported: imported(report.import),
-        }),
-    }
-}
-
-fn imported(report: strata_oci::ImportReport) -> Imported {
+pub(crate) fn imported(report: strata_oci::ImportReport) -> Imported {
     Imported {
         images: report
             .images

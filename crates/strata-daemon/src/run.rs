@@ -60,8 +60,8 @@ pub fn run(
     trace_reads: Option<&Path>,
     args: &[String],
 ) -> Result<i32> {
-    // With a node running here, an image only peers hold is pulled first.
-    crate::client::pull(&ctx.path, image)?;
+    // An image only peers or its registry hold is pulled first.
+    crate::pull::ensure_known(ctx, image)?;
     let (found_id, config) = {
         let store = ctx.read_store()?;
         let found = strata_oci::find_image(&store, image)?;

@@ -261,7 +261,7 @@ async fn serve_control(control: Arc<Control>, mut read: OwnedReadHalf, mut write
                 }
                 (Reply::Recorded, true)
             }
-            other => (answer(&control.node, other).await, true),
+            other => (answer(&control, other).await, true),
         };
         if let Err(e) = send(&mut write, &reply).await {
             tracing::debug!(error = %e, "control reply not delivered");
@@ -296,13 +296,36 @@ async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), ControlEr
     }
 }
 
-async fn answer(node: &Arc<Node>, request: Request) -> Reply {
+async fn answer(control: &Arc<Control>, request: Request) -> Reply {
+    let node = &control.node;
     match request {
         Request::Run { .. } | Request::MountStats { .. } => {
             Reply::Failed { error: "answered by the connection's task".into() }
         }
-        Request::Pull { reference } => match node.pull_image(&reference).await {
+        Request::Pull { reference } => match node.pull_image(&stored_name(node, &reference).await).await {
             Ok(id) => Reply::Pulled { image: id },
+            // Neither here nor announced by name in the cluster: a registry
+            // reference is pulled as `strata pull` does (through the
+            // cluster, once for all the nodes asked at the same moment).
+            Err(strata_node::NodeError::NotFound(why)) => {
+                let (control, cancel) = (control.clone(), control.stopping.child());
+                let span = tracing::info_span!("pull", reference = %reference);
+                let pulled = tokio::task::spawn_blocking(move || {
+                    let _span = span.entered();
+                    crate::pull::pull(&control.dir, &reference, None, None, &|_| {}, &cancel)
+                })
+                .await;
+                match pulled {
+                    Ok(Ok(pulled)) => match pulled.imported.images.first() {
+                        Some(image) => Reply::Pulled { image: image.id },
+                        None => Reply::Failed { error: format!("pulling {}: no image", pulled.name) },
+                    },
+                    Ok(Err(e)) => Reply::Failed {
+                        error: format!("{why}; from its registry: {}", crate::error::chain(&e)),
+                    },
+                    Err(e) => Reply::Failed { error: format!("the pull panicked: {e}") },
+                }
+            }
             Err(e) => Reply::Failed { error: crate::error::chain(&e) },
         },
         Request::Chunk { id } => match node.fetch_chunk(id).await {
@@ -318,6 +341,19 @@ async fn answer(node: &Arc<Node>, request: Request) -> Reply {
             Err(e) => Reply::Failed { error: crate::error::chain(&e) },
         },
     }
+}
+
+/// The name `reference` has in the node's store (`busybox` is stored as
+/// `busybox:latest`), else its normalised form (as peers announce names),
+/// else itself (an id or id prefix).
+async fn stored_name(node: &Arc<Node>, reference: &str) -> String {
+    let (store, asked) = (node.store().clone(), reference.to_owned());
+    tokio::task::spawn_blocking(move || match strata_oci::find_image(&store, &asked) {
+        Ok(found) => found.named.unwrap_or(asked),
+        Err(_) => strata_oci::normalize_name(&asked).unwrap_or(asked),
+    })
+    .await
+    .unwrap_or_else(|_| reference.to_owned())
 }
 
 /// Hands an import's progress to the connection's task: byte counts

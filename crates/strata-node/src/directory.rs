@@ -4,6 +4,12 @@
 //!
 //! Entries live for a TTL (several announce intervals) unless refreshed, and
 //! go at once when gossip declares their node down.
+//!
+//! A directory node also arbitrates claims: the right to fetch what a key
+//! names from outside the cluster (an image from its registry) for
+//! everyone, so that nodes asked for one image at the same moment pull it
+//! once. The first asker holds a claim for a lease; it ends when renewed no
+//! more, released, made moot by a complete holder, or its node goes down.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,15 +37,58 @@ struct Entry {
 /// Most holders kept per key: enough to spread load, bounded memory.
 const MAX_HOLDERS: usize = 64;
 
+/// What a claim on a key comes to, as the key's directory node decides it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Nodes hold the key whole: take it from them, nobody needs a claim.
+    Complete(Vec<Holder>),
+    /// The asker holds the claim, for the lease unless renewed.
+    Granted,
+    /// Another node holds it (by name): wait for it to finish.
+    HeldBy(String),
+}
+
+#[derive(Clone, Debug)]
+struct Claim {
+    node: String,
+    expires: Instant,
+}
+
 #[derive(Debug)]
 pub struct Directory {
     ttl: Duration,
     keys: HashMap<[u8; 32], HashMap<String, Entry>>,
+    claims: HashMap<[u8; 32], Claim>,
 }
 
 impl Directory {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, keys: HashMap::new() }
+        Self { ttl, keys: HashMap::new(), claims: HashMap::new() }
+    }
+
+    /// `node` asks for the claim on `key` (or renews its own) as of `now`:
+    /// granted for `lease` unless a complete holder makes it moot or
+    /// another node's claim is still running.
+    pub fn claim(&mut self, key: &[u8; 32], node: &str, now: Instant, lease: Duration) -> ClaimState {
+        let complete: Vec<Holder> = self.holders(key, now).into_iter().filter(|h| h.complete).collect();
+        if !complete.is_empty() {
+            self.claims.remove(key);
+            return ClaimState::Complete(complete);
+        }
+        match self.claims.get(key) {
+            Some(held) if held.node != node && held.expires > now => ClaimState::HeldBy(held.node.clone()),
+            _ => {
+                self.claims.insert(*key, Claim { node: node.to_owned(), expires: now + lease });
+                ClaimState::Granted
+            }
+        }
+    }
+
+    /// `node` gives up its claim on `key` (another node's stays).
+    pub fn release(&mut self, key: &[u8; 32], node: &str) {
+        if self.claims.get(key).is_some_and(|c| c.node == node) {
+            self.claims.remove(key);
+        }
     }
 
     /// Records what `announcement` says, as of `now`. A node that said a key
@@ -77,20 +126,22 @@ impl Directory {
         out
     }
 
-    /// Drops every entry of `node` (gossip declared it down).
+    /// Drops every entry and claim of `node` (gossip declared it down).
     pub fn forget_node(&mut self, node: &str) {
         for holders in self.keys.values_mut() {
             holders.remove(node);
         }
         self.keys.retain(|_, h| !h.is_empty());
+        self.claims.retain(|_, c| c.node != node);
     }
 
-    /// Drops entries older than the TTL.
+    /// Drops entries older than the TTL and claims past their lease.
     pub fn expire(&mut self, now: Instant) {
         for holders in self.keys.values_mut() {
             holders.retain(|_, e| now.saturating_duration_since(e.seen) < self.ttl);
         }
         self.keys.retain(|_, h| !h.is_empty());
+        self.claims.retain(|_, c| c.expires > now);
     }
 
     pub fn len(&self) -> usize {
@@ -155,6 +206,46 @@ mod tests {
         assert!(d.holders(&[1; 32], t0).is_empty());
         assert_eq!(d.holders(&[2; 32], t0).len(), 1);
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn the_first_asker_holds_a_claim_until_it_lapses_is_released_or_is_moot() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(15);
+        let key = [9; 32];
+        let mut d = Directory::new(Duration::from_secs(90));
+        assert_eq!(d.claim(&key, "a", t0, lease), ClaimState::Granted);
+        assert_eq!(d.claim(&key, "b", t0, lease), ClaimState::HeldBy("a".into()));
+        // a renews; b still waits past the first lease.
+        assert_eq!(d.claim(&key, "a", t0 + Duration::from_secs(10), lease), ClaimState::Granted);
+        assert_eq!(d.claim(&key, "b", t0 + Duration::from_secs(20), lease), ClaimState::HeldBy("a".into()));
+        // a stops renewing: the claim lapses and b gets it.
+        let later = t0 + Duration::from_secs(26);
+        assert_eq!(d.claim(&key, "b", later, lease), ClaimState::Granted);
+        // Only its holder releases a claim.
+        d.release(&key, "a");
+        assert_eq!(d.claim(&key, "c", later, lease), ClaimState::HeldBy("b".into()));
+        d.release(&key, "b");
+        assert_eq!(d.claim(&key, "c", later, lease), ClaimState::Granted);
+        // c announces the key whole: everyone is sent to it.
+        d.record(&announce("c", &[9], &[]), later);
+        match d.claim(&key, "d", later, lease) {
+            ClaimState::Complete(holders) => assert_eq!(holders[0].node, "c"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claim_goes_with_its_node() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(15);
+        let mut d = Directory::new(Duration::from_secs(90));
+        assert_eq!(d.claim(&[1; 32], "a", t0, lease), ClaimState::Granted);
+        d.forget_node("a");
+        assert_eq!(d.claim(&[1; 32], "b", t0, lease), ClaimState::Granted);
+        // Lapsed claims are dropped with stale entries.
+        d.expire(t0 + lease);
+        assert!(d.claims.is_empty());
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl StoreHandler {
                     Err(e) => vec![error(ErrorCode::Internal, e)],
                 }
             }
-            PeerRequest::Announce { .. } | PeerRequest::Lookup(_) => {
+            PeerRequest::Announce { .. } | PeerRequest::Lookup(_) | PeerRequest::Claim(_) => {
                 vec![error(ErrorCode::UnknownRequest, "this node keeps no directory")]
             }
             PeerRequest::OfferProfile { .. } => {
@@ -309,6 +309,10 @@ impl Handler for NodeHandler {
                 PeerRequest::Lookup(keys) => {
                     let holders = node.locator.lookup_reply(&keys, std::time::Instant::now());
                     vec![reply(Kind::Lookup(holders)), end()]
+                }
+                PeerRequest::Claim(claim) => {
+                    let answer = node.locator.claim_reply(&claim, std::time::Instant::now());
+                    vec![reply(Kind::Claim(answer)), end()]
                 }
                 PeerRequest::OfferProfile { image, chunks } => {
                     let node = node.clone();

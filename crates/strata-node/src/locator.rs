@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use strata_net::Pool;
 use strata_placement::Ring;
-use strata_proto::v1::{Holder as ProtoHolder, Holders, LookupReply};
+use strata_proto::v1::{ClaimReply, Holder as ProtoHolder, Holders, LookupReply};
 use strata_types::NodeId;
 use strata_wire::response::Kind;
-use strata_wire::{Announcement, PeerRequest, MAX_KEYS};
+use strata_wire::{Announcement, ClaimRequest, PeerRequest, MAX_KEYS};
 
-use crate::directory::{Directory, Holder};
+use crate::directory::{ClaimState, Directory, Holder};
 use crate::lookup_cache::{Cached, LookupCache};
 use crate::membership::{Member, MemberState, MemberView, Membership};
 use crate::metrics::Metrics;
@@ -26,6 +26,10 @@ pub type Key = [u8; 32];
 
 /// How long an announcement to one directory node may take.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a claim lasts unless its holder renews it (see
+/// [`Locator::claim`]); holders renew every third of it.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(15);
 
 /// Keys held whole and keys being fetched, as one announcement carries them.
 #[derive(Default)]
@@ -132,6 +136,58 @@ impl Locator {
         LookupReply { holders }
     }
 
+    /// The reply to a peer's claim (or release) as this key's directory node.
+    pub fn claim_reply(&self, claim: &ClaimRequest, now: Instant) -> ClaimReply {
+        let mut directory = self.directory.lock();
+        if claim.release {
+            directory.release(&claim.key, &claim.node);
+            return ClaimReply { claimer: String::new(), lease_ms: 0, complete: Vec::new() };
+        }
+        let lease_ms = CLAIM_LEASE.as_millis() as u64;
+        match directory.claim(&claim.key, &claim.node, now, CLAIM_LEASE) {
+            ClaimState::Complete(holders) => ClaimReply {
+                claimer: String::new(),
+                lease_ms: 0,
+                complete: holders
+                    .into_iter()
+                    .map(|h| ProtoHolder { node: h.node, addr: h.addr.to_string(), complete: true })
+                    .collect(),
+            },
+            ClaimState::Granted => ClaimReply { claimer: claim.node.clone(), lease_ms, complete: Vec::new() },
+            ClaimState::HeldBy(node) => ClaimReply { claimer: node, lease_ms, complete: Vec::new() },
+        }
+    }
+
+    /// Asks the first live directory node of `key` for the claim on it (or
+    /// renews this node's), or gives it up with `release`. A directory node
+    /// that does not answer within the lookup timeout is passed over for
+    /// the next; `None` when none answers. Nodes that see different members
+    /// may ask different directory nodes for a while, and then both be
+    /// granted: a claim saves duplicate work, it does not exclude.
+    pub async fn claim(&self, key: &Key, release: bool) -> Option<ClaimState> {
+        let live = self.live();
+        let request = ClaimRequest { key: *key, node: self.me.name.clone(), addr: self.me.addr, release };
+        let asking = PeerRequest::Claim(request.clone());
+        for node in self.directory_nodes(key, &live) {
+            if node.name == self.me.name {
+                return Some(claim_state(self.claim_reply(&request, Instant::now()), &self.me.name));
+            }
+            let asked = self.pool.request(node.addr, &asking);
+            match tokio::time::timeout(self.lookup_timeout, asked).await {
+                Ok(Ok(replies)) => match replies.first().and_then(|r| r.kind.clone()) {
+                    Some(Kind::Claim(reply)) => return Some(claim_state(reply, &self.me.name)),
+                    other => {
+                        tracing::debug!(peer = %node.addr, reply = ?other, "a claim answered out of turn")
+                    }
+                },
+                Ok(Err(e)) => tracing::debug!(peer = %node.addr, error = %e, "claim not answered"),
+                Err(_) => tracing::debug!(peer = %node.addr, "claim timed out"),
+            }
+            self.pool.forget(node.addr);
+        }
+        None
+    }
+
     /// The live members by id, this node included.
     fn live(&self) -> HashMap<NodeId, Member> {
         self.membership.live().into_iter().map(|m| (m.node_id(), m)).collect()
@@ -224,6 +280,21 @@ impl Locator {
         let merged = merge(found, &self.me.name, &live);
         self.lookups.lock().put(*key, merged.clone(), &self.me.name, Instant::now());
         merged
+    }
+}
+
+fn claim_state(reply: ClaimReply, me: &str) -> ClaimState {
+    let complete: Vec<Holder> = reply
+        .complete
+        .into_iter()
+        .filter_map(|h| Some(Holder { node: h.node, addr: h.addr.parse().ok()?, complete: true }))
+        .collect();
+    if !complete.is_empty() {
+        ClaimState::Complete(complete)
+    } else if reply.claimer == me || reply.claimer.is_empty() {
+        ClaimState::Granted
+    } else {
+        ClaimState::HeldBy(reply.claimer)
     }
 }
 

@@ -26,8 +26,11 @@ use crate::throttle::{Caps, Throttle};
 use crate::NodeError;
 
 mod announce;
+mod claim;
 mod profile;
 mod pull;
+
+pub use claim::{ClaimGuard, Claimed};
 
 use announce::announce_loop;
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_node::{Caps, FetchError, MemberState, Node, NodeConfig, NodeError};
+use strata_node::{name_key, Caps, Claimed, FetchError, MemberState, Node, NodeConfig, NodeError};
 use strata_oci::{ArchiveLayout, ImportOptions, LayerCompression, NoProgress};
 use strata_store::{OpenMode, Store};
 use strata_tls::{generate_ca, issue_node_cert, CertPair, Identity};
@@ -290,4 +290,59 @@ fn with_two_holders_a_read_survives_one_leaving() {
     }
     assert_eq!(metric(cluster.node(reader), "strata_fetch_failures_total"), 0.0);
     assert!(metric(cluster.node(second), "strata_chunks_served_total") >= rest.len() as f64);
+}
+
+/// Nodes asked for one image from outside the cluster at once: the first
+/// to claim it pulls, the others wait; once the claimer has announced the
+/// image and let its claim go, they are sent to it. A claimer that lets
+/// its claim go without the image (its pull failed), or that leaves the
+/// cluster, passes the claim to a waiter.
+#[test]
+fn one_node_claims_an_image_the_others_wait_and_take_it_from_that_node() {
+    let mut cluster = Cluster::new(Duration::from_secs(2));
+    for name in ["node-a", "node-b", "node-c"] {
+        cluster.start(name);
+    }
+    cluster.settle();
+    let rt = &cluster.runtime;
+    let claim = |i: usize, key| {
+        let node = cluster.node(i).clone();
+        rt.spawn(async move { node.claim(key).await })
+    };
+    let wait = |task: tokio::task::JoinHandle<Claimed>| {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), task).await })
+            .expect("decided")
+            .expect("task")
+    };
+
+    let key = name_key("registry.example/app@sha256:0123");
+    let Claimed::Pull(pulling) = wait(claim(0, key)) else { panic!("the first asker pulls") };
+    let (b, c) = (claim(1, key), claim(2, key));
+    // Held by A: B and C are still waiting a second later.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!b.is_finished() && !c.is_finished(), "a claim held by A keeps the others waiting");
+    // A pulled it: announced, then the claim goes.
+    rt.block_on(cluster.node(0).announce(&[key], &[]));
+    drop(pulling);
+    for waiter in [b, c] {
+        match wait(waiter) {
+            Claimed::Holders(holders) => assert_eq!(holders[0].node, "node-a"),
+            Claimed::Pull(_) => panic!("a waiter pulled an image A holds"),
+        }
+    }
+
+    // A's pull fails: its claim passes to the waiter.
+    let key = name_key("registry.example/app@sha256:4567");
+    let Claimed::Pull(failing) = wait(claim(0, key)) else { panic!("the first asker pulls") };
+    let b = claim(1, key);
+    drop(failing);
+    assert!(matches!(wait(b), Claimed::Pull(_)), "B pulls once A gave up");
+
+    // A leaves while it holds a claim: the waiter gets it once A is down.
+    let key = name_key("registry.example/app@sha256:89ab");
+    let Claimed::Pull(held) = wait(claim(0, key)) else { panic!("the first asker pulls") };
+    let c = claim(2, key);
+    std::mem::forget(held);
+    rt.block_on(cluster.node(0).shutdown());
+    assert!(matches!(wait(c), Claimed::Pull(_)), "C pulls once A left");
 }

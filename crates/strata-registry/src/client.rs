@@ -75,6 +75,57 @@ pub struct Resolved {
     pub index_digest: Option<String>,
 }
 
+impl Resolved {
+    /// Checks that an image found elsewhere under this manifest's digest
+    /// (a peer's copy) is this manifest's image: its config has the
+    /// manifest's config digest and its layers, in order, the manifest's
+    /// layer digests and count.
+    ///
+    /// Errors: [`RegistryError::BadManifest`] when the manifest does not
+    /// parse; [`RegistryError::DigestMismatch`] naming what differs.
+    pub fn check_image(
+        &self,
+        reference: &ImageRef,
+        record: &strata_store::ImageRecord,
+        layers: &[strata_store::LayerRecord],
+    ) -> Result<(), RegistryError> {
+        #[derive(Deserialize)]
+        struct Manifest {
+            config: Blob,
+            layers: Vec<Blob>,
+        }
+        #[derive(Deserialize)]
+        struct Blob {
+            digest: String,
+        }
+        let manifest: Manifest = serde_json::from_slice(&self.manifest).map_err(|e| {
+            RegistryError::BadManifest { reference: reference.to_string(), detail: format!("manifest: {e}") }
+        })?;
+        let mismatch = |what: String, expected: &str, actual: &str| RegistryError::DigestMismatch {
+            reference: reference.to_string(),
+            what,
+            expected: expected.to_owned(),
+            actual: actual.to_owned(),
+        };
+        if record.config_digest != manifest.config.digest {
+            return Err(mismatch("config".into(), &manifest.config.digest, &record.config_digest));
+        }
+        if layers.len() != manifest.layers.len() {
+            return Err(mismatch(
+                "layer count".into(),
+                &manifest.layers.len().to_string(),
+                &layers.len().to_string(),
+            ));
+        }
+        for (i, (layer, blob)) in layers.iter().zip(&manifest.layers).enumerate() {
+            if layer.blob_digest != blob.digest {
+                return Err(mismatch(format!("layer {i}"), &blob.digest, &layer.blob_digest));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Registry {
     /// The registry `image` names, reached as `settings` say, asked with
     /// `credentials`.

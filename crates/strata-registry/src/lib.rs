@@ -31,5 +31,5 @@ pub use client::{Registry, RegistrySettings, Resolved, MAX_CONFIG_BYTES, MAX_MAN
 pub use credentials::{ConfiguredCredentials, Credentials, Secret};
 pub use error::RegistryError;
 pub use platform::Platform;
-pub use pull::{pull, PullReport};
+pub use pull::{pull, pull_resolved, resolve, PullReport};
 pub use reference::ImageRef;

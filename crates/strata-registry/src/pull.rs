@@ -7,7 +7,7 @@ use strata_types::OciDigest;
 use tokio::sync::mpsc;
 
 use crate::client::MAX_CONFIG_BYTES;
-use crate::{ImageRef, Platform, Registry, RegistryError};
+use crate::{ImageRef, Platform, Registry, RegistryError, Resolved};
 
 /// What [`pull`] did.
 #[derive(Clone, Debug)]
@@ -52,15 +52,74 @@ pub fn pull(
     options: &ImportOptions,
     progress: &dyn ImportProgress,
 ) -> Result<PullReport, RegistryError> {
-    let cancelled = || RegistryError::Import { reference: image.to_string(), source: ImportError::Cancelled };
-    let (resolved, config) = runtime.block_on(async {
-        let work = async {
-            registry.authenticate(image).await?;
-            let resolved = registry.resolve(image, platform).await?;
-            let config = fetch_config(registry, &image.pinned(&resolved.digest), &resolved.manifest).await?;
-            Ok::<_, RegistryError>((resolved, config))
-        };
-        // A cancel (Ctrl-C) is noticed while the registry is asked too.
+    let resolved = resolve(runtime, registry, image, platform, progress)?;
+    pull_resolved(runtime, store, registry, image, &resolved, options, progress)
+}
+
+/// [`Registry::resolve`] from a blocking caller, after authenticating:
+/// `image` resolved to `platform`'s manifest on `runtime`, given up when
+/// `progress` says the pull is cancelled ([`ImportError::Cancelled`]).
+pub fn resolve(
+    runtime: &tokio::runtime::Handle,
+    registry: &Registry,
+    image: &ImageRef,
+    platform: &Platform,
+    progress: &dyn ImportProgress,
+) -> Result<Resolved, RegistryError> {
+    until_cancelled(runtime, image, progress, async {
+        registry.authenticate(image).await?;
+        registry.resolve(image, platform).await
+    })
+}
+
+/// The image [`resolve`] found, pulled as [`pull`] says: its config, then
+/// its layers streamed through the import. The image is named both
+/// [`ImageRef::store_name`] and [`ImageRef::digest_name`] of its manifest
+/// digest (what docker calls its repo digest): the node announces the
+/// latter, so that other nodes find this image by the manifest they
+/// resolved.
+pub fn pull_resolved(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+    registry: &Registry,
+    image: &ImageRef,
+    resolved: &Resolved,
+    options: &ImportOptions,
+    progress: &dyn ImportProgress,
+) -> Result<PullReport, RegistryError> {
+    let pinned = image.pinned(&resolved.digest);
+    let config = until_cancelled(runtime, image, progress, async {
+        registry.authenticate(image).await?;
+        fetch_config(registry, &pinned, &resolved.manifest).await
+    })?;
+    tracing::info!(image = %image, digest = %resolved.digest, "manifest and config fetched");
+    let name = image.store_name();
+    let mut names = vec![name.clone()];
+    let digest_name = image.digest_name(&resolved.digest);
+    if digest_name != name {
+        names.push(digest_name);
+    }
+    let blobs = RegistryBlobs { registry: registry.clone(), image: pinned, runtime: runtime.clone() };
+    let import = strata_oci::import_manifest(
+        store,
+        ManifestImage { manifest: &resolved.manifest, config: &config, names },
+        &blobs,
+        options,
+        progress,
+    )
+    .map_err(|source| RegistryError::Import { reference: image.to_string(), source })?;
+    Ok(PullReport { name, manifest_digest: resolved.digest.clone(), import })
+}
+
+/// Runs `work` on `runtime`, given up when `progress` says the pull is
+/// cancelled: a cancel (Ctrl-C) is noticed while the registry is asked too.
+fn until_cancelled<T>(
+    runtime: &tokio::runtime::Handle,
+    image: &ImageRef,
+    progress: &dyn ImportProgress,
+    work: impl std::future::Future<Output = Result<T, RegistryError>>,
+) -> Result<T, RegistryError> {
+    runtime.block_on(async {
         let cancel = async {
             while !progress.cancelled() {
                 tokio::time::sleep(CANCEL_POLL).await;
@@ -68,25 +127,9 @@ pub fn pull(
         };
         tokio::select! {
             done = work => done,
-            () = cancel => Err(cancelled()),
+            () = cancel => Err(RegistryError::Import { reference: image.to_string(), source: ImportError::Cancelled }),
         }
-    })?;
-    tracing::info!(image = %image, digest = %resolved.digest, "manifest and config fetched");
-    let name = image.store_name();
-    let blobs = RegistryBlobs {
-        registry: registry.clone(),
-        image: image.pinned(&resolved.digest),
-        runtime: runtime.clone(),
-    };
-    let import = strata_oci::import_manifest(
-        store,
-        ManifestImage { manifest: &resolved.manifest, config: &config, names: vec![name.clone()] },
-        &blobs,
-        options,
-        progress,
-    )
-    .map_err(|source| RegistryError::Import { reference: image.to_string(), source })?;
-    Ok(PullReport { name, manifest_digest: resolved.digest, import })
+    })
 }
 
 /// The image config the manifest names, checked against its digest.

@@ -49,8 +49,16 @@ impl ImageRef {
         strata_oci::normalize_name(&self.0.whole()).unwrap_or_else(|_| self.0.whole())
     }
 
-    /// The same repository, pinned to `digest`.
-    pub(crate) fn pinned(&self, digest: &str) -> Self {
+    /// The name the store gives the image of this repository whose
+    /// manifest is `digest` (`localhost:5000/app@sha256:…`, docker's "repo
+    /// digest"): nodes find an image in the cluster by it.
+    pub fn digest_name(&self, digest: &str) -> String {
+        self.pinned(digest).store_name()
+    }
+
+    /// The same repository, pinned to `digest` (`sha256:<hex>`), its tag
+    /// dropped.
+    pub fn pinned(&self, digest: &str) -> Self {
         Self(self.0.clone_with_digest(digest.to_owned()))
     }
 
@@ -80,6 +88,10 @@ mod tests {
         let digest = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("registry.example/app@{digest}")).unwrap();
         assert_eq!((r.tag(), r.digest()), (None, Some(digest.as_str())));
+        let pinned = ImageRef::parse("busybox:1").unwrap().digest_name(&digest);
+        assert_eq!(pinned, format!("busybox@{digest}"));
+        let pinned = ImageRef::parse("localhost:5000/app:1").unwrap().digest_name(&digest);
+        assert_eq!(pinned, format!("localhost:5000/app@{digest}"));
         // A first component without '.' or ':' is a repository on docker.io.
         assert_eq!(ImageRef::parse("team/app").unwrap().registry(), "docker.io");
     }

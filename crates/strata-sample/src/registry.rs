@@ -80,6 +80,30 @@ impl TestRegistry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
+    /// The blob downloads it served, from its access log: each successful
+    /// `GET /v2/REPO/blobs/DIGEST` as (digest, bytes written), in order.
+    pub fn blob_downloads(&self) -> Vec<(String, u64)> {
+        let field = |line: &str, name: &str| -> Option<String> {
+            let start = line.find(&format!(" {name}="))? + name.len() + 2;
+            let rest = &line[start..];
+            Some(match rest.strip_prefix('"') {
+                Some(quoted) => quoted[..quoted.find('"')?].to_owned(),
+                None => rest.split(' ').next()?.to_owned(),
+            })
+        };
+        self.log()
+            .lines()
+            .filter(|l| l.contains("response completed"))
+            .filter(|l| field(l, "http.request.method").as_deref() == Some("GET"))
+            .filter(|l| field(l, "http.response.status").as_deref() == Some("200"))
+            .filter_map(|l| {
+                let uri = field(l, "http.request.uri")?;
+                let (_, digest) = uri.split_once("/blobs/")?;
+                Some((digest.to_owned(), field(l, "http.response.written")?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Where it stores repositories and blobs (the filesystem driver's
     /// root), for tests that damage what it serves.
     pub fn storage(&self) -> PathBuf {

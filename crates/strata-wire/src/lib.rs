@@ -20,6 +20,7 @@ pub use datagram::{decode_gossip, encode_gossip, MAX_GOSSIP};
 pub use error::WireError;
 pub use frame::{encode_frame, FrameDecoder, MAX_FRAME};
 pub use request::{
-    decode_request, encode_request, profile, Announcement, PeerRequest, Priority, MAX_KEYS, VERSION,
+    decode_request, encode_request, profile, Announcement, ClaimRequest, PeerRequest, Priority, MAX_KEYS,
+    VERSION,
 };
 pub use strata_proto::v1::{response, ErrorCode, Response};

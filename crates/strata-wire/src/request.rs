@@ -1,7 +1,7 @@
 use prost::Message;
 use std::net::SocketAddr;
 use strata_proto::v1::{
-    request, Announce, FetchChunks, FetchLayerIndex, Lookup, OfferProfile, Request, ResolveImage,
+    request, Announce, Claim, FetchChunks, FetchLayerIndex, Lookup, OfferProfile, Request, ResolveImage,
 };
 
 use strata_types::{ChunkId, ImageId, LayerId, MAX_PROFILE_CHUNKS};
@@ -43,6 +43,21 @@ pub enum PeerRequest {
         image: ImageId,
         chunks: Vec<ChunkId>,
     },
+    /// The right to fetch what a key names from outside the cluster (an
+    /// image from its registry) on the cluster's behalf, asked of the
+    /// key's first directory node; renewed by asking again.
+    Claim(ClaimRequest),
+}
+
+/// A claim on a key, or its release (wire: `Claim`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub key: [u8; 32],
+    /// The asker, by its node name and QUIC address.
+    pub node: String,
+    pub addr: SocketAddr,
+    /// Gives the claim up rather than asking for it.
+    pub release: bool,
 }
 
 /// What a holder tells a directory node.
@@ -84,18 +99,22 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
             if count > MAX_KEYS {
                 return Err(WireError::OverLimit { what: "announced keys", count, max: MAX_KEYS });
             }
-            if a.node.is_empty() || a.node.len() > MAX_NODE_NAME {
-                return Err(WireError::BadFrame(format!("a node name of {} bytes", a.node.len())));
-            }
+            let node = node_name(a.node)?;
             let addr = a.addr.parse().map_err(|_| WireError::BadFrame(format!("address {:?}", a.addr)))?;
             Ok(PeerRequest::Announce(Announcement {
-                node: a.node,
+                node,
                 addr,
                 complete: keys(&a.complete, "complete keys")?,
                 partial: keys(&a.partial, "partial keys")?,
             }))
         }
         request::Kind::Lookup(l) => Ok(PeerRequest::Lookup(keys(&l.keys, "lookup keys")?)),
+        request::Kind::Claim(c) => Ok(PeerRequest::Claim(ClaimRequest {
+            key: id(&c.key)?,
+            node: node_name(c.node)?,
+            addr: c.addr.parse().map_err(|_| WireError::BadFrame(format!("address {:?}", c.addr)))?,
+            release: c.release,
+        })),
         request::Kind::OfferProfile(o) => {
             Ok(PeerRequest::OfferProfile { image: id(&o.image_id)?, chunks: profile(&o.chunks)? })
         }
@@ -135,8 +154,21 @@ pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, WireError> {
             image_id: image.as_bytes().to_vec(),
             chunks: strata_types::encode_chunk_list(chunks),
         }),
+        PeerRequest::Claim(c) => request::Kind::Claim(Claim {
+            key: c.key.to_vec(),
+            node: c.node.clone(),
+            addr: c.addr.to_string(),
+            release: c.release,
+        }),
     };
     crate::encode_frame(&Request { version: VERSION, kind: Some(kind) })
+}
+
+fn node_name(name: String) -> Result<String, WireError> {
+    if name.is_empty() || name.len() > MAX_NODE_NAME {
+        return Err(WireError::BadFrame(format!("a node name of {} bytes", name.len())));
+    }
+    Ok(name)
 }
 
 fn id<T: From<[u8; 32]>>(raw: &[u8]) -> Result<T, WireError> {

@@ -5,8 +5,8 @@ use prost::Message;
 use strata_proto::v1::{request, FetchChunks, Request};
 use strata_types::{ChunkId, LayerId};
 use strata_wire::{
-    decode_request, encode_frame, encode_request, Announcement, ErrorCode, FrameDecoder, PeerRequest,
-    Priority, WireError, MAX_FRAME, MAX_KEYS, VERSION,
+    decode_request, encode_frame, encode_request, Announcement, ClaimRequest, ErrorCode, FrameDecoder,
+    PeerRequest, Priority, WireError, MAX_FRAME, MAX_KEYS, VERSION,
 };
 
 fn chunk(i: u32) -> ChunkId {
@@ -27,6 +27,12 @@ fn requests() -> Vec<PeerRequest> {
             partial: vec![*LayerId::of(b"l2").as_bytes()],
         }),
         PeerRequest::Lookup(vec![*chunk(1).as_bytes(), *LayerId::of(b"l1").as_bytes()]),
+        PeerRequest::Claim(ClaimRequest {
+            key: [7; 32],
+            node: "node-b".into(),
+            addr: "[fd00::2]:7420".parse().expect("addr"),
+            release: true,
+        }),
     ]
 }
 
@@ -158,4 +164,28 @@ fn gossip_datagrams_round_trip_and_bad_ones_are_refused() {
     assert!(matches!(strata_wire::decode_gossip(&other_version), Err(WireError::UnknownVersion(_))));
     let empty = strata_proto::v1::Datagram { version: VERSION, kind: None }.encode_to_vec();
     assert!(matches!(strata_wire::decode_gossip(&empty), Err(WireError::UnknownRequest)));
+}
+
+#[test]
+fn a_claim_needs_a_key_a_node_name_and_an_address() {
+    let claim = |key: Vec<u8>, node: &str, addr: &str| Request {
+        version: VERSION,
+        kind: Some(request::Kind::Claim(strata_proto::v1::Claim {
+            key,
+            node: node.into(),
+            addr: addr.into(),
+            release: false,
+        })),
+    };
+    let good = claim(vec![1; 32], "node-a", "127.0.0.1:7420");
+    assert!(matches!(decode_request(&good.encode_to_vec()), Ok(PeerRequest::Claim(c)) if !c.release));
+    for (bad, why) in [
+        (claim(vec![1; 31], "node-a", "127.0.0.1:7420"), "short key"),
+        (claim(vec![1; 32], "", "127.0.0.1:7420"), "no node name"),
+        (claim(vec![1; 32], &"n".repeat(254), "127.0.0.1:7420"), "node name too long"),
+        (claim(vec![1; 32], "node-a", "not an address"), "bad address"),
+    ] {
+        let refused = decode_request(&bad.encode_to_vec()).expect_err(why);
+        assert_eq!(refused.code(), ErrorCode::BadFrame, "{why}");
+    }
 }

@@ -38,8 +38,22 @@ impl Node {
         if holders.is_empty() {
             return Err(NodeError::NotFound(format!("no live node announces an image named {reference:?}")));
         }
+        self.pull_image_from(reference, &holders).await
+    }
+
+    /// Pulls `reference`'s metadata from the first of `holders` that
+    /// answers (each within the fetch deadline), as [`Self::pull_image`]
+    /// does once it found them; stored under the name `reference`.
+    ///
+    /// Errors: [`NodeError::Unavailable`] naming each holder and why it
+    /// failed; a store that cannot keep it.
+    pub async fn pull_image_from(
+        self: &Arc<Self>,
+        reference: &str,
+        holders: &[Holder],
+    ) -> Result<ImageId, NodeError> {
         let mut errors = Vec::new();
-        for holder in &holders {
+        for holder in holders {
             let fetched = async {
                 let connection = self.pool.get(holder.addr).await.map_err(|e| e.to_string())?;
                 crate::fetch_image(&connection, reference).await

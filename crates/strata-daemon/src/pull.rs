@@ -1,0 +1,274 @@
+//! `strata pull REF`: an image from its registry, or, with a node running,
+//! from the cluster when a node there holds it (the cluster as the
+//! registry's cache).
+//!
+//! Through a node, a pull resolves the reference to its platform manifest
+//! (small requests; none for an `@digest` reference some node holds), then
+//! looks for the image in the cluster by its repo digest name
+//! (`REPOSITORY@sha256:…`, [`strata_registry::ImageRef::digest_name`]):
+//!
+//! - a node holds it: only its metadata comes from that node (checked
+//!   against the manifest), its chunks follow on first read, as for any
+//!   lazy pull: no layer byte from the registry;
+//! - nobody does: the node claims the image at its directory node
+//!   ([`strata_node::Node::claim`]); the first claimer pulls it from the
+//!   registry and announces it, nodes asked at the same moment wait for
+//!   that and then take it from the cluster. So however many nodes are
+//!   asked at once, each layer blob leaves the registry once.
+
+use std::sync::Arc;
+
+use strata_control::{Imported, ImportedImage, Progress, PullSource, Pulled};
+use strata_node::{name_key, Claimed, Node};
+use strata_registry::{Credentials, ImageRef, Platform, Registry, RegistryError, Resolved};
+use strata_store::{ImageId, Store};
+
+use crate::cancel::Cancel;
+use crate::data_dir::DataDir;
+use crate::error::{Error, Result};
+use crate::ops::{imported, Reporter};
+
+/// How often a pull waiting on the cluster asks whether it was cancelled.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `strata pull REF` on `dir`: through the node when `dir` is the node's
+/// (see the module's doc), else straight from the registry. Credentials
+/// from the caller, else the settings' `[registry.auth]`, else docker's
+/// config.
+///
+/// Errors: a bad reference or platform; the registry's refusals
+/// (unauthorized, not found, …); [`Error::Cancelled`].
+pub fn pull(
+    dir: &DataDir,
+    reference: &str,
+    platform: Option<&str>,
+    credentials: Option<(String, strata_types::Secret)>,
+    progress: &(dyn Fn(Progress) + Sync),
+    cancel: &Cancel,
+) -> Result<Pulled> {
+    let image = ImageRef::parse(reference)?;
+    let platform = platform.map(Platform::parse).transpose()?.unwrap_or_else(Platform::host);
+    let explicit = credentials.map(|(username, password)| Credentials::Basic { username, password });
+    let credentials = Credentials::lookup(image.registry(), explicit, &dir.settings.registry.auth)?;
+    let registry = Registry::new(&dir.settings.registry, &image, &credentials)?;
+    let own;
+    let runtime = match (&dir.node, tokio::runtime::Handle::try_current()) {
+        (Some(node), _) => node.runtime().clone(),
+        (None, Ok(handle)) => handle,
+        (None, Err(_)) => {
+            own = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            own.handle().clone()
+        }
+    };
+    let puller = Puller { dir, runtime, registry, image, progress, cancel };
+    let result = match &dir.node {
+        Some(node) => puller.through_node(node, &platform),
+        None => puller.resolve(&platform).and_then(|resolved| puller.pull_registry(&resolved)),
+    };
+    match result {
+        Err(Error::Registry(RegistryError::Import {
+            source: strata_oci::ImportError::Cancelled, ..
+        })) => Err(Error::Cancelled),
+        other => other,
+    }
+}
+
+struct Puller<'a> {
+    dir: &'a DataDir,
+    runtime: tokio::runtime::Handle,
+    registry: Registry,
+    image: ImageRef,
+    progress: &'a (dyn Fn(Progress) + Sync),
+    cancel: &'a Cancel,
+}
+
+impl Puller<'_> {
+    fn reporter(&self) -> Reporter<'_> {
+        Reporter { progress: self.progress, cancel: self.cancel }
+    }
+
+    fn resolve(&self, platform: &Platform) -> Result<Resolved> {
+        Ok(strata_registry::resolve(&self.runtime, &self.registry, &self.image, platform, &self.reporter())?)
+    }
+
+    fn pull_registry(&self, resolved: &Resolved) -> Result<Pulled> {
+        let store = self.dir.write_store_unless(self.cancel)?;
+        let options = self.dir.settings.import_options(Vec::new());
+        let report = strata_registry::pull_resolved(
+            &self.runtime,
+            &store,
+            &self.registry,
+            &self.image,
+            resolved,
+            &options,
+            &self.reporter(),
+        )?;
+        Ok(Pulled {
+            name: report.name,
+            manifest_digest: report.manifest_digest,
+            source: PullSource::Registry,
+            from_node: None,
+            imported: imported(report.import),
+        })
+    }
+
+    /// The pull as a node runs it: from the store, the cluster, or the
+    /// registry, in that order (see the module's doc).
+    fn through_node(&self, node: &Arc<Node>, platform: &Platform) -> Result<Pulled> {
+        let store = node.store().clone();
+        // An @digest reference a node holds needs no registry request.
+        if let Some(digest) = self.image.digest() {
+            let name = self.image.store_name();
+            if let Some(id) = store.image_by_name(&name)? {
+                return self.named(&store, id, digest, (PullSource::Store, None), 0);
+            }
+            let holders: Vec<_> = self
+                .runtime
+                .block_on(node.lookup(&name_key(&name)))
+                .into_iter()
+                .filter(|h| h.complete && h.node != node.name())
+                .collect();
+            if !holders.is_empty() {
+                match self.runtime.block_on(node.pull_image_from(&name, &holders)) {
+                    Ok(id) => return self.take_cluster_copy(&store, id, digest, None, holders[0].node.clone()),
+                    Err(e) => tracing::warn!(error = %e, "the cluster's copy failed: asking the registry"),
+                }
+            }
+        }
+        let resolved = self.resolve(platform)?;
+        let digest_name = self.image.digest_name(&resolved.digest);
+        if let Some(id) = store.image_by_name(&digest_name)? {
+            return self.named(&store, id, &resolved.digest, (PullSource::Store, None), 0);
+        }
+        let claimed = self.until_cancelled(node.claim(name_key(&digest_name)))?;
+        match claimed {
+            Claimed::Holders(holders) => {
+                let from = holders[0].node.clone();
+                match self.runtime.block_on(node.pull_image_from(&digest_name, &holders)) {
+                    Ok(id) => return self.take_cluster_copy(&store, id, &resolved.digest, Some(&resolved), from),
+                    Err(e) => tracing::warn!(error = %e, "the cluster's copy failed: asking the registry"),
+                }
+                self.pull_registry(&resolved)
+            }
+            Claimed::Pull(claim) => {
+                let pulled = self.pull_registry(&resolved)?;
+                // Announced before the claim goes, so that nodes waiting
+                // on it find the image rather than claim it in turn.
+                if let Err(e) = self.runtime.block_on(node.announce_all()) {
+                    tracing::warn!(error = %e, "announcing a pulled image");
+                }
+                drop(claim);
+                Ok(pulled)
+            }
+        }
+    }
+
+    /// An image taken from `from`'s copy: checked against the manifest
+    /// when there is one (else its repo digest name is all there is to go
+    /// by), then named as the reference asks.
+    fn take_cluster_copy(
+        &self,
+        store: &Store,
+        id: ImageId,
+        digest: &str,
+        resolved: Option<&Resolved>,
+        from: String,
+    ) -> Result<Pulled> {
+        let record = store.image(&id)?.ok_or_else(|| Error::Refused(format!("image {id} vanished")))?;
+        let mut layers = Vec::new();
+        for layer in &record.layers {
+            let layer = strata_store::LayerId::from_slice(layer)?;
+            layers.push(store.layer(&layer)?.ok_or(strata_store::StoreError::MissingLayer(layer))?);
+        }
+        if let Some(resolved) = resolved {
+            if let Err(e) = resolved.check_image(&self.image, &record, &layers) {
+                // Not the manifest's image: its name goes, the registry's copy comes.
+                let _ = store.remove(&self.image.digest_name(digest));
+                tracing::warn!(peer = %from, error = %e, "a peer's copy is not the manifest's image");
+                return self.pull_registry(resolved);
+            }
+        }
+        let layers_added = layers.len() as u64;
+        self.named(store, id, digest, (PullSource::Cluster, Some(from)), layers_added)
+    }
+
+    /// The image `id`, named as the reference asks (a tag moves to it).
+    fn named(
+        &self,
+        store: &Store,
+        id: ImageId,
+        digest: &str,
+        (source, from_node): (PullSource, Option<String>),
+        layers_added: u64,
+    ) -> Result<Pulled> {
+        let name = self.image.store_name();
+        let record = store.image(&id)?.ok_or_else(|| Error::Refused(format!("image {id} vanished")))?;
+        let layers: Vec<strata_store::LayerId> =
+            record.layers.iter().map(|l| strata_store::LayerId::from_slice(l)).collect::<Result<_, _>>()?;
+        if store.image_by_name(&name)? != Some(id) {
+            let mut txn = store.begin_import()?;
+            txn.stage_image(record, vec![name.clone()]);
+            txn.commit()?;
+        }
+        let names = store.image_names(&id)?.into_iter().collect();
+        Ok(Pulled {
+            name,
+            manifest_digest: digest.to_owned(),
+            source,
+            from_node,
+            imported: Imported {
+                images: vec![ImportedImage { names, id, layers }],
+                layers_added,
+                ..Imported::default()
+            },
+        })
+    }
+
+    /// Waits on the node's future, given up when the caller cancels.
+    fn until_cancelled<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T> {
+        self.runtime.block_on(async {
+            let cancelled = async {
+                while !self.cancel.is_cancelled() {
+                    tokio::time::sleep(CANCEL_POLL).await;
+                }
+            };
+            tokio::select! {
+                done = work => Ok(done),
+                () = cancelled => Err(Error::Cancelled),
+            }
+        })
+    }
+}
+
+/// Makes `image` known on `ctx` before a mount or a run uses it: with a
+/// node running, the node finds it (in its store, in the cluster by name,
+/// else from its registry through the cluster); without one, a registry
+/// reference the store does not hold is pulled from its registry, as
+/// `docker run` pulls an image it does not have. Returns whether a node
+/// runs here.
+///
+/// Errors: the node's, or the store's lookup and the registry's refusal
+/// together.
+pub fn ensure_known(ctx: &DataDir, image: &str) -> Result<bool> {
+    if crate::client::pull(&ctx.path, image)? {
+        return Ok(true);
+    }
+    let missing = if ctx.store_dir().exists() {
+        let store = ctx.read_store()?;
+        match strata_oci::find_image(&store, image) {
+            Ok(_) => return Ok(false),
+            Err(e @ strata_store::StoreError::NoSuchImage(_)) => e,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        strata_store::StoreError::NoSuchImage(image.to_owned())
+    };
+    if ImageRef::parse(image).is_err() {
+        return Err(missing.into());
+    }
+    tracing::info!(image, "not in the store: pulling it from its registry");
+    match pull(ctx, image, None, None, &|_| {}, &Cancel::new()) {
+        Ok(_) => Ok(false),
+        Err(e) => Err(Error::Refused(format!("{missing}; from its registry: {}", crate::error::chain(&e)))),
+    }
+}
