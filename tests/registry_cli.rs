@@ -49,6 +49,29 @@ fn an_image_pulled_from_an_authenticated_registry_runs() {
     assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
 }
 
+/// `strata run REF` of an image the store lacks pulls it first, as `docker
+/// run` does, with the settings' credentials; a reference no registry
+/// serves fails naming both the store and the registry.
+#[test]
+fn run_pulls_an_image_the_store_lacks() {
+    let registry = TestRegistry::start();
+    let s = Strata::new();
+    registry.push(&busybox_image(&s), "busybox:1");
+    std::fs::create_dir_all(s.data_dir()).expect("data dir");
+    let config = format!(
+        "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
+        host = registry.host,
+        ca = registry.ca_file(),
+    );
+    std::fs::write(s.data_dir().join("strata.toml"), config).expect("settings");
+    let reference = format!("{}/busybox:1", registry.host);
+    assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
+    assert_eq!(s.json(&["images"]).as_array().expect("images").len(), 2, "the tag and the repo digest");
+    let missing = format!("{}/busybox:nope", registry.host);
+    let stderr = s.fails(&["run", &missing]);
+    assert!(stderr.contains("no image") && stderr.contains("not found"), "{stderr}");
+}
+
 #[test]
 fn a_wrong_password_is_refused_naming_the_registry_not_the_password() {
     let registry = TestRegistry::start();
