@@ -57,10 +57,8 @@ fn served(registry: &TestRegistry) -> u64 {
 
 fn main() {
     let n = common::arg("--nodes", 8) as usize;
-    let out_dir = std::env::args()
-        .skip_while(|a| a != "--out")
-        .nth(1)
-        .unwrap_or_else(|| "benches/results".into());
+    let out_dir =
+        std::env::args().skip_while(|a| a != "--out").nth(1).unwrap_or_else(|| "benches/results".into());
     let root = scratch("registry");
     let registry = TestRegistry::start();
     let archive = root.join("sample.tar");

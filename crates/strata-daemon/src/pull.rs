@@ -130,7 +130,9 @@ impl Puller<'_> {
                 .collect();
             if !holders.is_empty() {
                 match self.runtime.block_on(node.pull_image_from(&name, &holders)) {
-                    Ok(id) => return self.take_cluster_copy(&store, id, digest, None, holders[0].node.clone()),
+                    Ok(id) => {
+                        return self.take_cluster_copy(&store, id, digest, None, holders[0].node.clone())
+                    }
                     Err(e) => tracing::warn!(error = %e, "the cluster's copy failed: asking the registry"),
                 }
             }
@@ -145,7 +147,9 @@ impl Puller<'_> {
             Claimed::Holders(holders) => {
                 let from = holders[0].node.clone();
                 match self.runtime.block_on(node.pull_image_from(&digest_name, &holders)) {
-                    Ok(id) => return self.take_cluster_copy(&store, id, &resolved.digest, Some(&resolved), from),
+                    Ok(id) => {
+                        return self.take_cluster_copy(&store, id, &resolved.digest, Some(&resolved), from)
+                    }
                     Err(e) => tracing::warn!(error = %e, "the cluster's copy failed: asking the registry"),
                 }
                 self.pull_registry(&resolved)

@@ -1,6 +1,7 @@
 use std::io::Read;
 
 use futures_util::StreamExt;
+use oci_client::client::{BlobResponse, SizedStream};
 use strata_oci::{ImportError, ImportOptions, ImportProgress, ImportReport, LayerBlobs, ManifestImage};
 use strata_store::Store;
 use strata_types::OciDigest;
@@ -25,6 +26,11 @@ const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Stream items buffered between the download and the import, at most.
 const BUFFERED_ITEMS: usize = 64;
+
+/// A layer blob's download cut this many times is resumed with a Range
+/// request from the bytes received (the whole blob is still checked
+/// against its digest by the import); one more cut fails the pull.
+const MAX_RESUMES: u32 = 3;
 
 /// Pulls `image` (resolved to `platform`) from `registry` into `store`:
 /// the manifest and config first (checked against their digests, within
@@ -223,9 +229,43 @@ impl LayerBlobs for RegistryBlobs {
                 source: Box::new(self.registry.error(&self.image, e)),
             })?;
         let (tx, rx) = mpsc::channel(BUFFERED_ITEMS);
+        let (registry, image) = (self.registry.clone(), self.image.clone());
         self.runtime.spawn(async move {
-            let mut stream = stream;
-            while let Some(item) = stream.next().await {
+            let mut stream: SizedStream = stream;
+            let (mut received, mut resumes) = (0u64, 0u32);
+            // Bytes of a resumed response to drop: the registry ignored the
+            // Range and sent the blob from its start.
+            let mut skip = 0u64;
+            loop {
+                let item = match stream.next().await {
+                    None => return,
+                    Some(Ok(mut bytes)) => {
+                        let dropped = skip.min(bytes.len() as u64);
+                        skip -= dropped;
+                        let _ = bytes.split_to(dropped as usize);
+                        received += bytes.len() as u64;
+                        Ok(bytes)
+                    }
+                    Some(Err(e)) if resumes < MAX_RESUMES && received < size => {
+                        resumes += 1;
+                        tracing::warn!(%digest, received, error = %e, resumes, "blob download cut: resuming with a Range request");
+                        match registry.client.pull_blob_stream_partial(image.client_ref(), digest.as_str(), received, None).await {
+                            Ok(BlobResponse::Partial(rest)) => {
+                                stream = rest;
+                                continue;
+                            }
+                            Ok(BlobResponse::Full(whole)) => {
+                                (stream, skip) = (whole, received);
+                                continue;
+                            }
+                            Err(resume) => {
+                                tracing::warn!(%digest, error = %resume, "resuming failed");
+                                Err(e)
+                            }
+                        }
+                    }
+                    Some(Err(e)) => Err(e),
+                };
                 let failed = item.is_err();
                 // The import stopped reading: the download stops too.
                 if tx.send(item).await.is_err() || failed {

@@ -283,3 +283,77 @@ async fn a_missing_layer_blob_is_not_found_and_nothing_is_kept() {
     assert!(pulled.images().expect("images").is_empty());
     assert!(pulled.layers().expect("layers").is_empty());
 }
+
+/// A TCP proxy to `target` that cuts the first connection once it has
+/// carried `cut` bytes toward the client (a connection dropped midway
+/// through a blob); later connections pass whole. Returns its port and
+/// whether it cut.
+fn cutting_proxy(target: u16, cut: u64) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let did_cut = Arc::new(AtomicBool::new(false));
+    let flag = did_cut.clone();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().flatten().enumerate() {
+            let server = std::net::TcpStream::connect(("127.0.0.1", target)).expect("registry");
+            let (mut c_in, mut s_out) =
+                (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let (mut server, mut client) = (server, client);
+                let mut buf = [0u8; 16 << 10];
+                let mut sent = 0u64;
+                while let Ok(read) = std::io::Read::read(&mut server, &mut buf) {
+                    if read == 0 {
+                        break;
+                    }
+                    if n == 0 && sent + read as u64 > cut {
+                        flag.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    if client.write_all(&buf[..read]).is_err() {
+                        break;
+                    }
+                    sent += read as u64;
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, did_cut)
+}
+
+/// A connection dropped in the middle of a layer blob: the download
+/// resumes with a Range request (the registry answers 206) from the bytes
+/// received, and the image is the same as one pulled without a cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_midway_resumes_with_a_range_request() {
+    let registry = TestRegistry::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    pushed_sample(&registry, scratch.path(), "sample:1");
+    let direct = store(scratch.path(), "direct");
+    let whole = pull(&direct, &registry, &format!("{}/sample:1", registry.host), basic(PASSWORD))
+        .await
+        .expect("pull");
+    let port: u16 = registry.host.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let biggest = std::fs::metadata(biggest_blob(&registry).join("data")).expect("blob").len();
+    let (proxy, did_cut) = cutting_proxy(port, 64 << 10);
+    assert!(biggest > 128 << 10, "a blob the cut lands inside: {biggest}");
+    let host = format!("localhost:{proxy}");
+    let image = ImageRef::parse(&format!("{host}/sample:1")).expect("ref");
+    let settings = RegistrySettings {
+        ca_files: BTreeMap::from([(host.clone(), registry.ca_file())]),
+        ..Default::default()
+    };
+    let client = Registry::new(&settings, &image, &basic(PASSWORD)).expect("client");
+    let resumed = store(scratch.path(), "resumed");
+    let report = pull_with(&resumed, client, image).await.expect("a cut pull resumes");
+    assert!(did_cut.load(std::sync::atomic::Ordering::SeqCst), "the proxy cut a connection");
+    assert!(registry.log().contains("http.response.status=206"), "a Range request was answered");
+    assert_eq!(report.import.images[0].layers, whole.import.images[0].layers);
+}
