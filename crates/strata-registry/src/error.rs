@@ -58,6 +58,9 @@ impl RegistryError {
                 Self::Unauthorized { registry, detail: format!("401 for {}", without_query(&url)) }
             }
             E::ImageManifestNotFoundError(detail) => Self::NotFound { reference, detail },
+            E::DigestError(oci_client::errors::DigestError::VerificationError { expected, actual }) => {
+                Self::DigestMismatch { reference, what: "manifest".into(), expected, actual }
+            }
             E::RegistryError { envelope, url } => {
                 let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
                 let detail = envelope

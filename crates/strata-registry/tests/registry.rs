@@ -357,3 +357,35 @@ async fn a_connection_dropped_midway_resumes_with_a_range_request() {
     assert!(registry.log().contains("http.response.status=206"), "a Range request was answered");
     assert_eq!(report.import.images[0].layers, whole.import.images[0].layers);
 }
+
+/// A manifest whose bytes do not hash to the digest that names it (the
+/// registry's storage went bad, or a man in the middle): refused as a
+/// digest mismatch, by digest or by tag, and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_that_does_not_match_its_digest_is_refused() {
+    let registry = TestRegistry::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    pushed_sample(&registry, scratch.path(), "sample:1");
+    let probe = store(scratch.path(), "probe");
+    let good =
+        pull(&probe, &registry, &format!("{}/sample:1", registry.host), basic(PASSWORD)).await.expect("pull");
+    let hex = good.manifest_digest.strip_prefix("sha256:").expect("sha256");
+    let data = registry.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let mut bytes = std::fs::read(&data).expect("the manifest's blob");
+    // Still a valid manifest, other bytes.
+    bytes.push(b'\n');
+    std::fs::write(&data, bytes).expect("write");
+    let pulled = store(scratch.path(), "pulled");
+    for reference in
+        [format!("{}/sample@{}", registry.host, good.manifest_digest), format!("{}/sample:1", registry.host)]
+    {
+        let err = pull(&pulled, &registry, &reference, basic(PASSWORD)).await.expect_err("tampered");
+        match &err {
+            RegistryError::DigestMismatch { what, expected, .. } => {
+                assert_eq!((what.as_str(), expected.as_str()), ("manifest", good.manifest_digest.as_str()))
+            }
+            other => panic!("{reference}: {other}"),
+        }
+    }
+    assert!(pulled.images().expect("images").is_empty());
+}
