@@ -134,6 +134,7 @@ impl Settings {
             chunking: self.chunking,
             zstd_level: self.zstd_level,
             workers: self.import_workers,
+            ..strata_oci::ImportOptions::default()
         }
     }
 

@@ -26,6 +26,10 @@ pub struct ImportOptions {
     pub zstd_level: i32,
     /// Threads compressing and storing chunks.
     pub workers: usize,
+    /// Layers read and converted at the same time, at most (containerd
+    /// downloads three at a time by default; so does this). Each one read
+    /// from a registry streams over its own connection.
+    pub layers_at_once: usize,
 }
 
 impl Default for ImportOptions {
@@ -35,6 +39,7 @@ impl Default for ImportOptions {
             chunking: Chunking::default(),
             zstd_level: 3,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            layers_at_once: 3,
         }
     }
 }
@@ -212,6 +217,11 @@ pub fn import_archive(
 
 /// Imports planned images, their layer blobs read from `blobs`, in one
 /// store transaction.
+/// The results table's lock; a converter that panicked left it usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn import_plans(
     store: &Store,
     mut plans: Vec<ImagePlan>,
@@ -226,7 +236,6 @@ fn import_plans(
         plans[0].names = options.names.iter().map(|n| normalize_name(n)).collect::<Result<_, _>>()?;
     }
     let mut txn = store.begin_import()?;
-    let mut chunker = Chunker::new(options.chunking).map_err(|e| ImportError::Setup(e.to_string()))?;
 
     // Each distinct blob once, whatever number of images share it.
     let mut unique: Vec<LayerPlan> = Vec::new();
@@ -248,16 +257,56 @@ fn import_plans(
     let mut report = ImportReport::default();
     let converted = std::thread::scope(|scope| -> Result<Vec<(LayerIndex, LayerRecord)>, ImportError> {
         let pool = ChunkPool::start(scope, &txn, options.workers.max(1), options.zstd_level)?;
-        let mut sink = pool.sink();
+        // Layers go to `layers_at_once` converters in order; the first
+        // failure stops the others from taking another layer.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let results: Mutex<Vec<Option<Result<_, ImportError>>>> =
+            Mutex::new((0..unique.len()).map(|_| None).collect());
+        let converters = options.layers_at_once.clamp(1, unique.len().max(1));
+        let setup = std::thread::scope(|inner| -> Result<(), ImportError> {
+            let mut handles = Vec::new();
+            for _ in 0..converters {
+                let (next, failed, results, unique, pool) = (&next, &failed, &results, &unique, &pool);
+                let chunking = options.chunking;
+                handles.push(inner.spawn(move || -> Result<(), ImportError> {
+                let mut chunker = Chunker::new(chunking).map_err(|e| ImportError::Setup(e.to_string()))?;
+                let mut sink = pool.sink();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n >= unique.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    let layer = &unique[n];
+                    tracing::info!(member = %layer.member, layer = n + 1, of = unique.len(), "importing layer");
+                    progress.layer(&layer.member);
+                    let result = if progress.cancelled() {
+                        Err(ImportError::Cancelled)
+                    } else {
+                        convert_layer(blobs, layer, &mut chunker, &mut sink, progress)
+                    };
+                    if result.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    lock(results)[n] = Some(result);
+                }
+            }));
+            }
+            let mut setup = Ok(());
+            for handle in handles {
+                match handle.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => setup = Err(e),
+                    Err(_) => setup = Err(ImportError::Setup("a layer converter panicked".into())),
+                }
+            }
+            setup
+        });
+        let finished = pool.finish();
+        setup?;
         let mut out = Vec::new();
-        for (n, layer) in unique.iter().enumerate() {
-            tracing::info!(member = %layer.member, layer = n + 1, of = unique.len(), "importing layer");
-            progress.layer(&layer.member);
-            let result = if progress.cancelled() {
-                Err(ImportError::Cancelled)
-            } else {
-                convert_layer(blobs, layer, &mut chunker, &mut sink, progress)
-            };
+        // The first failing layer in order names the failure.
+        for result in std::mem::take(&mut *lock(&results)).into_iter().flatten() {
             match result {
                 Ok((index, record, summary)) => {
                     report.blob_bytes += record.blob_size;
@@ -265,8 +314,6 @@ fn import_plans(
                     out.push((index, record));
                 }
                 Err(e) => {
-                    drop(sink);
-                    pool.finish().ok();
                     // A read refused because of a cancel surfaces as the
                     // layer's error: say what it was.
                     if progress.cancelled() {
@@ -277,8 +324,10 @@ fn import_plans(
                 }
             }
         }
-        drop(sink);
-        pool.finish()?;
+        finished?;
+        if out.len() != unique.len() {
+            return Err(ImportError::Setup("a layer was left unconverted".into()));
+        }
         Ok(out)
     })?;
 
