@@ -67,6 +67,10 @@ fn run_pulls_an_image_the_store_lacks() {
     let reference = format!("{}/busybox:1", registry.host);
     assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
     assert_eq!(s.json(&["images"]).as_array().expect("images").len(), 2, "the tag and the repo digest");
+    // As `docker rmi`: the last tag takes the repo digest name with it.
+    s.ok(&["rm", &reference]);
+    assert_eq!(s.json(&["images"]), serde_json::json!([]));
+    assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
     let missing = format!("{}/busybox:nope", registry.host);
     let stderr = s.fails(&["run", &missing]);
     assert!(stderr.contains("no image") && stderr.contains("not found"), "{stderr}");

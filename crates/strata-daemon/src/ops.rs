@@ -126,12 +126,20 @@ pub fn rm(dir: &DataDir, references: &[String]) -> Result<Vec<Removed>> {
     let mut targets = Vec::new();
     for reference in references {
         let found = strata_oci::find_image(&store, reference)?;
-        let removes_image = found.named.is_none() || found.names.len() <= 1;
+        // As `docker rmi`: an image's last tag takes its repo digest names
+        // (`REPO@sha256:…`, kept by registry pulls) with it.
+        let other_tags =
+            found.names.iter().filter(|n| Some(*n) != found.named.as_ref() && !n.contains('@')).count();
+        let removes_image = found.named.is_none() || other_tags == 0;
         let mount = mounted.iter().find(|(id, _)| *id == found.id.to_hex());
         if let (true, Some((_, mountpoint))) = (removes_image, mount) {
             refuse!("{reference} is mounted at {}: unmount it first", mountpoint.display());
         }
-        targets.push(found.named.unwrap_or_else(|| reference.clone()));
+        targets.push(match found.named {
+            Some(name) if !removes_image => name,
+            // By id: every name goes.
+            _ => found.id.to_hex(),
+        });
     }
     let mut out = Vec::new();
     for target in targets {

@@ -267,7 +267,7 @@ pub fn ensure_known(ctx: &DataDir, image: &str) -> Result<bool> {
     } else {
         strata_store::StoreError::NoSuchImage(image.to_owned())
     };
-    if ImageRef::parse(image).is_err() {
+    if looks_like_id(image) || ImageRef::parse(image).is_err() {
         return Err(missing.into());
     }
     tracing::info!(image, "not in the store: pulling it from its registry");
@@ -275,4 +275,12 @@ pub fn ensure_known(ctx: &DataDir, image: &str) -> Result<bool> {
         Ok(_) => Ok(false),
         Err(e) => Err(Error::Refused(format!("{missing}; from its registry: {}", crate::error::chain(&e)))),
     }
+}
+
+/// Whether `reference` reads as an image id or id prefix (`blake3:…`, or
+/// four or more hex digits, as `strata images` shows ids): such a reference
+/// is never sent to a registry as a repository name.
+pub fn looks_like_id(reference: &str) -> bool {
+    let hex = reference.strip_prefix("blake3:").unwrap_or(reference);
+    reference.starts_with("blake3:") || (hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }

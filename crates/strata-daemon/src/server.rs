@@ -307,7 +307,7 @@ async fn answer(control: &Arc<Control>, request: Request) -> Reply {
             // Neither here nor announced by name in the cluster: a registry
             // reference is pulled as `strata pull` does (through the
             // cluster, once for all the nodes asked at the same moment).
-            Err(strata_node::NodeError::NotFound(why)) => {
+            Err(strata_node::NodeError::NotFound(why)) if !crate::pull::looks_like_id(&reference) => {
                 let (control, cancel) = (control.clone(), control.stopping.child());
                 let span = tracing::info_span!("pull", reference = %reference);
                 let pulled = tokio::task::spawn_blocking(move || {

@@ -77,9 +77,11 @@ pub struct Resolved {
 
 impl Resolved {
     /// Checks that an image found elsewhere under this manifest's digest
-    /// (a peer's copy) is this manifest's image: its config has the
-    /// manifest's config digest and its layers, in order, the manifest's
-    /// layer digests and count.
+    /// (a peer's copy) is this manifest's image: its config hashes to the
+    /// manifest's config digest, its layers are, in order, the manifest's
+    /// layer digests and the config's diff_ids. The layers' indexes are the
+    /// peer's word (their chunks are verified as they are read, not their
+    /// tar against the diff_id).
     ///
     /// Errors: [`RegistryError::BadManifest`] when the manifest does not
     /// parse; [`RegistryError::DigestMismatch`] naming what differs.
@@ -107,8 +109,25 @@ impl Resolved {
             expected: expected.to_owned(),
             actual: actual.to_owned(),
         };
-        if record.config_digest != manifest.config.digest {
-            return Err(mismatch("config".into(), &manifest.config.digest, &record.config_digest));
+        let config_digest = strata_types::OciDigest::sha256_of(&record.config).to_string();
+        if record.config_digest != manifest.config.digest || config_digest != manifest.config.digest {
+            return Err(mismatch("config".into(), &manifest.config.digest, &config_digest));
+        }
+        #[derive(Deserialize)]
+        struct Config {
+            rootfs: RootFs,
+        }
+        #[derive(Deserialize)]
+        struct RootFs {
+            diff_ids: Vec<String>,
+        }
+        let config: Config = serde_json::from_slice(&record.config).map_err(|e| {
+            RegistryError::BadManifest { reference: reference.to_string(), detail: format!("config: {e}") }
+        })?;
+        for (i, (layer, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+            if layer.diff_id != *diff_id {
+                return Err(mismatch(format!("diff_id of layer {i}"), diff_id, &layer.diff_id));
+            }
         }
         if layers.len() != manifest.layers.len() {
             return Err(mismatch(

@@ -238,7 +238,12 @@ impl LayerBlobs for RegistryBlobs {
             let mut skip = 0u64;
             loop {
                 let item = match stream.next().await {
-                    None => return,
+                    None if received >= size || resumes >= MAX_RESUMES => return,
+                    // Ended short of the blob's size without an error: resumed as a cut.
+                    None => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the blob ended after {received} of {size} bytes"),
+                    )),
                     Some(Ok(mut bytes)) => {
                         let dropped = skip.min(bytes.len() as u64);
                         skip -= dropped;
@@ -246,25 +251,36 @@ impl LayerBlobs for RegistryBlobs {
                         received += bytes.len() as u64;
                         Ok(bytes)
                     }
-                    Some(Err(e)) if resumes < MAX_RESUMES && received < size => {
+                    Some(Err(e)) => Err(e),
+                };
+                let item = match item {
+                    Err(e) if resumes < MAX_RESUMES && received < size => {
                         resumes += 1;
                         tracing::warn!(%digest, received, error = %e, resumes, "blob download cut: resuming with a Range request");
                         match registry.client.pull_blob_stream_partial(image.client_ref(), digest.as_str(), received, None).await {
-                            Ok(BlobResponse::Partial(rest)) => {
+                            // A 206 must hold exactly the rest of the blob.
+                            Ok(BlobResponse::Partial(rest))
+                                if rest.content_length.is_none_or(|n| n == size - received) =>
+                            {
                                 stream = rest;
                                 continue;
                             }
+                            Ok(BlobResponse::Partial(rest)) => Err(std::io::Error::other(format!(
+                                "{e}; resuming at byte {received}: the registry sent {:?} bytes, not the {} left",
+                                rest.content_length,
+                                size - received
+                            ))),
                             Ok(BlobResponse::Full(whole)) => {
                                 (stream, skip) = (whole, received);
                                 continue;
                             }
-                            Err(resume) => {
-                                tracing::warn!(%digest, error = %resume, "resuming failed");
-                                Err(e)
-                            }
+                            Err(resume) => Err(std::io::Error::other(format!(
+                                "{e}; resuming at byte {received} failed: {}",
+                                registry.error(&image, resume)
+                            ))),
                         }
                     }
-                    Some(Err(e)) => Err(e),
+                    other => other,
                 };
                 let failed = item.is_err();
                 // The import stopped reading: the download stops too.
