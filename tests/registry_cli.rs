@@ -257,5 +257,25 @@ fn nodes_asked_at_once_read_each_blob_from_the_registry_once() {
     let second = format!("{}/tools/busybox:2", registry.host);
     assert_eq!(dirs[NODES - 1].ok(&["run", &second]), "strata-busybox\n");
     assert_eq!(registry.blob_downloads().len(), before, "{:?}", registry.blob_downloads());
+
+    // Pinned by digest on a node that no longer has it: the cluster's copy
+    // proves itself with the manifest it keeps (its sha256 is the digest),
+    // so not even a manifest request reaches the registry.
+    let last = &dirs[NODES - 1];
+    last.ok(&["rm", &reference, &second]);
+    let manifests = |registry: &TestRegistry| {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("response completed") && l.contains("/manifests/"))
+            .count()
+    };
+    let asked = manifests(&registry);
+    let pinned = format!("{}/tools/busybox@{digest}", registry.host);
+    let by_digest = last.json(&["pull", &pinned]);
+    assert_eq!(by_digest["source"], "cluster", "{by_digest:#}");
+    assert_eq!(by_digest["manifest_digest"], digest);
+    assert_eq!(manifests(&registry), asked, "no manifest request for a digest the cluster holds");
+    assert_eq!(last.ok(&["run", &pinned]), "strata-busybox\n");
     drop(nodes);
 }

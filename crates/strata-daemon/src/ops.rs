@@ -123,7 +123,9 @@ pub(crate) fn imported(report: strata_oci::ImportReport) -> Imported {
 pub fn rm(dir: &DataDir, references: &[String]) -> Result<Vec<Removed>> {
     let store = dir.write_store()?;
     let mounted = crate::mount::mounted_image_ids(&dir.path)?;
-    let mut targets = Vec::new();
+    let mut out = Vec::new();
+    // One after another, as `docker rmi A B`: each sees what the ones
+    // before it left (the second of two tags is the image's last).
     for reference in references {
         let found = strata_oci::find_image(&store, reference)?;
         // As `docker rmi`: an image's last tag takes its repo digest names
@@ -135,14 +137,11 @@ pub fn rm(dir: &DataDir, references: &[String]) -> Result<Vec<Removed>> {
         if let (true, Some((_, mountpoint))) = (removes_image, mount) {
             refuse!("{reference} is mounted at {}: unmount it first", mountpoint.display());
         }
-        targets.push(match found.named {
+        let target = match found.named {
             Some(name) if !removes_image => name,
             // By id: every name goes.
             _ => found.id.to_hex(),
-        });
-    }
-    let mut out = Vec::new();
-    for target in targets {
+        };
         let outcome = store.remove(&target)?;
         out.push(Removed {
             image: outcome.image,

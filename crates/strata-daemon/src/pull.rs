@@ -116,24 +116,26 @@ impl Puller<'_> {
     /// registry, in that order (see the module's doc).
     fn through_node(&self, node: &Arc<Node>, platform: &Platform) -> Result<Pulled> {
         let store = node.store().clone();
-        // An @digest reference a node holds needs no registry request.
+        // An @digest reference that the store or a node holds with the
+        // manifest it names needs no registry request: the manifest's
+        // sha256 proves what the image is, for any platform.
         if let Some(digest) = self.image.digest() {
             let name = self.image.store_name();
             if let Some(id) = store.image_by_name(&name)? {
-                return self.named(&store, id, digest, (PullSource::Store, None), 0);
+                let record = store.image(&id)?;
+                if record.is_some_and(|r| Resolved::kept_by(digest, &r).is_some()) {
+                    return self.named(&store, id, digest, (PullSource::Store, None), 0);
+                }
             }
-            let holders: Vec<_> = self
-                .runtime
-                .block_on(node.lookup(&name_key(&name)))
-                .into_iter()
-                .filter(|h| h.complete && h.node != node.name())
-                .collect();
+            let holders = self.complete_holders(node, &name);
             if !holders.is_empty() {
-                match self.runtime.block_on(node.pull_image_from(&name, &holders)) {
-                    Ok(id) => {
-                        return self.take_cluster_copy(&store, id, digest, None, holders[0].node.clone())
-                    }
-                    Err(e) => tracing::warn!(error = %e, "the cluster's copy failed: asking the registry"),
+                let check = |record: &strata_store::ImageRecord, layers: &[&strata_store::LayerRecord]| {
+                    let resolved = Resolved::kept_by(digest, record)
+                        .ok_or_else(|| format!("its manifest is not {digest}"))?;
+                    resolved.check_image(&self.image, record, layers).map_err(|e| e.to_string())
+                };
+                if let Some(pulled) = self.take_from_cluster(node, &store, &name, digest, &holders, &check) {
+                    return pulled;
                 }
             }
         }
@@ -142,19 +144,24 @@ impl Puller<'_> {
         if let Some(id) = store.image_by_name(&digest_name)? {
             return self.named(&store, id, &resolved.digest, (PullSource::Store, None), 0);
         }
+        let check = |record: &strata_store::ImageRecord, layers: &[&strata_store::LayerRecord]| {
+            resolved.check_image(&self.image, record, layers).map_err(|e| e.to_string())
+        };
         let claimed = self.until_cancelled(node.claim(name_key(&digest_name)))?;
         match claimed {
             Claimed::Holders(holders) => {
-                let from = holders[0].node.clone();
-                match self.runtime.block_on(node.pull_image_from(&digest_name, &holders)) {
-                    Ok(id) => {
-                        return self.take_cluster_copy(&store, id, &resolved.digest, Some(&resolved), from)
-                    }
-                    Err(e) => tracing::warn!(error = %e, "the cluster's copy failed: asking the registry"),
+                if let Some(pulled) =
+                    self.take_from_cluster(node, &store, &digest_name, &resolved.digest, &holders, &check)
+                {
+                    return pulled;
                 }
                 self.pull_registry(&resolved)
             }
             Claimed::Pull(claim) => {
+                // Another pull here may have finished while this one waited.
+                if let Some(id) = store.image_by_name(&digest_name)? {
+                    return self.named(&store, id, &resolved.digest, (PullSource::Store, None), 0);
+                }
                 let pulled = self.pull_registry(&resolved)?;
                 // Announced before the claim goes, so that nodes waiting
                 // on it find the image rather than claim it in turn.
@@ -167,33 +174,51 @@ impl Puller<'_> {
         }
     }
 
-    /// An image taken from `from`'s copy: checked against the manifest
-    /// when there is one (else its repo digest name is all there is to go
-    /// by), then named as the reference asks.
-    fn take_cluster_copy(
+    /// The live nodes other than this one that announce `name` whole.
+    fn complete_holders(&self, node: &Arc<Node>, name: &str) -> Vec<strata_node::Holder> {
+        self.runtime
+            .block_on(node.lookup(&name_key(name)))
+            .into_iter()
+            .filter(|h| h.complete && h.node != node.name())
+            .collect()
+    }
+
+    /// The image `name` names on one of `holders`, taken from the first
+    /// whose copy `check` accepts (only its metadata: its chunks follow on
+    /// first read), named as the reference asks. `None` when every holder
+    /// failed or was refused (logged): the caller asks the registry.
+    fn take_from_cluster(
         &self,
+        node: &Arc<Node>,
         store: &Store,
-        id: ImageId,
+        name: &str,
         digest: &str,
-        resolved: Option<&Resolved>,
-        from: String,
-    ) -> Result<Pulled> {
-        let record = store.image(&id)?.ok_or_else(|| Error::Refused(format!("image {id} vanished")))?;
-        let mut layers = Vec::new();
-        for layer in &record.layers {
-            let layer = strata_store::LayerId::from_slice(layer)?;
-            layers.push(store.layer(&layer)?.ok_or(strata_store::StoreError::MissingLayer(layer))?);
-        }
-        if let Some(resolved) = resolved {
-            if let Err(e) = resolved.check_image(&self.image, &record, &layers) {
-                // Not the manifest's image: its name goes, the registry's copy comes.
-                let _ = store.remove(&self.image.digest_name(digest));
-                tracing::warn!(peer = %from, error = %e, "a peer's copy is not the manifest's image");
-                return self.pull_registry(resolved);
+        holders: &[strata_node::Holder],
+        check: &strata_node::ImageCheck<'_>,
+    ) -> Option<Result<Pulled>> {
+        // Layers this node lacked before: what the pull added.
+        let added = std::sync::atomic::AtomicU64::new(0);
+        let counted = |record: &strata_store::ImageRecord, layers: &[&strata_store::LayerRecord]| {
+            check(record, layers)?;
+            let new = record
+                .layers
+                .iter()
+                .filter_map(|l| strata_store::LayerId::from_slice(l).ok())
+                .filter(|l| !matches!(store.layer(l), Ok(Some(_))))
+                .count();
+            added.store(new as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        };
+        match self.runtime.block_on(node.pull_image_from(name, holders, &counted)) {
+            Ok((id, from)) => {
+                let added = added.load(std::sync::atomic::Ordering::Relaxed);
+                Some(self.named(store, id, digest, (PullSource::Cluster, Some(from)), added))
+            }
+            Err(e) => {
+                tracing::warn!(image = name, error = %e, "no node's copy could be taken: asking the registry");
+                None
             }
         }
-        let layers_added = layers.len() as u64;
-        self.named(store, id, digest, (PullSource::Cluster, Some(from)), layers_added)
     }
 
     /// The image `id`, named as the reference asks (a tag moves to it).

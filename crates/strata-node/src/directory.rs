@@ -67,10 +67,13 @@ impl Directory {
     }
 
     /// `node` asks for the claim on `key` (or renews its own) as of `now`:
-    /// granted for `lease` unless a complete holder makes it moot or
-    /// another node's claim is still running.
+    /// granted for `lease` unless another node holding it complete makes it
+    /// moot or another node's claim is still running. The asker's own entry
+    /// does not count: it asks because it lacks the key (an entry left from
+    /// before it removed the image or restarted is stale).
     pub fn claim(&mut self, key: &[u8; 32], node: &str, now: Instant, lease: Duration) -> ClaimState {
-        let complete: Vec<Holder> = self.holders(key, now).into_iter().filter(|h| h.complete).collect();
+        let complete: Vec<Holder> =
+            self.holders(key, now).into_iter().filter(|h| h.complete && h.node != node).collect();
         if !complete.is_empty() {
             self.claims.remove(key);
             return ClaimState::Complete(complete);
@@ -233,6 +236,10 @@ mod tests {
             ClaimState::Complete(holders) => assert_eq!(holders[0].node, "c"),
             other => panic!("{other:?}"),
         }
+        // c asking means it lost the image (removed it, or a restart): its
+        // own entry does not send it to itself.
+        assert_eq!(d.claim(&key, "c", later, lease), ClaimState::Granted);
+        assert_eq!(d.claim(&key, "d", later, lease), ClaimState::Complete(d.holders(&key, later)));
     }
 
     #[test]

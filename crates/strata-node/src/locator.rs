@@ -177,7 +177,10 @@ impl Locator {
                 Ok(Ok(replies)) => match replies.first().and_then(|r| r.kind.clone()) {
                     Some(Kind::Claim(reply)) => return Some(claim_state(reply, &self.me.name)),
                     other => {
-                        tracing::debug!(peer = %node.addr, reply = ?other, "a claim answered out of turn")
+                        // A node that does not know claims (an older
+                        // version) is passed over; its connection is fine.
+                        tracing::debug!(peer = %node.addr, reply = ?other, "a claim answered out of turn");
+                        continue;
                     }
                 },
                 Ok(Err(e)) => tracing::debug!(peer = %node.addr, error = %e, "claim not answered"),

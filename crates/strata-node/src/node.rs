@@ -31,6 +31,7 @@ mod profile;
 mod pull;
 
 pub use claim::{ClaimGuard, Claimed};
+pub use pull::ImageCheck;
 
 use announce::announce_loop;
 
@@ -73,6 +74,9 @@ pub struct Node {
     progress: Arc<LayerProgress>,
     /// Images whose startup profile is being prefetched.
     prefetching: Mutex<std::collections::HashSet<ImageId>>,
+    /// Keys this node holds the claim on (see [`Node::claim`]): a second
+    /// pull of one image here waits on the first, as other nodes do.
+    claims: Mutex<std::collections::HashSet<Key>>,
     pub(crate) throttle: Throttle,
     pub(crate) metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
@@ -145,6 +149,7 @@ impl Node {
                 fetcher,
                 progress,
                 prefetching: Mutex::default(),
+                claims: Mutex::default(),
                 metrics,
                 runtime: tokio::runtime::Handle::current(),
                 stopping,

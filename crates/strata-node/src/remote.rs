@@ -43,7 +43,7 @@ pub async fn fetch_image(connection: &Connection, reference: &str) -> Result<Rem
         Some(Kind::Image(image)) => {
             let record = image.record.clone().ok_or("image reply without a record")?;
             let id = ImageId::from_slice(&image.image_id).map_err(|e| e.to_string())?;
-            if ImageId::of(&record.encode_to_vec()) != id {
+            if strata_store::image_id(&record) != id {
                 return Err(format!("the peer's record for {reference} does not hash to {id}"));
             }
             let profile = strata_wire::profile(&image.startup_profile).unwrap_or_else(|e| {

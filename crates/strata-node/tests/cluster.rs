@@ -338,6 +338,15 @@ fn one_node_claims_an_image_the_others_wait_and_take_it_from_that_node() {
     drop(failing);
     assert!(matches!(wait(b), Claimed::Pull(_)), "B pulls once A gave up");
 
+    // Two pulls of one image on one node: the second waits on the first.
+    let key = name_key("registry.example/app@sha256:cdef");
+    let Claimed::Pull(first) = wait(claim(1, key)) else { panic!("the first asker pulls") };
+    let second = claim(1, key);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!second.is_finished(), "a second pull on the same node waits for the first");
+    drop(first);
+    assert!(matches!(wait(second), Claimed::Pull(_)), "then it goes on");
+
     // A leaves while it holds a claim: the waiter gets it once A is down.
     let key = name_key("registry.example/app@sha256:89ab");
     let Claimed::Pull(held) = wait(claim(0, key)) else { panic!("the first asker pulls") };

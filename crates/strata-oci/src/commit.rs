@@ -72,8 +72,8 @@ pub fn add_layer(
     let mut layers = base.layers.clone();
     layers.push(layer.as_bytes().to_vec());
     let config_digest = OciDigest::sha256_of(&config).to_string();
-    let image = ImageRecord { layers, config, config_digest };
-    let id = ImageId::of(&prost::Message::encode_to_vec(&image));
+    let image = ImageRecord { layers, config, config_digest, manifest: Vec::new() };
+    let id = strata_store::image_id(&image);
     let names = if names.is_empty() { vec![id.to_hex()] } else { names };
     txn.stage_image(image, names.clone());
     let summary_of_commit = txn.commit()?;

@@ -18,6 +18,8 @@ pub(crate) struct ImagePlan {
     pub config: Vec<u8>,
     pub config_digest: OciDigest,
     pub layers: Vec<LayerPlan>,
+    /// The manifest's bytes, kept with the image (empty for docker-save).
+    pub manifest: Vec<u8>,
 }
 
 /// One layer blob and what it must hash to.
@@ -98,7 +100,7 @@ fn docker_save(archive: &Archive) -> Result<Vec<ImagePlan>, ImportError> {
             .iter()
             .map(|n| normalize_name(n))
             .collect::<Result<_, _>>()?;
-        plans.push(ImagePlan { names, config, config_digest: actual, layers });
+        plans.push(ImagePlan { names, config, config_digest: actual, layers, manifest: Vec::new() });
     }
     Ok(plans)
 }
@@ -264,7 +266,9 @@ fn image_from_manifest(archive: &Archive, d: &Descriptor) -> Result<ImagePlan, I
     let manifest: ImageManifest =
         serde_json::from_slice(&bytes).map_err(|e| ImportError::member(&member, e))?;
     let (config_member, config) = read_blob(archive, manifest.config(), &member)?;
-    plan_from_manifest(&member, &manifest, &config_member, config)
+    let mut plan = plan_from_manifest(&member, &manifest, &config_member, config)?;
+    plan.manifest = bytes.to_vec();
+    Ok(plan)
 }
 
 /// The plan of an image from its manifest (read from `member`) and its
@@ -314,7 +318,7 @@ pub(crate) fn plan_from_manifest(
             diff_id,
         });
     }
-    Ok(ImagePlan { names: Vec::new(), config, config_digest, layers })
+    Ok(ImagePlan { names: Vec::new(), config, config_digest, layers, manifest: Vec::new() })
 }
 
 #[cfg(test)]

@@ -190,6 +190,7 @@ pub fn import_manifest(
         });
     }
     let mut plan = plan_from_manifest("manifest", &manifest, "config", image.config.to_vec())?;
+    plan.manifest = image.manifest.to_vec();
     plan.names = image.names.iter().map(|n| normalize_name(n)).collect::<Result<_, _>>()?;
     import_plans(store, vec![plan], blobs, &ImportOptions { names: Vec::new(), ..options.clone() }, progress)
 }
@@ -359,8 +360,9 @@ fn stage_image(
         layers: layers.iter().map(|l| l.as_bytes().to_vec()).collect(),
         config: plan.config,
         config_digest: plan.config_digest.to_string(),
+        manifest: plan.manifest,
     };
-    let id = ImageId::of(&prost::Message::encode_to_vec(&record));
+    let id = strata_store::image_id(&record);
     // An image without a name is known by its id.
     let names = if plan.names.is_empty() { vec![id.to_hex()] } else { plan.names };
     txn.stage_image(record, names.clone());

@@ -76,6 +76,22 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// The manifest `record` keeps, when it hashes to `digest` (the image
+    /// manifest's own digest, `sha256:<hex>`): a stored or a peer's image
+    /// named `REPOSITORY@digest` proves that it is that manifest's image
+    /// without asking the registry. `None` when the record keeps no
+    /// manifest (imported before manifests were kept, or from a docker-save
+    /// archive) or another one (the name is an index's digest).
+    pub fn kept_by(digest: &str, record: &strata_store::ImageRecord) -> Option<Resolved> {
+        let kept = !record.manifest.is_empty()
+            && strata_types::OciDigest::sha256_of(&record.manifest).to_string() == digest;
+        kept.then(|| Resolved {
+            digest: digest.to_owned(),
+            manifest: record.manifest.clone(),
+            index_digest: None,
+        })
+    }
+
     /// Checks that an image found elsewhere under this manifest's digest
     /// (a peer's copy) is this manifest's image: its config hashes to the
     /// manifest's config digest, its layers are, in order, the manifest's
@@ -89,7 +105,7 @@ impl Resolved {
         &self,
         reference: &ImageRef,
         record: &strata_store::ImageRecord,
-        layers: &[strata_store::LayerRecord],
+        layers: &[&strata_store::LayerRecord],
     ) -> Result<(), RegistryError> {
         #[derive(Deserialize)]
         struct Manifest {

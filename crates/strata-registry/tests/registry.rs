@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use strata_oci::{ArchiveLayout, ImportOptions, LayerCompression, NoProgress};
 use strata_registry::{Credentials, ImageRef, Platform, Registry, RegistryError, RegistrySettings, Secret};
-use strata_sample::registry::{TestRegistry, PASSWORD, USER};
+use strata_sample::registry::{Auth, TestRegistry, PASSWORD, USER};
 use strata_store::{OpenMode, Store};
 
 fn settings(registry: &TestRegistry) -> RegistrySettings {
@@ -115,6 +115,54 @@ async fn wrong_or_missing_credentials_are_refused_naming_the_registry_and_store_
         assert!(!message.contains("wrong password") && !message.contains(PASSWORD), "{message}");
     }
     assert!(pulled.images().expect("images").is_empty());
+}
+
+/// The bearer-token flow (distribution's token authentication): the
+/// registry challenges, the client asks the token server named in the
+/// challenge for a token for the repository's pull scope with its basic
+/// credentials, and pulls with it. Wrong credentials are refused by the
+/// token server, an anonymous token grants nothing: both a clear 401
+/// naming the registry, no secret shown, nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_flow_asks_for_the_pull_scope_and_refuses_wrong_or_missing_credentials() {
+    let registry = TestRegistry::start_with(Auth::Token);
+    let tokens = registry.tokens.as_ref().expect("token server");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let archive = pushed_sample(&registry, scratch.path(), "team/sample:1");
+    let pushed = tokens.requests().len();
+    assert!(pushed > 0, "skopeo pushed with a token");
+
+    let pulled = store(scratch.path(), "pulled");
+    let reference = format!("{}/team/sample:1", registry.host);
+    let report = pull(&pulled, &registry, &reference, basic(PASSWORD)).await.expect("pull with a token");
+    let asked = &tokens.requests()[pushed..];
+    assert!(!asked.is_empty(), "the pull asked the token server");
+    for request in asked {
+        assert_eq!(request.user.as_deref(), Some(USER));
+        assert_eq!(
+            request.scopes,
+            vec!["repository:team/sample:pull".to_owned()],
+            "pull only, this repository"
+        );
+        assert!(request.granted);
+    }
+    let imported = store(scratch.path(), "imported");
+    let local = strata_oci::import_archive(&imported, &archive, &ImportOptions::default(), &NoProgress)
+        .expect("import");
+    assert_eq!(report.import.images[0].id, local.images[0].id, "the same image as its archive");
+
+    let refused = store(scratch.path(), "refused");
+    for credentials in [basic("wrong password"), Credentials::Anonymous] {
+        let err = pull(&refused, &registry, &reference, credentials).await.expect_err("refused");
+        let message = err.to_string();
+        assert!(matches!(err, RegistryError::Unauthorized { .. }), "{message}");
+        assert!(message.contains(&registry.host), "names the registry: {message}");
+        assert!(!message.contains("wrong password") && !message.contains(PASSWORD), "{message}");
+        assert!(!message.contains("eyJ"), "no token in the message: {message}");
+    }
+    let last = tokens.requests();
+    assert!(last.iter().any(|r| !r.granted), "the wrong password reached the token server and was refused");
+    assert!(refused.images().expect("images").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,9 +332,9 @@ async fn a_missing_layer_blob_is_not_found_and_nothing_is_kept() {
     assert!(pulled.layers().expect("layers").is_empty());
 }
 
-/// A TCP proxy to `target` that cuts the first connection once it has
-/// carried `cut` bytes toward the client (a connection dropped midway
-/// through a blob); later connections pass whole. Returns its port and
+/// A TCP proxy to `target` that cuts the first connection to carry `cut`
+/// bytes toward the client (a connection dropped midway through a blob);
+/// every other connection passes whole. Returns its port and
 /// whether it cut.
 fn cutting_proxy(target: u16, cut: u64) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -295,7 +343,7 @@ fn cutting_proxy(target: u16, cut: u64) -> (u16, Arc<std::sync::atomic::AtomicBo
     let did_cut = Arc::new(AtomicBool::new(false));
     let flag = did_cut.clone();
     std::thread::spawn(move || {
-        for (n, client) in listener.incoming().flatten().enumerate() {
+        for client in listener.incoming().flatten() {
             let server = std::net::TcpStream::connect(("127.0.0.1", target)).expect("registry");
             let (mut c_in, mut s_out) =
                 (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
@@ -311,8 +359,10 @@ fn cutting_proxy(target: u16, cut: u64) -> (u16, Arc<std::sync::atomic::AtomicBo
                     if read == 0 {
                         break;
                     }
-                    if n == 0 && sent + read as u64 > cut {
-                        flag.store(true, Ordering::SeqCst);
+                    // The first connection to carry more than `cut` bytes
+                    // is cut (which one depends on how the client spreads
+                    // its requests over connections).
+                    if sent + read as u64 > cut && !flag.swap(true, Ordering::SeqCst) {
                         break;
                     }
                     if client.write_all(&buf[..read]).is_err() {

@@ -38,5 +38,17 @@ pub use source::{ChunkSource, SourceError, StoreSource};
 pub use stats::StoreStats;
 pub use store::{OpenMode, Store};
 pub use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord};
+
+/// An image record's id: BLAKE3 of its encoding with the manifest left
+/// out, so that one image's layers and config are one id whether it came
+/// from a registry (manifest kept), a docker-save archive or a commit.
+pub fn image_id(record: &ImageRecord) -> strata_types::ImageId {
+    use prost::Message;
+    if record.manifest.is_empty() {
+        return strata_types::ImageId::of(&record.encode_to_vec());
+    }
+    let bare = ImageRecord { manifest: Vec::new(), ..record.clone() };
+    strata_types::ImageId::of(&bare.encode_to_vec())
+}
 pub use strata_types::{ChunkId, ImageId, LayerId};
 pub use txn::ImportTxn;

@@ -53,11 +53,12 @@ impl Store {
         let Some(bytes) = self.db.get_pinned_cf(self.cf(schema::IMAGES), id.as_bytes())? else {
             return Ok(None);
         };
-        let actual = ImageId::of(&bytes);
+        let record = ImageRecord::decode(&*bytes).map_err(|e| StoreError::decode("image", id, e))?;
+        let actual = crate::image_id(&record);
         if actual != *id {
             return Err(StoreError::CorruptImage { id: *id, actual });
         }
-        ImageRecord::decode(&*bytes).map(Some).map_err(|e| StoreError::decode("image", id, e))
+        Ok(Some(record))
     }
 
     pub fn image_by_name(&self, name: &str) -> Result<Option<ImageId>, StoreError> {

@@ -13,7 +13,7 @@ pub const CHUNK_META: &str = "chunk_meta";
 pub const LAYERS: &str = "layers";
 /// Encoded LayerIndex by LayerId; LayerId = BLAKE3 of the value.
 pub const INDEXES: &str = "indexes";
-/// ImageRecord by ImageId; ImageId = BLAKE3 of the value.
+/// ImageRecord by ImageId; ImageId = [`crate::image_id`] of the value.
 pub const IMAGES: &str = "images";
 /// Image name (`repo:tag`) to ImageId.
 pub const NAMES: &str = "names";

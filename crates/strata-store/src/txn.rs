@@ -140,7 +140,7 @@ impl ImportTxn<'_> {
     /// Stages an image under `names` (at least one). Its layers must be staged
     /// in this transaction or already stored.
     pub fn stage_image(&mut self, record: ImageRecord, names: Vec<String>) -> ImageId {
-        let id = ImageId::of(&record.encode_to_vec());
+        let id = crate::image_id(&record);
         self.images.push(StagedImage { id, record, names });
         id
     }

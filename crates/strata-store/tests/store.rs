@@ -45,6 +45,7 @@ fn import(store: &Store, name: &str, data: &[u8]) -> LayerId {
         layers: vec![layer.as_bytes().to_vec()],
         config: b"{}".to_vec(),
         config_digest: String::new(),
+        manifest: Vec::new(),
     };
     txn.stage_image(image, vec![name.to_owned()]);
     txn.commit().unwrap();
@@ -75,6 +76,30 @@ fn committed_images_read_back_verified() {
         (1, data.len() as u64, data.len() as u64, 1)
     );
     assert!(stats.stored_bytes < stats.unique_bytes, "text compresses");
+}
+
+/// A registry image keeps its manifest, which does not change its id: the
+/// same layers and config are one image however they were packaged.
+#[test]
+fn a_manifest_does_not_change_an_images_id_and_the_first_record_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    import(&store, "app:1", b"one layer");
+    let (bare_id, bare) = store.resolve("app:1").unwrap();
+    let with_manifest = ImageRecord { manifest: br#"{"schemaVersion":2}"#.to_vec(), ..bare.clone() };
+    assert_eq!(strata_store::image_id(&with_manifest), bare_id);
+    let mut txn = store.begin_import().unwrap();
+    assert_eq!(
+        txn.stage_image(with_manifest.clone(), vec!["registry.example/app@sha256:ab".into()]),
+        bare_id
+    );
+    txn.commit().unwrap();
+    // The record stored first stays (as a layer's record does).
+    assert_eq!(store.image(&bare_id).unwrap().unwrap(), bare);
+    // (An image that arrives with its manifest keeps it: the registry
+    // tests' pull by digest from a peer relies on it.)
+    let other_config = ImageRecord { config: b"{\"x\":1}".to_vec(), ..with_manifest };
+    assert_ne!(strata_store::image_id(&other_config), bare_id, "the config is part of the id");
 }
 
 #[test]
@@ -144,7 +169,12 @@ fn gc_leaves_what_an_open_import_has_pinned() {
     // ...and the import commits a readable image.
     let layer = txn.stage_layer(&index, record(shared.len() as u64)).unwrap();
     txn.stage_image(
-        ImageRecord { layers: vec![layer.as_bytes().to_vec()], config: vec![], config_digest: String::new() },
+        ImageRecord {
+            layers: vec![layer.as_bytes().to_vec()],
+            config: vec![],
+            config_digest: String::new(),
+            manifest: Vec::new(),
+        },
         vec!["new:1".into()],
     );
     txn.commit().unwrap();

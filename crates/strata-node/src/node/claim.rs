@@ -35,6 +35,9 @@ pub struct ClaimGuard {
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
+        if let Some(node) = self.node.upgrade() {
+            node.claims.lock().remove(&self.key);
+        }
         let Some(renew) = self.renew.take() else { return };
         renew.abort();
         if let Some(node) = self.node.upgrade() {
@@ -57,6 +60,16 @@ impl Node {
     pub async fn claim(self: &Arc<Self>, key: Key) -> Claimed {
         let mut waited_on: Option<String> = None;
         loop {
+            // A pull of this image already runs here: wait for it as other
+            // nodes do (the directory grants a node's claim to it again).
+            if !self.claims.lock().insert(key) {
+                tokio::time::sleep(CLAIM_POLL).await;
+                continue;
+            }
+            // Reserved here until the directory answers (given back if this
+            // future is dropped meanwhile): kept when the claim is this
+            // node's, given back otherwise.
+            let reserved = ClaimGuard { key, node: Arc::downgrade(self), renew: None };
             match self.locator.claim(&key, false).await {
                 Some(ClaimState::Complete(holders)) => {
                     let holders: Vec<Holder> =
@@ -65,14 +78,15 @@ impl Node {
                         return Claimed::Holders(holders);
                     }
                     // Only this node holds it (a restart): pull again.
-                    return Claimed::Pull(self.hold_claim(key));
+                    return Claimed::Pull(self.hold_claim(reserved));
                 }
-                Some(ClaimState::Granted) => return Claimed::Pull(self.hold_claim(key)),
+                Some(ClaimState::Granted) => return Claimed::Pull(self.hold_claim(reserved)),
                 None => {
                     tracing::warn!("no directory node answered a claim: pulling without one");
-                    return Claimed::Pull(ClaimGuard { key, node: Arc::downgrade(self), renew: None });
+                    return Claimed::Pull(reserved);
                 }
                 Some(ClaimState::HeldBy(other)) => {
+                    drop(reserved);
                     if waited_on.as_deref() != Some(other.as_str()) {
                         tracing::info!(claimer = %other, "another node is pulling this image: waiting for it");
                         waited_on = Some(other);
@@ -83,10 +97,10 @@ impl Node {
         }
     }
 
-    fn hold_claim(self: &Arc<Self>, key: Key) -> ClaimGuard {
-        let node = Arc::downgrade(self);
+    /// `reserved` made this node's claim: renewed until dropped.
+    fn hold_claim(self: &Arc<Self>, mut reserved: ClaimGuard) -> ClaimGuard {
+        let (key, node) = (reserved.key, reserved.node.clone());
         let renew = self.runtime.spawn({
-            let node = node.clone();
             async move {
                 loop {
                     tokio::time::sleep(CLAIM_LEASE / 3).await;
@@ -101,6 +115,7 @@ impl Node {
                 }
             }
         });
-        ClaimGuard { key, node, renew: Some(renew) }
+        reserved.renew = Some(renew);
+        reserved
     }
 }

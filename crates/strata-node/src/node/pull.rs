@@ -5,9 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use strata_store::{ImageId, LayerId, Store, StoreError};
+use strata_store::{ImageId, ImageRecord, LayerId, LayerRecord, Store, StoreError};
 
 use super::*;
+
+/// A check of a peer's copy of an image before anything of it is stored:
+/// its record and its layers' records; `Err` says why it is refused.
+pub type ImageCheck<'a> = dyn Fn(&ImageRecord, &[&LayerRecord]) -> Result<(), String> + Sync + 'a;
 
 impl Node {
     /// Makes `reference` (an image name) known here: its record and layer
@@ -38,25 +42,34 @@ impl Node {
         if holders.is_empty() {
             return Err(NodeError::NotFound(format!("no live node announces an image named {reference:?}")));
         }
-        self.pull_image_from(reference, &holders).await
+        Ok(self.pull_image_from(reference, &holders, &|_, _| Ok(())).await?.0)
     }
 
     /// Pulls `reference`'s metadata from the first of `holders` that
-    /// answers (each within the fetch deadline), as [`Self::pull_image`]
-    /// does once it found them; stored under the name `reference`.
+    /// answers (each within the fetch deadline) with an image `check`
+    /// accepts, as [`Self::pull_image`] does once it found them; stored
+    /// under the name `reference`. `check` sees the image record and its
+    /// layers' records before anything is stored: a holder whose copy it
+    /// refuses is passed over for the next, and nothing of it is kept.
+    ///
+    /// Returns the image's id and the name of the node it came from.
     ///
     /// Errors: [`NodeError::Unavailable`] naming each holder and why it
-    /// failed; a store that cannot keep it.
+    /// failed or was refused; a store that cannot keep it.
     pub async fn pull_image_from(
         self: &Arc<Self>,
         reference: &str,
         holders: &[Holder],
-    ) -> Result<ImageId, NodeError> {
+        check: &ImageCheck<'_>,
+    ) -> Result<(ImageId, String), NodeError> {
         let mut errors = Vec::new();
         for holder in holders {
             let fetched = async {
                 let connection = self.pool.get(holder.addr).await.map_err(|e| e.to_string())?;
-                crate::fetch_image(&connection, reference).await
+                let image = crate::fetch_image(&connection, reference).await?;
+                let records: Vec<&LayerRecord> = image.layers.iter().map(|l| &l.record).collect();
+                check(&image.record, &records).map_err(|e| format!("refused: {e}"))?;
+                Ok::<_, String>(image)
             };
             match tokio::time::timeout(self.config.fetch_deadline, fetched).await {
                 Ok(Ok(crate::RemoteImage { id, record, layers, profile })) => {
@@ -92,7 +105,7 @@ impl Node {
                         node.announce(&[name], &partial).await;
                         node.start_prefetch(id);
                     });
-                    return Ok(id);
+                    return Ok((id, holder.node.clone()));
                 }
                 Ok(Err(e)) => errors.push(format!("{} ({e})", holder.node)),
                 Err(_) => errors
