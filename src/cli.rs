@@ -56,6 +56,21 @@ pub enum Command {
         #[arg(long, requires = "username")]
         password_stdin: bool,
     },
+    /// Push an image to a registry: each layer as the blob it was pulled as when
+    /// the registry has it or mounts it, else its tar gzip-compressed
+    /// deterministically (a second push sends nothing). Credentials as for pull.
+    Push {
+        /// The image in the store: name, id or unique id prefix.
+        image: String,
+        /// Where to push it: host:port/repo:tag (as docker writes references).
+        reference: String,
+        /// The registry user name; the password comes from stdin (--password-stdin).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password from standard input (its first line).
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
     /// List images.
     Images,
     /// Show an image: config and layers.

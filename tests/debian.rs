@@ -93,3 +93,60 @@ fn strata_run_starts_busybox_from_a_mount_in_its_own_namespaces() {
     let runs = s.data_dir().join("run");
     assert!(std::fs::read_dir(&runs).map_or(true, |mut d| d.next().is_none()), "no run directory is left");
 }
+
+/// Docker's image ID is the sha256 of the config, which names each layer
+/// tar's sha256: an image keeps it through `strata import` and `strata
+/// export` only if every layer tar comes back bit for bit. The layer here is
+/// one Docker itself stored (`docker import` of Debian's own package tar,
+/// GNU format with dpkg's member order), not one Strata would write.
+#[test]
+fn an_image_docker_saved_keeps_its_image_id_through_strata() {
+    let s = Strata::new();
+    let image = "strata-test/identity:1";
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().expect("docker CLI");
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let layer = s.path("busybox-static.tar");
+    std::fs::write(&layer, debian_package_layer("busybox-static").unwrap()).unwrap();
+    let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+    docker(&[
+        "import",
+        "--change",
+        r#"CMD ["/bin/busybox", "echo", "identity kept"]"#,
+        layer.to_str().unwrap(),
+        image,
+    ]);
+    let upstream_id = docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+    let upstream_layers = docker(&["image", "inspect", "-f", "{{json .RootFS.Layers}}", image]);
+    let saved = s.path("saved.tar");
+    docker(&["save", "-o", saved.to_str().unwrap(), image]);
+    docker(&["rmi", image]);
+
+    s.import(&saved);
+    let inspect = s.json(&["inspect", image]);
+    let diff_ids: Vec<String> = inspect["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serde_json::to_string(&diff_ids).unwrap(), upstream_layers);
+    for compression in ["gzip", "none"] {
+        let exported = s.path(&format!("exported-{compression}.tar"));
+        let report =
+            s.json(&["export", image, "-o", exported.to_str().unwrap(), "--compression", compression]);
+        assert_eq!(report["layers"][0]["diff_id"], diff_ids[0].as_str(), "{compression}");
+        docker(&["load", "-i", exported.to_str().unwrap()]);
+        let loaded_id = docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+        let run = Command::new("docker")
+            .args(["run", "--rm", "--network=none", image])
+            .output()
+            .expect("docker run");
+        docker(&["rmi", image]);
+        assert_eq!(loaded_id, upstream_id, "{compression}: docker shows another image ID");
+        assert!(run.status.success(), "docker run: {}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(String::from_utf8_lossy(&run.stdout), "identity kept\n");
+    }
+}

@@ -279,3 +279,113 @@ fn nodes_asked_at_once_read_each_blob_from_the_registry_once() {
     assert_eq!(last.ok(&["run", &pinned]), "strata-busybox\n");
     drop(nodes);
 }
+
+/// Settings with the registry's CA and credentials.
+fn trust_with_credentials(s: &Strata, registry: &TestRegistry) {
+    std::fs::create_dir_all(s.data_dir()).expect("data dir");
+    let config = format!(
+        "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
+        host = registry.host,
+        ca = registry.ca_file(),
+    );
+    std::fs::write(s.data_dir().join("strata.toml"), config).expect("settings");
+}
+
+/// `strata push`: an image pulled from the registry goes back as the blobs
+/// and manifest it came as (a HEAD per blob; a mount into another
+/// repository); an image from an archive goes up recompressed, once: the
+/// second push sends nothing. What was pushed pulls back as the same
+/// image, and skopeo and umoci see the same files.
+#[test]
+fn push_sends_each_blob_once_and_keeps_the_image() {
+    let registry = TestRegistry::start();
+    let s = Strata::new();
+    let archive = busybox_image(&s);
+    registry.push(&archive, "tools/busybox:1");
+    trust_with_credentials(&s, &registry);
+    let host = &registry.host;
+    let pulled = s.json(&["pull", &format!("{host}/tools/busybox:1")]);
+    let upstream = pulled["manifest_digest"].as_str().expect("digest").to_owned();
+
+    // Pulled, pushed back: nothing sent, the manifest is upstream's.
+    let before = registry.blob_uploads();
+    let same_repo =
+        s.json(&["push", &format!("{host}/tools/busybox:1"), &format!("{host}/tools/busybox:again")]);
+    assert_eq!(same_repo["manifest_digest"], upstream.as_str());
+    assert_eq!(same_repo["upstream_manifest"], true);
+    assert_eq!(same_repo["bytes_uploaded"], 0);
+    assert!(same_repo["layers"].as_array().expect("layers").iter().all(|l| l["outcome"] == "existed"));
+    // Into another repository: mounted, not sent.
+    let mirror = s.json(&["push", &format!("{host}/tools/busybox:1"), &format!("{host}/mirror/busybox:1")]);
+    assert_eq!(mirror["manifest_digest"], upstream.as_str());
+    assert!(
+        mirror["layers"].as_array().expect("layers").iter().all(|l| l["outcome"] == "mounted"),
+        "{mirror}"
+    );
+    assert_eq!(registry.blob_uploads(), before, "no blob uploaded");
+
+    // From an archive: recompressed and sent once; the config (the image
+    // ID) as imported.
+    // (Another store: in this one the archive's image is the pulled one,
+    // which keeps its manifest and repository names.)
+    let s = Strata::new();
+    trust_with_credentials(&s, &registry);
+    s.ok(&["import", archive.to_str().expect("utf-8"), "--name", "local/busybox:1"]);
+    let local = s.json(&["inspect", "local/busybox:1"]);
+    let fresh = format!("{host}/fresh/busybox:1");
+    let first = s.json(&["push", "local/busybox:1", &fresh]);
+    assert!(
+        first["layers"].as_array().expect("layers").iter().all(|l| l["outcome"] == "uploaded"),
+        "{first}"
+    );
+    assert_eq!(first["upstream_manifest"], false);
+    let uploads = registry.blob_uploads();
+    assert_eq!(uploads, before + 3, "two layers and the config");
+    let second = s.json(&["push", "local/busybox:1", &fresh]);
+    assert_eq!(second["manifest_digest"], first["manifest_digest"], "a push is deterministic");
+    assert_eq!(second["bytes_uploaded"], 0);
+    assert_eq!(registry.blob_uploads(), uploads, "the second push sends nothing");
+    for (layer, pushed) in
+        local["layers"].as_array().expect("layers").iter().zip(first["layers"].as_array().expect("layers"))
+    {
+        assert_eq!(layer["diff_id"], pushed["diff_id"], "each layer tar as imported");
+    }
+
+    // Pulled back elsewhere: the same image and layers.
+    let other = Strata::new();
+    trust_with_credentials(&other, &registry);
+    other.json(&["pull", &fresh]);
+    let back = other.json(&["inspect", &fresh]);
+    assert_eq!(back["id"], local["id"], "the same image");
+    let ids = |v: &serde_json::Value| {
+        v["layers"].as_array().expect("layers").iter().map(|l| l["id"].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&back), ids(&local));
+
+    // Other tools see the files.
+    let oci = s.path("skopeo-oci");
+    let creds = format!("{USER}:{PASSWORD}");
+    let certs = registry.ca_file().parent().expect("certs dir").to_owned();
+    let copy = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-creds", &creds, "--src-cert-dir", certs.to_str().expect("utf-8")])
+        .arg(format!("docker://{fresh}"))
+        .arg(format!("oci:{}:busybox", oci.display()))
+        .output()
+        .expect("skopeo");
+    assert!(copy.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&copy.stderr));
+    let bundle = s.path("bundle");
+    let unpack = std::process::Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:busybox", oci.display()), bundle.to_str().expect("utf-8")])
+        .output()
+        .expect("umoci");
+    assert!(unpack.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&unpack.stderr));
+    assert_eq!(std::fs::read(bundle.join("rootfs/etc/strata-release")).expect("file"), b"strata-busybox\n");
+    assert!(std::fs::metadata(bundle.join("rootfs/bin/busybox")).expect("busybox").len() > 1_900_000);
+
+    // Credentials that may not push are refused, naming the registry.
+    let stranger = Strata::new();
+    trust(&stranger, &registry);
+    stranger.ok(&["import", archive.to_str().expect("utf-8"), "--name", "x/busybox:1"]);
+    let err = stranger.fails(&["push", "x/busybox:1", &format!("{host}/denied/busybox:1")]);
+    assert!(err.contains(host.as_str()), "{err}");
+}

@@ -183,6 +183,35 @@ fn stats(s: &StoreStats) {
     println!("on disk:        {}", bytes(s.disk_bytes));
 }
 
+/// `strata push`.
+pub fn push(
+    ctx: &Ctx,
+    image: &str,
+    reference: &str,
+    credentials: Option<(String, strata_types::Secret)>,
+) -> anyhow::Result<()> {
+    let report = strata_daemon::pull::push(&ctx.dir, image, reference, credentials)?;
+    if ctx.json {
+        return ctx.print_json(&report);
+    }
+    for layer in &report.layers {
+        let how = match layer.outcome {
+            strata_registry::BlobOutcome::Existed => "already there",
+            strata_registry::BlobOutcome::Mounted => "mounted",
+            strata_registry::BlobOutcome::Uploaded => "uploaded",
+        };
+        let hex = layer.digest.trim_start_matches("sha256:");
+        println!("{}: {how} ({})", &hex[..hex.len().min(12)], bytes(layer.size));
+    }
+    println!(
+        "pushed {image} to {}@{} ({} sent)",
+        report.reference,
+        report.manifest_digest,
+        bytes(report.bytes_uploaded)
+    );
+    Ok(())
+}
+
 /// `strata export`.
 pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -> anyhow::Result<()> {
     let compression = match compression {

@@ -35,6 +35,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             routed(&ctx, Routed::Pull { reference, platform, credentials })
         }
+        Command::Push { image, reference, username, password_stdin } => {
+            let credentials = match username {
+                Some(username) if password_stdin => Some((username, read_password()?)),
+                _ => None,
+            };
+            images::push(&ctx, &image, &reference, credentials)
+        }
         Command::Images => routed(&ctx, Routed::Images),
         Command::Inspect { image } => routed(&ctx, Routed::Inspect { image }),
         Command::Export { image, output, compression } => images::export(&ctx, &image, &output, compression),

@@ -282,12 +282,15 @@ pub fn inspect(dir: &DataDir, reference: &str) -> Result<ImageDetails> {
     let name = found.display_name();
     let strata_oci::FoundImage { id, record, names, .. } = found;
     let mut layers = Vec::new();
-    for raw in &record.layers {
+    // The diff_ids this image's config names: one file tree (one LayerId)
+    // can come in other tars in other images.
+    let diff_ids = strata_oci::config_diff_ids(&record.config);
+    for (i, raw) in record.layers.iter().enumerate() {
         let layer_id = LayerId::from_slice(raw)?;
         let layer = store.layer(&layer_id)?.with_context(|| format!("layer {layer_id} is missing"))?;
         layers.push(LayerDetails {
             id: layer_id,
-            diff_id: layer.diff_id,
+            diff_id: diff_ids.get(i).cloned().unwrap_or(layer.diff_id),
             blob_digest: layer.blob_digest,
             media_type: layer.blob_media_type,
             files: layer.entries,

@@ -309,3 +309,51 @@ pub fn looks_like_id(reference: &str) -> bool {
     let hex = reference.strip_prefix("blake3:").unwrap_or(reference);
     reference.starts_with("blake3:") || (hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
+
+/// `strata push NAME REF` on `dir`: the image named `image` to the
+/// registry `reference` names ([`strata_registry::push`]). Chunks a lazily
+/// pulled image lacks come through the node, as for export; with no node,
+/// refused before anything is sent, saying how much is missing.
+/// Credentials as for [`pull`]: the caller's, else the settings', else
+/// docker's config.
+pub fn push(
+    dir: &DataDir,
+    image: &str,
+    reference: &str,
+    credentials: Option<(String, strata_types::Secret)>,
+) -> Result<strata_registry::PushReport> {
+    let target = ImageRef::parse(reference)?;
+    let explicit = credentials.map(|(username, password)| Credentials::Basic { username, password });
+    let credentials = Credentials::lookup(target.registry(), explicit, &dir.settings.registry.auth)?;
+    let registry = Registry::new(&dir.settings.registry, &target, &credentials)?;
+    let store = dir.read_store()?;
+    let found = strata_oci::find_image(&store, image)?;
+    let missing = strata_oci::missing_chunks(&store, &found.record)?;
+    let chunks = crate::chunks::ImageChunks::new(
+        dir.node.as_ref(),
+        store.clone(),
+        &dir.store_dir(),
+        &dir.path,
+        image,
+    )?;
+    if missing.chunks > 0 && !chunks.fetches() {
+        return Err(crate::chunks::missing_error(image, missing, &dir.path));
+    }
+    let own;
+    let runtime = match &dir.node {
+        Some(node) => node.runtime().clone(),
+        None => {
+            own = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            own.handle().clone()
+        }
+    };
+    let image = strata_registry::PushImage { record: &found.record, names: &found.names };
+    Ok(strata_registry::push(
+        &runtime,
+        &store,
+        &registry,
+        &target,
+        image,
+        &mut crate::chunks::LayerChunks(&chunks),
+    )?)
+}

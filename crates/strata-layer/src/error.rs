@@ -15,6 +15,10 @@ pub enum LayerError {
     Index(String),
     #[error("writing layer tar: {0}")]
     Write(#[source] io::Error),
+    #[error("tar-split: {0}")]
+    Split(String),
+    #[error("chunk {chunk}: {source}")]
+    Source { chunk: strata_types::ChunkId, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 /// What is wrong with one member.

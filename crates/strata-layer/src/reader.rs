@@ -1,11 +1,13 @@
+use std::cell::RefCell;
 use std::io::{self, Read};
 
 use strata_chunk::Chunker;
-use strata_proto::v1::{ChunkRef, Entry, Xattr};
+use strata_proto::v1::{ChunkRef, Entry, TarSplit, Xattr};
 use strata_types::ChunkId;
 use tar::EntryType;
 
 use crate::path::{join, split_parent};
+use crate::split::{Recorder, Recording};
 use crate::tree::Tree;
 use crate::{
     display_path, normalize_member_path, pax, EntryKind, EntryProblem, LayerError, LayerIndex, MAX_PATH_LEN,
@@ -29,14 +31,27 @@ pub struct LayerSummary {
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
+/// What [`read_layer`] made of one tar.
+#[derive(Debug)]
+pub struct LayerRead {
+    /// The canonical index.
+    pub index: LayerIndex,
+    pub summary: LayerSummary,
+    /// How to write this very tar again ([`crate::write_split`]), or why it
+    /// could not be kept (see [`crate::MAX_SPLIT_RAW_ZSTD`]).
+    pub split: Result<TarSplit, String>,
+}
+
 /// Reads an uncompressed layer tar to its end (the caller may be hashing the
-/// stream) and returns its canonical index.
+/// stream) and returns its canonical index and its tar-split.
 pub fn read_layer<R: Read, S: ChunkSink>(
     reader: R,
     chunker: &mut Chunker,
     sink: &mut S,
-) -> Result<(LayerIndex, LayerSummary), LayerError> {
-    let mut archive = tar::Archive::new(TailReader::new(reader));
+) -> Result<LayerRead, LayerError> {
+    let recorder = Recorder::new();
+    let recording = Recording { inner: reader, recorder: recorder.clone() };
+    let mut archive = tar::Archive::new(TailReader::new(recording));
     let mut tree = Tree::default();
     let mut last = String::from("(start of archive)");
     {
@@ -46,7 +61,8 @@ pub fn read_layer<R: Read, S: ChunkSink>(
             let mut entry = entry.map_err(|source| LayerError::Stream { after: last.clone(), source })?;
             let raw_path = entry.path_bytes().into_owned();
             let member = String::from_utf8_lossy(&raw_path).into_owned();
-            add_member(&mut tree, &mut entry, &raw_path, chunker, sink).map_err(|e| e.at(&member))?;
+            add_member(&mut tree, &mut entry, &raw_path, chunker, sink, &recorder)
+                .map_err(|e| e.at(&member))?;
             last = member;
         }
     }
@@ -66,7 +82,8 @@ pub fn read_layer<R: Read, S: ChunkSink>(
             summary.chunk_refs += e.chunks.len() as u64;
         }
     }
-    Ok((index, summary))
+    let split = recorder.borrow_mut().finish();
+    Ok(LayerRead { index, summary, split })
 }
 
 /// An error about the current member, before we know its display name.
@@ -106,6 +123,7 @@ fn add_member<R: Read, S: ChunkSink>(
     raw_path: &[u8],
     chunker: &mut Chunker,
     sink: &mut S,
+    recorder: &RefCell<Recorder>,
 ) -> Result<(), MemberError> {
     let entry_type = entry.header().entry_type();
     if matches!(entry_type, EntryType::XGlobalHeader) {
@@ -211,6 +229,12 @@ fn add_member<R: Read, S: ChunkSink>(
     };
     if kind == EntryKind::File {
         let declared = entry.size();
+        // Contents read as they lie in the stream: the split keeps them as
+        // chunks. A sparse file's stream is its map and data, kept raw.
+        let in_split = declared > 0 && matches!(entry_type, EntryType::Regular | EntryType::Continuous);
+        if in_split {
+            recorder.borrow_mut().begin_file(entry.raw_file_position(), declared);
+        }
         let mut chunks = Vec::new();
         let mut offset = 0u64;
         let present = chunker.split::<_, MemberError, _>(&mut *entry, |data| {
@@ -222,6 +246,9 @@ fn add_member<R: Read, S: ChunkSink>(
         })?;
         if present != declared {
             return Err(EntryProblem::Truncated { declared, present }.into());
+        }
+        if in_split {
+            recorder.borrow_mut().end_file(&chunks);
         }
         node.size = present;
         node.chunks = chunks;

@@ -5,7 +5,10 @@ use std::convert::Infallible;
 
 use proptest::prelude::*;
 use strata_chunk::{Chunker, Chunking};
-use strata_layer::{read_layer, write_layer, ChunkSink, ChunkSource, EntryKind, LayerError, LayerIndex};
+use strata_layer::{
+    chunks_outside_index, load_split, put_split, read_layer, write_layer, write_split, ChunkSink,
+    ChunkSource, EntryKind, LayerError, LayerIndex, TarSplit,
+};
 use strata_types::{ChunkId, LayerId};
 use tar::{EntryType, Header};
 
@@ -38,8 +41,8 @@ fn small_chunks() -> Chunker {
 
 fn read(tar: &[u8]) -> Result<(LayerIndex, Chunks), LayerError> {
     let mut chunks = Chunks::default();
-    let (index, _) = read_layer(tar, &mut small_chunks(), &mut chunks)?;
-    Ok((index, chunks))
+    let read = read_layer(tar, &mut small_chunks(), &mut chunks)?;
+    Ok((read.index, chunks))
 }
 
 fn layer_id(index: &LayerIndex) -> LayerId {
@@ -484,4 +487,160 @@ fn aufs_metadata_never_shows_and_plnk_hardlinks_keep_their_content() {
     assert_eq!(bytes, b"linked content");
     assert_eq!(kind_of(&index, "bin/b"), Some(EntryKind::Hardlink));
     assert_eq!(entry(&index, "bin/b").unwrap().link_target, b"bin/a");
+}
+
+/// Reads `tar`, keeps its split in the chunk store, loads it back and
+/// writes the tar again from the split and the stored chunks.
+fn rebuilt(tar: &[u8]) -> (Vec<u8>, TarSplit, LayerIndex) {
+    let mut chunks = Chunks::default();
+    let mut chunker = small_chunks();
+    let read = read_layer(tar, &mut chunker, &mut chunks).unwrap();
+    let split = read.split.expect("split kept");
+    let kept = put_split(&split, &read.index, "sha256:test".into(), &mut chunker, &mut chunks).unwrap();
+    let loaded = load_split(&kept, &mut chunks).unwrap();
+    assert_eq!(loaded, split);
+    let mut out = Vec::new();
+    let n = write_split(&loaded, &mut chunks, &mut out).unwrap();
+    assert_eq!(n, out.len() as u64);
+    (out, split, read.index)
+}
+
+fn gnu_long_names() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let long = format!("./{}/{}", "d".repeat(120), "f".repeat(130));
+    let mut h = Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(3000);
+    b.append_data(&mut h, &long, &noise(3000, 9)[..]).unwrap();
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    b.append_link(&mut h, "./link", format!("./{}", "t".repeat(200))).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn every_tar_is_rebuilt_bit_for_bit_from_its_split() {
+    let mut trailing = every_kind();
+    // GNU tar pads to 10 KiB records; some tools leave bytes after the end.
+    trailing.extend_from_slice(&[0; 8192]);
+    trailing.extend_from_slice(b"bytes after the end-of-archive blocks");
+    let decoys =
+        TarBuilder::new().file("a", b"first").file("a", b"second").dir("d").file("d/x", b"").finish();
+    let aufs = TarBuilder::new()
+        .dir(".wh..wh.plnk")
+        .file(".wh..wh.plnk/1.2", b"linked content")
+        .link(EntryType::Link, "a", ".wh..wh.plnk/1.2")
+        .finish();
+    let big = TarBuilder::new().file("big", &noise(300_000, 3)).file("small", b"s").finish();
+    for (name, tar) in [
+        ("every kind", every_kind()),
+        ("trailing bytes", trailing),
+        ("duplicate members", decoys),
+        ("aufs", aufs),
+        ("many chunks", big),
+        ("gnu long names", gnu_long_names()),
+        ("pax long names", long_pax_names()),
+    ] {
+        let (out, _, _) = rebuilt(&tar);
+        assert!(out == tar, "{name}: rebuilt tar differs ({} vs {} bytes)", out.len(), tar.len());
+    }
+}
+
+fn long_pax_names() -> Vec<u8> {
+    let long = format!("p/{}", "n".repeat(200));
+    TarBuilder::new()
+        .dir("p")
+        .pax(&[("path", long.as_bytes()), ("uid", b"4000000000")])
+        .file("p/short", b"contents")
+        .finish()
+}
+
+#[test]
+fn a_split_keeps_contents_apart_from_headers_and_names_what_the_index_lacks() {
+    let tar = TarBuilder::new().file("a", b"replaced contents").file("a", b"final contents").finish();
+    let (_, split, index) = rebuilt(&tar);
+    // Headers and padding only: 512-byte blocks without either file's bytes.
+    let raw = zstd::decode_all(split.raw_zstd.as_slice()).unwrap();
+    assert_eq!(raw.len() as u64, split.raw_len);
+    assert_eq!(raw.len() as u64 + 17 + 14, tar.len() as u64);
+    assert!(!raw.windows(8).any(|w| w == b"contents"));
+    assert_eq!(split.files.len(), 2);
+    // The replaced member's chunk is not in the index: the split names it
+    // so the store keeps it while the layer lives.
+    let outside = chunks_outside_index(&split, &index);
+    assert_eq!(outside.len(), 1);
+    assert_eq!(outside[0].id, ChunkId::of(b"replaced contents").as_bytes().to_vec());
+}
+
+#[test]
+fn a_split_that_does_not_match_its_chunks_is_refused() {
+    let tar = every_kind();
+    let (_, split, _) = rebuilt(&tar);
+    let mut chunks = Chunks::default();
+    read_layer(&tar[..], &mut small_chunks(), &mut chunks).unwrap();
+    let refused = |split: &TarSplit, chunks: &mut Chunks| {
+        let err = write_split(split, chunks, Vec::new()).unwrap_err();
+        assert!(matches!(err, LayerError::Split(_) | LayerError::Source { .. }), "{err}");
+        err.to_string()
+    };
+    let mut longer = split.clone();
+    longer.raw_len += 1;
+    assert!(refused(&longer, &mut chunks).contains("early"));
+    let mut shorter = split.clone();
+    shorter.raw_len -= 1;
+    assert!(refused(&shorter, &mut chunks).contains("past"));
+    let mut version = split.clone();
+    version.version = 99;
+    assert!(refused(&version, &mut chunks).contains("version"));
+    let mut length = split.clone();
+    let file = length.files.iter_mut().find(|f| !f.chunks.is_empty()).unwrap();
+    file.chunks[0].length += 1;
+    assert!(refused(&length, &mut chunks).contains("bytes, the split says"));
+    let mut garbage = split.clone();
+    garbage.raw_zstd = b"not zstd".to_vec();
+    refused(&garbage, &mut chunks);
+    let mut before = split.clone();
+    before.files[0].raw_before = split.raw_len + 1;
+    assert!(refused(&before, &mut chunks).contains("asked for"));
+    let mut missing = Chunks::default();
+    assert!(matches!(write_split(&split, &mut missing, Vec::new()), Err(LayerError::Source { .. })));
+}
+
+#[test]
+fn a_tar_followed_by_too_much_is_imported_without_a_split() {
+    let mut tar = TarBuilder::new().file("a", b"x").finish();
+    // Incompressible bytes after the end: past the cap, no split is kept,
+    // and the layer itself is still read.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    tar.extend((0..(strata_layer::MAX_SPLIT_RAW_ZSTD + (1 << 20)) / 8).flat_map(|_| {
+        // xorshift64*: bytes zstd cannot shrink.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes()
+    }));
+    let mut chunks = Chunks::default();
+    let read = read_layer(&tar[..], &mut small_chunks(), &mut chunks).unwrap();
+    assert!(read.split.unwrap_err().contains("compress to more than"));
+    assert_eq!(read.index.entries.iter().map(|e| e.path.as_slice()).collect::<Vec<_>>(), [b"a"]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn any_tree_comes_back_bit_for_bit(files in tree_strategy(), decoys in any::<bool>(), pad in 0usize..3) {
+        let mut tar = tar_of(&files, decoys);
+        tar.extend(std::iter::repeat_n(0u8, pad * 512));
+        let (out, _, _) = rebuilt(&tar);
+        prop_assert!(out == tar);
+    }
 }

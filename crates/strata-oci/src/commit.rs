@@ -10,7 +10,7 @@ use strata_store::Store;
 use strata_types::{ImageId, LayerId, OciDigest};
 
 use crate::blob::Hashing;
-use crate::import::{ChunkPool, ImportOptions};
+use crate::import::{keep_split, ChunkPool, ImportOptions};
 use crate::{normalize_name, ImportError};
 
 /// Media type of the layer a commit adds (stored uncompressed).
@@ -45,18 +45,21 @@ pub fn add_layer(
     let mut txn = store.begin_import()?;
     let mut chunker = Chunker::new(options.chunking).map_err(|e| ImportError::Setup(e.to_string()))?;
     let member = "(committed layer)";
-    let (index, summary, diff_id, size) = std::thread::scope(|scope| {
+    let (index, summary, diff_id, size, tar_splits) = std::thread::scope(|scope| {
         let pool = ChunkPool::start(scope, &txn, options.workers.max(1), options.zstd_level)?;
         let mut sink = pool.sink();
         let mut tar = Hashing::new(layer_tar);
         let read = read_layer(&mut tar, &mut chunker, &mut sink);
         drop(sink);
-        let finished = pool.finish();
-        let (index, summary) =
-            read.map_err(|source| ImportError::Layer { member: member.to_owned(), source })?;
-        finished?;
+        let read = read.map_err(|source| ImportError::Layer { member: member.to_owned(), source });
         let (diff_id, size) = tar.finish().map_err(|e| ImportError::member(member, e))?;
-        Ok::<_, ImportError>((index, summary, diff_id, size))
+        let strata_layer::LayerRead { index, summary, split } = read?;
+        let mut sink = pool.sink();
+        let tar_splits = keep_split(split, &index, diff_id, member, &mut chunker, &mut sink);
+        drop(sink);
+        pool.finish()?;
+        let tar_splits = tar_splits?;
+        Ok::<_, ImportError>((index, summary, diff_id, size, tar_splits))
     })?;
     let record = LayerRecord {
         diff_id: diff_id.to_string(),
@@ -66,6 +69,7 @@ pub fn add_layer(
         entries: summary.entries,
         content_bytes: summary.content_bytes,
         chunk_refs: summary.chunk_refs,
+        tar_splits,
     };
     let layer = txn.stage_layer(&index, record)?;
     let config = extend_config(&base.config, &diff_id, created_by)?;

@@ -1,11 +1,11 @@
 use std::io;
 use std::path::Path;
 
-use strata_layer::{write_layer, ChunkSource, LayerError};
+use strata_layer::{load_split, write_layer, write_split, ChunkSource, LayerError};
 use strata_store::{Store, StoreError};
 use strata_types::{ChunkId, ImageId, LayerId, OciDigest};
 
-use crate::writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression};
+use crate::writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, Tee};
 use crate::{find_image, ExportError};
 
 #[derive(Clone, Debug, Default)]
@@ -84,9 +84,13 @@ impl ChunkSource for StoreChunks<'_> {
 struct Wrapped(LayerError);
 
 /// Writes the image as an OCI image layout tar that `docker load` also takes.
-/// Layer tars are rebuilt from the indexes, so their digests and diff_ids
-/// are new; `strata import` of the result gives the same LayerIds. The
-/// output appears whole or not at all. Every chunk must be in the store:
+/// Each layer tar is the one the image was imported from, bit for bit, when
+/// its tar-split was kept: then diff_ids, config and image ID are the
+/// upstream ones. A layer without one (imported before splits were kept)
+/// is written as the canonical tar of its index, with a diff_id of its own,
+/// and the config's `rootfs` is rewritten to match. Either way `strata
+/// import` of the result gives the same LayerIds. The output appears whole
+/// or not at all. Every chunk must be in the store:
 /// see [`export_image_from`] for images pulled lazily.
 pub fn export_image(
     store: &Store,
@@ -115,21 +119,37 @@ pub fn export_image_from<S: ChunkSource>(
     let mut writer =
         ArchiveWriter::new(ArchiveTarget::Tar(output.to_owned()), ArchiveLayout::OciWithDockerManifest)
             .map_err(io_err)?;
+    let config_diff_ids = config_diff_ids(&record.config);
     let mut layers = Vec::new();
     let mut written = Vec::new();
-    for raw in &record.layers {
+    for (i, raw) in record.layers.iter().enumerate() {
         let id = LayerId::from_slice(raw)
             .map_err(|e| StoreError::Corrupt(format!("image {image}: layer id: {e}")))?;
-        let index = store.layer_index(&id)?;
-        let layer = writer
-            .add_layer(options.compression, |w| {
-                write_layer(&index, chunks, w).map(|_| ()).map_err(|e| io::Error::other(Wrapped(e)))
+        let wanted = config_diff_ids.get(i).map(String::as_str);
+        let mut add = |tar: &LayerTar, chunks: &mut S| {
+            writer.add_layer(options.compression, |w| {
+                tar.write(chunks, w).map_err(|e| io::Error::other(Wrapped(e)))
             })
-            .map_err(|e| match e.into_inner().map(|inner| inner.downcast::<Wrapped>()) {
-                Some(Ok(wrapped)) => ExportError::Layer { layer: id.to_string(), source: wrapped.0 },
-                Some(Err(other)) => io_err(io::Error::other(other)),
-                None => io_err(io::Error::other("layer write failed")),
-            })?;
+        };
+        let tar = LayerTar::of(store, &id, wanted)?;
+        let layer = match add(&tar, chunks) {
+            Ok(layer) => layer,
+            Err(e) => match unwrap_layer_error(e) {
+                // The split does not give its tar back (a record a peer
+                // sent can be wrong): the layer goes as its canonical tar.
+                Ok(LayerError::Split(why)) if tar.is_kept() => {
+                    tracing::warn!(layer = %id, reason = %why, "kept layer tar not rebuilt; exporting the canonical tar");
+                    add(&LayerTar::canonical(store, &id)?, chunks).map_err(|e| {
+                        match unwrap_layer_error(e) {
+                            Ok(source) => ExportError::Layer { layer: id.to_string(), source },
+                            Err(e) => io_err(e),
+                        }
+                    })?
+                }
+                Ok(source) => return Err(ExportError::Layer { layer: id.to_string(), source }),
+                Err(e) => return Err(io_err(e)),
+            },
+        };
         layers.push(ExportedLayer { id, digest: layer.digest, diff_id: layer.diff_id, size: layer.size });
         written.push(layer);
     }
@@ -141,7 +161,104 @@ pub fn export_image_from<S: ChunkSource>(
     // An image imported without a name goes by its id; that is no tag.
     let tags: Vec<String> =
         if name.is_empty() || name == image.to_hex() { vec![] } else { vec![name.clone()] };
-    let manifest_digest = writer.add_image(&tags, config, &written).map_err(io_err)?;
+    let same_tars = written.len() == config_diff_ids.len()
+        && written.iter().zip(&config_diff_ids).all(|(l, want)| l.diff_id.to_string() == *want);
+    let manifest_digest = if same_tars {
+        // Every layer is the very tar the config names: the config goes as
+        // it came, so the image ID stays the upstream one.
+        writer.add_image_with_config(&tags, record.config.clone(), &written).map_err(io_err)?
+    } else {
+        writer.add_image(&tags, config, &written).map_err(io_err)?
+    };
     let bytes = writer.finish().map_err(io_err)?;
     Ok(ExportReport { image, name, manifest_digest, layers, bytes })
+}
+
+/// One layer tar of an image, as export and push write it.
+#[derive(Debug)]
+pub enum LayerTar {
+    /// A tar the layer was imported from, rebuilt bit for bit from its
+    /// tar-split; `diff_id` is its sha256.
+    Kept { split: strata_proto::v1::TarSplitRef },
+    /// The canonical tar of the layer's index ([`write_layer`]).
+    Canonical { index: strata_layer::LayerIndex },
+}
+
+impl LayerTar {
+    /// The tar of `layer` that hashes to `diff_id` when its split was kept
+    /// (else, with `diff_id` `None`, the tar the layer was first stored
+    /// from); the canonical tar otherwise.
+    pub fn of(store: &Store, layer: &LayerId, diff_id: Option<&str>) -> Result<Self, StoreError> {
+        let record = store.layer(layer)?.ok_or(StoreError::MissingLayer(*layer))?;
+        let wanted = diff_id.unwrap_or(&record.diff_id);
+        match record.tar_splits.into_iter().find(|s| s.diff_id == wanted) {
+            Some(split) => Ok(LayerTar::Kept { split }),
+            None => Self::canonical(store, layer),
+        }
+    }
+
+    pub fn canonical(store: &Store, layer: &LayerId) -> Result<Self, StoreError> {
+        Ok(LayerTar::Canonical { index: store.layer_index(layer)? })
+    }
+
+    pub fn is_kept(&self) -> bool {
+        matches!(self, LayerTar::Kept { .. })
+    }
+
+    /// Writes the tar, contents from `chunks`. A kept tar is checked as it
+    /// is written: [`LayerError::Split`] when it does not hash to its
+    /// diff_id (bytes already written are then worthless; the caller may
+    /// write the canonical tar instead).
+    pub fn write<S: ChunkSource>(&self, chunks: &mut S, w: &mut dyn io::Write) -> Result<(), LayerError> {
+        match self {
+            LayerTar::Canonical { index } => write_layer(index, chunks, w).map(drop),
+            LayerTar::Kept { split } => {
+                let tar = load_split(split, chunks)?;
+                let mut tee = Tee::new(w);
+                write_split(&tar, chunks, &mut tee)?;
+                let (_, sha) = tee.into_parts();
+                let (actual, _) = sha.finish();
+                if actual.to_string() != split.diff_id {
+                    return Err(LayerError::Split(format!(
+                        "rebuilt tar hashes to {actual}, the split is for {}",
+                        split.diff_id
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The layer error a write closure carried out, or the I/O error itself.
+fn unwrap_layer_error(e: io::Error) -> Result<LayerError, io::Error> {
+    if e.get_ref().is_some_and(|inner| inner.is::<Wrapped>()) {
+        match e.into_inner().map(|inner| inner.downcast::<Wrapped>()) {
+            Some(Ok(wrapped)) => Ok(wrapped.0),
+            Some(Err(other)) => Err(io::Error::other(other)),
+            None => Err(io::Error::other("layer write failed")),
+        }
+    } else {
+        Err(e)
+    }
+}
+
+/// `rootfs.diff_ids` of an image config, as written there (image-spec
+/// config.md: the sha256 of each uncompressed layer tar, base first);
+/// empty for a config that has none or does not parse.
+pub fn config_diff_ids(config: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: Option<RootFs>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    serde_json::from_slice::<Config>(config)
+        .ok()
+        .and_then(|c| c.rootfs)
+        .map(|r| r.diff_ids)
+        .unwrap_or_default()
 }

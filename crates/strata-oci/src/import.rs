@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use strata_chunk::{ChunkEncoder, Chunker, Chunking};
-use strata_layer::{read_layer, ChunkSink, LayerIndex, LayerSummary};
+use strata_layer::{
+    put_split, read_layer, ChunkSink, LayerIndex, LayerRead, LayerSummary, TarSplit, TarSplitRef,
+};
 use strata_proto::v1::{ImageRecord, LayerRecord};
 use strata_store::{ImportTxn, Store, StoreError};
 use strata_types::{ChunkId, ImageId, LayerId, OciDigest};
@@ -393,14 +395,13 @@ fn convert_layer<S: ChunkSink>(
     let decoder = compression.decoder(buffered).map_err(|e| ImportError::member(member, e))?;
 
     let layer_err = |source| ImportError::Layer { member: member.to_owned(), source };
-    let (index, summary, diff_id) = if compression == Compression::None {
-        let (index, summary) = read_layer(decoder, chunker, sink).map_err(layer_err)?;
-        (index, summary, None)
+    let (read, diff_id) = if compression == Compression::None {
+        (read_layer(decoder, chunker, sink).map_err(layer_err)?, None)
     } else {
         let mut tar = Hashing::new(decoder);
-        let (index, summary) = read_layer(&mut tar, chunker, sink).map_err(layer_err)?;
+        let read = read_layer(&mut tar, chunker, sink).map_err(layer_err)?;
         let (diff_id, _) = tar.finish().map_err(|e| ImportError::member(member, e))?;
-        (index, summary, Some(diff_id))
+        (read, Some(diff_id))
     };
     let (blob_digest, blob_size) = blob.finish().map_err(|e| ImportError::member(member, e))?;
     if let Some(expected) = layer.blob_size.filter(|expected| *expected != blob_size) {
@@ -422,6 +423,8 @@ fn convert_layer<S: ChunkSink>(
             format!("uncompressed layer hashes to {diff_id}, the config's diff_id is {}", layer.diff_id),
         ));
     }
+    let LayerRead { index, summary, split } = read;
+    let tar_splits = keep_split(split, &index, diff_id, member, chunker, sink)?;
     let record = LayerRecord {
         diff_id: diff_id.to_string(),
         blob_digest: blob_digest.to_string(),
@@ -430,8 +433,33 @@ fn convert_layer<S: ChunkSink>(
         entries: summary.entries,
         content_bytes: summary.content_bytes,
         chunk_refs: summary.chunk_refs,
+        tar_splits,
     };
     Ok((index, record, summary))
+}
+
+/// Stores a layer tar's split under its diff_id, so export and push give
+/// back this very tar; a split that could not be kept is logged and the
+/// layer goes without (it then exports as its canonical tar).
+pub(crate) fn keep_split<S: ChunkSink>(
+    split: Result<TarSplit, String>,
+    index: &LayerIndex,
+    diff_id: OciDigest,
+    member: &str,
+    chunker: &mut Chunker,
+    sink: &mut S,
+) -> Result<Vec<TarSplitRef>, ImportError> {
+    match split {
+        Ok(split) => {
+            let kept = put_split(&split, index, diff_id.to_string(), chunker, sink)
+                .map_err(|source| ImportError::Layer { member: member.to_owned(), source })?;
+            Ok(vec![kept])
+        }
+        Err(why) => {
+            tracing::warn!(member, %diff_id, reason = %why, "layer tar not kept bit for bit; it exports as its canonical tar");
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// Worker threads that compress chunks and write them through the

@@ -22,12 +22,13 @@ mod writer;
 pub use commit::{add_layer, CommittedImage};
 pub use error::{ExportError, ImportError};
 pub use export::{
-    export_image, export_image_from, missing_chunks, ExportOptions, ExportReport, ExportedLayer,
-    MissingChunks,
+    config_diff_ids, export_image, export_image_from, missing_chunks, ExportOptions, ExportReport,
+    ExportedLayer, LayerTar, MissingChunks,
 };
 pub use import::{
     archive_images, import_archive, import_manifest, ArchiveImage, ImportOptions, ImportProgress,
     ImportReport, ImportedImage, LayerBlobs, ManifestImage, NoProgress,
 };
 pub use name::{find_image, normalize_name, FoundImage, NameError};
+pub use strata_layer::{ChunkSource, LayerError};
 pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, WrittenLayer};

@@ -174,7 +174,18 @@ impl ArchiveWriter {
     ) -> io::Result<OciDigest> {
         let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
         config["rootfs"] = json!({ "type": "layers", "diff_ids": diff_ids });
-        let config = serde_json::to_vec(&config)?;
+        self.add_image_with_config(names, serde_json::to_vec(&config)?, layers)
+    }
+
+    /// Adds an image whose config is `config` byte for byte (so its digest,
+    /// the image ID docker shows, is kept); its `rootfs.diff_ids` must be
+    /// those of `layers`. Returns the manifest digest.
+    pub fn add_image_with_config(
+        &mut self,
+        names: &[String],
+        config: Vec<u8>,
+        layers: &[WrittenLayer],
+    ) -> io::Result<OciDigest> {
         let config_digest = OciDigest::sha256_of(&config);
         let config_member = match self.layout {
             ArchiveLayout::DockerLegacy => format!("{}.json", config_digest.hex()),
@@ -304,16 +315,16 @@ fn file_header(size: u64) -> tar::Header {
 }
 
 /// A writer that hashes what it passes on.
-struct Tee<W> {
+pub(crate) struct Tee<W> {
     inner: W,
     sha: Sha256Writer,
 }
 
 impl<W: Write> Tee<W> {
-    fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         Self { inner, sha: Sha256Writer::new() }
     }
-    fn into_parts(self) -> (W, Sha256Writer) {
+    pub(crate) fn into_parts(self) -> (W, Sha256Writer) {
         (self.inner, self.sha)
     }
 }

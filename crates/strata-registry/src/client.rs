@@ -140,20 +140,26 @@ impl Resolved {
         let config: Config = serde_json::from_slice(&record.config).map_err(|e| {
             RegistryError::BadManifest { reference: reference.to_string(), detail: format!("config: {e}") }
         })?;
-        for (i, (layer, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
-            if layer.diff_id != *diff_id {
-                return Err(mismatch(format!("diff_id of layer {i}"), diff_id, &layer.diff_id));
-            }
-        }
-        if layers.len() != manifest.layers.len() {
+        if layers.len() != manifest.layers.len() || layers.len() != config.rootfs.diff_ids.len() {
             return Err(mismatch(
                 "layer count".into(),
                 &manifest.layers.len().to_string(),
                 &layers.len().to_string(),
             ));
         }
-        for (i, (layer, blob)) in layers.iter().zip(&manifest.layers).enumerate() {
-            if layer.blob_digest != blob.digest {
+        // A layer record keeps the diff_id and blob digest of the tar it
+        // was first stored from; the same file tree from another tar (or
+        // the same tar compressed otherwise) adds only its tar-split.
+        for (i, (layer, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+            let kept = layer.diff_id == *diff_id || layer.tar_splits.iter().any(|s| s.diff_id == *diff_id);
+            if !kept {
+                return Err(mismatch(format!("diff_id of layer {i}"), diff_id, &layer.diff_id));
+            }
+        }
+        for (i, ((layer, blob), diff_id)) in
+            layers.iter().zip(&manifest.layers).zip(&config.rootfs.diff_ids).enumerate()
+        {
+            if layer.diff_id == *diff_id && layer.blob_digest != blob.digest && layer.tar_splits.is_empty() {
                 return Err(mismatch(format!("layer {i}"), &blob.digest, &layer.blob_digest));
             }
         }

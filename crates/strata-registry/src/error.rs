@@ -34,6 +34,8 @@ pub enum RegistryError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("pushing {reference}: {detail}")]
+    Push { reference: String, detail: String },
     #[error("importing {reference}: {source}")]
     Import {
         reference: String,

@@ -18,6 +18,10 @@
 //!   the registry through the import (`strata_oci::import_manifest`),
 //!   checked against its digest and diff_id while it streams; the image
 //!   appears whole or not at all.
+//! - [`push`]: an image of the store to a registry: each layer as the blob
+//!   it was pulled as when the registry has or mounts it, else its tar
+//!   (bit for bit when its tar-split was kept) gzip-compressed
+//!   deterministically; a blob the registry has is never sent again.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod client;
@@ -25,6 +29,7 @@ mod credentials;
 mod error;
 mod platform;
 mod pull;
+mod push;
 mod reference;
 
 pub use client::{Registry, RegistrySettings, Resolved, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
@@ -32,4 +37,5 @@ pub use credentials::{ConfiguredCredentials, Credentials, Secret};
 pub use error::RegistryError;
 pub use platform::Platform;
 pub use pull::{pull, pull_resolved, resolve, PullReport};
+pub use push::{push, BlobOutcome, PushImage, PushReport, PushedLayer};
 pub use reference::ImageRef;

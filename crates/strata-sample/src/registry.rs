@@ -118,14 +118,7 @@ impl TestRegistry {
     /// The blob downloads it served, from its access log: each successful
     /// `GET /v2/REPO/blobs/DIGEST` as (digest, bytes written), in order.
     pub fn blob_downloads(&self) -> Vec<(String, u64)> {
-        let field = |line: &str, name: &str| -> Option<String> {
-            let start = line.find(&format!(" {name}="))? + name.len() + 2;
-            let rest = &line[start..];
-            Some(match rest.strip_prefix('"') {
-                Some(quoted) => quoted[..quoted.find('"')?].to_owned(),
-                None => rest.split(' ').next()?.to_owned(),
-            })
-        };
+        let field = log_field;
         self.log()
             .lines()
             .filter(|l| l.contains("response completed"))
@@ -137,6 +130,30 @@ impl TestRegistry {
                 Some((digest.to_owned(), field(l, "http.response.written")?.parse().ok()?))
             })
             .collect()
+    }
+
+    /// Every request it answered, from its access log: (method, URI
+    /// without the query, status), in order.
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("response completed"))
+            .filter_map(|l| {
+                let method = log_field(l, "http.request.method")?;
+                let uri = log_field(l, "http.request.uri")?;
+                let uri = uri.split('?').next().unwrap_or(&uri).to_owned();
+                Some((method, uri, log_field(l, "http.response.status")?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Blob uploads it completed (`PUT …/blobs/uploads/…`, the request that
+    /// closes an upload), and blobs it mounted (`POST` answered 201).
+    pub fn blob_uploads(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(m, uri, status)| m == "PUT" && uri.contains("/blobs/uploads/") && *status == 201)
+            .count()
     }
 
     /// Where it stores repositories and blobs (the filesystem driver's
@@ -161,6 +178,16 @@ impl TestRegistry {
                 format!("docker://{}/{repo_tag}", self.host).as_ref(),
             ]));
     }
+}
+
+/// A `name=value` (or `name="value"`) field of a registry log line.
+fn log_field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let rest = &line[start..];
+    Some(match rest.strip_prefix('"') {
+        Some(quoted) => quoted[..quoted.find('"')?].to_owned(),
+        None => rest.split(' ').next()?.to_owned(),
+    })
 }
 
 impl Drop for TestRegistry {

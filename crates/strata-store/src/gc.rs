@@ -71,8 +71,15 @@ impl Store {
     }
 
     fn delete_layer_records(&self, batch: &mut WriteBatch, id: &LayerId) -> Result<(), StoreError> {
-        match self.layer_index(id) {
-            Ok(index) => {
+        let split_chunks = self.layer(id).and_then(|r| match r {
+            Some(record) => crate::txn::split_chunks(id, &record),
+            None => Ok(Vec::new()),
+        });
+        match self.layer_index(id).and_then(|index| split_chunks.map(|split| (index, split))) {
+            Ok((index, split_chunks)) => {
+                for chunk in split_chunks {
+                    batch.delete_cf(self.cf(schema::REFS), schema::chunk_ref(&chunk, id));
+                }
                 for entry in &index.entries {
                     for chunk in &entry.chunks {
                         if let Ok(chunk) = ChunkId::from_slice(&chunk.id) {
@@ -81,7 +88,8 @@ impl Store {
                     }
                 }
             }
-            // An unreadable index still has its refs: find them by scanning.
+            // An unreadable index or record still has its refs: find them
+            // by scanning.
             Err(e) => {
                 tracing::warn!(layer = %id, error = %e, "deleting layer with unreadable index");
                 let mut it = self.db.raw_iterator_cf(self.cf(schema::REFS));

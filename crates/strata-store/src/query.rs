@@ -199,10 +199,14 @@ impl Store {
             .collect()
     }
 
-    /// The chunks of a layer that are not (yet) here: a layer fetched from
-    /// peers has them arrive on demand.
+    /// The chunks of a layer that are not (yet) here, its tar-splits' among
+    /// them: a layer fetched from peers has them arrive on demand.
     pub fn missing_chunks(&self, layer: &LayerId) -> Result<Vec<ChunkId>, StoreError> {
         let index = self.layer_index(layer)?;
+        let split = match self.layer(layer)? {
+            Some(record) => crate::txn::split_chunks(layer, &record)?,
+            None => Vec::new(),
+        };
         let mut seen = std::collections::HashSet::new();
         let mut missing = Vec::new();
         for entry in &index.entries {
@@ -212,6 +216,11 @@ impl Store {
                 if seen.insert(id) && !self.has_chunk(&id)? {
                     missing.push(id);
                 }
+            }
+        }
+        for id in split {
+            if seen.insert(id) && !self.has_chunk(&id)? {
+                missing.push(id);
             }
         }
         Ok(missing)

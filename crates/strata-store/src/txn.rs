@@ -99,11 +99,31 @@ impl ImportTxn<'_> {
                 chunks.insert(chunk);
             }
         }
-        drop(pinned);
-        if !self.layers.iter().any(|l| l.id == id) {
-            self.layers.push(StagedLayer { id, record, index: bytes, chunks });
+        for chunk in split_chunks(&id, &record)? {
+            if !pinned.contains(&chunk) {
+                return Err(StoreError::MissingChunk(chunk));
+            }
+            chunks.insert(chunk);
         }
+        drop(pinned);
+        self.stage(StagedLayer { id, record, index: bytes, chunks });
         Ok(id)
+    }
+
+    /// Stages a layer once; a second staging of it in one transaction adds
+    /// the tar-splits of diff_ids the first lacked.
+    fn stage(&mut self, layer: StagedLayer) {
+        match self.layers.iter_mut().find(|l| l.id == layer.id) {
+            Some(staged) => {
+                for split in layer.record.tar_splits {
+                    if !staged.record.tar_splits.iter().any(|s| s.diff_id == split.diff_id) {
+                        staged.record.tar_splits.push(split);
+                    }
+                }
+                staged.chunks.extend(layer.chunks);
+            }
+            None => self.layers.push(layer),
+        }
     }
 
     /// Stages a layer whose chunks are not here: its index came from a peer
@@ -131,9 +151,8 @@ impl ImportTxn<'_> {
                 );
             }
         }
-        if !self.layers.iter().any(|l| l.id == id) {
-            self.layers.push(StagedLayer { id, record, index, chunks });
-        }
+        chunks.extend(split_chunks(&id, &record)?);
+        self.stage(StagedLayer { id, record, index, chunks });
         Ok(())
     }
 
@@ -155,7 +174,25 @@ impl ImportTxn<'_> {
 
         let staged_layers: HashSet<LayerId> = self.layers.iter().map(|l| l.id).collect();
         for layer in &self.layers {
-            if store.layer(&layer.id)?.is_some() {
+            if let Some(mut stored) = store.layer(&layer.id)? {
+                // The same file tree from another tar: keep that tar's split
+                // too, so each image keeps its own diff_ids.
+                let mut added = false;
+                for split in &layer.record.tar_splits {
+                    if !stored.tar_splits.iter().any(|s| s.diff_id == split.diff_id) {
+                        for chunk in split_chunks(
+                            &layer.id,
+                            &LayerRecord { tar_splits: vec![split.clone()], ..Default::default() },
+                        )? {
+                            batch.put_cf(store.cf(schema::REFS), schema::chunk_ref(&chunk, &layer.id), b"");
+                        }
+                        stored.tar_splits.push(split.clone());
+                        added = true;
+                    }
+                }
+                if added {
+                    batch.put_cf(store.cf(schema::LAYERS), layer.id.as_bytes(), stored.encode_to_vec());
+                }
                 continue;
             }
             batch.put_cf(store.cf(schema::LAYERS), layer.id.as_bytes(), layer.record.encode_to_vec());
@@ -230,6 +267,20 @@ impl ImportTxn<'_> {
         self.store.delete_unused_chunks(written.into_iter().map(|(id, m)| (id, Some(m))), &own)?;
         Ok(())
     }
+}
+
+/// The chunks a layer record's tar-splits use: each split's own encoding
+/// and the contents its tar holds that the index does not list.
+pub(crate) fn split_chunks(layer: &LayerId, record: &LayerRecord) -> Result<Vec<ChunkId>, StoreError> {
+    record
+        .tar_splits
+        .iter()
+        .flat_map(|s| s.blob.iter().chain(&s.extra_chunks))
+        .map(|c| {
+            ChunkId::from_slice(&c.id)
+                .map_err(|e| StoreError::Corrupt(format!("layer {layer}: tar-split chunk id: {e}")))
+        })
+        .collect()
 }
 
 /// The names `id` will have, starting from those stored.
