@@ -3,7 +3,7 @@
 //! and fetched lazily by mounts, failures survived.
 
 use crate::common::node::{alive_peers, certs, wait_for, Node};
-use crate::common::{busybox_image, sample_archive, Strata};
+use crate::common::{busybox_image, sample_archive, trust_registry, Strata};
 
 fn mount(s: &Strata, image: &str, name: &str) -> std::path::PathBuf {
     let mountpoint = s.path(name);
@@ -239,6 +239,29 @@ fn an_image_pulled_lazily_exports_commits_and_inspects_like_a_local_one() {
     // unread lower chunks come through it), then export of the committed
     // image, whose base chunks B never read.
     b.ok(&["commit", "--upper", upper_arg, "--name", "committed:1"]);
+    // A push of the committed image: its base chunks B never read come
+    // through the node too; what is pushed pulls back as the same image.
+    let registry = strata_sample::registry::TestRegistry::start();
+    trust_registry(&b, &registry);
+    let reference = format!("{}/team/committed:1", registry.host);
+    let missing = &b.json(&["inspect", "committed:1"])["missing"];
+    assert!(missing["bytes"].as_u64().expect("bytes") > 300_000, "bin/app is still on A only: {missing}");
+    let pushed = b.json(&["push", "committed:1", &reference]);
+    assert!(
+        pushed["layers"].as_array().expect("layers").iter().all(|l| l["outcome"] == "uploaded"),
+        "{pushed}"
+    );
+    let back = Strata::new();
+    trust_registry(&back, &registry);
+    back.json(&["pull", &reference]);
+    let layer_ids = |s: &Strata, name: &str| {
+        let inspect = s.json(&["inspect", name]);
+        (
+            inspect["id"].clone(),
+            inspect["layers"].as_array().expect("layers").iter().map(|l| l["id"].clone()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(layer_ids(&back, &reference), layer_ids(&b, "committed:1"), "pulled back: the same image");
     let committed = b.path("committed.tar");
     b.ok(&["export", "committed:1", "-o", committed.to_str().expect("utf-8")]);
     let check = Strata::new();

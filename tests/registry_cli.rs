@@ -9,7 +9,7 @@ use std::process::Stdio;
 use strata_sample::registry::{TestRegistry, PASSWORD, USER};
 
 use crate::common::node::{alive_peers, certs, wait_for, Node};
-use crate::common::{busybox_image, Strata};
+use crate::common::{busybox_image, trust_registry, Strata};
 
 /// Settings in the data dir (read by the CLI and by a node there): the
 /// registry's CA.
@@ -280,17 +280,6 @@ fn nodes_asked_at_once_read_each_blob_from_the_registry_once() {
     drop(nodes);
 }
 
-/// Settings with the registry's CA and credentials.
-fn trust_with_credentials(s: &Strata, registry: &TestRegistry) {
-    std::fs::create_dir_all(s.data_dir()).expect("data dir");
-    let config = format!(
-        "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
-        host = registry.host,
-        ca = registry.ca_file(),
-    );
-    std::fs::write(s.data_dir().join("strata.toml"), config).expect("settings");
-}
-
 /// `strata push`: an image pulled from the registry goes back as the blobs
 /// and manifest it came as (a HEAD per blob; a mount into another
 /// repository); an image from an archive goes up recompressed, once: the
@@ -302,7 +291,7 @@ fn push_sends_each_blob_once_and_keeps_the_image() {
     let s = Strata::new();
     let archive = busybox_image(&s);
     registry.push(&archive, "tools/busybox:1");
-    trust_with_credentials(&s, &registry);
+    trust_registry(&s, &registry);
     let host = &registry.host;
     let pulled = s.json(&["pull", &format!("{host}/tools/busybox:1")]);
     let upstream = pulled["manifest_digest"].as_str().expect("digest").to_owned();
@@ -329,7 +318,7 @@ fn push_sends_each_blob_once_and_keeps_the_image() {
     // (Another store: in this one the archive's image is the pulled one,
     // which keeps its manifest and repository names.)
     let s = Strata::new();
-    trust_with_credentials(&s, &registry);
+    trust_registry(&s, &registry);
     s.ok(&["import", archive.to_str().expect("utf-8"), "--name", "local/busybox:1"]);
     let local = s.json(&["inspect", "local/busybox:1"]);
     let fresh = format!("{host}/fresh/busybox:1");
@@ -353,7 +342,7 @@ fn push_sends_each_blob_once_and_keeps_the_image() {
 
     // Pulled back elsewhere: the same image and layers.
     let other = Strata::new();
-    trust_with_credentials(&other, &registry);
+    trust_registry(&other, &registry);
     other.json(&["pull", &fresh]);
     let back = other.json(&["inspect", &fresh]);
     assert_eq!(back["id"], local["id"], "the same image");
