@@ -73,7 +73,7 @@ fn an_import_through_the_node_reports_progress_and_stops_when_its_caller_cancels
     let mut advanced = 0;
     let last = loop {
         match next(&mut stream) {
-            Some(Reply::Progress(Progress::Advance { bytes })) => advanced += bytes,
+            Some(Reply::Progress(Progress::Advance { bytes, .. })) => advanced += bytes,
             Some(Reply::Progress(_)) => continue,
             other => break other,
         }
@@ -107,17 +107,32 @@ fn progress_through_the_node_adds_up_to_the_blob_bytes_read() {
     let _node = Node::start(&s, "n1", &certs, &[], &[]);
     let archive = big_archive(&s);
     let (mut stream, total) = start_import(&s, &archive);
-    let (mut advanced, mut layers) = (0, 0);
+    let (mut advanced, mut layers, mut done) = (0, 0, 0);
+    // Per layer: its size as announced, and the bytes reported for it.
+    let mut per_layer = std::collections::HashMap::<String, (u64, u64)>::new();
     let imported = loop {
         match next(&mut stream) {
-            Some(Reply::Progress(Progress::Advance { bytes })) => advanced += bytes,
-            Some(Reply::Progress(Progress::Layer { .. })) => layers += 1,
+            Some(Reply::Progress(Progress::Advance { member, bytes })) => {
+                advanced += bytes;
+                per_layer.get_mut(&member).expect("bytes of an announced layer").1 += bytes;
+            }
+            Some(Reply::Progress(Progress::Layer { member, size })) => {
+                layers += 1;
+                per_layer.insert(member, (size, 0));
+            }
+            Some(Reply::Progress(Progress::LayerDone { member })) => {
+                done += 1;
+                assert!(per_layer.contains_key(&member), "{member} was announced");
+            }
             Some(Reply::Done(Outcome::Imported(imported))) => break imported,
             other => panic!("expected progress or the outcome, got {other:?}"),
         }
     };
     assert_eq!(imported.images[0].names, ["big:1"]);
-    assert_eq!((total, advanced, layers), (imported.blob_bytes, imported.blob_bytes, 2));
+    assert_eq!((total, advanced, layers, done), (imported.blob_bytes, imported.blob_bytes, 2, 2));
+    for (member, (size, read)) in &per_layer {
+        assert_eq!(size, read, "{member}: every byte of its blob reported");
+    }
     // The connection takes further requests after a command that ended.
     write_message(&mut stream, &Request::Run { command: Command::Images }).expect("request");
     match next(&mut stream) {

@@ -330,6 +330,13 @@ fn a_terminal_gets_a_progress_bar() {
     let drawn = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(drawn.contains("KiB/") && drawn.contains('['), "no progress bar drawn: {drawn:?}");
     assert!(drawn.contains("imported tty:1"));
+    // One line per layer, by its blob digest's first 12 hex digits.
+    let inspect = s.json(&["inspect", "tty:1"]);
+    for layer in inspect["layers"].as_array().unwrap() {
+        let digest = layer["blob_digest"].as_str().unwrap().trim_start_matches("sha256:");
+        assert!(drawn.contains(&digest[..12]), "no line for layer {digest}: {drawn:?}");
+    }
+    assert!(drawn.contains("verified"), "{drawn:?}");
 }
 
 #[test]

@@ -86,8 +86,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Reply::Chunk { stored: vec![0, 1, 2, 3] },
         Reply::Failed { error: "no".into() },
         Reply::Progress(Progress::Start { total_bytes: 1 << 30 }),
-        Reply::Progress(Progress::Layer { member: "blobs/sha256/ab".into() }),
-        Reply::Progress(Progress::Advance { bytes: 1 << 20 }),
+        Reply::Progress(Progress::Layer { member: "blobs/sha256/ab".into(), size: 1 << 20 }),
+        Reply::Progress(Progress::Advance { member: "blobs/sha256/ab".into(), bytes: 1 << 20 }),
+        Reply::Progress(Progress::LayerDone { member: "blobs/sha256/ab".into() }),
         Reply::Recorded,
         Reply::Cancelled,
     ];

@@ -292,8 +292,9 @@ mod tests {
     fn replies_round_trip() {
         let replies = vec![
             Reply::Progress(Progress::Start { total_bytes: 1 << 40 }),
-            Reply::Progress(Progress::Layer { member: "blobs/sha256/ab".into() }),
-            Reply::Progress(Progress::Advance { bytes: 1 << 20 }),
+            Reply::Progress(Progress::Layer { member: "blobs/sha256/ab".into(), size: 1 << 20 }),
+            Reply::Progress(Progress::Advance { member: "blobs/sha256/ab".into(), bytes: 1 << 20 }),
+            Reply::Progress(Progress::LayerDone { member: "blobs/sha256/ab".into() }),
             Reply::Done(Outcome::Imported(Imported {
                 images: vec![ImportedImage {
                     names: vec!["a:1".into()],

@@ -104,11 +104,14 @@ pub enum Reply {
 pub enum Progress {
     /// Before the first layer: the layer blob bytes the command will read.
     Start { total_bytes: u64 },
-    /// A layer begins: its archive member.
-    Layer { member: String },
-    /// Another `bytes` of layer blobs read (several reads at once: the
-    /// node sends one of these per MiB or so, not one per read).
-    Advance { bytes: u64 },
+    /// A layer begins: its archive member (or blob digest) and blob size.
+    /// Several layers may be under way at once.
+    Layer { member: String, size: u64 },
+    /// Another `bytes` of the layer `member`'s blob read (several reads at
+    /// once: the node sends one of these per MiB or so, not one per read).
+    Advance { member: String, bytes: u64 },
+    /// The layer `member` is converted and verified.
+    LayerDone { member: String },
 }
 
 /// What a [`Command`] produced, one variant per command.

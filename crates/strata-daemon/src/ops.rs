@@ -56,8 +56,8 @@ impl strata_oci::ImportProgress for Reporter<'_> {
     fn start(&self, total_bytes: u64) {
         (self.progress)(Progress::Start { total_bytes });
     }
-    fn advance(&self, bytes: u64) {
-        (self.progress)(Progress::Advance { bytes });
+    fn advance(&self, member: &str, bytes: u64) {
+        (self.progress)(Progress::Advance { member: member.to_owned(), bytes });
         // Test builds: an import that holds still once it has begun, until
         // cancelled, so a test's cancel lands mid-import every time.
         #[cfg(feature = "fault-injection")]
@@ -67,8 +67,11 @@ impl strata_oci::ImportProgress for Reporter<'_> {
             }
         }
     }
-    fn layer(&self, member: &str) {
-        (self.progress)(Progress::Layer { member: member.to_owned() });
+    fn layer(&self, member: &str, size: u64) {
+        (self.progress)(Progress::Layer { member: member.to_owned(), size });
+    }
+    fn layer_done(&self, member: &str) {
+        (self.progress)(Progress::LayerDone { member: member.to_owned() });
     }
     fn cancelled(&self) -> bool {
         self.cancel.is_cancelled()
@@ -396,8 +399,8 @@ mod tests {
         let total = std::sync::Mutex::new((0u64, 0u64));
         let counting = |step: Progress| match step {
             Progress::Start { total_bytes } => total.lock().unwrap().0 = total_bytes,
-            Progress::Advance { bytes } => total.lock().unwrap().1 += bytes,
-            Progress::Layer { .. } => {}
+            Progress::Advance { bytes, .. } => total.lock().unwrap().1 += bytes,
+            Progress::Layer { .. } | Progress::LayerDone { .. } => {}
         };
         let imported = import(&dir, &archive, vec![], &counting, &Cancel::new()).unwrap();
         assert_eq!(imported.images[0].names, ["sample:1"]);

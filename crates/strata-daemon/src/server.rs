@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -360,31 +359,59 @@ async fn stored_name(node: &Arc<Node>, reference: &str) -> String {
 /// gathered into steps of [`ADVANCE_STEP`], never waiting on the caller.
 struct ProgressSender {
     tx: tokio::sync::mpsc::Sender<Progress>,
-    /// Blob bytes read and not yet sent; what is left when the work ends
-    /// goes in one last step.
-    unsent: Arc<AtomicU64>,
+    /// Blob bytes read and not yet sent, per layer; what is left when the
+    /// work ends goes in last steps.
+    unsent: Arc<Unsent>,
+}
+
+/// Blob bytes read and not yet sent to a caller, per layer.
+#[derive(Default)]
+struct Unsent(parking_lot::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Unsent {
+    fn add(&self, member: &str, bytes: u64) -> u64 {
+        let mut unsent = self.0.lock();
+        let count = unsent.entry(member.to_owned()).or_default();
+        *count += bytes;
+        *count
+    }
+
+    fn take(&self, member: &str) -> u64 {
+        self.0.lock().remove(member).unwrap_or(0)
+    }
+
+    /// Every layer's unsent bytes, as the steps that send them.
+    fn drain(&self) -> Vec<Progress> {
+        std::mem::take(&mut *self.0.lock())
+            .into_iter()
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(member, bytes)| Progress::Advance { member, bytes })
+            .collect()
+    }
 }
 
 impl ProgressSender {
     fn send(&self, step: Progress) {
         match step {
-            Progress::Advance { bytes } => {
-                if self.unsent.fetch_add(bytes, Ordering::Relaxed) + bytes >= ADVANCE_STEP {
-                    self.flush();
+            Progress::Advance { member, bytes } => {
+                if self.unsent.add(&member, bytes) >= ADVANCE_STEP {
+                    self.flush(&member);
                 }
             }
             other => {
-                self.flush();
+                if let Progress::LayerDone { member } = &other {
+                    self.flush(member);
+                }
                 // A layer name the caller has no room for is only cosmetic.
                 let _ = self.tx.try_send(other);
             }
         }
     }
 
-    fn flush(&self) {
-        let bytes = self.unsent.swap(0, Ordering::Relaxed);
-        if bytes > 0 && self.tx.try_send(Progress::Advance { bytes }).is_err() {
-            self.unsent.fetch_add(bytes, Ordering::Relaxed);
+    fn flush(&self, member: &str) {
+        let bytes = self.unsent.take(member);
+        if bytes > 0 && self.tx.try_send(Progress::Advance { member: member.to_owned(), bytes }).is_err() {
+            self.unsent.add(member, bytes);
         }
     }
 }
@@ -412,7 +439,7 @@ async fn run_command(
     let cancellable = command.cancellable();
     let cancel = control.stopping.child();
     let (tx, mut rx) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
-    let unsent = Arc::new(AtomicU64::new(0));
+    let unsent = Arc::new(Unsent::default());
     let work = {
         let (control, cancel) = (control.clone(), cancel.clone());
         let sender = ProgressSender { tx, unsent: unsent.clone() };
@@ -464,10 +491,7 @@ async fn run_command(
         while let Ok(step) = rx.try_recv() {
             last.push(step);
         }
-        let bytes = unsent.swap(0, Ordering::Relaxed);
-        if bytes > 0 {
-            last.push(Progress::Advance { bytes });
-        }
+        last.extend(unsent.drain());
         for step in last {
             if write_message_async(write, &Reply::Progress(step)).await.is_err() {
                 caller_left = true;

@@ -50,10 +50,15 @@ impl Default for ImportOptions {
 pub trait ImportProgress: Send + Sync {
     /// Before the first layer: the blob bytes the import will read.
     fn start(&self, _total_bytes: u64) {}
-    /// Another `bytes` of layer blobs read.
-    fn advance(&self, _bytes: u64) {}
-    /// A layer begins.
-    fn layer(&self, _member: &str) {}
+    /// A layer begins: its archive member (or blob digest, from a
+    /// registry) and its blob's size in bytes. Several layers may be under
+    /// way at once.
+    fn layer(&self, _member: &str, _size: u64) {}
+    /// Another `bytes` of the layer `member`'s blob read.
+    fn advance(&self, _member: &str, _bytes: u64) {}
+    /// The layer `member` is converted and verified (it becomes visible
+    /// with the rest of the import, at its commit).
+    fn layer_done(&self, _member: &str) {}
     /// Whether the caller wants the import stopped: asked before every
     /// read of a layer blob and before the commit; once true, the import
     /// ends with [`ImportError::Cancelled`] and the store is as it was.
@@ -248,14 +253,14 @@ fn import_plans(
             unique.push(layer.clone());
         }
     }
-    let mut total = 0;
+    let mut sizes = Vec::with_capacity(unique.len());
     for layer in &unique {
-        total += match layer.blob_size {
+        sizes.push(match layer.blob_size {
             Some(size) => size,
             None => blobs.open(&layer.member, layer.blob_digest.as_ref(), None)?.1,
-        };
+        });
     }
-    progress.start(total);
+    progress.start(sizes.iter().sum());
 
     let mut report = ImportReport::default();
     let converted = std::thread::scope(|scope| -> Result<Vec<(LayerIndex, LayerRecord)>, ImportError> {
@@ -270,7 +275,8 @@ fn import_plans(
         let setup = std::thread::scope(|inner| -> Result<(), ImportError> {
             let mut handles = Vec::new();
             for _ in 0..converters {
-                let (next, failed, results, unique, pool) = (&next, &failed, &results, &unique, &pool);
+                let (next, failed, results, unique, pool, sizes) =
+                    (&next, &failed, &results, &unique, &pool, &sizes);
                 let chunking = options.chunking;
                 handles.push(inner.spawn(move || -> Result<(), ImportError> {
                 let mut chunker = Chunker::new(chunking).map_err(|e| ImportError::Setup(e.to_string()))?;
@@ -282,14 +288,15 @@ fn import_plans(
                     }
                     let layer = &unique[n];
                     tracing::info!(member = %layer.member, layer = n + 1, of = unique.len(), "importing layer");
-                    progress.layer(&layer.member);
+                    progress.layer(&layer.member, sizes[n]);
                     let result = if progress.cancelled() {
                         Err(ImportError::Cancelled)
                     } else {
                         convert_layer(blobs, layer, &mut chunker, &mut sink, progress)
                     };
-                    if result.is_err() {
-                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    match result {
+                        Ok(_) => progress.layer_done(&layer.member),
+                        Err(_) => failed.store(true, std::sync::atomic::Ordering::SeqCst),
                     }
                     lock(results)[n] = Some(result);
                 }
@@ -389,7 +396,7 @@ fn convert_layer<S: ChunkSink>(
     }
     let cancelled = || progress.cancelled();
     let reader = Cancellable { inner: reader, cancelled: &cancelled };
-    let mut blob = Hashing::with_progress(reader, Box::new(|n| progress.advance(n)));
+    let mut blob = Hashing::with_progress(reader, Box::new(|n| progress.advance(member, n)));
     let mut buffered = BufReader::with_capacity(256 << 10, &mut blob);
     let compression = Compression::sniff(&mut buffered).map_err(|e| ImportError::member(member, e))?;
     let decoder = compression.decoder(buffered).map_err(|e| ImportError::member(member, e))?;
