@@ -82,9 +82,8 @@ fn style(template: &str) -> ProgressStyle {
 fn short_id(member: &str) -> String {
     let hex = |s: &str| s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
     let candidate = member
-        .split(['/', ':'])
-        .filter(|part| hex(part))
-        .last()
+        .rsplit(['/', ':'])
+        .find(|part| hex(part))
         .unwrap_or_else(|| member.rsplit('/').next().unwrap_or(member));
     candidate.chars().take(12).collect()
 }

@@ -378,3 +378,40 @@ fn push_sends_each_blob_once_and_keeps_the_image() {
     let err = stranger.fails(&["push", "x/busybox:1", &format!("{host}/denied/busybox:1")]);
     assert!(err.contains(host.as_str()), "{err}");
 }
+
+/// Push through the bearer-token flow: the token asked for covers pull and
+/// push of the target repository; a mount from another repository (which
+/// such a token does not cover) falls back to an upload, and the image
+/// still arrives whole: pulled back, the same image.
+#[test]
+fn push_through_a_token_registry_asks_for_push_scope_and_arrives_whole() {
+    let registry = TestRegistry::start_with(strata_sample::registry::Auth::Token);
+    let tokens = registry.tokens.as_ref().expect("token server");
+    let s = Strata::new();
+    let archive = busybox_image(&s);
+    registry.push(&archive, "team/busybox:1");
+    trust_registry(&s, &registry);
+    let host = &registry.host;
+    s.json(&["pull", &format!("{host}/team/busybox:1")]);
+    let before = tokens.requests().len();
+    let target = format!("{host}/copies/busybox:1");
+    let pushed = s.json(&["push", &format!("{host}/team/busybox:1"), &target]);
+    let asked = &tokens.requests()[before..];
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.granted && r.scopes.iter().any(|s| s == "repository:copies/busybox:pull,push")),
+        "{asked:?}"
+    );
+    assert!(asked.iter().all(|r| r.user.as_deref() == Some(USER)));
+    for layer in pushed["layers"].as_array().expect("layers") {
+        assert!(layer["outcome"] == "mounted" || layer["outcome"] == "uploaded", "{layer}");
+    }
+    let back = Strata::new();
+    trust_registry(&back, &registry);
+    back.json(&["pull", &target]);
+    assert_eq!(
+        back.json(&["inspect", &target])["id"],
+        s.json(&["inspect", &format!("{host}/team/busybox:1")])["id"]
+    );
+}

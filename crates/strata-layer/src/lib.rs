@@ -27,7 +27,8 @@ pub use error::{EntryProblem, LayerError};
 pub use path::{normalize_member_path, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 pub use reader::{read_layer, ChunkSink, LayerRead, LayerSummary};
 pub use split::{
-    chunks_outside_index, load_split, put_split, write_split, MAX_SPLIT_RAW_ZSTD, SPLIT_VERSION,
+    chunks_outside_index, load_split, put_split, write_split, MAX_SPLIT_ENCODED, MAX_SPLIT_FILES,
+    MAX_SPLIT_RAW_LEN, MAX_SPLIT_RAW_ZSTD, SPLIT_VERSION,
 };
 pub use strata_proto::v1::{
     ChunkRef, Entry, EntryKind, LayerIndex, TarSplit, TarSplitFile, TarSplitRef, Xattr,

@@ -21,10 +21,19 @@ use crate::{ChunkSink, ChunkSource, LayerError};
 pub const SPLIT_VERSION: u32 = 1;
 
 /// A split whose raw bytes compress beyond this is dropped (the layer is
-/// still imported; its export is the canonical tar): a bound on what a
-/// hostile tar (gigabytes of trailing bytes after its end) can make us hold
-/// in memory.
+/// still imported; its export is the canonical tar).
 pub const MAX_SPLIT_RAW_ZSTD: usize = 64 << 20;
+/// A split whose raw bytes are more than this (4 GiB: headers of millions
+/// of members, or bytes after the end) is dropped, and one that says so
+/// is refused when read back: a split from a peer cannot make an export
+/// write more than this of its own before the tar's hash is checked.
+pub const MAX_SPLIT_RAW_LEN: u64 = 4 << 30;
+/// A split of more non-empty regular files than this (2 Mi) is dropped:
+/// with the bounds above, what a hostile tar can make a split hold in
+/// memory (about 120 bytes a file) stays in the hundreds of MiB.
+pub const MAX_SPLIT_FILES: usize = 1 << 21;
+/// The longest encoded split read back (its chunks' lengths added up).
+pub const MAX_SPLIT_ENCODED: u64 = 512 << 20;
 
 /// The zstd level of the raw bytes: headers compress well at any level.
 const RAW_LEVEL: i32 = 3;
@@ -79,6 +88,8 @@ impl Recorder {
                 self.drop_split(format!(
                     "the bytes outside file contents compress to more than {MAX_SPLIT_RAW_ZSTD} bytes"
                 ));
+            } else if self.raw_len > MAX_SPLIT_RAW_LEN {
+                self.drop_split(format!("more than {MAX_SPLIT_RAW_LEN} bytes outside file contents"));
             }
         }
     }
@@ -124,6 +135,10 @@ impl Recorder {
             return;
         }
         self.skip = Some((at, at + size));
+        if self.files.len() == MAX_SPLIT_FILES {
+            self.drop_split(format!("more than {MAX_SPLIT_FILES} files"));
+            return;
+        }
         self.files.push(TarSplitFile { raw_before: self.since_file, chunks: Vec::new() });
         self.since_file = 0;
     }
@@ -200,6 +215,9 @@ pub fn write_split<W: Write, S: ChunkSource>(
 ) -> Result<u64, LayerError> {
     if split.version != SPLIT_VERSION {
         return Err(LayerError::Split(format!("unknown tar-split version {}", split.version)));
+    }
+    if split.raw_len > MAX_SPLIT_RAW_LEN {
+        return Err(LayerError::Split(format!("{} raw bytes, more than {MAX_SPLIT_RAW_LEN}", split.raw_len)));
     }
     let bad = LayerError::Split;
     let decoder = zstd::stream::read::Decoder::new(split.raw_zstd.as_slice())
@@ -305,7 +323,11 @@ impl From<io::Error> for PutError {
 /// the source cannot give, a length other than the one recorded, bytes that
 /// do not decode as a TarSplit.
 pub fn load_split<S: ChunkSource>(split_ref: &TarSplitRef, source: &mut S) -> Result<TarSplit, LayerError> {
-    let mut bytes = Vec::new();
+    let total: u64 = split_ref.blob.iter().map(|c| u64::from(c.length)).sum();
+    if total > MAX_SPLIT_ENCODED {
+        return Err(LayerError::Split(format!("{total} bytes, more than {MAX_SPLIT_ENCODED}")));
+    }
+    let mut bytes = Vec::with_capacity(total as usize);
     for chunk in &split_ref.blob {
         let id = ChunkId::from_slice(&chunk.id).map_err(|e| LayerError::Split(format!("chunk id: {e}")))?;
         let data = source.chunk(&id).map_err(|e| LayerError::Source { chunk: id, source: Box::new(e) })?;

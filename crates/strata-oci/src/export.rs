@@ -41,27 +41,46 @@ pub struct MissingChunks {
     pub layers: u64,
 }
 
-/// Counts the chunks `record`'s layers name that the store does not hold.
+/// Counts the chunks export and push of `record` need that the store does
+/// not hold: each layer's index chunks, and the chunks of the tar-split of
+/// the diff_id the image's config names (its encoding and the contents it
+/// holds beyond the index).
 pub fn missing_chunks(
     store: &Store,
     record: &strata_store::ImageRecord,
 ) -> Result<MissingChunks, StoreError> {
+    let diff_ids = config_diff_ids(&record.config);
     let mut missing = MissingChunks::default();
-    for raw in &record.layers {
+    for (i, raw) in record.layers.iter().enumerate() {
         let id = LayerId::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("layer id: {e}")))?;
-        let absent: std::collections::HashSet<ChunkId> = store.missing_chunks(&id)?.into_iter().collect();
+        let mut absent: std::collections::HashSet<ChunkId> = store.missing_chunks(&id)?.into_iter().collect();
+        let mut lengths: Vec<(Vec<u8>, u32)> = Vec::new();
+        if let Some(record) = store.layer(&id)? {
+            let wanted = diff_ids.get(i).unwrap_or(&record.diff_id);
+            for split in record.tar_splits.iter().filter(|s| s.diff_id == *wanted) {
+                for chunk in split.blob.iter().chain(&split.extra_chunks) {
+                    let c = ChunkId::from_slice(&chunk.id)
+                        .map_err(|e| StoreError::Corrupt(format!("layer {id}: tar-split chunk id: {e}")))?;
+                    if !store.has_chunk(&c)? {
+                        absent.insert(c);
+                        lengths.push((chunk.id.clone(), chunk.length));
+                    }
+                }
+            }
+        }
         if absent.is_empty() {
             continue;
         }
         missing.layers += 1;
         missing.chunks += absent.len() as u64;
         let mut counted = std::collections::HashSet::new();
-        for entry in store.layer_index(&id)?.entries {
-            for chunk in entry.chunks {
-                if let Ok(c) = ChunkId::from_slice(&chunk.id) {
-                    if absent.contains(&c) && counted.insert(c) {
-                        missing.bytes += u64::from(chunk.length);
-                    }
+        let index = store.layer_index(&id)?;
+        let index_chunks =
+            index.entries.iter().flat_map(|e| e.chunks.iter().map(|c| (c.id.clone(), c.length)));
+        for (raw_id, length) in index_chunks.chain(lengths) {
+            if let Ok(c) = ChunkId::from_slice(&raw_id) {
+                if absent.contains(&c) && counted.insert(c) {
+                    missing.bytes += u64::from(length);
                 }
             }
         }
@@ -86,8 +105,10 @@ struct Wrapped(LayerError);
 /// Writes the image as an OCI image layout tar that `docker load` also takes.
 /// Each layer tar is the one the image was imported from, bit for bit, when
 /// its tar-split was kept: then diff_ids, config and image ID are the
-/// upstream ones. A layer without one (imported before splits were kept)
-/// is written as the canonical tar of its index, with a diff_id of its own,
+/// upstream ones. A layer without one (imported before splits were kept,
+/// or its split dropped: see `strata_layer::MAX_SPLIT_RAW_ZSTD`), or
+/// whose split does not rebuild its tar, is written as the canonical tar
+/// of its index, with a diff_id of its own,
 /// and the config's `rootfs` is rewritten to match. Either way `strata
 /// import` of the result gives the same LayerIds. The output appears whole
 /// or not at all. Every chunk must be in the store:
@@ -136,9 +157,11 @@ pub fn export_image_from<S: ChunkSource>(
             Ok(layer) => layer,
             Err(e) => match unwrap_layer_error(e) {
                 // The split does not give its tar back (a record a peer
-                // sent can be wrong): the layer goes as its canonical tar.
-                Ok(LayerError::Split(why)) if tar.is_kept() => {
-                    tracing::warn!(layer = %id, reason = %why, "kept layer tar not rebuilt; exporting the canonical tar");
+                // sent can be wrong, or name chunks nobody has): the layer
+                // goes as its canonical tar, which fails in turn if its
+                // contents cannot be had.
+                Ok(e @ (LayerError::Split(_) | LayerError::Source { .. })) if tar.is_kept() => {
+                    tracing::warn!(layer = %id, reason = %e, "kept layer tar not rebuilt; exporting the canonical tar");
                     add(&LayerTar::canonical(store, &id)?, chunks).map_err(|e| {
                         match unwrap_layer_error(e) {
                             Ok(source) => ExportError::Layer { layer: id.to_string(), source },
@@ -205,10 +228,10 @@ impl LayerTar {
         matches!(self, LayerTar::Kept { .. })
     }
 
-    /// Writes the tar, contents from `chunks`. A kept tar is checked as it
-    /// is written: [`LayerError::Split`] when it does not hash to its
-    /// diff_id (bytes already written are then worthless; the caller may
-    /// write the canonical tar instead).
+    /// Writes the tar, contents from `chunks`. A kept tar is hashed as it
+    /// is written and checked at its end: [`LayerError::Split`] when it
+    /// does not hash to its diff_id (the bytes written are then worthless;
+    /// the caller may write the canonical tar instead).
     pub fn write<S: ChunkSource>(&self, chunks: &mut S, w: &mut dyn io::Write) -> Result<(), LayerError> {
         match self {
             LayerTar::Canonical { index } => write_layer(index, chunks, w).map(drop),

@@ -94,10 +94,13 @@ impl Resolved {
 
     /// Checks that an image found elsewhere under this manifest's digest
     /// (a peer's copy) is this manifest's image: its config hashes to the
-    /// manifest's config digest, its layers are, in order, the manifest's
-    /// layer digests and the config's diff_ids. The layers' indexes are the
-    /// peer's word (their chunks are verified as they are read, not their
-    /// tar against the diff_id).
+    /// manifest's config digest, it has as many layers as the manifest and
+    /// the config, and each layer was stored from the tar the config names
+    /// (the record's diff_id, or one of its tar-splits'); a layer whose
+    /// record is that tar's and holds no split must also have the
+    /// manifest's blob digest. The layers' indexes are the peer's word
+    /// (their chunks are verified as they are read, not their tar against
+    /// the diff_id).
     ///
     /// Errors: [`RegistryError::BadManifest`] when the manifest does not
     /// parse; [`RegistryError::DigestMismatch`] naming what differs.

@@ -129,8 +129,16 @@ pub fn push<S: ChunkSource>(
         })?;
         let mut tar = LayerTar::of(store, &id, diff_ids.get(i).map(String::as_str))
             .map_err(|e| store_err(target, e))?;
-        // The blob pulled is this very tar, compressed: reuse it.
-        if let (true, Some(blob)) = (tar.is_kept(), upstream.as_ref().and_then(|u| u.layers.get(i))) {
+        // The blob pulled (or imported) is this very tar, compressed: reuse
+        // it when the registry has it or mounts it.
+        let reusable = match (tar.is_kept(), upstream.as_ref().and_then(|u| u.layers.get(i))) {
+            (false, _) => None,
+            (true, Some(blob)) => Some((blob.clone(), sources.clone())),
+            (true, None) => {
+                stored_blob(store, &id, diff_ids.get(i), target).map_err(|e| store_err(target, e))?
+            }
+        };
+        if let Some((blob, sources)) = reusable {
             let outcome =
                 if runtime.block_on(client.blob_exists(target_ref, &blob.digest)).map_err(client_err)? {
                     Some(BlobOutcome::Existed)
@@ -153,8 +161,10 @@ pub fn push<S: ChunkSource>(
         // First pass: the compressed blob's digest, to ask for it.
         let measured = match measure(&tar, chunks) {
             Ok(m) => m,
-            Err(strata_oci::LayerError::Split(why)) if tar.is_kept() => {
-                tracing::warn!(layer = %id, reason = %why, "kept layer tar not rebuilt; pushing the canonical tar");
+            Err(e @ (strata_oci::LayerError::Split(_) | strata_oci::LayerError::Source { .. }))
+                if tar.is_kept() =>
+            {
+                tracing::warn!(layer = %id, reason = %e, "kept layer tar not rebuilt; pushing the canonical tar");
                 tar = LayerTar::canonical(store, &id).map_err(|e| store_err(target, e))?;
                 measure(&tar, chunks).map_err(|e| layer_err(target, &id, e))?
             }
@@ -289,6 +299,37 @@ fn mount(
     })
 }
 
+/// The blob a layer was first stored from, when the image's tar for it
+/// (`diff_id`) is that blob's: with the repositories of `target`'s registry
+/// that images holding the layer were pulled from, to mount it from.
+fn stored_blob(
+    store: &Store,
+    layer: &LayerId,
+    diff_id: Option<&String>,
+    target: &ImageRef,
+) -> Result<Option<(Blob, Vec<ImageRef>)>, strata_store::StoreError> {
+    let Some(record) = store.layer(layer)? else { return Ok(None) };
+    if diff_id.is_some_and(|d| *d != record.diff_id) || record.blob_digest.is_empty() {
+        return Ok(None);
+    }
+    let mut sources = Vec::new();
+    for image in store.layer_images(layer)? {
+        for name in store.image_names(&image)? {
+            if let Ok(r) = ImageRef::parse(&name) {
+                if r.registry() == target.registry()
+                    && r.repository() != target.repository()
+                    && !sources.iter().any(|s: &ImageRef| s.repository() == r.repository())
+                {
+                    sources.push(r);
+                }
+            }
+        }
+    }
+    let blob =
+        Blob { media_type: record.blob_media_type, digest: record.blob_digest, size: record.blob_size };
+    Ok(Some((blob, sources)))
+}
+
 /// The manifest an image was pulled with, as far as a push reuses it.
 struct Upstream {
     media_type: String,
@@ -296,7 +337,7 @@ struct Upstream {
     layers: Vec<Blob>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Blob {
     #[serde(rename = "mediaType")]
     media_type: String,
@@ -405,6 +446,12 @@ fn upload(
     drop(tx);
     let sent = runtime.block_on(request);
     match (produced, sent) {
+        // The request ended first (refused, cut): its error is the cause.
+        (Err(strata_oci::LayerError::Write(e)), Ok(Err(refused)))
+            if e.kind() == io::ErrorKind::BrokenPipe =>
+        {
+            Err(UploadError::Registry(registry.error(target, refused)))
+        }
         (Err(e), _) => Err(UploadError::Layer(e)),
         (Ok(()), Ok(Ok(_))) => Ok(()),
         (Ok(()), Ok(Err(e))) => Err(UploadError::Registry(registry.error(target, e))),

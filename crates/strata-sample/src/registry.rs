@@ -147,8 +147,8 @@ impl TestRegistry {
             .collect()
     }
 
-    /// Blob uploads it completed (`PUT …/blobs/uploads/…`, the request that
-    /// closes an upload), and blobs it mounted (`POST` answered 201).
+    /// Blob uploads it completed (`PUT …/blobs/uploads/…` answered 201,
+    /// the request that closes an upload); mounts are not counted.
     pub fn blob_uploads(&self) -> usize {
         self.requests()
             .iter()

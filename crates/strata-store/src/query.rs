@@ -199,14 +199,23 @@ impl Store {
             .collect()
     }
 
-    /// The chunks of a layer that are not (yet) here, its tar-splits' among
-    /// them: a layer fetched from peers has them arrive on demand.
+    /// The images that list the layer.
+    pub fn layer_images(&self, layer: &LayerId) -> Result<Vec<ImageId>, StoreError> {
+        self.keys_with_prefix(schema::REFS, &schema::layer_ref_prefix(layer))?
+            .iter()
+            .map(|k| {
+                ImageId::from_slice(k)
+                    .map_err(|e| StoreError::Corrupt(format!("layer {layer}: image ref: {e}")))
+            })
+            .collect()
+    }
+
+    /// The chunks of a layer's index that are not (yet) here: a layer
+    /// fetched from peers has them arrive on demand. (Its tar-splits'
+    /// chunks are not counted: reads never need them; export and push
+    /// fetch them, see `strata_oci::missing_chunks`.)
     pub fn missing_chunks(&self, layer: &LayerId) -> Result<Vec<ChunkId>, StoreError> {
         let index = self.layer_index(layer)?;
-        let split = match self.layer(layer)? {
-            Some(record) => crate::txn::split_chunks(layer, &record)?,
-            None => Vec::new(),
-        };
         let mut seen = std::collections::HashSet::new();
         let mut missing = Vec::new();
         for entry in &index.entries {
@@ -216,11 +225,6 @@ impl Store {
                 if seen.insert(id) && !self.has_chunk(&id)? {
                     missing.push(id);
                 }
-            }
-        }
-        for id in split {
-            if seen.insert(id) && !self.has_chunk(&id)? {
-                missing.push(id);
             }
         }
         Ok(missing)

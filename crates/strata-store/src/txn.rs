@@ -7,6 +7,7 @@ use strata_types::{ChunkId, ImageId, LayerId};
 
 use crate::schema::ChunkMeta;
 use crate::{schema, ImageRecord, LayerIndex, LayerRecord, Store, StoreError};
+use strata_proto::v1::TarSplitRef;
 
 /// One import: chunks are written as they come; layers, images and names
 /// become visible together at [`ImportTxn::commit`], or never. Dropping an
@@ -25,6 +26,9 @@ struct StagedLayer {
     record: LayerRecord,
     index: Vec<u8>,
     chunks: BTreeSet<ChunkId>,
+    /// Its tar-splits were made here from the tar itself (not sent by a
+    /// peer): they replace stored ones of the same diff_id that differ.
+    read_here: bool,
 }
 
 struct StagedImage {
@@ -82,8 +86,11 @@ impl ImportTxn<'_> {
         }
     }
 
-    /// Stages a layer; returns its id. Every chunk the index lists must have
-    /// gone through [`ImportTxn::put_chunk`] of this transaction.
+    /// Stages a layer; returns its id. Every chunk the index and the
+    /// record's tar-splits list must have gone through
+    /// [`ImportTxn::put_chunk`] of this transaction. A layer already stored
+    /// takes the record's tar-splits of diff_ids it lacks (and replaces a
+    /// differing one of the same diff_id: these were made from the tar).
     pub fn stage_layer(&mut self, index: &LayerIndex, record: LayerRecord) -> Result<LayerId, StoreError> {
         let bytes = index.encode_to_vec();
         let id = LayerId::of(&bytes);
@@ -106,24 +113,26 @@ impl ImportTxn<'_> {
             chunks.insert(chunk);
         }
         drop(pinned);
-        self.stage(StagedLayer { id, record, index: bytes, chunks });
+        self.stage(StagedLayer { id, record, index: bytes, chunks, read_here: true })?;
         Ok(id)
     }
 
     /// Stages a layer once; a second staging of it in one transaction adds
     /// the tar-splits of diff_ids the first lacked.
-    fn stage(&mut self, layer: StagedLayer) {
+    fn stage(&mut self, layer: StagedLayer) -> Result<(), StoreError> {
         match self.layers.iter_mut().find(|l| l.id == layer.id) {
             Some(staged) => {
                 for split in layer.record.tar_splits {
                     if !staged.record.tar_splits.iter().any(|s| s.diff_id == split.diff_id) {
+                        staged.chunks.extend(chunks_of_splits(&layer.id, [&split])?);
                         staged.record.tar_splits.push(split);
                     }
                 }
-                staged.chunks.extend(layer.chunks);
+                staged.read_here |= layer.read_here;
             }
             None => self.layers.push(layer),
         }
+        Ok(())
     }
 
     /// Stages a layer whose chunks are not here: its index came from a peer
@@ -152,7 +161,7 @@ impl ImportTxn<'_> {
             }
         }
         chunks.extend(split_chunks(&id, &record)?);
-        self.stage(StagedLayer { id, record, index, chunks });
+        self.stage(StagedLayer { id, record, index, chunks, read_here: false })?;
         Ok(())
     }
 
@@ -176,21 +185,35 @@ impl ImportTxn<'_> {
         for layer in &self.layers {
             if let Some(mut stored) = store.layer(&layer.id)? {
                 // The same file tree from another tar: keep that tar's split
-                // too, so each image keeps its own diff_ids.
-                let mut added = false;
+                // too, so each image keeps its own diff_ids. A split made
+                // here from the tar replaces a differing one (a peer's word).
+                let mut changed = false;
                 for split in &layer.record.tar_splits {
-                    if !stored.tar_splits.iter().any(|s| s.diff_id == split.diff_id) {
-                        for chunk in split_chunks(
-                            &layer.id,
-                            &LayerRecord { tar_splits: vec![split.clone()], ..Default::default() },
-                        )? {
-                            batch.put_cf(store.cf(schema::REFS), schema::chunk_ref(&chunk, &layer.id), b"");
+                    let found = stored.tar_splits.iter().position(|s| s.diff_id == split.diff_id);
+                    let replaced = match found {
+                        None => None,
+                        Some(i) if layer.read_here && stored.tar_splits[i] != *split => {
+                            Some(stored.tar_splits.remove(i))
                         }
-                        stored.tar_splits.push(split.clone());
-                        added = true;
+                        Some(_) => continue,
+                    };
+                    for chunk in chunks_of_splits(&layer.id, [split])? {
+                        batch.put_cf(store.cf(schema::REFS), schema::chunk_ref(&chunk, &layer.id), b"");
                     }
+                    stored.tar_splits.push(split.clone());
+                    if let Some(old) = replaced {
+                        // Refs only the replaced split needed go with it.
+                        let mut kept: HashSet<ChunkId> = layer.chunks.iter().copied().collect();
+                        kept.extend(split_chunks(&layer.id, &stored)?);
+                        for chunk in chunks_of_splits(&layer.id, [&old])? {
+                            if !kept.contains(&chunk) {
+                                batch.delete_cf(store.cf(schema::REFS), schema::chunk_ref(&chunk, &layer.id));
+                            }
+                        }
+                    }
+                    changed = true;
                 }
-                if added {
+                if changed {
                     batch.put_cf(store.cf(schema::LAYERS), layer.id.as_bytes(), stored.encode_to_vec());
                 }
                 continue;
@@ -272,9 +295,15 @@ impl ImportTxn<'_> {
 /// The chunks a layer record's tar-splits use: each split's own encoding
 /// and the contents its tar holds that the index does not list.
 pub(crate) fn split_chunks(layer: &LayerId, record: &LayerRecord) -> Result<Vec<ChunkId>, StoreError> {
-    record
-        .tar_splits
-        .iter()
+    chunks_of_splits(layer, &record.tar_splits)
+}
+
+fn chunks_of_splits<'a>(
+    layer: &LayerId,
+    splits: impl IntoIterator<Item = &'a TarSplitRef>,
+) -> Result<Vec<ChunkId>, StoreError> {
+    splits
+        .into_iter()
         .flat_map(|s| s.blob.iter().chain(&s.extra_chunks))
         .map(|c| {
             ChunkId::from_slice(&c.id)

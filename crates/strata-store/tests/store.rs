@@ -297,3 +297,104 @@ fn a_store_made_before_profiles_existed_opens_read_only() {
     let (app, _) = view.resolve("app:1").unwrap();
     assert_eq!(view.profile(&app).unwrap(), None);
 }
+
+/// A tar-split as a layer record names it: its encoding's chunks and
+/// contents outside the index.
+fn split_ref(diff_id: &str, blob: &[u8], extra: &[u8]) -> strata_proto::v1::TarSplitRef {
+    let chunk_ref = |data: &[u8]| ChunkRef {
+        id: ChunkId::of(data).as_bytes().to_vec(),
+        offset: 0,
+        length: data.len() as u32,
+    };
+    strata_proto::v1::TarSplitRef {
+        diff_id: diff_id.into(),
+        blob: vec![chunk_ref(blob)],
+        extra_chunks: vec![chunk_ref(extra)],
+    }
+}
+
+fn referenced(store: &Store, data: &[u8]) -> bool {
+    !store.chunk_layers(&ChunkId::of(data)).unwrap().is_empty()
+}
+
+/// Tar-splits of one layer: a second tar of the same tree adds its own; a
+/// split a peer sent is replaced by the one made from the tar itself, and
+/// the refs only the replaced one needed go; a peer cannot replace a split
+/// made here; GC of the layer takes every split's refs.
+#[test]
+fn tar_splits_are_kept_per_diff_id_and_a_peers_word_gives_way_to_the_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let data = b"file contents".to_vec();
+    let (chunk, index) = layer_of(&data);
+    let image = |layer: LayerId| ImageRecord {
+        layers: vec![layer.as_bytes().to_vec()],
+        config: b"{}".to_vec(),
+        config_digest: String::new(),
+        manifest: Vec::new(),
+    };
+    let id = LayerId::of(&prost::Message::encode_to_vec(&index));
+
+    // A peer's record: its split for sha256:a names chunks not here.
+    let mut txn = store.begin_import().unwrap();
+    let lie = split_ref("sha256:a", b"lying split", b"lying extra");
+    txn.stage_remote_layer(
+        id,
+        prost::Message::encode_to_vec(&index),
+        LayerRecord { tar_splits: vec![lie], ..record(13) },
+    )
+    .unwrap();
+    txn.stage_image(image(id), vec!["lazy:1".into()]);
+    txn.commit().unwrap();
+    assert!(
+        referenced(&store, b"lying split") && referenced(&store, b"lying extra"),
+        "kept while the layer is"
+    );
+
+    // The tar itself, read here: its split replaces the peer's.
+    let put = |txn: &strata_store::ImportTxn<'_>, data: &[u8]| {
+        txn.put_chunk(ChunkId::of(data), || encode(data)).unwrap();
+    };
+    let mut txn = store.begin_import().unwrap();
+    put(&txn, &data);
+    let truth = split_ref("sha256:a", b"true split", b"lying extra");
+    for part in [&b"true split"[..], b"lying extra"] {
+        put(&txn, part);
+    }
+    txn.stage_layer(&index, LayerRecord { tar_splits: vec![truth.clone()], ..record(13) }).unwrap();
+    // Another tar of the same tree, in the same import.
+    let other = split_ref("sha256:b", b"other split", b"other extra");
+    for part in [&b"other split"[..], b"other extra"] {
+        put(&txn, part);
+    }
+    txn.stage_layer(&index, LayerRecord { tar_splits: vec![other.clone()], ..record(13) }).unwrap();
+    txn.stage_image(image(id), vec!["local:1".into()]);
+    txn.commit().unwrap();
+    assert_eq!(store.layer(&id).unwrap().unwrap().tar_splits, vec![truth.clone(), other.clone()]);
+    assert!(!referenced(&store, b"lying split"), "only the lie needed it");
+    assert!(referenced(&store, b"lying extra"), "the truth names it too");
+    assert!(referenced(&store, b"true split") && referenced(&store, b"other extra"));
+    assert_eq!(store.gc().unwrap().chunks_deleted, 0, "the lie's chunk was never here");
+
+    // A peer's word never replaces a split made here.
+    let mut txn = store.begin_import().unwrap();
+    let again = split_ref("sha256:a", b"another lie", b"x");
+    txn.stage_remote_layer(
+        id,
+        prost::Message::encode_to_vec(&index),
+        LayerRecord { tar_splits: vec![again], ..record(13) },
+    )
+    .unwrap();
+    txn.stage_image(image(id), vec!["lazy:2".into()]);
+    txn.commit().unwrap();
+    assert_eq!(store.layer(&id).unwrap().unwrap().tar_splits, vec![truth, other]);
+    assert!(!referenced(&store, b"another lie"));
+
+    // The layer goes: every chunk with it.
+    for name in ["lazy:1", "local:1", "lazy:2"] {
+        store.remove(name).unwrap();
+    }
+    let report = store.gc().unwrap();
+    assert_eq!((report.layers_deleted, report.chunks_deleted), (1, 5), "the file, two splits, two extras");
+    assert!(!store.has_chunk(&chunk).unwrap());
+}
