@@ -439,3 +439,187 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused() {
     }
     assert!(pulled.images().expect("images").is_empty());
 }
+
+/// What a scripted registry answers for one path: status, extra headers,
+/// body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A plain-HTTP registry that answers GETs (and HEADs) from `script` by
+/// path, 404 otherwise; `/v2/` is always 200 (no auth). Returns its
+/// `host:port` and the paths it was asked, in order.
+fn scripted_registry(
+    script: std::collections::HashMap<String, Answer>,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let host = listener.local_addr().expect("addr").to_string();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, script) = (asked.clone(), Arc::new(script));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (log, script) = (log.clone(), script.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut out = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) =
+                        (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path = path.split('?').next().unwrap_or("").to_owned();
+                    log.lock().expect("log").push(path.clone());
+                    let (status, headers, body) = match (path.as_str(), script.get(&path)) {
+                        ("/v2/", _) => (200, vec![], b"{}".to_vec()),
+                        (_, Some(answer)) => answer.clone(),
+                        _ => (
+                            404,
+                            vec![],
+                            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}"#.to_vec(),
+                        ),
+                    };
+                    let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                    for (k, v) in &headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    if out.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    if method != "HEAD" && out.write_all(&body).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (host, asked)
+}
+
+fn json_answer(media_type: &str, body: Vec<u8>) -> Answer {
+    let digest = strata_types::OciDigest::sha256_of(&body).to_string();
+    (200, vec![("Content-Type".into(), media_type.into()), ("Docker-Content-Digest".into(), digest)], body)
+}
+
+async fn pull_from(
+    host: &str,
+    reference: &str,
+    store: &Arc<Store>,
+) -> Result<strata_registry::PullReport, RegistryError> {
+    let image = ImageRef::parse(reference)?;
+    let settings = RegistrySettings { insecure: vec![host.to_owned()], ..Default::default() };
+    let client = Registry::new(&settings, &image, &Credentials::Anonymous)?;
+    pull_with(store, client, image).await
+}
+
+/// A manifest over the limit (containerd's 4 MiB) is refused, naming the
+/// limit; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_manifest_is_refused() {
+    let mut body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"pad":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'x', (strata_registry::MAX_MANIFEST_BYTES + 1) as usize));
+    body.extend_from_slice(br#""}}"#);
+    let script =
+        [("/v2/app/manifests/1".to_owned(), json_answer("application/vnd.oci.image.manifest.v1+json", body))];
+    let (host, _) = scripted_registry(script.into_iter().collect());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let pulled = store(scratch.path(), "pulled");
+    let err = pull_from(&host, &format!("{host}/app:1"), &pulled).await.expect_err("too large");
+    assert!(
+        matches!(&err, RegistryError::TooLarge { what, limit, .. } if what == "manifest" && *limit == strata_registry::MAX_MANIFEST_BYTES),
+        "{err}"
+    );
+    assert!(pulled.images().expect("images").is_empty());
+}
+
+/// An index without this platform: the error names the platform asked for
+/// and those the index offers; nothing is fetched past the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_without_the_platform_names_what_it_offers() {
+    let entry = |arch: &str, n: char| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", n.to_string().repeat(64)),
+            "size": 100,
+            "platform": { "os": "linux", "architecture": arch },
+        })
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("s390x", 'a'), entry("riscv64", 'b')],
+    }))
+    .expect("json");
+    let script =
+        [("/v2/app/manifests/1".to_owned(), json_answer("application/vnd.oci.image.index.v1+json", index))];
+    let (host, asked) = scripted_registry(script.into_iter().collect());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let pulled = store(scratch.path(), "pulled");
+    let err = pull_from(&host, &format!("{host}/app:1"), &pulled).await.expect_err("no platform");
+    let message = err.to_string();
+    assert!(matches!(err, RegistryError::NoPlatform { .. }), "{message}");
+    assert!(message.contains(&Platform::host().to_string()), "{message}");
+    assert!(message.contains("linux/s390x") && message.contains("linux/riscv64"), "{message}");
+    assert!(!asked.lock().expect("log").iter().any(|p| p.contains("/blobs/")), "nothing past the index");
+    assert!(pulled.images().expect("images").is_empty());
+}
+
+/// A layer blob answered with a redirect to another host (as registries
+/// backed by S3 or a CDN do): followed, checked as always; the image is
+/// the one its archive gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_redirected_to_another_host_is_followed() {
+    let layer = strata_sample::base_layer().expect("layer");
+    let gz = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&layer).expect("gzip");
+        e.finish().expect("gzip")
+    };
+    let diff_id = strata_types::OciDigest::sha256_of(&layer).to_string();
+    let blob_digest = strata_types::OciDigest::sha256_of(&gz).to_string();
+    let mut config = strata_sample::sample_config(&["true"]);
+    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [diff_id] });
+    let config = serde_json::to_vec(&config).expect("json");
+    let config_digest = strata_types::OciDigest::sha256_of(&config).to_string();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob_digest, "size": gz.len() }],
+    }))
+    .expect("json");
+
+    // The blob store: another host name, another port.
+    let (cdn, cdn_asked) =
+        scripted_registry([("/signed/layer".to_owned(), (200, vec![], gz.clone()))].into_iter().collect());
+    let cdn_port = cdn.rsplit_once(':').expect("port").1.to_owned();
+    let location = format!("http://localhost:{cdn_port}/signed/layer?X-Signature=secret");
+    let script = [
+        (
+            "/v2/app/manifests/1".to_owned(),
+            json_answer("application/vnd.oci.image.manifest.v1+json", manifest),
+        ),
+        (format!("/v2/app/blobs/{config_digest}"), (200, vec![], config.clone())),
+        (format!("/v2/app/blobs/{blob_digest}"), (307, vec![("Location".into(), location)], Vec::new())),
+    ];
+    let (host, _) = scripted_registry(script.into_iter().collect());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let pulled = store(scratch.path(), "pulled");
+    let report = pull_from(&host, &format!("{host}/app:1"), &pulled).await.expect("pull through a redirect");
+    assert_eq!(
+        cdn_asked.lock().expect("log").as_slice(),
+        ["/signed/layer"],
+        "the blob came from the other host"
+    );
+    let layers = &report.import.images[0].layers;
+    assert_eq!(layers.len(), 1);
+    assert_eq!(pulled.layer(&layers[0]).expect("layer").expect("stored").diff_id, diff_id);
+}
