@@ -35,6 +35,9 @@ pub struct Metrics {
     pub prefetch_seconds: Counter<f64, AtomicU64>,
     pub profiles_kept: Counter,
     pub members_live: Gauge,
+    /// Image pulls on this node waiting on another pull of the same image
+    /// (on this node or another): see `Node::claim`.
+    pub claims_waiting: Gauge,
     pub announcements: Counter,
 }
 
@@ -58,6 +61,7 @@ impl Metrics {
             prefetch_seconds: Counter::default(),
             profiles_kept: Counter::default(),
             members_live: Gauge::default(),
+            claims_waiting: Gauge::default(),
             announcements: Counter::default(),
         };
         registry.register(
@@ -113,6 +117,11 @@ impl Metrics {
             "profiles_kept",
             "Startup profiles stored here (recorded by a mount here or received from a peer)",
             m.profiles_kept.clone(),
+        );
+        registry.register(
+            "claims_waiting",
+            "Image pulls waiting on another pull of the same image, here or on another node",
+            m.claims_waiting.clone(),
         );
         registry.register(
             "members_live",

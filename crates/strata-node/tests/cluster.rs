@@ -318,8 +318,11 @@ fn one_node_claims_an_image_the_others_wait_and_take_it_from_that_node() {
     let key = name_key("registry.example/app@sha256:0123");
     let Claimed::Pull(pulling) = wait(claim(0, key)) else { panic!("the first asker pulls") };
     let (b, c) = (claim(1, key), claim(2, key));
-    // Held by A: B and C are still waiting a second later.
-    std::thread::sleep(Duration::from_secs(1));
+    // Held by A: B and C wait (and, below, take the image from A).
+    wait_until("B and C to wait on A's claim", || {
+        metric(cluster.node(1), "strata_claims_waiting") == 1.0
+            && metric(cluster.node(2), "strata_claims_waiting") == 1.0
+    });
     assert!(!b.is_finished() && !c.is_finished(), "a claim held by A keeps the others waiting");
     // A pulled it: announced, then the claim goes.
     rt.block_on(cluster.node(0).announce(&[key], &[]));
@@ -342,7 +345,7 @@ fn one_node_claims_an_image_the_others_wait_and_take_it_from_that_node() {
     let key = name_key("registry.example/app@sha256:cdef");
     let Claimed::Pull(first) = wait(claim(1, key)) else { panic!("the first asker pulls") };
     let second = claim(1, key);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until("the second pull to wait", || metric(cluster.node(1), "strata_claims_waiting") == 1.0);
     assert!(!second.is_finished(), "a second pull on the same node waits for the first");
     drop(first);
     assert!(matches!(wait(second), Claimed::Pull(_)), "then it goes on");

@@ -221,13 +221,29 @@ impl LayerBlobs for RegistryBlobs {
             return Err(ImportError::member(member, "a registry layer needs its digest and size"));
         };
         let digest = digest.to_string();
+        let (registry, image) = (&self.registry, &self.image);
         let stream = self
             .runtime
-            .block_on(self.registry.client.pull_blob_stream(self.image.client_ref(), digest.as_str()))
-            .map_err(|e| ImportError::Blob {
-                digest: digest.clone(),
-                source: Box::new(self.registry.error(&self.image, e)),
-            })?;
+            .block_on(async {
+                match registry.client.pull_blob_stream(image.client_ref(), digest.as_str()).await {
+                    Ok(stream) => Ok(stream),
+                    Err(e) => match registry.error(image, e) {
+                        // A token that expired since the pull began (a long
+                        // download before this blob): asked for again, once.
+                        RegistryError::Unauthorized { .. } => {
+                            tracing::info!(%digest, "the registry refused the token: authenticating again");
+                            registry.authenticate(image).await?;
+                            registry
+                                .client
+                                .pull_blob_stream(image.client_ref(), digest.as_str())
+                                .await
+                                .map_err(|e| registry.error(image, e))
+                        }
+                        other => Err(other),
+                    },
+                }
+            })
+            .map_err(|e| ImportError::Blob { digest: digest.clone(), source: Box::new(e) })?;
         let (tx, rx) = mpsc::channel(BUFFERED_ITEMS);
         let (registry, image) = (self.registry.clone(), self.image.clone());
         self.runtime.spawn(async move {

@@ -445,16 +445,26 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused() {
 type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// A plain-HTTP registry that answers GETs (and HEADs) from `script` by
-/// path, 404 otherwise; `/v2/` is always 200 (no auth). Returns its
-/// `host:port` and the paths it was asked, in order.
+/// path, 404 otherwise; `/v2/` is 200 (no auth) unless scripted. Returns
+/// its `host:port` and the paths it was asked, in order.
 fn scripted_registry(
     script: std::collections::HashMap<String, Answer>,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    scripted_registry_with(|_| script.into_iter().map(|(path, answer)| (path, vec![answer])).collect())
+}
+
+/// A scripted registry whose script is made knowing its own `host:port`,
+/// answering each path with its answers in turn, the last one again and
+/// again.
+fn scripted_registry_with(
+    script: impl FnOnce(&str) -> std::collections::HashMap<String, Vec<Answer>>,
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
     let host = listener.local_addr().expect("addr").to_string();
+    let script = Arc::new(std::sync::Mutex::new(script(&host)));
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (log, script) = (asked.clone(), Arc::new(script));
+    let log = asked.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let (log, script) = (log.clone(), script.clone());
@@ -477,9 +487,16 @@ fn scripted_registry(
                     }
                     let path = path.split('?').next().unwrap_or("").to_owned();
                     log.lock().expect("log").push(path.clone());
-                    let (status, headers, body) = match (path.as_str(), script.get(&path)) {
-                        ("/v2/", _) => (200, vec![], b"{}".to_vec()),
-                        (_, Some(answer)) => answer.clone(),
+                    let scripted = script.lock().expect("script").get_mut(&path).map(|answers| {
+                        if answers.len() > 1 {
+                            answers.remove(0)
+                        } else {
+                            answers[0].clone()
+                        }
+                    });
+                    let (status, headers, body) = match (path.as_str(), scripted) {
+                        (_, Some(answer)) => answer,
+                        ("/v2/", None) => (200, vec![], b"{}".to_vec()),
                         _ => (
                             404,
                             vec![],
@@ -622,4 +639,66 @@ async fn a_blob_redirected_to_another_host_is_followed() {
     let layers = &report.import.images[0].layers;
     assert_eq!(layers.len(), 1);
     assert_eq!(pulled.layer(&layers[0]).expect("layer").expect("stored").diff_id, diff_id);
+}
+
+/// A token that expires in the middle of a pull: the registry refuses the
+/// next blob request with 401 and a bearer challenge; the pull asks the
+/// token endpoint again and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_mid_pull_is_asked_for_again() {
+    let layer = strata_sample::base_layer().expect("layer");
+    let diff_id = strata_types::OciDigest::sha256_of(&layer).to_string();
+    let mut config = strata_sample::sample_config(&["true"]);
+    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [diff_id] });
+    let config = serde_json::to_vec(&config).expect("json");
+    let config_digest = strata_types::OciDigest::sha256_of(&config).to_string();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": diff_id, "size": layer.len() }],
+    }))
+    .expect("json");
+    let challenge = |host: &str| -> Answer {
+        (
+            401,
+            vec![(
+                "WWW-Authenticate".to_owned(),
+                format!(
+                    "Bearer realm=\"http://{host}/token\",service=\"test\",scope=\"repository:app:pull\""
+                ),
+            )],
+            br#"{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}"#.to_vec(),
+        )
+    };
+    let token: Answer = (
+        200,
+        vec![("Content-Type".to_owned(), "application/json".to_owned())],
+        br#"{"token":"t","expires_in":300}"#.to_vec(),
+    );
+    let (host, asked) = scripted_registry_with(|host| {
+        [
+            ("/v2/".to_owned(), vec![challenge(host)]),
+            ("/token".to_owned(), vec![token]),
+            (
+                "/v2/app/manifests/1".to_owned(),
+                vec![json_answer("application/vnd.oci.image.manifest.v1+json", manifest)],
+            ),
+            (format!("/v2/app/blobs/{config_digest}"), vec![(200, vec![], config)]),
+            // Expired: refused once, then served.
+            (format!("/v2/app/blobs/{diff_id}"), vec![challenge(host), (200, vec![], layer)]),
+        ]
+        .into_iter()
+        .collect()
+    });
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let pulled = store(scratch.path(), "pulled");
+    let report =
+        pull_from(&host, &format!("{host}/app:1"), &pulled).await.expect("pulled after asking again");
+    assert_eq!(report.import.images[0].layers.len(), 1);
+    let asked = asked.lock().expect("log").clone();
+    let tokens = asked.iter().filter(|p| *p == "/token").count();
+    assert!(tokens >= 2, "a token at the start and another after the 401: {asked:?}");
+    let blob = format!("/v2/app/blobs/{diff_id}");
+    assert_eq!(asked.iter().filter(|p| **p == blob).count(), 2, "the blob asked twice: {asked:?}");
 }

@@ -49,6 +49,22 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// One pull counted in `claims_waiting` while this lives.
+struct Waiting(Arc<crate::metrics::Metrics>);
+
+impl Waiting {
+    fn new(metrics: &Arc<crate::metrics::Metrics>) -> Self {
+        metrics.claims_waiting.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.claims_waiting.dec();
+    }
+}
+
 impl Node {
     /// Waits until this node may fetch what `key` names from outside the
     /// cluster for everyone, or nodes hold it whole. While another node's
@@ -59,10 +75,14 @@ impl Node {
     /// Cancelled by dropping the future.
     pub async fn claim(self: &Arc<Self>, key: Key) -> Claimed {
         let mut waited_on: Option<String> = None;
+        // Counted in `claims_waiting` from the first wait until this
+        // returns or is dropped.
+        let mut waiting: Option<Waiting> = None;
         loop {
             // A pull of this image already runs here: wait for it as other
             // nodes do (the directory grants a node's claim to it again).
             if !self.claims.lock().insert(key) {
+                waiting.get_or_insert_with(|| Waiting::new(&self.metrics));
                 tokio::time::sleep(CLAIM_POLL).await;
                 continue;
             }
@@ -91,6 +111,7 @@ impl Node {
                         tracing::info!(claimer = %other, "another node is pulling this image: waiting for it");
                         waited_on = Some(other);
                     }
+                    waiting.get_or_insert_with(|| Waiting::new(&self.metrics));
                     tokio::time::sleep(CLAIM_POLL).await;
                 }
             }
