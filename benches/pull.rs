@@ -179,6 +179,7 @@ fn main() {
         // skopeo copy to a directory, then tar -x of each layer.
         let dir = root.join(format!("skopeo-{run}"));
         let copied = dir.join("image");
+        std::fs::create_dir_all(&dir).expect("skopeo dir");
         let copy = measure(
             Command::new("skopeo")
                 .args(["copy", "--quiet", "--src-creds", &creds, "--src-cert-dir"])

@@ -415,3 +415,25 @@ fn push_through_a_token_registry_asks_for_push_scope_and_arrives_whole() {
         s.json(&["inspect", &format!("{host}/team/busybox:1")])["id"]
     );
 }
+
+/// A pull reads no blob of a layer the store already holds with the very
+/// tar the manifest names (docker's "Already exists"): here every layer,
+/// as the image was imported from its archive first; only the config is
+/// downloaded, and the image is the archive's.
+#[test]
+fn a_layer_the_store_holds_is_not_downloaded_again() {
+    let registry = TestRegistry::start();
+    let s = Strata::new();
+    let archive = busybox_image(&s);
+    registry.push(&archive, "tools/busybox:1");
+    trust_registry(&s, &registry);
+    s.ok(&["import", archive.to_str().expect("utf-8"), "--name", "local/busybox:1"]);
+    let before = registry.blob_downloads().len();
+    let reference = format!("{}/tools/busybox:1", registry.host);
+    let pulled = s.json(&["pull", &reference]);
+    let downloads = registry.blob_downloads()[before..].to_vec();
+    assert_eq!(downloads.len(), 1, "the config only: {downloads:?}");
+    assert_eq!(pulled["imported"]["layers_added"], 0);
+    assert_eq!(s.json(&["inspect", &reference])["id"], s.json(&["inspect", "local/busybox:1"])["id"]);
+    assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
+}

@@ -253,6 +253,10 @@ fn import_plans(
             unique.push(layer.clone());
         }
     }
+    // A layer this store holds whole, with the very tar the plan names
+    // kept, is not read again (docker's "Already exists").
+    let held = held_layers(store, &unique)?;
+    unique.retain(|layer| !held.contains_key(&layer.member));
     let mut sizes = Vec::with_capacity(unique.len());
     for layer in &unique {
         sizes.push(match layer.blob_size {
@@ -341,7 +345,7 @@ fn import_plans(
         Ok(out)
     })?;
 
-    let mut layer_ids: HashMap<String, LayerId> = HashMap::new();
+    let mut layer_ids: HashMap<String, LayerId> = held;
     for (layer, (index, record)) in unique.iter().zip(converted) {
         let id = txn.stage_layer(&index, record)?;
         layer_ids.insert(layer.member.clone(), id);
@@ -357,6 +361,34 @@ fn import_plans(
     report.new_chunks = summary.new_chunks;
     report.new_chunk_bytes = summary.new_chunk_bytes;
     Ok(report)
+}
+
+/// The layers of `planned` this store already holds whole (every chunk
+/// here) with a tar-split for the planned diff_id, by member: their blobs
+/// need not be read. (A GC between this and the commit makes the commit
+/// fail with a missing layer, never store an image without it.)
+fn held_layers(store: &Store, planned: &[LayerPlan]) -> Result<HashMap<String, LayerId>, ImportError> {
+    let wanted: HashSet<String> = planned.iter().map(|l| l.diff_id.to_string()).collect();
+    let mut by_diff_id: HashMap<String, LayerId> = HashMap::new();
+    for layer in store.layers()? {
+        for split in &layer.record.tar_splits {
+            if !wanted.contains(&split.diff_id) || by_diff_id.contains_key(&split.diff_id) {
+                continue;
+            }
+            let split_here = split.blob.iter().chain(&split.extra_chunks).try_fold(true, |all, c| {
+                let id = ChunkId::from_slice(&c.id)
+                    .map_err(|e| StoreError::Corrupt(format!("layer {}: {e}", layer.id)))?;
+                Ok::<_, StoreError>(all && store.has_chunk(&id)?)
+            })?;
+            if split_here && store.missing_chunks(&layer.id)?.is_empty() {
+                by_diff_id.insert(split.diff_id.clone(), layer.id);
+            }
+        }
+    }
+    Ok(planned
+        .iter()
+        .filter_map(|l| by_diff_id.get(&l.diff_id.to_string()).map(|id| (l.member.clone(), *id)))
+        .collect())
 }
 
 fn stage_image(

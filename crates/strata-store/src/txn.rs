@@ -263,9 +263,18 @@ impl ImportTxn<'_> {
                 }
                 batch.put_cf(store.cf(schema::REFS), schema::layer_ref(&layer, &image.id), b"");
             }
-            if store.image(&image.id)?.is_none() {
-                batch.put_cf(store.cf(schema::IMAGES), image.id.as_bytes(), image.record.encode_to_vec());
-                summary.images_added += 1;
+            match store.image(&image.id)? {
+                None => {
+                    batch.put_cf(store.cf(schema::IMAGES), image.id.as_bytes(), image.record.encode_to_vec());
+                    summary.images_added += 1;
+                }
+                // Stored from an archive, now pulled from a registry: the
+                // record takes the manifest (not part of the id), so the
+                // image proves itself by its repo digest from now on.
+                Some(stored) if stored.manifest.is_empty() && !image.record.manifest.is_empty() => {
+                    batch.put_cf(store.cf(schema::IMAGES), image.id.as_bytes(), image.record.encode_to_vec());
+                }
+                Some(_) => {}
             }
         }
         // Images that lost their last name go, as with `rm`.

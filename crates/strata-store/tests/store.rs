@@ -81,7 +81,7 @@ fn committed_images_read_back_verified() {
 /// A registry image keeps its manifest, which does not change its id: the
 /// same layers and config are one image however they were packaged.
 #[test]
-fn a_manifest_does_not_change_an_images_id_and_the_first_record_stays() {
+fn a_manifest_does_not_change_an_images_id_and_the_first_manifest_stays() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     import(&store, "app:1", b"one layer");
@@ -94,10 +94,15 @@ fn a_manifest_does_not_change_an_images_id_and_the_first_record_stays() {
         bare_id
     );
     txn.commit().unwrap();
-    // The record stored first stays (as a layer's record does).
-    assert_eq!(store.image(&bare_id).unwrap().unwrap(), bare);
-    // (An image that arrives with its manifest keeps it: the registry
-    // tests' pull by digest from a peer relies on it.)
+    // A record stored without a manifest takes the one a later import
+    // brings (a registry pull of an image first imported from an archive).
+    assert_eq!(store.image(&bare_id).unwrap().unwrap(), with_manifest);
+    // One stored with a manifest keeps it.
+    let mut txn = store.begin_import().unwrap();
+    let other_manifest = ImageRecord { manifest: br#"{"schemaVersion":2,"x":1}"#.to_vec(), ..bare.clone() };
+    txn.stage_image(other_manifest, vec!["registry.example/app@sha256:cd".into()]);
+    txn.commit().unwrap();
+    assert_eq!(store.image(&bare_id).unwrap().unwrap(), with_manifest);
     let other_config = ImageRecord { config: b"{\"x\":1}".to_vec(), ..with_manifest };
     assert_ne!(strata_store::image_id(&other_config), bare_id, "the config is part of the id");
 }
