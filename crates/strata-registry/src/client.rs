@@ -62,6 +62,14 @@ pub struct Registry {
     pub(crate) client: oci_client::Client,
     pub(crate) auth: RegistryAuth,
     name: String,
+    /// Manifests are read by hand (`oci-client` buffers a whole body
+    /// before its size can be checked): this client has the same TLS
+    /// roots, protocol and timeouts.
+    http: reqwest::Client,
+    scheme: &'static str,
+    /// The bearer token [`Registry::authenticate`] got, if the registry
+    /// asked for one.
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A reference resolved to one image manifest.
@@ -181,12 +189,13 @@ impl Registry {
         credentials: &Credentials,
     ) -> Result<Self, RegistryError> {
         let name = image.registry().to_owned();
+        let insecure = settings.insecure.iter().any(|r| *r == name || r == image.host());
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(seconds(settings.connect_timeout_secs))
+            .read_timeout(seconds(settings.read_timeout_secs))
+            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")));
         let mut config = ClientConfig {
-            protocol: if settings.insecure.iter().any(|r| *r == name || r == image.host()) {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
+            protocol: if insecure { ClientProtocol::Http } else { ClientProtocol::Https },
             connect_timeout: Some(seconds(settings.connect_timeout_secs)),
             read_timeout: Some(seconds(settings.read_timeout_secs)),
             platform_resolver: None,
@@ -201,11 +210,22 @@ impl Registry {
                     path.display()
                 )));
             }
+            let certificate = reqwest::Certificate::from_pem(&data)
+                .map_err(|e| RegistryError::Settings(format!("CA file {} of {name}: {e}", path.display())))?;
+            http = http.tls_certs_merge(vec![certificate]);
             config.extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
         }
         let client = oci_client::Client::try_from(config)
             .map_err(|e| RegistryError::Settings(format!("a client for {name}: {e}")))?;
-        Ok(Self { client, auth: credentials.to_client(), name })
+        let http = http.build().map_err(|e| RegistryError::Settings(format!("a client for {name}: {e}")))?;
+        Ok(Self {
+            client,
+            auth: credentials.to_client(),
+            name,
+            http,
+            scheme: if insecure { "http" } else { "https" },
+            token: Default::default(),
+        })
     }
 
     /// The registry's name, as references write it.
@@ -216,11 +236,101 @@ impl Registry {
     /// Authenticates for pulling from `image`'s repository (the bearer
     /// flow when the registry challenges with one).
     pub(crate) async fn authenticate(&self, image: &ImageRef) -> Result<(), RegistryError> {
-        self.client
+        let token = self
+            .client
             .auth(image.client_ref(), &self.auth, RegistryOperation::Pull)
             .await
-            .map(drop)
-            .map_err(|e| self.error(image, e))
+            .map_err(|e| self.error(image, e))?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+        Ok(())
+    }
+
+    /// The manifest (or index) `image` names, and its digest, read within
+    /// [`MAX_MANIFEST_BYTES`] as it arrives (a registry that sends more is
+    /// cut off there, whatever its `Content-Length` says). An `@digest`
+    /// reference must hash to its digest; a `Docker-Content-Digest` header,
+    /// when sent, too (distribution spec, "Pulling manifests").
+    ///
+    /// Errors: [`RegistryError::Unauthorized`] (401, 403),
+    /// [`RegistryError::NotFound`] (404), [`RegistryError::TooLarge`],
+    /// [`RegistryError::DigestMismatch`], [`RegistryError::Transport`], and
+    /// [`RegistryError::Registry`] for any other answer.
+    async fn get_manifest(&self, image: &ImageRef) -> Result<(Vec<u8>, String), RegistryError> {
+        match self.get_manifest_once(image).await {
+            // No token yet, or one that expired: asked for again, once.
+            Err(RegistryError::Unauthorized { .. }) => {
+                self.authenticate(image).await?;
+                self.get_manifest_once(image).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_manifest_once(&self, image: &ImageRef) -> Result<(Vec<u8>, String), RegistryError> {
+        let reference = image.client_ref();
+        let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{tag_or_digest}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository()
+        );
+        let mut request = self.http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        request = match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let transport = |e: reqwest::Error| RegistryError::Transport {
+            registry: self.name.clone(),
+            source: Box::new(e.without_url()),
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let too_large = |size: u64| RegistryError::TooLarge {
+            reference: image.to_string(),
+            what: "manifest".into(),
+            size,
+            limit: MAX_MANIFEST_BYTES,
+        };
+        let mut body = Vec::new();
+        while let Some(piece) = response.chunk().await.map_err(transport)? {
+            if (body.len() + piece.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_large((body.len() + piece.len()) as u64));
+            }
+            body.extend_from_slice(&piece);
+        }
+        let detail = || {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            format!("{status} for {url}: {}", text.trim())
+        };
+        match status {
+            200 => {}
+            401 | 403 => {
+                return Err(RegistryError::Unauthorized { registry: self.name.clone(), detail: detail() })
+            }
+            404 => return Err(RegistryError::NotFound { reference: image.to_string(), detail: detail() }),
+            _ => return Err(RegistryError::Registry { registry: self.name.clone(), detail: detail() }),
+        }
+        let digest = strata_types::OciDigest::sha256_of(&body).to_string();
+        let header = response
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.starts_with("sha256:"))
+            .map(str::to_owned);
+        for expected in reference.digest().map(str::to_owned).into_iter().chain(header) {
+            if expected != digest {
+                return Err(RegistryError::DigestMismatch {
+                    reference: image.to_string(),
+                    what: "manifest".into(),
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        Ok((body, digest))
     }
 
     pub(crate) fn error(
@@ -242,19 +352,7 @@ impl Registry {
         let mut current = image.clone();
         let mut index_digest = None;
         for _ in 0..MAX_INDEX_DEPTH {
-            let (bytes, digest) = self
-                .client
-                .pull_manifest_raw(current.client_ref(), &self.auth, &ACCEPTED)
-                .await
-                .map_err(|e| self.error(image, e))?;
-            if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-                return Err(RegistryError::TooLarge {
-                    reference: image.to_string(),
-                    what: "manifest".into(),
-                    size: bytes.len() as u64,
-                    limit: MAX_MANIFEST_BYTES,
-                });
-            }
+            let (bytes, digest) = self.get_manifest(&current).await?;
             let document: Document =
                 serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
                     reference: image.to_string(),
@@ -267,7 +365,7 @@ impl Registry {
                 });
             }
             match document.manifests {
-                None => return Ok(Resolved { digest, manifest: bytes.to_vec(), index_digest }),
+                None => return Ok(Resolved { digest, manifest: bytes, index_digest }),
                 Some(entries) => {
                     let chosen = choose(&entries, platform).ok_or_else(|| RegistryError::NoPlatform {
                         reference: image.to_string(),

@@ -702,3 +702,54 @@ async fn a_token_that_expires_mid_pull_is_asked_for_again() {
     let blob = format!("/v2/app/blobs/{diff_id}");
     assert_eq!(asked.iter().filter(|p| **p == blob).count(), 2, "the blob asked twice: {asked:?}");
 }
+
+/// A registry that sends a manifest without end (1 TiB announced): the
+/// read stops at the limit, with the same error, holding no more than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_manifest_is_cut_off_at_the_limit() {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let host = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut out = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    if path == "/v2/" {
+                        let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                        continue;
+                    }
+                    let head =
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                                Content-Length: 1099511627776\r\n\r\n{\"schemaVersion\":2,\"x\":\"";
+                    if out.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let filler = vec![b'x'; 64 << 10];
+                    while out.write_all(&filler).is_ok() {}
+                    return;
+                }
+            });
+        }
+    });
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let pulled = store(scratch.path(), "pulled");
+    let err = pull_from(&host, &format!("{host}/app:1"), &pulled).await.expect_err("cut off");
+    assert!(
+        matches!(&err, RegistryError::TooLarge { what, size, .. } if what == "manifest" && *size <= strata_registry::MAX_MANIFEST_BYTES + (1 << 20)),
+        "{err}"
+    );
+    assert!(pulled.images().expect("images").is_empty());
+}
