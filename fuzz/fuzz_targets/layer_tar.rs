@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use libfuzzer_sys::fuzz_target;
 use strata_chunk::{Chunker, Chunking};
-use strata_layer::{read_layer, write_layer, ChunkSink, ChunkSource};
+use strata_layer::{read_layer, write_layer, write_split, ChunkSink, ChunkSource};
 use strata_types::ChunkId;
 
 #[derive(Default)]
@@ -43,8 +43,15 @@ impl ChunkSource for Chunks {
 fuzz_target!(|data: &[u8]| {
     let mut chunker = Chunker::new(Chunking::Cdc { min: 256, avg: 1024, max: 4096 }).expect("chunker");
     let mut chunks = Chunks::default();
-    let Ok((index, _)) = read_layer(data, &mut chunker, &mut chunks) else { return };
+    let Ok(read) = read_layer(data, &mut chunker, &mut chunks) else { return };
+    let index = read.index;
+    // A tar that was read comes back bit for bit from its split.
+    if let Ok(split) = read.split {
+        let mut rebuilt = Vec::new();
+        write_split(&split, &mut chunks, &mut rebuilt).expect("a split rebuilds");
+        assert!(rebuilt == data, "the split rebuilds the very tar");
+    }
     let tar = write_layer(&index, &mut chunks, Vec::new()).expect("an index that read writes back");
-    let (again, _) = read_layer(&tar[..], &mut chunker, &mut chunks).expect("a written layer reads");
+    let again = read_layer(&tar[..], &mut chunker, &mut chunks).expect("a written layer reads").index;
     assert_eq!(again, index, "write then read gives the same index");
 });
