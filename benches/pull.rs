@@ -28,17 +28,6 @@ use common::{measure, median, mib, scratch, strata};
 use serde_json::json;
 use strata_sample::registry::{TestRegistry, PASSWORD, USER};
 
-/// Settings naming the registry's CA and credentials, in `data`.
-fn configure(data: &Path, registry: &TestRegistry) {
-    std::fs::create_dir_all(data).expect("data dir");
-    let config = format!(
-        "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
-        host = registry.host,
-        ca = registry.ca_file(),
-    );
-    std::fs::write(data.join("strata.toml"), config).expect("settings");
-}
-
 /// A containerd of its own: root, state and sockets under `dir`, the CRI
 /// plugin off; killed (and its root removed) when dropped.
 struct Containerd {
@@ -156,7 +145,7 @@ fn main() {
     for run in 0..runs {
         // Strata: a new store, no node.
         let data = root.join(format!("strata-{run}"));
-        configure(&data, &registry);
+        registry.write_settings(&data);
         let before: u64 = registry.blob_downloads().iter().map(|(_, n)| n).sum();
         let m = measure(strata(&data).args(["--json", "pull", &reference]).stdout(Stdio::null()));
         blob_bytes = registry.blob_downloads().iter().map(|(_, n)| n).sum::<u64>() - before;

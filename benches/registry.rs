@@ -17,18 +17,7 @@ use std::time::Instant;
 use common::cluster::{certs, start_node, NodeSpec};
 use common::{scratch, strata};
 use serde_json::json;
-use strata_sample::registry::{TestRegistry, PASSWORD, USER};
-
-/// Settings naming the registry's CA and credentials, in `data`.
-fn configure(data: &Path, registry: &TestRegistry) {
-    std::fs::create_dir_all(data).expect("data dir");
-    let config = format!(
-        "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
-        host = registry.host,
-        ca = registry.ca_file(),
-    );
-    std::fs::write(data.join("strata.toml"), config).expect("settings");
-}
+use strata_sample::registry::TestRegistry;
 
 /// Pulls `reference` into every data dir at once; returns the seconds
 /// until the last ended and each pull's `source`.
@@ -85,13 +74,13 @@ fn main() {
 
     // One pull alone: the image's blob bytes (config and layers).
     let one = root.join("one");
-    configure(&one, &registry);
+    registry.write_settings(&one);
     pull_all(std::slice::from_ref(&one), &reference);
     let image_bytes = served(&registry);
 
     // Baseline: N pulls without a cluster.
     let alone: Vec<_> = (0..n).map(|i| root.join(format!("alone-{i}"))).collect();
-    alone.iter().for_each(|d| configure(d, &registry));
+    alone.iter().for_each(|d| registry.write_settings(d));
     let before = served(&registry);
     let (alone_secs, _) = pull_all(&alone, &reference);
     let alone_bytes = served(&registry) - before;
@@ -100,7 +89,7 @@ fn main() {
     let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
     let certs = certs(&root, &names);
     let dirs: Vec<_> = (0..n).map(|i| root.join(format!("node-{i}"))).collect();
-    dirs.iter().for_each(|d| configure(d, &registry));
+    dirs.iter().for_each(|d| registry.write_settings(d));
     let mut nodes = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         let seed = nodes.first().map(|f: &common::cluster::BenchNode| f.addr.clone());

@@ -57,13 +57,7 @@ fn run_pulls_an_image_the_store_lacks() {
     let registry = TestRegistry::start();
     let s = Strata::new();
     registry.push(&busybox_image(&s), "busybox:1");
-    std::fs::create_dir_all(s.data_dir()).expect("data dir");
-    let config = format!(
-        "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
-        host = registry.host,
-        ca = registry.ca_file(),
-    );
-    std::fs::write(s.data_dir().join("strata.toml"), config).expect("settings");
+    trust_registry(&s, &registry);
     let reference = format!("{}/busybox:1", registry.host);
     assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
     assert_eq!(s.json(&["images"]).as_array().expect("images").len(), 2, "the tag and the repo digest");

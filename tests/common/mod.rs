@@ -143,12 +143,5 @@ pub fn busybox_image_with(s: &Strata, data: Option<&[u8]>) -> PathBuf {
 /// Settings in the data dir (read by the CLI and by a node there): the
 /// test registry's CA and credentials.
 pub fn trust_registry(s: &Strata, registry: &strata_sample::registry::TestRegistry) {
-    use strata_sample::registry::{PASSWORD, USER};
-    std::fs::create_dir_all(s.data_dir()).expect("data dir");
-    let config = format!(
-        "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
-        host = registry.host,
-        ca = registry.ca_file(),
-    );
-    std::fs::write(s.data_dir().join("strata.toml"), config).expect("settings");
+    registry.write_settings(&s.data_dir());
 }

@@ -31,4 +31,4 @@ pub use import::{
 };
 pub use name::{find_image, normalize_name, FoundImage, NameError};
 pub use strata_layer::{ChunkSource, LayerError};
-pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, WrittenLayer};
+pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, Tee, WrittenLayer};

@@ -314,17 +314,18 @@ fn file_header(size: u64) -> tar::Header {
     h
 }
 
-/// A writer that hashes what it passes on.
-pub(crate) struct Tee<W> {
+/// A writer that hashes (sha256) what it passes on to `W`.
+pub struct Tee<W> {
     inner: W,
     sha: Sha256Writer,
 }
 
 impl<W: Write> Tee<W> {
-    pub(crate) fn new(inner: W) -> Self {
+    pub fn new(inner: W) -> Self {
         Self { inner, sha: Sha256Writer::new() }
     }
-    pub(crate) fn into_parts(self) -> (W, Sha256Writer) {
+    /// The inner writer and the hash of what went through.
+    pub fn into_parts(self) -> (W, Sha256Writer) {
         (self.inner, self.sha)
     }
 }

@@ -18,9 +18,9 @@ use oci_client::errors::OciDistributionError;
 use oci_client::RegistryOperation;
 use serde::Deserialize;
 use serde_json::json;
-use strata_oci::{config_diff_ids, ChunkSource, LayerTar};
+use strata_oci::{config_diff_ids, ChunkSource, LayerTar, Tee};
 use strata_store::Store;
-use strata_types::{LayerId, OciDigest, Sha256Writer};
+use strata_types::{LayerId, OciDigest};
 use tokio::sync::mpsc;
 
 use crate::{ImageRef, Registry, RegistryError};
@@ -384,33 +384,17 @@ fn compress<S: ChunkSource>(
     chunks: &mut S,
     out: &mut dyn Write,
 ) -> Result<Measured, strata_oci::LayerError> {
-    let mut blob = HashingWriter { inner: out, sha: Sha256Writer::new() };
+    let mut blob = Tee::new(out);
     let diff_id = {
         let gz = flate2::GzBuilder::new().mtime(0).write(&mut blob, flate2::Compression::new(GZIP_LEVEL));
-        let mut tar_side = HashingWriter { inner: gz, sha: Sha256Writer::new() };
+        let mut tar_side = Tee::new(gz);
         tar.write(chunks, &mut tar_side)?;
-        let HashingWriter { inner: gz, sha } = tar_side;
+        let (gz, sha) = tar_side.into_parts();
         gz.finish().map_err(strata_oci::LayerError::Write)?;
         sha.finish().0
     };
-    let (digest, size) = blob.sha.finish();
+    let (digest, size) = blob.into_parts().1.finish();
     Ok(Measured { digest, size, diff_id })
-}
-
-struct HashingWriter<W> {
-    inner: W,
-    sha: Sha256Writer,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 enum UploadError {

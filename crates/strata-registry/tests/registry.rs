@@ -600,19 +600,10 @@ async fn a_blob_redirected_to_another_host_is_followed() {
         e.write_all(&layer).expect("gzip");
         e.finish().expect("gzip")
     };
-    let diff_id = strata_types::OciDigest::sha256_of(&layer).to_string();
     let blob_digest = strata_types::OciDigest::sha256_of(&gz).to_string();
-    let mut config = strata_sample::sample_config(&["true"]);
-    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [diff_id] });
-    let config = serde_json::to_vec(&config).expect("json");
-    let config_digest = strata_types::OciDigest::sha256_of(&config).to_string();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
-        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob_digest, "size": gz.len() }],
-    }))
-    .expect("json");
+    let image = one_layer_image(&layer, &gz, "application/vnd.oci.image.layer.v1.tar+gzip");
+    let (diff_id, config, config_digest, manifest) =
+        (image.diff_id, image.config, image.config_digest, image.manifest);
 
     // The blob store: another host name, another port.
     let (cdn, cdn_asked) =
@@ -647,18 +638,9 @@ async fn a_blob_redirected_to_another_host_is_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_expires_mid_pull_is_asked_for_again() {
     let layer = strata_sample::base_layer().expect("layer");
-    let diff_id = strata_types::OciDigest::sha256_of(&layer).to_string();
-    let mut config = strata_sample::sample_config(&["true"]);
-    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [diff_id] });
-    let config = serde_json::to_vec(&config).expect("json");
-    let config_digest = strata_types::OciDigest::sha256_of(&config).to_string();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
-        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": diff_id, "size": layer.len() }],
-    }))
-    .expect("json");
+    let image = one_layer_image(&layer, &layer, "application/vnd.oci.image.layer.v1.tar");
+    let (diff_id, config, config_digest, manifest) =
+        (image.diff_id, image.config, image.config_digest, image.manifest);
     let challenge = |host: &str| -> Answer {
         (
             401,
@@ -752,4 +734,29 @@ async fn an_endless_manifest_is_cut_off_at_the_limit() {
         "{err}"
     );
     assert!(pulled.images().expect("images").is_empty());
+}
+
+/// An image of one layer (the tar `layer`, sent as `blob` of `blob_type`)
+/// as a registry serves it.
+struct OneLayerImage {
+    diff_id: String,
+    config: Vec<u8>,
+    config_digest: String,
+    manifest: Vec<u8>,
+}
+
+fn one_layer_image(layer: &[u8], blob: &[u8], blob_type: &str) -> OneLayerImage {
+    let diff_id = strata_types::OciDigest::sha256_of(layer).to_string();
+    let mut config = strata_sample::sample_config(&["true"]);
+    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [diff_id] });
+    let config = serde_json::to_vec(&config).expect("json");
+    let config_digest = strata_types::OciDigest::sha256_of(&config).to_string();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [{ "mediaType": blob_type, "digest": strata_types::OciDigest::sha256_of(blob).to_string(), "size": blob.len() }],
+    }))
+    .expect("json");
+    OneLayerImage { diff_id, config, config_digest, manifest }
 }

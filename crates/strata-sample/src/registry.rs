@@ -162,6 +162,18 @@ impl TestRegistry {
         self.dir.path().join("data")
     }
 
+    /// Writes `strata.toml` in the data dir `data` (read by the CLI and by
+    /// a node there): this registry's CA and its credentials.
+    pub fn write_settings(&self, data: &Path) {
+        std::fs::create_dir_all(data).expect("data dir");
+        let config = format!(
+            "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
+            host = self.host,
+            ca = self.ca_file(),
+        );
+        std::fs::write(data.join("strata.toml"), config).expect("settings");
+    }
+
     /// The CA certificate (PEM) its certificate chains to.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("certs/ca.crt")
