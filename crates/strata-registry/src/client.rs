@@ -70,6 +70,8 @@ pub struct Registry {
     /// The bearer token [`Registry::authenticate`] got, if the registry
     /// asked for one.
     token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Tokens for cross-repository mounts, by "TARGET SOURCE" repository.
+    mount_tokens: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 /// A reference resolved to one image manifest.
@@ -225,6 +227,7 @@ impl Registry {
             http,
             scheme: if insecure { "http" } else { "https" },
             token: Default::default(),
+            mount_tokens: Default::default(),
         })
     }
 
@@ -333,6 +336,145 @@ impl Registry {
         Ok((body, digest))
     }
 
+    /// Mounts blob `digest` from `source`'s repository into `target`'s, on
+    /// this registry (distribution spec, "Mounting a blob from another
+    /// repository": `POST /v2/TARGET/blobs/uploads/?mount=DIGEST&from=SOURCE`,
+    /// `201 Created` when mounted). A registry that challenges for a bearer
+    /// token gets one asked for with both scopes, `repository:TARGET:pull,push`
+    /// and `repository:SOURCE:pull`, as docker asks (a token for the target
+    /// alone does not let the registry read the source, and it starts an
+    /// upload instead). When the registry answers `202 Accepted` (an upload
+    /// session, not a mount), that session is cancelled.
+    ///
+    /// Returns whether the blob was mounted; a refusal (no such blob, no
+    /// right to the source) is `Ok(false)`. Errors: the transport, or a
+    /// token server that refuses the credentials.
+    pub(crate) async fn mount_blob(
+        &self,
+        target: &ImageRef,
+        source: &ImageRef,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let (target_ref, source_ref) = (target.client_ref(), source.client_ref());
+        let base = format!("{}://{}", self.scheme, target_ref.resolve_registry());
+        let url = format!("{base}/v2/{}/blobs/uploads/", target_ref.repository());
+        let transport = |e: reqwest::Error| RegistryError::Transport {
+            registry: self.name.clone(),
+            source: Box::new(e.without_url()),
+        };
+        let cache_key = format!("{} {}", target_ref.repository(), source_ref.repository());
+        let mut token = self.mount_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key).cloned();
+        let authorize = |request: reqwest::RequestBuilder, token: &Option<String>| match (token, &self.auth) {
+            (Some(token), _) | (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, RegistryAuth::Anonymous) => request,
+        };
+        let post = || {
+            self.http
+                .post(&url)
+                .query(&[("mount", digest), ("from", source_ref.repository())])
+                .header(reqwest::header::CONTENT_LENGTH, 0)
+        };
+        let mut response = authorize(post(), &token).send().await.map_err(transport)?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            if let Some(challenge) = BearerChallenge::of(response.headers()) {
+                let scopes = [
+                    format!("repository:{}:pull,push", target_ref.repository()),
+                    format!("repository:{}:pull", source_ref.repository()),
+                ];
+                let fresh = self.token_for(&challenge, &scopes).await?;
+                self.mount_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, fresh.clone());
+                token = Some(fresh);
+                response = authorize(post(), &token).send().await.map_err(transport)?;
+            }
+        }
+        match response.status().as_u16() {
+            201 => Ok(true),
+            202 => {
+                // An upload session the push does not use: cancelled (a
+                // registry also purges stale sessions on its own).
+                let location =
+                    response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
+                if let Some(location) = location {
+                    let location = if location.starts_with('/') {
+                        format!("{base}{location}")
+                    } else {
+                        location.to_owned()
+                    };
+                    if let Err(e) = authorize(self.http.delete(&location), &token).send().await {
+                        tracing::debug!(error = %e.without_url(), "upload session not cancelled");
+                    }
+                }
+                tracing::debug!(%digest, from = %source, "blob not mounted: the registry started an upload");
+                Ok(false)
+            }
+            status => {
+                tracing::debug!(%digest, from = %source, status, "blob not mounted");
+                Ok(false)
+            }
+        }
+    }
+
+    /// A bearer token for `scopes` from the token server `challenge` names
+    /// (distribution token spec, docs/spec/auth/token.md: `GET REALM?service=
+    /// SERVICE&scope=…`, basic credentials when there are any; the answer's
+    /// `token`, or `access_token` as OAuth2 servers write it). The answer
+    /// is read within 1 MiB.
+    ///
+    /// Errors: [`RegistryError::Unauthorized`] when the token server refuses
+    /// (the credentials are not in the message), the transport.
+    async fn token_for(
+        &self,
+        challenge: &BearerChallenge,
+        scopes: &[String],
+    ) -> Result<String, RegistryError> {
+        let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
+        if let Some(service) = &challenge.service {
+            query.push(("service", service));
+        }
+        let mut request = self.http.get(&challenge.realm).query(&query);
+        if let RegistryAuth::Basic(user, password) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let transport = |e: reqwest::Error| RegistryError::Transport {
+            registry: self.name.clone(),
+            source: Box::new(e.without_url()),
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(piece) = response.chunk().await.map_err(transport)? {
+            if body.len() + piece.len() > 1 << 20 {
+                return Err(RegistryError::Registry {
+                    registry: self.name.clone(),
+                    detail: format!("the token server {} sent over 1 MiB", challenge.realm),
+                });
+            }
+            body.extend_from_slice(&piece);
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Unauthorized {
+                registry: self.name.clone(),
+                detail: format!("the token server {} answered {status}", challenge.realm),
+            });
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| RegistryError::Registry {
+            registry: self.name.clone(),
+            detail: format!("the token server {} sent no token: {e}", challenge.realm),
+        })?;
+        answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
+            RegistryError::Registry {
+                registry: self.name.clone(),
+                detail: format!("the token server {} sent no token", challenge.realm),
+            }
+        })
+    }
+
     pub(crate) fn error(
         &self,
         image: &ImageRef,
@@ -381,6 +523,36 @@ impl Registry {
             reference: image.to_string(),
             detail: format!("manifest lists nested more than {MAX_INDEX_DEPTH} deep"),
         })
+    }
+}
+
+/// A `WWW-Authenticate: Bearer realm=…,service=…` challenge.
+struct BearerChallenge {
+    realm: String,
+    service: Option<String>,
+}
+
+impl BearerChallenge {
+    /// The first Bearer challenge among `headers`' `WWW-Authenticate`
+    /// values (RFC 7235 syntax), if any.
+    fn of(headers: &reqwest::header::HeaderMap) -> Option<Self> {
+        headers.get_all(reqwest::header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).find_map(
+            |value| {
+                http_auth::parser::ChallengeParser::new(value).filter_map(Result::ok).find_map(|challenge| {
+                    if !challenge.scheme.eq_ignore_ascii_case("bearer") {
+                        return None;
+                    }
+                    let param = |name: &str| {
+                        challenge
+                            .params
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.to_unescaped())
+                    };
+                    Some(Self { realm: param("realm")?, service: param("service") })
+                })
+            },
+        )
     }
 }
 

@@ -288,13 +288,11 @@ fn mount(
     sources: &[ImageRef],
     digest: &str,
 ) -> bool {
-    sources.iter().any(|source| {
-        match runtime.block_on(registry.client.mount_blob(target.client_ref(), source.client_ref(), digest)) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(%digest, from = %source, error = %e, "blob not mounted");
-                false
-            }
+    sources.iter().any(|source| match runtime.block_on(registry.mount_blob(target, source, digest)) {
+        Ok(mounted) => mounted,
+        Err(e) => {
+            tracing::debug!(%digest, from = %source, error = %e, "blob not mounted");
+            false
         }
     })
 }
