@@ -187,6 +187,9 @@ pub enum Command {
         upper: Option<PathBuf>,
         #[arg(long)]
         trace_reads: Option<PathBuf>,
+        /// Only the image's first N layers.
+        #[arg(long)]
+        layers: Option<u32>,
         #[command(flatten)]
         peer: PeerArgs,
     },
@@ -216,6 +219,10 @@ pub struct ServeArgs {
     /// Seconds a chunk fetch may take before the read fails with EIO.
     #[arg(long, value_name = "SECS")]
     pub fetch_deadline: Option<f64>,
+    /// Serve containerd's snapshots API (a proxy snapshotter) on this Unix
+    /// socket [settings: snapshotter.socket].
+    #[arg(long, value_name = "PATH")]
+    pub snapshotter_socket: Option<PathBuf>,
     #[command(flatten)]
     pub identity: IdentityArgs,
 }

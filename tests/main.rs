@@ -9,6 +9,7 @@ mod cert_cli;
 mod cluster_cli;
 mod compose;
 mod config_cli;
+mod containerd;
 mod control;
 mod crash;
 mod debian;

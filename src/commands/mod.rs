@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 read_only,
                 trace_reads: trace_reads.map(|p| absolute(&p)).transpose()?,
                 peer: Some(peer.into()),
+                layers: None,
             };
             mount::mount(&ctx, &spec)
         }
@@ -81,7 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Show } => show_config(&ctx),
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),
-        Command::MountServe { image, mountpoint, upper, trace_reads, peer } => {
+        Command::MountServe { image, mountpoint, upper, trace_reads, layers, peer } => {
             let spec = strata_daemon::mount::MountSpec {
                 image,
                 mountpoint,
@@ -89,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 read_only: false,
                 trace_reads,
                 peer: Some(peer.into()),
+                layers,
             };
             Ok(strata_daemon::mount::serve(&ctx.dir, &spec)?)
         }
@@ -166,7 +168,11 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
         }
         let _ = stop_tx.try_send(());
     })?;
-    strata_daemon::server::serve_node(&ctx.dir, s, stop, |ready| {
+    let mut snapshotter = ctx.dir.settings.snapshotter.clone();
+    if let Some(socket) = &args.snapshotter_socket {
+        snapshotter.socket = Some(absolute(socket)?);
+    }
+    strata_daemon::server::serve_node(&ctx.dir, s, snapshotter, stop, |ready| {
         // What scripts wait for; nobody may be reading any more by the
         // time the node stops, so write errors are not fatal.
         let mut text = format!("listening on {}\n", ready.addr);
@@ -174,6 +180,9 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
             text.push_str(&format!("metrics on http://{addr}/metrics\n"));
         }
         text.push_str(&format!("control socket {}\n", ready.control_socket.display()));
+        if let Some(socket) = &ready.snapshotter_socket {
+            text.push_str(&format!("snapshotter socket {}\n", socket.display()));
+        }
         let mut stdout = std::io::stdout();
         let _ = std::io::Write::write_all(&mut stdout, text.as_bytes())
             .and_then(|()| std::io::Write::flush(&mut stdout));

@@ -27,6 +27,10 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] strata_registry::RegistryError),
     #[error(transparent)]
+    Snapshot(#[from] strata_snapshotter::SnapshotError),
+    #[error(transparent)]
+    Snapshotter(#[from] strata_snapshotter::ServeError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Json(#[from] serde_json::Error),

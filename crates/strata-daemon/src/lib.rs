@@ -39,6 +39,7 @@ pub mod run;
 pub mod server;
 pub mod settings;
 pub mod signals;
+pub mod snapshotter;
 
 pub use cancel::Cancel;
 pub use data_dir::DataDir;

@@ -54,6 +54,9 @@ pub struct MountSpec {
     pub trace_reads: Option<PathBuf>,
     /// Mount from these peers instead of this data dir's store and node.
     pub peer: Option<PeerMount>,
+    /// Only the image's first N layers (a layer chain, as containerd's
+    /// snapshots above a chain see it); `None`: all of them.
+    pub layers: Option<u32>,
 }
 
 /// Starts the background process serving `image` at `mountpoint` and
@@ -63,7 +66,7 @@ pub struct MountSpec {
 /// already served; the serving process's own error (image not found, a
 /// writable layer in use, …) as it reported it.
 pub fn start_mount(dir: &DataDir, spec: &MountSpec) -> Result<Started> {
-    let MountSpec { image, mountpoint, upper, read_only, trace_reads, peer } = spec;
+    let MountSpec { image, mountpoint, upper, read_only, trace_reads, peer, layers } = spec;
     let (read_only, upper, trace_reads) = (*read_only, upper.as_deref(), trace_reads.as_deref());
     let ctx = dir;
     if read_only && upper.is_some() {
@@ -102,6 +105,9 @@ pub fn start_mount(dir: &DataDir, spec: &MountSpec) -> Result<Started> {
     if let Some(peer) = peer.as_ref().filter(|p| !p.peers.is_empty()) {
         command.args(peer_args(peer));
     }
+    if let Some(layers) = layers {
+        command.arg("--layers").arg(layers.to_string());
+    }
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -132,13 +138,14 @@ pub fn serve(dir: &DataDir, spec: &MountSpec) -> Result<()> {
     // Leave the caller's session: its end must not end the mount.
     let _ = nix::unistd::setsid();
     let mut report = std::io::stdout();
-    let mut serving = match start(ctx, image, mountpoint, upper, trace_reads.is_some(), spec.peer.as_ref()) {
-        Ok(serving) => serving,
-        Err(e) => {
-            let _ = writeln!(report, "error: {}", crate::error::chain(&e));
-            return Err(e);
-        }
-    };
+    let mut serving =
+        match start(ctx, image, mountpoint, upper, trace_reads.is_some(), spec.peer.as_ref(), spec.layers) {
+            Ok(serving) => serving,
+            Err(e) => {
+                let _ = writeln!(report, "error: {}", crate::error::chain(&e));
+                return Err(e);
+            }
+        };
     let mut unmounter = serving.session.unmount_callable();
     let record = serving.record.clone();
     // SIGTERM, SIGINT or SIGHUP unmount; the session then ends by itself.
@@ -229,7 +236,11 @@ fn start(
     upper: Option<&Path>,
     trace_reads: bool,
     peer: Option<&PeerMount>,
+    layers: Option<u32>,
 ) -> Result<Serving> {
+    if layers.is_some() && peer.is_some_and(|p| !p.peers.is_empty()) {
+        refuse!("a mount of the first layers only is not served from peers");
+    }
     let mut through_node = false;
     let (id, name, tree, source, runtime): (_, _, _, Arc<dyn strata_mount::ChunkSource>, _) = match peer
         .filter(|p| !p.peers.is_empty())
@@ -242,7 +253,14 @@ fn start(
             through_node = node;
             let local = Arc::new(StoreSource::open(&ctx.store_dir()).context("opening the store")?);
             let store = local.store();
-            let found = strata_oci::find_image(&store, image)?;
+            let mut found = strata_oci::find_image(&store, image)?;
+            if let Some(n) = layers {
+                let total = found.record.layers.len();
+                if n == 0 || n as usize > total {
+                    refuse!("image {image} has {total} layers: cannot mount its first {n}");
+                }
+                found.record.layers.truncate(n as usize);
+            }
             let tree = strata_mount::load_lower(&store, &found.record)?;
             let source: Arc<dyn strata_mount::ChunkSource> = if node {
                 let timeout = std::time::Duration::from_secs_f64(ctx.settings.node.fetch_deadline_secs + 5.0);

@@ -25,7 +25,7 @@ use crate::cancel::Cancel;
 use crate::data_dir::DataDir;
 use crate::error::{refuse, Context, Error, Result};
 use crate::identity::IdentitySpec;
-use crate::settings::NodeSettings;
+use crate::settings::{NodeSettings, SnapshotterSettings};
 
 /// Where a started node can be reached; what `strata serve` prints.
 #[derive(Clone, Debug)]
@@ -35,6 +35,8 @@ pub struct Ready {
     /// The metrics endpoint, when one is configured.
     pub metrics: Option<SocketAddr>,
     pub control_socket: PathBuf,
+    /// containerd's proxy snapshotter, when one is configured.
+    pub snapshotter_socket: Option<PathBuf>,
 }
 
 /// Progress steps buffered for a caller that reads slowly; more are
@@ -55,6 +57,7 @@ const ADVANCE_STEP: u64 = 1 << 20;
 pub fn serve_node(
     dir: &DataDir,
     settings: NodeSettings,
+    snapshotter: SnapshotterSettings,
     stop: tokio::sync::mpsc::Receiver<()>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<()> {
@@ -77,7 +80,7 @@ pub fn serve_node(
     }
     let store = Arc::new(dir.open_write_store()?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let result = runtime.block_on(run(dir, settings, name, identity, store, stop, on_ready));
+    let result = runtime.block_on(run(dir, settings, snapshotter, name, identity, store, stop, on_ready));
     // Control connections of live mounts block in reads: do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -104,9 +107,11 @@ async fn resolve(what: &str, addr: &str, patience: Duration) -> Result<SocketAdd
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     dir: &DataDir,
     settings: NodeSettings,
+    snapshotter: SnapshotterSettings,
     name: String,
     identity: strata_tls::Identity,
     store: Arc<strata_store::Store>,
@@ -159,7 +164,19 @@ async fn run(
             serve_metrics(control.clone(), resolve("metrics address", addr, Duration::ZERO).await?).await?,
         ),
     };
-    on_ready(&Ready { addr: node.addr(), metrics, control_socket: socket.clone() });
+    let snapshotter = match &snapshotter.socket {
+        Some(path) => {
+            let root = snapshotter.root.clone().unwrap_or_else(|| dir.path.join("snapshotter"));
+            Some(start_snapshotter(control.dir.clone(), root, path.clone()).await?)
+        }
+        None => None,
+    };
+    on_ready(&Ready {
+        addr: node.addr(),
+        metrics,
+        control_socket: socket.clone(),
+        snapshotter_socket: snapshotter.as_ref().map(|s| s.socket.clone()),
+    });
     tracing::info!(node = node.name(), addr = %node.addr(), "node ready");
 
     stop.recv().await;
@@ -175,9 +192,56 @@ async fn run(
          reads of chunks not yet here fail after the fetch deadline until a node runs on this data dir again"
     );
     let _ = std::fs::remove_file(&socket);
+    if let Some(snapshotter) = snapshotter {
+        snapshotter.stop().await;
+    }
     node.shutdown().await;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// The containerd snapshotter while it serves.
+struct RunningSnapshotter {
+    socket: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSnapshotter {
+    /// Stops accepting calls, lets calls in flight finish (containerd
+    /// retries a refused dial), and removes the socket. Snapshots, their
+    /// directories and the mounts of running containers stay.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Opens the snapshots kept in the node's store with their directories
+/// under `root`, remote snapshots from the node ([`NodeLayers`]), and
+/// serves containerd's snapshots API on `socket`.
+///
+/// [`NodeLayers`]: crate::snapshotter::NodeLayers
+async fn start_snapshotter(dir: DataDir, root: PathBuf, socket: PathBuf) -> Result<RunningSnapshotter> {
+    let snapshots = tokio::task::spawn_blocking(move || -> Result<_> {
+        let store = dir.read_store()?;
+        let layers = Arc::new(crate::snapshotter::NodeLayers::new(dir));
+        Ok(strata_snapshotter::Snapshots::open(store, &root)?.with_layers(layers))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let listener = strata_snapshotter::bind(&socket)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = strata_snapshotter::serve(Arc::new(snapshots), listener, shutdown).await {
+            tracing::error!(error = %e, "the containerd snapshotter stopped");
+        }
+    });
+    Ok(RunningSnapshotter { socket, stop, task })
 }
 
 /// `/metrics` (Prometheus text) and `/healthz` on `addr`; returns the bound address.

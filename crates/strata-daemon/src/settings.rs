@@ -28,6 +28,22 @@ pub struct Settings {
     pub mount: MountSettings,
     /// Registries (`strata pull`): TLS, insecure ones, credentials.
     pub registry: strata_registry::RegistrySettings,
+    /// `strata serve`: the containerd snapshotter.
+    pub snapshotter: SnapshotterSettings,
+}
+
+/// The containerd proxy snapshotter `strata serve` runs (containerd's
+/// `[proxy_plugins.strata]`, type "snapshot", address = `socket`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SnapshotterSettings {
+    /// The Unix socket containerd's proxy plugin dials; unset: no
+    /// snapshotter (`strata serve --snapshotter-socket` sets it too).
+    pub socket: Option<PathBuf>,
+    /// Where snapshot directories go (upper and work directories of
+    /// containers): a local filesystem overlayfs takes as upper, so not
+    /// FUSE, NFS or overlayfs [default: DATA_DIR/snapshotter].
+    pub root: Option<PathBuf>,
 }
 
 /// How mounts are served.
@@ -122,6 +138,7 @@ impl Default for Settings {
             node: NodeSettings::default(),
             mount: MountSettings::default(),
             registry: strata_registry::RegistrySettings::default(),
+            snapshotter: SnapshotterSettings::default(),
         }
     }
 }

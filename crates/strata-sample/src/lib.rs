@@ -1,9 +1,11 @@
 //! Sample images, generated: layer tars with every entry kind, an update
 //! layer with whiteouts, large mixed trees for benchmarks, and a helper to
 //! write them as an image archive. Used by `strata demo`, tests and benches;
-//! [`registry`] starts a real registry for tests.
+//! [`registry`] starts a real registry for tests, [`containerd`] a real
+//! containerd.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod containerd;
 pub mod registry;
 
 use std::io::{self, Write};

@@ -5,7 +5,8 @@
 //! `chunk_meta` (8 bytes per chunk: what lookups, GC and stats read),
 //! `layers` (records), `indexes` (encoded layer indexes by [`LayerId`]), `images`
 //! (records by [`ImageId`]), `names` (`repo:tag` to image), `refs`
-//! (chunk→layer, layer→image and image→name edges).
+//! (chunk→layer, layer→image and image→name edges), `snapshots` (the
+//! containerd snapshotter's metastore).
 //!
 //! Invariants:
 //! - Every chunk read is decoded and BLAKE3-verified; every index and image
@@ -26,6 +27,7 @@ mod pins;
 mod profile;
 mod query;
 pub mod schema;
+mod snapshots;
 pub mod source;
 mod stats;
 mod store;
@@ -37,7 +39,7 @@ pub use query::{ImageEntry, LayerEntry, RemoveOutcome};
 pub use source::{ChunkSource, SourceError, StoreSource};
 pub use stats::StoreStats;
 pub use store::{OpenMode, Store};
-pub use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord};
+pub use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord, SnapshotRecord};
 
 /// An image record's id: BLAKE3 of its encoding with the manifest left
 /// out, so that one image's layers and config are one id whether it came

@@ -25,7 +25,11 @@ pub const REFS: &str = "refs";
 /// node that ran the image, never part of the image's identity.
 pub const PROFILES: &str = "profiles";
 
-pub const ALL: [&str; 8] = [CHUNKS, CHUNK_META, LAYERS, INDEXES, IMAGES, NAMES, REFS, PROFILES];
+/// containerd snapshots (the snapshotter's metastore): `SnapshotRecord` by
+/// the snapshot's key, UTF-8 as containerd sends it.
+pub const SNAPSHOTS: &str = "snapshots";
+
+pub const ALL: [&str; 9] = [CHUNKS, CHUNK_META, LAYERS, INDEXES, IMAGES, NAMES, REFS, PROFILES, SNAPSHOTS];
 
 /// Key of the chunk totals in [`CHUNK_META`]; its length sets it apart from ids.
 pub const STATS_KEY: &[u8] = b"\xffstats";

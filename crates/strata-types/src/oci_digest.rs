@@ -37,6 +37,23 @@ impl OciDigest {
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The ChainID of each prefix of a layer stack given by its diff_ids,
+    /// base first (OCI image-spec, config.md "Layer ChainID"):
+    /// `ChainID(L0) = DiffID(L0)`, `ChainID(L0..Ln) =
+    /// sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln))`. containerd names a
+    /// layer's committed snapshot by it; `chain_ids(d)[i]` is layer i's.
+    pub fn chain_ids(diff_ids: &[OciDigest]) -> Vec<OciDigest> {
+        let mut out: Vec<OciDigest> = Vec::with_capacity(diff_ids.len());
+        for diff_id in diff_ids {
+            let next = match out.last() {
+                None => *diff_id,
+                Some(below) => Self::sha256_of(format!("{below} {diff_id}").as_bytes()),
+            };
+            out.push(next);
+        }
+        out
+    }
 }
 
 impl fmt::Display for OciDigest {
@@ -140,6 +157,24 @@ mod tests {
         assert!(matches!("abc".parse::<OciDigest>(), Err(OciDigestError::NoAlgorithm(_))));
         let upper = format!("sha256:{}", "A".repeat(64));
         assert!(matches!(upper.parse::<OciDigest>(), Err(OciDigestError::Encoding(_))));
+    }
+
+    /// containerd's `identity.ChainID` of the diff_ids sha256("a"),
+    /// sha256("b"), sha256("c"), worked by hand with Python's hashlib.
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let d = |s: &[u8]| OciDigest::sha256_of(s);
+        let chain = OciDigest::chain_ids(&[d(b"a"), d(b"b"), d(b"c")]);
+        assert_eq!(chain[0], d(b"a"));
+        assert_eq!(
+            chain[1].to_string(),
+            "sha256:51c0c8ace48498d6f5fee6b0592cc06f2da0f3cbe09c5a34a97dce85c3889676"
+        );
+        assert_eq!(
+            chain[2].to_string(),
+            "sha256:2fce7f8ce91bcf0a1428b36e1024639fdbd9469eea762dba98aa749631885106"
+        );
+        assert!(OciDigest::chain_ids(&[]).is_empty());
     }
 
     #[test]
