@@ -1,15 +1,18 @@
 //! Real containerd (Debian's 1.6, with runc) using Strata as its
 //! snapshotter: `strata serve --snapshotter-socket` registered under
 //! containerd's `proxy_plugins`, images pulled from the test registry
-//! (TLS, htpasswd), containers run with `ctr`.
+//! (TLS, htpasswd), containers run with `ctr`: (a) pulled by containerd
+//! itself, (b) on a second node by chain id from the cluster, (c) with
+//! CRI's labels from the registry through the node, no layer blob
+//! downloaded by containerd; (d) writes; (e) a node restart.
 
 use std::path::{Path, PathBuf};
 
 use strata_sample::containerd::TestContainerd;
 use strata_sample::registry::{TestRegistry, PASSWORD, USER};
 
-use crate::common::node::{certs, wait_for, Node};
-use crate::common::{busybox_image, Strata};
+use crate::common::node::{alive_peers, certs, wait_for, Node};
+use crate::common::{busybox_image, busybox_image_with, trust_registry, Strata};
 
 /// A node serving the snapshotter, a containerd using it, and the busybox
 /// image in the registry as `tools/busybox:1`.
@@ -36,24 +39,28 @@ impl Setup {
         Setup { registry, s, certs, socket, node, containerd, reference }
     }
 
-    /// `ctr image pull --snapshotter strata` with the registry's
-    /// credentials and CA.
     fn pull(&self) {
-        let user = format!("{USER}:{PASSWORD}");
-        let hosts = hosts_dir(&self.s, &self.registry);
-        let hosts = hosts.to_str().expect("path");
-        self.containerd.ctr_ok(&[
-            "image",
-            "pull",
-            "--snapshotter",
-            "strata",
-            "--user",
-            &user,
-            "--hosts-dir",
-            hosts,
-            &self.reference,
-        ]);
+        ctr_pull(&self.containerd, &self.s, &self.registry, &self.reference);
     }
+}
+
+/// `ctr image pull --snapshotter strata REFERENCE` with the registry's
+/// credentials and CA: containerd downloads and applies every layer.
+fn ctr_pull(containerd: &TestContainerd, s: &Strata, registry: &TestRegistry, reference: &str) {
+    let user = format!("{USER}:{PASSWORD}");
+    let hosts = hosts_dir(s, registry);
+    let hosts = hosts.to_str().expect("path");
+    containerd.ctr_ok(&[
+        "image",
+        "pull",
+        "--snapshotter",
+        "strata",
+        "--user",
+        &user,
+        "--hosts-dir",
+        hosts,
+        reference,
+    ]);
 }
 
 /// containerd's registry host configuration for the test registry
@@ -150,4 +157,213 @@ fn a_node_restart_leaves_a_running_container_running() {
     });
     c.ctr_ok(&["tasks", "rm", "long"]);
     c.ctr_ok(&["containers", "rm", "long"]);
+}
+
+/// Two nodes, each serving the snapshotter to its own containerd, and an
+/// image in the registry with a top layer of 8 MiB no container reads.
+struct TwoNodes {
+    registry: TestRegistry,
+    s: [Strata; 2],
+    nodes: [Node; 2],
+    containerd: [TestContainerd; 2],
+    reference: String,
+    image_bytes: f64,
+}
+
+impl TwoNodes {
+    fn start() -> TwoNodes {
+        let registry = TestRegistry::start();
+        let s = [Strata::new(), Strata::new()];
+        let data = strata_sample::random_bytes(7, 8 << 20);
+        registry.push(&busybox_image_with(&s[0], Some(&data)), "tools/busybox:big");
+        let certs = certs(&s[0], &["n1", "n2"]);
+        for dir in &s {
+            trust_registry(dir, &registry);
+        }
+        let sockets = [s[0].path("snapshotter.sock"), s[1].path("snapshotter.sock")];
+        let n1 = start_node_named(&s[0], "n1", &certs, &[], &sockets[0]);
+        let n2 = start_node_named(&s[1], "n2", &certs, &[&n1.addr], &sockets[1]);
+        for dir in &s {
+            wait_for("the nodes to see each other", || alive_peers(dir).len() == 1);
+        }
+        let containerd = [
+            TestContainerd::start(&[("strata", &sockets[0])], false),
+            TestContainerd::start(&[("strata", &sockets[1])], false),
+        ];
+        let reference = format!("{}/tools/busybox:big", registry.host);
+        TwoNodes { registry, s, nodes: [n1, n2], containerd, reference, image_bytes: data.len() as f64 }
+    }
+
+    /// [`TestContainerd::pull_remote`] on node `i`'s containerd, the
+    /// manifest and config from the registry.
+    fn pull_remote(&self, i: usize, cri: bool) -> strata_sample::containerd::RemotePull {
+        let (manifest, config) = self.registry.manifest_and_config("tools/busybox:big");
+        self.containerd[i].pull_remote(&self.reference, "strata", (&manifest, &config), cri)
+    }
+
+    /// `ctr run --rm --snapshotter strata` of the image on node `i`'s
+    /// containerd as container `name`, with `command` when given; its
+    /// output.
+    fn run(&self, i: usize, name: &str, command: &[&str]) -> String {
+        let mut args = vec!["run", "--rm", "--snapshotter", "strata", &self.reference, name];
+        args.extend_from_slice(command);
+        self.containerd[i].ctr_ok(&args)
+    }
+
+    /// How often the registry served each of `blobs`.
+    fn downloads(&self, blobs: &[String]) -> Vec<usize> {
+        let log = self.registry.blob_downloads();
+        blobs.iter().map(|b| log.iter().filter(|(d, _)| d == b).count()).collect()
+    }
+}
+
+fn start_node_named(s: &Strata, name: &str, certs: &str, seeds: &[&str], socket: &Path) -> Node {
+    Node::start(s, name, certs, seeds, &[("STRATA_SNAPSHOTTER__SOCKET", socket.to_str().expect("path"))])
+}
+
+/// (b): node 1 pulled the image into Strata; node 2's containerd, asked as
+/// `ctr` asks (no CRI label: only the ChainID), gets every layer answered
+/// ALREADY_EXISTS from the chain node 1 announces, downloads no layer
+/// blob, and runs the container with chunks read lazily from node 1.
+#[test]
+fn a_second_node_runs_the_image_by_chain_id_without_containerd_unpacking_a_layer() {
+    let t = TwoNodes::start();
+    t.s[0].ok(&["pull", &t.reference]);
+
+    let pulled = t.pull_remote(1, false);
+    assert_eq!(pulled.remote, pulled.layers.len(), "every layer a remote snapshot: {pulled:?}");
+    let content = t.containerd[1].content_digests();
+    assert!(pulled.layers.iter().all(|l| !content.contains(l)), "no layer blob in containerd: {content:?}");
+    assert_eq!(
+        t.downloads(&pulled.layers),
+        vec![1; pulled.layers.len()],
+        "each layer left the registry once"
+    );
+
+    assert_eq!(t.run(1, "c1", &[]), "strata-busybox\n");
+    let fetched = t.nodes[1].metric("strata_chunk_bytes_fetched_total");
+    assert!(
+        fetched > 0.0 && fetched < t.image_bytes,
+        "node 2 read lazily from node 1: {fetched} bytes of an image over {} bytes",
+        t.image_bytes
+    );
+    assert!(t.nodes[1].log_text().contains("image metadata pulled"), "{}", t.nodes[1].log_text());
+    // A second container starts on the same chain, still nothing from the registry.
+    assert_eq!(t.run(1, "c2", &[]), "strata-busybox\n");
+    assert_eq!(t.downloads(&pulled.layers), vec![1; pulled.layers.len()]);
+}
+
+/// Point 3: layers containerd downloaded and applied itself on node 1
+/// (`ctr image pull`, the normal path) are kept as Strata layers there and
+/// announced; node 2's containerd then gets every layer as a remote
+/// snapshot from node 1, and its container reads the 8 MiB file intact,
+/// lazily, with no further registry download.
+#[test]
+fn layers_containerd_applied_are_kept_and_served_to_the_cluster() {
+    let t = TwoNodes::start();
+    ctr_pull(&t.containerd[0], &t.s[0], &t.registry, &t.reference);
+    let image = t.containerd[0].image_layers(&t.reference);
+    let top = format!("chain:{}", image.chain_ids.last().expect("layers"));
+    let names = || -> Vec<String> {
+        t.s[0]
+            .json(&["images"])
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|i| i["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    wait_for("node 1 to keep the layers containerd applied", || names().contains(&top));
+    let base = format!("chain:{}", image.chain_ids[0]);
+    assert!(names().contains(&base), "each layer's chain: {:?}", names());
+
+    let pulled = t.pull_remote(1, false);
+    assert_eq!(pulled.remote, pulled.layers.len(), "{pulled:?}");
+    let sum = t.run(1, "c1", &["sha256sum", "/data.bin"]);
+    let expected = strata_types::OciDigest::sha256_of(&strata_sample::random_bytes(7, 8 << 20));
+    assert_eq!(sum.split_whitespace().next(), Some(expected.hex().as_str()), "{sum}");
+    assert_eq!(
+        t.downloads(&pulled.layers),
+        vec![1; pulled.layers.len()],
+        "containerd 1 downloaded each layer once, nobody else"
+    );
+    let content = t.containerd[1].content_digests();
+    assert!(pulled.layers.iter().all(|l| !content.contains(l)), "{content:?}");
+    assert!(t.nodes[0].log_text().contains("a layer containerd applied is kept as a Strata layer"));
+}
+
+/// (c): CRI's flow, neither node holding the image: node 2's containerd
+/// prepares each layer with CRI's labels; the node pulls the image from the
+/// registry once for the cluster (the image-ref label) and answers
+/// ALREADY_EXISTS; containerd finds the snapshots by the label filter,
+/// prepares the container's snapshot on them, mounts and runs it. Then
+/// node 1's containerd does the same: node 1 takes the image from node 2,
+/// the registry serves no layer blob again, and no containerd ever
+/// downloaded one.
+#[test]
+fn the_cri_flow_downloads_no_layer_blob_into_containerd() {
+    let t = TwoNodes::start();
+    let first = t.pull_remote(1, true);
+    assert_eq!(first.remote, first.layers.len(), "{first:?}");
+    assert_eq!(t.downloads(&first.layers), vec![1; first.layers.len()], "node 2 pulled the layers once");
+    let read = t.run(1, "c1", &["sh", "-c", "cat /etc/strata-release; ls /data.bin"]);
+    assert_eq!(read, "strata-busybox\n/data.bin\n");
+
+    let second = t.pull_remote(0, true);
+    assert_eq!(second.remote, second.layers.len(), "{second:?}");
+    assert_eq!(t.run(0, "c1", &[]), "strata-busybox\n");
+    assert_eq!(t.downloads(&first.layers), vec![1; first.layers.len()], "node 1 took the image from node 2");
+    for c in &t.containerd {
+        let content = c.content_digests();
+        assert!(
+            first.layers.iter().all(|l| !content.contains(l)),
+            "no layer blob in containerd: {content:?}"
+        );
+    }
+}
+
+/// deploy/containerd/strata.toml as an operator installs it (imported by
+/// containerd's own config, CRI enabled): containerd reads the proxy
+/// plugin and CRI's settings from it, and the Strata snapshotter loads.
+#[test]
+fn the_deploy_snippet_registers_strata_for_ctr_and_cri() {
+    let s = Strata::new();
+    let certs = certs(&s, &["n1"]);
+    let socket = s.path("snapshotter.sock");
+    let _node = start_node(&s, &certs, &socket);
+    let snippet =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/containerd/strata.toml"))
+            .expect("snippet");
+    assert!(snippet.contains("\"/run/strata/snapshotter.sock\""), "{snippet}");
+    let installed = s.path("strata.toml");
+    std::fs::write(
+        &installed,
+        snippet.replace("/run/strata/snapshotter.sock", socket.to_str().expect("path")),
+    )
+    .expect("write");
+    let c = TestContainerd::start_with(&[], true, &[&installed]);
+    let dump = c.config_dump();
+    let cri = dump
+        .split("[plugins.\"io.containerd.grpc.v1.cri\".containerd]")
+        .nth(1)
+        .expect("CRI's containerd section");
+    // Its own keys: up to the next table header.
+    let cri: String =
+        cri.lines().skip(1).take_while(|l| !l.trim_start().starts_with('[')).collect::<Vec<_>>().join("\n");
+    assert!(cri.contains("snapshotter = \"strata\""), "{cri}");
+    assert!(cri.contains("disable_snapshot_annotations = false"), "{cri}");
+    assert!(dump.contains("[proxy_plugins.strata]"), "{dump}");
+    let plugins = c.ctr_ok(&["plugins", "ls"]);
+    let strata = plugins
+        .lines()
+        .find(|l| {
+            l.starts_with("io.containerd.snapshotter.v1") && l.split_whitespace().nth(1) == Some("strata")
+        })
+        .unwrap_or_else(|| panic!("no strata snapshotter in:\n{plugins}"));
+    assert!(strata.trim_end().ends_with("ok"), "{strata}");
+    let cri_plugin =
+        plugins.lines().find(|l| l.contains("io.containerd.grpc.v1") && l.contains(" cri ")).expect("cri");
+    assert!(cri_plugin.trim_end().ends_with("ok"), "{cri_plugin}");
+    // containerd reaches the node through the snapshotter the snippet names.
+    c.ctr_ok(&["snapshots", "--snapshotter", "strata", "ls"]);
 }

@@ -61,4 +61,6 @@ fn the_configmap_settings_are_what_strata_reads() {
     assert_eq!(node["seeds"][0], "strata-peers.strata.svc.cluster.local:7420");
     assert_eq!(node["metrics_listen"], "0.0.0.0:9420");
     assert_eq!(node["log_format"], "json");
+    // The socket the machine's containerd dials (deploy/containerd/strata.toml).
+    assert_eq!(shown["settings"]["snapshotter"]["socket"], "/run/strata/snapshotter.sock");
 }

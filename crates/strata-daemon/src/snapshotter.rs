@@ -1,12 +1,18 @@
 //! The containerd snapshotter's view of the node ([`strata_snapshotter::Layers`]):
-//! layer chains by their ChainID from the store, or pulled once for the
-//! cluster (metadata only, from a peer when one holds the image, else from
-//! its registry) when containerd names the image (CRI's image-ref label);
+//! layer chains by their ChainID from the store, else from a node that
+//! announces the chain (metadata only), else pulled once for the cluster
+//! (from a peer when one holds the image, else from its registry) when
+//! containerd names the image (CRI's image-ref label);
 //! and their read-only lazy mounts, one `strata mount-serve` process per
-//! chain, which outlive the node as every Strata mount does.
+//! chain, which outlive the node as every Strata mount does; and layers
+//! containerd applied itself, kept as Strata layers (named by their
+//! ChainID, [`strata_oci::chain_name`]) and announced to the cluster.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
+
+use strata_store::ImageRecord;
 
 use strata_snapshotter::{ChainSource, Layers};
 use strata_types::OciDigest;
@@ -32,28 +38,20 @@ impl NodeLayers {
         Self { dir }
     }
 
-    /// The chain in the store: the first image (by id) one of whose layer
+    /// The chain in the store: the first image one of whose layer
     /// prefixes has ChainID `chain_id`, by the diff_ids of its config.
     fn in_store(&self, chain_id: &OciDigest) -> Result<Option<ChainSource>, String> {
         let store = self.dir.read_store().map_err(|e| e.to_string())?;
-        let images = store.images().map_err(|e| e.to_string())?;
-        for strata_store::ImageEntry { id, record, .. } in images {
-            let diff_ids: Vec<OciDigest> = match strata_oci::config_diff_ids(&record.config)
-                .iter()
-                .map(|d| d.parse())
-                .collect::<Result<_, _>>()
-            {
-                Ok(d) => d,
-                Err(_) => continue,
-            };
-            if diff_ids.len() != record.layers.len() {
-                continue;
-            }
-            if let Some(i) = OciDigest::chain_ids(&diff_ids).iter().position(|c| c == chain_id) {
-                return Ok(Some(ChainSource { image: id.to_hex(), depth: i as u32 + 1 }));
-            }
-        }
-        Ok(None)
+        let found = strata_oci::image_by_chain(&store, chain_id).map_err(|e| e.to_string())?;
+        Ok(found.map(|(id, depth)| ChainSource { image: id.to_hex(), depth }))
+    }
+
+    /// The chain from another node that announces it (its image's metadata
+    /// only: the chunks follow on first read).
+    fn in_cluster(&self, chain_id: &OciDigest) -> Result<Option<ChainSource>, String> {
+        let Some(node) = &self.dir.node else { return Ok(None) };
+        let found = node.runtime().block_on(node.pull_chain(chain_id)).map_err(|e| e.to_string())?;
+        Ok(found.map(|(id, depth)| ChainSource { image: id.to_hex(), depth }))
     }
 }
 
@@ -66,6 +64,13 @@ impl Layers for NodeLayers {
         let chain: OciDigest = chain_id.parse().map_err(|e| format!("chain id {chain_id:?}: {e}"))?;
         if let Some(found) = self.in_store(&chain)? {
             return Ok(Some(found));
+        }
+        match self.in_cluster(&chain) {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(chain = chain_id, error = %e, "no node's copy of the chain could be taken")
+            }
         }
         let Some(reference) = labels.get(CRI_IMAGE_REF).filter(|r| !r.is_empty()) else {
             return Ok(None);
@@ -94,8 +99,96 @@ impl Layers for NodeLayers {
             && std::fs::metadata(mountpoint).is_ok()
     }
 
+    fn ingest_layer(&self, chain_id: &str, parent: Option<&str>, upper: &Path) -> Result<(), String> {
+        let chain: OciDigest = chain_id.parse().map_err(|e| format!("chain id {chain_id:?}: {e}"))?;
+        let store = self.dir.write_store().map_err(|e| crate::error::chain(&e))?;
+        if strata_oci::image_by_chain(&store, &chain).map_err(|e| e.to_string())?.is_some() {
+            return Ok(());
+        }
+        let base = match parent {
+            None => ImageRecord { config: base_config(), ..ImageRecord::default() },
+            Some(parent) => {
+                let parent: OciDigest =
+                    parent.parse().map_err(|e| format!("parent chain {parent:?}: {e}"))?;
+                let (id, depth) = strata_oci::image_by_chain(&store, &parent)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("the chain below, {parent}, is not a Strata image"))?;
+                let record =
+                    store.image(&id).map_err(|e| e.to_string())?.ok_or("the chain below vanished")?;
+                truncated(&record, depth)?
+            }
+        };
+        let (pipe_out, pipe_in) = std::io::pipe().map_err(|e| format!("making a pipe: {e}"))?;
+        let options = self.dir.settings.import_options(Vec::new());
+        let names = vec![strata_oci::chain_name(&chain)];
+        let committed = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| -> Result<(), String> {
+                let out = strata_mount::write_overlay_upper_layer(upper, std::io::BufWriter::new(pipe_in))
+                    .map_err(|e| e.to_string())?;
+                out.into_inner().map_err(|e| e.into_error().to_string())?.flush().map_err(|e| e.to_string())
+            });
+            let result =
+                strata_oci::add_layer_named(&store, &base, pipe_out, names, &options, "containerd apply");
+            match writer.join() {
+                Ok(Err(e)) => Err(format!("reading {}: {e}", upper.display())),
+                Ok(Ok(())) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("the layer writer panicked".to_owned()),
+            }
+        })?;
+        tracing::info!(
+            chain = chain_id,
+            image = %committed.id,
+            diff_id = %committed.diff_id,
+            new_chunk_bytes = committed.new_chunk_bytes,
+            "a layer containerd applied is kept as a Strata layer"
+        );
+        if let Some(node) = &self.dir.node {
+            if let Err(e) = node.runtime().block_on(node.announce_all()) {
+                tracing::warn!(error = %e, "announcing an ingested layer");
+            }
+        }
+        Ok(())
+    }
+
     fn unmount_chain(&self, mountpoint: &Path) -> Result<(), String> {
         let dead = std::fs::metadata(mountpoint).is_err();
         crate::mount::unmount(&self.dir, mountpoint, dead).map(|_| ()).map_err(|e| crate::error::chain(&e))
     }
+}
+
+/// The config of an image with no layers yet (the base of an ingested base
+/// layer): this machine's platform, no settings, no diff_ids.
+fn base_config() -> Vec<u8> {
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let config = serde_json::json!({
+        "architecture": architecture,
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    });
+    serde_json::to_vec(&config).unwrap_or_default()
+}
+
+/// `record`'s first `depth` layers as an image: its config with the
+/// diff_ids cut to match and no history (whose entries would no longer
+/// match the layers).
+fn truncated(record: &ImageRecord, depth: u32) -> Result<ImageRecord, String> {
+    let depth = depth as usize;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&record.config).map_err(|e| format!("the chain's config: {e}"))?;
+    if let Some(ids) = config.pointer_mut("/rootfs/diff_ids").and_then(|d| d.as_array_mut()) {
+        ids.truncate(depth);
+    }
+    if let Some(obj) = config.as_object_mut() {
+        obj.remove("history");
+    }
+    Ok(ImageRecord {
+        layers: record.layers.iter().take(depth).cloned().collect(),
+        config: serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+        ..ImageRecord::default()
+    })
 }

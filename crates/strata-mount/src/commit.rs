@@ -1,4 +1,6 @@
-//! A writable layer as an OCI layer tar: what `strata commit` stores.
+//! A writable layer as an OCI layer tar: what `strata commit` stores; and
+//! a kernel overlayfs upper directory as one (a layer containerd applied
+//! into a snapshot, ingested by the snapshotter).
 //!
 //! The upper directory is walked in name order, parents first. Whiteouts
 //! become `.wh.NAME` members, opaque directories `.wh..wh..opq` markers, and
@@ -32,6 +34,11 @@ use crate::upper::{self, At};
 pub enum CommitError {
     #[error("{}: {source}", path.display())]
     Io { path: std::path::PathBuf, source: io::Error },
+    /// An overlayfs upper entry whose meaning lives in the lower layers
+    /// (a `redirect_dir` rename, a `metacopy` copy-up): a layer tar cannot
+    /// say it.
+    #[error("{}: {what} cannot be written as a layer", path.display())]
+    Unrepresentable { path: std::path::PathBuf, what: &'static str },
     #[error(transparent)]
     Layer(#[from] LayerError),
 }
@@ -44,11 +51,47 @@ pub fn write_upper_layer<W: Write>(
     reader: &Arc<ChunkReader>,
     out: W,
 ) -> Result<W, CommitError> {
+    write_layer(upper_root, Some((tree, reader)), out)
+}
+
+/// Writes a kernel overlayfs upper directory as an OCI layer tar: how
+/// containerd leaves a layer it applied into an overlay snapshot
+/// (containerd's `archive.Apply` with `OverlayConvertWhiteout`).
+/// Whiteouts (character devices 0/0) become `.wh.NAME` members,
+/// directories with `trusted.overlay.opaque` = `y` get `.wh..wh..opq`
+/// markers (kernel Documentation/filesystems/overlayfs.rst, "whiteouts and
+/// opaque directories"; image-spec layer.md), and overlayfs' own
+/// `trusted.overlay.*` xattrs are left out. Every other entry is written
+/// as it is: content, mode, owner, mtime, xattrs (file capabilities
+/// included), device numbers, hardlinks as link members.
+///
+/// Errors: [`CommitError::Io`] naming the path that could not be read.
+pub fn write_overlay_upper_layer<W: Write>(upper_root: &Path, out: W) -> Result<W, CommitError> {
+    write_layer(upper_root, None, out)
+}
+
+/// The overlayfs xattr marking an opaque directory.
+const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+/// Set on a directory renamed with `redirect_dir=on`: its lower content
+/// is elsewhere.
+const OVERLAY_REDIRECT: &[u8] = b"trusted.overlay.redirect";
+/// Set on a file copied up with `metacopy=on`: its data is still below.
+const OVERLAY_METACOPY: &[u8] = b"trusted.overlay.metacopy";
+/// Xattrs overlayfs keeps for itself (origin, redirect, impure, nlink, …).
+const OVERLAY_PRIVATE_PREFIX: &[u8] = b"trusted.overlay.";
+
+/// `lower`: a Strata writable layer over that tree, read with that reader
+/// (copy-ups, `strata run` setup marks); `None`: a kernel overlayfs upper.
+fn write_layer<W: Write>(
+    upper_root: &Path,
+    lower: Option<(&LowerTree, &Arc<ChunkReader>)>,
+    out: W,
+) -> Result<W, CommitError> {
     let root_err = |source| CommitError::Io { path: upper_root.to_owned(), source };
     let root = File::open(upper_root).map(OwnedFd::from).map_err(root_err)?;
-    let mut walk = Walk { upper_root, tree, reader, tar: LayerTarWriter::new(out), links: HashMap::new() };
+    let mut walk = Walk { upper_root, lower, tar: LayerTarWriter::new(out), links: HashMap::new() };
     let dot = At::new(root.as_fd(), b".").map_err(root_err)?;
-    if upper::is_opaque(&dot.xattr_path().map_err(root_err)?).map_err(root_err)? {
+    if walk.is_opaque(&dot.xattr_path().map_err(root_err)?).map_err(root_err)? {
         walk.tar.append_opaque_marker(b"")?;
     }
     walk.dir(root.as_fd(), b"")?;
@@ -69,14 +112,29 @@ enum Setup {
 
 struct Walk<'a, W: Write> {
     upper_root: &'a Path,
-    tree: &'a LowerTree,
-    reader: &'a Arc<ChunkReader>,
+    /// The lower tree and its reader for a Strata writable layer; `None`
+    /// for a kernel overlayfs upper.
+    lower: Option<(&'a LowerTree, &'a Arc<ChunkReader>)>,
     tar: LayerTarWriter<W>,
     /// First path of each upper entry with several links, by (device, inode).
     links: HashMap<(u64, u64), Vec<u8>>,
 }
 
 impl<W: Write> Walk<'_, W> {
+    fn is_opaque(&self, path: &std::ffi::CStr) -> io::Result<bool> {
+        match self.lower {
+            Some(_) => upper::is_opaque(path),
+            None => Ok(sys::get_xattr(path, OVERLAY_OPAQUE)?.is_some_and(|v| v == b"y")),
+        }
+    }
+
+    fn is_private_xattr(&self, name: &[u8]) -> bool {
+        match self.lower {
+            Some(_) => upper::is_private_xattr(name),
+            None => name.starts_with(OVERLAY_PRIVATE_PREFIX),
+        }
+    }
+
     fn io_at<'p>(&self, rel: &'p [u8]) -> impl Fn(io::Error) -> CommitError + 'p {
         let root = self.upper_root.to_owned();
         move |source| CommitError::Io { path: join_path(&root, rel), source }
@@ -101,7 +159,11 @@ impl<W: Write> Walk<'_, W> {
             let entry = Entry { path: rel, kind: EntryKind::Whiteout as i32, ..Default::default() };
             return Ok(self.tar.append(&entry, io::empty())?);
         }
-        match self.setup(at, &rel, &st)? {
+        let setup = match self.lower {
+            Some((tree, _)) => self.setup(tree, at, &rel, &st)?,
+            None => Setup::Changed,
+        };
+        match setup {
             Setup::Changed => {}
             Setup::LeftOut => {
                 tracing::debug!(path = %String::from_utf8_lossy(&rel), "container setup left out");
@@ -115,6 +177,19 @@ impl<W: Write> Walk<'_, W> {
             }
         }
         let xattr_path = at.xattr_path().map_err(self.io_at(&rel))?;
+        if self.lower.is_none() {
+            for (xattr, what) in [
+                (OVERLAY_REDIRECT, "an overlayfs redirect (redirect_dir)"),
+                (OVERLAY_METACOPY, "an overlayfs metadata-only copy-up (metacopy)"),
+            ] {
+                if sys::get_xattr(&xattr_path, xattr).map_err(self.io_at(&rel))?.is_some() {
+                    return Err(CommitError::Unrepresentable {
+                        path: join_path(self.upper_root, &rel),
+                        what,
+                    });
+                }
+            }
+        }
         let mut entry = Entry {
             path: rel.clone(),
             mode: st.st_mode & 0o7777,
@@ -128,7 +203,7 @@ impl<W: Write> Walk<'_, W> {
         if kind == libc::S_IFDIR {
             entry.kind = EntryKind::Dir as i32;
             self.tar.append(&entry, io::empty())?;
-            if upper::is_opaque(&xattr_path).map_err(self.io_at(&rel))? {
+            if self.is_opaque(&xattr_path).map_err(self.io_at(&rel))? {
                 self.tar.append_opaque_marker(&rel)?;
             }
             let dir = at.open_dir().map_err(self.io_at(&rel))?;
@@ -157,16 +232,21 @@ impl<W: Write> Walk<'_, W> {
                 entry.kind = EntryKind::File as i32;
                 entry.size = st.st_size as u64;
                 let file = at.open(libc::O_RDONLY, 0).map_err(self.io_at(&rel))?;
-                let origin = upper::origin(&xattr_path).map_err(self.io_at(&rel))?;
-                let lower = origin
-                    .as_ref()
-                    .and_then(|o| self.tree.lookup_path(&o.lower_path))
-                    .and_then(|l| self.tree.get(l));
-                let content = MergedFile {
-                    file: &file,
-                    lower: lower.zip(origin.map(|o| o.lower_size)),
-                    reader: self.reader,
-                    pos: 0,
+                let content = match self.lower {
+                    Some((tree, reader)) => {
+                        let origin = upper::origin(&xattr_path).map_err(self.io_at(&rel))?;
+                        let lower = origin
+                            .as_ref()
+                            .and_then(|o| tree.lookup_path(&o.lower_path))
+                            .and_then(|l| tree.get(l));
+                        MergedFile {
+                            file: &file,
+                            lower: lower.zip(origin.map(|o| o.lower_size)),
+                            reader: Some(reader),
+                            pos: 0,
+                        }
+                    }
+                    None => MergedFile { file: &file, lower: None, reader: None, pos: 0 },
                 };
                 return Ok(self.tar.append(&entry, content)?);
             }
@@ -199,7 +279,13 @@ impl<W: Write> Walk<'_, W> {
     /// whose children are all left out, copied up from the lower one with
     /// its mode, owner, group and xattrs unchanged (only to hold them), is
     /// left out too.
-    fn setup(&self, at: &At<'_>, rel: &[u8], st: &libc::stat) -> Result<Setup, CommitError> {
+    fn setup(
+        &self,
+        tree: &LowerTree,
+        at: &At<'_>,
+        rel: &[u8],
+        st: &libc::stat,
+    ) -> Result<Setup, CommitError> {
         let kind = st.st_mode & libc::S_IFMT;
         if kind != libc::S_IFREG && kind != libc::S_IFDIR {
             return Ok(Setup::Changed);
@@ -209,7 +295,7 @@ impl<W: Write> Walk<'_, W> {
         if marked == Some(false) {
             return Ok(Setup::Changed);
         }
-        let in_lower = self.tree.lookup_path(rel).is_some();
+        let in_lower = tree.lookup_path(rel).is_some();
         if kind == libc::S_IFREG {
             let unchanged = marked.is_some() && st.st_size == 0 && st.st_nlink == 1;
             return Ok(match (unchanged, in_lower) {
@@ -223,7 +309,7 @@ impl<W: Write> Walk<'_, W> {
         // walk lists them anyway).
         if marked.is_none()
             && (upper::is_opaque(&xattr_path).map_err(self.io_at(rel))?
-                || !self.same_as_lower(&xattr_path, rel, st)?)
+                || !self.same_as_lower(tree, &xattr_path, rel, st)?)
         {
             return Ok(Setup::Changed);
         }
@@ -240,7 +326,7 @@ impl<W: Write> Walk<'_, W> {
                 let child = join(rel, &name);
                 let child_at = At::new(dir.as_fd(), &name).map_err(self.io_at(&child))?;
                 let child_st = child_at.stat().map_err(self.io_at(&child))?;
-                match self.setup(&child_at, &child, &child_st)? {
+                match self.setup(tree, &child_at, &child, &child_st)? {
                     Setup::LeftOut => {}
                     Setup::OverDeletion => remade = true,
                     Setup::Changed => return Ok(Setup::Changed),
@@ -258,11 +344,12 @@ impl<W: Write> Walk<'_, W> {
     /// xattrs of the lower directory at the same path.
     fn same_as_lower(
         &self,
+        tree: &LowerTree,
         xattr_path: &std::ffi::CStr,
         rel: &[u8],
         st: &libc::stat,
     ) -> Result<bool, CommitError> {
-        let Some(lower) = self.tree.lookup_path(rel).and_then(|ino| self.tree.get(ino)) else {
+        let Some(lower) = tree.lookup_path(rel).and_then(|ino| tree.get(ino)) else {
             return Ok(false);
         };
         if lower.kind != Kind::Dir
@@ -285,7 +372,7 @@ impl<W: Write> Walk<'_, W> {
     fn xattrs(&self, path: &std::ffi::CStr, rel: &[u8]) -> Result<Vec<Xattr>, CommitError> {
         let mut out = Vec::new();
         for name in sys::list_xattrs(path).map_err(self.io_at(rel))? {
-            if upper::is_private_xattr(&name) {
+            if self.is_private_xattr(&name) {
                 continue;
             }
             if let Some(value) = sys::get_xattr(path, &name).map_err(self.io_at(rel))? {
@@ -305,21 +392,19 @@ fn join_path(root: &Path, rel: &[u8]) -> PathBuf {
 struct MergedFile<'a> {
     file: &'a File,
     lower: Option<(&'a crate::lower::Inode, u64)>,
-    reader: &'a Arc<ChunkReader>,
+    reader: Option<&'a Arc<ChunkReader>>,
     pos: u64,
 }
 
 impl Read for MergedFile<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let len = out.len().min(1 << 20) as u32;
-        let bytes = match self.lower {
-            Some((lower, lower_size)) => {
-                read_merged(self.file, lower, lower_size, self.reader, self.pos, len).map_err(
-                    |e| match e {
-                        MergedReadError::Io(e) => e,
-                        MergedReadError::Source(e) => io::Error::other(e),
-                    },
-                )?
+        let bytes = match self.lower.zip(self.reader) {
+            Some(((lower, lower_size), reader)) => {
+                read_merged(self.file, lower, lower_size, reader, self.pos, len).map_err(|e| match e {
+                    MergedReadError::Io(e) => e,
+                    MergedReadError::Source(e) => io::Error::other(e),
+                })?
             }
             None => crate::cow::read_plain(self.file, self.pos, len)?,
         };

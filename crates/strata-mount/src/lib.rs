@@ -30,7 +30,7 @@ mod sys;
 mod trace;
 pub mod upper;
 
-pub use commit::{write_upper_layer, CommitError};
+pub use commit::{write_overlay_upper_layer, write_upper_layer, CommitError};
 pub use error::MountError;
 pub use fs::MountFs;
 pub use lower::{Ino, Inode, Kind, LowerTree};

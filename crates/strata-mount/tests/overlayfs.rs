@@ -165,3 +165,58 @@ fn the_same_operations_give_the_same_tree_as_kernel_overlayfs() {
     }
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
 }
+
+/// A kernel overlayfs upper directory, written as a layer
+/// (`write_overlay_upper_layer`, as the snapshotter ingests a layer
+/// containerd applied) and laid over the same layers in Strata, gives the
+/// tree the kernel showed: its whiteouts, opaque directories, hardlinks,
+/// owners, modes, fifos and xattrs all carried, overlayfs' own xattrs not.
+#[test]
+fn a_kernel_overlay_upper_becomes_a_layer_that_gives_the_same_tree() {
+    let layers = vec![base_layer().expect("base"), update_layer().expect("update"), third_layer()];
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut kernel = KernelOverlay::new(&layers, scratch.path());
+    let merged = kernel.merged.clone();
+    let script = format!("{SCRIPT}\nrm -r bin\nmkdir bin\necho new > bin/new\nmknod dev0 c 1 3\n");
+    let out = Command::new("sh").args(["-c", &script]).current_dir(&merged).output().expect("sh");
+    assert!(out.status.success(), "script: {}", String::from_utf8_lossy(&out.stderr));
+    common::kernel_overlay::set_xattr(&merged.join("new2.txt"), "user.note", b"kept");
+    let expected = describe(&merged);
+    kernel.unmount();
+    let upper = scratch.path().join("upper");
+    // The kernel made the overlay forms this converts.
+    let opaque = common::xattr(&upper.join("bin"), "trusted.overlay.opaque");
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]), "the kernel marked the remade directory opaque");
+    assert!(fs::symlink_metadata(upper.join("etc/hostname")).expect("whiteout").file_type().is_char_device());
+
+    let tar = strata_mount::write_overlay_upper_layer(&upper, Vec::new()).expect("layer");
+    let mut members = Vec::new();
+    let mut archive = tar::Archive::new(&tar[..]);
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("member");
+        let path = entry.path().expect("path").into_owned();
+        let xattrs: Vec<String> = entry
+            .pax_extensions()
+            .expect("pax")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().and_then(|e| e.key().ok().map(str::to_owned)))
+            .filter(|k| k.starts_with("SCHILY.xattr."))
+            .collect();
+        assert!(!xattrs.iter().any(|k| k.contains("trusted.overlay.")), "{path:?}: {xattrs:?}");
+        members.push(path);
+    }
+    for member in ["etc/.wh.hostname", "bin/.wh..wh..opq", ".wh.tmp", "var/.wh.cache", "pipe", "dev0"] {
+        assert!(members.iter().any(|m| m == Path::new(member)), "{member} in {members:?}");
+    }
+
+    let mut all = layers.clone();
+    all.push(tar);
+    let image = import(all);
+    let ours = common::mount(image.tree, image.store.clone());
+    let got = describe(ours.dir.path());
+    for (path, desc) in &expected {
+        assert_eq!(got.get(path), Some(desc), "{} differs from overlayfs", path.display());
+    }
+    assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+}

@@ -5,7 +5,7 @@ use prost::Message;
 use strata_net::{Answering, Handler, NetError, Replies};
 use strata_proto::v1::{ChunkReply, End, ImageReply, LayerIndexReply};
 use strata_store::StoreSource;
-use strata_store::{Store, StoreError};
+use strata_store::{ImageId, ImageRecord, Store, StoreError};
 use strata_types::ChunkId;
 use strata_wire::response::Kind;
 use strata_wire::{ErrorCode, PeerRequest, Priority, Response};
@@ -84,7 +84,7 @@ impl StoreHandler {
                 let read = self
                     .store
                     .read_async(move |s| {
-                        let (id, record) = s.resolve(&reference)?;
+                        let (id, record) = resolve(s, &reference)?;
                         let profile = s.profile(&id).ok().flatten();
                         Ok((id, record, profile))
                     })
@@ -338,4 +338,17 @@ impl Handler for NodeHandler {
             node.locator.receive_gossip(data);
         }
     }
+}
+
+/// The image a peer asks for: by name or id, or, for a chain's name
+/// (`chain:sha256:<hex>`, [`strata_oci::chain_name`]), the image holding
+/// that layer chain ([`strata_oci::image_by_chain`]).
+fn resolve(store: &Store, reference: &str) -> Result<(ImageId, ImageRecord), StoreError> {
+    let Some(chain) = strata_oci::chain_of_name(reference) else {
+        return store.resolve(reference);
+    };
+    let missing = || StoreError::NoSuchImage(reference.to_owned());
+    let (id, _) = strata_oci::image_by_chain(store, &chain)?.ok_or_else(missing)?;
+    let record = store.image(&id)?.ok_or_else(missing)?;
+    Ok((id, record))
 }

@@ -33,7 +33,7 @@ pub mod throttle;
 pub use directory::Holder;
 pub use fetch::{FetchError, PeerFailure};
 pub use handler::{NodeHandler, StoreHandler};
-pub use node::{name_key, ClaimGuard, Claimed, ImageCheck, Node, NodeConfig};
+pub use node::{chain_key, name_key, ClaimGuard, Claimed, ImageCheck, Node, NodeConfig};
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
 pub use remote::{fetch_image, indexes, RemoteImage, RemoteLayer};
 pub use strata_membership as membership;

@@ -88,6 +88,14 @@ pub fn name_key(name: &str) -> Key {
     *blake3::hash(format!("image-name:{name}").as_bytes()).as_bytes()
 }
 
+/// The directory key of a layer chain by its ChainID (OCI image-spec): a
+/// node announces one for every layer prefix of every image it holds, so
+/// containerd's snapshotter on another node finds a chain by the only name
+/// containerd gives it.
+pub fn chain_key(chain: &strata_types::OciDigest) -> Key {
+    *blake3::hash(format!("image-chain:{chain}").as_bytes()).as_bytes()
+}
+
 impl Node {
     /// Starts the node: binds the endpoint, joins the cluster through the
     /// seeds, serves peers, and announces what the store holds.

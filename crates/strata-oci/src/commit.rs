@@ -42,6 +42,22 @@ pub fn add_layer(
     created_by: &str,
 ) -> Result<CommittedImage, ImportError> {
     let names: Vec<String> = names.iter().map(|n| normalize_name(n)).collect::<Result<_, _>>()?;
+    add_layer_named(store, base, layer_tar, names, options, created_by)
+}
+
+/// [`add_layer`] with `names` stored as given, not read as image
+/// references: for names Strata makes itself, such as
+/// [`crate::chain_name`]'s.
+///
+/// Errors: as [`add_layer`]'s, but for names.
+pub fn add_layer_named(
+    store: &Store,
+    base: &ImageRecord,
+    layer_tar: impl Read + Send,
+    names: Vec<String>,
+    options: &ImportOptions,
+    created_by: &str,
+) -> Result<CommittedImage, ImportError> {
     let mut txn = store.begin_import()?;
     let mut chunker = Chunker::new(options.chunking).map_err(|e| ImportError::Setup(e.to_string()))?;
     let member = "(committed layer)";

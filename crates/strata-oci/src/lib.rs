@@ -11,6 +11,7 @@
 
 mod archive;
 mod blob;
+mod chain;
 mod commit;
 mod error;
 mod export;
@@ -19,7 +20,10 @@ mod import;
 mod name;
 mod writer;
 
-pub use commit::{add_layer, CommittedImage};
+pub use chain::{
+    chain_depth, chain_name, chain_of_name, check_chain, image_by_chain, image_chain_ids, CHAIN_NAME_PREFIX,
+};
+pub use commit::{add_layer, add_layer_named, CommittedImage};
 pub use error::{ExportError, ImportError};
 pub use export::{
     config_diff_ids, export_image, export_image_from, missing_chunks, ExportOptions, ExportReport,

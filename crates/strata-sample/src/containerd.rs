@@ -29,12 +29,20 @@ impl TestContainerd {
     /// Garbage collection runs right after a deletion (deletion_threshold
     /// 1), as a busy node's would soon after.
     pub fn start(snapshotters: &[(&str, &Path)], cri: bool) -> Self {
+        Self::start_with(snapshotters, cri, &[])
+    }
+
+    /// [`Self::start`], its config also importing the config files
+    /// `imports` (containerd's top-level `imports`: the way an operator adds
+    /// a snippet such as `deploy/containerd/strata.toml`).
+    pub fn start_with(snapshotters: &[(&str, &Path)], cri: bool, imports: &[&Path]) -> Self {
         let dir = tempfile::Builder::new().prefix("containerd-").tempdir().expect("tempdir");
         let d = dir.path().display();
         let address = dir.path().join("containerd.sock");
         let disabled = if cri { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" };
+        let imports: Vec<String> = imports.iter().map(|p| p.display().to_string()).collect();
         let mut config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n{disabled}\n[grpc]\n  address = \"{d}/containerd.sock\"\n\n\
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\nimports = {imports:?}\n{disabled}\n[grpc]\n  address = \"{d}/containerd.sock\"\n\n\
              [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\n[metrics]\n  address = \"\"\n\n\
              [plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1\n  schedule_delay = \"0ms\"\n  \
              startup_delay = \"0ms\"\n\n"
@@ -45,7 +53,7 @@ impl TestContainerd {
                 socket.display().to_string()
             ));
         }
-        if cri {
+        if cri && !snapshotters.is_empty() {
             let snapshotter = snapshotters.first().map_or("overlayfs", |(name, _)| name);
             config.push_str(&format!(
                 "[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n  \
@@ -55,6 +63,11 @@ impl TestContainerd {
         }
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("containerd config");
+        let dump =
+            Command::new("containerd").arg("--config").arg(&config_path).args(["config", "dump"]).output();
+        if let Ok(dump) = dump {
+            let _ = std::fs::write(dir.path().join("config-dump.toml"), dump.stdout);
+        }
         let log = std::fs::File::create(dir.path().join("containerd.log")).expect("log");
         let child = Command::new("containerd")
             .arg("--config")
@@ -90,6 +103,12 @@ impl TestContainerd {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// Its configuration as containerd reads it, imports merged
+    /// (`containerd config dump`).
+    pub fn config_dump(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("config-dump.toml")).unwrap_or_default()
+    }
+
     /// Its root directory (content store, metadata, its own snapshotters).
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
@@ -118,6 +137,189 @@ impl TestContainerd {
             self.log()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// An image's parts as containerd keeps them ([`TestContainerd::image_layers`]).
+#[derive(Debug)]
+pub struct ImageLayers {
+    /// The manifest's digest.
+    pub manifest: String,
+    /// The config's digest.
+    pub config: String,
+    /// The layers' blob digests, base first.
+    pub layers: Vec<String>,
+    /// The layers' ChainIDs, base first.
+    pub chain_ids: Vec<String>,
+}
+
+/// What [`TestContainerd::pull_remote`] did.
+#[derive(Debug)]
+pub struct RemotePull {
+    /// The image's manifest digest (for its platform).
+    pub manifest: String,
+    /// Its layers' blob digests, base first.
+    pub layers: Vec<String>,
+    /// The ChainID of the whole stack.
+    pub top_chain: String,
+    /// Layers the snapshotter answered ALREADY_EXISTS (remote snapshots).
+    pub remote: usize,
+}
+
+impl TestContainerd {
+    /// An image made runnable on `snapshotter` the way containerd's client
+    /// unpacker does it for a remote snapshotter (CRI, nerdctl): only the
+    /// image's `manifest` and `config` (bytes as its registry serves them)
+    /// go into containerd's content store, with the image record
+    /// `reference` (`ctr images import --no-unpack` of an OCI layout
+    /// holding just those two blobs: no layer blob), then, under a lease,
+    /// each layer's snapshot is prepared with the
+    /// `containerd.io/snapshot.ref` label
+    /// ([`strata_snapshotter::client::prepare_remote_chain`]) and, when
+    /// `cri`, CRI's labels (`cri.image-ref`, `cri.manifest-digest`,
+    /// `cri.layer-digest`, `cri.image-layers`); then the config is labelled
+    /// `containerd.io/gc.ref.snapshot.<snapshotter>` = the top ChainID, so
+    /// the chain outlives the lease. Panics on any failure.
+    pub fn pull_remote(
+        &self,
+        reference: &str,
+        snapshotter: &str,
+        (manifest, config): (&[u8], &[u8]),
+        cri: bool,
+    ) -> RemotePull {
+        self.import_metadata(reference, manifest, config);
+        let ImageLayers { manifest: manifest_digest, config: config_digest, layers, chain_ids } =
+            self.image_layers(reference);
+        let top_chain = chain_ids.last().expect("a layer").clone();
+
+        let lease = self.ctr_ok(&["leases", "create"]).trim().to_owned();
+        let labels = |i: usize| {
+            let mut labels = std::collections::HashMap::new();
+            if cri {
+                let prefix = "containerd.io/snapshot/cri.";
+                labels.insert(format!("{prefix}image-ref"), reference.to_owned());
+                labels.insert(format!("{prefix}manifest-digest"), manifest_digest.clone());
+                labels.insert(format!("{prefix}layer-digest"), layers[i].clone());
+                labels.insert(format!("{prefix}image-layers"), layers[i..].join(","));
+            }
+            labels
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let remote = runtime
+            .block_on(async {
+                let mut client =
+                    strata_snapshotter::client::connect(&self.address).await.expect("containerd socket");
+                strata_snapshotter::client::prepare_remote_chain(
+                    &mut client,
+                    snapshotter,
+                    &self.namespace,
+                    &lease,
+                    &chain_ids,
+                    &labels,
+                )
+                .await
+            })
+            .unwrap_or_else(|e| {
+                panic!("remote snapshots of {reference}: {e}\ncontainerd's log:\n{}", self.log())
+            });
+        self.ctr_ok(&[
+            "content",
+            "label",
+            &config_digest,
+            &format!("containerd.io/gc.ref.snapshot.{snapshotter}={top_chain}"),
+        ]);
+        self.ctr_ok(&["leases", "delete", &lease]);
+        RemotePull { manifest: manifest_digest, layers, top_chain, remote }
+    }
+
+    /// The image `reference` as containerd keeps it (this machine's
+    /// platform of an index): its manifest, config, layer blobs and layer
+    /// ChainIDs (from the config's diff_ids).
+    pub fn image_layers(&self, reference: &str) -> ImageLayers {
+        let images = self.ctr_ok(&["images", "ls"]);
+        let target = images
+            .lines()
+            .find_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.first() == Some(&reference)).then(|| cols.get(2).map(|d| d.to_string())).flatten()
+            })
+            .unwrap_or_else(|| panic!("{reference} not in ctr images ls:\n{images}"));
+        let mut manifest_digest = target;
+        let mut manifest = self.content_json(&manifest_digest);
+        if let Some(list) = manifest.get("manifests").and_then(|m| m.as_array()) {
+            let arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                other => other,
+            };
+            let chosen = list
+                .iter()
+                .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
+                .unwrap_or_else(|| panic!("no linux/{arch} manifest in {manifest}"));
+            manifest_digest = chosen["digest"].as_str().expect("digest").to_owned();
+            manifest = self.content_json(&manifest_digest);
+        }
+        let config_digest = manifest["config"]["digest"].as_str().expect("config digest").to_owned();
+        let layers: Vec<String> = manifest["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["digest"].as_str().expect("layer digest").to_owned())
+            .collect();
+        let config = self.content_json(&config_digest);
+        let diff_ids: Vec<strata_types::OciDigest> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .expect("diff_ids")
+            .iter()
+            .map(|d| d.as_str().expect("diff_id").parse().expect("sha256 diff_id"))
+            .collect();
+        let chain_ids: Vec<String> =
+            strata_types::OciDigest::chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
+
+        ImageLayers { manifest: manifest_digest, config: config_digest, layers, chain_ids }
+    }
+
+    /// `ctr images import --no-unpack` of an OCI layout tar holding only
+    /// `manifest` and `config`, the image named `reference`.
+    fn import_metadata(&self, reference: &str, manifest: &[u8], config: &[u8]) {
+        let parsed: serde_json::Value = serde_json::from_slice(manifest).expect("manifest JSON");
+        let media_type = parsed["mediaType"].as_str().unwrap_or("application/vnd.oci.image.manifest.v1+json");
+        let digest = strata_types::OciDigest::sha256_of(manifest);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": media_type,
+                "digest": digest.to_string(),
+                "size": manifest.len(),
+                "annotations": { "io.containerd.image.name": reference },
+            }],
+        });
+        let path = self.dir.path().join(format!("metadata-{}.tar", digest.hex()));
+        let mut tar = tar::Builder::new(std::fs::File::create(&path).expect("tar"));
+        let mut add = |name: &str, data: &[u8]| {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, name, data).expect("tar member");
+        };
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        add("index.json", &serde_json::to_vec(&index).expect("json"));
+        add(&format!("blobs/sha256/{}", digest.hex()), manifest);
+        add(&format!("blobs/sha256/{}", strata_types::OciDigest::sha256_of(config).hex()), config);
+        tar.into_inner().expect("tar");
+        self.ctr_ok(&["images", "import", "--no-unpack", path.to_str().expect("path")]);
+    }
+
+    /// The blob `digest` of containerd's content store, as JSON.
+    fn content_json(&self, digest: &str) -> serde_json::Value {
+        let out = self.ctr_output(&["content", "get", digest]);
+        assert!(out.status.success(), "ctr content get {digest}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{digest} is not JSON: {e}"))
+    }
+
+    /// The digests in containerd's content store (`ctr content ls`).
+    pub fn content_digests(&self) -> Vec<String> {
+        self.ctr_ok(&["content", "ls", "-q"]).lines().map(str::to_owned).collect()
     }
 }
 

@@ -179,6 +179,30 @@ impl TestRegistry {
         self.dir.path().join("certs/ca.crt")
     }
 
+    /// The manifest of `repo_tag` and its config, byte for byte as the
+    /// registry serves them (skopeo inspect --raw; an image with one
+    /// manifest, not an index).
+    pub fn manifest_and_config(&self, repo_tag: &str) -> (Vec<u8>, Vec<u8>) {
+        let creds = format!("{USER}:{PASSWORD}");
+        let certs = self.dir.path().join("certs");
+        let target = format!("docker://{}/{repo_tag}", self.host);
+        let inspect = |config: bool| {
+            let mut command = Command::new("skopeo");
+            command.args(["inspect", "--raw", "--creds", &creds, "--cert-dir"]).arg(&certs);
+            if config {
+                command.arg("--config");
+            }
+            let out = command.arg(&target).output().expect("skopeo (deploy/setup installs it)");
+            assert!(
+                out.status.success(),
+                "skopeo inspect {target}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        (inspect(false), inspect(true))
+    }
+
     /// Pushes a docker-save archive as `repo:tag` with skopeo.
     pub fn push(&self, archive: &Path, repo_tag: &str) {
         let creds = format!("{USER}:{PASSWORD}");

@@ -154,6 +154,38 @@ pub trait Layers: Send + Sync {
 
     /// Unmounts `mountpoint` (a dead mount too).
     fn unmount_chain(&self, mountpoint: &Path) -> Result<(), String>;
+
+    /// Keeps a layer containerd applied itself (the normal path) as a
+    /// Strata layer, so the cluster can serve it: `upper` is the committed
+    /// snapshot's directory (an overlayfs upper: whiteouts as 0/0 devices,
+    /// opaque directories by xattr), `chain_id` the ChainID containerd
+    /// committed it as, `parent` the ChainID of the chain below (none for
+    /// a base layer). Called in the background, in commit order, never
+    /// twice at once; again after a restart for every such snapshot, so
+    /// it returns early for a chain Strata already has. The default keeps
+    /// nothing.
+    fn ingest_layer(&self, chain_id: &str, parent: Option<&str>, upper: &Path) -> Result<(), String> {
+        let _ = (chain_id, parent, upper);
+        Ok(())
+    }
+}
+
+/// The ChainID a backend snapshot name gives: containerd's metadata names
+/// a committed layer snapshot `NAMESPACE/SEQUENCE/CHAINID`
+/// (`metadata/snapshot.go`); `None` for names that are not a sha256
+/// digest there (commits of other clients).
+pub fn chain_of_snapshot(name: &str) -> Option<&str> {
+    let last = name.rsplit('/').next()?;
+    let hex = last.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(last)
+}
+
+/// A committed layer snapshot for [`Layers::ingest_layer`].
+struct Ingest {
+    name: String,
+    chain_id: String,
+    parent: Option<String>,
+    upper: PathBuf,
 }
 
 struct State {
@@ -176,7 +208,13 @@ pub struct Snapshots {
     /// One lock per chain mount: two containers of one chain starting at
     /// once mount it once.
     chain_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
+    /// Committed layers for the ingest thread ([`Layers::ingest_layer`]).
+    ingest: Option<std::sync::mpsc::SyncSender<Ingest>>,
 }
+
+/// Committed layers waiting for the ingest thread at most; past it a commit
+/// is ingested after the next restart.
+const INGEST_QUEUE: usize = 1024;
 
 fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
@@ -213,6 +251,7 @@ impl Snapshots {
             state: Mutex::new(State { records, next_id }),
             layers: None,
             chain_locks: Mutex::new(BTreeMap::new()),
+            ingest: None,
         };
         snapshots.cleanup()?;
         Ok(snapshots)
@@ -222,9 +261,62 @@ impl Snapshots {
     /// [`TARGET_LABEL`] whose chain Strata has is committed here at once
     /// and containerd told it exists; snapshots above such a chain read it
     /// through one read-only mount of it.
+    ///
+    /// Layers containerd applied itself are handed to
+    /// [`Layers::ingest_layer`] by a thread of their own as they are
+    /// committed, and at once for every such snapshot already kept (a
+    /// restart).
     pub fn with_layers(mut self, layers: Arc<dyn Layers>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Ingest>(INGEST_QUEUE);
+        let ingester = layers.clone();
+        let spawned = std::thread::Builder::new().name("snapshot-ingest".into()).spawn(move || {
+            for job in rx {
+                let span = tracing::info_span!("ingest", snapshot = %job.name, chain = %job.chain_id);
+                let _entered = span.enter();
+                match ingester.ingest_layer(&job.chain_id, job.parent.as_deref(), &job.upper) {
+                    Ok(()) => tracing::debug!("layer kept"),
+                    Err(e) => tracing::warn!(error = %e, "a layer containerd applied was not kept as a Strata layer"),
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => {
+                let state = self.lock();
+                let mut kept: Vec<(&String, &SnapshotRecord)> = state.records.iter().collect();
+                kept.sort_by_key(|(_, r)| r.id);
+                for (name, record) in kept {
+                    if let Some(job) = self.ingest_job(&state, name, record) {
+                        if tx.try_send(job).is_err() {
+                            break;
+                        }
+                    }
+                }
+                drop(state);
+                self.ingest = Some(tx);
+            }
+            Err(e) => tracing::warn!(error = %e, "no ingest thread: applied layers stay local"),
+        }
         self.layers = Some(layers);
         self
+    }
+
+    /// The ingest of committed snapshot `name` when it is a layer
+    /// containerd applied: committed under a ChainID, not a remote
+    /// snapshot, on a parent that is one too (or none).
+    fn ingest_job(&self, state: &State, name: &str, record: &SnapshotRecord) -> Option<Ingest> {
+        if Kind::of(record) != Kind::Committed || !record.chain_image.is_empty() {
+            return None;
+        }
+        let chain_id = chain_of_snapshot(name)?.to_owned();
+        let parent = match state.records.get(&record.parent) {
+            None if record.parent.is_empty() => None,
+            None => return None,
+            // A remote snapshot is named after its target, maybe with a
+            // suffix: its label says its ChainID.
+            Some(p) if !p.chain_image.is_empty() => Some(p.labels.get(TARGET_LABEL)?.clone()),
+            Some(_) => Some(chain_of_snapshot(&record.parent)?.to_owned()),
+        };
+        Some(Ingest { name: name.to_owned(), chain_id, parent, upper: self.dir(record.id).join("fs") })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -594,7 +686,17 @@ impl Snapshots {
         };
         self.store.write_snapshots(&[(name, &record)], &[key])?;
         state.records.remove(key);
+        let job = self.ingest.as_ref().and_then(|_| self.ingest_job(&state, name, &record));
         state.records.insert(name.to_owned(), record);
+        drop(state);
+        if let (Some(tx), Some(job)) = (&self.ingest, job) {
+            if tx.try_send(job).is_err() {
+                tracing::warn!(
+                    snapshot = name,
+                    "ingest queue full: the layer is kept after the next restart"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -12,20 +12,33 @@ use super::*;
 use crate::membership::MemberState;
 
 impl Node {
-    /// Announces everything the store holds: whole layers and image names
-    /// as complete, layers being fetched as partial.
+    /// Announces everything the store holds: whole layers, image names and
+    /// the images' layer chains ([`chain_key`]) as complete, layers being
+    /// fetched as partial.
     pub async fn announce_all(&self) -> Result<(), NodeError> {
         let store = self.store.clone();
-        let (layers, names) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (layers, (names, chains)) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let layers: Vec<LayerId> = store.layers()?.into_iter().map(|l| l.id).collect();
-            let names: Vec<String> = store.images()?.into_iter().map(|i| i.name).collect();
-            Ok((layers, names))
+            let mut names = Vec::new();
+            let mut chains = BTreeSet::new();
+            let mut seen = BTreeSet::new();
+            for image in store.images()? {
+                if seen.insert(image.id) {
+                    chains.extend(strata_oci::image_chain_ids(&image.record).iter().map(chain_key));
+                }
+                if let Some(chain) = strata_oci::chain_of_name(&image.name) {
+                    chains.insert(chain_key(&chain));
+                }
+                names.push(image.name);
+            }
+            Ok((layers, (names, chains)))
         })
         .await
         .map_err(|e| NodeError::Setup(e.to_string()))??;
         let (whole, partial) = self.progress.split(&layers);
         let mut complete: Vec<Key> = whole.iter().map(|l| *l.as_bytes()).collect();
         complete.extend(names.iter().map(|n| name_key(n)));
+        complete.extend(chains);
         let partial: Vec<Key> = partial.iter().map(|l| *l.as_bytes()).collect();
         self.locator.announce(&complete, &partial).await;
         Ok(())

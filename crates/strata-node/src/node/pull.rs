@@ -45,6 +45,46 @@ impl Node {
         Ok(self.pull_image_from(reference, &holders, &|_, _| Ok(())).await?.0)
     }
 
+    /// The image holding the layer chain `chain` (a ChainID, as containerd
+    /// names a layer's snapshot) and the chain's depth in it: from the
+    /// store, else its metadata from a node that announces the chain
+    /// ([`chain_key`]), checked layer by layer against the config's
+    /// diff_ids ([`strata_oci::check_chain`]) and stored under
+    /// [`strata_oci::chain_name`]; its chunks follow on first read. `None`
+    /// when no live node announces the chain.
+    ///
+    /// Errors: [`NodeError::Unavailable`] when every holder failed or was
+    /// refused; the store's.
+    pub async fn pull_chain(
+        self: &Arc<Self>,
+        chain: &strata_types::OciDigest,
+    ) -> Result<Option<(ImageId, u32)>, NodeError> {
+        let store = self.store.clone();
+        let wanted = *chain;
+        let local = tokio::task::spawn_blocking(move || strata_oci::image_by_chain(&store, &wanted))
+            .await
+            .map_err(|e| NodeError::Setup(e.to_string()))??;
+        if local.is_some() {
+            return Ok(local);
+        }
+        let holders: Vec<Holder> =
+            self.lookup(&chain_key(chain)).await.into_iter().filter(|h| h.node != self.me.name).collect();
+        if holders.is_empty() {
+            return Ok(None);
+        }
+        let check = |record: &ImageRecord, layers: &[&LayerRecord]| {
+            strata_oci::check_chain(record, layers, chain).map(|_| ())
+        };
+        let reference = strata_oci::chain_name(chain);
+        self.pull_image_from(&reference, &holders, &check).await?;
+        // Stored under the chain's name: found by it.
+        let store = self.store.clone();
+        let wanted = *chain;
+        Ok(tokio::task::spawn_blocking(move || strata_oci::image_by_chain(&store, &wanted))
+            .await
+            .map_err(|e| NodeError::Setup(e.to_string()))??)
+    }
+
     /// Pulls `reference`'s metadata from the first of `holders` that
     /// answers (each within the fetch deadline) with an image `check`
     /// accepts, as [`Self::pull_image`] does once it found them; stored
