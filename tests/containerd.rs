@@ -322,26 +322,33 @@ fn the_cri_flow_downloads_no_layer_blob_into_containerd() {
     }
 }
 
-/// deploy/containerd/strata.toml as an operator installs it (imported by
-/// containerd's own config, CRI enabled): containerd reads the proxy
-/// plugin and CRI's settings from it, and the Strata snapshotter loads.
+/// deploy/containerd as an operator installs it: the drop-in
+/// (`strata.toml`) imported by containerd's own config, and CRI's two keys
+/// (`cri.toml`) in that config beside its other CRI settings (here a
+/// sandbox image of its own): containerd reads all of it, the operator's
+/// CRI settings survive, and the Strata snapshotter and CRI load.
 #[test]
-fn the_deploy_snippet_registers_strata_for_ctr_and_cri() {
+fn the_deploy_snippets_register_strata_for_ctr_and_cri() {
     let s = Strata::new();
     let certs = certs(&s, &["n1"]);
     let socket = s.path("snapshotter.sock");
     let _node = start_node(&s, &certs, &socket);
-    let snippet =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/containerd/strata.toml"))
-            .expect("snippet");
-    assert!(snippet.contains("\"/run/strata/snapshotter.sock\""), "{snippet}");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/containerd");
+    let drop_in = std::fs::read_to_string(deploy.join("strata.toml")).expect("drop-in");
+    assert!(drop_in.contains("\"/run/strata/snapshotter.sock\""), "{drop_in}");
+    assert!(
+        !drop_in.contains("io.containerd.grpc.v1.cri"),
+        "an imported CRI table replaces the node's: {drop_in}"
+    );
     let installed = s.path("strata.toml");
     std::fs::write(
         &installed,
-        snippet.replace("/run/strata/snapshotter.sock", socket.to_str().expect("path")),
+        drop_in.replace("/run/strata/snapshotter.sock", socket.to_str().expect("path")),
     )
     .expect("write");
-    let c = TestContainerd::start_with(&[], true, &[&installed]);
+    let cri_keys = std::fs::read_to_string(deploy.join("cri.toml")).expect("cri.toml");
+    let own = "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.example/pause:own\"\n\n";
+    let c = TestContainerd::start_with(&[], true, &[&installed], &format!("{own}{cri_keys}"));
     let dump = c.config_dump();
     let cri = dump
         .split("[plugins.\"io.containerd.grpc.v1.cri\".containerd]")
@@ -353,6 +360,10 @@ fn the_deploy_snippet_registers_strata_for_ctr_and_cri() {
     assert!(cri.contains("snapshotter = \"strata\""), "{cri}");
     assert!(cri.contains("disable_snapshot_annotations = false"), "{cri}");
     assert!(dump.contains("[proxy_plugins.strata]"), "{dump}");
+    assert!(
+        dump.contains("sandbox_image = \"registry.example/pause:own\""),
+        "the operator's CRI settings stay: {dump}"
+    );
     let plugins = c.ctr_ok(&["plugins", "ls"]);
     let strata = plugins
         .lines()

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod mount;
 pub mod mounts;
 pub mod ops;
+pub mod pipe;
 pub mod profile;
 pub mod pull;
 pub mod run;

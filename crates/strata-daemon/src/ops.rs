@@ -2,7 +2,7 @@
 //! callers, or by the CLI itself when no node runs. Each returns a typed
 //! [`Outcome`]; nothing is printed here.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -200,21 +200,21 @@ pub fn commit(
     let chunks =
         ImageChunks::new(dir.node.as_ref(), store.clone(), &dir.store_dir(), &dir.path, &image.to_string())?;
     let reader = Arc::new(ChunkReader::new(Arc::new(chunks), 64 << 20));
-    let (pipe_out, pipe_in) = std::io::pipe().context("making a pipe")?;
     let root = upper.join("root");
-    let committed = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| -> Result<()> {
-            let out = strata_mount::write_upper_layer(&root, &tree, &reader, BufWriter::new(pipe_in))?;
-            out.into_inner().map_err(|e| e.into_error())?.flush()?;
-            Ok(())
-        });
-        let options = dir.settings.import_options(Vec::new());
-        let result = strata_oci::add_layer(&store, &base, pipe_out, names, &options, "strata commit");
-        match writer.join() {
-            Ok(Err(e)) => Err(e).with_context(|| format!("reading the writable layer {}", upper.display())),
-            Ok(Ok(())) => result.map_err(Error::from),
-            Err(_) => refuse!("the layer writer panicked"),
-        }
+    let options = dir.settings.import_options(Vec::new());
+    // The import sees the end of the tar only if the whole writable layer
+    // was read: a failure partway commits nothing.
+    let committed = crate::pipe::through_pipe(
+        |out| {
+            let out = strata_mount::write_upper_layer(&root, &tree, &reader, out)
+                .map_err(|e| format!("reading the writable layer {}: {e}", upper.display()))?;
+            out.into_inner().map_err(|e| e.into_error().to_string())?.flush().map_err(|e| e.to_string())
+        },
+        |tar| strata_oci::add_layer(&store, &base, tar, names, &options, "strata commit"),
+    )
+    .map_err(|e| match e {
+        crate::pipe::PipeError::Writer(e) => Error::Refused(e),
+        crate::pipe::PipeError::Reader(e) => Error::from(e),
     })?;
     Ok(Committed {
         id: committed.id,

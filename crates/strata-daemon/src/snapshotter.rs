@@ -118,23 +118,18 @@ impl Layers for NodeLayers {
                 truncated(&record, depth)?
             }
         };
-        let (pipe_out, pipe_in) = std::io::pipe().map_err(|e| format!("making a pipe: {e}"))?;
         let options = self.dir.settings.import_options(Vec::new());
         let names = vec![strata_oci::chain_name(&chain)];
-        let committed = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| -> Result<(), String> {
-                let out = strata_mount::write_overlay_upper_layer(upper, std::io::BufWriter::new(pipe_in))
-                    .map_err(|e| e.to_string())?;
+        // Imported only if the whole directory was read (see crate::pipe).
+        let committed = crate::pipe::through_pipe(
+            |out| {
+                let out = strata_mount::write_overlay_upper_layer(upper, out)
+                    .map_err(|e| format!("reading {}: {e}", upper.display()))?;
                 out.into_inner().map_err(|e| e.into_error().to_string())?.flush().map_err(|e| e.to_string())
-            });
-            let result =
-                strata_oci::add_layer_named(&store, &base, pipe_out, names, &options, "containerd apply");
-            match writer.join() {
-                Ok(Err(e)) => Err(format!("reading {}: {e}", upper.display())),
-                Ok(Ok(())) => result.map_err(|e| e.to_string()),
-                Err(_) => Err("the layer writer panicked".to_owned()),
-            }
-        })?;
+            },
+            |tar| strata_oci::add_layer_named(&store, &base, tar, names, &options, "containerd apply"),
+        )
+        .map_err(|e| e.to_string())?;
         tracing::info!(
             chain = chain_id,
             image = %committed.id,
@@ -143,9 +138,10 @@ impl Layers for NodeLayers {
             "a layer containerd applied is kept as a Strata layer"
         );
         if let Some(node) = &self.dir.node {
-            if let Err(e) = node.runtime().block_on(node.announce_all()) {
-                tracing::warn!(error = %e, "announcing an ingested layer");
-            }
+            let name = strata_oci::chain_name(&chain);
+            let mut keys = vec![strata_node::chain_key(&chain), strata_node::name_key(&name)];
+            keys.push(*committed.layer.as_bytes());
+            node.runtime().block_on(node.announce(&keys, &[]));
         }
         Ok(())
     }

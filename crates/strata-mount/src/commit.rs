@@ -61,7 +61,10 @@ pub fn write_upper_layer<W: Write>(
 /// directories with `trusted.overlay.opaque` = `y` get `.wh..wh..opq`
 /// markers (kernel Documentation/filesystems/overlayfs.rst, "whiteouts and
 /// opaque directories"; image-spec layer.md), and overlayfs' own
-/// `trusted.overlay.*` xattrs are left out. Every other entry is written
+/// `trusted.overlay.*` xattrs are left out (and the host's
+/// `security.selinux` labels). The upper's root is written as the layer's
+/// `./` entry (overlayfs shows the upper root's attributes). Every other
+/// entry is written
 /// as it is: content, mode, owner, mtime, xattrs (file capabilities
 /// included), device numbers, hardlinks as link members.
 ///
@@ -72,6 +75,8 @@ pub fn write_overlay_upper_layer<W: Write>(upper_root: &Path, out: W) -> Result<
 
 /// The overlayfs xattr marking an opaque directory.
 const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+/// The SELinux label a host gives files it creates.
+const SELINUX_XATTR: &[u8] = b"security.selinux";
 /// Set on a directory renamed with `redirect_dir=on`: its lower content
 /// is elsewhere.
 const OVERLAY_REDIRECT: &[u8] = b"trusted.overlay.redirect";
@@ -91,6 +96,22 @@ fn write_layer<W: Write>(
     let root = File::open(upper_root).map(OwnedFd::from).map_err(root_err)?;
     let mut walk = Walk { upper_root, lower, tar: LayerTarWriter::new(out), links: HashMap::new() };
     let dot = At::new(root.as_fd(), b".").map_err(root_err)?;
+    if lower.is_none() {
+        // The root of an overlayfs upper is the merged root (its mode,
+        // owner, xattrs: what a layer's `./` entry set when applied).
+        let st = dot.stat().map_err(root_err)?;
+        let entry = Entry {
+            path: Vec::new(),
+            kind: EntryKind::Dir as i32,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec),
+            xattrs: walk.xattrs(&dot.xattr_path().map_err(root_err)?, b"")?,
+            ..Default::default()
+        };
+        walk.tar.append(&entry, io::empty())?;
+    }
     if walk.is_opaque(&dot.xattr_path().map_err(root_err)?).map_err(root_err)? {
         walk.tar.append_opaque_marker(b"")?;
     }
@@ -131,7 +152,9 @@ impl<W: Write> Walk<'_, W> {
     fn is_private_xattr(&self, name: &[u8]) -> bool {
         match self.lower {
             Some(_) => upper::is_private_xattr(name),
-            None => name.starts_with(OVERLAY_PRIVATE_PREFIX),
+            // The host's SELinux label is the host's, not the layer's
+            // (containerd's and docker's layer writers leave it out too).
+            None => name.starts_with(OVERLAY_PRIVATE_PREFIX) || name == SELINUX_XATTR,
         }
     }
 

@@ -29,13 +29,14 @@ impl TestContainerd {
     /// Garbage collection runs right after a deletion (deletion_threshold
     /// 1), as a busy node's would soon after.
     pub fn start(snapshotters: &[(&str, &Path)], cri: bool) -> Self {
-        Self::start_with(snapshotters, cri, &[])
+        Self::start_with(snapshotters, cri, &[], "")
     }
 
     /// [`Self::start`], its config also importing the config files
     /// `imports` (containerd's top-level `imports`: the way an operator adds
-    /// a snippet such as `deploy/containerd/strata.toml`).
-    pub fn start_with(snapshotters: &[(&str, &Path)], cri: bool, imports: &[&Path]) -> Self {
+    /// a drop-in such as `deploy/containerd/strata.toml`) and ending with
+    /// `extra` (TOML tables, as an operator's own config.toml would hold).
+    pub fn start_with(snapshotters: &[(&str, &Path)], cri: bool, imports: &[&Path], extra: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("containerd-").tempdir().expect("tempdir");
         let d = dir.path().display();
         let address = dir.path().join("containerd.sock");
@@ -61,6 +62,7 @@ impl TestContainerd {
                  disable_snapshot_annotations = false\n\n"
             ));
         }
+        config.push_str(extra);
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("containerd config");
         let dump =

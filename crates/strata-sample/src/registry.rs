@@ -33,6 +33,8 @@ pub struct TestRegistry {
     dir: tempfile::TempDir,
     /// `localhost:PORT`: the certificate names localhost.
     pub host: String,
+    /// Its TCP port.
+    pub port: u16,
     /// The token server with [`Auth::Token`].
     pub tokens: Option<TokenServer>,
 }
@@ -52,6 +54,19 @@ impl TestRegistry {
     /// Starts one with TLS and `auth` (either way, [`USER`] and
     /// [`PASSWORD`] are the only credentials it takes).
     pub fn start_with(auth: Auth) -> Self {
+        Self::start_listening(auth, "127.0.0.1")
+    }
+
+    /// Starts one (TLS, htpasswd) listening on `ip` as well as reachable
+    /// at `localhost:PORT` when `ip` is 0.0.0.0: for benches whose clients
+    /// sit across a link (they skip the name check: the certificate names
+    /// localhost). Started on a thread inside a network namespace, it
+    /// listens there.
+    pub fn start_on(ip: &str) -> Self {
+        Self::start_listening(Auth::Htpasswd, ip)
+    }
+
+    fn start_listening(auth: Auth, ip: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = strata_tls::generate_ca("registry-test").expect("ca");
         let cert = strata_tls::issue_node_cert(&ca, "localhost").expect("cert");
@@ -82,7 +97,7 @@ impl TestRegistry {
         };
         let config = format!(
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  \
-             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {d}/cert.pem\n    \
+             delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n  tls:\n    certificate: {d}/cert.pem\n    \
              key: {d}/key.pem\nauth:\n{auth_config}"
         );
         std::fs::write(dir.path().join("config.yml"), config).expect("config");
@@ -94,7 +109,7 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .expect("docker-registry (deploy/setup installs it)");
-        let mut registry = Self { child, dir, host: format!("localhost:{port}"), tokens };
+        let mut registry = Self { child, dir, host: format!("localhost:{port}"), port, tokens };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = registry.child.try_wait() {

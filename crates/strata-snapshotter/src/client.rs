@@ -134,10 +134,13 @@ pub async fn prepare_remote_chain(
                 return Err(RemoteChainError::Call { call: "Stat", key: chain_id.clone(), status })
             }
         }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let key = format!("extract-{nanos}-{}-{index} {chain_id}", std::process::id());
+        // Unique as containerd's `uniquePart` makes it: time, process and a
+        // counter (containerd: time and random bytes).
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("extract-{nanos}-{}-{sequence} {chain_id}", std::process::id());
         let mut layer_labels = labels(index);
         layer_labels.insert(TARGET_LABEL.to_owned(), chain_id.clone());
         let prepare = PrepareSnapshotRequest {

@@ -182,6 +182,8 @@ pub fn chain_of_snapshot(name: &str) -> Option<&str> {
 
 /// A committed layer snapshot for [`Layers::ingest_layer`].
 struct Ingest {
+    /// The snapshot's directory id.
+    id: u64,
     name: String,
     chain_id: String,
     parent: Option<String>,
@@ -191,6 +193,9 @@ struct Ingest {
 struct State {
     records: BTreeMap<String, SnapshotRecord>,
     next_id: u64,
+    /// The snapshot (directory id) the ingest thread is reading: Remove
+    /// moves its directory aside rather than deleting it under the reader.
+    ingesting: Option<u64>,
 }
 
 /// The snapshotter's snapshots: records in the store, directories under a
@@ -203,18 +208,16 @@ pub struct Snapshots {
     /// as containerd does (a lower shared by several mounts would otherwise
     /// be refused by the second).
     index_off: bool,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     layers: Option<Arc<dyn Layers>>,
     /// One lock per chain mount: two containers of one chain starting at
     /// once mount it once.
     chain_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
-    /// Committed layers for the ingest thread ([`Layers::ingest_layer`]).
-    ingest: Option<std::sync::mpsc::SyncSender<Ingest>>,
+    /// Committed layers for the ingest thread ([`Layers::ingest_layer`]):
+    /// unbounded, as each is a few paths and the thread drains them in
+    /// commit order.
+    ingest: Option<std::sync::mpsc::Sender<Ingest>>,
 }
-
-/// Committed layers waiting for the ingest thread at most; past it a commit
-/// is ingested after the next restart.
-const INGEST_QUEUE: usize = 1024;
 
 fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
@@ -248,11 +251,13 @@ impl Snapshots {
             store,
             root: root.to_owned(),
             index_off,
-            state: Mutex::new(State { records, next_id }),
+            state: Arc::new(Mutex::new(State { records, next_id, ingesting: None })),
             layers: None,
             chain_locks: Mutex::new(BTreeMap::new()),
             ingest: None,
         };
+        // Directories moved aside for an ingest that a restart cut short.
+        let _ = std::fs::remove_dir_all(snapshots.removed_dir());
         snapshots.cleanup()?;
         Ok(snapshots)
     }
@@ -267,13 +272,32 @@ impl Snapshots {
     /// committed, and at once for every such snapshot already kept (a
     /// restart).
     pub fn with_layers(mut self, layers: Arc<dyn Layers>) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Ingest>(INGEST_QUEUE);
+        let (tx, rx) = std::sync::mpsc::channel::<Ingest>();
         let ingester = layers.clone();
+        let state = self.state.clone();
+        let removed = self.removed_dir();
         let spawned = std::thread::Builder::new().name("snapshot-ingest".into()).spawn(move || {
+            let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
             for job in rx {
                 let span = tracing::info_span!("ingest", snapshot = %job.name, chain = %job.chain_id);
                 let _entered = span.enter();
-                match ingester.ingest_layer(&job.chain_id, job.parent.as_deref(), &job.upper) {
+                {
+                    let mut state = lock();
+                    if state.records.get(&job.name).map(|r| r.id) != Some(job.id) {
+                        continue;
+                    }
+                    state.ingesting = Some(job.id);
+                }
+                let result = ingester.ingest_layer(&job.chain_id, job.parent.as_deref(), &job.upper);
+                lock().ingesting = None;
+                // Removed while read: Remove moved the directory here.
+                let aside = removed.join(job.id.to_string());
+                if aside.exists() {
+                    if let Err(e) = std::fs::remove_dir_all(&aside) {
+                        tracing::warn!(dir = %aside.display(), error = %e, "snapshot directory not removed");
+                    }
+                }
+                match result {
                     Ok(()) => tracing::debug!("layer kept"),
                     Err(e) => tracing::warn!(error = %e, "a layer containerd applied was not kept as a Strata layer"),
                 }
@@ -286,9 +310,7 @@ impl Snapshots {
                 kept.sort_by_key(|(_, r)| r.id);
                 for (name, record) in kept {
                     if let Some(job) = self.ingest_job(&state, name, record) {
-                        if tx.try_send(job).is_err() {
-                            break;
-                        }
+                        let _ = tx.send(job);
                     }
                 }
                 drop(state);
@@ -316,11 +338,22 @@ impl Snapshots {
             Some(p) if !p.chain_image.is_empty() => Some(p.labels.get(TARGET_LABEL)?.clone()),
             Some(_) => Some(chain_of_snapshot(&record.parent)?.to_owned()),
         };
-        Some(Ingest { name: name.to_owned(), chain_id, parent, upper: self.dir(record.id).join("fs") })
+        Some(Ingest {
+            id: record.id,
+            name: name.to_owned(),
+            chain_id,
+            parent,
+            upper: self.dir(record.id).join("fs"),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where Remove moves a directory the ingest thread is reading.
+    fn removed_dir(&self) -> PathBuf {
+        self.root.join("removed")
     }
 
     fn dir(&self, id: u64) -> PathBuf {
@@ -690,11 +723,8 @@ impl Snapshots {
         state.records.insert(name.to_owned(), record);
         drop(state);
         if let (Some(tx), Some(job)) = (&self.ingest, job) {
-            if tx.try_send(job).is_err() {
-                tracing::warn!(
-                    snapshot = name,
-                    "ingest queue full: the layer is kept after the next restart"
-                );
+            if tx.send(job).is_err() {
+                tracing::warn!(snapshot = name, "no ingest thread: the layer is kept after the next restart");
             }
         }
         Ok(())
@@ -732,6 +762,16 @@ impl Snapshots {
         let chain = Self::chain_below(&state, key).filter(|_| Kind::of(record) != Kind::Committed);
         self.store.write_snapshots(&[], &[key])?;
         state.records.remove(key);
+        if state.ingesting == Some(id) {
+            // The ingest thread reads it by open directories: moved aside
+            // (same filesystem) it stays whole until the thread removes it.
+            let aside = self.removed_dir().join(id.to_string());
+            let moved = std::fs::create_dir_all(self.removed_dir())
+                .and_then(|()| std::fs::rename(self.dir(id), &aside));
+            if let Err(e) = moved {
+                tracing::warn!(dir = %self.dir(id).display(), error = %e, "snapshot directory not moved aside");
+            }
+        }
         // The chain's mount goes with the last active or view snapshot on it.
         let still_used = chain.as_ref().is_some_and(|source| {
             state.records.iter().any(|(k, r)| {

@@ -113,6 +113,9 @@ impl Node {
             };
             match tokio::time::timeout(self.config.fetch_deadline, fetched).await {
                 Ok(Ok(crate::RemoteImage { id, record, layers, profile })) => {
+                    // Its layer chains, announced with its name below.
+                    let chains: Vec<Key> =
+                        strata_oci::image_chain_ids(&record).iter().map(chain_key).collect();
                     self.metrics
                         .image_metadata_bytes_fetched
                         .inc_by(crate::remote::metadata_bytes(&record, &layers) + 32 * profile.len() as u64);
@@ -140,9 +143,10 @@ impl Node {
                     // group, so that nodes starting together fetch each
                     // chunk from the origin once.
                     let node = self.clone();
-                    let name = name_key(reference);
+                    let mut complete = vec![name_key(reference)];
+                    complete.extend(chains);
                     tokio::spawn(async move {
-                        node.announce(&[name], &partial).await;
+                        node.announce(&complete, &partial).await;
                         node.start_prefetch(id);
                     });
                     return Ok((id, holder.node.clone()));
