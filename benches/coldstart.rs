@@ -27,7 +27,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{certs, ok, start_node, BenchNode, NodeSpec};
+use common::cluster::{certs, ok, start_client, start_node, BenchNode, NodeSpec};
 use common::fullpull::{self, BlobServer, FullPullTimes};
 use common::images::{self, BenchImage, READY};
 use common::netns::DelayLink;
@@ -61,15 +61,7 @@ fn lazy_start(
     record: bool,
 ) -> LazyRun {
     let data = dir.join("client");
-    let client = start_node(NodeSpec {
-        data: &data,
-        name: "client",
-        certs,
-        listen: format!("{}:0", link.b_ip),
-        seed: Some(&origin.addr),
-        netns: Some(&link.b),
-    });
-    client.wait_peers(1);
+    let client = start_client(link, certs, origin, &data);
     let trace_path = dir.join("trace.json");
     let ready = images::run_until_ready(&data, image, Some(&trace_path), record);
     let trace: Value =

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::cluster::{certs, ok, start_node, BenchNode, NodeSpec};
+use common::cluster::{certs, ok, start_client, start_node, BenchNode, NodeSpec};
 use common::images::{self, BenchImage, READY};
 use common::netns::{in_netns, DelayLink};
 use common::{mib, strata};
@@ -111,15 +111,7 @@ fn strata_start(
         format!("[snapshotter]\nsocket = {:?}\n", socket.display().to_string()),
     )
     .expect("client settings");
-    let client = start_node(NodeSpec {
-        data: &data,
-        name: "client",
-        certs,
-        listen: format!("{}:0", link.b_ip),
-        seed: Some(&origin.addr),
-        netns: Some(&link.b),
-    });
-    client.wait_peers(1);
+    let client = start_client(link, certs, origin, &data);
     let containerd = in_netns(&link.b.name, || TestContainerd::start(&[("strata", &socket)], false));
     let before = registry_bytes(registry);
     let started = Instant::now();
@@ -163,15 +155,12 @@ fn overlayfs_start(
     let before = registry_bytes(registry);
     let started = Instant::now();
     let user = format!("{USER}:{PASSWORD}");
-    containerd.ctr_ok(&[
-        "image",
-        "pull",
-        "--user",
-        &user,
-        "--hosts-dir",
-        hosts.to_str().expect("path"),
-        reference,
-    ]);
+    // ctr fetches the blobs itself (containerd 1.6 pulls client-side): it
+    // runs on the client side of the link too.
+    let hosts = hosts.to_str().expect("path");
+    in_netns(&link.b.name, || {
+        containerd.ctr_ok(&["image", "pull", "--user", &user, "--hosts-dir", hosts, reference])
+    });
     let ready = run_until_ready(&containerd, "overlayfs", reference, image, started);
     Start { ready, registry_bytes: registry_bytes(registry) - before, strata_bytes: 0.0 }
 }

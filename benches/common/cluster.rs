@@ -54,10 +54,11 @@ pub struct NodeSpec<'a> {
 
 /// Starts a node and returns once it listens; its log is `DATA.log`.
 pub fn start_node(spec: NodeSpec<'_>) -> BenchNode {
-    let mut cmd = match spec.netns {
-        Some(ns) => ns.command(env!("CARGO_BIN_EXE_strata")),
-        None => Command::new(env!("CARGO_BIN_EXE_strata")),
-    };
+    // Spawned from a thread inside the namespace (not `ip netns exec`,
+    // which also gives the process a mount namespace of its own): the
+    // node's mounts are the machine's, as containerd and `strata run`
+    // need them.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
     std::fs::create_dir_all(spec.data).expect("node data dir");
     cmd.arg("--data-dir").arg(spec.data);
     cmd.args(["serve", "--node", spec.name, "--listen", &spec.listen, "--metrics", "127.0.0.1:0"])
@@ -69,7 +70,11 @@ pub fn start_node(spec: NodeSpec<'_>) -> BenchNode {
     if let Some(seed) = spec.seed {
         cmd.args(["--seed", seed]);
     }
-    let mut child = cmd.spawn().expect("strata serve");
+    let mut child = match spec.netns {
+        Some(ns) => ns.run(|| cmd.spawn()),
+        None => cmd.spawn(),
+    }
+    .expect("strata serve");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = |prefix: &str| {
         let mut l = String::new();
@@ -133,4 +138,24 @@ impl BenchNode {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A fresh node called `client` on `link`'s client side, data in `data`,
+/// joined through `origin`; returns once it sees the origin alive.
+pub fn start_client(
+    link: &super::netns::DelayLink,
+    certs: &Path,
+    origin: &BenchNode,
+    data: &Path,
+) -> BenchNode {
+    let client = start_node(NodeSpec {
+        data,
+        name: "client",
+        certs,
+        listen: format!("{}:0", link.b_ip),
+        seed: Some(&origin.addr),
+        netns: Some(&link.b),
+    });
+    client.wait_peers(1);
+    client
 }
