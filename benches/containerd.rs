@@ -16,8 +16,12 @@
 //! - overlayfs: `ctr image pull` from the registry across the link (every
 //!   layer downloaded and unpacked), then `ctr run` until `ready`.
 //!
-//! Both timed from the first request to `ready`. Reported: each, their
-//! ratio, and the bytes that crossed the link for each (registry blob bytes
+//! Both timed from the first request to `ready`. Strata twice, as in the
+//! coldstart bench: first starts (no startup profile anywhere yet; they
+//! record none), then, after one start recorded the profile (the client
+//! offers it to the origin when the container's chain mount ends), starts
+//! that get it with the metadata and prefetch it. Reported: each, their
+//! ratios, and the bytes that crossed the link (registry blob bytes
 //! served; chunk and metadata bytes the client node fetched).
 //!
 //! cargo bench --profile release --bench containerd -- [--images python]
@@ -39,6 +43,18 @@ use common::{mib, strata};
 use serde_json::json;
 use strata_sample::containerd::TestContainerd;
 use strata_sample::registry::{TestRegistry, PASSWORD, USER};
+
+struct Row {
+    image: String,
+    rtt_ms: u64,
+    /// The first start anywhere: no startup profile exists yet.
+    first: Start,
+    /// A later start: the profile an earlier one recorded came with the
+    /// metadata and was prefetched.
+    profiled: Start,
+    /// containerd's overlayfs snapshotter after `ctr image pull`.
+    full: Start,
+}
 
 /// One start: time to `ready`, and what crossed the link for it.
 struct Start {
@@ -102,13 +118,17 @@ fn strata_start(
     reference: &str,
     image: &BenchImage,
     dir: &Path,
+    profile_window_secs: f64,
 ) -> Start {
     let data = dir.join("client");
     std::fs::create_dir_all(&data).expect("client dir");
     let socket = dir.join("snapshotter.sock");
     std::fs::write(
         data.join("strata.toml"),
-        format!("[snapshotter]\nsocket = {:?}\n", socket.display().to_string()),
+        format!(
+            "[snapshotter]\nsocket = {:?}\n[mount]\nprofile_window_secs = {profile_window_secs:?}\n",
+            socket.display().to_string()
+        ),
     )
     .expect("client settings");
     let client = start_client(link, certs, origin, &data);
@@ -198,33 +218,62 @@ fn main() {
             seed: None,
             netns: Some(&link.a),
         });
+        let dir = |what: &str, rtt_ms: u64, run: usize| {
+            let dir = root.join(format!("{name}-{what}-{rtt_ms}ms-{run}"));
+            std::fs::create_dir_all(&dir).expect("run dir");
+            dir
+        };
+        let strata_run = |dir: &Path, window: f64| {
+            let start = strata_start(
+                &link,
+                &certs,
+                &origin,
+                &registry,
+                (&metadata.0, &metadata.1),
+                &reference,
+                &image,
+                dir,
+                window,
+            );
+            let _ = std::fs::remove_dir_all(dir);
+            start
+        };
+        // First starts, before any startup profile exists (they record none).
+        let mut first = Vec::new();
         for &rtt_ms in &rtts {
             link.set_rtt(Duration::from_millis(rtt_ms));
             for run in 0..runs {
-                let dir = root.join(format!("{name}-{rtt_ms}ms-{run}"));
-                std::fs::create_dir_all(&dir).expect("run dir");
-                eprintln!("{name}, RTT {rtt_ms} ms, run {}: Strata (remote snapshots)", run + 1);
-                let lazy = strata_start(
-                    &link,
-                    &certs,
-                    &origin,
-                    &registry,
-                    (&metadata.0, &metadata.1),
-                    &reference,
-                    &image,
-                    &dir,
-                );
+                eprintln!("{name}, RTT {rtt_ms} ms, run {}: Strata, first start (no profile)", run + 1);
+                first.push(strata_run(&dir("first", rtt_ms, run), 0.0));
+            }
+        }
+        // One start records the profile; the client offers it to the origin
+        // when its chain mount ends with the container.
+        link.set_rtt(Duration::ZERO);
+        eprintln!("{name}: recording the startup profile");
+        strata_run(&dir("record", 0, 0), 60.0);
+        origin.wait_metric("strata_profiles_kept_total", 1.0);
+        let mut first = first.into_iter();
+        for &rtt_ms in &rtts {
+            link.set_rtt(Duration::from_millis(rtt_ms));
+            for run in 0..runs {
+                eprintln!("{name}, RTT {rtt_ms} ms, run {}: Strata with the profile", run + 1);
+                let profiled = strata_run(&dir("profiled", rtt_ms, run), 0.0);
                 eprintln!("{name}, RTT {rtt_ms} ms, run {}: overlayfs after a full pull", run + 1);
-                let full = overlayfs_start(&link, &registry, &reference, &image, &dir);
+                let full_dir = dir("full", rtt_ms, run);
+                let full = overlayfs_start(&link, &registry, &reference, &image, &full_dir);
+                let _ = std::fs::remove_dir_all(&full_dir);
+                let lazy = first.next().expect("a first start per run");
                 eprintln!(
-                    "  overlayfs {:.2} s ({:.1} MiB from the registry); Strata {:.2} s ({:.1} MiB from the origin node)",
+                    "  overlayfs {:.2} s ({:.1} MiB from the registry); Strata first {:.2} s, with profile {:.2} s ({:.1} / {:.1} MiB from the origin node)",
                     full.ready.as_secs_f64(),
                     mib(full.registry_bytes),
                     lazy.ready.as_secs_f64(),
+                    profiled.ready.as_secs_f64(),
                     mib(lazy.strata_bytes as u64),
+                    mib(profiled.strata_bytes as u64),
                 );
-                let _ = std::fs::remove_dir_all(&dir);
-                rows.push((name.clone(), rtt_ms, lazy, full));
+                rows.push(Row { image: name.clone(), rtt_ms, first: lazy, profiled, full });
             }
         }
         drop(origin);
@@ -236,31 +285,34 @@ fn main() {
         common::machine(),
         common::today()
     );
-    println!("| image | RTT (ms) | overlayfs after `ctr image pull` (s) | Strata, remote snapshots (s) | overlayfs ÷ Strata | registry MiB (overlayfs / Strata) | MiB Strata fetched from the origin node |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| image | RTT (ms) | overlayfs after `ctr image pull` (s) | Strata, first start (s) | overlayfs ÷ first | Strata, with profile (s) | overlayfs ÷ profiled | registry MiB: overlayfs / Strata | MiB Strata fetched from the origin node: first / profiled |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for name in &images {
         for &rtt in &rtts {
-            let rs: Vec<_> = rows.iter().filter(|r| &r.0 == name && r.1 == rtt).collect();
-            let m = |f: &dyn Fn(&Start) -> f64, lazy: bool| {
-                common::median(rs.iter().map(|r| f(if lazy { &r.2 } else { &r.3 })).collect())
-            };
-            let full = m(&|s| s.ready.as_secs_f64(), false);
-            let lazy = m(&|s| s.ready.as_secs_f64(), true);
-            let full_registry = m(&|s| s.registry_bytes as f64, false);
-            let lazy_registry = m(&|s| s.registry_bytes as f64, true);
-            let fetched = m(&|s| s.strata_bytes, true);
+            let rs: Vec<&Row> = rows.iter().filter(|r| &r.image == name && r.rtt_ms == rtt).collect();
+            let m = |f: &dyn Fn(&Row) -> f64| common::median(rs.iter().map(|r| f(r)).collect());
+            let full = m(&|r| r.full.ready.as_secs_f64());
+            let first = m(&|r| r.first.ready.as_secs_f64());
+            let profiled = m(&|r| r.profiled.ready.as_secs_f64());
+            let full_registry = m(&|r| r.full.registry_bytes as f64);
+            let strata_registry = m(&|r| (r.first.registry_bytes + r.profiled.registry_bytes) as f64);
+            let first_fetched = m(&|r| r.first.strata_bytes);
+            let profiled_fetched = m(&|r| r.profiled.strata_bytes);
             println!(
-                "| {name} | {rtt} | {full:.2} | {lazy:.2} | **{:.1}x** | {:.1} / {:.1} | {:.1} |",
-                full / lazy,
+                "| {name} | {rtt} | {full:.2} | {first:.2} | **{:.1}x** | {profiled:.2} | **{:.1}x** | {:.1} / {:.1} | {:.1} / {:.1} |",
+                full / first,
+                full / profiled,
                 full_registry / 1048576.0,
-                lazy_registry / 1048576.0,
-                fetched / 1048576.0
+                strata_registry / 1048576.0,
+                first_fetched / 1048576.0,
+                profiled_fetched / 1048576.0,
             );
             results.push(json!({
-                "image": name, "rtt_ms": rtt, "overlayfs_ready_s": full, "strata_ready_s": lazy,
-                "ratio": full / lazy, "overlayfs_registry_bytes": full_registry,
-                "strata_registry_bytes": lazy_registry, "strata_fetched_bytes": fetched,
+                "image": name, "rtt_ms": rtt, "overlayfs_ready_s": full, "strata_first_ready_s": first,
+                "strata_profiled_ready_s": profiled, "overlayfs_registry_bytes": full_registry,
+                "strata_registry_bytes": strata_registry, "strata_first_fetched_bytes": first_fetched,
+                "strata_profiled_fetched_bytes": profiled_fetched,
             }));
         }
     }
@@ -274,16 +326,19 @@ fn main() {
     .expect("results");
     eprintln!("results: {}", out.display());
     if !bench {
-        for (name, rtt, lazy, full) in &rows {
-            assert_eq!(
-                lazy.registry_bytes, 0,
-                "{name} at {rtt} ms: Strata's start took layer blobs from the registry"
-            );
-            assert!(
-                lazy.strata_bytes > 0.0,
-                "{name} at {rtt} ms: Strata's start fetched nothing from the origin"
-            );
-            assert!(full.registry_bytes > 0, "{name} at {rtt} ms: the full pull moved nothing");
+        for r in &rows {
+            let (name, rtt) = (&r.image, r.rtt_ms);
+            for lazy in [&r.first, &r.profiled] {
+                assert_eq!(
+                    lazy.registry_bytes, 0,
+                    "{name} at {rtt} ms: Strata's start took layer blobs from the registry"
+                );
+                assert!(
+                    lazy.strata_bytes > 0.0,
+                    "{name} at {rtt} ms: Strata's start fetched nothing from the origin"
+                );
+            }
+            assert!(r.full.registry_bytes > 0, "{name} at {rtt} ms: the full pull moved nothing");
         }
     }
     drop(registry);

@@ -675,3 +675,95 @@ impl FakeLayers {
         <Self as strata_snapshotter::Layers>::is_mounted(self, path)
     }
 }
+
+/// A node's ingest of layers containerd applied, held at a gate: it opens
+/// the snapshot's directory, says so, waits, then reads the layer's file
+/// through the open directory (as the real ingest walks by descriptors).
+struct GatedIngest {
+    started: std::sync::Mutex<std::sync::mpsc::Sender<(String, Option<String>)>>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    read: std::sync::Mutex<Vec<Result<Vec<u8>, String>>>,
+}
+
+impl strata_snapshotter::Layers for GatedIngest {
+    fn find_chain(
+        &self,
+        _: &str,
+        _: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<strata_snapshotter::ChainSource>, String> {
+        Ok(None)
+    }
+    fn mount_chain(&self, _: &strata_snapshotter::ChainSource, _: &Path) -> Result<(), String> {
+        Err("no chains here".into())
+    }
+    fn is_mounted(&self, _: &Path) -> bool {
+        false
+    }
+    fn unmount_chain(&self, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+    fn ingest_layer(&self, chain_id: &str, parent: Option<&str>, upper: &Path) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(upper).map_err(|e| e.to_string())?;
+        self.started.lock().unwrap().send((chain_id.to_owned(), parent.map(str::to_owned))).unwrap();
+        self.go.lock().unwrap().recv().unwrap();
+        let read =
+            std::fs::read(format!("/proc/self/fd/{}/layer-file", dir.as_raw_fd())).map_err(|e| e.to_string());
+        self.read.lock().unwrap().push(read);
+        Ok(())
+    }
+}
+
+/// A layer containerd applied (committed under `NS/SEQ/CHAINID`) is handed
+/// to the node's ingest with its ChainID and its parent's; a Remove while
+/// the ingest reads it moves the directory aside rather than deleting it
+/// under the reader, and the directory goes once the ingest ends. Commits
+/// of other names (not a ChainID) are not ingested.
+#[test]
+fn remove_during_an_ingest_leaves_the_reader_a_whole_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store"), OpenMode::ReadWrite).unwrap());
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let layers = Arc::new(GatedIngest {
+        started: std::sync::Mutex::new(started_tx),
+        go: std::sync::Mutex::new(go_rx),
+        read: std::sync::Mutex::new(Vec::new()),
+    });
+    let root = dir.path().join("snapshotter");
+    let snapshots = Snapshots::open(store, &root).unwrap().with_layers(layers.clone());
+    let base = format!("sha256:{}", "a".repeat(64));
+    let top = format!("sha256:{}", "b".repeat(64));
+
+    // A commit under another kind of name: no ingest.
+    snapshots.prepare("scratch", "", Default::default()).unwrap();
+    snapshots.commit("default/1/my-build", "scratch", Default::default()).unwrap();
+
+    let mounts = snapshots.prepare(&format!("default/2/extract-1 {base}"), "", Default::default()).unwrap();
+    let fs = PathBuf::from(&mounts[0].source);
+    std::fs::write(fs.join("layer-file"), b"base layer").unwrap();
+    let base_name = format!("default/3/{base}");
+    snapshots.commit(&base_name, &format!("default/2/extract-1 {base}"), Default::default()).unwrap();
+    let (chain, parent) = started.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!((chain.as_str(), parent), (base.as_str(), None));
+
+    snapshots.remove(&base_name).unwrap();
+    assert!(!fs.exists(), "the snapshot's directory is gone from its place");
+    let aside: Vec<PathBuf> =
+        std::fs::read_dir(root.join("removed")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(aside.len(), 1, "moved aside while read");
+    go.send(()).unwrap();
+
+    // The next layer's ingest starts only after the first ended (one
+    // thread, in order): by then the directory moved aside is gone.
+    let mounts = snapshots.prepare(&format!("default/4/extract-2 {top}"), "", Default::default()).unwrap();
+    std::fs::write(PathBuf::from(&mounts[0].source).join("layer-file"), b"top layer").unwrap();
+    snapshots
+        .commit(&format!("default/5/{top}"), &format!("default/4/extract-2 {top}"), Default::default())
+        .unwrap();
+    let (chain, _) = started.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(chain, top);
+    assert!(!aside[0].exists(), "the directory moved aside went with its ingest");
+    assert_eq!(layers.read.lock().unwrap()[0].as_deref(), Ok(&b"base layer"[..]), "the reader saw it whole");
+    go.send(()).unwrap();
+}
