@@ -118,6 +118,8 @@ fn containerd_pulls_and_runs_an_image_on_the_strata_snapshotter() {
     // right after the deletion here (deletion_threshold 1).
     wait_for("the container's snapshot is removed", || in_snapshots(&t.s, "written-by-c3").is_empty());
     assert!(t.node.log_text().contains("containerd snapshotter listening"), "{}", t.node.log_text());
+    // ctr sent no remote-snapshot label: the node says why containerd unpacked.
+    assert!(t.node.log_text().contains("containerd unpacks this layer itself"), "{}", t.node.log_text());
 }
 
 /// (e): the node restarts (killed with -9) while a container runs: the

@@ -180,6 +180,15 @@ pub fn chain_of_snapshot(name: &str) -> Option<&str> {
     (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(last)
 }
 
+/// The ChainID an unpack's snapshot key names: containerd's
+/// `snapshots.UnpackKeyFormat` is `extract-UNIQUE CHAINID`, under the
+/// metadata's `NS/SEQ/` prefix.
+fn unpack_chain(key: &str) -> Option<&str> {
+    let (head, chain) = key.rsplit_once(' ')?;
+    head.rsplit('/').next()?.starts_with("extract-").then_some(())?;
+    chain_of_snapshot(chain)
+}
+
 /// A committed layer snapshot for [`Layers::ingest_layer`].
 struct Ingest {
     /// The snapshot's directory id.
@@ -431,6 +440,18 @@ impl Snapshots {
                 return Err(SnapshotError::AlreadyExists(key.to_owned()));
             }
             Self::check_parent(&state, parent)?;
+        }
+        if kind == Kind::Active && self.layers.is_some() && !labels.contains_key(TARGET_LABEL) {
+            if let Some(chain) = unpack_chain(key) {
+                // containerd's unpack key (`extract-UNIQUE CHAINID`) without
+                // the remote-snapshot label: a client that unpacks on its
+                // own (ctr 1.6's pull and import).
+                tracing::info!(
+                    chain,
+                    "containerd unpacks this layer itself: its Prepare has no containerd.io/snapshot.ref label \
+                     (ctr image pull/import never send it; CRI and nerdctl do)"
+                );
+            }
         }
         if kind == Kind::Active {
             if let Some(target) = labels.get(TARGET_LABEL).filter(|t| !t.is_empty()) {
@@ -944,4 +965,25 @@ pub fn disk_usage(root: &Path) -> Result<Usage, SnapshotError> {
         }
     }
     Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// containerd's names (metadata/snapshot.go, snapshots.UnpackKeyFormat):
+    /// committed layers `NS/SEQ/CHAINID`, unpack keys `NS/SEQ/extract-UNIQUE CHAINID`.
+    #[test]
+    fn chain_ids_are_read_from_containerds_names() {
+        let chain = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(chain_of_snapshot(&format!("default/12/{chain}")), Some(chain.as_str()));
+        assert_eq!(chain_of_snapshot(&chain), Some(chain.as_str()));
+        assert_eq!(chain_of_snapshot(&format!("{chain}@3")), None, "a remote snapshot's suffix");
+        assert_eq!(chain_of_snapshot("default/3/my-build"), None);
+        assert_eq!(chain_of_snapshot(&format!("default/1/sha256:{}", "AB".repeat(32))), None);
+        assert_eq!(unpack_chain(&format!("default/7/extract-123-abc {chain}")), Some(chain.as_str()));
+        assert_eq!(unpack_chain(&format!("extract-1 {chain}")), Some(chain.as_str()));
+        assert_eq!(unpack_chain(&format!("default/7/container {chain}")), None);
+        assert_eq!(unpack_chain("default/8/my-container"), None);
+    }
 }
