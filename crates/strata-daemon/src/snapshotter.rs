@@ -46,10 +46,13 @@ impl NodeLayers {
         Ok(found.map(|(id, depth)| ChainSource { image: id.to_hex(), depth }))
     }
 
-    /// The chain from another node that announces it (its image's metadata
-    /// only: the chunks follow on first read).
-    fn in_cluster(&self, chain_id: &OciDigest) -> Result<Option<ChainSource>, String> {
-        let Some(node) = &self.dir.node else { return Ok(None) };
+    /// The chain from the store, else from another node that announces it
+    /// (its image's metadata only: the chunks follow on first read).
+    fn in_cluster(
+        &self,
+        node: &std::sync::Arc<strata_node::Node>,
+        chain_id: &OciDigest,
+    ) -> Result<Option<ChainSource>, String> {
         let found = node.runtime().block_on(node.pull_chain(chain_id)).map_err(|e| e.to_string())?;
         Ok(found.map(|(id, depth)| ChainSource { image: id.to_hex(), depth }))
     }
@@ -62,15 +65,20 @@ impl Layers for NodeLayers {
         labels: &BTreeMap<String, String>,
     ) -> Result<Option<ChainSource>, String> {
         let chain: OciDigest = chain_id.parse().map_err(|e| format!("chain id {chain_id:?}: {e}"))?;
-        if let Some(found) = self.in_store(&chain)? {
-            return Ok(Some(found));
-        }
-        match self.in_cluster(&chain) {
-            Ok(Some(found)) => return Ok(Some(found)),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(chain = chain_id, error = %e, "no node's copy of the chain could be taken")
+        // Through a node, `Node::pull_chain` looks in the store first.
+        match &self.dir.node {
+            None => {
+                if let Some(found) = self.in_store(&chain)? {
+                    return Ok(Some(found));
+                }
             }
+            Some(node) => match self.in_cluster(node, &chain) {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(chain = chain_id, error = %e, "no node's copy of the chain could be taken")
+                }
+            },
         }
         let Some(reference) = labels.get(CRI_IMAGE_REF).filter(|r| !r.is_empty()) else {
             return Ok(None);
@@ -155,14 +163,10 @@ impl Layers for NodeLayers {
 /// The config of an image with no layers yet (the base of an ingested base
 /// layer): this machine's platform, no settings, no diff_ids.
 fn base_config() -> Vec<u8> {
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let platform = strata_registry::Platform::host();
     let config = serde_json::json!({
-        "architecture": architecture,
-        "os": "linux",
+        "architecture": platform.architecture,
+        "os": platform.os,
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": [] },
     });

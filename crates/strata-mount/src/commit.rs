@@ -100,16 +100,8 @@ fn write_layer<W: Write>(
         // The root of an overlayfs upper is the merged root (its mode,
         // owner, xattrs: what a layer's `./` entry set when applied).
         let st = dot.stat().map_err(root_err)?;
-        let entry = Entry {
-            path: Vec::new(),
-            kind: EntryKind::Dir as i32,
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec),
-            xattrs: walk.xattrs(&dot.xattr_path().map_err(root_err)?, b"")?,
-            ..Default::default()
-        };
+        let xattrs = walk.xattrs(&dot.xattr_path().map_err(root_err)?, b"")?;
+        let entry = Entry { kind: EntryKind::Dir as i32, ..stat_entry(Vec::new(), &st, xattrs) };
         walk.tar.append(&entry, io::empty())?;
     }
     if walk.is_opaque(&dot.xattr_path().map_err(root_err)?).map_err(root_err)? {
@@ -213,15 +205,7 @@ impl<W: Write> Walk<'_, W> {
                 }
             }
         }
-        let mut entry = Entry {
-            path: rel.clone(),
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec),
-            xattrs: self.xattrs(&xattr_path, &rel)?,
-            ..Default::default()
-        };
+        let mut entry = stat_entry(rel.clone(), &st, self.xattrs(&xattr_path, &rel)?);
         let kind = st.st_mode & libc::S_IFMT;
         if kind == libc::S_IFDIR {
             entry.kind = EntryKind::Dir as i32;
@@ -404,6 +388,20 @@ impl<W: Write> Walk<'_, W> {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+/// An entry at `path` with `st`'s mode bits, owner and mtime (kind and
+/// content to be filled in).
+fn stat_entry(path: Vec<u8>, st: &libc::stat, xattrs: Vec<Xattr>) -> Entry {
+    Entry {
+        path,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec),
+        xattrs,
+        ..Default::default()
     }
 }
 
