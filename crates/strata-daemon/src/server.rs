@@ -142,6 +142,11 @@ async fn run(
             node: Some(settings.max_upload_bytes_per_sec).filter(|c| *c > 0),
             per_peer: Some(settings.max_upload_per_peer_bytes_per_sec).filter(|c| *c > 0),
         },
+        background: strata_node::BackgroundConfig {
+            mode: settings.background_fetch,
+            rate: Some(settings.background_rate_bytes_per_sec).filter(|r| *r > 0),
+            requests: settings.background_requests.max(1),
+        },
     };
     let node = Node::start(config, &identity, store).await?;
 

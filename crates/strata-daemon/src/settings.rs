@@ -104,6 +104,20 @@ pub struct NodeSettings {
     pub max_upload_bytes_per_sec: u64,
     /// Bytes per second this node serves to one peer; 0 = no cap.
     pub max_upload_per_peer_bytes_per_sec: u64,
+    /// What the node fetches beyond what containers read: "none", "profile"
+    /// (an image's startup profile, ahead of its reads) or "all" (the
+    /// profile, then, once a container has read from the image, all of it,
+    /// yielding to reads; and on the first start of an image with no
+    /// profile, all of it at once at full link speed). `strata pull
+    /// --background-fetch` sets it for one image.
+    pub background_fetch: strata_types::BackgroundFetch,
+    /// Bytes per second background fetching that yields to reads may
+    /// take, all images together; 0 = no cap. (A profile, a first start
+    /// and `pull --all` go at full speed.)
+    pub background_rate_bytes_per_sec: u64,
+    /// Batch requests (each for many chunks) one image's background fetch
+    /// keeps in flight at most.
+    pub background_requests: usize,
     /// Log format: "text" or "json".
     pub log_format: String,
 }
@@ -123,6 +137,9 @@ impl Default for NodeSettings {
             directory_replicas: 2,
             max_upload_bytes_per_sec: 0,
             max_upload_per_peer_bytes_per_sec: 0,
+            background_fetch: strata_types::BackgroundFetch::All,
+            background_rate_bytes_per_sec: 0,
+            background_requests: 4,
             log_format: "text".into(),
         }
     }

@@ -339,36 +339,78 @@ impl Pool {
         let connection = self.get(addr).await?;
         self::request(&connection, request).await
     }
+
+    /// Sends `request` to `addr`; its reply is read frame by frame as it
+    /// arrives ([`ReplyStream`]).
+    pub async fn request_stream(&self, addr: SocketAddr, request: &PeerRequest) -> Result<ReplyStream, NetError> {
+        let connection = self.get(addr).await?;
+        self::request_stream(&connection, request).await
+    }
 }
 
 /// Sends `request` on a new stream and collects the reply, up to and
 /// including its `End` or `Error` frame.
 pub async fn request(connection: &Connection, request: &PeerRequest) -> Result<Vec<Response>, NetError> {
+    let mut reply = request_stream(connection, request).await?;
+    let mut out = Vec::new();
+    while let Some(response) = reply.next().await? {
+        out.push(response);
+    }
+    Ok(out)
+}
+
+/// Sends `request` on a new stream; the reply is read frame by frame.
+pub async fn request_stream(connection: &Connection, request: &PeerRequest) -> Result<ReplyStream, NetError> {
     let (mut send, recv) = connection.open_bi().await.map_err(stream)?;
     send.write_all(&encode_request(request)?).await.map_err(stream)?;
     send.finish().map_err(stream)?;
-    read_responses(recv).await
+    Ok(ReplyStream::new(recv))
 }
 
 /// Reads response frames until the reply ends.
-pub async fn read_responses(mut recv: RecvStream) -> Result<Vec<Response>, NetError> {
-    use strata_wire::response::Kind;
-    let mut decoder = FrameDecoder::new();
+pub async fn read_responses(recv: RecvStream) -> Result<Vec<Response>, NetError> {
+    let mut reply = ReplyStream::new(recv);
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        while let Some(frame) = decoder.next_frame()? {
-            let response = <Response as prost::Message>::decode(&frame[..])
-                .map_err(|e| WireError::BadFrame(e.to_string()))?;
-            let last = matches!(response.kind, Some(Kind::End(_)) | Some(Kind::Error(_)));
-            out.push(response);
-            if last {
-                return Ok(out);
-            }
+    while let Some(response) = reply.next().await? {
+        out.push(response);
+    }
+    Ok(out)
+}
+
+/// One reply, frame by frame as its bytes arrive: a batch of chunks is
+/// used chunk by chunk, not when the last one is in. Dropped before its
+/// end, it tells the peer to stop sending (QUIC `STOP_SENDING`).
+pub struct ReplyStream {
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl ReplyStream {
+    fn new(recv: RecvStream) -> Self {
+        Self { recv, decoder: FrameDecoder::new(), buf: vec![0u8; 256 << 10], ended: false }
+    }
+
+    /// The next frame, `Ok(None)` once the frame that ends the reply (`End`
+    /// or `Error`) was returned. A stream that ends before that frame is
+    /// [`NetError::Truncated`]; a frame that does not decode, a wire error.
+    pub async fn next(&mut self) -> Result<Option<Response>, NetError> {
+        use strata_wire::response::Kind;
+        if self.ended {
+            return Ok(None);
         }
-        match recv.read(&mut buf).await.map_err(stream)? {
-            Some(n) => decoder.push(&buf[..n]),
-            None => return Err(NetError::Truncated),
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                let response = <Response as prost::Message>::decode(&frame[..])
+                    .map_err(|e| WireError::BadFrame(e.to_string()))?;
+                self.ended = matches!(response.kind, Some(Kind::End(_)) | Some(Kind::Error(_)));
+                return Ok(Some(response));
+            }
+            match self.recv.read(&mut self.buf).await.map_err(stream)? {
+                Some(n) => self.decoder.push(&self.buf[..n]),
+                None => return Err(NetError::Truncated),
+            }
         }
     }
 }

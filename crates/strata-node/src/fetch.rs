@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use strata_chunk::ChunkError;
 use strata_wire::Priority;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Why one peer did not give a chunk it was asked for.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -69,15 +69,59 @@ pub enum FetchError {
 
 type Outcome<T> = Result<T, FetchError>;
 
+/// Reads waiting on peers now, and when the last one stopped waiting:
+/// what background fetching yields to (it sends no new request while a
+/// read waits, nor until the reads have been quiet for a moment).
+#[derive(Default)]
+pub struct DemandGauge {
+    waiting: std::sync::atomic::AtomicUsize,
+    last: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl DemandGauge {
+    /// A read starts waiting on peers; it stops when the guard drops.
+    pub fn enter(self: &Arc<Self>) -> DemandGuard {
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        DemandGuard(self.clone())
+    }
+
+    /// Reads waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long no read has waited: `None` while one waits, `Duration::MAX`
+    /// when none ever did.
+    pub fn quiet_for(&self, now: tokio::time::Instant) -> Option<Duration> {
+        if self.waiting() > 0 {
+            return None;
+        }
+        Some(self.last.lock().map_or(Duration::MAX, |last| now.saturating_duration_since(last)))
+    }
+}
+
+/// A read waiting on peers (see [`DemandGauge::enter`]).
+pub struct DemandGuard(Arc<DemandGauge>);
+
+impl Drop for DemandGuard {
+    fn drop(&mut self) {
+        *self.0.last.lock() = Some(tokio::time::Instant::now());
+        self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// One fetch per key at a time; every caller gets its outcome.
 pub struct Flights<K, T> {
-    waiting: Mutex<HashMap<K, Flight<T>>>,
+    waiting: Mutex<HashMap<K, Flight<K, T>>>,
 }
 
 /// A flight's callers and the highest priority among them.
-struct Flight<T> {
+struct Flight<K, T> {
     callers: Vec<oneshot::Sender<Outcome<T>>>,
     priority: watch::Sender<Priority>,
+    /// Told the flight's key when a demand caller raises it (a batch's
+    /// flight: the batch leads many, and watches them all on one channel).
+    on_raise: Option<mpsc::Sender<K>>,
 }
 
 impl<K, T> Default for Flights<K, T> {
@@ -105,21 +149,42 @@ impl<K: Eq + Hash + Clone, T: Clone> Flights<K, T> {
         match waiting.get_mut(&key) {
             Some(flight) => {
                 flight.callers.push(tx);
-                flight.priority.send_if_modified(|now| {
+                let raised = flight.priority.send_if_modified(|now| {
                     let raise = priority == Priority::Demand && *now == Priority::Prefetch;
                     if raise {
                         *now = Priority::Demand;
                     }
                     raise
                 });
+                if raised {
+                    if let Some(on_raise) = &flight.on_raise {
+                        // Room for every flight the batch leads: each is raised once.
+                        let _ = on_raise.try_send(key);
+                    }
+                }
                 Joined::Waiter(rx)
             }
             None => {
                 let (priority, raised) = watch::channel(priority);
-                waiting.insert(key.clone(), Flight { callers: vec![tx], priority });
+                waiting.insert(key.clone(), Flight { callers: vec![tx], priority, on_raise: None });
                 Joined::Leader(Leader { flights: self.clone(), key: Some(key), priority: raised }, rx)
             }
         }
+    }
+
+    /// Leads the flight for `key` at `priority` for a batch, unless a
+    /// flight for it is under way (then `None`: the batch leaves it to that
+    /// flight and does not wait). When a demand caller raises the flight,
+    /// its key goes to `on_raise`, which must have room for one key per
+    /// flight the batch leads.
+    pub fn lead(self: &Arc<Self>, key: K, priority: Priority, on_raise: &mpsc::Sender<K>) -> Option<Leader<K, T>> {
+        let mut waiting = self.waiting.lock();
+        if waiting.contains_key(&key) {
+            return None;
+        }
+        let (priority, raised) = watch::channel(priority);
+        waiting.insert(key.clone(), Flight { callers: Vec::new(), priority, on_raise: Some(on_raise.clone()) });
+        Some(Leader { flights: self.clone(), key: Some(key), priority: raised })
     }
 
     /// Flights under way.
@@ -154,6 +219,11 @@ impl<K: Eq + Hash + Clone, T: Clone> Leader<K, T> {
     /// most once, prefetch to demand) when a demand caller joins.
     pub fn priority(&self) -> watch::Receiver<Priority> {
         self.priority.clone()
+    }
+
+    /// The flight's key.
+    pub fn key(&self) -> Option<&K> {
+        self.key.as_ref()
     }
 
     pub fn finish(mut self, outcome: Outcome<T>) {

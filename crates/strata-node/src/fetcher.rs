@@ -31,10 +31,14 @@ use strata_wire::{PeerRequest, Priority, Response};
 use tokio::sync::watch;
 
 use crate::directory::Holder;
-use crate::fetch::{FetchError, Flights, Joined, PeerFailure};
+use crate::fetch::{DemandGauge, FetchError, Flights, Joined, PeerFailure};
 use crate::metrics::{FromLabel, Metrics};
 use crate::penalties::Penalties;
 use crate::progress::LayerProgress;
+
+mod batch;
+
+pub use batch::BatchOutcome;
 
 /// A boxed future a port returns.
 pub type PortFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,11 +51,45 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn layers_of(&self, id: ChunkId) -> PortFuture<'_, Result<Vec<LayerId>, String>>;
     /// Keeps a verified chunk; true when it was not held before.
     fn put(&self, id: ChunkId, stored: Vec<u8>) -> PortFuture<'_, Result<bool, String>>;
+    /// Whether each chunk is held here, in order.
+    fn held(&self, ids: Vec<ChunkId>) -> PortFuture<'_, Result<Vec<bool>, String>>;
+    /// [`layers_of`](Self::layers_of) for each chunk, in order.
+    fn layers_of_each(&self, ids: Vec<ChunkId>) -> PortFuture<'_, Result<Vec<Vec<LayerId>>, String>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(self.layers_of(id).await?);
+            }
+            Ok(out)
+        })
+    }
 }
 
 /// Who holds a layer, whole or in part: the directory.
 pub trait HolderLookup: Send + Sync + 'static {
     fn holders<'a>(&'a self, layer: &'a LayerId) -> PortFuture<'a, Vec<Holder>>;
+}
+
+/// One reply's frames, as they arrive.
+pub trait ReplyFrames: Send {
+    /// The next frame; `Ok(None)` after the one that ends the reply.
+    fn next(&mut self) -> PortFuture<'_, Result<Option<Response>, NetError>>;
+}
+
+impl ReplyFrames for strata_net::ReplyStream {
+    fn next(&mut self) -> PortFuture<'_, Result<Option<Response>, NetError>> {
+        Box::pin(strata_net::ReplyStream::next(self))
+    }
+}
+
+/// A reply read whole, handed out frame by frame.
+struct Collected(std::vec::IntoIter<Response>);
+
+impl ReplyFrames for Collected {
+    fn next(&mut self) -> PortFuture<'_, Result<Option<Response>, NetError>> {
+        let frame = self.0.next();
+        Box::pin(async move { Ok(frame) })
+    }
 }
 
 /// Requests to peers.
@@ -62,6 +100,18 @@ pub trait PeerLink: Send + Sync + 'static {
         addr: SocketAddr,
         request: &'a PeerRequest,
     ) -> PortFuture<'a, Result<Vec<Response>, NetError>>;
+    /// Sends `request` to `addr`; its reply frame by frame as it arrives
+    /// (by default, once it is whole).
+    fn request_stream<'a>(
+        &'a self,
+        addr: SocketAddr,
+        request: &'a PeerRequest,
+    ) -> PortFuture<'a, Result<Box<dyn ReplyFrames + 'a>, NetError>> {
+        Box::pin(async move {
+            let frames = self.request(addr, request).await?;
+            Ok(Box::new(Collected(frames.into_iter())) as Box<dyn ReplyFrames>)
+        })
+    }
     /// `addr` failed: its connection goes (the next request dials anew).
     fn forget(&self, addr: SocketAddr);
     /// The round-trip time to `addr`, when known.
@@ -99,6 +149,14 @@ impl ChunkStore for StoreChunks {
     fn put(&self, id: ChunkId, stored: Vec<u8>) -> PortFuture<'_, Result<bool, String>> {
         Box::pin(self.run(move |s| s.put_fetched_chunk(&id, &stored)))
     }
+
+    fn held(&self, ids: Vec<ChunkId>) -> PortFuture<'_, Result<Vec<bool>, String>> {
+        Box::pin(self.run(move |s| ids.iter().map(|id| s.has_chunk(id)).collect()))
+    }
+
+    fn layers_of_each(&self, ids: Vec<ChunkId>) -> PortFuture<'_, Result<Vec<Vec<LayerId>>, String>> {
+        Box::pin(self.run(move |s| ids.iter().map(|id| s.chunk_layers(id)).collect()))
+    }
 }
 
 impl PeerLink for Pool {
@@ -108,6 +166,17 @@ impl PeerLink for Pool {
         request: &'a PeerRequest,
     ) -> PortFuture<'a, Result<Vec<Response>, NetError>> {
         Box::pin(Pool::request(self, addr, request))
+    }
+
+    fn request_stream<'a>(
+        &'a self,
+        addr: SocketAddr,
+        request: &'a PeerRequest,
+    ) -> PortFuture<'a, Result<Box<dyn ReplyFrames + 'a>, NetError>> {
+        Box::pin(async move {
+            let stream = Pool::request_stream(self, addr, request).await?;
+            Ok(Box::new(stream) as Box<dyn ReplyFrames>)
+        })
     }
 
     fn forget(&self, addr: SocketAddr) {
@@ -149,6 +218,11 @@ type ChunkFlights = Flights<(ChunkId, bool), Arc<Vec<u8>>>;
 /// layers complete in the background) may finish after they do.
 pub type OnWhole = Box<dyn Fn(Vec<LayerId>) + Send + Sync>;
 
+/// What is told when a read finds a chunk missing here and waits on peers:
+/// the chunk's layers (the node starts fetching their images whole).
+/// Called on the reading task: it must not block.
+pub type OnMiss = Box<dyn Fn(&[LayerId]) + Send + Sync>;
+
 /// Brings chunks from peers: single flight, plan, shares, verification,
 /// penalties, layer progress.
 pub struct Fetcher {
@@ -162,6 +236,8 @@ pub struct Fetcher {
     metrics: Arc<Metrics>,
     deadline: Duration,
     on_whole: OnWhole,
+    on_miss: OnMiss,
+    demand: Arc<DemandGauge>,
 }
 
 /// A chunk's layers, their holders, and whom to ask in which order.
@@ -186,12 +262,24 @@ pub struct FetcherParts {
     pub penalties: Penalties,
     /// Called (on the fetching task) with the layers a stored chunk made whole.
     pub on_whole: OnWhole,
+    /// Called when a read (demand priority) misses here.
+    pub on_miss: OnMiss,
 }
 
 impl Fetcher {
     pub fn new(parts: FetcherParts) -> Self {
-        let FetcherParts { me, store, holders, peers, progress, metrics, deadline, penalties, on_whole } =
-            parts;
+        let FetcherParts {
+            me,
+            store,
+            holders,
+            peers,
+            progress,
+            metrics,
+            deadline,
+            penalties,
+            on_whole,
+            on_miss,
+        } = parts;
         Self {
             me,
             store,
@@ -203,7 +291,14 @@ impl Fetcher {
             metrics,
             deadline,
             on_whole,
+            on_miss,
+            demand: Arc::default(),
         }
+    }
+
+    /// Reads waiting on peers, for whatever yields to them.
+    pub fn demand(&self) -> &Arc<DemandGauge> {
+        &self.demand
     }
 
     /// The deadline of a fetch.
@@ -234,6 +329,10 @@ impl Fetcher {
         // A fetch that goes to a complete holder itself shares its flight
         // with the relays this node serves for the chunk: one fetch each.
         let plan = self.plan(id, true).await?;
+        let _waiting = (priority == Priority::Demand).then(|| {
+            (self.on_miss)(&plan.layers);
+            self.demand.enter()
+        });
         let relaying = matches!(plan.asks.first(), Some(Ask::Relay(_)));
         self.join(id, relaying, deadline, priority).await
     }
@@ -540,6 +639,7 @@ mod tests {
     use parking_lot::Mutex;
     use strata_chunk::ChunkEncoder;
     use strata_proto::v1::{ChunkReply, End};
+    use strata_wire::MAX_KEYS;
 
     /// What a fake peer does when asked for a chunk.
     #[derive(Clone, Copy, Debug)]
@@ -589,6 +689,9 @@ mod tests {
             else {
                 panic!("the fetcher asks for chunks only: {request:?}")
             };
+            if ids.len() > 1 {
+                return self.batch(addr, ids.clone(), *priority);
+            }
             let (id, priority) = (ids[0], *priority);
             let stored = self.chunks.get(&id).cloned();
             let behaviour = self.behaviour.get(&addr).copied().unwrap_or(Behaviour::Missing);
@@ -620,6 +723,42 @@ mod tests {
         }
     }
 
+    impl FakePeers {
+        /// A reply to a request for many chunks: a frame per chunk, then
+        /// `End` (a liar corrupts the first chunk it holds).
+        fn batch(
+            &self,
+            addr: SocketAddr,
+            ids: Vec<ChunkId>,
+            priority: Priority,
+        ) -> PortFuture<'_, Result<Vec<Response>, NetError>> {
+            let behaviour = self.behaviour.get(&addr).copied().unwrap_or(Behaviour::Missing);
+            Box::pin(async move {
+                match behaviour {
+                    Behaviour::Silent => std::future::pending().await,
+                    Behaviour::DemandFirst if priority == Priority::Prefetch => std::future::pending().await,
+                    Behaviour::Slow(after) => tokio::time::sleep(after).await,
+                    _ => {}
+                }
+                let mut frames = Vec::new();
+                let mut lied = false;
+                for id in ids {
+                    let mut stored = self.chunks.get(&id).cloned();
+                    if matches!(behaviour, Behaviour::Missing) {
+                        stored = None;
+                    }
+                    if let (Behaviour::Lie, false, Some(bytes)) = (behaviour, lied, stored.as_mut()) {
+                        *bytes.last_mut().expect("bytes") ^= 0xff;
+                        lied = true;
+                    }
+                    frames.push(chunk_frame(&id, stored).remove(0));
+                }
+                frames.push(Response { kind: Some(Kind::End(End {})) });
+                Ok(frames)
+            })
+        }
+    }
+
     #[derive(Default)]
     struct FakeStore {
         chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
@@ -640,6 +779,12 @@ mod tests {
         fn put(&self, id: ChunkId, stored: Vec<u8>) -> PortFuture<'_, Result<bool, String>> {
             let new = self.chunks.lock().insert(id, stored).is_none();
             Box::pin(async move { Ok(new) })
+        }
+
+        fn held(&self, ids: Vec<ChunkId>) -> PortFuture<'_, Result<Vec<bool>, String>> {
+            let chunks = self.chunks.lock();
+            let held = ids.iter().map(|id| chunks.contains_key(id)).collect();
+            Box::pin(async move { Ok(held) })
         }
     }
 
@@ -709,6 +854,7 @@ mod tests {
             deadline: DEADLINE,
             penalties: Penalties::default(),
             on_whole: Box::new(move |layers| told.lock().extend(layers)),
+            on_miss: Box::new(|_| {}),
         }));
         Setup { fetcher, store, peers, directory, ids, layer, whole, metrics }
     }
@@ -922,5 +1068,103 @@ mod tests {
         assert_eq!(started.elapsed(), DEADLINE + FLIGHT_MARGIN);
         prefetch.await.expect("task").expect("the prefetch ends with the chunk");
         assert!(s.stored(&id).is_some());
+    }
+
+    /// The requests made, as (holder, chunks asked, priority).
+    fn requests(s: &Setup) -> Vec<(SocketAddr, usize, Priority)> {
+        s.peers
+            .asked
+            .lock()
+            .iter()
+            .map(|(a, r)| match r {
+                PeerRequest::FetchChunks(ids, p) | PeerRequest::RelayChunks(ids, p) => (*a, ids.len(), *p),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_asks_each_holder_once_for_its_share_and_stores_every_chunk() {
+        let s = setup(200, &[("a", 1, Behaviour::Serve), ("b", 2, Behaviour::Serve)]);
+        let outcome = s.fetcher.fetch_batch(s.ids.clone(), Priority::Prefetch, true).await;
+        assert_eq!(outcome.fetched, 200);
+        assert_eq!(outcome.requests, 2, "one request per holder");
+        let requests = requests(&s);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests.iter().map(|(_, n, _)| n).sum::<usize>(), 200);
+        assert!(requests.iter().all(|(_, n, p)| *n > 20 && *p == Priority::Prefetch), "{requests:?}");
+        assert!(s.ids.iter().all(|id| s.stored(id).as_ref() == Some(&s.peers.chunks[id])));
+        assert_eq!(*s.whole.lock(), vec![s.layer], "the layer is whole, said once");
+        assert_eq!(s.fetcher.in_flight(), 0);
+        // Held now: a second batch asks nobody.
+        let again = s.fetcher.fetch_batch(s.ids.clone(), Priority::Prefetch, true).await;
+        assert_eq!((again.fetched, again.skipped, again.requests), (0, 200, 0));
+        assert_eq!(s.asked().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_chunks_than_a_request_carries_take_more_requests_not_more_round_trips_per_chunk() {
+        let s = setup(MAX_KEYS + 10, &[("a", 1, Behaviour::Serve)]);
+        let outcome = s.fetcher.fetch_batch(s.ids.clone(), Priority::Prefetch, true).await;
+        assert_eq!((outcome.fetched, outcome.requests), (MAX_KEYS + 10, 2));
+        let mut sizes: Vec<usize> = requests(&s).iter().map(|(_, n, _)| *n).collect();
+        sizes.sort();
+        assert_eq!(sizes, vec![10, MAX_KEYS]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_a_holder_lacks_go_to_the_next_holder_in_one_more_batch() {
+        let s = setup(200, &[("a", 1, Behaviour::Missing), ("b", 2, Behaviour::Serve)]);
+        let outcome = s.fetcher.fetch_batch(s.ids.clone(), Priority::Prefetch, true).await;
+        assert_eq!(outcome.fetched, 200);
+        assert!(outcome.failed.is_empty());
+        let requests = requests(&s);
+        // Round one: each holder its share; round two: a's share to b.
+        assert_eq!(requests.len(), 3, "{requests:?}");
+        assert!(requests.iter().all(|(_, n, _)| *n > 1), "no chunk went alone: {requests:?}");
+        assert!(s.peers.forgotten.lock().is_empty(), "lacking a chunk is no fault");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_lying_in_a_batch_is_penalised_and_only_true_bytes_are_kept() {
+        let s = setup(100, &[("a", 1, Behaviour::Lie), ("b", 2, Behaviour::Serve)]);
+        let outcome = s.fetcher.fetch_batch(s.ids.clone(), Priority::Prefetch, true).await;
+        assert_eq!(outcome.fetched, 100);
+        assert!(s.ids.iter().all(|id| s.stored(id).as_ref() == Some(&s.peers.chunks[id])), "true bytes only");
+        assert_eq!(s.metrics.bad_chunks.get(), 1);
+        assert_eq!(*s.peers.forgotten.lock(), vec![addr(1)], "the liar is cut off");
+        assert_eq!(requests(&s).iter().filter(|(a, _, _)| *a == addr(1)).count(), 1, "and not asked again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_wanting_a_batched_chunk_is_served_at_demand_priority_without_waiting_for_the_batch() {
+        let s = setup(50, &[("a", 1, Behaviour::DemandFirst)]);
+        let fetcher = s.fetcher.clone();
+        let ids = s.ids.clone();
+        let batch = tokio::spawn(async move { fetcher.fetch_batch(ids, Priority::Prefetch, true).await });
+        while s.asked().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        let read = s.fetcher.fetch(s.ids[7], DEADLINE, Priority::Demand).await.expect("the read is served");
+        assert_eq!(started.elapsed(), Duration::ZERO, "asked at once, alone, at demand priority");
+        assert_eq!(read.as_ref(), &s.peers.chunks[&s.ids[7]]);
+        let outcome = batch.await.expect("task");
+        assert_eq!(outcome.raised, 1);
+        // The holder never answers prefetch: the rest fail, typed, after
+        // the batch's silence and each chunk's own deadline.
+        assert_eq!(outcome.failed.len(), 49);
+        assert!(!outcome.failed.contains(&s.ids[7]));
+        assert_eq!(s.fetcher.in_flight(), 0, "no flight stranded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_skips_chunks_another_flight_is_fetching() {
+        let s = setup(10, &[("a", 1, Behaviour::Slow(Duration::from_millis(100)))]);
+        let single = s.prefetch_asked(s.ids[0]).await;
+        let outcome = s.fetcher.fetch_batch(s.ids.clone(), Priority::Prefetch, true).await;
+        assert_eq!((outcome.fetched, outcome.skipped), (9, 1));
+        single.await.expect("task").expect("the single flight ends with its chunk");
+        assert_eq!(requests(&s).iter().map(|(_, n, _)| n).sum::<usize>(), 10, "each chunk asked once");
     }
 }

@@ -192,6 +192,12 @@ impl NodeHandler {
         replies: &mut Replies,
     ) -> Result<(), NetError> {
         replies.set_priority(stream_priority(priority));
+        if relay && ids.len() > 1 {
+            // A batch relayed: the chunks this node lacks come in one batch
+            // of its own; each is sent on as its flight lands.
+            let (node, ids) = (node.clone(), ids.clone());
+            tokio::spawn(async move { node.fetcher.fetch_batch(ids, priority, false).await });
+        }
         for id in ids {
             let stored = match self.store.store.read_async(move |s| s.get_stored_chunk(&id)).await {
                 Ok(Some(stored)) => Some(stored),

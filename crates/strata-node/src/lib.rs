@@ -33,7 +33,11 @@ pub mod throttle;
 pub use directory::Holder;
 pub use fetch::{FetchError, PeerFailure};
 pub use handler::{NodeHandler, StoreHandler};
-pub use node::{chain_key, name_key, ClaimGuard, Claimed, ImageCheck, Node, NodeConfig};
+pub use fetcher::BatchOutcome;
+pub use node::{
+    chain_key, name_key, BackgroundConfig, ClaimGuard, Claimed, ImageCheck, JobState, JobStatus, Node,
+    NodeConfig, Start, Window,
+};
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
 pub use remote::{fetch_image, indexes, RemoteImage, RemoteLayer};
 pub use strata_membership as membership;

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub image_metadata_bytes_fetched: Counter,
     pub prefetched_chunks: Counter,
     pub prefetch_seconds: Counter<f64, AtomicU64>,
+    pub background_chunks: Counter,
+    pub background_bytes: Counter,
+    pub background_requests: Counter,
     pub profiles_kept: Counter,
     pub members_live: Gauge,
     /// Image pulls on this node waiting on another pull of the same image
@@ -59,6 +62,9 @@ impl Metrics {
             image_metadata_bytes_fetched: Counter::default(),
             prefetched_chunks: Counter::default(),
             prefetch_seconds: Counter::default(),
+            background_chunks: Counter::default(),
+            background_bytes: Counter::default(),
+            background_requests: Counter::default(),
             profiles_kept: Counter::default(),
             members_live: Gauge::default(),
             claims_waiting: Gauge::default(),
@@ -112,6 +118,21 @@ impl Metrics {
             "prefetch_seconds",
             "Time spent prefetching startup profiles, first fetch to last",
             m.prefetch_seconds.clone(),
+        );
+        registry.register(
+            "background_chunks_fetched",
+            "Chunks background fetching brought (startup profiles, whole images), in batches",
+            m.background_chunks.clone(),
+        );
+        registry.register(
+            "background_chunk_bytes_fetched",
+            "Stored bytes of the chunks background fetching brought",
+            m.background_bytes.clone(),
+        );
+        registry.register(
+            "background_fetch_requests",
+            "Batch requests background fetching made (each asks one peer for many chunks)",
+            m.background_requests.clone(),
         );
         registry.register(
             "profiles_kept",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use strata_net::quinn::Endpoint;
 use strata_net::Pool;
-use strata_store::{ImageId, LayerId, Store};
+use strata_store::{LayerId, Store};
 use strata_tls::Identity;
 use strata_types::ChunkId;
 use strata_wire::Priority;
@@ -26,10 +26,12 @@ use crate::throttle::{Caps, Throttle};
 use crate::NodeError;
 
 mod announce;
+mod background;
 mod claim;
 mod profile;
 mod pull;
 
+pub use background::{BackgroundConfig, JobState, JobStatus, Start, Window};
 pub use claim::{ClaimGuard, Claimed};
 pub use pull::ImageCheck;
 
@@ -52,6 +54,8 @@ pub struct NodeConfig {
     /// Directory nodes per key.
     pub directory_replicas: usize,
     pub caps: Caps,
+    /// What the node fetches beyond reads, and how fast.
+    pub background: BackgroundConfig,
 }
 
 /// Directory entries outlive this many missed announcements.
@@ -72,8 +76,8 @@ pub struct Node {
     pub(crate) fetcher: Arc<Fetcher>,
     /// Layers being fetched, with how many of their chunks are still missing.
     progress: Arc<LayerProgress>,
-    /// Images whose startup profile is being prefetched.
-    prefetching: Mutex<std::collections::HashSet<ImageId>>,
+    /// Background fetches (startup profiles, whole images).
+    jobs: background::Jobs,
     /// Keys this node holds the claim on (see [`Node::claim`]): a second
     /// pull of one image here waits on the first, as other nodes do.
     claims: Mutex<std::collections::HashSet<Key>>,
@@ -130,6 +134,7 @@ impl Node {
                 metrics.clone(),
             ));
             let announcer = weak.clone();
+            let reader = weak.clone();
             let fetcher = Arc::new(Fetcher::new(FetcherParts {
                 me: me.node_id(),
                 store: Box::new(StoreChunks(store.clone())),
@@ -144,6 +149,11 @@ impl Node {
                     let keys: Vec<Key> = layers.iter().map(|l| *l.as_bytes()).collect();
                     tokio::spawn(async move { node.locator.announce(&keys, &[]).await });
                 }),
+                on_miss: Box::new(move |layers: &[LayerId]| {
+                    if let Some(node) = reader.upgrade() {
+                        node.read_missed(layers);
+                    }
+                }),
             }));
             tokio::spawn(strata_net::serve(endpoint.clone(), handler));
             Node {
@@ -156,7 +166,7 @@ impl Node {
                 locator,
                 fetcher,
                 progress,
-                prefetching: Mutex::default(),
+                jobs: background::Jobs::default(),
                 claims: Mutex::default(),
                 metrics,
                 runtime: tokio::runtime::Handle::current(),
@@ -164,6 +174,7 @@ impl Node {
             }
         });
         tokio::spawn(announce_loop(Arc::downgrade(&node)));
+        node.resume_background().await;
         tracing::info!(node = %node.me.name, addr = %node.me.addr, seeds = ?node.config.seeds, "node started");
         Ok(node)
     }

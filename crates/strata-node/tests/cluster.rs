@@ -8,11 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_node::{name_key, Caps, Claimed, FetchError, MemberState, Node, NodeConfig, NodeError};
+use strata_node::{
+    name_key, BackgroundConfig, Caps, Claimed, FetchError, MemberState, Node, NodeConfig, NodeError,
+};
 use strata_oci::{ArchiveLayout, ImportOptions, LayerCompression, NoProgress};
 use strata_store::{OpenMode, Store};
 use strata_tls::{generate_ca, issue_node_cert, CertPair, Identity};
-use strata_types::{ChunkId, LayerId};
+use strata_types::{BackgroundFetch, ChunkId, LayerId};
 
 /// Nodes of one cluster (one CA), started on one runtime.
 struct Cluster {
@@ -21,6 +23,9 @@ struct Cluster {
     dir: tempfile::TempDir,
     nodes: Vec<Arc<Node>>,
     fetch_deadline: Duration,
+    /// What nodes started from now on fetch in the background (tests of
+    /// the read path start with none: their counts are the reads').
+    background: BackgroundConfig,
 }
 
 impl Cluster {
@@ -37,6 +42,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             nodes: vec![],
             fetch_deadline,
+            background: BackgroundConfig { mode: BackgroundFetch::None, ..BackgroundConfig::default() },
         }
     }
 
@@ -56,6 +62,7 @@ impl Cluster {
             announce_interval: Duration::from_secs(30),
             directory_replicas: 2,
             caps: Caps::default(),
+            background: self.background,
         };
         let node = self.runtime.block_on(Node::start(config, &identity, store)).expect("node starts");
         self.nodes.push(node);

@@ -5,8 +5,9 @@
 //! `chunk_meta` (8 bytes per chunk: what lookups, GC and stats read),
 //! `layers` (records), `indexes` (encoded layer indexes by [`LayerId`]), `images`
 //! (records by [`ImageId`]), `names` (`repo:tag` to image), `refs`
-//! (chunk→layer, layer→image and image→name edges), `snapshots` (the
-//! containerd snapshotter's metastore).
+//! (chunk→layer, layer→image and image→name edges), `profiles` (startup
+//! profiles), `snapshots` (the containerd snapshotter's metastore),
+//! `fetch_state` (what the node fetches of each image in the background).
 //!
 //! Invariants:
 //! - Every chunk read is decoded and BLAKE3-verified; every index and image
@@ -22,6 +23,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod error;
+mod fetch_state;
 mod gc;
 mod pins;
 mod profile;
@@ -34,6 +36,7 @@ mod store;
 mod txn;
 
 pub use error::StoreError;
+pub use fetch_state::FetchState;
 pub use gc::GcReport;
 pub use query::{ImageEntry, LayerEntry, RemoveOutcome};
 pub use source::{ChunkSource, SourceError, StoreSource};

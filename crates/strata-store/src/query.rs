@@ -185,6 +185,7 @@ impl Store {
         }
         batch.delete_cf(self.cf(schema::IMAGES), id.as_bytes());
         batch.delete_cf(self.cf(schema::PROFILES), id.as_bytes());
+        batch.delete_cf(self.cf(schema::FETCH_STATE), id.as_bytes());
         Ok(())
     }
 

@@ -29,7 +29,12 @@ pub const PROFILES: &str = "profiles";
 /// the snapshot's key, UTF-8 as containerd sends it.
 pub const SNAPSHOTS: &str = "snapshots";
 
-pub const ALL: [&str; 9] = [CHUNKS, CHUNK_META, LAYERS, INDEXES, IMAGES, NAMES, REFS, PROFILES, SNAPSHOTS];
+/// An image's background-fetch record by ImageId ([`crate::FetchState`]):
+/// three bytes, version, mode, flags.
+pub const FETCH_STATE: &str = "fetch_state";
+
+pub const ALL: [&str; 10] =
+    [CHUNKS, CHUNK_META, LAYERS, INDEXES, IMAGES, NAMES, REFS, PROFILES, SNAPSHOTS, FETCH_STATE];
 
 /// Key of the chunk totals in [`CHUNK_META`]; its length sets it apart from ids.
 pub const STATS_KEY: &[u8] = b"\xffstats";

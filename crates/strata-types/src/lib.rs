@@ -7,11 +7,13 @@
 //! our own ids but never confused with them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod background;
 mod blake3_id;
 mod oci_digest;
 mod read_stats;
 mod secret;
 
+pub use background::BackgroundFetch;
 pub use blake3_id::{ChunkId, IdParseError, ImageId, LayerId, NodeId};
 pub use oci_digest::{OciDigest, OciDigestError, Sha256Writer};
 pub use read_stats::{ReadStats, READ_LATENCY_BOUNDS};

@@ -1,26 +1,16 @@
 //! Startup profiles on a node: keeping one (recorded by a mount here, or
 //! offered by a peer), offering a recorded one to the nodes that hold the
-//! image whole, and prefetching a pulled image's profile so its chunks
-//! arrive ahead of the container's reads, many at a time instead of one
-//! round trip per read.
+//! image whole. (Prefetching a pulled image's profile is the first part of
+//! its background fetch: `background.rs`.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
 
-use strata_store::StoreError;
 use strata_types::{ChunkId, ImageId, LayerId};
 use strata_wire::PeerRequest;
 
 use super::{Node, NodeError};
 
-/// Chunk fetches a prefetch keeps in flight: about a 100 Mbit/s link at
-/// 100 ms RTT with chunks of ~20 KB stored, without queueing so deep that
-/// a crowd of nodes starting at once waits out its deadlines.
-const PREFETCH_IN_FLIGHT: usize = 64;
-/// A prefetched chunk's deadline, in fetch deadlines: it may queue behind
-/// the rest of the profile; a read that joins it keeps its own deadline.
-const PREFETCH_DEADLINES: u32 = 4;
 
 impl Node {
     /// Keeps `chunks` as `image`'s startup profile unless it has one (only
@@ -81,75 +71,5 @@ impl Node {
                 Err(_) => tracing::info!(%image, %addr, "offering the startup profile timed out"),
             }
         }
-    }
-
-    /// Fetches, in the background, the chunks of `image`'s startup profile
-    /// that are not here yet (once at a time per image).
-    pub(crate) fn start_prefetch(self: &Arc<Self>, image: ImageId) {
-        if !self.prefetching.lock().insert(image) {
-            return;
-        }
-        let node = self.clone();
-        tokio::spawn(async move {
-            node.prefetch(image).await;
-            node.prefetching.lock().remove(&image);
-        });
-    }
-
-    async fn prefetch(self: &Arc<Self>, image: ImageId) {
-        let store = self.store().clone();
-        let missing = tokio::task::spawn_blocking(move || -> Result<Vec<ChunkId>, StoreError> {
-            let Some(profile) = store.profile(&image)? else { return Ok(Vec::new()) };
-            let mut missing = Vec::new();
-            for chunk in profile {
-                if !store.has_chunk(&chunk)? {
-                    missing.push(chunk);
-                }
-            }
-            Ok(missing)
-        })
-        .await;
-        let missing = match missing {
-            Ok(Ok(missing)) if !missing.is_empty() => missing,
-            Ok(Ok(_)) => return,
-            Ok(Err(e)) => return tracing::warn!(%image, error = %e, "reading the startup profile failed"),
-            Err(e) => return tracing::warn!(%image, error = %e, "reading the startup profile failed"),
-        };
-        let started = Instant::now();
-        let total = missing.len();
-        tracing::info!(%image, chunks = total, "startup prefetch started");
-        let permits = Arc::new(tokio::sync::Semaphore::new(PREFETCH_IN_FLIGHT));
-        let mut fetches = tokio::task::JoinSet::new();
-        for chunk in missing {
-            if self.is_stopping() {
-                break;
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
-            let node = self.clone();
-            fetches.spawn(async move {
-                let deadline = node.config.fetch_deadline * PREFETCH_DEADLINES;
-                let fetched =
-                    node.fetch_chunk_within(chunk, deadline, strata_wire::Priority::Prefetch).await.is_ok();
-                drop(permit);
-                fetched
-            });
-        }
-        let (mut fetched, mut failed) = (0u64, 0u64);
-        while let Some(done) = fetches.join_next().await {
-            match done {
-                Ok(true) => fetched += 1,
-                _ => failed += 1,
-            }
-        }
-        self.metrics.prefetched_chunks.inc_by(fetched);
-        self.metrics.prefetch_seconds.inc_by(started.elapsed().as_secs_f64());
-        tracing::info!(
-            %image,
-            fetched,
-            failed,
-            of = total,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "startup prefetch done"
-        );
     }
 }

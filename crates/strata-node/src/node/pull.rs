@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use strata_store::{ImageId, ImageRecord, LayerId, LayerRecord, Store, StoreError};
 
+use super::background::Start;
 use super::*;
 
 /// A check of a peer's copy of an image before anything of it is stored:
@@ -30,7 +31,7 @@ impl Node {
                 let layers: Vec<LayerId> =
                     record.layers.iter().filter_map(|l| LayerId::from_slice(l).ok()).collect();
                 if self.progress.any_partial(layers.iter()) {
-                    self.start_prefetch(id);
+                    self.start_background(id, Start::Pulled);
                 }
                 return Ok(id);
             }
@@ -147,7 +148,7 @@ impl Node {
                     complete.extend(chains);
                     tokio::spawn(async move {
                         node.announce(&complete, &partial).await;
-                        node.start_prefetch(id);
+                        node.start_background(id, Start::Pulled);
                     });
                     return Ok((id, holder.node.clone()));
                 }

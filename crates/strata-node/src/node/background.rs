@@ -1,0 +1,721 @@
+//! Background fetching: a node makes the images it runs whole, in batches
+//! ([`Fetcher::fetch_batch`]), so they start fast, keep no read waiting on
+//! the network once fetched, and can be served by this node alone.
+//!
+//! One job per image, in this order: the chunks of its startup profile
+//! that are missing (as the profile lists them: the order a container
+//! read them), then, once a container has read from the image (or it was
+//! pulled with `--all`), every missing chunk of its layers, bottom layer
+//! first, in index order. Modes ([`BackgroundFetch`]): `none` fetches
+//! nothing ahead of reads, `profile` the profile only, `all` both (the
+//! default). A pull may set the mode of its image; the node's setting
+//! covers the rest.
+//!
+//! Two speeds. *Urgent* work — a startup profile, the first start of an
+//! image that has no profile anywhere (its reads would otherwise pay a
+//! round trip each: the whole image comes at once, reads first), a pull
+//! with `--all` — goes at full link speed. The rest yields: it sends no
+//! new batch while a read waits on peers, nor until reads have been quiet
+//! for [`QUIET`], and keeps to the node's byte-rate cap. Either way reads
+//! go first at the serving peer (demand priority, streams and caps) and a
+//! read that wants a chunk a batch has asked for gets it alone at demand
+//! priority ([`Fetcher::fetch_batch`]).
+//!
+//! How much is asked at once follows the link ([`Window`]): batches in
+//! flight up to a window of bytes that grows while the connection's
+//! round-trip time stays near its least, and shrinks when it rises (a
+//! queue builds at the bottleneck, where a read's reply would wait
+//! behind it): full rate with a short queue, as LEDBAT (RFC 6817) keeps
+//! scavenger traffic out of the way of the rest.
+//!
+//! The full fetch of an image is recorded as started in the store
+//! ([`strata_store::FetchState`]): a restarted node resumes it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use strata_store::{FetchState, Store, StoreError};
+use strata_types::{BackgroundFetch, ChunkId, ImageId, LayerId};
+use strata_wire::{Priority, MAX_KEYS};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::Node;
+use crate::fetcher::BatchOutcome;
+
+/// How a node fetches in the background (`[node]` settings).
+#[derive(Clone, Copy, Debug)]
+pub struct BackgroundConfig {
+    /// The mode for images whose pull set none.
+    pub mode: BackgroundFetch,
+    /// Bytes per second the yielding work may take, all images together;
+    /// `None`: no cap. Urgent work is not capped.
+    pub rate: Option<u64>,
+    /// Batch requests in flight at most, per image.
+    pub requests: usize,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        Self { mode: BackgroundFetch::All, rate: None, requests: 4 }
+    }
+}
+
+/// How long reads must have been quiet before yielding work sends again.
+pub const QUIET: Duration = Duration::from_millis(500);
+/// How long a pass that fetched nothing waits before the next, at first
+/// (doubling up to [`MAX_BACKOFF`]).
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The window of bytes a job keeps asked for and not yet received.
+///
+/// Grows by a quarter per batch answered while the connection's smoothed
+/// round-trip time stays within a target of its least (a quarter of it,
+/// at least [`MIN_QUEUE`]); shrinks by a quarter when it exceeds it. The
+/// least RTT seen is the path's; above it, the bottleneck's queue.
+#[derive(Clone, Debug)]
+pub struct Window {
+    bytes: u64,
+    base_rtt: Option<Duration>,
+}
+
+/// The queueing delay a window aims to stay under, at least.
+pub const MIN_QUEUE: Duration = Duration::from_millis(4);
+const MIN_WINDOW: u64 = 128 << 10;
+const MAX_WINDOW: u64 = 256 << 20;
+const FIRST_WINDOW: u64 = 1 << 20;
+/// Requests a window is cut into, at least: one answered while the next is
+/// on its way keeps the link busy.
+const BATCHES_PER_WINDOW: u64 = 2;
+
+impl Default for Window {
+    fn default() -> Self {
+        Self { bytes: FIRST_WINDOW, base_rtt: None }
+    }
+}
+
+impl Window {
+    /// Bytes to keep in flight.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes one batch asks for.
+    pub fn batch_bytes(&self) -> u64 {
+        (self.bytes / BATCHES_PER_WINDOW).max(MIN_WINDOW / BATCHES_PER_WINDOW)
+    }
+
+    /// A batch was answered; `rtt` is the connection's smoothed round-trip
+    /// time now (`None`: unknown, nothing changes).
+    pub fn answered(&mut self, rtt: Option<Duration>) {
+        let Some(rtt) = rtt else { return };
+        let base = self.base_rtt.map_or(rtt, |b| b.min(rtt));
+        self.base_rtt = Some(base);
+        let target = (base / 4).max(MIN_QUEUE);
+        if rtt.saturating_sub(base) > target {
+            self.bytes = (self.bytes - self.bytes / 4).max(MIN_WINDOW);
+        } else {
+            self.bytes = (self.bytes + self.bytes / 4).min(MAX_WINDOW);
+        }
+    }
+}
+
+/// A byte-rate cap: a token bucket of one second's bytes, never less than
+/// the largest batch (as Nydus sizes its bucket), so a batch always fits.
+struct RateCap {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateCap {
+    fn new(rate: u64) -> Self {
+        Self { rate: rate as f64, tokens: rate as f64, at: Instant::now() }
+    }
+
+    /// Takes `bytes`; returns how long to wait before sending them.
+    fn take(&mut self, bytes: u64, now: Instant) -> Duration {
+        let burst = self.rate.max(bytes as f64);
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(burst);
+        self.at = now;
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// What a job is doing, for `strata status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Asking for batches.
+    Fetching,
+    /// Waiting for reads to be quiet.
+    Paused,
+    /// Keeping to the rate cap.
+    Capped,
+    /// Waiting before another pass (what was left failed).
+    Retrying,
+}
+
+/// One image's background fetch, as `strata status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct JobStatus {
+    pub image: ImageId,
+    pub state: JobState,
+    /// Full speed (a profile, a first start, `--all`), or yielding.
+    pub urgent: bool,
+    /// Beyond the profile: every chunk of the image.
+    pub whole: bool,
+    /// Chunks and stored bytes this job brought.
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks it has still to ask for in this pass, and their bytes
+    /// uncompressed.
+    pub chunks_left: u64,
+    pub raw_bytes_left: u64,
+    /// Stored bytes per second over the last few seconds.
+    pub rate: f64,
+    /// Seconds until the pass is through at that pace (`None` before the
+    /// first batch is answered).
+    pub eta_seconds: Option<f64>,
+    /// Seconds since the job started.
+    pub seconds: f64,
+}
+
+/// An image's job.
+pub(crate) struct Job {
+    image: ImageId,
+    /// Full speed for the rest too (a first start with no profile, `--all`).
+    urgent: AtomicBool,
+    /// Beyond the profile.
+    whole: AtomicBool,
+    started: Instant,
+    state: Mutex<JobState>,
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+    chunks_left: AtomicU64,
+    raw_left: AtomicU64,
+    /// (when, stored bytes, uncompressed bytes) of recent batches: the rate.
+    recent: Mutex<std::collections::VecDeque<(Instant, u64, u64)>>,
+    /// Callers of [`Node::fetch_whole`] waiting for the image to be whole.
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+/// How far back the rate looks.
+const RATE_SPAN: Duration = Duration::from_secs(5);
+
+impl Job {
+    fn new(image: ImageId) -> Self {
+        Self {
+            image,
+            urgent: AtomicBool::new(false),
+            whole: AtomicBool::new(false),
+            started: Instant::now(),
+            state: Mutex::new(JobState::Fetching),
+            chunks: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            chunks_left: AtomicU64::new(0),
+            raw_left: AtomicU64::new(0),
+            recent: Mutex::default(),
+            done: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    fn set_state(&self, state: JobState) {
+        *self.state.lock() = state;
+    }
+
+    fn answered(&self, outcome: &BatchOutcome, raw: u64) {
+        self.chunks.fetch_add(outcome.fetched as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(outcome.bytes, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut recent = self.recent.lock();
+        recent.push_back((now, outcome.bytes, raw));
+        while recent.front().is_some_and(|(at, _, _)| now.duration_since(*at) > RATE_SPAN) {
+            recent.pop_front();
+        }
+    }
+
+    fn status(&self) -> JobStatus {
+        let now = Instant::now();
+        let recent = self.recent.lock();
+        let span = recent
+            .front()
+            .map_or(Duration::ZERO, |(at, _, _)| now.duration_since(*at))
+            .max(Duration::from_secs(1))
+            .min(RATE_SPAN)
+            .as_secs_f64();
+        let rate = recent.iter().map(|(_, b, _)| *b).sum::<u64>() as f64 / span;
+        let raw_rate = recent.iter().map(|(_, _, r)| *r).sum::<u64>() as f64 / span;
+        let raw_left = self.raw_left.load(Ordering::Relaxed);
+        JobStatus {
+            image: self.image,
+            state: *self.state.lock(),
+            urgent: self.urgent.load(Ordering::Relaxed),
+            whole: self.whole.load(Ordering::Relaxed),
+            chunks: self.chunks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            chunks_left: self.chunks_left.load(Ordering::Relaxed),
+            raw_bytes_left: raw_left,
+            rate,
+            eta_seconds: (raw_rate > 0.0).then(|| raw_left as f64 / raw_rate),
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The node's jobs, and what the yielding ones share.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    running: Mutex<HashMap<ImageId, Arc<Job>>>,
+    /// Layers whose images a read has started (so a miss looks them up once).
+    started_layers: Mutex<HashSet<LayerId>>,
+    cap: Mutex<Option<RateCap>>,
+}
+
+/// A chunk to fetch, its uncompressed length, and whether it is urgent
+/// (a profile's).
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    id: ChunkId,
+    raw: u64,
+    profile: bool,
+}
+
+/// Why a job is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The image was pulled: its profile, if it has one.
+    Pulled,
+    /// `strata pull --all`: everything, now, at full speed.
+    All,
+    /// A container read from it: the rest, yielding (at full speed when
+    /// the image has no profile: its first start).
+    Read,
+    /// The node started with the full fetch recorded as under way.
+    Resumed,
+}
+
+impl Node {
+    /// The background mode of `image`: its pull's, else the node's.
+    fn background_mode(&self, state: &FetchState) -> BackgroundFetch {
+        state.mode.unwrap_or(self.config.background.mode)
+    }
+
+    /// Starts (or widens) `image`'s background job for `why`.
+    pub fn start_background(self: &Arc<Self>, image: ImageId, why: Start) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.start_background_now(image, why).await {
+                tracing::warn!(%image, error = %e, "starting the background fetch failed");
+            }
+        });
+    }
+
+    async fn start_background_now(self: &Arc<Self>, image: ImageId, why: Start) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            Ok((store.fetch_state(&image)?, store.profile(&image)?.is_some()))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?;
+        let (state, has_profile) = read?;
+        let mode = self.background_mode(&state);
+        let (whole, urgent) = match (why, mode) {
+            (Start::All, _) => (true, true),
+            (_, BackgroundFetch::None) => return Ok(()),
+            (Start::Pulled, _) => (false, false),
+            (Start::Read | Start::Resumed, BackgroundFetch::Profile) => (false, false),
+            (Start::Read, BackgroundFetch::All) => (true, !has_profile),
+            (Start::Resumed, BackgroundFetch::All) => (true, false),
+        };
+        if whole && !state.started {
+            let store = self.store.clone();
+            let started = FetchState { started: true, ..state };
+            let kept = tokio::task::spawn_blocking(move || store.put_fetch_state(&image, started)).await;
+            if let Ok(Err(e)) = kept {
+                tracing::warn!(%image, error = %e, "recording the background fetch failed");
+            }
+        }
+        let (job, new) = {
+            let mut running = self.jobs.running.lock();
+            match running.get(&image) {
+                Some(job) => (job.clone(), false),
+                None => {
+                    let job = Arc::new(Job::new(image));
+                    running.insert(image, job.clone());
+                    (job, true)
+                }
+            }
+        };
+        if whole {
+            job.whole.store(true, Ordering::Relaxed);
+        }
+        if urgent {
+            job.urgent.store(true, Ordering::Relaxed);
+        }
+        if new {
+            tracing::info!(%image, ?why, whole, urgent, "background fetch started");
+            let node = self.clone();
+            tokio::spawn(async move { node.run_job(job).await });
+        }
+        Ok(())
+    }
+
+    /// A read missed chunks of `layers`: their images' full fetch starts
+    /// (once per layer; the lookup runs on its own task).
+    pub(crate) fn read_missed(self: &Arc<Self>, layers: &[LayerId]) {
+        {
+            let mut started = self.jobs.started_layers.lock();
+            let before = started.len();
+            started.extend(layers.iter().copied());
+            if started.len() == before {
+                return;
+            }
+        }
+        let node = self.clone();
+        let layers = layers.to_vec();
+        tokio::spawn(async move {
+            let store = node.store.clone();
+            let images = tokio::task::spawn_blocking(move || -> Result<HashSet<ImageId>, StoreError> {
+                let mut images = HashSet::new();
+                for layer in &layers {
+                    images.extend(store.layer_images(layer)?);
+                }
+                Ok(images)
+            })
+            .await;
+            match images {
+                Ok(Ok(images)) => {
+                    for image in images {
+                        node.start_background(image, Start::Read);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "finding a read's images failed"),
+                Err(e) => tracing::warn!(error = %e, "finding a read's images failed"),
+            }
+        });
+    }
+
+    /// Resumes the full fetches a previous run left under way.
+    pub(crate) async fn resume_background(self: &Arc<Self>) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.fetch_states()).await {
+            Ok(Ok(states)) => {
+                for (image, _) in states.into_iter().filter(|(_, s)| s.started) {
+                    self.start_background(image, Start::Resumed);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading the background fetches failed"),
+            Err(e) => tracing::warn!(error = %e, "reading the background fetches failed"),
+        }
+    }
+
+    /// What the background jobs are doing.
+    pub fn background_status(&self) -> Vec<JobStatus> {
+        let mut jobs: Vec<JobStatus> = self.jobs.running.lock().values().map(|j| j.status()).collect();
+        jobs.sort_by_key(|j| j.image);
+        jobs
+    }
+
+    /// Fetches every chunk of `image` now at full speed (`strata pull
+    /// --all`) and returns once the job ends (the image whole, or what
+    /// is left failed a pass; the job goes on retrying).
+    pub async fn fetch_whole(self: &Arc<Self>, image: ImageId) -> Result<(), StoreError> {
+        self.start_background_now(image, Start::All).await?;
+        let job = self.jobs.running.lock().get(&image).cloned();
+        if let Some(job) = job {
+            let mut done = job.done.subscribe();
+            let _ = done.wait_for(|d| *d).await;
+        }
+        Ok(())
+    }
+
+    async fn run_job(self: Arc<Self>, job: Arc<Job>) {
+        let image = job.image;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let whole = job.whole.load(Ordering::Relaxed);
+            let store = self.store.clone();
+            let queue = tokio::task::spawn_blocking(move || queue(&store, &image, whole)).await;
+            let queue = match queue {
+                Ok(Ok(queue)) => queue,
+                Ok(Err(e)) => {
+                    tracing::warn!(%image, error = %e, "background fetch stopped");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%image, error = %e, "background fetch stopped");
+                    break;
+                }
+            };
+            if queue.is_empty() {
+                // Widened meanwhile: another pass; else the job ends.
+                let mut running = self.jobs.running.lock();
+                if job.whole.load(Ordering::Relaxed) != whole {
+                    continue;
+                }
+                running.remove(&image);
+                self.jobs.started_layers.lock().clear();
+                drop(running);
+                let status = job.status();
+                tracing::info!(%image, whole, chunks = status.chunks, bytes = status.bytes, seconds = status.seconds, "background fetch done");
+                if whole {
+                    let _ = job.done.send(true);
+                }
+                return;
+            }
+            let total = queue.len();
+            let fetched = self.run_pass(&job, queue).await;
+            if self.is_stopping() {
+                return;
+            }
+            if fetched < total {
+                // Some chunks no holder gave: the waiters (`pull --all`)
+                // hear of it; the job tries again later.
+                if whole {
+                    let _ = job.done.send(true);
+                }
+                job.set_state(JobState::Retrying);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                job.set_state(JobState::Fetching);
+            } else {
+                backoff = FIRST_BACKOFF;
+            }
+        }
+        self.jobs.running.lock().remove(&image);
+        let _ = job.done.send(true);
+    }
+
+    /// Asks for `queue` in windowed batches; returns how many of its chunks
+    /// are held once it is through (fetched or already here).
+    async fn run_pass(self: &Arc<Self>, job: &Arc<Job>, queue: Vec<Item>) -> usize {
+        let started = Instant::now();
+        let mut pass =
+            Pass { window: Window::default(), stored: 1, raw_seen: 2, flying: 0, held: 0, profile_done: None };
+        let mut left_raw: u64 = queue.iter().map(|i| i.raw).sum();
+        job.chunks_left.store(queue.len() as u64, Ordering::Relaxed);
+        job.raw_left.store(left_raw, Ordering::Relaxed);
+        let mut in_flight: JoinSet<Asked> = JoinSet::new();
+        let mut next = 0usize;
+        let requests = self.config.background.requests.max(1);
+        let settle = |pass: &mut Pass, done: Option<Result<Asked, tokio::task::JoinError>>| {
+            if let Some(Ok(asked)) = done {
+                pass.answered(&asked);
+                job.answered(&asked.outcome, asked.raw);
+                self.metrics.background_chunks.inc_by(asked.outcome.fetched as u64);
+                self.metrics.background_bytes.inc_by(asked.outcome.bytes);
+                self.metrics.background_requests.inc_by(asked.outcome.requests as u64);
+            }
+        };
+        while next < queue.len() {
+            if self.is_stopping() || !self.jobs.running.lock().contains_key(&job.image) {
+                break;
+            }
+            let urgent = queue[next].profile || job.urgent.load(Ordering::Relaxed);
+            if !urgent {
+                self.yield_to_reads(job).await;
+            }
+            while !in_flight.is_empty() && (pass.flying >= pass.window.bytes() || in_flight.len() >= requests) {
+                let done = in_flight.join_next().await;
+                settle(&mut pass, done);
+            }
+            let ratio = pass.stored as f64 / pass.raw_seen as f64;
+            let mut batch = Vec::new();
+            let (mut batch_raw, mut batch_estimate) = (0u64, 0u64);
+            while let Some(item) = queue.get(next) {
+                if batch.len() == MAX_KEYS || batch_estimate >= pass.window.batch_bytes() {
+                    break;
+                }
+                if !batch.is_empty() && (item.profile || job.urgent.load(Ordering::Relaxed)) != urgent {
+                    break;
+                }
+                batch.push(item.id);
+                batch_raw += item.raw;
+                batch_estimate += ((item.raw as f64 * ratio) as u64).max(1);
+                next += 1;
+            }
+            left_raw = left_raw.saturating_sub(batch_raw);
+            job.chunks_left.store((queue.len() - next) as u64, Ordering::Relaxed);
+            job.raw_left.store(left_raw, Ordering::Relaxed);
+            if !urgent {
+                self.keep_to_cap(job, batch_estimate).await;
+            }
+            let profile = queue[next - 1].profile;
+            pass.flying += batch_estimate;
+            let node = self.clone();
+            in_flight.spawn(async move {
+                let outcome = node.fetcher.fetch_batch(batch, Priority::Prefetch, true).await;
+                if profile {
+                    node.metrics.prefetched_chunks.inc_by(outcome.fetched as u64);
+                }
+                Asked { outcome, raw: batch_raw, estimate: batch_estimate, profile }
+            });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            settle(&mut pass, Some(done));
+        }
+        if let Some(done) = pass.profile_done {
+            self.metrics.prefetch_seconds.inc_by(done.duration_since(started).as_secs_f64());
+        }
+        pass.held
+    }
+
+    /// Waits until no read has waited on peers for [`QUIET`].
+    async fn yield_to_reads(&self, job: &Job) {
+        loop {
+            let wait = match self.fetcher.demand().quiet_for(Instant::now()) {
+                Some(quiet) if quiet >= QUIET => break,
+                Some(quiet) => QUIET - quiet,
+                None => QUIET,
+            };
+            job.set_state(JobState::Paused);
+            tokio::time::sleep(wait).await;
+        }
+        job.set_state(JobState::Fetching);
+    }
+
+    /// Waits out the node's byte-rate cap for `bytes`.
+    async fn keep_to_cap(&self, job: &Job, bytes: u64) {
+        let Some(rate) = self.config.background.rate else { return };
+        let wait = self.jobs.cap.lock().get_or_insert_with(|| RateCap::new(rate)).take(bytes, Instant::now());
+        if !wait.is_zero() {
+            job.set_state(JobState::Capped);
+            tokio::time::sleep(wait).await;
+            job.set_state(JobState::Fetching);
+        }
+    }
+}
+
+/// A batch asked for: what it did, its chunks' uncompressed bytes, and the
+/// stored bytes it was reckoned at.
+struct Asked {
+    outcome: BatchOutcome,
+    raw: u64,
+    estimate: u64,
+    /// Chunks of the profile.
+    profile: bool,
+}
+
+/// One pass's reckoning.
+struct Pass {
+    window: Window,
+    /// Stored bytes per uncompressed byte, learnt as batches arrive.
+    stored: u64,
+    raw_seen: u64,
+    /// Reckoned stored bytes asked for and not yet answered.
+    flying: u64,
+    /// Chunks of the pass held now (fetched, or found here).
+    held: usize,
+    /// When the last batch of profile chunks was answered.
+    profile_done: Option<Instant>,
+}
+
+impl Pass {
+    fn answered(&mut self, asked: &Asked) {
+        self.flying = self.flying.saturating_sub(asked.estimate);
+        self.held += asked.outcome.fetched + asked.outcome.skipped;
+        if asked.outcome.fetched > 0 {
+            self.stored += asked.outcome.bytes;
+            self.raw_seen += asked.raw;
+        }
+        self.window.answered(asked.outcome.rtt);
+        if asked.profile {
+            self.profile_done = Some(Instant::now());
+        }
+    }
+}
+
+/// The chunks of `image` to fetch, in order: its profile's missing ones,
+/// then (when `whole`) every other missing chunk of its layers, bottom
+/// layer first, in index order; each once.
+fn queue(store: &Store, image: &ImageId, whole: bool) -> Result<Vec<Item>, StoreError> {
+    let Some(record) = store.image(image)? else { return Ok(Vec::new()) };
+    let mut lengths: HashMap<ChunkId, u64> = HashMap::new();
+    let mut in_order = Vec::new();
+    for layer in record.layers.iter().filter_map(|l| LayerId::from_slice(l).ok()) {
+        let index = store.layer_index(&layer)?;
+        for entry in &index.entries {
+            for chunk in &entry.chunks {
+                let Ok(id) = ChunkId::from_slice(&chunk.id) else { continue };
+                if lengths.insert(id, u64::from(chunk.length)).is_none() {
+                    in_order.push(id);
+                }
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for id in store.profile(image)?.unwrap_or_default() {
+        if let Some(raw) = lengths.get(&id) {
+            if seen.insert(id) && !store.has_chunk(&id)? {
+                out.push(Item { id, raw: *raw, profile: true });
+            }
+        }
+    }
+    if whole {
+        for id in in_order {
+            if seen.insert(id) && !store.has_chunk(&id)? {
+                out.push(Item { id, raw: lengths[&id], profile: false });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_window_grows_while_the_rtt_stays_near_its_least_and_shrinks_when_a_queue_builds() {
+        let mut w = Window::default();
+        assert_eq!(w.bytes(), FIRST_WINDOW);
+        w.answered(None);
+        assert_eq!(w.bytes(), FIRST_WINDOW, "no RTT known: unchanged");
+        // 150 ms path: a queue under a quarter of it is fine.
+        for _ in 0..4 {
+            w.answered(Some(150 * MS));
+        }
+        w.answered(Some(180 * MS));
+        let grown = w.bytes();
+        assert!(grown > FIRST_WINDOW * 2, "{grown}");
+        // 60 ms of queue on a 150 ms path: it shrinks, by a quarter.
+        w.answered(Some(210 * MS));
+        assert_eq!(w.bytes(), grown - grown / 4);
+        // A 1 ms path aims at MIN_QUEUE.
+        let mut w = Window::default();
+        w.answered(Some(MS));
+        w.answered(Some(4 * MS));
+        assert!(w.bytes() > FIRST_WINDOW);
+        w.answered(Some(6 * MS));
+        assert!(w.bytes() < FIRST_WINDOW * 5 / 4, "5 ms of queue on a 1 ms path: shrunk");
+        for _ in 0..100 {
+            w.answered(Some(50 * MS));
+        }
+        assert_eq!(w.bytes(), MIN_WINDOW, "never below the floor");
+        assert_eq!(w.batch_bytes(), MIN_WINDOW / BATCHES_PER_WINDOW);
+    }
+
+    #[test]
+    fn a_rate_cap_lets_a_second_of_bytes_through_then_paces() {
+        let start = Instant::now();
+        let mut cap = RateCap { rate: 1000.0, tokens: 1000.0, at: start };
+        assert_eq!(cap.take(1000, start), Duration::ZERO);
+        assert_eq!(cap.take(500, start), Duration::from_millis(500));
+        // A batch larger than a second's bytes is let through after its wait.
+        let later = start + Duration::from_secs(10);
+        assert_eq!(cap.take(3000, later), Duration::ZERO, "a full bucket holds the largest batch");
+    }
+}
