@@ -55,6 +55,16 @@ pub enum Command {
         /// Read the registry password from standard input (its first line).
         #[arg(long, requires = "username")]
         password_stdin: bool,
+        /// What the node fetches of this image beyond reads, from now on:
+        /// none, profile (its startup profile, ahead of reads) or all (then
+        /// the whole image once a container reads from it) [default: the
+        /// node's [node] background_fetch].
+        #[arg(long, value_name = "MODE")]
+        background_fetch: Option<strata_types::BackgroundFetch>,
+        /// Through a node: fetch every chunk of the image now, at full
+        /// speed, and return when it is whole (progress on a terminal).
+        #[arg(long)]
+        all: bool,
     },
     /// Push an image to a registry: each layer as the blob it was pulled as when
     /// the registry has it or mounts it, else its tar gzip-compressed
@@ -73,6 +83,9 @@ pub enum Command {
     },
     /// List images.
     Images,
+    /// Per image: how much is held here, and what the node is fetching of
+    /// it in the background (rate, time left).
+    Status,
     /// Show an image: config and layers.
     Inspect {
         /// Name, id or unique id prefix.

@@ -27,12 +27,16 @@ struct Cluster {
     certs: String,
 }
 
+/// Nodes that fetch what is read and startup profiles, nothing more: the
+/// lazy path alone (`background_fetch = "profile"`).
+const LAZY: [(&str, &str); 1] = [("STRATA_NODE__BACKGROUND_FETCH", "profile")];
+
 fn three_nodes() -> Cluster {
     let (a, b, c) = (Strata::new(), Strata::new(), Strata::new());
     let certs = certs(&a, &["node-a", "node-b", "node-c"]);
-    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
-    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
-    let node_c = Node::start(&c, "node-c", &certs, &[&node_a.addr], &[]);
+    let node_a = Node::start(&a, "node-a", &certs, &[], &LAZY);
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &LAZY);
+    let node_c = Node::start(&c, "node-c", &certs, &[&node_a.addr], &LAZY);
     for (s, others) in [(&a, ["node-b", "node-c"]), (&b, ["node-a", "node-c"]), (&c, ["node-a", "node-b"])] {
         wait_for("every node to see the other two", || {
             let alive = alive_peers(s);
@@ -201,7 +205,8 @@ fn an_image_pulled_lazily_exports_commits_and_inspects_like_a_local_one() {
     let (a, b) = (Strata::new(), Strata::new());
     let certs = certs(&a, &["node-a", "node-b"]);
     let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
-    let mut node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    // B fetches only what is read (no background fetch of the whole image).
+    let mut node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &LAZY);
     wait_for("B to see A", || alive_peers(&b).iter().any(|p| p == "node-a"));
     a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
 
@@ -232,7 +237,7 @@ fn an_image_pulled_lazily_exports_commits_and_inspects_like_a_local_one() {
     );
     assert!(!out.exists(), "no partial archive");
 
-    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &LAZY);
     wait_for("B to see A again", || alive_peers(&b).iter().any(|p| p == "node-a"));
 
     // With the node: commit of the writable layer (the copied-up file's
@@ -298,4 +303,45 @@ fn an_image_pulled_lazily_exports_commits_and_inspects_like_a_local_one() {
     b.ok(&["export", "sample:1", "-o", again.to_str().expect("utf-8")]);
     assert_eq!(ids(&again, "again:1"), ids(&from_a, "from-a:2"));
     drop(node_b);
+}
+
+/// `background_fetch = "all"` (the default): a container's first read of
+/// an image with no startup profile starts the fetch of the whole image,
+/// recorded in the store; a node killed before it asked anything resumes
+/// it when it starts again, with no read; the image then reads with its
+/// holder gone, and came in batches (far fewer requests than chunks).
+#[test]
+fn a_read_starts_the_whole_image_in_batches_and_a_restarted_node_resumes_it() {
+    let (a, b) = (Strata::new(), Strata::new());
+    let certs = certs(&a, &["node-a", "node-b"]);
+    let mut node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    let hold = [("STRATA_FAULT_HOLD_BACKGROUND", "1")];
+    let mut node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &hold);
+    wait_for("B to see A", || alive_peers(&b).iter().any(|p| p == "node-a"));
+    a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
+
+    let mnt = mount(&b, "sample:1", "mnt");
+    assert_eq!(std::fs::read(mnt.join("etc/hostname")).expect("read"), b"strata-demo-v2\n");
+    umount(&b, &mnt);
+    wait_for("B's whole-image fetch to start (held)", || node_b.log_text().contains("background fetch held"));
+    node_b.kill();
+    let missing = b.json(&["inspect", "sample:1"])["missing"]["chunks"].as_u64().expect("missing chunks");
+    assert!(missing > 0, "killed before it fetched the rest");
+
+    // Started again, nothing read: the fetch goes on where it stopped.
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    wait_for("B to hold the whole image", || {
+        b.json(&["inspect", "sample:1"])["missing"]["chunks"].as_u64() == Some(0)
+    });
+    wait_for("B's background fetch to end", || node_b.log_text().contains("background fetch done"));
+    assert!(node_b.log_text().contains("why=Resumed"), "{}", node_b.log_text());
+    let requests = node_b.metric("strata_background_fetch_requests_total");
+    let chunks = node_b.metric("strata_background_chunks_fetched_total");
+    assert!(requests >= 1.0 && requests * 4.0 <= chunks, "batched: {requests} requests for {chunks} chunks");
+
+    // A gone, B alone serves every byte of the image.
+    node_a.kill();
+    let mnt = mount(&b, "sample:1", "mnt2");
+    assert_eq!(std::fs::read(mnt.join("bin/app")).expect("read"), strata_sample::random_bytes(1, 300_000));
+    umount(&b, &mnt);
 }

@@ -123,6 +123,21 @@ impl BenchNode {
         }
     }
 
+    /// Waits until the node holds `image` whole (`strata inspect`: no chunk
+    /// missing); panics after ten minutes.
+    pub fn wait_whole(&self, image: &str) {
+        let until = Instant::now() + Duration::from_secs(600);
+        loop {
+            let out = strata(&self.data).args(["--json", "inspect", image]).output().expect("strata inspect");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if v["missing"]["chunks"].as_u64() == Some(0) {
+                return;
+            }
+            assert!(Instant::now() < until, "{} never held {image} whole", self.data.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Other members this node's gossip sees alive.
     pub fn alive_peers(&self) -> usize {
         let out = strata(&self.data).args(["--json", "peers"]).output().expect("strata peers");

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::json;
 use strata_control::{
     Collected, Committed, ImageDetails, ImageSummary, Imported, MemberState, Outcome, Peers, PullSource,
-    Removed, StoreStats,
+    Removed, Status, StoreStats,
 };
 
 use super::Ctx;
@@ -25,6 +25,7 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
             Outcome::Inspected(o) => ctx.print_json(&inspect_json(o)),
             Outcome::Stats(o) => ctx.print_json(o),
             Outcome::Pulled(o) => ctx.print_json(o),
+            Outcome::Status(o) => ctx.print_json(o),
         };
     }
     match outcome {
@@ -36,6 +37,7 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
         Outcome::Images(o) => images(o),
         Outcome::Inspected(o) => inspect(o),
         Outcome::Stats(o) => stats(o),
+        Outcome::Status(o) => status(o),
         Outcome::Pulled(o) => match &o.source {
             PullSource::Registry => {
                 println!("pulled {} ({})", o.name, o.manifest_digest);
@@ -116,6 +118,48 @@ fn peers(view: &Peers) {
         vec![m.name.clone(), m.addr.to_string(), state.into()]
     }));
     table(&["NODE", "ADDRESS", "STATE"], &rows);
+}
+
+/// `strata status`: one line per image; what the node fetches, when a
+/// node runs.
+fn status(s: &Status) {
+    if s.images.is_empty() {
+        println!("no images");
+        return;
+    }
+    let rows: Vec<Vec<String>> = s
+        .images
+        .iter()
+        .map(|i| {
+            let percent = if i.bytes == 0 { 100.0 } else { i.local_bytes as f64 * 100.0 / i.bytes as f64 };
+            let local = format!("{} of {} ({percent:.0}%)", bytes(i.local_bytes), bytes(i.bytes));
+            let mode = format!("{}{}", i.background_mode, if i.mode_set_by_pull { " (pull)" } else { "" });
+            let fetching = match &i.fetching {
+                None if i.local_chunks == i.chunks => "whole".to_owned(),
+                None if !s.node => "no node runs".to_owned(),
+                None => "idle".to_owned(),
+                Some(j) => {
+                    let what = if j.whole { "image" } else { "profile" };
+                    let speed = if j.urgent { "full speed" } else { "yielding to reads" };
+                    let eta = j.eta_seconds.map(|e| format!(", {} left", duration(e))).unwrap_or_default();
+                    format!("{} {what}, {speed}: {}/s{eta}", j.state, bytes(j.bytes_per_sec as u64))
+                }
+            };
+            let name = i.names.first().cloned().unwrap_or_else(|| i.image.short());
+            vec![name, i.image.short(), local, mode, fetching]
+        })
+        .collect();
+    table(&["NAME", "ID", "LOCAL", "BACKGROUND", "FETCHING"], &rows);
+}
+
+/// Seconds as people read them: "45 s", "3 min 20 s", "2 h 5 min".
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 fn images(list: &[ImageSummary]) {

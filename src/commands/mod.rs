@@ -28,12 +28,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import { file, names } => routed(&ctx, Routed::Import { file: absolute(&file)?, names }),
         // Listings are answered by the node when one runs: its store holds
         // what it fetched before that reaches the files a view reads.
-        Command::Pull { reference, platform, username, password_stdin } => {
+        Command::Pull { reference, platform, username, password_stdin, background_fetch, all } => {
             let credentials = match username {
                 Some(username) if password_stdin => Some((username, read_password()?)),
                 _ => None,
             };
-            routed(&ctx, Routed::Pull { reference, platform, credentials })
+            routed(&ctx, Routed::Pull { reference, platform, credentials, background: background_fetch, all })
         }
         Command::Push { image, reference, username, password_stdin } => {
             let credentials = match username {
@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             images::push(&ctx, &image, &reference, credentials)
         }
         Command::Images => routed(&ctx, Routed::Images),
+        Command::Status => routed(&ctx, Routed::Status),
         Command::Inspect { image } => routed(&ctx, Routed::Inspect { image }),
         Command::Export { image, output, compression } => images::export(&ctx, &image, &output, compression),
         Command::Rm { images } => routed(&ctx, Routed::Rm { images }),

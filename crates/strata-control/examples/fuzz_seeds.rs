@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Request::Chunk { id: ChunkId::of(b"c") },
         Request::Profile { image: ImageId::of(b"i"), chunks: vec![ChunkId::of(b"a"), ChunkId::of(b"b")] },
         Request::ChunkAhead { id: ChunkId::of(b"d") },
+        Request::Started { image: ImageId::of(b"i") },
         Request::MountStats {
             mountpoint: "/m".into(),
             pid: 7,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use strata_types::{ChunkId, ImageId, LayerId, ReadStats, Secret};
+use strata_types::{BackgroundFetch, ChunkId, ImageId, LayerId, ReadStats, Secret};
 
 /// A command run on the node's store for a caller (the node owns the store
 /// while it runs, so commands that change it go through here). Paths must
@@ -39,7 +39,19 @@ pub enum Command {
     /// machine's), credentials given on the command line (else the node's
     /// settings, docker's config, or none). Cancellable. (Not
     /// [`Request::Pull`], which takes an image's metadata from peers.)
-    Pull { reference: String, platform: Option<String>, credentials: Option<(String, Secret)> },
+    /// `background`: the image's background-fetch mode from now on (else
+    /// the node's setting); `all`: fetch every chunk now and return when
+    /// the image is whole (through a node; a registry pull is whole).
+    Pull {
+        reference: String,
+        platform: Option<String>,
+        credentials: Option<(String, Secret)>,
+        background: Option<BackgroundFetch>,
+        all: bool,
+    },
+    /// What is local of each image and what the node fetches (`strata
+    /// status`).
+    Status,
 }
 
 impl Command {
@@ -73,6 +85,10 @@ pub enum Request {
     /// `[mount] stats_interval_secs` and when it ends (`ended`), for the
     /// node's `/metrics`; answered by [`Reply::Recorded`].
     MountStats { mountpoint: PathBuf, pid: u32, image: String, stats: ReadStats, ended: bool },
+    /// A mount of `image` through the node went live (a container starts):
+    /// the node's background fetch of the image goes on past its profile
+    /// (`[node] background_fetch = "all"`). Answered by [`Reply::Recorded`].
+    Started { image: ImageId },
 }
 
 /// The node's answer to one [`Request`]. The first four variants keep the
@@ -135,6 +151,60 @@ pub enum Outcome {
     Stats(StoreStats),
     /// [`Command::Pull`].
     Pulled(Pulled),
+    /// [`Command::Status`].
+    Status(Status),
+}
+
+/// `strata status`: per image, what is held here and what the node is
+/// fetching of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Whether a node runs on the data dir (only a node fetches).
+    pub node: bool,
+    /// Every image, by its first name.
+    pub images: Vec<ImageStatus>,
+}
+
+/// One image's part of [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    pub image: ImageId,
+    pub names: Vec<String>,
+    /// Distinct chunks of its layers (their tar-splits' included) and
+    /// their bytes, uncompressed.
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Of those, held here.
+    pub local_chunks: u64,
+    pub local_bytes: u64,
+    /// The background-fetch mode in effect: the image's own (a pull set
+    /// it) or the node's.
+    pub background_mode: BackgroundFetch,
+    /// Whether the mode is the image's own.
+    pub mode_set_by_pull: bool,
+    /// The background fetch under way, if any.
+    pub fetching: Option<BackgroundJob>,
+}
+
+/// A background fetch under way.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackgroundJob {
+    /// "fetching", "paused" (reads wait), "capped" (rate cap), "retrying".
+    pub state: String,
+    /// Full speed (a profile, a first start, `pull --all`), else yielding.
+    pub urgent: bool,
+    /// The whole image, not only its startup profile.
+    pub whole: bool,
+    /// Chunks and stored bytes brought so far.
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks still to ask for, and their bytes uncompressed.
+    pub chunks_left: u64,
+    pub raw_bytes_left: u64,
+    /// Stored bytes per second lately.
+    pub bytes_per_sec: f64,
+    /// Seconds until done at that pace.
+    pub eta_seconds: Option<f64>,
 }
 
 /// A registry pull's result (`strata pull`).

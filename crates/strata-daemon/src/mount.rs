@@ -162,6 +162,16 @@ pub fn serve(dir: &DataDir, spec: &MountSpec) -> Result<()> {
     report.flush()?;
     detach_stdout()?;
     tracing::info!(mountpoint = %mountpoint.display(), image, "mount live");
+    if serving.through_node {
+        // A container starts: the node fetches the rest of the image in
+        // the background (its mode permitting).
+        if let Some(mut stream) = strata_control::connect(&ctx.path) {
+            let started = strata_control::Request::Started { image: serving.image_id };
+            if let Err(e) = strata_control::call(&mut stream, &started, Some(Duration::from_secs(5))) {
+                tracing::debug!(error = %e, "the node was not told of the mount");
+            }
+        }
+    }
     let profile = match (&serving.trace, serving.through_node) {
         (Some(trace), true) => {
             let window = Duration::from_secs_f64(ctx.settings.mount.profile_window_secs.max(0.0));

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use strata_control::{
-    Collected, Command, Committed, ImageDetails, ImageSummary, Imported, ImportedImage, LayerDetails, Member,
-    MemberState, Missing, Outcome, Peer, Peers, Progress, Removed, StoreStats,
+    BackgroundJob, Collected, Command, Committed, ImageDetails, ImageStatus, ImageSummary, Imported,
+    ImportedImage, LayerDetails, Member, MemberState, Missing, Outcome, Peer, Peers, Progress, Removed,
+    Status, StoreStats,
 };
 use strata_mount::{ChunkReader, UpperDir};
 use strata_store::{ImageId, ImageRecord, LayerId, Store};
@@ -39,10 +40,11 @@ pub fn execute(
         Command::Images => images(dir).map(Outcome::Images),
         Command::Inspect { image } => inspect(dir, &image).map(|d| Outcome::Inspected(Box::new(d))),
         Command::Stats => stats(dir).map(Outcome::Stats),
-        Command::Pull { reference, platform, credentials } => {
-            crate::pull::pull(dir, &reference, platform.as_deref(), credentials, progress, cancel)
-                .map(Outcome::Pulled)
+        Command::Pull { reference, platform, credentials, background, all } => {
+            let options = crate::pull::PullOptions { platform, credentials, background, all };
+            crate::pull::pull(dir, &reference, options, progress, cancel).map(Outcome::Pulled)
         }
+        Command::Status => status(dir).map(Outcome::Status),
     }
 }
 
@@ -276,6 +278,51 @@ pub fn images(dir: &DataDir) -> Result<Vec<ImageSummary>> {
         });
     }
     Ok(out)
+}
+
+/// `strata status`: per image, what is held here (from the store), the
+/// background-fetch mode in effect and, with a node, its fetch under way.
+pub fn status(dir: &DataDir) -> Result<Status> {
+    let store = dir.read_store()?;
+    let jobs: std::collections::HashMap<ImageId, strata_node::JobStatus> = dir
+        .node
+        .as_ref()
+        .map(|node| node.background_status().into_iter().map(|j| (j.image, j)).collect())
+        .unwrap_or_default();
+    let default_mode =
+        dir.node.as_ref().map_or(dir.settings.node.background_fetch, |n| n.background_default());
+    let mut by_id: std::collections::BTreeMap<ImageId, (Vec<String>, ImageRecord)> = Default::default();
+    for image in store.images()? {
+        by_id.entry(image.id).or_insert_with(|| (Vec::new(), image.record)).0.push(image.name);
+    }
+    let mut images = Vec::new();
+    for (id, (names, record)) in by_id {
+        let holding = store.holding(&record)?;
+        let state = store.fetch_state(&id)?;
+        images.push(ImageStatus {
+            image: id,
+            names,
+            chunks: holding.chunks,
+            bytes: holding.bytes,
+            local_chunks: holding.local_chunks,
+            local_bytes: holding.local_bytes,
+            background_mode: state.mode.unwrap_or(default_mode),
+            mode_set_by_pull: state.mode.is_some(),
+            fetching: jobs.get(&id).map(|j| BackgroundJob {
+                state: j.state.as_str().to_owned(),
+                urgent: j.urgent,
+                whole: j.whole,
+                chunks: j.chunks,
+                bytes: j.bytes,
+                chunks_left: j.chunks_left,
+                raw_bytes_left: j.raw_bytes_left,
+                bytes_per_sec: j.rate,
+                eta_seconds: j.eta_seconds,
+            }),
+        });
+    }
+    images.sort_by(|a, b| a.names.first().cmp(&b.names.first()));
+    Ok(Status { node: dir.node.is_some(), images })
 }
 
 /// `strata inspect`: an image by name, id or unique id prefix.

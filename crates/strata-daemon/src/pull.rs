@@ -28,26 +28,45 @@ use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
 use crate::ops::{imported, Reporter};
 
+/// How often `pull --all` reports progress and asks whether it was cancelled.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How often a pull waiting on the cluster asks whether it was cancelled.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How a pull goes beyond the reference.
+#[derive(Default)]
+pub struct PullOptions {
+    /// `OS/ARCH[/VARIANT]` (default: this machine's).
+    pub platform: Option<String>,
+    /// Given on the command line (else the settings', else docker's).
+    pub credentials: Option<(String, strata_types::Secret)>,
+    /// The image's background-fetch mode from now on (else the node's).
+    pub background: Option<strata_types::BackgroundFetch>,
+    /// Fetch every chunk now, returning when the image is whole.
+    pub all: bool,
+}
 
 /// `strata pull REF` on `dir`: through the node when `dir` is the node's
 /// (see the module's doc), else straight from the registry. Credentials
 /// from the caller, else the settings' `[registry.auth]`, else docker's
-/// config.
+/// config. Through a node, `options.background` is kept for the image and
+/// `options.all` fetches all of it now (progress as one layer named by
+/// the image id; cancelling leaves the node fetching in the background).
 ///
 /// Errors: a bad reference or platform; the registry's refusals
-/// (unauthorized, not found, …); [`Error::Cancelled`].
+/// (unauthorized, not found, …); [`Error::Cancelled`]; with `all`, chunks
+/// no peer gave (the node goes on trying).
 pub fn pull(
     dir: &DataDir,
     reference: &str,
-    platform: Option<&str>,
-    credentials: Option<(String, strata_types::Secret)>,
+    options: PullOptions,
     progress: &(dyn Fn(Progress) + Sync),
     cancel: &Cancel,
 ) -> Result<Pulled> {
+    let PullOptions { platform, credentials, background, all } = options;
     let image = ImageRef::parse(reference)?;
-    let platform = platform.map(Platform::parse).transpose()?.unwrap_or_else(Platform::host);
+    let platform = platform.as_deref().map(Platform::parse).transpose()?.unwrap_or_else(Platform::host);
     let explicit = credentials.map(|(username, password)| Credentials::Basic { username, password });
     let credentials = Credentials::lookup(image.registry(), explicit, &dir.settings.registry.auth)?;
     let registry = Registry::new(&dir.settings.registry, &image, &credentials)?;
@@ -61,16 +80,28 @@ pub fn pull(
         }
     };
     let puller = Puller { dir, runtime, registry, image, progress, cancel };
+    let puller = &puller;
     let result = match &dir.node {
         Some(node) => puller.through_node(node, &platform),
         None => puller.resolve(&platform).and_then(|resolved| puller.pull_registry(&resolved)),
     };
-    match result {
+    let pulled = match result {
         Err(Error::Registry(RegistryError::Import {
             source: strata_oci::ImportError::Cancelled, ..
-        })) => Err(Error::Cancelled),
-        other => other,
+        })) => return Err(Error::Cancelled),
+        other => other?,
+    };
+    if let (Some(node), Some(pulled_image)) = (&dir.node, pulled.imported.images.first()) {
+        let id = pulled_image.id;
+        if let Some(mode) = background {
+            let state = node.store().fetch_state(&id)?;
+            node.store().put_fetch_state(&id, strata_store::FetchState { mode: Some(mode), ..state })?;
+        }
+        if all {
+            puller.fetch_whole(node, id)?;
+        }
     }
+    Ok(pulled)
 }
 
 struct Puller<'a> {
@@ -172,6 +203,58 @@ impl Puller<'_> {
                 Ok(pulled)
             }
         }
+    }
+
+    /// Every chunk of `id` now, through the node's background fetch at full
+    /// speed; progress as one layer (the image id) of its missing bytes.
+    fn fetch_whole(&self, node: &Arc<Node>, id: ImageId) -> Result<()> {
+        let store = node.store().clone();
+        let record = store.image(&id)?.ok_or_else(|| Error::Refused(format!("image {id} vanished")))?;
+        let before = store.holding(&record)?;
+        if before.whole() {
+            return Ok(());
+        }
+        let member = id.to_string();
+        let missing = before.bytes - before.local_bytes;
+        (self.progress)(Progress::Start { total_bytes: missing });
+        (self.progress)(Progress::Layer { member: member.clone(), size: missing });
+        let mut reported = 0u64;
+        let report = |reported: &mut u64| {
+            let left = node.background_status().into_iter().find(|j| j.image == id).map(|j| j.raw_bytes_left);
+            let done = missing.saturating_sub(left.unwrap_or(0));
+            if done > *reported {
+                (self.progress)(Progress::Advance { member: member.clone(), bytes: done - *reported });
+                *reported = done;
+            }
+        };
+        self.runtime.block_on(async {
+            let whole = node.fetch_whole(id);
+            tokio::pin!(whole);
+            loop {
+                tokio::select! {
+                    done = &mut whole => return done.map_err(Error::from),
+                    () = tokio::time::sleep(PROGRESS_EVERY) => {
+                        if self.cancel.is_cancelled() {
+                            return Err(Error::Cancelled);
+                        }
+                        report(&mut reported);
+                    }
+                }
+            }
+        })?;
+        let after = store.holding(&record)?;
+        if !after.whole() {
+            return Err(Error::Refused(format!(
+                "{} of {} chunks of image {id} could not be fetched from any node; the node goes on trying (strata status)",
+                after.chunks - after.local_chunks,
+                after.chunks
+            )));
+        }
+        if missing > reported {
+            (self.progress)(Progress::Advance { member: member.clone(), bytes: missing - reported });
+        }
+        (self.progress)(Progress::LayerDone { member });
+        Ok(())
     }
 
     /// The live nodes other than this one that announce `name` whole.
@@ -296,7 +379,7 @@ pub fn ensure_known(ctx: &DataDir, image: &str) -> Result<bool> {
         return Err(missing.into());
     }
     tracing::info!(image, "not in the store: pulling it from its registry");
-    match pull(ctx, image, None, None, &|_| {}, &Cancel::new()) {
+    match pull(ctx, image, PullOptions::default(), &|_| {}, &Cancel::new()) {
         Ok(_) => Ok(false),
         Err(e) => Err(Error::Refused(format!("{missing}; from its registry: {}", crate::error::chain(&e)))),
     }

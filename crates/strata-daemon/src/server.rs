@@ -370,6 +370,10 @@ async fn answer(control: &Arc<Control>, request: Request) -> Reply {
         Request::Run { .. } | Request::MountStats { .. } => {
             Reply::Failed { error: "answered by the connection's task".into() }
         }
+        Request::Started { image } => {
+            node.start_background(image, strata_node::Start::Read);
+            Reply::Recorded
+        }
         Request::Pull { reference } => match node.pull_image(&stored_name(node, &reference).await).await {
             Ok(id) => Reply::Pulled { image: id },
             // Neither here nor announced by name in the cluster: a registry
@@ -380,7 +384,7 @@ async fn answer(control: &Arc<Control>, request: Request) -> Reply {
                 let span = tracing::info_span!("pull", reference = %reference);
                 let pulled = tokio::task::spawn_blocking(move || {
                     let _span = span.entered();
-                    crate::pull::pull(&control.dir, &reference, None, None, &|_| {}, &cancel)
+                    crate::pull::pull(&control.dir, &reference, Default::default(), &|_| {}, &cancel)
                 })
                 .await;
                 match pulled {

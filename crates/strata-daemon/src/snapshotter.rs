@@ -86,7 +86,7 @@ impl Layers for NodeLayers {
         // The registry issue's path: the cluster first (metadata only), the
         // registry once for the cluster otherwise.
         tracing::info!(chain = chain_id, image = %reference, "pulling the image's metadata for its layer chain");
-        crate::pull::pull(&self.dir, reference, None, None, &|_| {}, &Cancel::new())
+        crate::pull::pull(&self.dir, reference, Default::default(), &|_| {}, &Cancel::new())
             .map_err(|e| format!("pulling {reference}: {}", crate::error::chain(&e)))?;
         self.in_store(&chain)
     }

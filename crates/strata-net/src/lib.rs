@@ -342,7 +342,11 @@ impl Pool {
 
     /// Sends `request` to `addr`; its reply is read frame by frame as it
     /// arrives ([`ReplyStream`]).
-    pub async fn request_stream(&self, addr: SocketAddr, request: &PeerRequest) -> Result<ReplyStream, NetError> {
+    pub async fn request_stream(
+        &self,
+        addr: SocketAddr,
+        request: &PeerRequest,
+    ) -> Result<ReplyStream, NetError> {
         let connection = self.get(addr).await?;
         self::request_stream(&connection, request).await
     }

@@ -177,13 +177,19 @@ impl<K: Eq + Hash + Clone, T: Clone> Flights<K, T> {
     /// flight and does not wait). When a demand caller raises the flight,
     /// its key goes to `on_raise`, which must have room for one key per
     /// flight the batch leads.
-    pub fn lead(self: &Arc<Self>, key: K, priority: Priority, on_raise: &mpsc::Sender<K>) -> Option<Leader<K, T>> {
+    pub fn lead(
+        self: &Arc<Self>,
+        key: K,
+        priority: Priority,
+        on_raise: &mpsc::Sender<K>,
+    ) -> Option<Leader<K, T>> {
         let mut waiting = self.waiting.lock();
         if waiting.contains_key(&key) {
             return None;
         }
         let (priority, raised) = watch::channel(priority);
-        waiting.insert(key.clone(), Flight { callers: Vec::new(), priority, on_raise: Some(on_raise.clone()) });
+        waiting
+            .insert(key.clone(), Flight { callers: Vec::new(), priority, on_raise: Some(on_raise.clone()) });
         Some(Leader { flights: self.clone(), key: Some(key), priority: raised })
     }
 

@@ -32,8 +32,8 @@ pub mod throttle;
 
 pub use directory::Holder;
 pub use fetch::{FetchError, PeerFailure};
-pub use handler::{NodeHandler, StoreHandler};
 pub use fetcher::BatchOutcome;
+pub use handler::{NodeHandler, StoreHandler};
 pub use node::{
     chain_key, name_key, BackgroundConfig, ClaimGuard, Claimed, ImageCheck, JobState, JobStatus, Node,
     NodeConfig, Start, Window,

@@ -9,6 +9,12 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// A background fetch's state (`fetching`, `paused`, `capped`, `retrying`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FromLabel {
     /// `complete` (a node holding the whole layer: the origin role),
@@ -36,6 +42,10 @@ pub struct Metrics {
     pub background_chunks: Counter,
     pub background_bytes: Counter,
     pub background_requests: Counter,
+    /// Set at each scrape from the jobs under way.
+    pub background_jobs: Family<StateLabel, Gauge>,
+    pub background_raw_bytes_left: Gauge,
+    pub background_rate: Gauge<f64, AtomicU64>,
     pub profiles_kept: Counter,
     pub members_live: Gauge,
     /// Image pulls on this node waiting on another pull of the same image
@@ -65,6 +75,9 @@ impl Metrics {
             background_chunks: Counter::default(),
             background_bytes: Counter::default(),
             background_requests: Counter::default(),
+            background_jobs: Family::default(),
+            background_raw_bytes_left: Gauge::default(),
+            background_rate: Gauge::default(),
             profiles_kept: Counter::default(),
             members_live: Gauge::default(),
             claims_waiting: Gauge::default(),
@@ -133,6 +146,21 @@ impl Metrics {
             "background_fetch_requests",
             "Batch requests background fetching made (each asks one peer for many chunks)",
             m.background_requests.clone(),
+        );
+        registry.register(
+            "background_fetches",
+            "Images being fetched in the background, by state",
+            m.background_jobs.clone(),
+        );
+        registry.register(
+            "background_raw_bytes_left",
+            "Uncompressed bytes background fetches have still to ask for",
+            m.background_raw_bytes_left.clone(),
+        );
+        registry.register(
+            "background_bytes_per_second",
+            "Stored bytes per second background fetches brought lately, all images together",
+            m.background_rate.clone(),
         );
         registry.register(
             "profiles_kept",

@@ -198,6 +198,17 @@ impl Node {
 
     pub fn metrics_text(&self) -> String {
         self.metrics.members_live.set(self.locator.live_count() as i64);
+        let jobs = self.background_status();
+        self.metrics.background_jobs.clear();
+        for state in [JobState::Fetching, JobState::Paused, JobState::Capped, JobState::Retrying] {
+            let n = jobs.iter().filter(|j| j.state == state).count();
+            self.metrics
+                .background_jobs
+                .get_or_create(&crate::metrics::StateLabel { state: state.as_str() })
+                .set(n as i64);
+        }
+        self.metrics.background_raw_bytes_left.set(jobs.iter().map(|j| j.raw_bytes_left as i64).sum());
+        self.metrics.background_rate.set(jobs.iter().map(|j| j.rate).sum());
         self.metrics.encode()
     }
 

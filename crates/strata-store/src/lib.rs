@@ -40,7 +40,7 @@ pub use fetch_state::FetchState;
 pub use gc::GcReport;
 pub use query::{ImageEntry, LayerEntry, RemoveOutcome};
 pub use source::{ChunkSource, SourceError, StoreSource};
-pub use stats::StoreStats;
+pub use stats::{Holding, StoreStats};
 pub use store::{OpenMode, Store};
 pub use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord, SnapshotRecord};
 

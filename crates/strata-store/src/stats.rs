@@ -125,3 +125,57 @@ impl Store {
 pub(crate) fn hex_key(key: &[u8]) -> String {
     hex::encode(key)
 }
+
+/// How much of an image this store holds: the distinct chunks of its
+/// layers' indexes and tar-splits, and their uncompressed bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holding {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub local_chunks: u64,
+    pub local_bytes: u64,
+}
+
+impl Holding {
+    /// Whether every chunk is here.
+    pub fn whole(&self) -> bool {
+        self.local_chunks == self.chunks
+    }
+}
+
+impl Store {
+    /// How much of the image `record` names is held here. Reads every
+    /// layer's index: O(chunks of the image).
+    pub fn holding(&self, record: &crate::ImageRecord) -> Result<Holding, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut holding = Holding::default();
+        let mut count = |id: &[u8], length: u32, holding: &mut Holding| -> Result<(), StoreError> {
+            let id = strata_types::ChunkId::from_slice(id)
+                .map_err(|e| StoreError::Corrupt(format!("a chunk id: {e}")))?;
+            if seen.insert(id) {
+                holding.chunks += 1;
+                holding.bytes += u64::from(length);
+                if self.has_chunk(&id)? {
+                    holding.local_chunks += 1;
+                    holding.local_bytes += u64::from(length);
+                }
+            }
+            Ok(())
+        };
+        for layer in &record.layers {
+            let layer = strata_types::LayerId::from_slice(layer)
+                .map_err(|e| StoreError::Corrupt(format!("layer id: {e}")))?;
+            for entry in &self.layer_index(&layer)?.entries {
+                for chunk in &entry.chunks {
+                    count(&chunk.id, chunk.length, &mut holding)?;
+                }
+            }
+            for split in self.layer(&layer)?.map(|r| r.tar_splits).unwrap_or_default() {
+                for chunk in split.blob.iter().chain(&split.extra_chunks) {
+                    count(&chunk.id, chunk.length, &mut holding)?;
+                }
+            }
+        }
+        Ok(holding)
+    }
+}

@@ -29,7 +29,7 @@ use strata_wire::{PeerRequest, Priority, MAX_KEYS};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::Fetcher;
+use super::{Fetcher, NO_HOLDER_RETRY};
 use crate::directory::Holder;
 use crate::fetch::{Leader, PeerFailure};
 
@@ -87,7 +87,12 @@ impl Fetcher {
     /// at a time. `relay`: whether chunks may be asked of a relay (false
     /// when this node is itself relaying). Returns when every chunk it led
     /// is stored or given up.
-    pub async fn fetch_batch(self: &Arc<Self>, ids: Vec<ChunkId>, priority: Priority, relay: bool) -> BatchOutcome {
+    pub async fn fetch_batch(
+        self: &Arc<Self>,
+        ids: Vec<ChunkId>,
+        priority: Priority,
+        relay: bool,
+    ) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let (raise_tx, mut raises) = mpsc::channel(ids.len().max(1));
         let pending = match self.lead_batch(ids, priority, relay, &raise_tx, &mut outcome).await {
@@ -179,18 +184,33 @@ impl Fetcher {
     ) -> Result<PendingMap, String> {
         let held = self.store.held(ids.clone()).await?;
         let before = ids.len();
-        let ids: Vec<ChunkId> = ids.into_iter().zip(held).filter(|(_, held)| !held).map(|(id, _)| id).collect();
+        let ids: Vec<ChunkId> =
+            ids.into_iter().zip(held).filter(|(_, held)| !held).map(|(id, _)| id).collect();
         outcome.skipped += before - ids.len();
         let layers = self.store.layers_of_each(ids.clone()).await?;
-        let penalised_addrs = self.penalties.penalised(Instant::now());
         let mut by_layer: HashMap<LayerId, Vec<Holder>> = HashMap::new();
+        // Holders are found through the directory, which fills within
+        // moments of a start or a membership change: with none for any
+        // chunk, asked again until the deadline.
+        let until = tokio::time::Instant::now() + self.deadline;
+        loop {
+            for layer in layers.iter().flatten() {
+                if !by_layer.contains_key(layer) {
+                    by_layer.insert(*layer, self.holders.holders(layer).await);
+                }
+            }
+            let found = by_layer.values().flatten().any(|h| NodeId::of(h.node.as_bytes()) != self.me);
+            if found || tokio::time::Instant::now() + NO_HOLDER_RETRY >= until {
+                break;
+            }
+            tokio::time::sleep(NO_HOLDER_RETRY).await;
+            by_layer.clear();
+        }
+        let penalised_addrs = self.penalties.penalised(Instant::now());
         let mut pending = HashMap::new();
         for (id, layers) in ids.into_iter().zip(layers) {
             let mut holders: HashMap<NodeId, Holder> = HashMap::new();
             for layer in &layers {
-                if !by_layer.contains_key(layer) {
-                    by_layer.insert(*layer, self.holders.holders(layer).await);
-                }
                 for h in by_layer.get(layer).into_iter().flatten() {
                     let entry = holders.entry(NodeId::of(h.node.as_bytes())).or_insert_with(|| h.clone());
                     entry.complete |= h.complete;
@@ -256,12 +276,14 @@ impl Fetcher {
         };
         let mut asked: HashSet<ChunkId> = ids.into_iter().collect();
         let (mut fetched, mut bytes) = (0, 0);
+        let sent = Instant::now();
         let failure = async {
             let mut decoder =
                 ChunkDecoder::new().map_err(|e| PeerFailure::Network(format!("a chunk decoder: {e}")))?;
             let silent = || PeerFailure::Silent(self.deadline);
             let reply = tokio::time::timeout(self.deadline, self.peers.request_stream(holder.addr, &request));
-            let mut reply = reply.await.map_err(|_| silent())?.map_err(|e| PeerFailure::Network(e.to_string()))?;
+            let mut reply =
+                reply.await.map_err(|_| silent())?.map_err(|e| PeerFailure::Network(e.to_string()))?;
             loop {
                 let frame = tokio::time::timeout(self.deadline, reply.next()).await.map_err(|_| silent())?;
                 let kind = match frame.map_err(|e| PeerFailure::Network(e.to_string()))? {
@@ -271,7 +293,9 @@ impl Fetcher {
                 let chunk = match kind {
                     Some(Kind::Chunk(chunk)) => chunk,
                     Some(Kind::End(_)) => return Ok(()),
-                    Some(Kind::Error(e)) => return Err(PeerFailure::Refused { code: e.code, message: e.message }),
+                    Some(Kind::Error(e)) => {
+                        return Err(PeerFailure::Refused { code: e.code, message: e.message })
+                    }
                     other => return Err(PeerFailure::Unexpected(format!("{other:?}"))),
                 };
                 let id = ChunkId::from_slice(&chunk.id)
@@ -285,6 +309,11 @@ impl Fetcher {
                 let Some(entry) = pending.lock().remove(&id) else { continue };
                 fetched += 1;
                 bytes += chunk.stored.len() as u64;
+                let seconds = sent.elapsed().as_secs_f64();
+                self.metrics
+                    .fetch_seconds
+                    .get_or_create(&crate::metrics::FromLabel { from })
+                    .observe(seconds);
                 self.keep(id, &chunk.stored, &entry.layers, from).await;
                 if let Some(leader) = entry.leader {
                     leader.finish(Ok(Arc::new(chunk.stored)));

@@ -140,7 +140,8 @@ impl RateCap {
     /// Takes `bytes`; returns how long to wait before sending them.
     fn take(&mut self, bytes: u64, now: Instant) -> Duration {
         let burst = self.rate.max(bytes as f64);
-        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(burst);
+        self.tokens =
+            (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(burst);
         self.at = now;
         self.tokens -= bytes as f64;
         if self.tokens >= 0.0 {
@@ -163,6 +164,17 @@ pub enum JobState {
     Capped,
     /// Waiting before another pass (what was left failed).
     Retrying,
+}
+
+impl JobState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Fetching => "fetching",
+            JobState::Paused => "paused",
+            JobState::Capped => "capped",
+            JobState::Retrying => "retrying",
+        }
+    }
 }
 
 /// One image's background fetch, as `strata status` shows it.
@@ -419,6 +431,11 @@ impl Node {
         }
     }
 
+    /// The background-fetch mode of images whose pull set none.
+    pub fn background_default(&self) -> BackgroundFetch {
+        self.config.background.mode
+    }
+
     /// What the background jobs are doing.
     pub fn background_status(&self) -> Vec<JobStatus> {
         let mut jobs: Vec<JobStatus> = self.jobs.running.lock().values().map(|j| j.status()).collect();
@@ -441,6 +458,13 @@ impl Node {
 
     async fn run_job(self: Arc<Self>, job: Arc<Job>) {
         let image = job.image;
+        // Test builds: a whole-image fetch that holds still once recorded
+        // as started, so a test can kill the node before it asks anything.
+        #[cfg(feature = "fault-injection")]
+        if job.whole.load(Ordering::Relaxed) && std::env::var_os("STRATA_FAULT_HOLD_BACKGROUND").is_some() {
+            tracing::info!(%image, "background fetch held (fault injection)");
+            std::future::pending::<()>().await;
+        }
         let mut backoff = FIRST_BACKOFF;
         loop {
             let whole = job.whole.load(Ordering::Relaxed);
@@ -500,8 +524,14 @@ impl Node {
     /// are held once it is through (fetched or already here).
     async fn run_pass(self: &Arc<Self>, job: &Arc<Job>, queue: Vec<Item>) -> usize {
         let started = Instant::now();
-        let mut pass =
-            Pass { window: Window::default(), stored: 1, raw_seen: 2, flying: 0, held: 0, profile_done: None };
+        let mut pass = Pass {
+            window: Window::default(),
+            stored: 1,
+            raw_seen: 2,
+            flying: 0,
+            held: 0,
+            profile_done: None,
+        };
         let mut left_raw: u64 = queue.iter().map(|i| i.raw).sum();
         job.chunks_left.store(queue.len() as u64, Ordering::Relaxed);
         job.raw_left.store(left_raw, Ordering::Relaxed);
@@ -525,7 +555,8 @@ impl Node {
             if !urgent {
                 self.yield_to_reads(job).await;
             }
-            while !in_flight.is_empty() && (pass.flying >= pass.window.bytes() || in_flight.len() >= requests) {
+            while !in_flight.is_empty() && (pass.flying >= pass.window.bytes() || in_flight.len() >= requests)
+            {
                 let done = in_flight.join_next().await;
                 settle(&mut pass, done);
             }
@@ -637,19 +668,32 @@ impl Pass {
 
 /// The chunks of `image` to fetch, in order: its profile's missing ones,
 /// then (when `whole`) every other missing chunk of its layers, bottom
-/// layer first, in index order; each once.
+/// layer first, in index order, then their tar-splits' (export and push
+/// rebuild the layer tars from them); each once.
 fn queue(store: &Store, image: &ImageId, whole: bool) -> Result<Vec<Item>, StoreError> {
     let Some(record) = store.image(image)? else { return Ok(Vec::new()) };
     let mut lengths: HashMap<ChunkId, u64> = HashMap::new();
     let mut in_order = Vec::new();
-    for layer in record.layers.iter().filter_map(|l| LayerId::from_slice(l).ok()) {
-        let index = store.layer_index(&layer)?;
-        for entry in &index.entries {
+    let mut add = |id: &[u8], length: u32| {
+        if let Ok(id) = ChunkId::from_slice(id) {
+            if lengths.insert(id, u64::from(length)).is_none() {
+                in_order.push(id);
+            }
+        }
+    };
+    let layers: Vec<LayerId> = record.layers.iter().filter_map(|l| LayerId::from_slice(l).ok()).collect();
+    for layer in &layers {
+        for entry in &store.layer_index(layer)?.entries {
             for chunk in &entry.chunks {
-                let Ok(id) = ChunkId::from_slice(&chunk.id) else { continue };
-                if lengths.insert(id, u64::from(chunk.length)).is_none() {
-                    in_order.push(id);
-                }
+                add(&chunk.id, chunk.length);
+            }
+        }
+    }
+    // Last, what only export and push read: the layers' tar-splits.
+    for layer in &layers {
+        for split in store.layer(layer)?.map(|r| r.tar_splits).unwrap_or_default() {
+            for chunk in split.blob.iter().chain(&split.extra_chunks) {
+                add(&chunk.id, chunk.length);
             }
         }
     }

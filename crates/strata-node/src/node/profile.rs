@@ -11,7 +11,6 @@ use strata_wire::PeerRequest;
 
 use super::{Node, NodeError};
 
-
 impl Node {
     /// Keeps `chunks` as `image`'s startup profile unless it has one (only
     /// chunks of the image's layers). Returns the profile kept, if it was.
