@@ -5,6 +5,7 @@
 
 mod common;
 
+mod cache_cli;
 mod cert_cli;
 mod cluster_cli;
 mod compose;

@@ -123,6 +123,10 @@ fn peers(view: &Peers) {
 /// `strata status`: one line per image; what the node fetches, when a
 /// node runs.
 fn status(s: &Status) {
+    match s.max_bytes {
+        Some(max) => println!("store: {} of chunks, cap {}", bytes(s.stored_bytes), bytes(max)),
+        None => println!("store: {} of chunks, no cap", bytes(s.stored_bytes)),
+    }
     if s.images.is_empty() {
         println!("no images");
         return;
@@ -146,10 +150,15 @@ fn status(s: &Status) {
                 }
             };
             let name = i.names.first().cloned().unwrap_or_else(|| i.image.short());
-            vec![name, i.image.short(), local, mode, fetching]
+            let cache = match (i.pinned, i.mounted) {
+                (true, _) => "pinned",
+                (false, true) => "mounted",
+                (false, false) => "evictable",
+            };
+            vec![name, i.image.short(), local, mode, fetching, cache.to_owned()]
         })
         .collect();
-    table(&["NAME", "ID", "LOCAL", "BACKGROUND", "FETCHING"], &rows);
+    table(&["NAME", "ID", "LOCAL", "BACKGROUND", "FETCHING", "CACHE"], &rows);
 }
 
 /// Seconds as people read them: "45 s", "3 min 20 s", "2 h 5 min".

@@ -163,6 +163,10 @@ pub struct Status {
     pub node: bool,
     /// Every image, by its first name.
     pub images: Vec<ImageStatus>,
+    /// The store's chunk bytes as kept (compressed), and the cap on them
+    /// (`[cache] max_bytes`; `None`: no cap).
+    pub stored_bytes: u64,
+    pub max_bytes: Option<u64>,
 }
 
 /// One image's part of [`Status`].
@@ -184,6 +188,14 @@ pub struct ImageStatus {
     pub mode_set_by_pull: bool,
     /// The background fetch under way, if any.
     pub fetching: Option<BackgroundJob>,
+    /// Imported or committed here: never evicted.
+    pub pinned: bool,
+    /// A live mount uses it: not evicted while it does.
+    pub mounted: bool,
+    /// When it was last used (pulled, started, fetched into), seconds
+    /// since the Unix epoch; 0 if never recorded. The cache evicts the
+    /// least recently used first.
+    pub last_used: u64,
 }
 
 /// A background fetch under way.

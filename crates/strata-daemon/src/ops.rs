@@ -100,7 +100,17 @@ pub fn import(
         Err(strata_oci::ImportError::Cancelled) => return Err(Error::Cancelled),
         other => other.with_context(|| format!("importing {}", file.display()))?,
     };
+    pin(&store, report.images.iter().map(|i| i.id))?;
     Ok(imported(report))
+}
+
+/// Pins images made here (imported, committed): perhaps the only copy in
+/// the cluster, the cache never evicts them (`strata rm` does).
+pub(crate) fn pin(store: &Store, images: impl IntoIterator<Item = ImageId>) -> Result<()> {
+    for image in images {
+        store.update_fetch_state(&image, |s| s.pinned = true)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn imported(report: strata_oci::ImportReport) -> Imported {
@@ -218,6 +228,7 @@ pub fn commit(
         crate::pipe::PipeError::Writer(e) => Error::Refused(e),
         crate::pipe::PipeError::Reader(e) => Error::from(e),
     })?;
+    pin(&store, [committed.id])?;
     Ok(Committed {
         id: committed.id,
         names: committed.names,
@@ -295,6 +306,8 @@ pub fn status(dir: &DataDir) -> Result<Status> {
     for image in store.images()? {
         by_id.entry(image.id).or_insert_with(|| (Vec::new(), image.record)).0.push(image.name);
     }
+    let mounted: std::collections::HashSet<String> =
+        crate::mount::mounted_image_ids(&dir.path)?.into_iter().map(|(id, _)| id).collect();
     let mut images = Vec::new();
     for (id, (names, record)) in by_id {
         let holding = store.holding(&record)?;
@@ -319,10 +332,18 @@ pub fn status(dir: &DataDir) -> Result<Status> {
                 bytes_per_sec: j.rate,
                 eta_seconds: j.eta_seconds,
             }),
+            pinned: state.pinned,
+            mounted: mounted.contains(&id.to_hex()),
+            last_used: state.last_used,
         });
     }
     images.sort_by(|a, b| a.names.first().cmp(&b.names.first()));
-    Ok(Status { node: dir.node.is_some(), images })
+    Ok(Status {
+        node: dir.node.is_some(),
+        images,
+        stored_bytes: store.stored_bytes()?,
+        max_bytes: Some(dir.settings.cache.max_bytes).filter(|b| *b > 0),
+    })
 }
 
 /// `strata inspect`: an image by name, id or unique id prefix.

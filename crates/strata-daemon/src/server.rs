@@ -107,6 +107,31 @@ async fn resolve(what: &str, addr: &str, patience: Duration) -> Result<SocketAdd
     }
 }
 
+/// The node's cache settings, checked.
+///
+/// Errors: watermarks not within 0 < low < high <= 1; negative or
+/// non-finite seconds.
+fn cache_config(cache: &crate::settings::CacheSettings) -> Result<strata_node::CacheConfig> {
+    let (low, high) = (cache.low_watermark, cache.high_watermark);
+    if !(low > 0.0 && low < high && high <= 1.0) {
+        refuse!("[cache] watermarks: low_watermark {low} and high_watermark {high} must satisfy 0 < low < high <= 1");
+    }
+    let seconds = |key: &str, v: f64| -> Result<Duration> {
+        if !v.is_finite() || v < 0.0 {
+            refuse!("[cache] {key} = {v}: a number of seconds, 0 or more");
+        }
+        Ok(Duration::from_secs_f64(v))
+    };
+    Ok(strata_node::CacheConfig {
+        max_bytes: Some(cache.max_bytes).filter(|b| *b > 0),
+        min_free_bytes: Some(cache.min_free_bytes).filter(|b| *b > 0),
+        high,
+        low,
+        grace: seconds("grace_secs", cache.grace_secs)?,
+        interval: seconds("interval_secs", cache.interval_secs)?.max(Duration::from_millis(100)),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     dir: &DataDir,
@@ -142,6 +167,7 @@ async fn run(
             node: Some(settings.max_upload_bytes_per_sec).filter(|c| *c > 0),
             per_peer: Some(settings.max_upload_per_peer_bytes_per_sec).filter(|c| *c > 0),
         },
+        cache: cache_config(&dir.settings.cache)?,
         background: strata_node::BackgroundConfig {
             mode: settings.background_fetch,
             rate: Some(settings.background_rate_bytes_per_sec).filter(|r| *r > 0),
@@ -149,6 +175,16 @@ async fn run(
         },
     };
     let node = Node::start(config, &identity, store).await?;
+    // The cache never evicts what live mounts use: the data dir's mount
+    // records say which (a mount's own process serves it, not the node).
+    let mounts_dir = dir.path.clone();
+    node.set_in_use(Box::new(move || {
+        crate::mount::mounted_image_ids(&mounts_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect()
+    }));
 
     let socket = socket_path(&dir.path);
     let _ = std::fs::remove_file(&socket);

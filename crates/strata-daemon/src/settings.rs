@@ -30,6 +30,45 @@ pub struct Settings {
     pub registry: strata_registry::RegistrySettings,
     /// `strata serve`: the containerd snapshotter.
     pub snapshotter: SnapshotterSettings,
+    /// `strata serve`: the disk cap of the chunk store.
+    pub cache: CacheSettings,
+}
+
+/// The disk cap a node keeps its chunk store under. It evicts chunks of
+/// images no live mount uses, that are not pinned (imported or committed
+/// on this node), unused for `grace_secs`, and whose layers another live
+/// node holds whole (so they can be fetched again), least recently used
+/// first; their layers stay, and reads fetch the chunks again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheSettings {
+    /// Stored (compressed) chunk bytes at most; 0 = no cap.
+    pub max_bytes: u64,
+    /// Free bytes to keep on the store's filesystem; 0 = no floor.
+    pub min_free_bytes: u64,
+    /// Eviction starts above this fraction of `max_bytes` ...
+    pub high_watermark: f64,
+    /// ... and stops below this one.
+    pub low_watermark: f64,
+    /// Seconds after its last use (pull, container start, fetch) during
+    /// which an image is never evicted.
+    pub grace_secs: f64,
+    /// Seconds between checks of the cap (a background fetch about to
+    /// cross it also checks).
+    pub interval_secs: f64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 0,
+            min_free_bytes: 0,
+            high_watermark: 0.95,
+            low_watermark: 0.80,
+            grace_secs: 60.0,
+            interval_secs: 30.0,
+        }
+    }
 }
 
 /// The containerd proxy snapshotter `strata serve` runs (containerd's
@@ -156,6 +195,7 @@ impl Default for Settings {
             mount: MountSettings::default(),
             registry: strata_registry::RegistrySettings::default(),
             snapshotter: SnapshotterSettings::default(),
+            cache: CacheSettings::default(),
         }
     }
 }

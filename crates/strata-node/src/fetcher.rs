@@ -218,6 +218,10 @@ type ChunkFlights = Flights<(ChunkId, bool), Arc<Vec<u8>>>;
 /// layers complete in the background) may finish after they do.
 pub type OnWhole = Box<dyn Fn(Vec<LayerId>) + Send + Sync>;
 
+/// Called before a fetched chunk of this many stored bytes is kept: the
+/// node makes room under its cache cap (by eviction) when it would cross it.
+pub type BeforePut = Box<dyn Fn(u64) -> PortFuture<'static, ()> + Send + Sync>;
+
 /// What is told when a read finds a chunk missing here and waits on peers:
 /// the chunk's layers (the node starts fetching their images whole).
 /// Called on the reading task: it must not block.
@@ -237,6 +241,7 @@ pub struct Fetcher {
     deadline: Duration,
     on_whole: OnWhole,
     on_miss: OnMiss,
+    before_put: BeforePut,
     demand: Arc<DemandGauge>,
 }
 
@@ -264,6 +269,8 @@ pub struct FetcherParts {
     pub on_whole: OnWhole,
     /// Called when a read (demand priority) misses here.
     pub on_miss: OnMiss,
+    /// Called before each fetched chunk is kept.
+    pub before_put: BeforePut,
 }
 
 impl Fetcher {
@@ -279,6 +286,7 @@ impl Fetcher {
             penalties,
             on_whole,
             on_miss,
+            before_put,
         } = parts;
         Self {
             me,
@@ -292,6 +300,7 @@ impl Fetcher {
             deadline,
             on_whole,
             on_miss,
+            before_put,
             demand: Arc::default(),
         }
     }
@@ -578,6 +587,7 @@ impl Fetcher {
     async fn keep(&self, id: ChunkId, stored: &[u8], layers: &[LayerId], from: &'static str) {
         self.metrics.chunks_fetched.get_or_create(&FromLabel { from }).inc();
         self.metrics.chunk_bytes_fetched.get_or_create(&FromLabel { from }).inc_by(stored.len() as u64);
+        (self.before_put)(stored.len() as u64).await;
         match self.store.put(id, stored.to_vec()).await {
             Ok(true) => {
                 let whole = self.progress.chunk_arrived(layers);
@@ -855,6 +865,7 @@ mod tests {
             penalties: Penalties::default(),
             on_whole: Box::new(move |layers| told.lock().extend(layers)),
             on_miss: Box::new(|_| {}),
+            before_put: Box::new(|_| Box::pin(async {})),
         }));
         Setup { fetcher, store, peers, directory, ids, layer, whole, metrics }
     }

@@ -35,8 +35,8 @@ pub use fetch::{FetchError, PeerFailure};
 pub use fetcher::BatchOutcome;
 pub use handler::{NodeHandler, StoreHandler};
 pub use node::{
-    chain_key, name_key, BackgroundConfig, ClaimGuard, Claimed, ImageCheck, JobState, JobStatus, Node,
-    NodeConfig, Start, Window,
+    chain_key, name_key, BackgroundConfig, CacheConfig, ClaimGuard, Claimed, Evicted, ImageCheck, InUse,
+    JobState, JobStatus, Node, NodeConfig, Start, Window,
 };
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
 pub use remote::{fetch_image, indexes, RemoteImage, RemoteLayer};

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub background_chunks: Counter,
     pub background_bytes: Counter,
     pub background_requests: Counter,
+    pub evicted_chunks: Counter,
+    pub evicted_bytes: Counter,
     /// Set at each scrape from the jobs under way.
     pub background_jobs: Family<StateLabel, Gauge>,
     pub background_raw_bytes_left: Gauge,
@@ -75,6 +77,8 @@ impl Metrics {
             background_chunks: Counter::default(),
             background_bytes: Counter::default(),
             background_requests: Counter::default(),
+            evicted_chunks: Counter::default(),
+            evicted_bytes: Counter::default(),
             background_jobs: Family::default(),
             background_raw_bytes_left: Gauge::default(),
             background_rate: Gauge::default(),
@@ -147,6 +151,12 @@ impl Metrics {
             "Batch requests background fetching made (each asks one peer for many chunks)",
             m.background_requests.clone(),
         );
+        registry.register(
+            "evicted_chunks",
+            "Chunks the cache evicted to keep under its cap (fetched again when read)",
+            m.evicted_chunks.clone(),
+        );
+        registry.register("evicted_bytes", "Stored bytes the cache evicted", m.evicted_bytes.clone());
         registry.register(
             "background_fetches",
             "Images being fetched in the background, by state",

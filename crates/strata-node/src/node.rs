@@ -27,11 +27,13 @@ use crate::NodeError;
 
 mod announce;
 mod background;
+mod cache;
 mod claim;
 mod profile;
 mod pull;
 
 pub use background::{BackgroundConfig, JobState, JobStatus, Start, Window};
+pub use cache::{CacheConfig, Evicted, InUse};
 pub use claim::{ClaimGuard, Claimed};
 pub use pull::ImageCheck;
 
@@ -56,6 +58,8 @@ pub struct NodeConfig {
     pub caps: Caps,
     /// What the node fetches beyond reads, and how fast.
     pub background: BackgroundConfig,
+    /// The disk cap and what it evicts.
+    pub cache: CacheConfig,
 }
 
 /// Directory entries outlive this many missed announcements.
@@ -78,6 +82,10 @@ pub struct Node {
     progress: Arc<LayerProgress>,
     /// Background fetches (startup profiles, whole images).
     jobs: background::Jobs,
+    /// The images live mounts use (set by the daemon).
+    in_use: Mutex<Option<InUse>>,
+    /// One eviction run at a time.
+    evicting: tokio::sync::Mutex<()>,
     /// Keys this node holds the claim on (see [`Node::claim`]): a second
     /// pull of one image here waits on the first, as other nodes do.
     claims: Mutex<std::collections::HashSet<Key>>,
@@ -135,6 +143,7 @@ impl Node {
             ));
             let announcer = weak.clone();
             let reader = weak.clone();
+            let capped = weak.clone();
             let fetcher = Arc::new(Fetcher::new(FetcherParts {
                 me: me.node_id(),
                 store: Box::new(StoreChunks(store.clone())),
@@ -154,6 +163,14 @@ impl Node {
                         node.read_missed(layers);
                     }
                 }),
+                before_put: Box::new(move |bytes| {
+                    let node = capped.upgrade();
+                    Box::pin(async move {
+                        if let Some(node) = node {
+                            node.room_for_fetched(bytes).await;
+                        }
+                    })
+                }),
             }));
             tokio::spawn(strata_net::serve(endpoint.clone(), handler));
             Node {
@@ -167,6 +184,8 @@ impl Node {
                 fetcher,
                 progress,
                 jobs: background::Jobs::default(),
+                in_use: Mutex::default(),
+                evicting: tokio::sync::Mutex::default(),
                 claims: Mutex::default(),
                 metrics,
                 runtime: tokio::runtime::Handle::current(),
@@ -175,6 +194,7 @@ impl Node {
         });
         tokio::spawn(announce_loop(Arc::downgrade(&node)));
         node.resume_background().await;
+        tokio::spawn(node.clone().cache_loop());
         tracing::info!(node = %node.me.name, addr = %node.me.addr, seeds = ?node.config.seeds, "node started");
         Ok(node)
     }
@@ -200,7 +220,9 @@ impl Node {
         self.metrics.members_live.set(self.locator.live_count() as i64);
         let jobs = self.background_status();
         self.metrics.background_jobs.clear();
-        for state in [JobState::Fetching, JobState::Paused, JobState::Capped, JobState::Retrying] {
+        for state in
+            [JobState::Fetching, JobState::Paused, JobState::Capped, JobState::Retrying, JobState::Full]
+        {
             let n = jobs.iter().filter(|j| j.state == state).count();
             self.metrics
                 .background_jobs

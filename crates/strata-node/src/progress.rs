@@ -33,6 +33,16 @@ impl LayerProgress {
         self.missing.lock().extend(layers);
     }
 
+    /// Sets how many chunks `layer` lacks (0: whole, forgotten here).
+    pub fn set(&self, layer: LayerId, missing: usize) {
+        let mut all = self.missing.lock();
+        if missing == 0 {
+            all.remove(&layer);
+        } else {
+            all.insert(layer, missing);
+        }
+    }
+
     /// Whether any of `layers` has chunks missing.
     pub fn any_partial<'a>(&self, mut layers: impl Iterator<Item = &'a LayerId>) -> bool {
         let missing = self.missing.lock();

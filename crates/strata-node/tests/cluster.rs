@@ -63,6 +63,7 @@ impl Cluster {
             directory_replicas: 2,
             caps: Caps::default(),
             background: self.background,
+            cache: Default::default(),
         };
         let node = self.runtime.block_on(Node::start(config, &identity, store)).expect("node starts");
         self.nodes.push(node);

@@ -273,6 +273,40 @@ pub fn write_sample_image(
     )
 }
 
+/// A layer tar of regular files (mode 0644) at the given paths, with
+/// their parent directories.
+pub fn files_layer(files: &[(&str, &[u8])]) -> io::Result<Vec<u8>> {
+    let mut t = LayerTar::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, _) in files {
+        let mut parent = Path::new(path).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(dir.to_string_lossy().into_owned());
+            parent = dir.parent();
+        }
+    }
+    for dir in &dirs {
+        t.dir(dir, 0o755)?;
+    }
+    for (path, data) in files {
+        t.file(path.as_bytes(), 0o644, data)?;
+    }
+    t.finish()
+}
+
+/// Writes an OCI-layout tar at `path` of one image named `name` made of
+/// `layers` (uncompressed layer tars, bottom first), gzip-compressed.
+pub fn write_layers_image(path: &Path, name: &str, layers: &[Vec<u8>]) -> io::Result<()> {
+    write_image(
+        ArchiveTarget::Tar(path.to_owned()),
+        ArchiveLayout::Oci,
+        LayerCompression::Gzip,
+        &[name.to_owned()],
+        sample_config(&["true"]),
+        layers,
+    )
+}
+
 /// Where downloaded Debian packages are cached between runs.
 pub fn deb_cache_dir() -> std::path::PathBuf {
     std::env::var_os("STRATA_DEB_CACHE").map_or_else(|| "/var/cache/strata-test-debs".into(), Into::into)

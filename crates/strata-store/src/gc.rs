@@ -151,6 +151,49 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Evicts chunks: deletes the bytes of each of `chunks` held here,
+    /// whatever layers list them (the layers stay, listing them as
+    /// missing: a read fetches them again from peers), except chunks an
+    /// open import has pinned. Checks and deletes under the pin lock, as
+    /// GC does, so an import cannot lose a chunk it relies on; a crash
+    /// midway leaves each chunk either whole or gone (chunk, meta entry and
+    /// totals change in one batch). Returns what was freed.
+    pub fn evict_chunks(&self, chunks: &[ChunkId]) -> Result<GcReport, StoreError> {
+        self.writable()?;
+        let mut report = GcReport::default();
+        for piece in chunks.chunks(SWEEP_BATCH) {
+            let pins = self.pins.lock();
+            let mut batch = WriteBatch::default();
+            for id in piece {
+                if pins.contains_key(id) {
+                    continue;
+                }
+                let Some(meta) = self.chunk_meta(id)? else { continue };
+                let totals = ChunkTotals::of(meta);
+                batch.delete_cf(self.cf(schema::CHUNKS), id.as_bytes());
+                batch.delete_cf(self.cf(schema::CHUNK_META), id.as_bytes());
+                batch.merge_cf(self.cf(schema::CHUNK_META), schema::STATS_KEY, totals.negate().encode());
+                report.chunks_deleted += 1;
+                report.chunk_bytes_deleted += totals.bytes as u64;
+                report.stored_bytes_deleted += totals.stored as u64;
+            }
+            if !batch.is_empty() {
+                self.db.write_opt(batch, &chunk_write_options())?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Compacts the chunk families so that evicted bytes return to the disk
+    /// (blob files are rewritten without them).
+    pub fn compact_chunks(&self) {
+        for cf in [schema::CHUNKS, schema::CHUNK_META] {
+            self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+}
+
 impl GcReport {
     fn add(&mut self, o: GcReport) {
         self.layers_deleted += o.layers_deleted;

@@ -29,8 +29,8 @@ pub const PROFILES: &str = "profiles";
 /// the snapshot's key, UTF-8 as containerd sends it.
 pub const SNAPSHOTS: &str = "snapshots";
 
-/// An image's background-fetch record by ImageId ([`crate::FetchState`]):
-/// three bytes, version, mode, flags.
+/// An image's cache record by ImageId ([`crate::FetchState`]): version,
+/// background-fetch mode, flags (started, pinned), last use (11 bytes).
 pub const FETCH_STATE: &str = "fetch_state";
 
 pub const ALL: [&str; 10] =

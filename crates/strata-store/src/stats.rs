@@ -77,6 +77,17 @@ fn ratio(a: u64, b: u64) -> f64 {
 }
 
 impl Store {
+    /// The stored bytes of every chunk held (compressed as kept): what the
+    /// cache's `max_bytes` bounds. One read of the running totals.
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let totals = self
+            .db
+            .get_pinned_cf(self.cf(schema::CHUNK_META), schema::STATS_KEY)?
+            .map(|v| ChunkTotals::decode(&v))
+            .unwrap_or_default();
+        Ok(totals.stored.max(0) as u64)
+    }
+
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let totals = self
             .db

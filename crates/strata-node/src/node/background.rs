@@ -164,6 +164,8 @@ pub enum JobState {
     Capped,
     /// Waiting before another pass (what was left failed).
     Retrying,
+    /// Waiting for room under the cache's cap.
+    Full,
 }
 
 impl JobState {
@@ -173,6 +175,7 @@ impl JobState {
             JobState::Paused => "paused",
             JobState::Capped => "capped",
             JobState::Retrying => "retrying",
+            JobState::Full => "full",
         }
     }
 }
@@ -340,6 +343,9 @@ impl Node {
         .await
         .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?;
         let (state, has_profile) = read?;
+        if why != Start::Resumed {
+            self.touch(image);
+        }
         let mode = self.background_mode(&state);
         let (whole, urgent) = match (why, mode) {
             (Start::All, _) => (true, true),
@@ -581,6 +587,15 @@ impl Node {
             if !urgent {
                 self.keep_to_cap(job, batch_estimate).await;
             }
+            // Never past the cache's cap for work nobody waits on.
+            while !self.make_room(batch_estimate).await {
+                job.set_state(JobState::Full);
+                if self.is_stopping() {
+                    break;
+                }
+                tokio::time::sleep(self.config.cache.interval.min(Duration::from_secs(5))).await;
+            }
+            job.set_state(JobState::Fetching);
             let profile = queue[next - 1].profile;
             pass.flying += batch_estimate;
             let node = self.clone();

@@ -1,0 +1,368 @@
+//! The disk cap: the chunk store kept under `max_bytes` (stored bytes, as
+//! the store's running totals count them) and the disk above a free-space
+//! floor, by evicting chunks the node can fetch again.
+//!
+//! Eviction starts above the high watermark (a fraction of `max_bytes`)
+//! or below the free-space floor, and goes down to the low watermark, so
+//! it runs seldom and in bulk (overlaybd's cache does the same). It runs
+//! every `interval`, and at once when a background fetch would cross the
+//! cap (the fetch waits for room, and pauses when none can be made: the
+//! store never grows past the cap for work nobody waits on; a read is
+//! always served, the cap notwithstanding).
+//!
+//! What may go, least recently used image first (`FetchState::last_used`:
+//! a pull, a container start, a background fetch):
+//! - a layer of an image that no live mount uses, that is not pinned
+//!   (imported or committed here: perhaps the only copy), and that was not
+//!   used within the grace period (so an eviction never races a pull, a
+//!   mount about to start, a fetch or an import: imports also pin their
+//!   chunks in the store until they commit);
+//! - only if another live node announces the layer complete: the node can
+//!   fetch it again;
+//! - and of its chunks only those no protected layer also lists.
+//!
+//! An evicted layer stays (its index and records): it is announced
+//! partial, and a read fetches its chunks again. Chunk, meta entry and
+//! totals go in one batch: a crash midway leaves every chunk whole or
+//! gone, and a restarted node counts what each layer lacks from the store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_store::{Store, StoreError};
+use strata_types::{ChunkId, ImageId, LayerId};
+
+use super::Node;
+
+/// How a node caps its store (`[cache]` settings).
+#[derive(Clone, Copy, Debug)]
+pub struct CacheConfig {
+    /// Stored chunk bytes at most; `None`: no cap.
+    pub max_bytes: Option<u64>,
+    /// Free bytes the store's filesystem keeps at least; `None`: no floor.
+    pub min_free_bytes: Option<u64>,
+    /// Fractions of `max_bytes`: eviction starts above `high`, stops at `low`.
+    pub high: f64,
+    pub low: f64,
+    /// Images used more recently than this are never evicted.
+    pub grace: Duration,
+    /// How often the cap is checked.
+    pub interval: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            min_free_bytes: None,
+            high: 0.95,
+            low: 0.80,
+            grace: Duration::from_secs(60),
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The images live mounts use, as the daemon knows them.
+pub type InUse = Box<dyn Fn() -> HashSet<ImageId> + Send + Sync>;
+
+/// What an eviction run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    pub layers: u64,
+    pub chunks: u64,
+    pub stored_bytes: u64,
+}
+
+/// An image that may lose chunks, and its layers no protected image uses.
+struct Candidate {
+    image: ImageId,
+    last_used: u64,
+    layers: Vec<LayerId>,
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Node {
+    /// Tells the node which images live mounts use (the cache never evicts
+    /// their chunks).
+    pub fn set_in_use(&self, in_use: InUse) {
+        *self.in_use.lock() = Some(in_use);
+    }
+
+    fn images_in_use(&self) -> HashSet<ImageId> {
+        self.in_use.lock().as_ref().map(|f| f()).unwrap_or_default()
+    }
+
+    /// How many stored bytes must go now to meet the cap and the floor
+    /// (0: none), given `adding` bytes about to be stored.
+    fn over_cap(&self, adding: u64) -> Result<u64, StoreError> {
+        let cache = &self.config.cache;
+        let mut need = 0;
+        if let Some(max) = cache.max_bytes {
+            let used = self.store.stored_bytes()? + adding;
+            if used as f64 > max as f64 * cache.high {
+                need = used.saturating_sub((max as f64 * cache.low) as u64);
+            }
+        }
+        if let Some(floor) = cache.min_free_bytes {
+            let free = free_bytes(self.store.path()).unwrap_or(u64::MAX).saturating_sub(adding);
+            if free < floor {
+                need = need.max(floor - free);
+            }
+        }
+        Ok(need)
+    }
+
+    /// Before a fetched chunk of `bytes` is kept (whoever waits on it):
+    /// evicts first when it would cross the cap, so the store stays under
+    /// it while anything can go. The chunk is kept either way.
+    pub(crate) async fn room_for_fetched(self: &Arc<Self>, bytes: u64) {
+        if self.config.cache.max_bytes.is_none() && self.config.cache.min_free_bytes.is_none() {
+            return;
+        }
+        if matches!(self.over_cap(bytes), Ok(need) if need > 0) {
+            if let Err(e) = self.enforce_cap().await {
+                tracing::warn!(error = %e, "eviction failed");
+            }
+        }
+    }
+
+    /// Whether `bytes` more may be stored by work nobody waits on: makes
+    /// room by evicting when it would cross the cap; false when none could
+    /// be made.
+    pub(crate) async fn make_room(self: &Arc<Self>, bytes: u64) -> bool {
+        if self.config.cache.max_bytes.is_none() && self.config.cache.min_free_bytes.is_none() {
+            return true;
+        }
+        match self.over_cap(bytes) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the store's size failed");
+                return true;
+            }
+        }
+        if let Err(e) = self.enforce_cap().await {
+            tracing::warn!(error = %e, "eviction failed");
+        }
+        // Room enough for the bytes themselves (not down to the low mark).
+        let cache = &self.config.cache;
+        let used = self.store.stored_bytes().unwrap_or(0) + bytes;
+        let under_max = cache.max_bytes.is_none_or(|max| used <= max);
+        let above_floor = cache.min_free_bytes.is_none_or(|floor| {
+            free_bytes(self.store.path()).unwrap_or(u64::MAX).saturating_sub(bytes) >= floor
+        });
+        under_max && above_floor
+    }
+
+    /// Evicts, least recently used image first, until the store is under
+    /// the low watermark and above the free-space floor, or nothing more
+    /// may go. One run at a time.
+    pub async fn enforce_cap(self: &Arc<Self>) -> Result<Evicted, StoreError> {
+        let _one = self.evicting.lock().await;
+        let need = self.over_cap(0)?;
+        let mut evicted = Evicted::default();
+        if need == 0 {
+            return Ok(evicted);
+        }
+        let in_use = self.images_in_use();
+        let (store, grace) = (self.store.clone(), self.config.cache.grace);
+        let (candidates, protected) =
+            tokio::task::spawn_blocking(move || candidates(&store, &in_use, unix_now(), grace))
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
+        let protected = Arc::new(protected);
+        'images: for candidate in candidates {
+            for layer in candidate.layers.iter().rev() {
+                if evicted.stored_bytes >= need {
+                    break 'images;
+                }
+                let elsewhere =
+                    self.lookup(layer.as_bytes()).await.iter().any(|h| h.complete && h.node != self.me.name);
+                if !elsewhere {
+                    continue;
+                }
+                let freed = self.evict_layer(*layer, protected.clone()).await?;
+                if freed.chunks > 0 {
+                    tracing::info!(image = %candidate.image, %layer, chunks = freed.chunks, bytes = freed.stored_bytes, last_used = candidate.last_used, "layer evicted");
+                    evicted.layers += 1;
+                    evicted.chunks += freed.chunks;
+                    evicted.stored_bytes += freed.stored_bytes;
+                }
+            }
+        }
+        if evicted.chunks > 0 {
+            self.metrics.evicted_chunks.inc_by(evicted.chunks);
+            self.metrics.evicted_bytes.inc_by(evicted.stored_bytes);
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.compact_chunks()).await.ok();
+        }
+        if evicted.stored_bytes < need {
+            tracing::warn!(need, freed = evicted.stored_bytes, "the cache cap cannot be met: what is left is in use, pinned, recent or held by no other node");
+        }
+        Ok(evicted)
+    }
+
+    /// Evicts the chunks of `layer` that no protected layer lists: the
+    /// layer is announced partial first (peers stop counting on it here),
+    /// then its chunks go.
+    async fn evict_layer(
+        self: &Arc<Self>,
+        layer: LayerId,
+        protected: Arc<HashSet<LayerId>>,
+    ) -> Result<Evicted, StoreError> {
+        self.progress.set(layer, 1);
+        self.locator.announce(&[], &[*layer.as_bytes()]).await;
+        let store = self.store.clone();
+        let freed = tokio::task::spawn_blocking(move || -> Result<(Evicted, usize), StoreError> {
+            let mut chunks = Vec::new();
+            for id in layer_chunks(&store, &layer)? {
+                let shared = store.chunk_layers(&id)?.iter().any(|l| protected.contains(l));
+                if !shared && store.has_chunk(&id)? {
+                    chunks.push(id);
+                }
+            }
+            let report = store.evict_chunks(&chunks)?;
+            let missing = store.missing_chunks(&layer)?.len();
+            let evicted = Evicted {
+                layers: 1,
+                chunks: report.chunks_deleted,
+                stored_bytes: report.stored_bytes_deleted,
+            };
+            Ok((evicted, missing))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
+        let (evicted, missing) = freed;
+        self.progress.set(layer, missing);
+        if missing == 0 {
+            self.locator.announce(&[*layer.as_bytes()], &[]).await;
+        }
+        Ok(evicted)
+    }
+
+    /// Checks the cap every `interval` until the node stops.
+    pub(crate) async fn cache_loop(self: Arc<Self>) {
+        let cache = self.config.cache;
+        if cache.max_bytes.is_none() && cache.min_free_bytes.is_none() {
+            return;
+        }
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(cache.interval) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.enforce_cap().await {
+                tracing::warn!(error = %e, "eviction failed");
+            }
+        }
+    }
+
+    /// Notes that `image` was used now (the cache's LRU order).
+    pub(crate) fn touch(&self, image: ImageId) {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.update_fetch_state(&image, |s| s.last_used = unix_now()) {
+                tracing::debug!(%image, error = %e, "noting an image's use failed");
+            }
+        });
+    }
+}
+
+/// The images that may lose chunks, least recently used first, and the
+/// layers of every other image (in use, pinned, or used within `grace`).
+fn candidates(
+    store: &Store,
+    in_use: &HashSet<ImageId>,
+    now: u64,
+    grace: Duration,
+) -> Result<(Vec<Candidate>, HashSet<LayerId>), StoreError> {
+    let mut images: HashMap<ImageId, Vec<LayerId>> = HashMap::new();
+    for entry in store.images()? {
+        images.entry(entry.id).or_insert_with(|| {
+            entry.record.layers.iter().filter_map(|l| LayerId::from_slice(l).ok()).collect()
+        });
+    }
+    let mut protected = HashSet::new();
+    let mut open = Vec::new();
+    for (image, layers) in images {
+        let state = store.fetch_state(&image)?;
+        let recent = now.saturating_sub(state.last_used) < grace.as_secs();
+        if state.pinned || recent || in_use.contains(&image) {
+            protected.extend(layers);
+        } else {
+            open.push(Candidate { image, last_used: state.last_used, layers });
+        }
+    }
+    for candidate in &mut open {
+        candidate.layers.retain(|l| !protected.contains(l));
+    }
+    open.sort_by_key(|c| (c.last_used, c.image));
+    Ok((open, protected))
+}
+
+/// Every chunk a layer lists: its index's and its tar-splits'.
+fn layer_chunks(store: &Store, layer: &LayerId) -> Result<Vec<ChunkId>, StoreError> {
+    let mut out = HashSet::new();
+    for entry in &store.layer_index(layer)?.entries {
+        out.extend(entry.chunks.iter().filter_map(|c| ChunkId::from_slice(&c.id).ok()));
+    }
+    for split in store.layer(layer)?.map(|r| r.tar_splits).unwrap_or_default() {
+        out.extend(
+            split.blob.iter().chain(&split.extra_chunks).filter_map(|c| ChunkId::from_slice(&c.id).ok()),
+        );
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unpinned_unused_images_past_their_grace_are_candidates_lru_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), strata_store::OpenMode::ReadWrite).unwrap();
+        let mut ids = Vec::new();
+        let base = strata_sample::files_layer(&[("shared/base", b"the same base layer")]).unwrap();
+        for (i, name) in ["old:1", "newer:1", "pinned:1", "mounted:1", "recent:1"].iter().enumerate() {
+            let archive = dir.path().join(format!("{i}.tar"));
+            let own = strata_sample::files_layer(&[(&format!("own/{i}"), &[i as u8; 10])]).unwrap();
+            strata_sample::write_layers_image(&archive, name, &[base.clone(), own]).unwrap();
+            let report = strata_oci::import_archive(
+                &store,
+                &archive,
+                &strata_oci::ImportOptions::default(),
+                &strata_oci::NoProgress,
+            )
+            .unwrap();
+            ids.push(report.images[0].id);
+        }
+        let now = 10_000;
+        let used = [(0, 100), (1, 200), (2, 50), (3, 10), (4, now - 5)];
+        for (i, at) in used {
+            store.update_fetch_state(&ids[i], |s| s.last_used = at).unwrap();
+        }
+        store.update_fetch_state(&ids[2], |s| s.pinned = true).unwrap();
+        let in_use = HashSet::from([ids[3]]);
+        let (open, protected) = candidates(&store, &in_use, now, Duration::from_secs(60)).unwrap();
+        let order: Vec<ImageId> = open.iter().map(|c| c.image).collect();
+        assert_eq!(order, vec![ids[0], ids[1]], "least recently used first; pinned, mounted, recent kept");
+        for c in &open {
+            assert_eq!(c.layers.len(), 1, "the base layer, shared with kept images, stays");
+            assert!(c.layers.iter().all(|l| !protected.contains(l)));
+        }
+    }
+}
