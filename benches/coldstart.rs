@@ -99,7 +99,10 @@ fn lazy_start(
     run.local = images::run_until_ready(&data, image, None, false);
     run.local_fetched = client.metric("strata_chunks_fetched_total") - before;
     drop(client);
-    let _ = std::fs::remove_dir_all(dir);
+    // STRATA_BENCH_KEEP=1 keeps each run's node logs (DIR/client.log).
+    if std::env::var_os("STRATA_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     run
 }
 
@@ -202,7 +205,9 @@ fn main() {
     if !bench {
         smoke_checks(&rows);
     }
-    let _ = std::fs::remove_dir_all(&root);
+    if std::env::var_os("STRATA_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
 
 fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize, out: &Path) {

@@ -438,3 +438,49 @@ fn a_layer_the_store_holds_is_not_downloaded_again() {
     assert_eq!(s.json(&["inspect", &reference])["id"], s.json(&["inspect", "local/busybox:1"])["id"]);
     assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
 }
+
+/// `strata pull --all` through a node takes an image the cluster holds
+/// and returns once every chunk is here (no registry blob); `strata
+/// status` says so. `--background-fetch none` is kept for its image and
+/// shown as the pull's.
+#[test]
+fn pull_all_makes_the_image_whole_here_and_status_says_so() {
+    let registry = TestRegistry::start();
+    let (a, b) = (Strata::new(), Strata::new());
+    let archive = busybox_image(&a);
+    registry.push(&archive, "tools/busybox:1");
+    let certs = certs(&a, &["node-a", "node-b"]);
+    for s in [&a, &b] {
+        std::fs::create_dir_all(s.data_dir()).expect("data dir");
+        let config = format!(
+            "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
+            host = registry.host,
+            ca = registry.ca_file(),
+        );
+        std::fs::write(s.data_dir().join("strata.toml"), config).expect("settings");
+    }
+    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    let _node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    wait_for("B to see A", || alive_peers(&b).iter().any(|p| p == "node-a"));
+    let reference = format!("{}/tools/busybox:1", registry.host);
+    assert_eq!(a.json(&["pull", &reference])["source"], "registry");
+    let blobs = registry.blob_downloads().len();
+
+    let pulled = b.json(&["pull", &reference, "--all", "--background-fetch", "none"]);
+    assert_eq!(pulled["source"], "cluster", "{pulled}");
+    assert_eq!(registry.blob_downloads().len(), blobs, "no blob from the registry");
+    let status = b.json(&["status"]);
+    let image = &status["images"][0];
+    assert_eq!(image["local_chunks"], image["chunks"], "whole once pull --all returns: {status}");
+    assert!(image["chunks"].as_u64() > Some(0));
+    assert_eq!(image["background_mode"], "none");
+    assert_eq!(image["mode_set_by_pull"], true);
+    assert_eq!(image["pinned"], false, "a pulled image may be evicted");
+    assert_eq!(status["node"], true);
+    // People's form: one line per image, its share here.
+    let table = b.ok(&["status"]);
+    assert!(table.contains("100%") && table.contains("none (pull)") && table.contains("whole"), "{table}");
+    // A gone: B runs it alone.
+    drop(node_a);
+    assert_eq!(b.ok(&["run", &reference]), "strata-busybox\n");
+}

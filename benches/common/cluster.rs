@@ -64,7 +64,7 @@ pub fn start_node(spec: NodeSpec<'_>) -> BenchNode {
     cmd.args(["serve", "--node", spec.name, "--listen", &spec.listen, "--metrics", "127.0.0.1:0"])
         .arg("--cert-dir")
         .arg(spec.certs)
-        .env("STRATA_LOG", "info")
+        .env("STRATA_LOG", std::env::var("STRATA_BENCH_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(spec.data.with_extension("log")).expect("node log")));
     if let Some(seed) = spec.seed {

@@ -29,7 +29,7 @@ use strata_wire::{PeerRequest, Priority, MAX_KEYS};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{Fetcher, NO_HOLDER_RETRY};
+use super::{Fetcher, MIN_RAISE_GRACE, NO_HOLDER_RETRY};
 use crate::directory::Holder;
 use crate::fetch::{Leader, PeerFailure};
 
@@ -69,6 +69,33 @@ struct Pending {
     asks: Vec<(Holder, bool)>,
     /// The next of `asks`.
     next: usize,
+    /// The stream asking for it now, and its place in that request.
+    asked: Option<(Arc<StreamProgress>, usize)>,
+}
+
+/// How far one batch's reply has come: frames and stored bytes received
+/// since the request went out (the pace a raised chunk would arrive at).
+struct StreamProgress {
+    addr: SocketAddr,
+    sent: Instant,
+    frames: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl StreamProgress {
+    /// When the frame at `position` should arrive at the pace so far;
+    /// `None` before the first frame.
+    fn expected(&self, position: usize) -> Option<Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (frames, bytes) = (self.frames.load(Relaxed), self.bytes.load(Relaxed));
+        if frames == 0 || bytes == 0 {
+            return None;
+        }
+        let elapsed = self.sent.elapsed().as_secs_f64().max(1e-3);
+        let rate = bytes as f64 / elapsed;
+        let ahead = position.saturating_sub(frames) as f64 * (bytes as f64 / frames as f64);
+        Some(Duration::from_secs_f64(ahead / rate))
+    }
 }
 
 /// The batch's chunks not yet served, shared by its streams and the
@@ -193,10 +220,17 @@ impl Fetcher {
         // moments of a start or a membership change: with none for any
         // chunk, asked again until the deadline.
         let until = tokio::time::Instant::now() + self.deadline;
+        let distinct: HashSet<LayerId> = layers.iter().flatten().copied().collect();
         loop {
-            for layer in layers.iter().flatten() {
-                if !by_layer.contains_key(layer) {
-                    by_layer.insert(*layer, self.holders.holders(layer).await);
+            // Every layer's holders at once: one round trip, however many.
+            let mut lookups = JoinSet::new();
+            for layer in distinct.iter().copied() {
+                let holders = self.holders.clone();
+                lookups.spawn(async move { (layer, holders.holders(&layer).await) });
+            }
+            while let Some(found) = lookups.join_next().await {
+                if let Ok((layer, holders)) = found {
+                    by_layer.insert(layer, holders);
                 }
             }
             let found = by_layer.values().flatten().any(|h| NodeId::of(h.node.as_bytes()) != self.me);
@@ -227,7 +261,7 @@ impl Fetcher {
             let relaying = asks.first().is_some_and(|(_, relayed)| *relayed);
             match self.flights.lead((id, relaying), priority, on_raise) {
                 Some(leader) => {
-                    pending.insert(id, Pending { leader: Some(leader), layers, asks, next: 0 });
+                    pending.insert(id, Pending { leader: Some(leader), layers, asks, next: 0, asked: None });
                 }
                 None => outcome.skipped += 1,
             }
@@ -237,7 +271,28 @@ impl Fetcher {
 
     /// A read joined the flight of `id`: its leader goes to a fetch of the
     /// chunk alone at demand priority. False when the chunk is in already.
+    ///
+    /// A chunk its batch's reply should bring sooner than a round trip (at
+    /// the pace the reply has come so far) is left to the batch for that
+    /// long, then asked alone if still missing: asked at once, it would
+    /// cross the link twice for nothing.
     fn raise(self: &Arc<Self>, id: ChunkId, pending: &PendingMap) -> bool {
+        let soon = pending.lock().get(&id).and_then(|p| p.asked.as_ref()).and_then(|(progress, position)| {
+            let rtt = self.peers.rtt(progress.addr)?;
+            progress.expected(*position).filter(|at| *at < rtt)
+        });
+        if let Some(wait) = soon {
+            let (fetcher, later) = (self.clone(), pending.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(wait + MIN_RAISE_GRACE).await;
+                fetcher.raise_now(id, &later);
+            });
+            return pending.lock().contains_key(&id);
+        }
+        self.raise_now(id, pending)
+    }
+
+    fn raise_now(self: &Arc<Self>, id: ChunkId, pending: &PendingMap) -> bool {
         let Some(leader) = pending.lock().get_mut(&id).and_then(|p| p.leader.take()) else { return false };
         tracing::debug!(chunk = %id, "a read waits on a batched chunk: asked alone as demand");
         let fetcher = self.clone();
@@ -274,9 +329,23 @@ impl Fetcher {
         } else {
             PeerRequest::FetchChunks(ids.clone(), priority)
         };
+        let sent = Instant::now();
+        let progress = Arc::new(StreamProgress {
+            addr: holder.addr,
+            sent,
+            frames: Default::default(),
+            bytes: Default::default(),
+        });
+        {
+            let mut pending = pending.lock();
+            for (position, id) in ids.iter().enumerate() {
+                if let Some(entry) = pending.get_mut(id) {
+                    entry.asked = Some((progress.clone(), position));
+                }
+            }
+        }
         let mut asked: HashSet<ChunkId> = ids.into_iter().collect();
         let (mut fetched, mut bytes) = (0, 0);
-        let sent = Instant::now();
         let failure = async {
             let mut decoder =
                 ChunkDecoder::new().map_err(|e| PeerFailure::Network(format!("a chunk decoder: {e}")))?;
@@ -302,6 +371,8 @@ impl Fetcher {
                     .ok()
                     .filter(|id| asked.remove(id))
                     .ok_or_else(|| PeerFailure::Unexpected("a chunk not asked for, or sent twice".into()))?;
+                progress.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                progress.bytes.fetch_add(chunk.stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if chunk.missing {
                     continue;
                 }

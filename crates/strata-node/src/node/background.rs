@@ -73,10 +73,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The window of bytes a job keeps asked for and not yet received.
 ///
-/// Grows by a quarter per batch answered while the connection's smoothed
+/// Grows by half per batch answered while the connection's smoothed
 /// round-trip time stays within a target of its least (a quarter of it,
 /// at least [`MIN_QUEUE`]); shrinks by a quarter when it exceeds it. The
-/// least RTT seen is the path's; above it, the bottleneck's queue.
+/// least RTT seen is the path's; above it, the bottleneck's queue. The
+/// floor is small (a few chunks) so that on a short path the queue a read
+/// waits behind stays a few milliseconds long.
 #[derive(Clone, Debug)]
 pub struct Window {
     bytes: u64,
@@ -85,9 +87,9 @@ pub struct Window {
 
 /// The queueing delay a window aims to stay under, at least.
 pub const MIN_QUEUE: Duration = Duration::from_millis(4);
-const MIN_WINDOW: u64 = 128 << 10;
+const MIN_WINDOW: u64 = 32 << 10;
 const MAX_WINDOW: u64 = 256 << 20;
-const FIRST_WINDOW: u64 = 1 << 20;
+const FIRST_WINDOW: u64 = 2 << 20;
 /// Requests a window is cut into, at least: one answered while the next is
 /// on its way keeps the link busy.
 const BATCHES_PER_WINDOW: u64 = 2;
@@ -119,7 +121,7 @@ impl Window {
         if rtt.saturating_sub(base) > target {
             self.bytes = (self.bytes - self.bytes / 4).max(MIN_WINDOW);
         } else {
-            self.bytes = (self.bytes + self.bytes / 4).min(MAX_WINDOW);
+            self.bytes = (self.bytes + self.bytes / 2).min(MAX_WINDOW);
         }
     }
 }
@@ -757,9 +759,10 @@ mod tests {
         let mut w = Window::default();
         w.answered(Some(MS));
         w.answered(Some(4 * MS));
-        assert!(w.bytes() > FIRST_WINDOW);
+        let before = w.bytes();
+        assert!(before > FIRST_WINDOW, "3 ms of queue on a 1 ms path: within MIN_QUEUE");
         w.answered(Some(6 * MS));
-        assert!(w.bytes() < FIRST_WINDOW * 5 / 4, "5 ms of queue on a 1 ms path: shrunk");
+        assert_eq!(w.bytes(), before - before / 4, "5 ms of queue on a 1 ms path: shrunk");
         for _ in 0..100 {
             w.answered(Some(50 * MS));
         }
