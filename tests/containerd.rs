@@ -80,7 +80,17 @@ fn hosts_dir(s: &Strata, registry: &TestRegistry) -> PathBuf {
 }
 
 fn start_node(s: &Strata, certs: &str, socket: &Path) -> Node {
-    Node::start(s, "n1", certs, &[], &[("STRATA_SNAPSHOTTER__SOCKET", socket.to_str().expect("path"))])
+    Node::start(
+        s,
+        "n1",
+        certs,
+        &[],
+        &[
+            ("STRATA_SNAPSHOTTER__SOCKET", socket.to_str().expect("path")),
+            // The lazy path alone: the tests count what reads fetch.
+            ("STRATA_NODE__BACKGROUND_FETCH", "profile"),
+        ],
+    )
 }
 
 /// Files named `name` in the snapshotter's snapshot directories: where a
@@ -220,7 +230,17 @@ impl TwoNodes {
 }
 
 fn start_node_named(s: &Strata, name: &str, certs: &str, seeds: &[&str], socket: &Path) -> Node {
-    Node::start(s, name, certs, seeds, &[("STRATA_SNAPSHOTTER__SOCKET", socket.to_str().expect("path"))])
+    Node::start(
+        s,
+        name,
+        certs,
+        seeds,
+        &[
+            ("STRATA_SNAPSHOTTER__SOCKET", socket.to_str().expect("path")),
+            // The lazy path alone: the tests count what reads fetch.
+            ("STRATA_NODE__BACKGROUND_FETCH", "profile"),
+        ],
+    )
 }
 
 /// (b): node 1 pulled the image into Strata; node 2's containerd, asked as
