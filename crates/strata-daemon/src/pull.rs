@@ -93,9 +93,9 @@ pub fn pull(
     };
     if let (Some(node), Some(pulled_image)) = (&dir.node, pulled.imported.images.first()) {
         let id = pulled_image.id;
+        node.touch(id);
         if let Some(mode) = background {
-            let state = node.store().fetch_state(&id)?;
-            node.store().put_fetch_state(&id, strata_store::FetchState { mode: Some(mode), ..state })?;
+            node.store().update_fetch_state(&id, |s| s.mode = Some(mode))?;
         }
         if all {
             puller.fetch_whole(node, id)?;

@@ -178,12 +178,12 @@ async fn run(
     // The cache never evicts what live mounts use: the data dir's mount
     // records say which (a mount's own process serves it, not the node).
     let mounts_dir = dir.path.clone();
-    node.set_in_use(Box::new(move || {
-        crate::mount::mounted_image_ids(&mounts_dir)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(id, _)| id.parse().ok())
-            .collect()
+    node.set_in_use(Box::new(move || match crate::mount::mounted_image_ids(&mounts_dir) {
+        Ok(mounted) => Some(mounted.into_iter().filter_map(|(id, _)| id.parse().ok()).collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the mount records failed");
+            None
+        }
     }));
 
     let socket = socket_path(&dir.path);

@@ -76,13 +76,20 @@ type Outcome<T> = Result<T, FetchError>;
 pub struct DemandGauge {
     waiting: std::sync::atomic::AtomicUsize,
     last: Mutex<Option<tokio::time::Instant>>,
+    /// Microseconds reads have waited on peers, all together.
+    waited_us: std::sync::atomic::AtomicU64,
 }
 
 impl DemandGauge {
     /// A read starts waiting on peers; it stops when the guard drops.
     pub fn enter(self: &Arc<Self>) -> DemandGuard {
         self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        DemandGuard(self.clone())
+        DemandGuard(self.clone(), tokio::time::Instant::now())
+    }
+
+    /// How long reads have waited on peers, all together, since the start.
+    pub fn waited(&self) -> Duration {
+        Duration::from_micros(self.waited_us.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Reads waiting now.
@@ -100,12 +107,15 @@ impl DemandGauge {
     }
 }
 
-/// A read waiting on peers (see [`DemandGauge::enter`]).
-pub struct DemandGuard(Arc<DemandGauge>);
+/// A read waiting on peers (see [`DemandGauge::enter`]), since when.
+pub struct DemandGuard(Arc<DemandGauge>, tokio::time::Instant);
 
 impl Drop for DemandGuard {
     fn drop(&mut self) {
-        *self.0.last.lock() = Some(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let waited = now.saturating_duration_since(self.1).as_micros() as u64;
+        self.0.waited_us.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+        *self.0.last.lock() = Some(now);
         self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

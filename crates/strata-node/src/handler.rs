@@ -194,9 +194,15 @@ impl NodeHandler {
         replies.set_priority(stream_priority(priority));
         if relay && ids.len() > 1 {
             // A batch relayed: the chunks this node lacks come in one batch
-            // of its own; each is sent on as its flight lands.
-            let (node, ids) = (node.clone(), ids.clone());
-            tokio::spawn(async move { node.fetcher.fetch_batch(ids, priority, false).await });
+            // of its own (a few such at once; past that, one by one); each
+            // is sent on as its flight lands.
+            if let Ok(permit) = node.relay_batches.clone().try_acquire_owned() {
+                let (node, ids) = (node.clone(), ids.clone());
+                tokio::spawn(async move {
+                    node.fetcher.fetch_batch(ids, priority, false).await;
+                    drop(permit);
+                });
+            }
         }
         for id in ids {
             let stored = match self.store.store.read_async(move |s| s.get_stored_chunk(&id)).await {

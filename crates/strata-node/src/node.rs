@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub cache: CacheConfig,
 }
 
+/// Relayed batches a node fetches for its peers at once.
+const RELAY_BATCHES: usize = 8;
+
 /// Directory entries outlive this many missed announcements.
 const TTL_INTERVALS: u32 = 3;
 
@@ -86,6 +89,10 @@ pub struct Node {
     in_use: Mutex<Option<InUse>>,
     /// One eviction run at a time.
     evicting: tokio::sync::Mutex<()>,
+    /// Wakes the cache's task (a fetched chunk crossed the cap).
+    cache_wake: tokio::sync::Notify,
+    /// Batches fetched on peers' behalf (relayed batches) at once, at most.
+    pub(crate) relay_batches: Arc<tokio::sync::Semaphore>,
     /// Keys this node holds the claim on (see [`Node::claim`]): a second
     /// pull of one image here waits on the first, as other nodes do.
     claims: Mutex<std::collections::HashSet<Key>>,
@@ -186,6 +193,8 @@ impl Node {
                 jobs: background::Jobs::default(),
                 in_use: Mutex::default(),
                 evicting: tokio::sync::Mutex::default(),
+                cache_wake: tokio::sync::Notify::new(),
+                relay_batches: Arc::new(tokio::sync::Semaphore::new(RELAY_BATCHES)),
                 claims: Mutex::default(),
                 metrics,
                 runtime: tokio::runtime::Handle::current(),

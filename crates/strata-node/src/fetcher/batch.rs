@@ -168,33 +168,49 @@ impl Fetcher {
                 }
             }
         }
-        // What no holder gave in a batch: every holder, one chunk at a time.
-        let left: Vec<(ChunkId, Pending)> = pending.lock().drain().collect();
+        // What no holder gave in a batch: every holder, one chunk at a
+        // time, a few at once; a read that wants one still queued gets it
+        // asked at once (raised), past the others.
+        let left: Vec<ChunkId> =
+            pending.lock().iter().filter(|(_, p)| p.leader.is_some()).map(|(id, _)| *id).collect();
+        let mut left = left.into_iter();
         let mut retries = JoinSet::new();
-        for (id, pending) in left {
-            let Some(leader) = pending.leader else { continue };
-            while retries.len() >= RETRIES_IN_FLIGHT {
-                if let Some(Ok(done)) = retries.join_next().await {
-                    tally(&mut outcome, done);
+        loop {
+            while retries.len() < RETRIES_IN_FLIGHT {
+                let Some(id) = left.next() else { break };
+                let Some(leader) = pending.lock().get_mut(&id).and_then(|p| p.leader.take()) else {
+                    continue;
+                };
+                let fetcher = self.clone();
+                retries.spawn(async move {
+                    let relaying = leader_relays(&leader);
+                    let result =
+                        fetcher.fetch_uncached(id, relaying, fetcher.deadline, leader.priority()).await;
+                    let done = (id, result.as_ref().map(|s| s.len() as u64).map_err(|_| ()));
+                    if let Err(reason) = &result {
+                        tracing::warn!(chunk = %id, %reason, "chunk unavailable");
+                    }
+                    leader.finish(result.map(Arc::new));
+                    done
+                });
+            }
+            if retries.is_empty() {
+                break;
+            }
+            tokio::select! {
+                done = retries.join_next() => {
+                    if let Some(Ok(done)) = done {
+                        tally(&mut outcome, done);
+                    }
+                }
+                Some((id, _)) = raises.recv() => {
+                    if self.raise_now(id, &pending) {
+                        outcome.raised += 1;
+                    }
                 }
             }
-            let fetcher = self.clone();
-            retries.spawn(async move {
-                let relaying = leader_relays(&leader);
-                let result = fetcher.fetch_uncached(id, relaying, fetcher.deadline, leader.priority()).await;
-                let done = (id, result.as_ref().map(|s| s.len() as u64).map_err(|_| ()));
-                if let Err(reason) = &result {
-                    tracing::warn!(chunk = %id, %reason, "chunk unavailable");
-                }
-                leader.finish(result.map(Arc::new));
-                done
-            });
         }
-        while let Some(done) = retries.join_next().await {
-            if let Ok(done) = done {
-                tally(&mut outcome, done);
-            }
-        }
+        pending.lock().clear();
         outcome
     }
 

@@ -12,9 +12,11 @@
 //! covers the rest.
 //!
 //! Two speeds. *Urgent* work — a startup profile, the first start of an
-//! image that has no profile anywhere (its reads would otherwise pay a
-//! round trip each: the whole image comes at once, reads first), a pull
-//! with `--all` — goes at full link speed. The rest yields: it sends no
+//! image that has no profile anywhere once its reads have waited on peers
+//! [`ESCALATE_AFTER`] in all (on a long path they would pay a round trip
+//! each: the whole image comes at once, reads first; on a short one they
+//! are cheap and are left the link), a pull with `--all` — goes at full
+//! link speed. The rest yields: it sends no
 //! new batch while a read waits on peers, nor until reads have been quiet
 //! for [`QUIET`], and keeps to the node's byte-rate cap. Either way reads
 //! go first at the serving peer (demand priority, streams and caps) and a
@@ -66,6 +68,12 @@ impl Default for BackgroundConfig {
 
 /// How long reads must have been quiet before yielding work sends again.
 pub const QUIET: Duration = Duration::from_millis(500);
+/// On the first start of an image with no profile: how long its reads
+/// may wait on peers, in all, before the whole image is fetched at full
+/// speed. On a short path ~760 misses wait about a second and are better
+/// left the link (a full-speed bulk queues ahead of each); on a long one
+/// this is a dozen round trips, after which the bulk wins.
+pub const ESCALATE_AFTER: Duration = Duration::from_millis(1500);
 /// How long a pass that fetched nothing waits before the next, at first
 /// (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -214,6 +222,9 @@ pub(crate) struct Job {
     urgent: AtomicBool,
     /// Beyond the profile.
     whole: AtomicBool,
+    /// A first start: how long reads had waited when it began; once they
+    /// have waited [`ESCALATE_AFTER`] more, the job turns urgent.
+    escalate_from: Mutex<Option<Duration>>,
     started: Instant,
     state: Mutex<JobState>,
     chunks: AtomicU64,
@@ -235,6 +246,7 @@ impl Job {
             image,
             urgent: AtomicBool::new(false),
             whole: AtomicBool::new(false),
+            escalate_from: Mutex::new(None),
             started: Instant::now(),
             state: Mutex::new(JobState::Fetching),
             chunks: AtomicU64::new(0),
@@ -349,39 +361,60 @@ impl Node {
             self.touch(image);
         }
         let mode = self.background_mode(&state);
+        let mut job_escalates = false;
         let (whole, urgent) = match (why, mode) {
             (Start::All, _) => (true, true),
             (_, BackgroundFetch::None) => return Ok(()),
             (Start::Pulled, _) => (false, false),
             (Start::Read | Start::Resumed, BackgroundFetch::Profile) => (false, false),
-            (Start::Read, BackgroundFetch::All) => (true, !has_profile),
+            // No profile anywhere: the first start of the image. Its reads
+            // decide: cheap ones (a short path) are left the link; once
+            // they have waited `ESCALATE_AFTER` in all, the whole image
+            // comes at full speed (see `escalate`).
+            (Start::Read, BackgroundFetch::All) => {
+                if !has_profile {
+                    job_escalates = true;
+                }
+                (true, false)
+            }
             (Start::Resumed, BackgroundFetch::All) => (true, false),
         };
         if whole && !state.started {
             let store = self.store.clone();
-            let started = FetchState { started: true, ..state };
-            let kept = tokio::task::spawn_blocking(move || store.put_fetch_state(&image, started)).await;
+            let kept =
+                tokio::task::spawn_blocking(move || store.update_fetch_state(&image, |s| s.started = true))
+                    .await;
             if let Ok(Err(e)) = kept {
                 tracing::warn!(%image, error = %e, "recording the background fetch failed");
             }
         }
+        // Flags set under the jobs' lock: a job ending at this moment sees
+        // them (it checks under the same lock) or is gone (a new one starts).
         let (job, new) = {
             let mut running = self.jobs.running.lock();
-            match running.get(&image) {
+            let (job, new) = match running.get(&image) {
                 Some(job) => (job.clone(), false),
                 None => {
                     let job = Arc::new(Job::new(image));
                     running.insert(image, job.clone());
                     (job, true)
                 }
+            };
+            if whole {
+                job.whole.store(true, Ordering::Relaxed);
             }
+            if urgent {
+                job.urgent.store(true, Ordering::Relaxed);
+            }
+            if job_escalates {
+                job.escalate_from.lock().get_or_insert(self.fetcher.demand().waited());
+            }
+            if why == Start::All {
+                // A new wait for the image whole (`fetch_whole`).
+                job.done.send_replace(false);
+            }
+            (job, new)
         };
-        if whole {
-            job.whole.store(true, Ordering::Relaxed);
-        }
-        if urgent {
-            job.urgent.store(true, Ordering::Relaxed);
-        }
         if new {
             tracing::info!(%image, ?why, whole, urgent, "background fetch started");
             let node = self.clone();
@@ -474,6 +507,7 @@ impl Node {
             std::future::pending::<()>().await;
         }
         let mut backoff = FIRST_BACKOFF;
+        let mut last_total: Option<(bool, usize)> = None;
         loop {
             let whole = job.whole.load(Ordering::Relaxed);
             let store = self.store.clone();
@@ -491,26 +525,47 @@ impl Node {
             };
             if queue.is_empty() {
                 // Widened meanwhile: another pass; else the job ends.
-                let mut running = self.jobs.running.lock();
-                if job.whole.load(Ordering::Relaxed) != whole {
+                let ended = {
+                    let mut running = self.jobs.running.lock();
+                    let widened = job.whole.load(Ordering::Relaxed) != whole;
+                    if !widened {
+                        running.remove(&image);
+                        self.jobs.started_layers.lock().clear();
+                    }
+                    !widened
+                };
+                if !ended {
                     continue;
                 }
-                running.remove(&image);
-                self.jobs.started_layers.lock().clear();
-                drop(running);
                 let status = job.status();
                 tracing::info!(%image, whole, chunks = status.chunks, bytes = status.bytes, seconds = status.seconds, "background fetch done");
                 if whole {
+                    // Whole: nothing to resume after a restart.
+                    let store = self.store.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.update_fetch_state(&image, |s| s.started = false)
+                    })
+                    .await;
                     let _ = job.done.send(true);
                 }
                 return;
             }
             let total = queue.len();
+            // A job's image counts as used at each pass: within the grace
+            // period the cache leaves it alone.
+            self.touch(image);
             let fetched = self.run_pass(&job, queue).await;
             if self.is_stopping() {
+                self.jobs.running.lock().remove(&image);
+                let _ = job.done.send(true);
                 return;
             }
-            if fetched < total {
+            // A pass that left as much missing as the last one did (chunks
+            // under way elsewhere, or not stored) waits too, not spins.
+            let stalled =
+                last_total.is_some_and(|last| last == (whole, total) || (last.0 == whole && total > last.1));
+            last_total = Some((whole, total));
+            if fetched < total || stalled {
                 // Some chunks no holder gave: the waiters (`pull --all`)
                 // hear of it; the job tries again later.
                 if whole {
@@ -559,14 +614,16 @@ impl Node {
             if self.is_stopping() || !self.jobs.running.lock().contains_key(&job.image) {
                 break;
             }
-            let urgent = queue[next].profile || job.urgent.load(Ordering::Relaxed);
-            if !urgent {
-                self.yield_to_reads(job).await;
-            }
             while !in_flight.is_empty() && (pass.flying >= pass.window.bytes() || in_flight.len() >= requests)
             {
                 let done = in_flight.join_next().await;
                 settle(&mut pass, done);
+            }
+            // After the wait for room in the window: no batch goes out
+            // while a read waits.
+            let urgent = queue[next].profile || job.urgent.load(Ordering::Relaxed);
+            if !urgent {
+                self.yield_to_reads(job).await;
             }
             let ratio = pass.stored as f64 / pass.raw_seen as f64;
             let mut batch = Vec::new();
@@ -621,15 +678,34 @@ impl Node {
     /// Waits until no read has waited on peers for [`QUIET`].
     async fn yield_to_reads(&self, job: &Job) {
         loop {
+            if self.escalate(job) {
+                break;
+            }
             let wait = match self.fetcher.demand().quiet_for(Instant::now()) {
                 Some(quiet) if quiet >= QUIET => break,
                 Some(quiet) => QUIET - quiet,
                 None => QUIET,
             };
             job.set_state(JobState::Paused);
-            tokio::time::sleep(wait).await;
+            // Short naps: a first start that turns urgent goes on at once.
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
         }
         job.set_state(JobState::Fetching);
+    }
+
+    /// Whether `job` (a first start) turns urgent now: its reads have waited
+    /// [`ESCALATE_AFTER`] in all since it began.
+    fn escalate(&self, job: &Job) -> bool {
+        if job.urgent.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(from) = *job.escalate_from.lock() else { return false };
+        if self.fetcher.demand().waited().saturating_sub(from) < ESCALATE_AFTER {
+            return false;
+        }
+        job.urgent.store(true, Ordering::Relaxed);
+        tracing::info!(image = %job.image, "reads keep waiting on peers: the whole image comes at full speed");
+        true
     }
 
     /// Waits out the node's byte-rate cap for `bytes`.

@@ -64,8 +64,13 @@ impl Default for CacheConfig {
     }
 }
 
-/// The images live mounts use, as the daemon knows them.
-pub type InUse = Box<dyn Fn() -> HashSet<ImageId> + Send + Sync>;
+/// The images live mounts use, as the daemon knows them; `None` when it
+/// cannot tell (then nothing is evicted).
+pub type InUse = Box<dyn Fn() -> Option<HashSet<ImageId>> + Send + Sync>;
+
+/// A layer's missing count while its chunks are evicted: no arrival brings
+/// it to zero before the true count is set.
+const EVICTING: usize = usize::MAX / 2;
 
 /// What an eviction run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,8 +99,11 @@ impl Node {
         *self.in_use.lock() = Some(in_use);
     }
 
-    fn images_in_use(&self) -> HashSet<ImageId> {
-        self.in_use.lock().as_ref().map(|f| f()).unwrap_or_default()
+    fn images_in_use(&self) -> Option<HashSet<ImageId>> {
+        match self.in_use.lock().as_ref() {
+            Some(f) => f(),
+            None => Some(HashSet::new()),
+        }
     }
 
     /// How many stored bytes must go now to meet the cap and the floor
@@ -126,9 +134,8 @@ impl Node {
             return;
         }
         if matches!(self.over_cap(bytes), Ok(need) if need > 0) {
-            if let Err(e) = self.enforce_cap().await {
-                tracing::warn!(error = %e, "eviction failed");
-            }
+            // The cache's task evicts; the read does not wait for it.
+            self.cache_wake.notify_one();
         }
     }
 
@@ -170,7 +177,11 @@ impl Node {
         if need == 0 {
             return Ok(evicted);
         }
-        let in_use = self.images_in_use();
+        // Which images mounts use: unknown (their records unreadable), nothing goes.
+        let Some(in_use) = self.images_in_use() else {
+            tracing::warn!("the mounts' images are unknown: nothing evicted");
+            return Ok(evicted);
+        };
         let (store, grace) = (self.store.clone(), self.config.cache.grace);
         let (candidates, protected) =
             tokio::task::spawn_blocking(move || candidates(&store, &in_use, unix_now(), grace))
@@ -182,9 +193,18 @@ impl Node {
                 if evicted.stored_bytes >= need {
                     break 'images;
                 }
-                let elsewhere =
-                    self.lookup(layer.as_bytes()).await.iter().any(|h| h.complete && h.node != self.me.name);
-                if !elsewhere {
+                // A mount that started since the candidates were chosen.
+                if self.images_in_use().is_none_or(|now| now.contains(&candidate.image)) {
+                    continue 'images;
+                }
+                // Only where a copy stays: another node holds the layer
+                // whole and sorts before this one (the first complete
+                // holder by name never evicts, so two nodes evicting at
+                // once cannot both drop the last copies).
+                let keeps_a_copy = |holders: &[crate::directory::Holder]| {
+                    holders.iter().any(|h| h.complete && h.node.as_str() < self.me.name.as_str())
+                };
+                if !keeps_a_copy(&self.lookup(layer.as_bytes()).await) {
                     continue;
                 }
                 let freed = self.evict_layer(*layer, protected.clone()).await?;
@@ -216,32 +236,57 @@ impl Node {
         layer: LayerId,
         protected: Arc<HashSet<LayerId>>,
     ) -> Result<Evicted, StoreError> {
-        self.progress.set(layer, 1);
+        // Partial from now on: no arrival can bring the count to zero (and
+        // the layer announced complete) while its chunks go.
+        self.progress.set(layer, EVICTING);
         self.locator.announce(&[], &[*layer.as_bytes()]).await;
         let store = self.store.clone();
-        let freed = tokio::task::spawn_blocking(move || -> Result<(Evicted, usize), StoreError> {
-            let mut chunks = Vec::new();
-            for id in layer_chunks(&store, &layer)? {
-                let shared = store.chunk_layers(&id)?.iter().any(|l| protected.contains(l));
-                if !shared && store.has_chunk(&id)? {
-                    chunks.push(id);
+        let freed =
+            tokio::task::spawn_blocking(move || -> Result<(Evicted, Vec<(LayerId, usize)>), StoreError> {
+                let mut chunks = Vec::new();
+                let mut touched = HashSet::from([layer]);
+                for id in layer_chunks(&store, &layer)? {
+                    let layers = store.chunk_layers(&id)?;
+                    if !layers.iter().any(|l| protected.contains(l)) && store.has_chunk(&id)? {
+                        touched.extend(layers);
+                        chunks.push(id);
+                    }
                 }
+                let report = store.evict_chunks(&chunks)?;
+                // Every layer that lists an evicted chunk lacks it now.
+                let mut counts = Vec::new();
+                for l in touched {
+                    counts.push((l, store.missing_chunks(&l)?.len()));
+                }
+                let evicted = Evicted {
+                    layers: 1,
+                    chunks: report.chunks_deleted,
+                    stored_bytes: report.stored_bytes_deleted,
+                };
+                Ok((evicted, counts))
+            })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?;
+        let (evicted, counts) = match freed {
+            Ok(freed) => freed,
+            Err(e) => {
+                // Counted from the store again: what went, went.
+                let store = self.store.clone();
+                let missing =
+                    tokio::task::spawn_blocking(move || store.missing_chunks(&layer).map(|m| m.len())).await;
+                self.progress.set(layer, missing.ok().and_then(Result::ok).unwrap_or(EVICTING));
+                return Err(e);
             }
-            let report = store.evict_chunks(&chunks)?;
-            let missing = store.missing_chunks(&layer)?.len();
-            let evicted = Evicted {
-                layers: 1,
-                chunks: report.chunks_deleted,
-                stored_bytes: report.stored_bytes_deleted,
-            };
-            Ok((evicted, missing))
-        })
-        .await
-        .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
-        let (evicted, missing) = freed;
-        self.progress.set(layer, missing);
-        if missing == 0 {
-            self.locator.announce(&[*layer.as_bytes()], &[]).await;
+        };
+        let mut partial = Vec::new();
+        for (l, missing) in counts {
+            self.progress.set(l, missing);
+            if missing > 0 && l != layer {
+                partial.push(*l.as_bytes());
+            }
+        }
+        if !partial.is_empty() {
+            self.locator.announce(&[], &partial).await;
         }
         Ok(evicted)
     }
@@ -253,19 +298,27 @@ impl Node {
             return;
         }
         let mut stopping = self.stopping.subscribe();
+        // After a run that could free nothing, only the interval wakes it
+        // (not every chunk stored meanwhile).
+        let mut stuck = false;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(cache.interval) => {}
+                () = self.cache_wake.notified(), if !stuck => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
-            if let Err(e) = self.enforce_cap().await {
-                tracing::warn!(error = %e, "eviction failed");
+            match self.enforce_cap().await {
+                Ok(evicted) => stuck = evicted.chunks == 0 && !matches!(self.over_cap(0), Ok(0)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "eviction failed");
+                    stuck = true;
+                }
             }
         }
     }
 
     /// Notes that `image` was used now (the cache's LRU order).
-    pub(crate) fn touch(&self, image: ImageId) {
+    pub fn touch(&self, image: ImageId) {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.update_fetch_state(&image, |s| s.last_used = unix_now()) {
@@ -307,16 +360,13 @@ fn candidates(
     Ok((open, protected))
 }
 
-/// Every chunk a layer lists: its index's and its tar-splits'.
+/// The chunks a layer's index lists (what "complete" counts). Its
+/// tar-splits' stay: a holder is announced complete without them, so they
+/// may be the cluster's only copy (export and push rebuild tars from them).
 fn layer_chunks(store: &Store, layer: &LayerId) -> Result<Vec<ChunkId>, StoreError> {
     let mut out = HashSet::new();
     for entry in &store.layer_index(layer)?.entries {
         out.extend(entry.chunks.iter().filter_map(|c| ChunkId::from_slice(&c.id).ok()));
-    }
-    for split in store.layer(layer)?.map(|r| r.tar_splits).unwrap_or_default() {
-        out.extend(
-            split.blob.iter().chain(&split.extra_chunks).filter_map(|c| ChunkId::from_slice(&c.id).ok()),
-        );
     }
     Ok(out.into_iter().collect())
 }
