@@ -154,7 +154,11 @@ fn a_peer_without_a_cluster_certificate_is_refused() {
     let outcome = runtime.block_on(async {
         let endpoint = strata_net::client_endpoint(&identity)?;
         let connection = strata_net::connect(&endpoint, addr, None).await?;
-        strata_net::request(&connection, &strata_wire::PeerRequest::ResolveImage("x".into())).await
+        strata_net::request(
+            &connection,
+            &strata_wire::PeerRequest::ResolveImage { reference: "x".into(), with_layer_indexes: false },
+        )
+        .await
     });
     assert!(outcome.is_err(), "served a peer of another CA: {outcome:?}");
     wait_for("the node to log the refusal", || node_a.log_text().contains("peer refused"));

@@ -132,6 +132,19 @@ fn cache_config(cache: &crate::settings::CacheSettings) -> Result<strata_node::C
     })
 }
 
+/// `[node] initial_window_bytes`: 0 for quinn's default, else between two
+/// full-size datagrams (quinn sends nothing while a packet would not fit
+/// the window) and the send window.
+fn transport_settings(settings: &NodeSettings) -> Result<strata_net::TransportSettings> {
+    let window = settings.initial_window_bytes;
+    const LEAST: u64 = 2 * 1500;
+    const MOST: u64 = 32 << 20;
+    if window != 0 && !(LEAST..=MOST).contains(&window) {
+        refuse!("[node] initial_window_bytes = {window}: bytes (not packets), 0 for the default or {LEAST} to {MOST}");
+    }
+    Ok(strata_net::TransportSettings { initial_window: Some(window).filter(|w| *w > 0) })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     dir: &DataDir,
@@ -173,6 +186,7 @@ async fn run(
             rate: Some(settings.background_rate_bytes_per_sec).filter(|r| *r > 0),
             requests: settings.background_requests.max(1),
         },
+        transport: transport_settings(&settings)?,
     };
     let node = Node::start(config, &identity, store).await?;
     // The cache never evicts what live mounts use: the data dir's mount
@@ -628,4 +642,21 @@ async fn run_command(
         Err(e) => Reply::Failed { error: format!("the command panicked: {e}") },
     };
     (reply, !caller_left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_initial_window_is_the_default_or_bytes_within_bounds() {
+        let with =
+            |w: u64| transport_settings(&NodeSettings { initial_window_bytes: w, ..Default::default() });
+        assert_eq!(with(0).expect("default").initial_window, None);
+        assert_eq!(with(2_000_000).expect("a BDP").initial_window, Some(2_000_000));
+        for bad in [10, 2999, (32 << 20) + 1] {
+            let err = with(bad).expect_err("out of bounds").to_string();
+            assert!(err.contains("initial_window_bytes") && err.contains("not packets"), "{err}");
+        }
+    }
 }

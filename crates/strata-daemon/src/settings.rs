@@ -157,6 +157,13 @@ pub struct NodeSettings {
     /// Batch requests (each for many chunks) one image's background fetch
     /// keeps in flight at most.
     pub background_requests: usize,
+    /// The congestion window this node's QUIC connections start with, in
+    /// bytes (it bounds what this node sends, so it matters on holders);
+    /// 0 = the QUIC default (RFC 9002 §7.2: about 12 KB); else 3000 to
+    /// 32 MiB. Near the link's bandwidth-delay product (rate × RTT), a
+    /// first start on a long link skips the round trips of slow start; too
+    /// large on a shared link, it causes loss.
+    pub initial_window_bytes: u64,
     /// Log format: "text" or "json".
     pub log_format: String,
 }
@@ -179,6 +186,7 @@ impl Default for NodeSettings {
             background_fetch: strata_types::BackgroundFetch::All,
             background_rate_bytes_per_sec: 0,
             background_requests: 4,
+            initial_window_bytes: 0,
             log_format: "text".into(),
         }
     }

@@ -111,10 +111,24 @@ pub const DEMAND_PRIORITY: i32 = 1;
 /// The QUIC stream priority of replies nobody waits for yet.
 pub const PREFETCH_PRIORITY: i32 = 0;
 
+/// Settings of a node's QUIC transport that an operator may change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportSettings {
+    /// The congestion window a connection starts with, in bytes; `None`
+    /// keeps quinn's (RFC 9002 §7.2: ten datagrams, about 12 KB). On a long
+    /// fat link a window near the bandwidth-delay product lets an image's
+    /// metadata and first chunks cross in one round trip instead of the
+    /// eight or so slow start takes to reach it (as `ip route … initcwnd`
+    /// does for TCP); on a shared or lossy link, a large value causes loss.
+    pub initial_window: Option<u64>,
+}
+
 /// Transport settings for chunk traffic: flow-control windows sized for
-/// batches of chunks in flight, and path MTU discovery allowed up to jumbo
-/// frames (it settles on what the path carries; 1200 bytes is the floor).
-fn transport() -> Arc<quinn::TransportConfig> {
+/// batches of chunks in flight, path MTU discovery allowed up to jumbo
+/// frames (it settles on what the path carries; 1200 bytes is the floor),
+/// CUBIC congestion control (quinn's default) from `settings`' initial
+/// window.
+fn transport(settings: TransportSettings) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
     transport.receive_window(quinn::VarInt::from_u32(32 << 20));
@@ -124,30 +138,45 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(8952);
     transport.mtu_discovery_config(Some(mtu));
+    if let Some(window) = settings.initial_window {
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(window);
+        transport.congestion_controller_factory(Arc::new(cubic));
+    }
     Arc::new(transport)
 }
 
 /// An endpoint that accepts peers on `addr` (and can dial them).
 pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
+    server_endpoint_with(addr, identity, TransportSettings::default())
+}
+
+/// [`server_endpoint`] with `settings` for the connections it accepts and
+/// those it dials.
+pub fn server_endpoint_with(
+    addr: SocketAddr,
+    identity: &Identity,
+    settings: TransportSettings,
+) -> Result<Endpoint, NetError> {
     let crypto = QuicServerConfig::try_from(identity.server_config()?).map_err(setup)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(settings));
     let mut endpoint = Endpoint::server(config, addr).map_err(setup)?;
-    endpoint.set_default_client_config(client_config(identity)?);
+    endpoint.set_default_client_config(client_config(identity, settings)?);
     Ok(endpoint)
 }
 
 /// An endpoint that only dials.
 pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, NetError> {
     let mut endpoint = Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(setup)?;
-    endpoint.set_default_client_config(client_config(identity)?);
+    endpoint.set_default_client_config(client_config(identity, TransportSettings::default())?);
     Ok(endpoint)
 }
 
-fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, NetError> {
+fn client_config(identity: &Identity, settings: TransportSettings) -> Result<quinn::ClientConfig, NetError> {
     let crypto = QuicClientConfig::try_from(identity.client_config()?).map_err(setup)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(settings));
     Ok(config)
 }
 

@@ -1,12 +1,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prost::Message;
 use strata_net::{Answering, Handler, NetError, Replies};
 use strata_proto::v1::{ChunkReply, End, ImageReply, LayerIndexReply};
 use strata_store::StoreSource;
 use strata_store::{ImageId, ImageRecord, Store, StoreError};
-use strata_types::ChunkId;
+use strata_types::{ChunkId, LayerId};
 use strata_wire::response::Kind;
 use strata_wire::{ErrorCode, PeerRequest, Priority, Response};
 
@@ -69,18 +68,21 @@ impl StoreHandler {
     async fn metadata(&self, request: PeerRequest) -> Vec<Response> {
         match request {
             PeerRequest::FetchLayerIndex(layer) => {
-                let read =
-                    self.store.read_async(move |s| Ok((s.layer_index(&layer)?, s.layer(&layer)?))).await;
+                let read = self
+                    .store
+                    .read_async(move |s| Ok((s.layer_index_bytes(&layer)?, s.layer(&layer)?)))
+                    .await;
                 match read {
-                    Ok((index, record)) => vec![
-                        reply(Kind::LayerIndex(LayerIndexReply { index: index.encode_to_vec(), record })),
-                        end(),
-                    ],
-                    Err(StoreError::MissingLayer(_)) => vec![error(ErrorCode::NotFound, layer)],
+                    Ok((index, Some(record))) => {
+                        vec![reply(Kind::LayerIndex(LayerIndexReply { index, record: Some(record) })), end()]
+                    }
+                    Ok((_, None)) | Err(StoreError::MissingLayer(_)) => {
+                        vec![error(ErrorCode::NotFound, layer)]
+                    }
                     Err(e) => vec![error(ErrorCode::Internal, e)],
                 }
             }
-            PeerRequest::ResolveImage(reference) => {
+            PeerRequest::ResolveImage { reference, .. } => {
                 let read = self
                     .store
                     .read_async(move |s| {
@@ -137,6 +139,41 @@ fn chunk_reply(id: &ChunkId, stored: Option<Vec<u8>>) -> Response {
     }))
 }
 
+impl StoreHandler {
+    /// The reply to anything but chunks, sent. An image asked for with its
+    /// layer indexes goes frame by frame: its record, then each distinct
+    /// layer's index this store holds (in the record's order; the asker
+    /// asks for any left out on its own), then `End`, one index in memory
+    /// at a time.
+    async fn answer(&self, request: PeerRequest, replies: &mut Replies) -> Result<(), NetError> {
+        let PeerRequest::ResolveImage { reference, with_layer_indexes: true } = request else {
+            return replies.send_all(&self.metadata(request).await).await;
+        };
+        let image = self.metadata(PeerRequest::ResolveImage { reference, with_layer_indexes: false }).await;
+        let layers = match image.first().and_then(|r| r.kind.as_ref()) {
+            Some(Kind::Image(ImageReply { record: Some(record), .. })) => record.layers.clone(),
+            _ => return replies.send_all(&image).await,
+        };
+        // The record; its End follows the indexes.
+        replies.send(&image[0]).await?;
+        let mut sent = std::collections::HashSet::new();
+        for raw in layers {
+            let Ok(layer) = LayerId::from_slice(&raw) else { continue };
+            if !sent.insert(layer) {
+                continue;
+            }
+            let read =
+                self.store.read_async(move |s| Ok((s.layer_index_bytes(&layer)?, s.layer(&layer)?))).await;
+            if let Ok((index, Some(record))) = read {
+                replies
+                    .send(&reply(Kind::LayerIndex(LayerIndexReply { index, record: Some(record) })))
+                    .await?;
+            }
+        }
+        replies.send(&end()).await
+    }
+}
+
 impl Handler for StoreHandler {
     fn handle<'a>(
         &'a self,
@@ -149,10 +186,7 @@ impl Handler for StoreHandler {
                 PeerRequest::FetchChunks(ids, _) | PeerRequest::RelayChunks(ids, _) => {
                     self.chunks(ids, replies).await
                 }
-                other => {
-                    let out = self.metadata(other).await;
-                    replies.send_all(&out).await
-                }
+                other => self.answer(other, replies).await,
             }
         })
     }
@@ -315,8 +349,15 @@ impl Handler for NodeHandler {
                     return self.chunks(&node, from, ids, true, priority, replies).await
                 }
                 PeerRequest::Announce(announcement) => {
-                    node.locator.record(&announcement, std::time::Instant::now());
-                    vec![end()]
+                    let now = std::time::Instant::now();
+                    node.locator.record(&announcement, now);
+                    if announcement.partial.is_empty() {
+                        vec![end()]
+                    } else {
+                        // The group the announcer joins, in the same round trip.
+                        let holders = node.locator.lookup_reply(&announcement.partial, now);
+                        vec![reply(Kind::Lookup(holders)), end()]
+                    }
                 }
                 PeerRequest::Lookup(keys) => {
                     let holders = node.locator.lookup_reply(&keys, std::time::Instant::now());
@@ -339,7 +380,7 @@ impl Handler for NodeHandler {
                         Err(e) => vec![error(ErrorCode::Internal, e)],
                     }
                 }
-                other => self.store.metadata(other).await,
+                other => return self.store.answer(other, replies).await,
             };
             replies.send_all(&out).await
         })

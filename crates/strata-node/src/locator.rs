@@ -3,8 +3,9 @@
 //! to each key's directory nodes (rendezvous over the live members), and
 //! looking up who holds a key (answers reused briefly: [`LookupCache`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use strata_wire::response::Kind;
 use strata_wire::{Announcement, ClaimRequest, PeerRequest, MAX_KEYS};
 
 use crate::directory::{ClaimState, Directory, Holder};
-use crate::lookup_cache::{Cached, LookupCache};
+use crate::lookup_cache::{Cached, LookupCache, FRESH};
 use crate::membership::{Member, MemberState, MemberView, Membership};
 use crate::metrics::Metrics;
 
@@ -27,9 +28,22 @@ pub type Key = [u8; 32];
 /// How long an announcement to one directory node may take.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The least time holders learnt from an announcement's answers are used
+/// without asking again (on a fast link the fetch needs a moment to plan).
+const MIN_LEARNT_FRESH: Duration = Duration::from_millis(100);
+
 /// How long a claim lasts unless its holder renews it (see
 /// [`Locator::claim`]); holders renew every third of it.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(15);
+
+/// A partial key's group as an announcement learns it: the remote
+/// directory nodes asked, those that answered, and the holders named.
+#[derive(Default)]
+struct Group {
+    asked: HashSet<SocketAddr>,
+    answered: HashSet<SocketAddr>,
+    found: Vec<Holder>,
+}
 
 /// Keys held whole and keys being fetched, as one announcement carries them.
 #[derive(Default)]
@@ -45,6 +59,9 @@ pub struct Locator {
     pool: Arc<Pool>,
     directory: Mutex<Directory>,
     lookups: Mutex<LookupCache>,
+    /// Moves on whenever the membership does ([`Self::members_changed`]):
+    /// an answer from directory nodes chosen before is not kept.
+    epoch: AtomicU64,
     /// Directory nodes per key.
     replicas: usize,
     /// How long a lookup waits for one directory node.
@@ -71,6 +88,7 @@ impl Locator {
             pool,
             directory: Mutex::new(Directory::new(entry_ttl)),
             lookups: Mutex::default(),
+            epoch: AtomicU64::new(0),
             replicas: replicas.max(1),
             lookup_timeout,
             metrics,
@@ -110,6 +128,8 @@ impl Locator {
             }
             directory.expire(now);
         }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.metrics.lookup_cache_clears.inc();
         self.lookups.lock().clear();
     }
 
@@ -119,20 +139,28 @@ impl Locator {
     }
 
     /// The reply to a peer's lookup: the holders this node's directory
-    /// entries name for each key.
+    /// entries name for each key, in order, as many keys as fit half a
+    /// frame ([`strata_wire::MAX_FRAME`]); the asker takes keys left out
+    /// as unanswered.
     pub fn lookup_reply(&self, keys: &[Key], now: Instant) -> LookupReply {
         let directory = self.directory.lock();
-        let holders = keys
-            .iter()
-            .map(|key| Holders {
+        let mut holders = Vec::new();
+        let mut bytes = 0;
+        for key in keys {
+            let entry = Holders {
                 key: key.to_vec(),
                 holders: directory
                     .holders(key, now)
                     .into_iter()
                     .map(|h| ProtoHolder { node: h.node, addr: h.addr.to_string(), complete: h.complete })
                     .collect(),
-            })
-            .collect();
+            };
+            bytes += prost::Message::encoded_len(&entry) + 4;
+            if bytes > strata_wire::MAX_FRAME / 2 {
+                break;
+            }
+            holders.push(entry);
+        }
         LookupReply { holders }
     }
 
@@ -204,11 +232,34 @@ impl Locator {
     /// Tells the keys' directory nodes that this node holds them (whole, or
     /// in part while it fetches them).
     pub async fn announce(&self, complete: &[Key], partial: &[Key]) {
+        self.announce_learning(complete, partial, false).await
+    }
+
+    /// [`Self::announce`] as a node joining the groups of `partial` keys
+    /// (it starts fetching them): directory nodes answer an announcement
+    /// of partial keys with the keys' holders, and where every directory
+    /// node of a key answered, the merged answer is kept as a lookup
+    /// ([`LookupCache`]), fresh for about one more round trip, so the fetch
+    /// that follows needs no round trip of its own to find its group. An
+    /// announcement that took [`FRESH`] or longer, or during which the
+    /// membership moved, keeps nothing.
+    pub async fn join(&self, complete: &[Key], partial: &[Key]) {
+        self.announce_learning(complete, partial, true).await
+    }
+
+    async fn announce_learning(&self, complete: &[Key], partial: &[Key], learn: bool) {
+        let (epoch, sent) = (self.epoch.load(Ordering::SeqCst), Instant::now());
         let live = self.live();
         let mut per_node: HashMap<SocketAddr, (Member, Holdings)> = HashMap::new();
+        // Per partial key: the remote directory nodes asked, and what
+        // answered (with this node's own directory entries).
+        let mut groups: HashMap<Key, Group> = HashMap::new();
         for (keys, is_complete) in [(complete, true), (partial, false)] {
             for key in keys {
                 for node in self.directory_nodes(key, &live) {
+                    if !is_complete && learn && node.name != self.me.name {
+                        groups.entry(*key).or_default().asked.insert(node.addr);
+                    }
                     let (_, holdings) =
                         per_node.entry(node.addr).or_insert_with(|| (node.clone(), Holdings::default()));
                     if is_complete { &mut holdings.complete } else { &mut holdings.partial }.push(*key);
@@ -225,7 +276,12 @@ impl Locator {
                     partial: batch.partial,
                 };
                 if node.name == self.me.name {
-                    self.record(&a, Instant::now());
+                    let now = Instant::now();
+                    self.record(&a, now);
+                    let directory = self.directory.lock();
+                    for key in a.partial.iter().filter(|_| learn) {
+                        groups.entry(*key).or_default().found.extend(directory.holders(key, now));
+                    }
                     continue;
                 }
                 self.metrics.announcements.inc();
@@ -233,14 +289,35 @@ impl Locator {
                 sends.spawn(async move {
                     let request = PeerRequest::Announce(a);
                     match tokio::time::timeout(ANNOUNCE_TIMEOUT, pool.request(addr, &request)).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "announcement not delivered"),
-                        Err(_) => tracing::debug!(peer = %addr, "announcement timed out"),
+                        Ok(Ok(replies)) => (addr, holders_by_key(&replies)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %addr, error = %e, "announcement not delivered");
+                            (addr, Vec::new())
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %addr, "announcement timed out");
+                            (addr, Vec::new())
+                        }
                     }
                 });
             }
         }
-        while sends.join_next().await.is_some() {}
+        while let Some(joined) = sends.join_next().await {
+            let Ok((addr, answer)) = joined else { continue };
+            take_answer(&mut groups, addr, answer);
+        }
+        let took = sent.elapsed();
+        if !learn || took >= FRESH || self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        let learnt = learnt(groups, &self.me.name, &live);
+        // Fresh for one more round trip from now: the fetch's first plan
+        // uses it; nodes joining meanwhile are seen from its next one on.
+        let fresh = (took * 2).max(MIN_LEARNT_FRESH);
+        let mut lookups = self.lookups.lock();
+        for (key, holders) in learnt {
+            lookups.put_fresh_for(key, holders, &self.me.name, sent, fresh);
+        }
     }
 
     /// Who holds `key`, as its directory nodes say (this node included when
@@ -249,6 +326,7 @@ impl Locator {
         if let Cached::Use(holders) = self.lookups.lock().get(key, Instant::now()) {
             return holders;
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let live = self.live();
         // Every directory node of the key, at once; their answers merged (a
         // directory node that just took the key may not know every holder yet).
@@ -259,6 +337,7 @@ impl Locator {
                 found.extend(self.directory.lock().holders(key, Instant::now()));
                 continue;
             }
+            self.metrics.directory_lookups.inc();
             let (pool, request, timeout) =
                 (self.pool.clone(), PeerRequest::Lookup(vec![*key]), self.lookup_timeout);
             asks.spawn(async move {
@@ -281,7 +360,9 @@ impl Locator {
             found.extend(answer.unwrap_or_default());
         }
         let merged = merge(found, &self.me.name, &live);
-        self.lookups.lock().put(*key, merged.clone(), &self.me.name, Instant::now());
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            self.lookups.lock().put(*key, merged.clone(), &self.me.name, Instant::now());
+        }
         merged
     }
 }
@@ -301,6 +382,29 @@ fn claim_state(reply: ClaimReply, me: &str) -> ClaimState {
     }
 }
 
+/// A directory node's answer to an announcement, taken for the keys it
+/// was asked about, once per node.
+fn take_answer(groups: &mut HashMap<Key, Group>, from: SocketAddr, answer: Vec<(Key, Vec<Holder>)>) {
+    for (key, holders) in answer {
+        if let Some(group) = groups.get_mut(&key) {
+            if group.asked.contains(&from) && group.answered.insert(from) {
+                group.found.extend(holders);
+            }
+        }
+    }
+}
+
+/// The groups every directory node of the key answered for, merged. A
+/// directory node that did not answer (or predates the answer) may know
+/// holders the others do not: those keys are asked afresh.
+fn learnt(groups: HashMap<Key, Group>, me: &str, live: &HashMap<NodeId, Member>) -> Vec<(Key, Vec<Holder>)> {
+    groups
+        .into_iter()
+        .filter(|(_, g)| g.answered.len() == g.asked.len())
+        .map(|(key, g)| (key, merge(g.found, me, live)))
+        .collect()
+}
+
 /// Holders reported by several directory nodes, one per node (complete if
 /// any said so), without nodes that are not live (this node aside).
 fn merge(found: Vec<Holder>, me: &str, live: &HashMap<NodeId, Member>) -> Vec<Holder> {
@@ -318,13 +422,28 @@ fn merge(found: Vec<Holder>, me: &str, live: &HashMap<NodeId, Member>) -> Vec<Ho
 }
 
 fn holders_of(replies: &[strata_wire::Response]) -> Vec<Holder> {
+    holders_by_key(replies).into_iter().flat_map(|(_, holders)| holders).collect()
+}
+
+/// The holders a directory node named per key (an announcement's answer;
+/// keys it did not name are left out).
+fn holders_by_key(replies: &[strata_wire::Response]) -> Vec<(Key, Vec<Holder>)> {
     let Some(Kind::Lookup(LookupReply { holders })) = replies.first().and_then(|r| r.kind.clone()) else {
         return Vec::new();
     };
     holders
         .into_iter()
-        .flat_map(|h| h.holders)
-        .filter_map(|h| Some(Holder { node: h.node, addr: h.addr.parse().ok()?, complete: h.complete }))
+        .filter_map(|h| {
+            let key: Key = h.key.as_slice().try_into().ok()?;
+            let holders = h
+                .holders
+                .into_iter()
+                .filter_map(|h| {
+                    Some(Holder { node: h.node, addr: h.addr.parse().ok()?, complete: h.complete })
+                })
+                .collect();
+            Some((key, holders))
+        })
         .collect()
 }
 
@@ -366,6 +485,35 @@ mod tests {
         ];
         let merged = merge(found, "me", &live);
         assert_eq!(merged, vec![holder("a", 1, true), holder("me", 9, true), holder("b", 2, false)]);
+    }
+
+    #[test]
+    fn a_group_is_learnt_only_when_every_directory_node_asked_answered_once() {
+        let live: HashMap<NodeId, Member> =
+            [member("a", 1), member("b", 2), member("c", 3)].into_iter().map(|m| (m.node_id(), m)).collect();
+        let (a, b, c) = (member("a", 1).addr, member("b", 2).addr, member("c", 3).addr);
+        let (both, one, mine) = ([1; 32], [2; 32], [3; 32]);
+        let mut groups: HashMap<Key, Group> = HashMap::new();
+        groups.entry(both).or_default().asked.extend([a, b]);
+        groups.entry(one).or_default().asked.extend([a]);
+        // A key only this node is the directory node of: its own entries.
+        groups.entry(mine).or_default().found.push(holder("me", 9, false));
+        // A answers about both keys, twice (the second is not counted); C,
+        // never asked, answers about `both`; B never answers.
+        take_answer(
+            &mut groups,
+            a,
+            vec![(both, vec![holder("a", 1, true)]), (one, vec![holder("a", 1, true)])],
+        );
+        take_answer(&mut groups, a, vec![(both, vec![holder("a", 1, true)])]);
+        take_answer(&mut groups, c, vec![(both, vec![holder("c", 3, false)])]);
+        let mut learnt = learnt(groups, "me", &live);
+        learnt.sort_by_key(|(k, _)| *k);
+        assert_eq!(
+            learnt,
+            vec![(one, vec![holder("a", 1, true)]), (mine, vec![holder("me", 9, false)])],
+            "`both` waits for B"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub(crate) const MAX_AGE: Duration = Duration::from_secs(2);
 type Key = [u8; 32];
 
 struct Entry {
+    /// When the answer was asked for (not when it arrived).
     at: Instant,
+    /// How long after `at` it is used without asking again.
+    fresh: Duration,
     holders: Vec<Holder>,
     refreshing: bool,
 }
@@ -42,7 +45,7 @@ impl LookupCache {
     pub(crate) fn get(&mut self, key: &Key, now: Instant) -> Cached {
         let Some(entry) = self.entries.get_mut(key) else { return Cached::Ask };
         let age = now.saturating_duration_since(entry.at);
-        if age < FRESH || (age < MAX_AGE && entry.refreshing) {
+        if age < entry.fresh || (age < MAX_AGE && entry.refreshing) {
             return Cached::Use(entry.holders.clone());
         }
         if age < MAX_AGE {
@@ -52,12 +55,29 @@ impl LookupCache {
         Cached::Ask
     }
 
-    /// Keeps a directory answer. One that names no node but `me` may be a
-    /// directory still filling: it replaces nothing and is not kept, so the
-    /// next caller asks again.
-    pub(crate) fn put(&mut self, key: Key, holders: Vec<Holder>, me: &str, now: Instant) {
+    /// Keeps a directory answer asked for at `at`, fresh for [`FRESH`].
+    /// One that names no node but `me` may be a directory still filling:
+    /// it replaces nothing and is not kept, so the next caller asks again.
+    /// An answer asked for before the one kept is dropped.
+    pub(crate) fn put(&mut self, key: Key, holders: Vec<Holder>, me: &str, at: Instant) {
+        self.put_fresh_for(key, holders, me, at, FRESH);
+    }
+
+    /// [`Self::put`], fresh for `fresh` (at most [`FRESH`]) after `at`.
+    pub(crate) fn put_fresh_for(
+        &mut self,
+        key: Key,
+        holders: Vec<Holder>,
+        me: &str,
+        at: Instant,
+        fresh: Duration,
+    ) {
+        if self.entries.get(&key).is_some_and(|e| e.at > at) {
+            return;
+        }
         if holders.iter().any(|h| h.node != me) {
-            self.entries.insert(key, Entry { at: now, holders, refreshing: false });
+            let fresh = fresh.min(FRESH);
+            self.entries.insert(key, Entry { at, fresh, holders, refreshing: false });
         } else {
             self.entries.remove(&key);
         }
@@ -105,5 +125,29 @@ mod tests {
         assert_eq!(cache.get(&key, t0), Cached::Ask);
         cache.put(key, Vec::new(), "me", t0);
         assert_eq!(cache.get(&key, t0), Cached::Ask);
+    }
+
+    #[test]
+    fn an_answer_asked_for_earlier_never_replaces_a_later_one() {
+        let (mut cache, t0, key) = (LookupCache::default(), Instant::now(), [4; 32]);
+        let later = t0 + FRESH / 4;
+        cache.put(key, vec![holder("a"), holder("b")], "me", later);
+        cache.put(key, vec![holder("a")], "me", t0);
+        assert!(matches!(cache.get(&key, later), Cached::Use(h) if h.len() == 2));
+    }
+
+    #[test]
+    fn an_answer_kept_for_less_than_fresh_is_asked_again_after_that() {
+        let (mut cache, t0, key) = (LookupCache::default(), Instant::now(), [5; 32]);
+        let short = FRESH / 5;
+        cache.put_fresh_for(key, vec![holder("a")], "me", t0, short);
+        assert!(matches!(cache.get(&key, t0 + short / 2), Cached::Use(_)));
+        assert_eq!(cache.get(&key, t0 + short), Cached::Ask);
+        cache.put_fresh_for(key, vec![holder("a")], "me", t0 + short, MAX_AGE);
+        assert!(
+            matches!(cache.get(&key, t0 + short + FRESH / 2), Cached::Use(_)),
+            "capped at FRESH, not below"
+        );
+        assert_eq!(cache.get(&key, t0 + short + FRESH), Cached::Ask, "and no longer than FRESH");
     }
 }

@@ -54,6 +54,12 @@ pub struct Metrics {
     /// (on this node or another): see `Node::claim`.
     pub claims_waiting: Gauge,
     pub announcements: Counter,
+    /// Lookups sent to directory nodes (answers reused, or learned from an
+    /// announcement's reply, are not counted).
+    pub directory_lookups: Counter,
+    /// Times the lookups kept were dropped: the membership moved, or an
+    /// announce interval passed.
+    pub lookup_cache_clears: Counter,
 }
 
 impl Metrics {
@@ -86,6 +92,8 @@ impl Metrics {
             members_live: Gauge::default(),
             claims_waiting: Gauge::default(),
             announcements: Counter::default(),
+            directory_lookups: Counter::default(),
+            lookup_cache_clears: Counter::default(),
         };
         registry.register(
             "chunks_fetched",
@@ -188,6 +196,16 @@ impl Metrics {
             m.members_live.clone(),
         );
         registry.register("announcements", "Announcements sent to directory nodes", m.announcements.clone());
+        registry.register(
+            "directory_lookups",
+            "Lookup requests sent to directory nodes, one per node asked (not those answered from recent answers)",
+            m.directory_lookups.clone(),
+        );
+        registry.register(
+            "lookup_cache_clears",
+            "Times the recent directory answers were dropped (membership moved, or an announce interval passed)",
+            m.lookup_cache_clears.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub background: BackgroundConfig,
     /// The disk cap and what it evicts.
     pub cache: CacheConfig,
+    /// Settings of its QUIC connections (accepted and dialled).
+    pub transport: strata_net::TransportSettings,
 }
 
 /// Relayed batches a node fetches for its peers at once.
@@ -123,7 +125,7 @@ impl Node {
         identity: &Identity,
         store: Arc<Store>,
     ) -> Result<Arc<Node>, NodeError> {
-        let endpoint = strata_net::server_endpoint(config.listen, identity)?;
+        let endpoint = strata_net::server_endpoint_with(config.listen, identity, config.transport)?;
         let bound = endpoint.local_addr().map_err(|e| NodeError::Setup(e.to_string()))?;
         let advertise = config.advertise.unwrap_or_else(|| advertised(bound, &config.seeds));
         let me = Member { name: config.name.clone(), addr: advertise, incarnation: incarnation() };
@@ -274,6 +276,13 @@ impl Node {
     /// Tells the keys' directory nodes that this node holds them.
     pub async fn announce(&self, complete: &[Key], partial: &[Key]) {
         self.locator.announce(complete, partial).await
+    }
+
+    /// Tells the keys' directory nodes that this node holds them, and
+    /// learns from their answers who else holds the `partial` keys it
+    /// starts fetching ([`Locator::join`]).
+    pub async fn join(&self, complete: &[Key], partial: &[Key]) {
+        self.locator.join(complete, partial).await
     }
 
     /// The runtime the node runs on: blocking callers (control requests,

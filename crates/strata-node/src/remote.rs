@@ -1,9 +1,11 @@
 //! An image that only a peer holds: its record and layer indexes fetched and
 //! checked against their ids, enough to mount it before any file data is here.
 
+use std::collections::HashMap;
+
 use prost::Message;
 use strata_net::quinn::Connection;
-use strata_proto::v1::{ImageRecord, LayerIndex, LayerRecord};
+use strata_proto::v1::{ImageRecord, LayerIndex, LayerIndexReply, LayerRecord};
 use strata_types::{ChunkId, ImageId, LayerId};
 use strata_wire::response::Kind;
 use strata_wire::PeerRequest;
@@ -35,11 +37,16 @@ pub struct RemoteImage {
 }
 
 /// The image `reference` resolves to on the peer, with each layer's index.
+///
+/// One round trip when the peer holds every index (they follow the record
+/// in its reply); any index it left out is then asked for on its own, all
+/// at once. Every index is checked against its layer id, and only the
+/// image's own layers are taken, each once.
 pub async fn fetch_image(connection: &Connection, reference: &str) -> Result<RemoteImage, String> {
-    let replies = strata_net::request(connection, &PeerRequest::ResolveImage(reference.to_owned()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (id, record, profile) = match replies.first().and_then(|r| r.kind.as_ref()) {
+    let request = PeerRequest::ResolveImage { reference: reference.to_owned(), with_layer_indexes: true };
+    let mut reply = strata_net::request_stream(connection, &request).await.map_err(|e| e.to_string())?;
+    let first = reply.next().await.map_err(|e| e.to_string())?;
+    let (id, record, profile) = match first.as_ref().and_then(|r| r.kind.as_ref()) {
         Some(Kind::Image(image)) => {
             let record = image.record.clone().ok_or("image reply without a record")?;
             let id = ImageId::from_slice(&image.image_id).map_err(|e| e.to_string())?;
@@ -53,22 +60,56 @@ pub async fn fetch_image(connection: &Connection, reference: &str) -> Result<Rem
             (id, record, profile)
         }
         Some(Kind::Error(e)) => return Err(format!("resolving {reference}: {}", e.message)),
-        other => return Err(format!("unexpected reply {other:?}")),
+        other => return Err(format!("resolving {reference}: unexpected {}", kind_name(other))),
     };
-    // The indexes are asked for at once: one round trip, not one per layer.
+    let ids = record.layers.iter().map(|raw| LayerId::from_slice(raw).map_err(|e| e.to_string()));
+    let ids: Vec<LayerId> = ids.collect::<Result<_, _>>()?;
+    let mut found: HashMap<LayerId, Option<RemoteLayer>> = ids.iter().map(|l| (*l, None)).collect();
+    // The indexes that came with the record: a peer that predates them
+    // sends none; one that sends an index twice, or an index of a layer
+    // the image does not have, is lying.
+    while let Some(response) = reply.next().await.map_err(|e| e.to_string())? {
+        match response.kind {
+            Some(Kind::LayerIndex(index)) => {
+                let layer = LayerId::of(&index.index);
+                match found.get_mut(&layer) {
+                    None => return Err(format!("the peer sent an index of {layer}, not a layer of {id}")),
+                    Some(Some(_)) => return Err(format!("the peer sent the index of layer {layer} twice")),
+                    Some(slot) => *slot = Some(remote_layer(layer, index)?),
+                }
+            }
+            Some(Kind::End(_)) => break,
+            Some(Kind::Error(e)) => return Err(format!("resolving {reference}: {}", e.message)),
+            other => return Err(format!("unexpected {} after the image record", kind_name(other.as_ref()))),
+        }
+    }
+    // The indexes it left out, asked for at once: one more round trip.
     let mut requests = tokio::task::JoinSet::new();
-    for (position, raw) in record.layers.iter().enumerate() {
-        let layer = LayerId::from_slice(raw).map_err(|e| e.to_string())?;
-        let connection = connection.clone();
-        requests.spawn(async move { (position, fetch_layer_index(&connection, layer).await) });
+    for (layer, slot) in &found {
+        if slot.is_none() {
+            let (connection, layer) = (connection.clone(), *layer);
+            requests.spawn(async move { (layer, fetch_layer_index(&connection, layer).await) });
+        }
     }
-    let mut layers: Vec<Option<RemoteLayer>> = vec![None; record.layers.len()];
     while let Some(joined) = requests.join_next().await {
-        let (position, layer) = joined.map_err(|e| e.to_string())?;
-        layers[position] = Some(layer?);
+        let (layer, fetched) = joined.map_err(|e| e.to_string())?;
+        found.insert(layer, Some(fetched?));
     }
-    let layers = layers.into_iter().flatten().collect();
+    let layers = ids.iter().filter_map(|l| found.get(l).cloned().flatten()).collect();
     Ok(RemoteImage { id, record, layers, profile })
+}
+
+/// A reply's kind, for errors (never its bytes).
+fn kind_name(kind: Option<&Kind>) -> &'static str {
+    match kind {
+        None => "an empty frame",
+        Some(Kind::Chunk(_)) => "a chunk",
+        Some(Kind::LayerIndex(_)) => "a layer index",
+        Some(Kind::Image(_)) => "an image record",
+        Some(Kind::End(_)) => "the end of the reply",
+        Some(Kind::Error(_)) => "an error",
+        Some(_) => "a reply of another kind",
+    }
 }
 
 /// One layer's index and record from the peer, checked against `layer`.
@@ -76,19 +117,24 @@ async fn fetch_layer_index(connection: &Connection, layer: LayerId) -> Result<Re
     let replies = strata_net::request(connection, &PeerRequest::FetchLayerIndex(layer))
         .await
         .map_err(|e| e.to_string())?;
-    match replies.first().and_then(|r| r.kind.as_ref()) {
+    match replies.into_iter().next().and_then(|r| r.kind) {
         Some(Kind::LayerIndex(reply)) => {
             if LayerId::of(&reply.index) != layer {
                 return Err(format!("the peer's index for layer {layer} does not hash to its id"));
             }
-            let index = LayerIndex::decode(&reply.index[..]).map_err(|e| e.to_string())?;
-            let record =
-                reply.record.clone().ok_or_else(|| format!("layer {layer}: reply without a record"))?;
-            Ok(RemoteLayer { id: layer, bytes: reply.index.clone(), index, record })
+            remote_layer(layer, reply)
         }
         Some(Kind::Error(e)) => Err(format!("layer {layer}: {}", e.message)),
-        other => Err(format!("unexpected reply {other:?}")),
+        other => Err(format!("layer {layer}: unexpected {}", kind_name(other.as_ref()))),
     }
+}
+
+/// A layer index reply, decoded, as the index of `layer` (the caller
+/// checked that its bytes hash to `layer`).
+fn remote_layer(layer: LayerId, reply: LayerIndexReply) -> Result<RemoteLayer, String> {
+    let index = LayerIndex::decode(&reply.index[..]).map_err(|e| format!("layer {layer}: {e}"))?;
+    let record = reply.record.ok_or_else(|| format!("layer {layer}: reply without a record"))?;
+    Ok(RemoteLayer { id: layer, bytes: reply.index, index, record })
 }
 
 /// Bytes of an image's metadata as fetched: its record and layer indexes.

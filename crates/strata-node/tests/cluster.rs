@@ -64,6 +64,7 @@ impl Cluster {
             caps: Caps::default(),
             background: self.background,
             cache: Default::default(),
+            transport: Default::default(),
         };
         let node = self.runtime.block_on(Node::start(config, &identity, store)).expect("node starts");
         self.nodes.push(node);
@@ -365,4 +366,51 @@ fn one_node_claims_an_image_the_others_wait_and_take_it_from_that_node() {
     std::mem::forget(held);
     rt.block_on(cluster.node(0).shutdown());
     assert!(matches!(wait(c), Claimed::Pull(_)), "C pulls once A left");
+}
+
+/// A node that joins a layer's group (announces it partial) learns the
+/// group from its directory nodes' answers to the announcement: the
+/// lookup the fetch makes next sends nothing. Three nodes, two directory
+/// nodes per key: some keys' directory nodes are both remote. Answers
+/// learnt so are fresh for a tenth of a second at least, and dropped when
+/// the membership moves: an attempt that a loaded machine stalls longer,
+/// or that the node's own announce loop interrupts, proves nothing and is
+/// made again.
+#[test]
+fn joining_a_group_learns_it_in_the_announcement_round_trip() {
+    let mut cluster = Cluster::new(Duration::from_secs(30));
+    let origin = cluster.start("origin");
+    let (b, c) = (cluster.start("node-b"), cluster.start("node-c"));
+    cluster.settle();
+    let (layers, _) = import_sample(&cluster, origin);
+    let keys: Vec<[u8; 32]> = layers.iter().map(|l| *l.as_bytes()).collect();
+    let node = cluster.node(b).clone();
+    // Node-c fetches too: the group b learns holds three nodes.
+    cluster.runtime.block_on(cluster.node(c).join(&[], &keys));
+    for attempt in 0.. {
+        assert!(attempt < 20, "every attempt stalled or was interrupted");
+        let lookups = metric(&node, "strata_directory_lookups_total");
+        let clears = metric(&node, "strata_lookup_cache_clears_total");
+        let (groups, quick) = cluster.runtime.block_on(async {
+            let started = std::time::Instant::now();
+            node.join(&[], &keys).await;
+            let mut groups = Vec::new();
+            for key in &keys {
+                groups.push(node.lookup(key).await);
+            }
+            (groups, started.elapsed() < Duration::from_millis(80))
+        });
+        let expected: Vec<(String, bool)> =
+            vec![("node-b".into(), false), ("node-c".into(), false), ("origin".into(), true)];
+        for holders in &groups {
+            let mut named: Vec<(String, bool)> =
+                holders.iter().map(|h| (h.node.clone(), h.complete)).collect();
+            named.sort();
+            assert_eq!(named, expected);
+        }
+        if quick && metric(&node, "strata_lookup_cache_clears_total") == clears {
+            assert_eq!(metric(&node, "strata_directory_lookups_total"), lookups, "a lookup was sent");
+            return;
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Chunks fetched from peers over real QUIC on loopback, every one verified:
 //! a lying peer is caught and the next peer gives the right bytes.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -212,4 +213,128 @@ fn a_silent_peer_costs_its_share_of_the_deadline_then_the_next_answers() {
     let SourceError::Failed { reason, .. } = &err else { panic!("{err}") };
     assert!(reason.contains(&silent.addr.to_string()) && reason.contains("deadline"), "{reason}");
     let _ = release.send(true);
+}
+
+/// A holder that counts the requests it answers; as `old`, it answers as a
+/// node from before indexes came with the record (it drops the ask).
+struct Counted {
+    inner: StoreHandler,
+    requests: std::sync::atomic::AtomicUsize,
+    old: bool,
+}
+
+impl Handler for Counted {
+    fn handle<'a>(
+        &'a self,
+        from: std::net::SocketAddr,
+        request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a> {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = match request {
+            PeerRequest::ResolveImage { reference, .. } if self.old => {
+                PeerRequest::ResolveImage { reference, with_layer_indexes: false }
+            }
+            other => other,
+        };
+        self.inner.handle(from, request, replies)
+    }
+}
+
+/// Answers ResolveImage with the true record followed by the index bytes
+/// it is given (each with the first layer's record).
+struct Scripted(Arc<Store>, Vec<Vec<u8>>);
+
+impl Handler for Scripted {
+    fn handle<'a>(
+        &'a self,
+        _from: std::net::SocketAddr,
+        _request: PeerRequest,
+        replies: &'a mut Replies,
+    ) -> Answering<'a> {
+        let (id, record) = self.0.resolve("sample:1").expect("image");
+        let layer = strata_types::LayerId::from_slice(&record.layers[0]).expect("layer");
+        let layer_record = self.0.layer(&layer).expect("layer record");
+        let image = strata_proto::v1::ImageReply {
+            image_id: id.as_bytes().to_vec(),
+            record: Some(record),
+            startup_profile: Vec::new(),
+        };
+        let mut out = vec![Response { kind: Some(Kind::Image(image)) }];
+        for index in &self.1 {
+            let reply =
+                strata_proto::v1::LayerIndexReply { index: index.clone(), record: layer_record.clone() };
+            out.push(Response { kind: Some(Kind::LayerIndex(reply)) });
+        }
+        out.push(Response { kind: Some(Kind::End(strata_proto::v1::End {})) });
+        replies.all(out)
+    }
+}
+
+fn connect(cluster: &Cluster, peer: &Peer) -> strata_net::quinn::Connection {
+    let _guard = cluster.runtime.enter();
+    let endpoint = client_endpoint(&identity(&cluster.ca, "node-b")).expect("client");
+    cluster
+        .runtime
+        .block_on(strata_net::connect(&endpoint, peer.addr, peer.name.as_deref()))
+        .expect("connect")
+}
+
+/// An image's record and its layers' indexes cross in one request (one
+/// round trip before a mount); from a holder that predates that, the
+/// indexes are asked for after the record, and the image is the same.
+#[test]
+fn an_image_and_its_indexes_come_in_one_request_and_an_older_holder_still_serves_them() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cluster = Cluster::new();
+    let (_, record) = cluster.store.resolve("sample:1").expect("image");
+    let distinct: BTreeSet<&Vec<u8>> = record.layers.iter().collect();
+    assert!(distinct.len() >= 2, "the sample has layers to ask for");
+
+    let mut images = Vec::new();
+    for old in [false, true] {
+        let handler = Arc::new(Counted {
+            inner: StoreHandler::new(cluster.store.clone()),
+            requests: Default::default(),
+            old,
+        });
+        let peer = cluster.node(if old { "old" } else { "new" }, handler.clone());
+        let connection = connect(&cluster, &peer);
+        let image = cluster
+            .runtime
+            .block_on(strata_node::fetch_image(&connection, "sample:1"))
+            .expect("image from the peer");
+        let expected = if old { 1 + distinct.len() } else { 1 };
+        assert_eq!(
+            handler.requests.load(Relaxed),
+            expected,
+            "requests to the {} holder",
+            if old { "old" } else { "new" }
+        );
+        assert_eq!(image.layers.len(), record.layers.len());
+        for (layer, raw) in image.layers.iter().zip(&record.layers) {
+            assert_eq!(layer.id.as_bytes().as_slice(), raw.as_slice());
+        }
+        images.push(image.layers.iter().map(|l| l.bytes.clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(images[0], images[1]);
+}
+
+#[test]
+fn an_index_of_another_layer_or_one_sent_twice_alongside_the_record_is_refused() {
+    let cluster = Cluster::new();
+    let (_, record) = cluster.store.resolve("sample:1").expect("image");
+    let first = strata_types::LayerId::from_slice(&record.layers[0]).expect("layer");
+    let true_index = cluster.store.layer_index_bytes(&first).expect("index");
+    for (name, indexes, says) in [
+        ("foreign", vec![b"not this image's".to_vec()], "not a layer of"),
+        ("twice", vec![true_index.clone(), true_index.clone()], "twice"),
+    ] {
+        let liar = cluster.node(name, Arc::new(Scripted(cluster.store.clone(), indexes)));
+        let connection = connect(&cluster, &liar);
+        let err =
+            cluster.runtime.block_on(strata_node::fetch_image(&connection, "sample:1")).expect_err(name);
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(err.len() < 200, "an error names what was wrong, not the bytes: {err}");
+    }
 }

@@ -137,6 +137,17 @@ impl Store {
 
     /// The layer's index, checked against its id.
     pub fn layer_index(&self, id: &LayerId) -> Result<LayerIndex, StoreError> {
+        let bytes = self.layer_index_bytes(id)?;
+        LayerIndex::decode(&*bytes).map_err(|e| StoreError::decode("layer index", id, e))
+    }
+
+    /// The layer's index as stored: the exact bytes its id is the BLAKE3
+    /// hash of (checked), as peers are sent them. Re-encoding a decoded
+    /// index would drop fields this version does not know, and the bytes
+    /// would no longer hash to the id.
+    ///
+    /// Errors: [`StoreError::MissingLayer`], [`StoreError::CorruptIndex`].
+    pub fn layer_index_bytes(&self, id: &LayerId) -> Result<Vec<u8>, StoreError> {
         let bytes = self
             .db
             .get_pinned_cf(self.cf(schema::INDEXES), id.as_bytes())?
@@ -145,7 +156,7 @@ impl Store {
         if actual != *id {
             return Err(StoreError::CorruptIndex { id: *id, actual });
         }
-        LayerIndex::decode(&*bytes).map_err(|e| StoreError::decode("layer index", id, e))
+        Ok(bytes.to_vec())
     }
 
     /// Removes a name (or, given an id, every name of that image). The image

@@ -34,7 +34,13 @@ pub enum PeerRequest {
     /// their complete holders on the asker's behalf.
     RelayChunks(Vec<ChunkId>, Priority),
     FetchLayerIndex(LayerId),
-    ResolveImage(String),
+    /// An image by name, id or id prefix; with `with_layer_indexes`, its layer
+    /// indexes follow its record in the same reply.
+    ResolveImage {
+        reference: String,
+        with_layer_indexes: bool,
+    },
+    /// Answered, for its partial keys, with their holders.
     Announce(Announcement),
     /// Keys are LayerIds or ChunkIds, by their 32 bytes.
     Lookup(Vec<[u8; 32]>),
@@ -92,7 +98,7 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
             if r.reference.is_empty() || r.reference.len() > MAX_REFERENCE {
                 return Err(WireError::BadFrame(format!("image reference of {} bytes", r.reference.len())));
             }
-            Ok(PeerRequest::ResolveImage(r.reference))
+            Ok(PeerRequest::ResolveImage { reference: r.reference, with_layer_indexes: r.with_layer_indexes })
         }
         request::Kind::Announce(a) => {
             let count = a.complete.len() + a.partial.len();
@@ -138,8 +144,11 @@ pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, WireError> {
         PeerRequest::FetchLayerIndex(layer) => {
             request::Kind::FetchLayerIndex(FetchLayerIndex { layer: layer.as_bytes().to_vec() })
         }
-        PeerRequest::ResolveImage(reference) => {
-            request::Kind::ResolveImage(ResolveImage { reference: reference.clone() })
+        PeerRequest::ResolveImage { reference, with_layer_indexes } => {
+            request::Kind::ResolveImage(ResolveImage {
+                reference: reference.clone(),
+                with_layer_indexes: *with_layer_indexes,
+            })
         }
         PeerRequest::Announce(a) => request::Kind::Announce(Announce {
             node: a.node.clone(),

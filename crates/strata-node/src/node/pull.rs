@@ -147,7 +147,7 @@ impl Node {
                     let mut complete = vec![name_key(reference)];
                     complete.extend(chains);
                     tokio::spawn(async move {
-                        node.announce(&complete, &partial).await;
+                        node.join(&complete, &partial).await;
                         node.start_background(id, Start::Pulled);
                     });
                     return Ok((id, holder.node.clone()));
