@@ -78,6 +78,8 @@ pub struct DemandGauge {
     last: Mutex<Option<tokio::time::Instant>>,
     /// Microseconds reads have waited on peers, all together.
     waited_us: std::sync::atomic::AtomicU64,
+    /// Reads that have waited on peers (and are done waiting).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl DemandGauge {
@@ -90,6 +92,11 @@ impl DemandGauge {
     /// How long reads have waited on peers, all together, since the start.
     pub fn waited(&self) -> Duration {
         Duration::from_micros(self.waited_us.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// How many reads have waited on peers (and are done), since the start.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads waiting now.
@@ -115,6 +122,7 @@ impl Drop for DemandGuard {
         let now = tokio::time::Instant::now();
         let waited = now.saturating_duration_since(self.1).as_micros() as u64;
         self.0.waited_us.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+        self.0.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *self.0.last.lock() = Some(now);
         self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }

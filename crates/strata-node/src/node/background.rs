@@ -12,11 +12,10 @@
 //! covers the rest.
 //!
 //! Two speeds. *Urgent* work — a startup profile, the first start of an
-//! image that has no profile anywhere once its reads have waited on peers
-//! [`ESCALATE_AFTER`] in all (on a long path they would pay a round trip
-//! each: the whole image comes at once, reads first; on a short one they
-//! are cheap and are left the link), a pull with `--all` — goes at full
-//! link speed. The rest yields: it sends no
+//! image that has no profile anywhere once its reads say the path is long
+//! ([`long_path`]: there each miss pays a round trip, and the whole image
+//! comes at once, reads first; on a short path misses are cheap and are
+//! left the link), a pull with `--all` — goes at full link speed. The rest yields: it sends no
 //! new batch while a read waits on peers, nor until reads have been quiet
 //! for [`QUIET`], and keeps to the node's byte-rate cap. Either way reads
 //! go first at the serving peer (demand priority, streams and caps) and a
@@ -68,12 +67,23 @@ impl Default for BackgroundConfig {
 
 /// How long reads must have been quiet before yielding work sends again.
 pub const QUIET: Duration = Duration::from_millis(500);
-/// On the first start of an image with no profile: how long its reads
-/// may wait on peers, in all, before the whole image is fetched at full
-/// speed. On a short path ~760 misses wait about a second and are better
-/// left the link (a full-speed bulk queues ahead of each); on a long one
-/// this is a dozen round trips, after which the bulk wins.
-pub const ESCALATE_AFTER: Duration = Duration::from_millis(1500);
+/// On the first start of an image with no profile: the reads that must
+/// have waited on peers before their mean wait says how long the path is.
+pub const ESCALATE_READS: u64 = 8;
+/// ... and the mean wait per read from which the whole image is fetched at
+/// full speed. A read miss costs about a round trip; python's first start
+/// makes ~760 of them, 0.8–3 s in all below this (then the bulk, which a
+/// full-speed fetch queues ahead of every miss, loses), 11 s or more above
+/// (then it wins: the image crosses a 100 Mbit/s link in ~13 s). A total
+/// wait cannot tell the two apart early: 1.5 s in all was reached both on
+/// a 50 ms path after ~20 misses and, some runs, on a loopback link.
+pub const LONG_PATH_WAIT: Duration = Duration::from_millis(15);
+
+/// Whether reads that waited `waited` in all, `reads` of them, were on a
+/// long path (see [`LONG_PATH_WAIT`]).
+pub fn long_path(waited: Duration, reads: u64) -> bool {
+    reads >= ESCALATE_READS && waited / reads as u32 >= LONG_PATH_WAIT
+}
 /// How long a pass that fetched nothing waits before the next, at first
 /// (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -222,9 +232,10 @@ pub(crate) struct Job {
     urgent: AtomicBool,
     /// Beyond the profile.
     whole: AtomicBool,
-    /// A first start: how long reads had waited when it began; once they
-    /// have waited [`ESCALATE_AFTER`] more, the job turns urgent.
-    escalate_from: Mutex<Option<Duration>>,
+    /// A first start: how long reads had waited, and how many, when it
+    /// began; once the reads since say the path is long ([`long_path`]),
+    /// the job turns urgent.
+    escalate_from: Mutex<Option<(Duration, u64)>>,
     started: Instant,
     state: Mutex<JobState>,
     chunks: AtomicU64,
@@ -369,8 +380,8 @@ impl Node {
             (Start::Read | Start::Resumed, BackgroundFetch::Profile) => (false, false),
             // No profile anywhere: the first start of the image. Its reads
             // decide: cheap ones (a short path) are left the link; once
-            // they have waited `ESCALATE_AFTER` in all, the whole image
-            // comes at full speed (see `escalate`).
+            // they say the path is long, the whole image comes at full
+            // speed (see `escalate`).
             (Start::Read, BackgroundFetch::All) => {
                 if !has_profile {
                     job_escalates = true;
@@ -407,7 +418,8 @@ impl Node {
                 job.urgent.store(true, Ordering::Relaxed);
             }
             if job_escalates {
-                job.escalate_from.lock().get_or_insert(self.fetcher.demand().waited());
+                let demand = self.fetcher.demand();
+                job.escalate_from.lock().get_or_insert((demand.waited(), demand.reads()));
             }
             if why == Start::All {
                 // A new wait for the image whole (`fetch_whole`).
@@ -693,14 +705,15 @@ impl Node {
         job.set_state(JobState::Fetching);
     }
 
-    /// Whether `job` (a first start) turns urgent now: its reads have waited
-    /// [`ESCALATE_AFTER`] in all since it began.
+    /// Whether `job` (a first start) turns urgent now: the reads since it
+    /// began say the path is long ([`long_path`]).
     fn escalate(&self, job: &Job) -> bool {
         if job.urgent.load(Ordering::Relaxed) {
             return true;
         }
-        let Some(from) = *job.escalate_from.lock() else { return false };
-        if self.fetcher.demand().waited().saturating_sub(from) < ESCALATE_AFTER {
+        let Some((waited, reads)) = *job.escalate_from.lock() else { return false };
+        let demand = self.fetcher.demand();
+        if !long_path(demand.waited().saturating_sub(waited), demand.reads().saturating_sub(reads)) {
             return false;
         }
         job.urgent.store(true, Ordering::Relaxed);
@@ -814,6 +827,18 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_long_path_is_told_by_the_mean_wait_of_enough_reads() {
+        // A loopback link: many reads, each a millisecond or two.
+        assert!(!long_path(1500 * MS, 760));
+        // A 50 ms path: a few reads say so; fewer say nothing yet.
+        assert!(long_path(8 * 55 * MS, 8));
+        assert!(!long_path(7 * 55 * MS, 7));
+        assert!(!long_path(Duration::ZERO, 0));
+        // A 5 ms path: misses cheaper than the bulk.
+        assert!(!long_path(100 * 6 * MS, 100));
+    }
 
     #[test]
     fn a_window_grows_while_the_rtt_stays_near_its_least_and_shrinks_when_a_queue_builds() {
