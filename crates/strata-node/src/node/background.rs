@@ -82,7 +82,7 @@ pub const LONG_PATH_WAIT: Duration = Duration::from_millis(15);
 /// Whether reads that waited `waited` in all, `reads` of them, were on a
 /// long path (see [`LONG_PATH_WAIT`]).
 pub fn long_path(waited: Duration, reads: u64) -> bool {
-    reads >= ESCALATE_READS && waited / reads as u32 >= LONG_PATH_WAIT
+    reads >= ESCALATE_READS && waited.as_micros() / u128::from(reads) >= LONG_PATH_WAIT.as_micros()
 }
 /// How long a pass that fetched nothing waits before the next, at first
 /// (doubling up to [`MAX_BACKOFF`]).
