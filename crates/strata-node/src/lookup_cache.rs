@@ -19,7 +19,8 @@ pub(crate) const MAX_AGE: Duration = Duration::from_secs(2);
 type Key = [u8; 32];
 
 struct Entry {
-    /// When the answer was asked for (not when it arrived).
+    /// When the answer was current: when a lookup's arrived, or when an
+    /// announcement whose replies carried it was sent.
     at: Instant,
     /// How long after `at` it is used without asking again.
     fresh: Duration,
@@ -55,10 +56,10 @@ impl LookupCache {
         Cached::Ask
     }
 
-    /// Keeps a directory answer asked for at `at`, fresh for [`FRESH`].
+    /// Keeps a directory answer current at `at`, fresh for [`FRESH`].
     /// One that names no node but `me` may be a directory still filling:
     /// it replaces nothing and is not kept, so the next caller asks again.
-    /// An answer asked for before the one kept is dropped.
+    /// An answer current before the one kept is dropped.
     pub(crate) fn put(&mut self, key: Key, holders: Vec<Holder>, me: &str, at: Instant) {
         self.put_fresh_for(key, holders, me, at, FRESH);
     }
