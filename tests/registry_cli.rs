@@ -439,6 +439,52 @@ fn a_layer_the_store_holds_is_not_downloaded_again() {
     assert_eq!(s.ok(&["run", &reference]), "strata-busybox\n");
 }
 
+/// With no registry answering (here: a `.invalid` host, which never
+/// resolves, RFC 6761), a pull through a node takes the image some node
+/// offers under that name (imported there), metadata only, and `--all`
+/// makes it whole; a name no node offers keeps the registry's error.
+#[test]
+fn with_no_registry_a_pull_takes_the_image_the_cluster_offers_by_name() {
+    let (a, b) = (Strata::new(), Strata::new());
+    let archive = busybox_image(&a);
+    let name = "registry.invalid/tools/busybox:1";
+    a.ok(&["import", archive.to_str().expect("utf-8 path"), "--name", name]);
+    let certs = certs(&a, &["node-a", "node-b"]);
+    let node_a = Node::start(&a, "node-a", &certs, &[], &[]);
+    let _node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr], &[]);
+    wait_for("B to see A", || alive_peers(&b).iter().any(|p| p == "node-a"));
+    // Until A's announcement reaches its directory node, no node offers it.
+    let mut pulled = serde_json::Value::Null;
+    wait_for("the cluster to offer A's image", || {
+        let out = b.run(&["--json", "pull", name, "--all"]);
+        if out.status.success() {
+            pulled = serde_json::from_slice(&out.stdout).expect("JSON");
+        }
+        out.status.success()
+    });
+    assert_eq!(pulled["source"], "cluster", "{pulled}");
+    assert_eq!(pulled["from_node"], "node-a", "{pulled}");
+    let status = b.json(&["status"]);
+    let image = &status["images"][0];
+    assert_eq!(image["local_chunks"], image["chunks"], "whole once pull --all returns: {status}");
+    assert!(image["chunks"].as_u64() > Some(0), "{status}");
+    // Again: up to date, from the store.
+    assert!(b.ok(&["pull", name]).contains("is up to date"));
+    // Another platform's is not what any node offers: the registry's error.
+    let err = b.fails(&["pull", name, "--platform", "linux/riscv64"]);
+    assert!(err.contains("no answer"), "{err}");
+    // Nor is a digest, which only a registry (or a copy keeping that
+    // manifest) can vouch for.
+    let pinned = format!("registry.invalid/tools/busybox@sha256:{}", "0".repeat(64));
+    assert!(b.fails(&["pull", &pinned]).contains("no answer"));
+    // A name no node offers: the registry's own error.
+    let err = b.fails(&["pull", "registry.invalid/tools/other:1"]);
+    assert!(err.contains("registry.invalid") && err.contains("no answer"), "{err}");
+    // A gone: B runs it alone.
+    drop(node_a);
+    assert_eq!(b.ok(&["run", name]), "strata-busybox\n");
+}
+
 /// `strata pull --all` through a node takes an image the cluster holds
 /// and returns once every chunk is here (no registry blob); `strata
 /// status` says so. `--background-fetch none` is kept for its image and

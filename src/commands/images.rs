@@ -38,23 +38,28 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
         Outcome::Inspected(o) => inspect(o),
         Outcome::Stats(o) => stats(o),
         Outcome::Status(o) => status(o),
-        Outcome::Pulled(o) => match &o.source {
-            PullSource::Registry => {
-                println!("pulled {} ({})", o.name, o.manifest_digest);
-                imported(&o.imported);
-            }
-            PullSource::Cluster => println!(
-                "pulled {} ({}) from node {}: {} of metadata, chunks on first read, nothing from the registry",
-                o.name,
-                o.manifest_digest,
-                o.from_node.as_deref().unwrap_or("?"),
-                match o.imported.layers_added {
-                    1 => "1 layer".to_owned(),
-                    n => format!("{n} layers"),
+        Outcome::Pulled(o) => {
+            // An image taken from the cluster by name may keep no manifest.
+            let named = match o.manifest_digest.as_str() {
+                "" => o.name.clone(),
+                digest => format!("{} ({digest})", o.name),
+            };
+            match &o.source {
+                PullSource::Registry => {
+                    println!("pulled {named}");
+                    imported(&o.imported);
                 }
-            ),
-            PullSource::Store => println!("{} ({}) is up to date", o.name, o.manifest_digest),
-        },
+                PullSource::Cluster => println!(
+                    "pulled {named} from node {}: {} of metadata, chunks on first read, nothing from the registry",
+                    o.from_node.as_deref().unwrap_or("?"),
+                    match o.imported.layers_added {
+                        1 => "1 layer".to_owned(),
+                        n => format!("{n} layers"),
+                    }
+                ),
+                PullSource::Store => println!("{named} is up to date"),
+            }
+        }
     }
     Ok(())
 }

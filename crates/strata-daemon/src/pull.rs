@@ -15,6 +15,12 @@
 //!   registry and announces it, nodes asked at the same moment wait for
 //!   that and then take it from the cluster. So however many nodes are
 //!   asked at once, each layer blob leaves the registry once.
+//!
+//! When the registry does not answer at all (DNS, connection, TLS, a
+//! timeout: a cluster with no registry, images imported on one node), a
+//! tag some node announces under the same name is taken from it, if its
+//! config is for the platform asked for; never a `@digest` reference that
+//! no copy proves.
 
 use std::sync::Arc;
 
@@ -170,7 +176,19 @@ impl Puller<'_> {
                 }
             }
         }
-        let resolved = self.resolve(platform)?;
+        let resolved = match self.resolve(platform) {
+            Ok(resolved) => resolved,
+            // No registry answers (DNS, a refused connection, TLS, a
+            // timeout): an image some node offers under this name (imported
+            // there, as in a cluster with no registry) is taken from it.
+            Err(Error::Registry(e @ RegistryError::Transport { .. })) => {
+                return match self.by_name_from_cluster(node, &store, platform) {
+                    Some(pulled) => pulled,
+                    None => Err(e.into()),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let digest_name = self.image.digest_name(&resolved.digest);
         if let Some(id) = store.image_by_name(&digest_name)? {
             return self.named(&store, id, &resolved.digest, (PullSource::Store, None), 0);
@@ -255,6 +273,61 @@ impl Puller<'_> {
         }
         (self.progress)(Progress::LayerDone { member });
         Ok(())
+    }
+
+    /// The image the cluster offers under the reference's name, when no
+    /// registry answers: taken from a node that announces the name whole,
+    /// as [`Node::pull_image`] takes a name `strata run` asks for. A tag
+    /// there is that node's word (no registry to check it against); the
+    /// manifest digest is the record's own manifest's, when it keeps one.
+    /// `None` when no live node announces the name, or none could give it.
+    fn by_name_from_cluster(
+        &self,
+        node: &Arc<Node>,
+        store: &Store,
+        platform: &Platform,
+    ) -> Option<Result<Pulled>> {
+        // A digest pins a manifest: only its registry (or a copy that
+        // keeps it, tried before) can say which image that is.
+        if self.image.digest().is_some() {
+            return None;
+        }
+        let name = self.image.store_name();
+        let for_platform = |record: &strata_store::ImageRecord| match config_platform(&record.config) {
+            Some((os, architecture))
+                if (os.as_str(), architecture.as_str()) != (&*platform.os, &*platform.architecture) =>
+            {
+                Err(format!("it is for {os}/{architecture}, not {}/{}", platform.os, platform.architecture))
+            }
+            _ => Ok(()),
+        };
+        if let Ok(Some(id)) = store.image_by_name(&name) {
+            if let Ok(Some(record)) = store.image(&id) {
+                if for_platform(&record).is_ok() {
+                    return Some(self.named(
+                        store,
+                        id,
+                        &kept_digest(store, id),
+                        (PullSource::Store, None),
+                        0,
+                    ));
+                }
+            }
+        }
+        let holders = self.complete_holders(node, &name);
+        if holders.is_empty() {
+            return None;
+        }
+        tracing::warn!(image = %name, "the registry does not answer: taking the image the cluster offers under its name");
+        let check =
+            |record: &strata_store::ImageRecord, _: &[&strata_store::LayerRecord]| for_platform(record);
+        let pulled = self.take_from_cluster(node, store, &name, "", &holders, &check)?;
+        Some(pulled.map(|mut pulled| {
+            if let Ok(Some(id)) = store.image_by_name(&name) {
+                pulled.manifest_digest = kept_digest(store, id);
+            }
+            pulled
+        }))
     }
 
     /// The live nodes other than this one that announce `name` whole.
@@ -439,4 +512,26 @@ pub fn push(
         image,
         &mut crate::chunks::LayerChunks(&chunks),
     )?)
+}
+
+/// The `os` and `architecture` an image config names (OCI image spec,
+/// "Properties"), if it parses and names both.
+fn config_platform(config: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        os: String,
+        architecture: String,
+    }
+    serde_json::from_slice::<Config>(config).ok().map(|c| (c.os, c.architecture))
+}
+
+/// The digest of the manifest `id`'s record keeps (`sha256:<hex>`), or
+/// "" when it keeps none (imported from a docker-save archive).
+fn kept_digest(store: &Store, id: ImageId) -> String {
+    match store.image(&id) {
+        Ok(Some(record)) if !record.manifest.is_empty() => {
+            strata_types::OciDigest::sha256_of(&record.manifest).to_string()
+        }
+        _ => String::new(),
+    }
 }
