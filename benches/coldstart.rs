@@ -49,6 +49,9 @@ struct LazyRun {
     chunk_bytes: f64,
     chunks: f64,
     prefetched: f64,
+    /// Reads that waited on peers before `ready`, and their waits summed.
+    demand_waits: f64,
+    demand_wait_s: f64,
     trace: Value,
 }
 
@@ -74,6 +77,8 @@ fn lazy_start(
         client.metric("strata_chunks_fetched_total"),
         client.metric("strata_prefetched_chunks_total"),
     );
+    let (demand_waits, demand_wait_s) =
+        (client.metric("strata_demand_waits_total"), client.metric("strata_demand_wait_seconds_total"));
     let trace: Value =
         serde_json::from_slice(&std::fs::read(&trace_path).expect("read trace")).expect("read trace JSON");
     if record {
@@ -93,6 +98,8 @@ fn lazy_start(
         chunk_bytes,
         chunks,
         prefetched,
+        demand_waits,
+        demand_wait_s,
         trace,
     };
     let before = client.metric("strata_chunks_fetched_total");
@@ -100,6 +107,48 @@ fn lazy_start(
     run.local_fetched = client.metric("strata_chunks_fetched_total") - before;
     drop(client);
     // STRATA_BENCH_KEEP=1 keeps each run's node logs (DIR/client.log).
+    if std::env::var_os("STRATA_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    run
+}
+
+/// `strata pull --all` on a fresh client node: the image whole, nothing
+/// else asked of the link (what the first start's bulk fetch can reach).
+struct WholePull {
+    took: Duration,
+    /// Chunk bytes it fetched (stored form).
+    chunk_bytes: f64,
+    /// Batch requests it made.
+    requests: f64,
+    /// CPU seconds meanwhile: the client node, the origin node, this
+    /// process (the link's relay), and the share of the machine's cores
+    /// that were busy.
+    client_cpu: f64,
+    origin_cpu: f64,
+    relay_cpu: f64,
+    busy: f64,
+}
+
+fn pull_all(link: &DelayLink, certs: &Path, origin: &BenchNode, dir: &Path, image: &BenchImage) -> WholePull {
+    let data = dir.join("client");
+    let client = start_client(link, certs, origin, &data);
+    let (client0, origin0, relay0) =
+        (client.cpu_seconds(), origin.cpu_seconds(), common::cpu_seconds(std::process::id()));
+    let machine = common::CpuTicks::now();
+    let started = std::time::Instant::now();
+    ok(strata(&data).args(["pull", "--all"]).arg(&image.reference));
+    let took = started.elapsed();
+    let run = WholePull {
+        took,
+        busy: machine.busy_since(),
+        client_cpu: client.cpu_seconds() - client0,
+        origin_cpu: origin.cpu_seconds() - origin0,
+        relay_cpu: common::cpu_seconds(std::process::id()) - relay0,
+        chunk_bytes: client.metric("strata_chunk_bytes_fetched_total"),
+        requests: client.metric("strata_background_fetch_requests_total"),
+    };
+    drop(client);
     if std::env::var_os("STRATA_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -116,6 +165,8 @@ struct Row {
     /// A later start: the profile recorded by an earlier one came with the
     /// metadata and was prefetched.
     profiled: LazyRun,
+    /// `strata pull --all` from a fresh node.
+    whole: WholePull,
     full: FullPullTimes,
 }
 
@@ -164,6 +215,16 @@ fn main() {
                 first.push(lazy_start(&link, &certs, &origin, &dir("first", rtt_ms, run), &image, false));
             }
         }
+        // The image whole by `pull --all`, before any profile exists.
+        let mut wholes = Vec::new();
+        for &rtt_ms in &rtts {
+            link.set_rtt(Duration::from_millis(rtt_ms));
+            for run in 0..runs {
+                eprintln!("{name}, RTT {rtt_ms} ms, run {}: strata pull --all", run + 1);
+                wholes.push(pull_all(&link, &certs, &origin, &dir("whole", rtt_ms, run), &image));
+            }
+        }
+        let mut wholes = wholes.into_iter();
         // One start records the profile; the origin keeps it.
         link.set_rtt(Duration::ZERO);
         eprintln!("{name}: recording the startup profile");
@@ -186,6 +247,7 @@ fn main() {
                 );
                 let _ = std::fs::remove_dir_all(dir("full", rtt_ms, run));
                 let lazy = first.next().expect("a first start per run");
+                let whole = wholes.next().expect("a pull --all per run");
                 eprintln!(
                     "  full pull {:.2} s (downloaded {:.2}, unpacked {:.2}); lazy: first start {:.2} s, with profile {:.2} s",
                     secs(full.ready),
@@ -194,7 +256,7 @@ fn main() {
                     secs(lazy.ready),
                     secs(profiled.ready),
                 );
-                rows.push(Row { image: image.name, image_bytes, rtt_ms, lazy, profiled, full });
+                rows.push(Row { image: image.name, image_bytes, rtt_ms, lazy, profiled, whole, full });
             }
         }
         drop(server);
@@ -258,6 +320,46 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
         }
     }
 
+    println!("\nThe image whole: `strata pull --all` on a fresh node vs the full pull's download (three HTTP downloads of the zstd layers), and the CPU it took (client node, origin node, the link's relay in the bench process; machine: share of both cores busy)\n");
+    println!("| image | RTT (ms) | full pull: downloaded (s) | MiB | `pull --all` (s) | MiB (chunks) | requests | download ÷ pull --all | CPU s: client / origin / relay | machine busy | first start: ready / whole (s) | its reads that waited: count, mean wait (ms) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut whole_rows = Vec::new();
+    for image in images {
+        for &rtt in rtts {
+            let rs = of(image, rtt);
+            if rs.is_empty() {
+                continue;
+            }
+            let m = |f: &dyn Fn(&Row) -> f64| common::median(rs.iter().map(|r| f(r)).collect());
+            let downloaded = m(&|r| secs(r.full.downloaded));
+            let took = m(&|r| secs(r.whole.took));
+            let waits = m(&|r| r.lazy.demand_waits);
+            let (client, origin, relay, busy) = (
+                m(&|r| r.whole.client_cpu),
+                m(&|r| r.whole.origin_cpu),
+                m(&|r| r.whole.relay_cpu),
+                m(&|r| r.whole.busy),
+            );
+            println!(
+                "| {image} | {rtt} | {downloaded:.2} | {:.1} | {took:.2} | {:.1} | {:.0} | {:.2} | {client:.1} / {origin:.1} / {relay:.1} | {:.0}% | {:.2} / {:.2} | {waits:.0}, {:.0} |",
+                m(&|r| mib(r.full.bytes_downloaded)),
+                m(&|r| r.whole.chunk_bytes) / (1024.0 * 1024.0),
+                m(&|r| r.whole.requests),
+                downloaded / took,
+                busy * 100.0,
+                m(&|r| secs(r.lazy.ready)),
+                m(&|r| secs(r.lazy.whole)),
+                m(&|r| r.lazy.demand_wait_s * 1000.0 / r.lazy.demand_waits.max(1.0)),
+            );
+            whole_rows.push(json!({
+                "image": image, "rtt_ms": rtt, "full_downloaded_s": downloaded, "pull_all_s": took,
+                "pull_all_chunk_bytes": m(&|r| r.whole.chunk_bytes), "pull_all_requests": m(&|r| r.whole.requests),
+                "client_cpu_s": client, "origin_cpu_s": origin, "relay_cpu_s": relay, "machine_busy": busy,
+                "first_demand_waits": waits, "first_demand_wait_s": m(&|r| r.lazy.demand_wait_s),
+            }));
+        }
+    }
+
     println!("\nWhere a start with the profile spends its time: the workload alone (a second start in the full pull's overlayfs tree, page cache warm), plus the FUSE mount and store (a second `strata run` on the same node, every chunk local), plus the network (the rest)\n");
     println!("| image | RTT (ms) | with profile (s) | workload alone (s) | + FUSE and store (s) | + network (s) | chunks fetched by the local start |");
     println!("|---|---|---|---|---|---|---|");
@@ -313,7 +415,7 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
     }
     let results = json!({
         "date": common::today(), "machine": common::machine(), "mbit": mbit, "runs": runs,
-        "p1": p1, "p2": p2,
+        "p1": p1, "p2": p2, "whole": whole_rows,
     });
     std::fs::write(out.join("coldstart.json"), serde_json::to_vec_pretty(&results).expect("json"))
         .expect("results");

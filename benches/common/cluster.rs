@@ -95,6 +95,12 @@ pub fn start_node(spec: NodeSpec<'_>) -> BenchNode {
 }
 
 impl BenchNode {
+    /// CPU seconds (user and system) the node's process has used so far,
+    /// from /proc/PID/stat.
+    pub fn cpu_seconds(&self) -> f64 {
+        super::cpu_seconds(self.child.id())
+    }
+
     /// The sum of a Prometheus metric's samples (all label sets).
     pub fn metric(&self, name: &str) -> f64 {
         let scrape = || {

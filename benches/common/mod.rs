@@ -180,6 +180,18 @@ pub fn results_dir(scratch: &Path) -> PathBuf {
     out
 }
 
+/// CPU seconds (user and system) process `pid` has used so far, its
+/// threads included, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // After the command name (which may hold spaces): the state first,
+    // utime and stime the 12th and 13th fields.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf reads a constant.
+    ticks / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0)
+}
+
 /// The machine's CPU time so far, busy and in all, from /proc/stat (in
 /// clock ticks): two readings give how busy every core was in between.
 #[derive(Clone, Copy)]

@@ -223,9 +223,10 @@ pub type OnWhole = Box<dyn Fn(Vec<LayerId>) + Send + Sync>;
 pub type BeforePut = Box<dyn Fn(u64) -> PortFuture<'static, ()> + Send + Sync>;
 
 /// What is told when a read finds a chunk missing here and waits on peers:
-/// the chunk's layers (the node starts fetching their images whole).
+/// the chunk and its layers (the node starts fetching their images whole,
+/// and reads ahead of the chunk first).
 /// Called on the reading task: it must not block.
-pub type OnMiss = Box<dyn Fn(&[LayerId]) + Send + Sync>;
+pub type OnMiss = Box<dyn Fn(ChunkId, &[LayerId]) + Send + Sync>;
 
 /// Brings chunks from peers: single flight, plan, shares, verification,
 /// penalties, layer progress.
@@ -337,13 +338,19 @@ impl Fetcher {
         }
         // A fetch that goes to a complete holder itself shares its flight
         // with the relays this node serves for the chunk: one fetch each.
+        let since = tokio::time::Instant::now();
         let plan = self.plan(id, true).await?;
         let _waiting = (priority == Priority::Demand).then(|| {
-            (self.on_miss)(&plan.layers);
+            (self.on_miss)(id, &plan.layers);
             self.demand.enter()
         });
         let relaying = matches!(plan.asks.first(), Some(Ask::Relay(_)));
-        self.join(id, relaying, deadline, priority).await
+        let fetched = self.join(id, relaying, deadline, priority).await;
+        if priority == Priority::Demand {
+            self.metrics.demand_waits.inc();
+            self.metrics.demand_wait_seconds.inc_by(since.elapsed().as_secs_f64());
+        }
+        fetched
     }
 
     /// A relay asked by a peer: this node fetches the chunk for its group,
@@ -864,7 +871,7 @@ mod tests {
             deadline: DEADLINE,
             penalties: Penalties::default(),
             on_whole: Box::new(move |layers| told.lock().extend(layers)),
-            on_miss: Box::new(|_| {}),
+            on_miss: Box::new(|_, _| {}),
             before_put: Box::new(|_| Box::pin(async {})),
         }));
         Setup { fetcher, store, peers, directory, ids, layer, whole, metrics }
@@ -1107,9 +1114,12 @@ mod tests {
         assert!(s.ids.iter().all(|id| s.stored(id).as_ref() == Some(&s.peers.chunks[id])));
         assert_eq!(*s.whole.lock(), vec![s.layer], "the layer is whole, said once");
         assert_eq!(s.fetcher.in_flight(), 0);
-        // Held now: a second batch asks nobody.
+        // Held now: a second batch asks nobody, and looks for no holder
+        // (it used to wait a fetch deadline for holders of no layer).
+        let before = tokio::time::Instant::now();
         let again = s.fetcher.fetch_batch(s.ids.clone(), Priority::Prefetch, true).await;
         assert_eq!((again.fetched, again.skipped, again.requests), (0, 200, 0));
+        assert_eq!(before.elapsed(), Duration::ZERO, "a batch of held chunks returns at once");
         assert_eq!(s.asked().len(), 2);
     }
 

@@ -30,6 +30,10 @@ pub struct Metrics {
     /// the kind of peer that gave it.
     pub fetch_seconds: Family<FromLabel, Histogram, fn() -> Histogram>,
     pub fetch_failures: Counter,
+    /// Reads (FUSE, a snapshot's) that found their chunk missing here and
+    /// waited on peers, and the seconds they waited, all together.
+    pub demand_waits: Counter,
+    pub demand_wait_seconds: Counter<f64, AtomicU64>,
     pub bad_chunks: Counter,
     pub chunks_served: Counter,
     pub chunk_bytes_served: Counter,
@@ -94,7 +98,19 @@ impl Metrics {
             announcements: Counter::default(),
             directory_lookups: Counter::default(),
             lookup_cache_clears: Counter::default(),
+            demand_waits: Counter::default(),
+            demand_wait_seconds: Counter::default(),
         };
+        registry.register(
+            "demand_waits",
+            "Reads that found their chunk missing here and waited on peers",
+            m.demand_waits.clone(),
+        );
+        registry.register(
+            "demand_wait_seconds",
+            "Seconds reads waited on peers for missing chunks, all together",
+            m.demand_wait_seconds.clone(),
+        );
         registry.register(
             "chunks_fetched",
             "Chunks fetched from peers, verified and stored",

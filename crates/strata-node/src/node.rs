@@ -167,9 +167,9 @@ impl Node {
                     let keys: Vec<Key> = layers.iter().map(|l| *l.as_bytes()).collect();
                     tokio::spawn(async move { node.locator.announce(&keys, &[]).await });
                 }),
-                on_miss: Box::new(move |layers: &[LayerId]| {
+                on_miss: Box::new(move |chunk: ChunkId, layers: &[LayerId]| {
                     if let Some(node) = reader.upgrade() {
-                        node.read_missed(layers);
+                        node.read_missed(chunk, layers);
                     }
                 }),
                 before_put: Box::new(move |bytes| {

@@ -230,6 +230,10 @@ impl Fetcher {
         let ids: Vec<ChunkId> =
             ids.into_iter().zip(held).filter(|(_, held)| !held).map(|(id, _)| id).collect();
         outcome.skipped += before - ids.len();
+        if ids.is_empty() {
+            // All here (a read fetched them meanwhile): no holder to find.
+            return Ok(Arc::default());
+        }
         let layers = self.store.layers_of_each(ids.clone()).await?;
         let mut by_layer: HashMap<LayerId, Vec<Holder>> = HashMap::new();
         // Holders are found through the directory, which fills within

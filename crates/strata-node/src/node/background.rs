@@ -27,7 +27,13 @@
 //! round-trip time stays near its least, and shrinks when it rises (a
 //! queue builds at the bottleneck, where a read's reply would wait
 //! behind it): full rate with a short queue, as LEDBAT (RFC 6817) keeps
-//! scavenger traffic out of the way of the rest.
+//! scavenger traffic out of the way of the rest; and it stays within
+//! what the path delivers per round trip, so bytes do not pile up at the
+//! holder either.
+//!
+//! A read that misses moves what follows its chunk (the rest of its file,
+//! the next files in path order) to the front of its job's order
+//! ([`READ_AHEAD`] bytes): without a profile, the bulk follows the reads.
 //!
 //! The full fetch of an image is recorded as started in the store
 //! ([`strata_store::FetchState`]): a restarted node resumes it.
@@ -97,10 +103,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// least RTT seen is the path's; above it, the bottleneck's queue. The
 /// floor is small (a few chunks) so that on a short path the queue a read
 /// waits behind stays a few milliseconds long.
+///
+/// The RTT sees only the network's queue, not the one at the serving
+/// node (bytes asked for and waiting there for the connection to take
+/// them), so the window is also kept to what the path delivers: at most
+/// twice the delivery rate times the least RTT, BBR's bound on data in
+/// flight (draft-cardwell-iccrg-bbr, "cwnd_gain" 2 on its estimate of the
+/// bandwidth-delay product). The rate is the highest of the last few round
+/// trips' samples, each the bytes the pass had answered while one batch
+/// was out, over the time it was out. Asked for beyond that, bytes only
+/// queue at the holder, where a read-ahead or a read's own chunk would
+/// wait behind them.
 #[derive(Clone, Debug)]
 pub struct Window {
     bytes: u64,
     base_rtt: Option<Duration>,
+    /// (when, bytes per second) of the last few round trips' rate samples.
+    rates: std::collections::VecDeque<(Instant, f64)>,
 }
 
 /// The queueing delay a window aims to stay under, at least.
@@ -108,13 +127,25 @@ pub const MIN_QUEUE: Duration = Duration::from_millis(4);
 const MIN_WINDOW: u64 = 32 << 10;
 const MAX_WINDOW: u64 = 256 << 20;
 const FIRST_WINDOW: u64 = 2 << 20;
-/// Requests a window is cut into, at least: one answered while the next is
-/// on its way keeps the link busy.
-const BATCHES_PER_WINDOW: u64 = 2;
+/// Requests a window is cut into, at least: one answered while the next
+/// are on their way keeps the link busy, and a window is counted in
+/// flight batch by batch (a batch's bytes until its last arrives).
+const BATCHES_PER_WINDOW: u64 = 4;
+/// Round trips over which the highest rate sample counts, and the
+/// shortest such span.
+const RATE_RTTS: u32 = 8;
+const MIN_RATE_SPAN: Duration = Duration::from_millis(200);
+/// The window's bound: this many times the rate times the least RTT.
+const RATE_GAIN: f64 = 2.0;
+/// ... but never below this: the least RTT is the network's, while a
+/// batch also waits on the holder's store and the request's own overhead,
+/// which on a short path (a LAN) outweigh it; there a window bound to
+/// the network's product would shrink the rate it is measured by.
+const RATE_FLOOR: u64 = 512 << 10;
 
 impl Default for Window {
     fn default() -> Self {
-        Self { bytes: FIRST_WINDOW, base_rtt: None }
+        Self { bytes: FIRST_WINDOW, base_rtt: None, rates: Default::default() }
     }
 }
 
@@ -129,9 +160,10 @@ impl Window {
         (self.bytes / BATCHES_PER_WINDOW).max(MIN_WINDOW / BATCHES_PER_WINDOW)
     }
 
-    /// A batch was answered; `rtt` is the connection's smoothed round-trip
-    /// time now (`None`: unknown, nothing changes).
-    pub fn answered(&mut self, rtt: Option<Duration>) {
+    /// A batch was answered at `now`; `rtt` is the connection's smoothed
+    /// round-trip time then (`None`: unknown, nothing changes), `rate` the
+    /// delivery rate sample it gives, in bytes per second (`None`: none).
+    pub fn answered(&mut self, rtt: Option<Duration>, rate: Option<f64>, now: Instant) {
         let Some(rtt) = rtt else { return };
         let base = self.base_rtt.map_or(rtt, |b| b.min(rtt));
         self.base_rtt = Some(base);
@@ -141,6 +173,18 @@ impl Window {
         } else {
             self.bytes = (self.bytes + self.bytes / 2).min(MAX_WINDOW);
         }
+        if let Some(rate) = rate.filter(|r| r.is_finite() && *r > 0.0) {
+            self.rates.push_back((now, rate));
+        }
+        let span = (base * RATE_RTTS).max(MIN_RATE_SPAN);
+        while self.rates.len() > 1
+            && self.rates.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > span)
+        {
+            self.rates.pop_front();
+        }
+        let Some(rate) = self.rates.iter().map(|(_, r)| *r).reduce(f64::max) else { return };
+        let bound = (RATE_GAIN * rate * base.as_secs_f64()) as u64;
+        self.bytes = self.bytes.min(bound.max(RATE_FLOOR));
     }
 }
 
@@ -246,7 +290,13 @@ pub(crate) struct Job {
     recent: Mutex<std::collections::VecDeque<(Instant, u64, u64)>>,
     /// Callers of [`Node::fetch_whole`] waiting for the image to be whole.
     done: tokio::sync::watch::Sender<bool>,
+    /// Chunks reads missed since the pass last looked, newest last (at
+    /// most [`MAX_MISSES`]): the pass reads ahead of each ([`Order`]).
+    misses: Mutex<Vec<ChunkId>>,
 }
+
+/// Misses a job keeps between two batches; older ones are dropped.
+const MAX_MISSES: usize = 256;
 
 /// How far back the rate looks.
 const RATE_SPAN: Duration = Duration::from_secs(5);
@@ -266,6 +316,7 @@ impl Job {
             raw_left: AtomicU64::new(0),
             recent: Mutex::default(),
             done: tokio::sync::watch::channel(false).0,
+            misses: Mutex::default(),
         }
     }
 
@@ -435,9 +486,17 @@ impl Node {
         Ok(())
     }
 
-    /// A read missed chunks of `layers`: their images' full fetch starts
-    /// (once per layer; the lookup runs on its own task).
-    pub(crate) fn read_missed(self: &Arc<Self>, layers: &[LayerId]) {
+    /// A read missed `chunk`, of `layers`: the running jobs read ahead of
+    /// it ([`Order::missed`]), and its images' full fetch starts (once per
+    /// layer; the lookup runs on its own task).
+    pub(crate) fn read_missed(self: &Arc<Self>, chunk: ChunkId, layers: &[LayerId]) {
+        for job in self.jobs.running.lock().values() {
+            let mut misses = job.misses.lock();
+            if misses.len() == MAX_MISSES {
+                misses.remove(0);
+            }
+            misses.push(chunk);
+        }
         {
             let mut started = self.jobs.started_layers.lock();
             let before = started.len();
@@ -606,12 +665,13 @@ impl Node {
             flying: 0,
             held: 0,
             profile_done: None,
+            delivered: 0,
         };
         let mut left_raw: u64 = queue.iter().map(|i| i.raw).sum();
         job.chunks_left.store(queue.len() as u64, Ordering::Relaxed);
         job.raw_left.store(left_raw, Ordering::Relaxed);
+        let mut order = Order::new(queue);
         let mut in_flight: JoinSet<Asked> = JoinSet::new();
-        let mut next = 0usize;
         let requests = self.config.background.requests.max(1);
         let settle = |pass: &mut Pass, done: Option<Result<Asked, tokio::task::JoinError>>| {
             if let Some(Ok(asked)) = done {
@@ -622,7 +682,13 @@ impl Node {
                 self.metrics.background_requests.inc_by(asked.outcome.requests as u64);
             }
         };
-        while next < queue.len() {
+        let read_ahead = |order: &mut Order| {
+            let misses = std::mem::take(&mut *job.misses.lock());
+            for chunk in misses {
+                order.missed(&chunk);
+            }
+        };
+        while order.peek().is_some() {
             if self.is_stopping() || !self.jobs.running.lock().contains_key(&job.image) {
                 break;
             }
@@ -631,29 +697,40 @@ impl Node {
                 let done = in_flight.join_next().await;
                 settle(&mut pass, done);
             }
+            read_ahead(&mut order);
+            let Some(first) = order.peek() else { break };
             // After the wait for room in the window: no batch goes out
             // while a read waits.
-            let urgent = queue[next].profile || job.urgent.load(Ordering::Relaxed);
-            if !urgent {
+            if !(order.queue[first].profile || job.urgent.load(Ordering::Relaxed)) {
                 self.yield_to_reads(job).await;
+                read_ahead(&mut order);
             }
+            let Some(first) = order.peek() else { break };
+            let profile = order.queue[first].profile;
+            let urgent = profile || job.urgent.load(Ordering::Relaxed);
             let ratio = pass.stored as f64 / pass.raw_seen as f64;
             let mut batch = Vec::new();
             let (mut batch_raw, mut batch_estimate) = (0u64, 0u64);
-            while let Some(item) = queue.get(next) {
+            while let Some(i) = order.peek() {
                 if batch.len() == MAX_KEYS || batch_estimate >= pass.window.batch_bytes() {
                     break;
                 }
-                if !batch.is_empty() && (item.profile || job.urgent.load(Ordering::Relaxed)) != urgent {
+                // One kind per batch: the profile's (counted as prefetched)
+                // or the rest, at one speed.
+                let item = order.queue[i];
+                if !batch.is_empty()
+                    && (item.profile != profile
+                        || (item.profile || job.urgent.load(Ordering::Relaxed)) != urgent)
+                {
                     break;
                 }
+                order.take(i);
                 batch.push(item.id);
                 batch_raw += item.raw;
                 batch_estimate += ((item.raw as f64 * ratio) as u64).max(1);
-                next += 1;
             }
             left_raw = left_raw.saturating_sub(batch_raw);
-            job.chunks_left.store((queue.len() - next) as u64, Ordering::Relaxed);
+            job.chunks_left.store(order.left as u64, Ordering::Relaxed);
             job.raw_left.store(left_raw, Ordering::Relaxed);
             if !urgent {
                 self.keep_to_cap(job, batch_estimate).await;
@@ -667,15 +744,15 @@ impl Node {
                 tokio::time::sleep(self.config.cache.interval.min(Duration::from_secs(5))).await;
             }
             job.set_state(JobState::Fetching);
-            let profile = queue[next - 1].profile;
             pass.flying += batch_estimate;
             let node = self.clone();
+            let (sent, delivered_before) = (Instant::now(), pass.delivered);
             in_flight.spawn(async move {
                 let outcome = node.fetcher.fetch_batch(batch, Priority::Prefetch, true).await;
                 if profile {
                     node.metrics.prefetched_chunks.inc_by(outcome.fetched as u64);
                 }
-                Asked { outcome, raw: batch_raw, estimate: batch_estimate, profile }
+                Asked { outcome, raw: batch_raw, estimate: batch_estimate, profile, sent, delivered_before }
             });
         }
         while let Some(done) = in_flight.join_next().await {
@@ -733,12 +810,113 @@ impl Node {
     }
 }
 
+/// Uncompressed bytes a pass reads ahead of each chunk a read missed.
+pub const READ_AHEAD: u64 = 2 << 20;
+
+/// The order a pass asks for its queue in: the queue's own (the profile,
+/// then the layers in index order, which is path order), except that a
+/// chunk a read missed moves what follows it in the queue (the rest of its
+/// file, then the files after it in its directory, in path order) up to
+/// [`READ_AHEAD`] bytes to the front, the newest miss first: as the
+/// kernel's readahead follows a file's reads, the bulk of a first start
+/// follows the container's, so its next reads find their chunks here or
+/// on the way instead of each paying a round trip.
+struct Order {
+    queue: Vec<Item>,
+    /// Per queue item: taken into a batch.
+    asked: Vec<bool>,
+    /// The first item of `queue` not known to be taken.
+    next: usize,
+    /// Items a miss moved ahead, to take first (some may be taken already).
+    front: std::collections::VecDeque<usize>,
+    /// Per queue item: in `front` now.
+    in_front: Vec<bool>,
+    /// Each chunk's place in `queue`.
+    position: HashMap<ChunkId, usize>,
+    /// Items not taken, and profile items not taken.
+    left: usize,
+    profile_left: usize,
+}
+
+impl Order {
+    fn new(queue: Vec<Item>) -> Self {
+        let position = queue.iter().enumerate().map(|(i, item)| (item.id, i)).collect();
+        Self {
+            asked: vec![false; queue.len()],
+            in_front: vec![false; queue.len()],
+            left: queue.len(),
+            profile_left: queue.iter().filter(|i| i.profile).count(),
+            next: 0,
+            front: Default::default(),
+            position,
+            queue,
+        }
+    }
+
+    /// The next item to take, without taking it.
+    fn peek(&mut self) -> Option<usize> {
+        while let Some(&i) = self.front.front() {
+            if !self.asked[i] {
+                return Some(i);
+            }
+            self.front.pop_front();
+            self.in_front[i] = false;
+        }
+        while self.next < self.queue.len() && self.asked[self.next] {
+            self.next += 1;
+        }
+        (self.next < self.queue.len()).then_some(self.next)
+    }
+
+    fn take(&mut self, i: usize) {
+        if !std::mem::replace(&mut self.asked[i], true) {
+            self.left -= 1;
+            if self.queue[i].profile {
+                self.profile_left -= 1;
+            }
+        }
+    }
+
+    /// A read missed `chunk` (it is fetched on its own): the items after
+    /// it go first, until [`READ_AHEAD`] uncompressed bytes of them not yet
+    /// taken are reached (the last may pass it). Items already moved by an
+    /// earlier miss keep their place. Nothing moves while profile items
+    /// are left (the profile is the better guess of what reads come next),
+    /// nor for a chunk not in the queue (another image's, or here already).
+    fn missed(&mut self, chunk: &ChunkId) {
+        if self.profile_left > 0 {
+            return;
+        }
+        let Some(&at) = self.position.get(chunk) else { return };
+        let mut ahead = Vec::new();
+        let mut bytes = 0;
+        for i in at + 1..self.queue.len() {
+            if bytes >= READ_AHEAD {
+                break;
+            }
+            if !self.asked[i] {
+                bytes += self.queue[i].raw;
+                if !self.in_front[i] {
+                    ahead.push(i);
+                }
+            }
+        }
+        for i in ahead.into_iter().rev() {
+            self.in_front[i] = true;
+            self.front.push_front(i);
+        }
+    }
+}
+
 /// A batch asked for: what it did, its chunks' uncompressed bytes, and the
 /// stored bytes it was reckoned at.
 struct Asked {
     outcome: BatchOutcome,
     raw: u64,
     estimate: u64,
+    /// When it was sent, and the pass's bytes answered by then.
+    sent: Instant,
+    delivered_before: u64,
     /// Chunks of the profile.
     profile: bool,
 }
@@ -755,6 +933,8 @@ struct Pass {
     held: usize,
     /// When the last batch of profile chunks was answered.
     profile_done: Option<Instant>,
+    /// Stored bytes answered so far.
+    delivered: u64,
 }
 
 impl Pass {
@@ -765,7 +945,12 @@ impl Pass {
             self.stored += asked.outcome.bytes;
             self.raw_seen += asked.raw;
         }
-        self.window.answered(asked.outcome.rtt);
+        self.delivered += asked.outcome.bytes;
+        // Bytes answered while this batch was out, over that time.
+        let now = Instant::now();
+        let out = now.saturating_duration_since(asked.sent).as_secs_f64();
+        let rate = (out > 0.0).then(|| (self.delivered - asked.delivered_before) as f64 / out);
+        self.window.answered(asked.outcome.rtt, rate, now);
         if asked.profile {
             self.profile_done = Some(Instant::now());
         }
@@ -842,33 +1027,128 @@ mod tests {
 
     #[test]
     fn a_window_grows_while_the_rtt_stays_near_its_least_and_shrinks_when_a_queue_builds() {
+        // All at one moment: no delivery rate measured, the delay alone.
+        let now = Instant::now();
         let mut w = Window::default();
         assert_eq!(w.bytes(), FIRST_WINDOW);
-        w.answered(None);
+        w.answered(None, None, now);
         assert_eq!(w.bytes(), FIRST_WINDOW, "no RTT known: unchanged");
         // 150 ms path: a queue under a quarter of it is fine.
         for _ in 0..4 {
-            w.answered(Some(150 * MS));
+            w.answered(Some(150 * MS), None, now);
         }
-        w.answered(Some(180 * MS));
+        w.answered(Some(180 * MS), None, now);
         let grown = w.bytes();
         assert!(grown > FIRST_WINDOW * 2, "{grown}");
         // 60 ms of queue on a 150 ms path: it shrinks, by a quarter.
-        w.answered(Some(210 * MS));
+        w.answered(Some(210 * MS), None, now);
         assert_eq!(w.bytes(), grown - grown / 4);
         // A 1 ms path aims at MIN_QUEUE.
         let mut w = Window::default();
-        w.answered(Some(MS));
-        w.answered(Some(4 * MS));
+        w.answered(Some(MS), None, now);
+        w.answered(Some(4 * MS), None, now);
         let before = w.bytes();
         assert!(before > FIRST_WINDOW, "3 ms of queue on a 1 ms path: within MIN_QUEUE");
-        w.answered(Some(6 * MS));
+        w.answered(Some(6 * MS), None, now);
         assert_eq!(w.bytes(), before - before / 4, "5 ms of queue on a 1 ms path: shrunk");
         for _ in 0..100 {
-            w.answered(Some(50 * MS));
+            w.answered(Some(50 * MS), None, now);
         }
         assert_eq!(w.bytes(), MIN_WINDOW, "never below the floor");
         assert_eq!(w.batch_bytes(), MIN_WINDOW / BATCHES_PER_WINDOW);
+    }
+
+    fn items(n: u8, raw: u64) -> Vec<Item> {
+        (0..n).map(|i| Item { id: ChunkId::of(&[i]), raw, profile: false }).collect()
+    }
+
+    fn drain(order: &mut Order) -> Vec<usize> {
+        let mut taken = Vec::new();
+        while let Some(i) = order.peek() {
+            order.take(i);
+            taken.push(i);
+        }
+        taken
+    }
+
+    #[test]
+    fn a_window_keeps_to_twice_what_the_path_delivers_in_its_least_round_trip() {
+        // A 50 ms path carrying 12.5 MB/s (bandwidth-delay product 625 kB),
+        // its RTT never rising (the queue is at the holder, not in the
+        // network): the delay alone would grow the window without end;
+        // the rate bounds it at twice the product.
+        let start = Instant::now();
+        let mut w = Window::default();
+        for i in 0..40u32 {
+            w.answered(Some(50 * MS), Some(12.5e6), start + 25 * MS * i);
+        }
+        assert!((1_249_000..=1_250_000).contains(&w.bytes()), "{}", w.bytes());
+        // The path shared later: once the faster samples are older than
+        // eight round trips, the bound follows the slower rate.
+        for i in 40..80u32 {
+            w.answered(Some(50 * MS), Some(6e6), start + 25 * MS * i);
+        }
+        assert!((599_000..=600_000).contains(&w.bytes()), "{}", w.bytes());
+        // A window too small to fill the path delivers a window per round
+        // trip; the bound is twice that: it doubles per round trip.
+        let mut w = Window { bytes: RATE_FLOOR, ..Window::default() };
+        for i in 0..6u32 {
+            let rate = w.bytes() as f64 / 0.05;
+            w.answered(Some(50 * MS), Some(rate), start + 50 * MS * i);
+        }
+        assert!(w.bytes() >= 8 * RATE_FLOOR, "a window-bound pass grows: {}", w.bytes());
+        // A short path whose batches take longer than its RTT (the holder's
+        // store, per-request costs): the bound stays at the floor, not
+        // below it, so the rate it is measured by does not shrink with it.
+        let mut w = Window::default();
+        for i in 0..40u32 {
+            let rate = w.bytes() as f64 / 0.005;
+            w.answered(Some(MS / 2), Some(rate), start + 5 * MS * i);
+        }
+        assert_eq!(w.bytes(), RATE_FLOOR);
+    }
+
+    #[test]
+    fn misses_move_nothing_while_profile_chunks_are_left() {
+        let mut queue = items(6, READ_AHEAD / 4);
+        queue[0].profile = true;
+        let mut order = Order::new(queue.clone());
+        order.missed(&queue[3].id);
+        assert_eq!(order.peek(), Some(0), "the profile goes first");
+        order.take(0);
+        order.missed(&queue[3].id);
+        assert_eq!(drain(&mut order), vec![4, 5, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_miss_moves_what_follows_it_to_the_front_up_to_the_read_ahead() {
+        // Ten chunks of a quarter of the read-ahead each: a miss brings the
+        // four after it (the fourth reaches the limit) before the rest.
+        let queue = items(10, READ_AHEAD / 4);
+        let mut order = Order::new(queue.clone());
+        assert_eq!(order.peek(), Some(0));
+        order.take(0);
+        order.missed(&queue[3].id);
+        assert_eq!(drain(&mut order), vec![4, 5, 6, 7, 1, 2, 3, 8, 9]);
+        assert_eq!(order.left, 0);
+    }
+
+    #[test]
+    fn a_newer_miss_goes_first_and_nothing_is_taken_twice() {
+        let queue = items(12, READ_AHEAD / 2);
+        let mut order = Order::new(queue.clone());
+        order.missed(&queue[1].id);
+        let first = order.peek().expect("an item");
+        order.take(first);
+        // 2 taken; a newer miss at 6 goes ahead of 3.
+        order.missed(&queue[6].id);
+        let mut taken = vec![2];
+        taken.extend(drain(&mut order));
+        assert_eq!(taken, vec![2, 7, 8, 3, 0, 1, 4, 5, 6, 9, 10, 11]);
+        // A miss of a chunk not queued, or once all is taken, moves nothing.
+        order.missed(&ChunkId::of(b"elsewhere"));
+        order.missed(&queue[0].id);
+        assert_eq!(order.peek(), None);
     }
 
     #[test]
