@@ -276,6 +276,13 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
     let of = |image: &str, rtt: u64| -> Vec<&Row> {
         rows.iter().filter(|r| r.image == image && r.rtt_ms == rtt).collect()
     };
+    // Each image and RTT that has runs, in order, with its runs.
+    let cells: Vec<(&str, u64, Vec<&Row>)> = images
+        .iter()
+        .flat_map(|image| rtts.iter().map(move |&rtt| (image.as_str(), rtt)))
+        .map(|(image, rtt)| (image, rtt, of(image, rtt)))
+        .filter(|(_, _, rs)| !rs.is_empty())
+        .collect();
     println!(
         "\nP1 cold start to `ready`, {mbit} Mbit/s link, median of {runs} run(s); {}; {}\n",
         common::machine(),
@@ -284,80 +291,68 @@ fn report(rows: &[Row], images: &[String], rtts: &[u64], mbit: u64, runs: usize,
     println!("| image | RTT (ms) | full pull: downloaded / unpacked / ready (s) | Strata, first start (s) | full ÷ first | first start: image whole (s) | Strata, with profile (s) | full ÷ profiled | physical limit (s) | profiled ÷ limit |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut p1 = Vec::new();
-    for image in images {
-        for &rtt in rtts {
-            let rs = of(image, rtt);
-            if rs.is_empty() {
-                continue;
-            }
-            let m = |f: &dyn Fn(&Row) -> f64| common::median(rs.iter().map(|r| f(r)).collect());
-            let full = m(&|r| secs(r.full.ready));
-            let downloaded = m(&|r| secs(r.full.downloaded));
-            let unpacked = m(&|r| secs(r.full.unpacked));
-            let first = m(&|r| secs(r.lazy.ready));
-            let whole = m(&|r| secs(r.lazy.whole));
-            let profiled = m(&|r| secs(r.profiled.ready));
-            // The physical limit of a start with the profile: the bytes it
-            // moved before `ready` at the link's rate, plus the workload
-            // alone (page cache warm).
-            let limit = m(&|r| {
-                (r.profiled.metadata_bytes + r.profiled.chunk_bytes) * 8.0 / (mbit as f64 * 1e6)
-                    + secs(r.full.warm)
-            });
-            println!(
-                "| {image} | {rtt} | {downloaded:.2} / {unpacked:.2} / {full:.2} | {first:.2} | {:.1}x | {whole:.2} | {profiled:.2} | {:.1}x | {limit:.2} | {:.2} |",
-                full / first,
-                full / profiled,
-                profiled / limit,
-            );
-            p1.push(json!({
-                "image": image, "rtt_ms": rtt, "full_ready_s": full, "full_downloaded_s": downloaded,
-                "full_unpacked_s": unpacked, "first_ready_s": first, "profiled_ready_s": profiled,
-                "first_whole_s": whole, "physical_limit_s": limit,
-                "native_warm_s": m(&|r| secs(r.full.warm)), "strata_local_s": m(&|r| secs(r.profiled.local)),
-                "local_start_chunks_fetched": m(&|r| r.profiled.local_fetched),
-            }));
-        }
+    for (image, rtt, rs) in &cells {
+        let m = |f: &dyn Fn(&Row) -> f64| common::median(rs.iter().map(|r| f(r)).collect());
+        let full = m(&|r| secs(r.full.ready));
+        let downloaded = m(&|r| secs(r.full.downloaded));
+        let unpacked = m(&|r| secs(r.full.unpacked));
+        let first = m(&|r| secs(r.lazy.ready));
+        let whole = m(&|r| secs(r.lazy.whole));
+        let profiled = m(&|r| secs(r.profiled.ready));
+        // The physical limit of a start with the profile: the bytes it
+        // moved before `ready` at the link's rate, plus the workload
+        // alone (page cache warm).
+        let limit = m(&|r| {
+            (r.profiled.metadata_bytes + r.profiled.chunk_bytes) * 8.0 / (mbit as f64 * 1e6)
+                + secs(r.full.warm)
+        });
+        println!(
+            "| {image} | {rtt} | {downloaded:.2} / {unpacked:.2} / {full:.2} | {first:.2} | {:.1}x | {whole:.2} | {profiled:.2} | {:.1}x | {limit:.2} | {:.2} |",
+            full / first,
+            full / profiled,
+            profiled / limit,
+        );
+        p1.push(json!({
+            "image": image, "rtt_ms": rtt, "full_ready_s": full, "full_downloaded_s": downloaded,
+            "full_unpacked_s": unpacked, "first_ready_s": first, "profiled_ready_s": profiled,
+            "first_whole_s": whole, "physical_limit_s": limit,
+            "native_warm_s": m(&|r| secs(r.full.warm)), "strata_local_s": m(&|r| secs(r.profiled.local)),
+            "local_start_chunks_fetched": m(&|r| r.profiled.local_fetched),
+        }));
     }
 
     println!("\nThe image whole: `strata pull --all` on a fresh node vs the full pull's download (three HTTP downloads of the zstd layers), and the CPU it took (client node, origin node, the link's relay in the bench process; machine: share of both cores busy)\n");
     println!("| image | RTT (ms) | full pull: downloaded (s) | MiB | `pull --all` (s) | MiB (chunks) | requests | download ÷ pull --all | CPU s: client / origin / relay | machine busy | first start: ready / whole (s) | its reads that waited: count, mean wait (ms) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut whole_rows = Vec::new();
-    for image in images {
-        for &rtt in rtts {
-            let rs = of(image, rtt);
-            if rs.is_empty() {
-                continue;
-            }
-            let m = |f: &dyn Fn(&Row) -> f64| common::median(rs.iter().map(|r| f(r)).collect());
-            let downloaded = m(&|r| secs(r.full.downloaded));
-            let took = m(&|r| secs(r.whole.took));
-            let waits = m(&|r| r.lazy.demand_waits);
-            let (client, origin, relay, busy) = (
-                m(&|r| r.whole.client_cpu),
-                m(&|r| r.whole.origin_cpu),
-                m(&|r| r.whole.relay_cpu),
-                m(&|r| r.whole.busy),
-            );
-            println!(
-                "| {image} | {rtt} | {downloaded:.2} | {:.1} | {took:.2} | {:.1} | {:.0} | {:.2} | {client:.1} / {origin:.1} / {relay:.1} | {:.0}% | {:.2} / {:.2} | {waits:.0}, {:.0} |",
-                m(&|r| mib(r.full.bytes_downloaded)),
-                m(&|r| r.whole.chunk_bytes) / (1024.0 * 1024.0),
-                m(&|r| r.whole.requests),
-                downloaded / took,
-                busy * 100.0,
-                m(&|r| secs(r.lazy.ready)),
-                m(&|r| secs(r.lazy.whole)),
-                m(&|r| r.lazy.demand_wait_s * 1000.0 / r.lazy.demand_waits.max(1.0)),
-            );
-            whole_rows.push(json!({
-                "image": image, "rtt_ms": rtt, "full_downloaded_s": downloaded, "pull_all_s": took,
-                "pull_all_chunk_bytes": m(&|r| r.whole.chunk_bytes), "pull_all_requests": m(&|r| r.whole.requests),
-                "client_cpu_s": client, "origin_cpu_s": origin, "relay_cpu_s": relay, "machine_busy": busy,
-                "first_demand_waits": waits, "first_demand_wait_s": m(&|r| r.lazy.demand_wait_s),
-            }));
-        }
+    for (image, rtt, rs) in &cells {
+        let m = |f: &dyn Fn(&Row) -> f64| common::median(rs.iter().map(|r| f(r)).collect());
+        let downloaded = m(&|r| secs(r.full.downloaded));
+        let took = m(&|r| secs(r.whole.took));
+        let waits = m(&|r| r.lazy.demand_waits);
+        let (client, origin, relay, busy) = (
+            m(&|r| r.whole.client_cpu),
+            m(&|r| r.whole.origin_cpu),
+            m(&|r| r.whole.relay_cpu),
+            m(&|r| r.whole.busy),
+        );
+        println!(
+            "| {image} | {rtt} | {downloaded:.2} | {:.1} | {took:.2} | {:.1} | {:.0} | {:.2} | {client:.1} / {origin:.1} / {relay:.1} | {:.0}% | {:.2} / {:.2} | {waits:.0}, {:.0} |",
+            m(&|r| mib(r.full.bytes_downloaded)),
+            m(&|r| r.whole.chunk_bytes) / (1024.0 * 1024.0),
+            m(&|r| r.whole.requests),
+            downloaded / took,
+            busy * 100.0,
+            m(&|r| secs(r.lazy.ready)),
+            m(&|r| secs(r.lazy.whole)),
+            m(&|r| r.lazy.demand_wait_s * 1000.0 / r.lazy.demand_waits.max(1.0)),
+        );
+        whole_rows.push(json!({
+            "image": image, "rtt_ms": rtt, "full_downloaded_s": downloaded, "pull_all_s": took,
+            "pull_all_chunk_bytes": m(&|r| r.whole.chunk_bytes), "pull_all_requests": m(&|r| r.whole.requests),
+            "client_cpu_s": client, "origin_cpu_s": origin, "relay_cpu_s": relay, "machine_busy": busy,
+            "first_demand_waits": waits, "first_demand_wait_s": m(&|r| r.lazy.demand_wait_s),
+        }));
     }
 
     println!("\nWhere a start with the profile spends its time: the workload alone (a second start in the full pull's overlayfs tree, page cache warm), plus the FUSE mount and store (a second `strata run` on the same node, every chunk local), plus the network (the rest)\n");
