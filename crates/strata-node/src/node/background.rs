@@ -812,6 +812,8 @@ impl Node {
 
 /// Uncompressed bytes a pass reads ahead of each chunk a read missed.
 pub const READ_AHEAD: u64 = 2 << 20;
+/// Queue items a read-ahead looks through at most (taken ones included).
+const READ_AHEAD_SCAN: usize = 4096;
 
 /// The order a pass asks for its queue in: the queue's own (the profile,
 /// then the layers in index order, which is path order), except that a
@@ -890,7 +892,10 @@ impl Order {
         let Some(&at) = self.position.get(chunk) else { return };
         let mut ahead = Vec::new();
         let mut bytes = 0;
-        for i in at + 1..self.queue.len() {
+        // Past items taken already, a few thousand at most: the scan runs
+        // on the pass's task between batches, once per miss.
+        let end = self.queue.len().min(at + 1 + READ_AHEAD_SCAN);
+        for i in at + 1..end {
             if bytes >= READ_AHEAD {
                 break;
             }
@@ -1146,6 +1151,17 @@ mod tests {
         taken.extend(drain(&mut order));
         assert_eq!(taken, vec![2, 7, 8, 3, 0, 1, 4, 5, 6, 9, 10, 11]);
         // A miss of a chunk not queued, or once all is taken, moves nothing.
+        // A read-ahead looks through READ_AHEAD_SCAN items at most: the
+        // last one within reach is moved, none beyond.
+        let queue: Vec<Item> = (0..READ_AHEAD_SCAN as u32 + 10)
+            .map(|i| Item { id: ChunkId::of(&i.to_be_bytes()), raw: 1, profile: false })
+            .collect();
+        let mut far = Order::new(queue.clone());
+        for i in (1..queue.len()).filter(|i| *i != READ_AHEAD_SCAN && *i < queue.len() - 5) {
+            far.take(i);
+        }
+        far.missed(&queue[0].id);
+        assert_eq!(far.front, [READ_AHEAD_SCAN]);
         order.missed(&ChunkId::of(b"elsewhere"));
         order.missed(&queue[0].id);
         assert_eq!(order.peek(), None);
