@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use strata_chunk::ChunkError;
 use strata_wire::Priority;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -80,9 +81,17 @@ pub struct DemandGauge {
     waited_us: std::sync::atomic::AtomicU64,
     /// Reads that have waited on peers (and are done waiting).
     reads: std::sync::atomic::AtomicU64,
+    /// The same two, for `/metrics` (`strata_demand_waits_total`,
+    /// `strata_demand_wait_seconds_total`).
+    counted: Option<(Counter, Counter<f64, std::sync::atomic::AtomicU64>)>,
 }
 
 impl DemandGauge {
+    /// A gauge whose reads also count in `waits` and `seconds`.
+    pub fn counted(waits: Counter, seconds: Counter<f64, std::sync::atomic::AtomicU64>) -> Self {
+        Self { counted: Some((waits, seconds)), ..Self::default() }
+    }
+
     /// A read starts waiting on peers; it stops when the guard drops.
     pub fn enter(self: &Arc<Self>) -> DemandGuard {
         self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -123,6 +132,10 @@ impl Drop for DemandGuard {
         let waited = now.saturating_duration_since(self.1).as_micros() as u64;
         self.0.waited_us.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
         self.0.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((waits, seconds)) = &self.0.counted {
+            waits.inc();
+            seconds.inc_by(waited as f64 / 1e6);
+        }
         *self.0.last.lock() = Some(now);
         self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }

@@ -297,12 +297,15 @@ impl Fetcher {
             flights: Arc::default(),
             penalties,
             progress,
+            demand: Arc::new(DemandGauge::counted(
+                metrics.demand_waits.clone(),
+                metrics.demand_wait_seconds.clone(),
+            )),
             metrics,
             deadline,
             on_whole,
             on_miss,
             before_put,
-            demand: Arc::default(),
         }
     }
 
@@ -338,19 +341,13 @@ impl Fetcher {
         }
         // A fetch that goes to a complete holder itself shares its flight
         // with the relays this node serves for the chunk: one fetch each.
-        let since = tokio::time::Instant::now();
         let plan = self.plan(id, true).await?;
         let _waiting = (priority == Priority::Demand).then(|| {
             (self.on_miss)(id, &plan.layers);
             self.demand.enter()
         });
         let relaying = matches!(plan.asks.first(), Some(Ask::Relay(_)));
-        let fetched = self.join(id, relaying, deadline, priority).await;
-        if priority == Priority::Demand {
-            self.metrics.demand_waits.inc();
-            self.metrics.demand_wait_seconds.inc_by(since.elapsed().as_secs_f64());
-        }
-        fetched
+        self.join(id, relaying, deadline, priority).await
     }
 
     /// A relay asked by a peer: this node fetches the chunk for its group,
