@@ -156,7 +156,11 @@ fn a_peer_without_a_cluster_certificate_is_refused() {
         let connection = strata_net::connect(&endpoint, addr, None).await?;
         strata_net::request(
             &connection,
-            &strata_wire::PeerRequest::ResolveImage { reference: "x".into(), with_layer_indexes: false },
+            &strata_wire::PeerRequest::ResolveImage {
+                reference: "x".into(),
+                with_layer_indexes: false,
+                zstd_indexes: false,
+            },
         )
         .await
     });

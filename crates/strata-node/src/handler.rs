@@ -74,7 +74,8 @@ impl StoreHandler {
                     .await;
                 match read {
                     Ok((index, Some(record))) => {
-                        vec![reply(Kind::LayerIndex(LayerIndexReply { index, record: Some(record) })), end()]
+                        let reply_ = LayerIndexReply { index, record: Some(record), index_zstd: Vec::new() };
+                        vec![reply(Kind::LayerIndex(reply_)), end()]
                     }
                     Ok((_, None)) | Err(StoreError::MissingLayer(_)) => {
                         vec![error(ErrorCode::NotFound, layer)]
@@ -146,10 +147,12 @@ impl StoreHandler {
     /// asks for any left out on its own), then `End`, one index in memory
     /// at a time.
     async fn answer(&self, request: PeerRequest, replies: &mut Replies) -> Result<(), NetError> {
-        let PeerRequest::ResolveImage { reference, with_layer_indexes: true } = request else {
+        let PeerRequest::ResolveImage { reference, with_layer_indexes: true, zstd_indexes } = request else {
             return replies.send_all(&self.metadata(request).await).await;
         };
-        let image = self.metadata(PeerRequest::ResolveImage { reference, with_layer_indexes: false }).await;
+        let image = self
+            .metadata(PeerRequest::ResolveImage { reference, with_layer_indexes: false, zstd_indexes: false })
+            .await;
         let layers = match image.first().and_then(|r| r.kind.as_ref()) {
             Some(Kind::Image(ImageReply { record: Some(record), .. })) => record.layers.clone(),
             _ => return replies.send_all(&image).await,
@@ -162,12 +165,20 @@ impl StoreHandler {
             if !sent.insert(layer) {
                 continue;
             }
-            let read =
-                self.store.read_async(move |s| Ok((s.layer_index_bytes(&layer)?, s.layer(&layer)?))).await;
-            if let Ok((index, Some(record))) = read {
-                replies
-                    .send(&reply(Kind::LayerIndex(LayerIndexReply { index, record: Some(record) })))
-                    .await?;
+            // Read and compressed on the blocking pool (a few ms per MiB).
+            let read = self
+                .store
+                .read_async(move |s| {
+                    let (index, record) = (s.layer_index_bytes(&layer)?, s.layer(&layer)?);
+                    let compressed = zstd_indexes.then(|| strata_wire::compress_index(&index)).flatten();
+                    Ok(match compressed {
+                        Some(index_zstd) => LayerIndexReply { index: Vec::new(), record, index_zstd },
+                        None => LayerIndexReply { index, record, index_zstd: Vec::new() },
+                    })
+                })
+                .await;
+            if let Ok(found @ LayerIndexReply { record: Some(_), .. }) = read {
+                replies.send(&reply(Kind::LayerIndex(found))).await?;
             }
         }
         replies.send(&end()).await

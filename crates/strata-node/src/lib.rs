@@ -39,7 +39,7 @@ pub use node::{
     JobState, JobStatus, Node, NodeConfig, Start, Window,
 };
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
-pub use remote::{fetch_image, indexes, RemoteImage, RemoteLayer};
+pub use remote::{fetch_image, fetch_image_then, indexes, RemoteImage, RemoteLayer};
 pub use strata_membership as membership;
 pub use strata_membership::{MemberState, MemberView};
 pub use throttle::Caps;

@@ -311,12 +311,13 @@ impl Locator {
             return;
         }
         let learnt = learnt(groups, &self.me.name, &live);
-        // Fresh for one more round trip from now: the fetch's first plan
-        // uses it; nodes joining meanwhile are seen from its next one on.
+        // Fresh for one more round trip from now, and for the fetch's first
+        // plan whenever it comes ([`LookupCache::put_joined`]); nodes
+        // joining meanwhile are seen from its next plan on.
         let fresh = (took * 2).max(MIN_LEARNT_FRESH);
         let mut lookups = self.lookups.lock();
         for (key, holders) in learnt {
-            lookups.put_fresh_for(key, holders, &self.me.name, sent, fresh);
+            lookups.put_joined(key, holders, &self.me.name, sent, fresh);
         }
     }
 

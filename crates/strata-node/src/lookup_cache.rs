@@ -3,7 +3,11 @@
 //! using an answer from before its peers announced fetches from the origin
 //! what a peer is designated to relay. So an answer is fresh only briefly;
 //! after that one caller refreshes it while the others go on with the
-//! stale answer, and none is used past [`MAX_AGE`].
+//! stale answer, and none is used past [`MAX_AGE`]. A node's own join of a
+//! group (its announcement answered with the group) is used by the first
+//! plan after it even when that comes later than [`FRESH`] (the image's
+//! indexes were still crossing): it is no staler than a lookup asked
+//! when the join was, and the plans after it ask again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,6 +30,9 @@ struct Entry {
     fresh: Duration,
     holders: Vec<Holder>,
     refreshing: bool,
+    /// A join's answer no caller has used yet: used once within
+    /// [`MAX_AGE`], fresh or not.
+    joined: bool,
 }
 
 /// What a caller does about a key.
@@ -46,7 +53,8 @@ impl LookupCache {
     pub(crate) fn get(&mut self, key: &Key, now: Instant) -> Cached {
         let Some(entry) = self.entries.get_mut(key) else { return Cached::Ask };
         let age = now.saturating_duration_since(entry.at);
-        if age < entry.fresh || (age < MAX_AGE && entry.refreshing) {
+        if age < entry.fresh || (age < MAX_AGE && (entry.refreshing || entry.joined)) {
+            entry.joined = false;
             return Cached::Use(entry.holders.clone());
         }
         if age < MAX_AGE {
@@ -78,9 +86,26 @@ impl LookupCache {
         }
         if holders.iter().any(|h| h.node != me) {
             let fresh = fresh.min(FRESH);
-            self.entries.insert(key, Entry { at, fresh, holders, refreshing: false });
+            self.entries.insert(key, Entry { at, fresh, holders, refreshing: false, joined: false });
         } else {
             self.entries.remove(&key);
+        }
+    }
+
+    /// [`Self::put_fresh_for`] for the answer to this node's join of
+    /// `key`'s group: also used by the first caller after it, within
+    /// [`MAX_AGE`] of `at`, however stale.
+    pub(crate) fn put_joined(
+        &mut self,
+        key: Key,
+        holders: Vec<Holder>,
+        me: &str,
+        at: Instant,
+        fresh: Duration,
+    ) {
+        self.put_fresh_for(key, holders, me, at, fresh);
+        if let Some(entry) = self.entries.get_mut(&key).filter(|e| e.at == at) {
+            entry.joined = true;
         }
     }
 
@@ -150,5 +175,19 @@ mod tests {
             "capped at FRESH, not below"
         );
         assert_eq!(cache.get(&key, t0 + short + FRESH), Cached::Ask, "and no longer than FRESH");
+    }
+
+    #[test]
+    fn a_join_answer_serves_its_first_plan_however_late_then_asks_again() {
+        let (mut cache, t0, key) = (LookupCache::default(), Instant::now(), [6; 32]);
+        cache.put_joined(key, vec![holder("a"), holder("b")], "me", t0, FRESH / 5);
+        let late = t0 + FRESH * 3;
+        assert!(matches!(cache.get(&key, late), Cached::Use(h) if h.len() == 2), "the first plan uses it");
+        assert_eq!(cache.get(&key, late), Cached::Ask, "the next asks again");
+        cache.put_joined(key, vec![holder("a")], "me", late, FRESH);
+        assert_eq!(cache.get(&key, late + MAX_AGE), Cached::Ask, "not past MAX_AGE");
+        cache.put(key, vec![holder("a")], "me", late + MAX_AGE);
+        let after = late + MAX_AGE + FRESH;
+        assert_eq!(cache.get(&key, after), Cached::Ask, "a lookup's answer is not a join's");
     }
 }

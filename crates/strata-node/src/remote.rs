@@ -16,6 +16,8 @@ use strata_wire::PeerRequest;
 pub struct RemoteLayer {
     pub id: LayerId,
     pub bytes: Vec<u8>,
+    /// Bytes of the index as it crossed the link (compressed or not).
+    pub wire_bytes: u64,
     pub index: LayerIndex,
     pub record: LayerRecord,
 }
@@ -43,7 +45,23 @@ pub struct RemoteImage {
 /// at once. Every index is checked against its layer id, and only the
 /// image's own layers are taken, each once.
 pub async fn fetch_image(connection: &Connection, reference: &str) -> Result<RemoteImage, String> {
-    let request = PeerRequest::ResolveImage { reference: reference.to_owned(), with_layer_indexes: true };
+    fetch_image_then(connection, reference, |_| {}).await
+}
+
+/// [`fetch_image`], calling `on_record` with the image's record (checked
+/// against its id) as soon as it arrives, before its indexes: what only
+/// needs the layer ids (joining the layers' groups) starts a round trip
+/// earlier, while the indexes still cross.
+pub async fn fetch_image_then(
+    connection: &Connection,
+    reference: &str,
+    on_record: impl FnOnce(&ImageRecord),
+) -> Result<RemoteImage, String> {
+    let request = PeerRequest::ResolveImage {
+        reference: reference.to_owned(),
+        with_layer_indexes: true,
+        zstd_indexes: true,
+    };
     let mut reply = strata_net::request_stream(connection, &request).await.map_err(|e| e.to_string())?;
     let first = reply.next().await.map_err(|e| e.to_string())?;
     let (id, record, profile) = match first.as_ref().and_then(|r| r.kind.as_ref()) {
@@ -64,18 +82,20 @@ pub async fn fetch_image(connection: &Connection, reference: &str) -> Result<Rem
     };
     let ids = record.layers.iter().map(|raw| LayerId::from_slice(raw).map_err(|e| e.to_string()));
     let ids: Vec<LayerId> = ids.collect::<Result<_, _>>()?;
+    on_record(&record);
     let mut found: HashMap<LayerId, Option<RemoteLayer>> = ids.iter().map(|l| (*l, None)).collect();
     // The indexes that came with the record: a peer that predates them
     // sends none; one that sends an index twice, or an index of a layer
     // the image does not have, is lying.
     while let Some(response) = reply.next().await.map_err(|e| e.to_string())? {
         match response.kind {
-            Some(Kind::LayerIndex(index)) => {
-                let layer = LayerId::of(&index.index);
+            Some(Kind::LayerIndex(mut reply)) => {
+                let (bytes, wire_bytes) = index_bytes(&mut reply)?;
+                let layer = LayerId::of(&bytes);
                 match found.get_mut(&layer) {
                     None => return Err(format!("the peer sent an index of {layer}, not a layer of {id}")),
                     Some(Some(_)) => return Err(format!("the peer sent the index of layer {layer} twice")),
-                    Some(slot) => *slot = Some(remote_layer(layer, index)?),
+                    Some(slot) => *slot = Some(remote_layer(layer, bytes, wire_bytes, reply)?),
                 }
             }
             Some(Kind::End(_)) => break,
@@ -118,27 +138,49 @@ async fn fetch_layer_index(connection: &Connection, layer: LayerId) -> Result<Re
         .await
         .map_err(|e| e.to_string())?;
     match replies.into_iter().next().and_then(|r| r.kind) {
-        Some(Kind::LayerIndex(reply)) => {
-            if LayerId::of(&reply.index) != layer {
+        Some(Kind::LayerIndex(mut reply)) => {
+            let (bytes, wire_bytes) = index_bytes(&mut reply)?;
+            if LayerId::of(&bytes) != layer {
                 return Err(format!("the peer's index for layer {layer} does not hash to its id"));
             }
-            remote_layer(layer, reply)
+            remote_layer(layer, bytes, wire_bytes, reply)
         }
         Some(Kind::Error(e)) => Err(format!("layer {layer}: {}", e.message)),
         other => Err(format!("layer {layer}: unexpected {}", kind_name(other.as_ref()))),
     }
 }
 
-/// A layer index reply, decoded, as the index of `layer` (the caller
-/// checked that its bytes hash to `layer`).
-fn remote_layer(layer: LayerId, reply: LayerIndexReply) -> Result<RemoteLayer, String> {
-    let index = LayerIndex::decode(&reply.index[..]).map_err(|e| format!("layer {layer}: {e}"))?;
-    let record = reply.record.ok_or_else(|| format!("layer {layer}: reply without a record"))?;
-    Ok(RemoteLayer { id: layer, bytes: reply.index, index, record })
+/// A layer index reply's index bytes (decompressed if the peer sent them
+/// compressed) and how many bytes crossed for them.
+fn index_bytes(reply: &mut LayerIndexReply) -> Result<(Vec<u8>, u64), String> {
+    if reply.index_zstd.is_empty() {
+        let bytes = std::mem::take(&mut reply.index);
+        let wire_bytes = bytes.len() as u64;
+        return Ok((bytes, wire_bytes));
+    }
+    if !reply.index.is_empty() {
+        return Err("a layer index reply with both plain and compressed bytes".into());
+    }
+    let bytes = strata_wire::decompress_index(&reply.index_zstd).map_err(|e| e.to_string())?;
+    Ok((bytes, reply.index_zstd.len() as u64))
 }
 
-/// Bytes of an image's metadata as fetched: its record and layer indexes.
+/// A layer index reply, decoded, as the index of `layer` (the caller
+/// checked that `bytes`, its index, hash to `layer`).
+fn remote_layer(
+    layer: LayerId,
+    bytes: Vec<u8>,
+    wire_bytes: u64,
+    reply: LayerIndexReply,
+) -> Result<RemoteLayer, String> {
+    let index = LayerIndex::decode(&bytes[..]).map_err(|e| format!("layer {layer}: {e}"))?;
+    let record = reply.record.ok_or_else(|| format!("layer {layer}: reply without a record"))?;
+    Ok(RemoteLayer { id: layer, bytes, wire_bytes, index, record })
+}
+
+/// Bytes of an image's metadata as they crossed the link: its record and
+/// layer indexes (compressed, where they came so).
 pub fn metadata_bytes(record: &ImageRecord, layers: &[RemoteLayer]) -> u64 {
     record.encoded_len() as u64
-        + layers.iter().map(|l| (l.bytes.len() + l.record.encoded_len()) as u64).sum::<u64>()
+        + layers.iter().map(|l| l.wire_bytes + l.record.encoded_len() as u64).sum::<u64>()
 }

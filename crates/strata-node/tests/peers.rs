@@ -233,7 +233,7 @@ impl Handler for Counted {
         self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let request = match request {
             PeerRequest::ResolveImage { reference, .. } if self.old => {
-                PeerRequest::ResolveImage { reference, with_layer_indexes: false }
+                PeerRequest::ResolveImage { reference, with_layer_indexes: false, zstd_indexes: false }
             }
             other => other,
         };
@@ -242,8 +242,8 @@ impl Handler for Counted {
 }
 
 /// Answers ResolveImage with the true record followed by the index bytes
-/// it is given (each with the first layer's record).
-struct Scripted(Arc<Store>, Vec<Vec<u8>>);
+/// it is given, plain and compressed (each with the first layer's record).
+struct Scripted(Arc<Store>, Vec<(Vec<u8>, Vec<u8>)>);
 
 impl Handler for Scripted {
     fn handle<'a>(
@@ -261,9 +261,12 @@ impl Handler for Scripted {
             startup_profile: Vec::new(),
         };
         let mut out = vec![Response { kind: Some(Kind::Image(image)) }];
-        for index in &self.1 {
-            let reply =
-                strata_proto::v1::LayerIndexReply { index: index.clone(), record: layer_record.clone() };
+        for (index, index_zstd) in &self.1 {
+            let reply = strata_proto::v1::LayerIndexReply {
+                index: index.clone(),
+                record: layer_record.clone(),
+                index_zstd: index_zstd.clone(),
+            };
             out.push(Response { kind: Some(Kind::LayerIndex(reply)) });
         }
         out.push(Response { kind: Some(Kind::End(strata_proto::v1::End {})) });
@@ -315,6 +318,14 @@ fn an_image_and_its_indexes_come_in_one_request_and_an_older_holder_still_serves
         for (layer, raw) in image.layers.iter().zip(&record.layers) {
             assert_eq!(layer.id.as_bytes().as_slice(), raw.as_slice());
         }
+        // Indexes cross compressed, except from a holder that predates it.
+        let raw: u64 = image.layers.iter().map(|l| l.bytes.len() as u64).sum();
+        let wire: u64 = image.layers.iter().map(|l| l.wire_bytes).sum();
+        if old {
+            assert_eq!(wire, raw, "an old holder's indexes cross as they are");
+        } else {
+            assert!(wire < raw, "indexes cross compressed: {wire} bytes for {raw}");
+        }
         images.push(image.layers.iter().map(|l| l.bytes.clone()).collect::<Vec<_>>());
     }
     assert_eq!(images[0], images[1]);
@@ -326,9 +337,17 @@ fn an_index_of_another_layer_or_one_sent_twice_alongside_the_record_is_refused()
     let (_, record) = cluster.store.resolve("sample:1").expect("image");
     let first = strata_types::LayerId::from_slice(&record.layers[0]).expect("layer");
     let true_index = cluster.store.layer_index_bytes(&first).expect("index");
+    let plain = |index: &[u8]| (index.to_vec(), Vec::new());
+    let zstd = |index: &[u8]| (Vec::new(), zstd::bulk::compress(index, 3).expect("compressed"));
+    let true_zstd = zstd(&true_index).1;
     for (name, indexes, says) in [
-        ("foreign", vec![b"not this image's".to_vec()], "not a layer of"),
-        ("twice", vec![true_index.clone(), true_index.clone()], "twice"),
+        ("foreign", vec![plain(b"not this image's")], "not a layer of"),
+        ("twice", vec![plain(&true_index), plain(&true_index)], "twice"),
+        ("foreign-zstd", vec![zstd(b"not this image's")], "not a layer of"),
+        ("twice-zstd", vec![plain(&true_index), zstd(&true_index)], "twice"),
+        ("not-zstd", vec![(Vec::new(), b"plain text, not zstd".to_vec())], "compressed layer index"),
+        ("cut-zstd", vec![(Vec::new(), true_zstd[..true_zstd.len() - 4].to_vec())], "compressed layer index"),
+        ("both", vec![(true_index.clone(), true_zstd.clone())], "both plain and compressed"),
     ] {
         let liar = cluster.node(name, Arc::new(Scripted(cluster.store.clone(), indexes)));
         let connection = connect(&cluster, &liar);

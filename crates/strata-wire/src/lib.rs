@@ -14,11 +14,13 @@
 mod datagram;
 mod error;
 mod frame;
+mod index;
 mod request;
 
 pub use datagram::{decode_gossip, encode_gossip, MAX_GOSSIP};
 pub use error::WireError;
 pub use frame::{encode_frame, FrameDecoder, MAX_FRAME};
+pub use index::{compress_index, decompress_index, MAX_LAYER_INDEX};
 pub use request::{
     decode_request, encode_request, profile, Announcement, ClaimRequest, PeerRequest, Priority, MAX_KEYS,
     VERSION,

@@ -35,10 +35,12 @@ pub enum PeerRequest {
     RelayChunks(Vec<ChunkId>, Priority),
     FetchLayerIndex(LayerId),
     /// An image by name, id or id prefix; with `with_layer_indexes`, its layer
-    /// indexes follow its record in the same reply.
+    /// indexes follow its record in the same reply, zstd-compressed where
+    /// that is smaller if `zstd_indexes` ([`crate::compress_index`]).
     ResolveImage {
         reference: String,
         with_layer_indexes: bool,
+        zstd_indexes: bool,
     },
     /// Answered, for its partial keys, with their holders.
     Announce(Announcement),
@@ -98,7 +100,11 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
             if r.reference.is_empty() || r.reference.len() > MAX_REFERENCE {
                 return Err(WireError::BadFrame(format!("image reference of {} bytes", r.reference.len())));
             }
-            Ok(PeerRequest::ResolveImage { reference: r.reference, with_layer_indexes: r.with_layer_indexes })
+            Ok(PeerRequest::ResolveImage {
+                reference: r.reference,
+                with_layer_indexes: r.with_layer_indexes,
+                zstd_indexes: r.zstd_indexes,
+            })
         }
         request::Kind::Announce(a) => {
             let count = a.complete.len() + a.partial.len();
@@ -144,10 +150,11 @@ pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, WireError> {
         PeerRequest::FetchLayerIndex(layer) => {
             request::Kind::FetchLayerIndex(FetchLayerIndex { layer: layer.as_bytes().to_vec() })
         }
-        PeerRequest::ResolveImage { reference, with_layer_indexes } => {
+        PeerRequest::ResolveImage { reference, with_layer_indexes, zstd_indexes } => {
             request::Kind::ResolveImage(ResolveImage {
                 reference: reference.clone(),
                 with_layer_indexes: *with_layer_indexes,
+                zstd_indexes: *zstd_indexes,
             })
         }
         PeerRequest::Announce(a) => request::Kind::Announce(Announce {

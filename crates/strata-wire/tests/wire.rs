@@ -18,8 +18,12 @@ fn requests() -> Vec<PeerRequest> {
         PeerRequest::FetchChunks((0..10).map(chunk).collect(), Priority::Demand),
         PeerRequest::FetchChunks(vec![chunk(1)], Priority::Prefetch),
         PeerRequest::FetchLayerIndex(LayerId::of(b"layer")),
-        PeerRequest::ResolveImage { reference: "registry.local/app:1.4".into(), with_layer_indexes: false },
-        PeerRequest::ResolveImage { reference: "app".into(), with_layer_indexes: true },
+        PeerRequest::ResolveImage {
+            reference: "registry.local/app:1.4".into(),
+            with_layer_indexes: false,
+            zstd_indexes: false,
+        },
+        PeerRequest::ResolveImage { reference: "app".into(), with_layer_indexes: true, zstd_indexes: true },
         PeerRequest::RelayChunks(vec![chunk(3)], Priority::Prefetch),
         PeerRequest::Announce(Announcement {
             node: "node-a".into(),

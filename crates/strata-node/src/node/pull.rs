@@ -105,9 +105,13 @@ impl Node {
     ) -> Result<(ImageId, String), NodeError> {
         let mut errors = Vec::new();
         for holder in holders {
+            let mut early_join = None;
             let fetched = async {
                 let connection = self.pool.get(holder.addr).await.map_err(|e| e.to_string())?;
-                let image = crate::fetch_image(&connection, reference).await?;
+                let image = crate::fetch_image_then(&connection, reference, |record| {
+                    early_join = Some(self.join_layers_of(record));
+                })
+                .await?;
                 let records: Vec<&LayerRecord> = image.layers.iter().map(|l| &l.record).collect();
                 check(&image.record, &records).map_err(|e| format!("refused: {e}"))?;
                 Ok::<_, String>(image)
@@ -142,13 +146,26 @@ impl Node {
                     // image, not on its directory nodes. The prefetch starts
                     // once the directory knows this node joins the layers'
                     // group, so that nodes starting together fetch each
-                    // chunk from the origin once.
+                    // chunk from the origin once: the join went out when the
+                    // record came, while the indexes crossed; any layer it
+                    // left out (held whole then) joins now.
                     let node = self.clone();
                     let mut complete = vec![name_key(reference)];
                     complete.extend(chains);
+                    let early_join = early_join.take();
                     tokio::spawn(async move {
-                        node.join(&complete, &partial).await;
+                        let joined = match early_join {
+                            Some(join) => join.await.unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        let rest: Vec<Key> = partial.into_iter().filter(|k| !joined.contains(k)).collect();
+                        let announce = node.clone();
+                        let complete = tokio::spawn(async move { announce.announce(&complete, &[]).await });
+                        if !rest.is_empty() {
+                            node.join(&[], &rest).await;
+                        }
                         node.start_background(id, Start::Pulled);
+                        let _ = complete.await;
                     });
                     return Ok((id, holder.node.clone()));
                 }
@@ -156,11 +173,50 @@ impl Node {
                 Err(_) => errors
                     .push(format!("{} (no answer within {:?})", holder.node, self.config.fetch_deadline)),
             }
+            // Refused after its record came: the join stops if it has not
+            // gone out (if it has, the entries expire with the directory's
+            // TTL; a relay asked of this node meanwhile fails over).
+            if let Some(join) = early_join {
+                join.abort();
+            }
         }
         Err(NodeError::Unavailable(format!(
             "image {reference:?}: every holder failed: {}",
             errors.join(", ")
         )))
+    }
+}
+
+impl Node {
+    /// Joins the groups of the layers of `record` this node does not hold
+    /// whole (announced partial, answered with each group: see
+    /// [`crate::locator::Locator::join`]), on a task of its own; returns
+    /// the keys it joined.
+    fn join_layers_of(self: &Arc<Self>, record: &ImageRecord) -> tokio::task::JoinHandle<Vec<Key>> {
+        let mut layers: Vec<LayerId> =
+            record.layers.iter().filter_map(|l| LayerId::from_slice(l).ok()).collect();
+        layers.sort();
+        layers.dedup();
+        let node = self.clone();
+        tokio::spawn(async move {
+            let store = node.store.clone();
+            let progress = node.progress.clone();
+            let partial = tokio::task::spawn_blocking(move || -> Vec<Key> {
+                layers
+                    .into_iter()
+                    .filter(|l| {
+                        progress.any_partial(std::iter::once(l)) || !matches!(store.layer(l), Ok(Some(_)))
+                    })
+                    .map(|l| *l.as_bytes())
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+            if !partial.is_empty() {
+                node.join(&[], &partial).await;
+            }
+            partial
+        })
     }
 }
 
