@@ -9,11 +9,31 @@ use strata_types::{ChunkId, LayerId};
 use strata_wire::response::Kind;
 use strata_wire::{ErrorCode, PeerRequest, Priority, Response};
 
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
 use crate::throttle::Pace;
 
 /// Serves chunks, layer indexes and images from a store.
 pub struct StoreHandler {
     store: Backing,
+    /// Layer indexes as last sent compressed (an index never changes: its
+    /// id is its hash), so that nodes starting one image together cost
+    /// one compression; empty where compressing did not shrink it.
+    compressed: Arc<Cache<LayerId, Arc<Vec<u8>>, ByLength>>,
+}
+
+/// Bytes of compressed layer indexes kept ([`StoreHandler`]): python's
+/// come to well under a MiB.
+const COMPRESSED_INDEX_CACHE: u64 = 32 << 20;
+
+#[derive(Clone)]
+struct ByLength;
+
+impl Weighter<LayerId, Arc<Vec<u8>>> for ByLength {
+    fn weight(&self, _key: &LayerId, value: &Arc<Vec<u8>>) -> u64 {
+        value.len().max(1) as u64
+    }
 }
 
 /// A store this process owns, or a read-only view beside another process's
@@ -46,11 +66,16 @@ impl Backing {
 
 impl StoreHandler {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store: Backing::Owned(store) }
+        Self::with(Backing::Owned(store))
     }
 
     pub fn from_view(view: Arc<StoreSource>) -> Self {
-        Self { store: Backing::View(view) }
+        Self::with(Backing::View(view))
+    }
+
+    fn with(store: Backing) -> Self {
+        let compressed = Cache::with_weighter(64, COMPRESSED_INDEX_CACHE, ByLength);
+        Self { store, compressed: Arc::new(compressed) }
     }
 
     /// Chunks as stored, one reply frame each, then `End`.
@@ -166,14 +191,35 @@ impl StoreHandler {
                 continue;
             }
             // Read and compressed on the blocking pool (a few ms per MiB).
+            let cache = self.compressed.clone();
             let read = self
                 .store
                 .read_async(move |s| {
-                    let (index, record) = (s.layer_index_bytes(&layer)?, s.layer(&layer)?);
-                    let compressed = zstd_indexes.then(|| strata_wire::compress_index(&index)).flatten();
-                    Ok(match compressed {
-                        Some(index_zstd) => LayerIndexReply { index: Vec::new(), record, index_zstd },
-                        None => LayerIndexReply { index, record, index_zstd: Vec::new() },
+                    let record = s.layer(&layer)?;
+                    let plain =
+                        |index| LayerIndexReply { index, record: record.clone(), index_zstd: Vec::new() };
+                    if !zstd_indexes {
+                        return Ok(plain(s.layer_index_bytes(&layer)?));
+                    }
+                    let kept = match cache.get(&layer) {
+                        Some(kept) => kept,
+                        None => {
+                            let index = s.layer_index_bytes(&layer)?;
+                            let kept = Arc::new(strata_wire::compress_index(&index).unwrap_or_default());
+                            cache.insert(layer, kept.clone());
+                            if kept.is_empty() {
+                                return Ok(plain(index));
+                            }
+                            kept
+                        }
+                    };
+                    if kept.is_empty() {
+                        return Ok(plain(s.layer_index_bytes(&layer)?));
+                    }
+                    Ok(LayerIndexReply {
+                        index: Vec::new(),
+                        record: record.clone(),
+                        index_zstd: kept.to_vec(),
                     })
                 })
                 .await;

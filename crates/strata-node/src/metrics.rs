@@ -142,7 +142,7 @@ impl Metrics {
         registry.register("images_pulled", "Images whose metadata came from a peer", m.images_pulled.clone());
         registry.register(
             "image_metadata_bytes_fetched",
-            "Bytes of image records and layer indexes fetched from peers",
+            "Bytes of image records and layer indexes fetched from peers, as they crossed (indexes compressed where sent so)",
             m.image_metadata_bytes_fetched.clone(),
         );
         registry.register(

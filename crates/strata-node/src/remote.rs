@@ -89,13 +89,20 @@ pub async fn fetch_image_then(
     // the image does not have, is lying.
     while let Some(response) = reply.next().await.map_err(|e| e.to_string())? {
         match response.kind {
-            Some(Kind::LayerIndex(mut reply)) => {
-                let (bytes, wire_bytes) = index_bytes(&mut reply)?;
-                let layer = LayerId::of(&bytes);
+            Some(Kind::LayerIndex(reply)) => {
+                let (layer, bytes, wire_bytes, reply) = off_runtime(move || {
+                    let mut reply = reply;
+                    let (bytes, wire_bytes) = index_bytes(&mut reply)?;
+                    Ok((LayerId::of(&bytes), bytes, wire_bytes, reply))
+                })
+                .await?;
                 match found.get_mut(&layer) {
                     None => return Err(format!("the peer sent an index of {layer}, not a layer of {id}")),
                     Some(Some(_)) => return Err(format!("the peer sent the index of layer {layer} twice")),
-                    Some(slot) => *slot = Some(remote_layer(layer, bytes, wire_bytes, reply)?),
+                    Some(slot) => {
+                        *slot =
+                            Some(off_runtime(move || remote_layer(layer, bytes, wire_bytes, reply)).await?)
+                    }
                 }
             }
             Some(Kind::End(_)) => break,
@@ -139,15 +146,26 @@ async fn fetch_layer_index(connection: &Connection, layer: LayerId) -> Result<Re
         .map_err(|e| e.to_string())?;
     match replies.into_iter().next().and_then(|r| r.kind) {
         Some(Kind::LayerIndex(mut reply)) => {
-            let (bytes, wire_bytes) = index_bytes(&mut reply)?;
-            if LayerId::of(&bytes) != layer {
-                return Err(format!("the peer's index for layer {layer} does not hash to its id"));
-            }
-            remote_layer(layer, bytes, wire_bytes, reply)
+            off_runtime(move || {
+                let (bytes, wire_bytes) = index_bytes(&mut reply)?;
+                if LayerId::of(&bytes) != layer {
+                    return Err(format!("the peer's index for layer {layer} does not hash to its id"));
+                }
+                remote_layer(layer, bytes, wire_bytes, reply)
+            })
+            .await
         }
         Some(Kind::Error(e)) => Err(format!("layer {layer}: {}", e.message)),
         other => Err(format!("layer {layer}: unexpected {}", kind_name(other.as_ref()))),
     }
+}
+
+/// `work` (decompressing, hashing, decoding an index: milliseconds per
+/// MiB) on the blocking pool, off the runtime's workers.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())?
 }
 
 /// A layer index reply's index bytes (decompressed if the peer sent them

@@ -414,3 +414,31 @@ fn joining_a_group_learns_it_in_the_announcement_round_trip() {
         }
     }
 }
+
+/// A pull joins the image's layer groups (partial) while its indexes
+/// cross, and announces the image's name once it is stored: a node
+/// starting the image next finds the puller in every layer's group and
+/// as a holder of the name.
+#[test]
+fn a_pull_joins_the_layer_groups_and_announces_the_name() {
+    let mut cluster = Cluster::new(Duration::from_secs(30));
+    let origin = cluster.start("origin");
+    let (b, c) = (cluster.start("node-b"), cluster.start("node-c"));
+    cluster.settle();
+    let (layers, _) = import_sample(&cluster, origin);
+    cluster.runtime.block_on(cluster.node(b).pull_image("sample:1")).expect("pull");
+    let holders = |key: &[u8; 32]| -> Vec<(String, bool)> {
+        let mut found: Vec<(String, bool)> = cluster
+            .runtime
+            .block_on(cluster.node(c).lookup(key))
+            .into_iter()
+            .map(|h| (h.node, h.complete))
+            .collect();
+        found.sort();
+        found
+    };
+    wait_until("node-b in every layer's group and holding the name", || {
+        layers.iter().all(|l| holders(l.as_bytes()) == [("node-b".into(), false), ("origin".into(), true)])
+            && holders(&name_key("sample:1")) == [("node-b".into(), true), ("origin".into(), true)]
+    });
+}

@@ -5,6 +5,10 @@ use strata_proto::v1::{response, ErrorCode, Response};
 pub enum WireError {
     #[error("frame of {len} bytes is over the {max}-byte limit")]
     TooLarge { len: usize, max: usize },
+    /// A compressed layer index that decompresses past its bound; `len`
+    /// is how far decompression went (one byte past `max`).
+    #[error("a compressed layer index decompresses to more than {max} bytes")]
+    IndexTooLarge { len: usize, max: usize },
     #[error("malformed frame: {0}")]
     BadFrame(String),
     #[error("protocol version {0} is not one this node speaks")]
@@ -18,7 +22,7 @@ pub enum WireError {
 impl WireError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            WireError::TooLarge { .. } => ErrorCode::TooLarge,
+            WireError::TooLarge { .. } | WireError::IndexTooLarge { .. } => ErrorCode::TooLarge,
             WireError::BadFrame(_) => ErrorCode::BadFrame,
             WireError::UnknownVersion(_) => ErrorCode::UnknownVersion,
             WireError::UnknownRequest => ErrorCode::UnknownRequest,

@@ -105,11 +105,13 @@ impl Node {
     ) -> Result<(ImageId, String), NodeError> {
         let mut errors = Vec::new();
         for holder in holders {
-            let mut early_join = None;
+            // Stopped if this holder's copy is refused or the pull is
+            // dropped before it is stored.
+            let mut early_join = EarlyJoin(None);
             let fetched = async {
                 let connection = self.pool.get(holder.addr).await.map_err(|e| e.to_string())?;
                 let image = crate::fetch_image_then(&connection, reference, |record| {
-                    early_join = Some(self.join_layers_of(record));
+                    early_join.0 = Some(self.join_layers_of(record));
                 })
                 .await?;
                 let records: Vec<&LayerRecord> = image.layers.iter().map(|l| &l.record).collect();
@@ -147,25 +149,31 @@ impl Node {
                     // once the directory knows this node joins the layers'
                     // group, so that nodes starting together fetch each
                     // chunk from the origin once: the join went out when the
-                    // record came, while the indexes crossed; any layer it
-                    // left out (held whole then) joins now.
+                    // record came, while the indexes crossed; a layer it
+                    // left out joins now, and one it joined that turned out
+                    // whole (every chunk here already) is announced so.
                     let node = self.clone();
                     let mut complete = vec![name_key(reference)];
                     complete.extend(chains);
-                    let early_join = early_join.take();
+                    let early_join = early_join.0.take();
                     tokio::spawn(async move {
+                        let announce = node.clone();
+                        let names = tokio::spawn(async move { announce.announce(&complete, &[]).await });
                         let joined = match early_join {
                             Some(join) => join.await.unwrap_or_default(),
                             None => Vec::new(),
                         };
+                        let whole: Vec<Key> =
+                            joined.iter().filter(|k| !partial.contains(k)).copied().collect();
                         let rest: Vec<Key> = partial.into_iter().filter(|k| !joined.contains(k)).collect();
-                        let announce = node.clone();
-                        let complete = tokio::spawn(async move { announce.announce(&complete, &[]).await });
                         if !rest.is_empty() {
                             node.join(&[], &rest).await;
                         }
                         node.start_background(id, Start::Pulled);
-                        let _ = complete.await;
+                        if !whole.is_empty() {
+                            node.announce(&whole, &[]).await;
+                        }
+                        let _ = names.await;
                     });
                     return Ok((id, holder.node.clone()));
                 }
@@ -173,17 +181,28 @@ impl Node {
                 Err(_) => errors
                     .push(format!("{} (no answer within {:?})", holder.node, self.config.fetch_deadline)),
             }
-            // Refused after its record came: the join stops if it has not
-            // gone out (if it has, the entries expire with the directory's
-            // TTL; a relay asked of this node meanwhile fails over).
-            if let Some(join) = early_join {
-                join.abort();
-            }
+            // Refused after its record came: `early_join` stops the join if
+            // it has not gone out (if it has, the entries expire with the
+            // directory's TTL; a relay asked of this node meanwhile fails
+            // over to the layer's complete holders).
+            drop(early_join);
         }
         Err(NodeError::Unavailable(format!(
             "image {reference:?}: every holder failed: {}",
             errors.join(", ")
         )))
+    }
+}
+
+/// The join of a pulled image's layer groups, sent when its record came:
+/// aborted when dropped (the image was refused or the pull dropped).
+struct EarlyJoin(Option<tokio::task::JoinHandle<Vec<Key>>>);
+
+impl Drop for EarlyJoin {
+    fn drop(&mut self) {
+        if let Some(join) = self.0.take() {
+            join.abort();
+        }
     }
 }
 
