@@ -134,7 +134,8 @@ fn cache_config(cache: &crate::settings::CacheSettings) -> Result<strata_node::C
 
 /// `[node] initial_window_bytes`: 0 for quinn's default, else between two
 /// full-size datagrams (quinn sends nothing while a packet would not fit
-/// the window) and the send window.
+/// the window) and the send window; `[node] congestion_control`: "cubic"
+/// or "bbr".
 fn transport_settings(settings: &NodeSettings) -> Result<strata_net::TransportSettings> {
     let window = settings.initial_window_bytes;
     const LEAST: u64 = 2 * 1500;
@@ -142,7 +143,12 @@ fn transport_settings(settings: &NodeSettings) -> Result<strata_net::TransportSe
     if window != 0 && !(LEAST..=MOST).contains(&window) {
         refuse!("[node] initial_window_bytes = {window}: bytes (not packets), 0 for the default or {LEAST} to {MOST}");
     }
-    Ok(strata_net::TransportSettings { initial_window: Some(window).filter(|w| *w > 0) })
+    let congestion = match settings.congestion_control.as_str() {
+        "cubic" => strata_net::Congestion::Cubic,
+        "bbr" => strata_net::Congestion::Bbr,
+        other => refuse!("[node] congestion_control = {other:?}: \"cubic\" or \"bbr\""),
+    };
+    Ok(strata_net::TransportSettings { initial_window: Some(window).filter(|w| *w > 0), congestion })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -658,5 +664,20 @@ mod tests {
             let err = with(bad).expect_err("out of bounds").to_string();
             assert!(err.contains("initial_window_bytes") && err.contains("not packets"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_congestion_controller_is_cubic_or_bbr() {
+        let with = |c: &str| {
+            transport_settings(&NodeSettings { congestion_control: c.into(), ..Default::default() })
+        };
+        assert_eq!(with("cubic").expect("cubic").congestion, strata_net::Congestion::Cubic);
+        assert_eq!(with("bbr").expect("bbr").congestion, strata_net::Congestion::Bbr);
+        assert_eq!(
+            transport_settings(&NodeSettings::default()).expect("default").congestion,
+            strata_net::Congestion::Cubic
+        );
+        let err = with("reno").expect_err("unknown").to_string();
+        assert!(err.contains("congestion_control") && err.contains("\"reno\""), "{err}");
     }
 }

@@ -164,6 +164,9 @@ pub struct NodeSettings {
     /// first start on a long link skips the round trips of slow start; too
     /// large on a shared link, it causes loss.
     pub initial_window_bytes: u64,
+    /// The congestion controller of this node's QUIC connections: "cubic"
+    /// (the default, as TCP's) or "bbr" (it bounds what this node sends).
+    pub congestion_control: String,
     /// Log format: "text" or "json".
     pub log_format: String,
 }
@@ -187,6 +190,7 @@ impl Default for NodeSettings {
             background_rate_bytes_per_sec: 0,
             background_requests: 4,
             initial_window_bytes: 0,
+            congestion_control: "cubic".into(),
             log_format: "text".into(),
         }
     }

@@ -121,13 +121,30 @@ pub struct TransportSettings {
     /// eight or so slow start takes to reach it (as `ip route … initcwnd`
     /// does for TCP); on a shared or lossy link, a large value causes loss.
     pub initial_window: Option<u64>,
+    /// The congestion controller of every connection.
+    pub congestion: Congestion,
+}
+
+/// A connection's congestion controller (`[node] congestion_control`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), quinn's default and TCP's on Linux: loss-based;
+    /// after a loss its window grows back along a cubic curve, slowly on
+    /// a long path.
+    #[default]
+    Cubic,
+    /// BBR (draft-cardwell-iccrg-bbr; quinn's port of Chromium's BBRv1,
+    /// which quinn calls experimental): paces at the bottleneck rate it
+    /// measures and keeps about two bandwidth-delay products in flight;
+    /// its start-up grows the rate 2.89x per round trip (slow start: 2x)
+    /// and a loss does not cut it.
+    Bbr,
 }
 
 /// Transport settings for chunk traffic: flow-control windows sized for
 /// batches of chunks in flight, path MTU discovery allowed up to jumbo
 /// frames (it settles on what the path carries; 1200 bytes is the floor),
-/// CUBIC congestion control (quinn's default) from `settings`' initial
-/// window.
+/// the congestion controller and initial window of `settings`.
 fn transport(settings: TransportSettings) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
@@ -138,10 +155,21 @@ fn transport(settings: TransportSettings) -> Arc<quinn::TransportConfig> {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(8952);
     transport.mtu_discovery_config(Some(mtu));
-    if let Some(window) = settings.initial_window {
-        let mut cubic = quinn::congestion::CubicConfig::default();
-        cubic.initial_window(window);
-        transport.congestion_controller_factory(Arc::new(cubic));
+    match settings.congestion {
+        Congestion::Cubic => {
+            if let Some(window) = settings.initial_window {
+                let mut cubic = quinn::congestion::CubicConfig::default();
+                cubic.initial_window(window);
+                transport.congestion_controller_factory(Arc::new(cubic));
+            }
+        }
+        Congestion::Bbr => {
+            let mut bbr = quinn::congestion::BbrConfig::default();
+            if let Some(window) = settings.initial_window {
+                bbr.initial_window(window);
+            }
+            transport.congestion_controller_factory(Arc::new(bbr));
+        }
     }
     Arc::new(transport)
 }

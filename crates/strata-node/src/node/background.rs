@@ -33,7 +33,8 @@
 //!
 //! A read that misses moves what follows its chunk (the rest of its file,
 //! the next files in path order) to the front of its job's order
-//! ([`READ_AHEAD`] bytes): without a profile, the bulk follows the reads.
+//! ([`read_ahead`]: 2 MiB per 50 ms of round trip, 2 to 16 MiB): without
+//! a profile, the bulk follows the reads.
 //!
 //! The full fetch of an image is recorded as started in the store
 //! ([`strata_store::FetchState`]): a restarted node resumes it.
@@ -153,6 +154,11 @@ impl Window {
     /// Bytes to keep in flight.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// The least round-trip time seen (the path's), if any yet.
+    pub fn base_rtt(&self) -> Option<Duration> {
+        self.base_rtt
     }
 
     /// Bytes one batch asks for.
@@ -682,10 +688,10 @@ impl Node {
                 self.metrics.background_requests.inc_by(asked.outcome.requests as u64);
             }
         };
-        let read_ahead = |order: &mut Order| {
+        let follow_reads = |order: &mut Order, base_rtt: Option<Duration>| {
             let misses = std::mem::take(&mut *job.misses.lock());
             for chunk in misses {
-                order.missed(&chunk);
+                order.missed(&chunk, read_ahead(base_rtt));
             }
         };
         while order.peek().is_some() {
@@ -697,13 +703,13 @@ impl Node {
                 let done = in_flight.join_next().await;
                 settle(&mut pass, done);
             }
-            read_ahead(&mut order);
+            follow_reads(&mut order, pass.window.base_rtt());
             let Some(first) = order.peek() else { break };
             // After the wait for room in the window: no batch goes out
             // while a read waits.
             if !(order.queue[first].profile || job.urgent.load(Ordering::Relaxed)) {
                 self.yield_to_reads(job).await;
-                read_ahead(&mut order);
+                follow_reads(&mut order, pass.window.base_rtt());
             }
             let Some(first) = order.peek() else { break };
             let profile = order.queue[first].profile;
@@ -810,8 +816,25 @@ impl Node {
     }
 }
 
-/// Uncompressed bytes a pass reads ahead of each chunk a read missed.
+/// Uncompressed bytes a pass reads ahead of each chunk a read missed, at
+/// least ([`read_ahead`]).
 pub const READ_AHEAD: u64 = 2 << 20;
+/// ... per this much of the path's least round-trip time: a read that
+/// misses costs a round trip, so the longer the path, the further ahead a
+/// miss is worth reading (python's first start, one run each: at 50 ms
+/// 2 MiB waited on 137–156 reads and 8 MiB on 197; at 150 ms 8 MiB was
+/// ready 4 s sooner than 2 MiB).
+pub const READ_AHEAD_RTT: Duration = Duration::from_millis(50);
+/// ... and at most this much.
+pub const MAX_READ_AHEAD: u64 = 16 << 20;
+
+/// Uncompressed bytes to read ahead of a miss on a path whose least
+/// round-trip time is `base_rtt` (unknown: [`READ_AHEAD`]).
+pub fn read_ahead(base_rtt: Option<Duration>) -> u64 {
+    let Some(rtt) = base_rtt else { return READ_AHEAD };
+    let bytes = u128::from(READ_AHEAD) * rtt.as_nanos() / READ_AHEAD_RTT.as_nanos();
+    u64::try_from(bytes).unwrap_or(u64::MAX).clamp(READ_AHEAD, MAX_READ_AHEAD)
+}
 /// Queue items a read-ahead looks through at most (taken ones included).
 const READ_AHEAD_SCAN: usize = 4096;
 
@@ -880,12 +903,12 @@ impl Order {
     }
 
     /// A read missed `chunk` (it is fetched on its own): the items after
-    /// it go first, until [`READ_AHEAD`] uncompressed bytes of them not yet
+    /// it go first, until `ahead` uncompressed bytes of them not yet
     /// taken are reached (the last may pass it). Items already moved by an
     /// earlier miss keep their place. Nothing moves while profile items
     /// are left (the profile is the better guess of what reads come next),
     /// nor for a chunk not in the queue (another image's, or here already).
-    fn missed(&mut self, chunk: &ChunkId) {
+    fn missed(&mut self, chunk: &ChunkId, ahead_bytes: u64) {
         if self.profile_left > 0 {
             return;
         }
@@ -896,7 +919,7 @@ impl Order {
         // on the pass's task between batches, once per miss.
         let end = self.queue.len().min(at + 1 + READ_AHEAD_SCAN);
         for i in at + 1..end {
-            if bytes >= READ_AHEAD {
+            if bytes >= ahead_bytes {
                 break;
             }
             if !self.asked[i] {
@@ -956,6 +979,15 @@ impl Pass {
         let out = now.saturating_duration_since(asked.sent).as_secs_f64();
         let rate = (out > 0.0).then(|| (self.delivered - asked.delivered_before) as f64 / out);
         self.window.answered(asked.outcome.rtt, rate, now);
+        tracing::trace!(
+            window = self.window.bytes(),
+            rtt_ms = asked.outcome.rtt.map(|r| r.as_secs_f64() * 1e3),
+            rate_mib_s = rate.map(|r| r / f64::from(1 << 20)),
+            flying = self.flying,
+            bytes = asked.outcome.bytes,
+            out_ms = out * 1e3,
+            "batch answered"
+        );
         if asked.profile {
             self.profile_done = Some(Instant::now());
         }
@@ -1114,14 +1146,24 @@ mod tests {
     }
 
     #[test]
+    fn a_longer_path_reads_further_ahead_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(read_ahead(None), READ_AHEAD);
+        assert_eq!(read_ahead(Some(ms(1))), READ_AHEAD);
+        assert_eq!(read_ahead(Some(ms(50))), READ_AHEAD);
+        assert_eq!(read_ahead(Some(ms(150))), 3 * READ_AHEAD);
+        assert_eq!(read_ahead(Some(ms(2000))), MAX_READ_AHEAD);
+    }
+
+    #[test]
     fn misses_move_nothing_while_profile_chunks_are_left() {
         let mut queue = items(6, READ_AHEAD / 4);
         queue[0].profile = true;
         let mut order = Order::new(queue.clone());
-        order.missed(&queue[3].id);
+        order.missed(&queue[3].id, READ_AHEAD);
         assert_eq!(order.peek(), Some(0), "the profile goes first");
         order.take(0);
-        order.missed(&queue[3].id);
+        order.missed(&queue[3].id, READ_AHEAD);
         assert_eq!(drain(&mut order), vec![4, 5, 1, 2, 3]);
     }
 
@@ -1133,7 +1175,7 @@ mod tests {
         let mut order = Order::new(queue.clone());
         assert_eq!(order.peek(), Some(0));
         order.take(0);
-        order.missed(&queue[3].id);
+        order.missed(&queue[3].id, READ_AHEAD);
         assert_eq!(drain(&mut order), vec![4, 5, 6, 7, 1, 2, 3, 8, 9]);
         assert_eq!(order.left, 0);
     }
@@ -1142,11 +1184,11 @@ mod tests {
     fn a_newer_miss_goes_first_and_nothing_is_taken_twice() {
         let queue = items(12, READ_AHEAD / 2);
         let mut order = Order::new(queue.clone());
-        order.missed(&queue[1].id);
+        order.missed(&queue[1].id, READ_AHEAD);
         let first = order.peek().expect("an item");
         order.take(first);
         // 2 taken; a newer miss at 6 goes ahead of 3.
-        order.missed(&queue[6].id);
+        order.missed(&queue[6].id, READ_AHEAD);
         let mut taken = vec![2];
         taken.extend(drain(&mut order));
         assert_eq!(taken, vec![2, 7, 8, 3, 0, 1, 4, 5, 6, 9, 10, 11]);
@@ -1160,10 +1202,10 @@ mod tests {
         for i in (1..queue.len()).filter(|i| *i != READ_AHEAD_SCAN && *i < queue.len() - 5) {
             far.take(i);
         }
-        far.missed(&queue[0].id);
+        far.missed(&queue[0].id, READ_AHEAD);
         assert_eq!(far.front, [READ_AHEAD_SCAN]);
-        order.missed(&ChunkId::of(b"elsewhere"));
-        order.missed(&queue[0].id);
+        order.missed(&ChunkId::of(b"elsewhere"), READ_AHEAD);
+        order.missed(&queue[0].id, READ_AHEAD);
         assert_eq!(order.peek(), None);
     }
 
