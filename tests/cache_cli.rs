@@ -87,7 +87,10 @@ fn a_capped_store_evicts_what_peers_hold_keeps_what_it_imported_and_every_image_
     let own = image("own:1");
     assert_eq!(own["local_chunks"], own["chunks"], "the imported image is whole: {own}");
     assert_eq!(own["pinned"], true);
+    assert_eq!(own["cache"], "pinned", "{own}");
     assert!(image("big:1")["local_bytes"].as_u64() < image("big:1")["bytes"].as_u64(), "big:1 evicted");
+    // What the cap would do next: node-a holds big:2 whole, so it may go.
+    assert_eq!(image("big:2")["cache"], "evictable", "{status}");
     assert!(node_b.metric("strata_evicted_chunks_total") > 0.0);
 
     // Every image still reads whole and true: what went comes again.
@@ -105,6 +108,15 @@ fn a_capped_store_evicts_what_peers_hold_keeps_what_it_imported_and_every_image_
     assert_eq!(own["local_chunks"], own["chunks"], "still whole after three more evictions: {own}");
     // Its file reads with no peer at all.
     drop(node_a);
+    // With node-a gone nothing of the big images may go: no other copy.
+    let cache_of = |name: &str| -> String {
+        let status = b.json(&["status"]);
+        let images = status["images"].as_array().expect("images").clone();
+        let found = images.into_iter().find(|i| i["names"][0] == name).expect(name);
+        found["cache"].as_str().unwrap_or_default().to_owned()
+    };
+    wait_for("big:2 to be the only copy", || cache_of("big:2") == "only-copy");
+    assert!(b.ok(&["status"]).contains("only-copy"), "the table says so too");
     let mnt = b.path("mnt-own");
     std::fs::create_dir_all(&mnt).expect("mountpoint");
     b.ok(&["mount", "own:1", mnt.to_str().expect("utf-8"), "--read-only"]);

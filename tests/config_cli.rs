@@ -47,3 +47,15 @@ fn chunking_that_could_cut_chunks_no_peer_frame_carries_is_refused() {
     let err = s.fails(&["--config", file.to_str().expect("utf-8"), "config", "show"]);
     assert!(err.contains("between 1 and 4128768 bytes"), "{err}");
 }
+
+#[test]
+fn a_congestion_controller_is_cubic_or_bbr_and_nothing_else() {
+    let s = Strata::new();
+    let file = s.path("congestion.toml");
+    std::fs::write(&file, "[node]\ncongestion_control = \"bbr\"\n").expect("write");
+    let shown = s.json(&["--config", file.to_str().expect("utf-8"), "config", "show"]);
+    assert_eq!(shown["settings"]["node"]["congestion_control"], "bbr", "{shown}");
+    std::fs::write(&file, "[node]\ncongestion_control = \"reno\"\n").expect("write");
+    let err = s.fails(&["--config", file.to_str().expect("utf-8"), "config", "show"]);
+    assert!(err.contains("congestion_control") && err.contains("reno"), "{err}");
+}

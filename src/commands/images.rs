@@ -155,10 +155,12 @@ fn status(s: &Status) {
                 }
             };
             let name = i.names.first().cloned().unwrap_or_else(|| i.image.short());
-            let cache = match (i.pinned, i.mounted) {
-                (true, _) => "pinned",
-                (false, true) => "mounted",
-                (false, false) => "evictable",
+            let cache = match (i.cache, i.pinned, i.mounted) {
+                (Some(verdict), _, _) => verdict.as_str(),
+                (None, true, _) => "pinned",
+                (None, false, true) => "mounted",
+                // Only a node evicts.
+                (None, false, false) => "no node",
             };
             vec![name, i.image.short(), local, mode, fetching, cache.to_owned()]
         })

@@ -196,6 +196,10 @@ pub struct ImageStatus {
     /// since the Unix epoch; 0 if never recorded. The cache evicts the
     /// least recently used first.
     pub last_used: u64,
+    /// What the node's disk cap would do with it now; `None` without a
+    /// node (only `strata serve` evicts).
+    #[serde(default)]
+    pub cache: Option<strata_types::CacheVerdict>,
 }
 
 /// A background fetch under way.

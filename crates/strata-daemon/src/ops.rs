@@ -308,6 +308,11 @@ pub fn status(dir: &DataDir) -> Result<Status> {
     }
     let mounted: std::collections::HashSet<String> =
         crate::mount::mounted_image_ids(&dir.path)?.into_iter().map(|(id, _)| id).collect();
+    // The cache's own view: its rules, and the directory for other copies.
+    let verdicts = match &dir.node {
+        Some(node) => node.runtime().block_on(node.cache_verdicts())?,
+        None => Default::default(),
+    };
     let mut images = Vec::new();
     for (id, (names, record)) in by_id {
         let holding = store.holding(&record)?;
@@ -335,6 +340,7 @@ pub fn status(dir: &DataDir) -> Result<Status> {
             pinned: state.pinned,
             mounted: mounted.contains(&id.to_hex()),
             last_used: state.last_used,
+            cache: verdicts.get(&id).copied(),
         });
     }
     images.sort_by(|a, b| a.names.first().cmp(&b.names.first()));

@@ -25,7 +25,7 @@ use crate::cancel::Cancel;
 use crate::data_dir::DataDir;
 use crate::error::{refuse, Context, Error, Result};
 use crate::identity::IdentitySpec;
-use crate::settings::{NodeSettings, SnapshotterSettings};
+use crate::settings::{CongestionControl, NodeSettings, SnapshotterSettings};
 
 /// Where a started node can be reached; what `strata serve` prints.
 #[derive(Clone, Debug)]
@@ -143,10 +143,9 @@ fn transport_settings(settings: &NodeSettings) -> Result<strata_net::TransportSe
     if window != 0 && !(LEAST..=MOST).contains(&window) {
         refuse!("[node] initial_window_bytes = {window}: bytes (not packets), 0 for the default or {LEAST} to {MOST}");
     }
-    let congestion = match settings.congestion_control.as_str() {
-        "cubic" => strata_net::Congestion::Cubic,
-        "bbr" => strata_net::Congestion::Bbr,
-        other => refuse!("[node] congestion_control = {other:?}: \"cubic\" or \"bbr\""),
+    let congestion = match settings.congestion_control {
+        CongestionControl::Cubic => strata_net::Congestion::Cubic,
+        CongestionControl::Bbr => strata_net::Congestion::Bbr,
     };
     Ok(strata_net::TransportSettings { initial_window: Some(window).filter(|w| *w > 0), congestion })
 }
@@ -668,16 +667,12 @@ mod tests {
 
     #[test]
     fn a_congestion_controller_is_cubic_or_bbr() {
-        let with = |c: &str| {
-            transport_settings(&NodeSettings { congestion_control: c.into(), ..Default::default() })
+        let with = |c: CongestionControl| {
+            transport_settings(&NodeSettings { congestion_control: c, ..Default::default() })
         };
-        assert_eq!(with("cubic").expect("cubic").congestion, strata_net::Congestion::Cubic);
-        assert_eq!(with("bbr").expect("bbr").congestion, strata_net::Congestion::Bbr);
-        assert_eq!(
-            transport_settings(&NodeSettings::default()).expect("default").congestion,
-            strata_net::Congestion::Cubic
-        );
-        let err = with("reno").expect_err("unknown").to_string();
-        assert!(err.contains("congestion_control") && err.contains("\"reno\""), "{err}");
+        assert_eq!(with(CongestionControl::Cubic).expect("cubic").congestion, strata_net::Congestion::Cubic);
+        assert_eq!(with(CongestionControl::Bbr).expect("bbr").congestion, strata_net::Congestion::Bbr);
+        let default = transport_settings(&NodeSettings::default()).expect("default");
+        assert_eq!(default.congestion, strata_net::Congestion::Cubic);
     }
 }

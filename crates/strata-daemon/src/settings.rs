@@ -112,6 +112,17 @@ impl Default for MountSettings {
     }
 }
 
+/// `[node] congestion_control`: a connection's congestion controller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438).
+    #[default]
+    Cubic,
+    /// BBR (draft-cardwell-iccrg-bbr; quinn's BBRv1, experimental there).
+    Bbr,
+}
+
 /// How `strata serve` runs; its flags override these.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -165,8 +176,9 @@ pub struct NodeSettings {
     /// large on a shared link, it causes loss.
     pub initial_window_bytes: u64,
     /// The congestion controller of this node's QUIC connections: "cubic"
-    /// (the default, as TCP's) or "bbr" (it bounds what this node sends).
-    pub congestion_control: String,
+    /// (the default, as Linux TCP's) or "bbr" (it bounds what this node
+    /// sends; both start from `initial_window_bytes`).
+    pub congestion_control: CongestionControl,
     /// Log format: "text" or "json".
     pub log_format: String,
 }
@@ -190,7 +202,7 @@ impl Default for NodeSettings {
             background_rate_bytes_per_sec: 0,
             background_requests: 4,
             initial_window_bytes: 0,
-            congestion_control: "cubic".into(),
+            congestion_control: CongestionControl::Cubic,
             log_format: "text".into(),
         }
     }

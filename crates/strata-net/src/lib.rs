@@ -125,6 +125,11 @@ pub struct TransportSettings {
     pub congestion: Congestion,
 }
 
+/// The first congestion window when none is set: RFC 9002 §7.2's
+/// min(10 × max datagram size, max(2 × it, 14720)) for quinn's 1200-byte
+/// datagrams, as quinn's CUBIC starts.
+pub const DEFAULT_INITIAL_WINDOW: u64 = 10 * 1200;
+
 /// A connection's congestion controller (`[node] congestion_control`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Congestion {
@@ -164,10 +169,11 @@ fn transport(settings: TransportSettings) -> Arc<quinn::TransportConfig> {
             }
         }
         Congestion::Bbr => {
+            // quinn's BBR would start from 240 KB: the same first window
+            // as CUBIC's unless one is set, so the setting changes only the
+            // controller.
             let mut bbr = quinn::congestion::BbrConfig::default();
-            if let Some(window) = settings.initial_window {
-                bbr.initial_window(window);
-            }
+            bbr.initial_window(settings.initial_window.unwrap_or(DEFAULT_INITIAL_WINDOW));
             transport.congestion_controller_factory(Arc::new(bbr));
         }
     }

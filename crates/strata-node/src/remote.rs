@@ -27,6 +27,10 @@ pub fn indexes(layers: &[RemoteLayer]) -> Vec<(LayerId, LayerIndex)> {
     layers.iter().map(|l| (l.id, l.index.clone())).collect()
 }
 
+/// Most bytes an image's layer indexes may come to, decompressed, all
+/// together (each is also bounded: [`strata_wire::MAX_LAYER_INDEX`]).
+pub const MAX_IMAGE_INDEXES: u64 = 256 << 20;
+
 /// An image as a peer sent it, checked against its id.
 #[derive(Clone, Debug)]
 pub struct RemoteImage {
@@ -84,6 +88,8 @@ pub async fn fetch_image_then(
     let ids: Vec<LayerId> = ids.collect::<Result<_, _>>()?;
     on_record(&record);
     let mut found: HashMap<LayerId, Option<RemoteLayer>> = ids.iter().map(|l| (*l, None)).collect();
+    // Each index is bounded; so is their sum (a record may list many layers).
+    let mut total: u64 = 0;
     // The indexes that came with the record: a peer that predates them
     // sends none; one that sends an index twice, or an index of a layer
     // the image does not have, is lying.
@@ -96,6 +102,12 @@ pub async fn fetch_image_then(
                     Ok((LayerId::of(&bytes), bytes, wire_bytes, reply))
                 })
                 .await?;
+                total += bytes.len() as u64;
+                if total > MAX_IMAGE_INDEXES {
+                    return Err(format!(
+                        "the peer's layer indexes for {id} come to over {MAX_IMAGE_INDEXES} bytes"
+                    ));
+                }
                 match found.get_mut(&layer) {
                     None => return Err(format!("the peer sent an index of {layer}, not a layer of {id}")),
                     Some(Some(_)) => return Err(format!("the peer sent the index of layer {layer} twice")),

@@ -78,3 +78,40 @@ mod tests {
         assert_eq!(BackgroundFetch::from_byte(0), None);
     }
 }
+
+/// What a node's disk cap would do with an image now (`strata status`),
+/// by the rules of the cache's eviction, checked in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheVerdict {
+    /// Imported or committed here (perhaps the cluster's only copy):
+    /// never evicted.
+    Pinned,
+    /// A live mount uses it.
+    Mounted,
+    /// Used within the cache's grace period (`[cache] grace_secs`).
+    Recent,
+    /// Every layer it has is also a layer of an image kept above.
+    Shared,
+    /// No other live node holds any of its layers whole (or none that the
+    /// cluster's order lets this node count on): nothing of it goes, or
+    /// the node could not fetch it again.
+    OnlyCopy,
+    /// Over the cap, chunks of it would go (least recently used image
+    /// first): another live node holds a layer of it whole.
+    Evictable,
+}
+
+impl CacheVerdict {
+    /// Its name as `strata status` prints it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CacheVerdict::Pinned => "pinned",
+            CacheVerdict::Mounted => "mounted",
+            CacheVerdict::Recent => "recent",
+            CacheVerdict::Shared => "shared",
+            CacheVerdict::OnlyCopy => "only-copy",
+            CacheVerdict::Evictable => "evictable",
+        }
+    }
+}

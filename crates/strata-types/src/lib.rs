@@ -13,7 +13,7 @@ mod oci_digest;
 mod read_stats;
 mod secret;
 
-pub use background::BackgroundFetch;
+pub use background::{BackgroundFetch, CacheVerdict};
 pub use blake3_id::{ChunkId, IdParseError, ImageId, LayerId, NodeId};
 pub use oci_digest::{OciDigest, OciDigestError, Sha256Writer};
 pub use read_stats::{ReadStats, READ_LATENCY_BOUNDS};

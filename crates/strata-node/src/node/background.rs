@@ -842,7 +842,7 @@ const READ_AHEAD_SCAN: usize = 4096;
 /// then the layers in index order, which is path order), except that a
 /// chunk a read missed moves what follows it in the queue (the rest of its
 /// file, then the files after it in its directory, in path order) up to
-/// [`READ_AHEAD`] bytes to the front, the newest miss first: as the
+/// [`read_ahead`] bytes to the front, the newest miss first: as the
 /// kernel's readahead follows a file's reads, the bulk of a first start
 /// follows the container's, so its next reads find their chunks here or
 /// on the way instead of each paying a round trip.

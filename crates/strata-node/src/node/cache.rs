@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_store::{Store, StoreError};
-use strata_types::{ChunkId, ImageId, LayerId};
+use strata_types::{CacheVerdict, ChunkId, ImageId, LayerId};
 
 use super::Node;
 
@@ -201,10 +201,7 @@ impl Node {
                 // whole and sorts before this one (the first complete
                 // holder by name never evicts, so two nodes evicting at
                 // once cannot both drop the last copies).
-                let keeps_a_copy = |holders: &[crate::directory::Holder]| {
-                    holders.iter().any(|h| h.complete && h.node.as_str() < self.me.name.as_str())
-                };
-                if !keeps_a_copy(&self.lookup(layer.as_bytes()).await) {
+                if !self.keeps_a_copy(&self.lookup(layer.as_bytes()).await) {
                     continue;
                 }
                 let freed = self.evict_layer(*layer, protected.clone()).await?;
@@ -226,6 +223,70 @@ impl Node {
             tracing::warn!(need, freed = evicted.stored_bytes, "the cache cap cannot be met: what is left is in use, pinned, recent or held by no other node");
         }
         Ok(evicted)
+    }
+
+    /// Whether `holders` (of a layer) keep a copy if this node evicts it:
+    /// another live node holds it whole and sorts before this one by name
+    /// (the first complete holder never evicts, so two nodes evicting at
+    /// once cannot both drop the last copies).
+    fn keeps_a_copy(&self, holders: &[crate::directory::Holder]) -> bool {
+        holders.iter().any(|h| h.complete && h.node.as_str() < self.me.name.as_str())
+    }
+
+    /// What the cache would do with each image in the store now
+    /// ([`CacheVerdict`], for `strata status`), by [`Self::enforce_cap`]'s
+    /// rules: pinned, used by a live mount (all of them when the mounts'
+    /// images are unknown: then nothing is evicted), used within the
+    /// grace period, every layer shared with such an image, or else
+    /// evictable if another live node keeps a copy of one of its layers
+    /// (asked of the directory, as eviction asks), only-copy if none.
+    ///
+    /// Errors: the store's.
+    pub async fn cache_verdicts(self: &Arc<Self>) -> Result<HashMap<ImageId, CacheVerdict>, StoreError> {
+        let in_use = self.images_in_use();
+        let (store, grace) = (self.store.clone(), self.config.cache.grace);
+        let (mut verdicts, open) = tokio::task::spawn_blocking(move || {
+            let now = unix_now();
+            let all_in_use = in_use.is_none();
+            let in_use = in_use.unwrap_or_default();
+            let mut verdicts = HashMap::new();
+            for entry in store.images()? {
+                if verdicts.contains_key(&entry.id) {
+                    continue;
+                }
+                let state = store.fetch_state(&entry.id)?;
+                let verdict = if state.pinned {
+                    CacheVerdict::Pinned
+                } else if all_in_use || in_use.contains(&entry.id) {
+                    CacheVerdict::Mounted
+                } else if now.saturating_sub(state.last_used) < grace.as_secs() {
+                    CacheVerdict::Recent
+                } else {
+                    continue;
+                };
+                verdicts.insert(entry.id, verdict);
+            }
+            let (open, _) = if all_in_use {
+                (Vec::new(), HashSet::new())
+            } else {
+                candidates(&store, &in_use, now, grace)?
+            };
+            Ok::<_, StoreError>((verdicts, open))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
+        for candidate in open {
+            let mut verdict =
+                if candidate.layers.is_empty() { CacheVerdict::Shared } else { CacheVerdict::OnlyCopy };
+            for layer in &candidate.layers {
+                if self.keeps_a_copy(&self.lookup(layer.as_bytes()).await) {
+                    verdict = CacheVerdict::Evictable;
+                    break;
+                }
+            }
+            verdicts.insert(candidate.image, verdict);
+        }
+        Ok(verdicts)
     }
 
     /// Evicts the chunks of `layer` that no protected layer lists: the

@@ -105,8 +105,8 @@ impl Node {
     ) -> Result<(ImageId, String), NodeError> {
         let mut errors = Vec::new();
         for holder in holders {
-            // Stopped if this holder's copy is refused or the pull is
-            // dropped before it is stored.
+            // Stopped if this holder's copy is refused, its commit fails,
+            // or the pull is dropped before the commit starts.
             let mut early_join = EarlyJoin(None);
             let fetched = async {
                 let connection = self.pool.get(holder.addr).await.map_err(|e| e.to_string())?;
@@ -126,13 +126,27 @@ impl Node {
                     self.metrics
                         .image_metadata_bytes_fetched
                         .inc_by(crate::remote::metadata_bytes(&record, &layers) + 32 * profile.len() as u64);
+                    // The store's commit finishes even if this pull is
+                    // dropped meanwhile: from here on the join goes on
+                    // unless the commit fails.
+                    let early_join = early_join.0.take();
                     let store = self.store.clone();
                     let name = reference.to_owned();
-                    let missing = tokio::task::spawn_blocking(move || {
+                    let stored = tokio::task::spawn_blocking(move || {
                         store_remote_image(&store, id, record, layers, name)
                     })
                     .await
-                    .map_err(|e| NodeError::Setup(e.to_string()))??;
+                    .map_err(|e| NodeError::Setup(e.to_string()))
+                    .and_then(|stored| stored);
+                    let missing = match stored {
+                        Ok(missing) => missing,
+                        Err(e) => {
+                            if let Some(join) = early_join {
+                                join.abort();
+                            }
+                            return Err(e);
+                        }
+                    };
                     let partial: Vec<Key> = missing.keys().map(|l| *l.as_bytes()).collect();
                     self.progress.add(missing);
                     self.metrics.images_pulled.inc();
@@ -155,7 +169,6 @@ impl Node {
                     let node = self.clone();
                     let mut complete = vec![name_key(reference)];
                     complete.extend(chains);
-                    let early_join = early_join.0.take();
                     tokio::spawn(async move {
                         let announce = node.clone();
                         let names = tokio::spawn(async move { announce.announce(&complete, &[]).await });
