@@ -492,11 +492,11 @@ fn with_no_registry_a_pull_takes_the_image_the_cluster_offers_by_name() {
 #[test]
 fn pull_all_makes_the_image_whole_here_and_status_says_so() {
     let registry = TestRegistry::start();
-    let (a, b) = (Strata::new(), Strata::new());
+    let (a, b, c) = (Strata::new(), Strata::new(), Strata::new());
     let archive = busybox_image(&a);
     registry.push(&archive, "tools/busybox:1");
-    let certs = certs(&a, &["node-a", "node-b"]);
-    for s in [&a, &b] {
+    let certs = certs(&a, &["node-a", "node-b", "node-c"]);
+    for s in [&a, &b, &c] {
         std::fs::create_dir_all(s.data_dir()).expect("data dir");
         let config = format!(
             "[registry.ca_files]\n{host:?} = {ca:?}\n[registry.auth.{host:?}]\nusername = {USER:?}\npassword = {PASSWORD:?}\n",
@@ -526,6 +526,29 @@ fn pull_all_makes_the_image_whole_here_and_status_says_so() {
     // People's form: one line per image, its share here.
     let table = b.ok(&["status"]);
     assert!(table.contains("100%") && table.contains("none (pull)") && table.contains("whole"), "{table}");
+    // On a terminal (a pty, through script(1)), pull --all draws its
+    // progress: the image's line, verified once whole.
+    let _node_c = Node::start(&c, "node-c", &certs, &[&node_a.addr], &[]);
+    wait_for("C to see A", || alive_peers(&c).iter().any(|p| p == "node-a"));
+    let line = format!(
+        "{exe} --data-dir {dir} pull {reference} --all",
+        exe = env!("CARGO_BIN_EXE_strata"),
+        dir = c.data_dir().display(),
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .env_remove("STRATA_CONFIG")
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("script(1)");
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pull --all on a pty failed: {transcript}");
+    assert!(
+        transcript.contains("verified") && transcript.contains("total"),
+        "no progress drawn: {transcript:?}"
+    );
+    let whole = &c.json(&["status"])["images"][0];
+    assert_eq!(whole["local_chunks"], whole["chunks"], "whole after pull --all on a pty: {whole}");
     // A gone: B runs it alone.
     drop(node_a);
     assert_eq!(b.ok(&["run", &reference]), "strata-busybox\n");
