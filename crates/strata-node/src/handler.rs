@@ -99,8 +99,8 @@ impl StoreHandler {
                     .await;
                 match read {
                     Ok((index, Some(record))) => {
-                        let reply_ = LayerIndexReply { index, record: Some(record), index_zstd: Vec::new() };
-                        vec![reply(Kind::LayerIndex(reply_)), end()]
+                        let found = LayerIndexReply { index, record: Some(record), index_zstd: Vec::new() };
+                        vec![reply(Kind::LayerIndex(found)), end()]
                     }
                     Ok((_, None)) | Err(StoreError::MissingLayer(_)) => {
                         vec![error(ErrorCode::NotFound, layer)]
@@ -196,30 +196,26 @@ impl StoreHandler {
                 .store
                 .read_async(move |s| {
                     let record = s.layer(&layer)?;
-                    let plain =
-                        |index| LayerIndexReply { index, record: record.clone(), index_zstd: Vec::new() };
-                    if !zstd_indexes {
-                        return Ok(plain(s.layer_index_bytes(&layer)?));
-                    }
-                    let kept = match cache.get(&layer) {
-                        Some(kept) => kept,
-                        None => {
+                    let compressed = match (zstd_indexes, cache.get(&layer)) {
+                        (false, _) => None,
+                        (true, Some(kept)) => Some(kept),
+                        (true, None) => {
                             let index = s.layer_index_bytes(&layer)?;
                             let kept = Arc::new(strata_wire::compress_index(&index).unwrap_or_default());
                             cache.insert(layer, kept.clone());
-                            if kept.is_empty() {
-                                return Ok(plain(index));
-                            }
-                            kept
+                            Some(kept)
                         }
                     };
-                    if kept.is_empty() {
-                        return Ok(plain(s.layer_index_bytes(&layer)?));
-                    }
-                    Ok(LayerIndexReply {
-                        index: Vec::new(),
-                        record: record.clone(),
-                        index_zstd: kept.to_vec(),
+                    // Empty: compressing did not shrink it.
+                    Ok(match compressed.filter(|c| !c.is_empty()) {
+                        Some(kept) => {
+                            LayerIndexReply { index: Vec::new(), record, index_zstd: kept.to_vec() }
+                        }
+                        None => LayerIndexReply {
+                            index: s.layer_index_bytes(&layer)?,
+                            record,
+                            index_zstd: Vec::new(),
+                        },
                     })
                 })
                 .await;

@@ -183,7 +183,7 @@ impl Node {
             return Ok(evicted);
         };
         let (store, grace) = (self.store.clone(), self.config.cache.grace);
-        let (candidates, protected) =
+        let Candidates { open: candidates, protected, .. } =
             tokio::task::spawn_blocking(move || candidates(&store, &in_use, unix_now(), grace))
                 .await
                 .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
@@ -245,33 +245,13 @@ impl Node {
     pub async fn cache_verdicts(self: &Arc<Self>) -> Result<HashMap<ImageId, CacheVerdict>, StoreError> {
         let in_use = self.images_in_use();
         let (store, grace) = (self.store.clone(), self.config.cache.grace);
-        let (mut verdicts, open) = tokio::task::spawn_blocking(move || {
-            let now = unix_now();
-            let all_in_use = in_use.is_none();
-            let in_use = in_use.unwrap_or_default();
-            let mut verdicts = HashMap::new();
-            for entry in store.images()? {
-                if verdicts.contains_key(&entry.id) {
-                    continue;
-                }
-                let state = store.fetch_state(&entry.id)?;
-                let verdict = if state.pinned {
-                    CacheVerdict::Pinned
-                } else if all_in_use || in_use.contains(&entry.id) {
-                    CacheVerdict::Mounted
-                } else if now.saturating_sub(state.last_used) < grace.as_secs() {
-                    CacheVerdict::Recent
-                } else {
-                    continue;
-                };
-                verdicts.insert(entry.id, verdict);
-            }
-            let (open, _) = if all_in_use {
-                (Vec::new(), HashSet::new())
-            } else {
-                candidates(&store, &in_use, now, grace)?
+        let Candidates { open, kept: mut verdicts, .. } = tokio::task::spawn_blocking(move || {
+            // The mounts' images unknown: every image counts as mounted.
+            let in_use = match in_use {
+                Some(in_use) => in_use,
+                None => store.images()?.into_iter().map(|i| i.id).collect(),
             };
-            Ok::<_, StoreError>((verdicts, open))
+            candidates(&store, &in_use, unix_now(), grace)
         })
         .await
         .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
@@ -389,14 +369,27 @@ impl Node {
     }
 }
 
-/// The images that may lose chunks, least recently used first, and the
-/// layers of every other image (in use, pinned, or used within `grace`).
+/// What the cache may take from a store now ([`candidates`]).
+struct Candidates {
+    /// The images that may lose chunks, least recently used first (each
+    /// with the layers no kept image shares).
+    open: Vec<Candidate>,
+    /// The layers of every kept image.
+    protected: HashSet<LayerId>,
+    /// The kept images and why: pinned, mounted or recent.
+    kept: HashMap<ImageId, CacheVerdict>,
+}
+
+/// Sorts the store's images into those the cache may take chunks from and
+/// those it keeps (pinned; used by a mount in `in_use`; used within
+/// `grace` of `now`, in seconds since the epoch), with the kept images'
+/// layers.
 fn candidates(
     store: &Store,
     in_use: &HashSet<ImageId>,
     now: u64,
     grace: Duration,
-) -> Result<(Vec<Candidate>, HashSet<LayerId>), StoreError> {
+) -> Result<Candidates, StoreError> {
     let mut images: HashMap<ImageId, Vec<LayerId>> = HashMap::new();
     for entry in store.images()? {
         images.entry(entry.id).or_insert_with(|| {
@@ -405,20 +398,31 @@ fn candidates(
     }
     let mut protected = HashSet::new();
     let mut open = Vec::new();
+    let mut kept = HashMap::new();
     for (image, layers) in images {
         let state = store.fetch_state(&image)?;
-        let recent = now.saturating_sub(state.last_used) < grace.as_secs();
-        if state.pinned || recent || in_use.contains(&image) {
-            protected.extend(layers);
+        let verdict = if state.pinned {
+            Some(CacheVerdict::Pinned)
+        } else if in_use.contains(&image) {
+            Some(CacheVerdict::Mounted)
+        } else if now.saturating_sub(state.last_used) < grace.as_secs() {
+            Some(CacheVerdict::Recent)
         } else {
-            open.push(Candidate { image, last_used: state.last_used, layers });
+            None
+        };
+        match verdict {
+            Some(verdict) => {
+                protected.extend(layers);
+                kept.insert(image, verdict);
+            }
+            None => open.push(Candidate { image, last_used: state.last_used, layers }),
         }
     }
     for candidate in &mut open {
         candidate.layers.retain(|l| !protected.contains(l));
     }
     open.sort_by_key(|c| (c.last_used, c.image));
-    Ok((open, protected))
+    Ok(Candidates { open, protected, kept })
 }
 
 /// The chunks a layer's index lists (what "complete" counts). Its
@@ -468,9 +472,16 @@ mod tests {
         }
         store.update_fetch_state(&ids[2], |s| s.pinned = true).unwrap();
         let in_use = HashSet::from([ids[3]]);
-        let (open, protected) = candidates(&store, &in_use, now, Duration::from_secs(60)).unwrap();
+        let Candidates { open, protected, kept } =
+            candidates(&store, &in_use, now, Duration::from_secs(60)).unwrap();
         let order: Vec<ImageId> = open.iter().map(|c| c.image).collect();
         assert_eq!(order, vec![ids[0], ids[1]], "least recently used first; pinned, mounted, recent kept");
+        let why = HashMap::from([
+            (ids[2], CacheVerdict::Pinned),
+            (ids[3], CacheVerdict::Mounted),
+            (ids[4], CacheVerdict::Recent),
+        ]);
+        assert_eq!(kept, why);
         for c in &open {
             assert_eq!(c.layers.len(), 1, "the base layer, shared with kept images, stays");
             assert!(c.layers.iter().all(|l| !protected.contains(l)));
