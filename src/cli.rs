@@ -21,7 +21,9 @@ pub struct Global {
     /// Settings file [default: DATA_DIR/strata.toml if it exists].
     #[arg(long, global = true, env = "STRATA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print machine-readable JSON instead of tables.
+    /// Print machine-readable JSON instead of tables and reports (listings,
+    /// import, pull, export to a file, mount, umount, commit, rm, gc, config
+    /// show, cert; refused elsewhere).
     #[arg(long, global = true)]
     pub json: bool,
     /// Seconds to wait for another strata process to release the store.
@@ -33,7 +35,8 @@ pub struct Global {
 pub enum Command {
     /// Import images from a docker-save archive or an OCI image layout (dir or tar).
     Import {
-        /// The archive or layout directory.
+        /// The archive or layout directory, or - for an archive on stdin
+        /// (as `docker save IMAGE | strata import -`).
         file: PathBuf,
         /// Name the image NAME (repo:tag) instead of the names in the archive;
         /// repeat for several names. The archive must hold one image.
@@ -60,7 +63,7 @@ pub enum Command {
         /// the whole image once a container reads from it) [default: the
         /// node's [node] background_fetch].
         #[arg(long, value_name = "MODE")]
-        background_fetch: Option<strata_types::BackgroundFetch>,
+        background_fetch: Option<BackgroundMode>,
         /// Through a node: fetch every chunk of the image now, at full
         /// speed, and return when it is whole (progress on a terminal).
         #[arg(long)]
@@ -81,8 +84,23 @@ pub enum Command {
         #[arg(long, requires = "username")]
         password_stdin: bool,
     },
-    /// List images.
-    Images,
+    /// List images: a row per name (an image with no name: its id).
+    Images {
+        /// Only the image ids, each image once (`strata rm $(strata images -q)`).
+        #[arg(short, long, conflicts_with = "format")]
+        quiet: bool,
+        /// Print each row through TEMPLATE, as docker's `--format`:
+        /// {{.Name}}, {{.Repository}}, {{.Tag}}, {{.ID}}, {{.FullID}},
+        /// {{.Layers}}, {{.Size}}, {{.SizeBytes}}, {{json .}}; `\t` and `\n`;
+        /// a leading `table ` adds a header and aligns the columns; `json`
+        /// alone prints each row as a JSON object on a line.
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
+        /// The images every live node of the cluster holds, with the nodes
+        /// that hold them (through the node running on the data dir).
+        #[arg(long, conflicts_with_all = ["quiet", "format"])]
+        cluster: bool,
+    },
     /// Per image: how much is held here, and what the node is fetching of
     /// it in the background (rate, time left).
     Status,
@@ -91,11 +109,15 @@ pub enum Command {
         /// Name, id or unique id prefix.
         image: String,
     },
-    /// Write an image as an OCI image layout tar (which `docker load` also reads).
+    /// Write an image as an OCI image layout tar (which `docker load` also
+    /// reads), to a file or to stdout (as `docker save`).
     Export {
+        /// Name, id or unique id prefix.
         image: String,
+        /// The tar file (it appears whole or not at all), or - for stdout
+        /// [default: stdout, unless it is a terminal].
         #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// Layer compression.
         #[arg(long, value_enum, default_value_t = Compression::Gzip)]
         compression: Compression,
@@ -155,22 +177,12 @@ pub enum Command {
         names: Vec<String>,
     },
     /// Run an image's process in a mount of it (new mount, PID and UTS
-    /// namespaces; /proc, a minimal /dev, read-only /sys). Exits with the
-    /// process's exit code; unmounts afterwards.
-    Run {
-        image: String,
-        /// Keep the writes in DIR [default: a layer removed after the run].
-        #[arg(long, value_name = "DIR")]
-        upper: Option<PathBuf>,
-        /// When the mount ends, write to FILE (JSON) the image bytes it
-        /// served: each file read, its distinct bytes read and when it was
-        /// first read, in that order.
-        #[arg(long, value_name = "FILE")]
-        trace_reads: Option<PathBuf>,
-        /// The command and its arguments, replacing the image's Cmd.
-        #[arg(last = true)]
-        command: Vec<String>,
-    },
+    /// namespaces; /proc, a minimal /dev, read-only /sys), as `docker run
+    /// IMAGE [COMMAND] [ARG...]`. Exits with the process's exit code;
+    /// unmounts afterwards. The writable layer goes with the run (docker's
+    /// `--rm`) unless --upper keeps it.
+    #[command(override_usage = "strata run [OPTIONS] IMAGE [COMMAND] [ARG]...")]
+    Run(RunArgs),
     /// Unmount a strata mount (also one whose process was killed).
     Umount {
         mountpoint: PathBuf,
@@ -180,6 +192,13 @@ pub enum Command {
     },
     /// List mounts and their state (live, dead: process gone, gone: record left over).
     Mounts,
+    /// List writable layers (those mounts and runs made under
+    /// DATA_DIR/uppers, and those mounts name): image, size on disk,
+    /// whether a mount holds them; remove those no mount holds.
+    Uppers {
+        #[command(subcommand)]
+        command: Option<UppersCommand>,
+    },
     /// The cluster's certificates: peers speak only mutual TLS with
     /// certificates of the cluster CA.
     Cert {
@@ -209,6 +228,121 @@ pub enum Command {
     /// Build a small image, import it, export it, import it again: a tour
     /// that needs no setup. Uses a scratch store unless --data-dir is given.
     Demo,
+    /// Print a shell's completion script: `strata completion bash >
+    /// /etc/bash_completion.d/strata`, `… zsh > "${fpath[1]}/_strata"`,
+    /// `… fish > ~/.config/fish/completions/strata.fish`.
+    Completion {
+        /// bash, zsh or fish.
+        shell: Shell,
+    },
+    /// Print the manual page of strata or of one command (troff, made
+    /// from this help when the binary was built): `strata man | man -l -`,
+    /// or `strata man run`.
+    Man {
+        /// A command, e.g. run [default: strata itself].
+        command: Option<String>,
+    },
+}
+
+impl Command {
+    /// Whether `--json` means something for the command: it prints a
+    /// listing or a report (the others run a process, serve, or print a
+    /// script or a page).
+    pub fn prints_json(&self) -> bool {
+        !matches!(
+            self,
+            Command::Run(_)
+                | Command::Serve(_)
+                | Command::MountServe { .. }
+                | Command::Demo
+                | Command::Completion { .. }
+                | Command::Man { .. }
+        )
+    }
+
+    /// Whether the command may run on a data dir that has no store: those
+    /// that make one, and those that need none (the others, given such a
+    /// data dir, refuse: a mistyped `--data-dir` would list an empty store).
+    pub fn may_create_store(&self) -> bool {
+        matches!(
+            self,
+            Command::Import { .. }
+                | Command::Pull { .. }
+                | Command::Serve(_)
+                | Command::Run(_)
+                | Command::Mount { .. }
+                | Command::MountServe { .. }
+                | Command::Cert { .. }
+                | Command::Config { .. }
+                | Command::Demo
+                | Command::Completion { .. }
+                | Command::Man { .. }
+                // Mounts from fixed peers (`--peer`) keep no store: their
+                // records and writable layers are still this data dir's.
+                | Command::Umount { .. }
+                | Command::Mounts
+                | Command::Uppers { .. }
+        )
+    }
+}
+
+/// `strata run`'s flags: docker run's for the process.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Set a variable: KEY=VALUE, or KEY to pass this shell's value of KEY
+    /// (left out if unset); over the image's Env and --env-file. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Read variables from FILE: KEY=VALUE or KEY lines; blank lines and
+    /// lines starting with # are skipped; values are taken as written
+    /// (quotes included, as docker does). Repeatable.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// The working directory in the container, absolute (made if missing)
+    /// [default: the image's WorkingDir, else /].
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as USER[:GROUP], names (from the image's /etc/passwd and
+    /// /etc/group) or numeric ids [default: the image's User, else root].
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Run PROGRAM instead of the image's Entrypoint; as docker, the
+    /// image's Cmd is dropped too, and "" clears the entrypoint.
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+    /// Name the run (letters, digits, _ . -): unique among the live runs
+    /// on this data dir (a second run of the name is refused while the
+    /// first lives); its mount is DATA_DIR/run/NAME/rootfs in `strata mounts`.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Keep stdin open for the process [default: it reads /dev/null, as
+    /// with docker].
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the process a terminal of its own (a new pseudo-terminal; with
+    /// -i, this terminal's keys go to it in raw mode).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Remove the writable layer when the run ends: what a run always does
+    /// unless --upper is given (accepted for docker's habit).
+    #[arg(long, conflicts_with = "upper")]
+    pub rm: bool,
+    /// Keep the writes in DIR, created if missing, reused if it holds an
+    /// earlier run's writes [default: a layer removed after the run].
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+    /// When the mount ends, write to FILE (JSON) the image bytes it
+    /// served: each file read, its distinct bytes read and when it was
+    /// first read, in that order.
+    #[arg(long, value_name = "FILE")]
+    pub trace_reads: Option<PathBuf>,
+    /// The image: name, id or unique id prefix, or a registry reference
+    /// (pulled first if no node and no store holds it).
+    pub image: String,
+    /// The command and its arguments, replacing the image's Cmd (after the
+    /// image, as docker takes them; `--` before them is allowed).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -291,6 +425,18 @@ pub enum CertCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum UppersCommand {
+    /// Remove writable layers by name (as `strata uppers` lists them) or
+    /// path; refused for one a mount holds.
+    Rm {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Remove every writable layer under DATA_DIR/uppers that no mount holds.
+    Prune,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// The effective settings (defaults, then the file, then STRATA_*), as TOML.
     Show,
@@ -302,21 +448,28 @@ pub enum StoreCommand {
     Stats,
 }
 
+/// `strata pull --background-fetch`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum BackgroundMode {
+    /// Only what reads ask for.
+    None,
+    /// The image's startup profile, ahead of the reads.
+    Profile,
+    /// The profile, then the whole image once a container has read from it.
+    All,
+}
+
+/// A shell `strata completion` writes completions for.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum Compression {
     None,
     Gzip,
     Zstd,
-}
-
-impl From<IdentityArgs> for strata_daemon::identity::IdentitySpec {
-    fn from(args: IdentityArgs) -> Self {
-        Self { node: args.node, cert_dir: args.cert_dir }
-    }
-}
-
-impl From<PeerArgs> for strata_daemon::mount::PeerMount {
-    fn from(args: PeerArgs) -> Self {
-        Self { peers: args.peers, fetch_deadline: args.fetch_deadline, identity: args.identity.into() }
-    }
 }

@@ -4,9 +4,17 @@
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(daemon: bool, json: bool) {
+/// Errors: STRATA_LOG set to something that is not a filter (tracing's
+/// `EnvFilter` syntax, `target=level,…`).
+pub fn init(daemon: bool, json: bool) -> anyhow::Result<()> {
     let default = if daemon { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("STRATA_LOG") {
+        Ok(value) if !value.trim().is_empty() => EnvFilter::builder().parse(&value).map_err(|e| {
+            anyhow::anyhow!("STRATA_LOG={value:?} is not a log filter ({e}); write e.g. \"debug\" or \"strata_node=debug,info\"")
+        })?,
+        Ok(_) | Err(std::env::VarError::NotPresent) => EnvFilter::new(default),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("STRATA_LOG is not UTF-8"),
+    };
     // The registry client logs token responses and tokens at debug: never
     // below info, whatever STRATA_LOG asks.
     let filter = filter.add_directive(oci_client_cap());
@@ -18,6 +26,7 @@ pub fn init(daemon: bool, json: bool) {
     };
     // Already set (tests that call in twice): keep the first.
     drop(result);
+    Ok(())
 }
 
 /// `oci_client=info`: the most the registry client may log.

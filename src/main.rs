@@ -5,15 +5,41 @@ mod commands;
 mod logging;
 mod output;
 mod progress;
+mod template;
 
 use std::process::ExitCode;
+
+include!(concat!(env!("OUT_DIR"), "/man_pages.rs"));
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go through stdout as everything else does (a
+        // closed pipe ends the process as SIGPIPE would).
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let help = e.render();
+            match std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                true => output::write_out(format_args!("{}", help.ansi())),
+                false => output::write_out(format_args!("{help}")),
+            }
+            output::flush();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => e.exit(),
+    };
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<commands::Cancelled>() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE

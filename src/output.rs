@@ -1,11 +1,80 @@
-//! Tables for people.
+//! What commands print: tables for people, and every write to stdout.
+//!
+//! `println!` panics when stdout is a pipe whose reader has gone (`strata
+//! images | head -1`): Rust ignores SIGPIPE, so the write fails with EPIPE.
+//! [`outln!`] and [`out!`] end the process instead the way a C tool is ended
+//! (killed by SIGPIPE: status 141 in a shell, no message), and any other
+//! write error (a full disk under a redirect) is an error naming stdout.
+
+use std::io::Write;
 
 pub use strata_daemon::format::bytes;
+
+/// Writes to stdout; see the module doc for how a failed write ends.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args) {
+        failed(&e);
+    }
+}
+
+/// Flushes stdout (before the process exits other than by returning).
+pub fn flush() {
+    if let Err(e) = std::io::stdout().lock().flush() {
+        failed(&e);
+    }
+}
+
+fn failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // SAFETY: signal(2) and raise(3) have no memory preconditions;
+        // SIG_DFL for SIGPIPE terminates the process on delivery.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+        std::process::exit(128 + libc::SIGPIPE);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1)
+}
+
+/// An error that came of stdout's reader going away (EPIPE somewhere in
+/// its chain) ends the process as SIGPIPE would; any other is returned.
+pub fn quiet_on_broken_pipe<E: Into<anyhow::Error>>(e: E) -> anyhow::Error {
+    let e = e.into();
+    let broken = e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken {
+        failed(&std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+    }
+    e
+}
+
+/// `println!` to stdout, ending quietly when its reader has gone.
+macro_rules! outln {
+    () => {
+        $crate::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` to stdout, ending quietly when its reader has gone.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*))
+    };
+}
+
+pub(crate) use {out, outln};
 
 /// Prints rows under a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     for line in table_lines(header, rows) {
-        println!("{line}");
+        outln!("{line}");
     }
 }
 

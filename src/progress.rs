@@ -15,6 +15,8 @@ struct Bars {
     multi: MultiProgress,
     total: ProgressBar,
     layers: Mutex<HashMap<String, ProgressBar>>,
+    /// What a layer's line says while under way and once done.
+    verbs: (&'static str, &'static str),
 }
 
 impl Bar {
@@ -22,7 +24,14 @@ impl Bar {
         Bar(None)
     }
 
+    /// Bars for an import or a pull: layers "reading", then "verified".
     pub fn for_stderr() -> Self {
+        Self::for_stderr_with(("reading", "verified"))
+    }
+
+    /// Bars on stderr if it is a terminal, a layer's line saying
+    /// `verbs.0` while under way and `verbs.1` once done.
+    pub fn for_stderr_with(verbs: (&'static str, &'static str)) -> Self {
         if !std::io::stderr().is_terminal() {
             return Bar(None);
         }
@@ -30,7 +39,7 @@ impl Bar {
         let total = multi.add(ProgressBar::new(0));
         total.set_style(style("{spinner} {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"));
         total.set_message("total");
-        Bar(Some(Bars { multi, total, layers: Mutex::default() }))
+        Bar(Some(Bars { multi, total, layers: Mutex::default(), verbs }))
     }
 
     /// Draws one step of the work.
@@ -43,7 +52,7 @@ impl Bar {
                 let bar = bars.multi.insert_before(&bars.total, ProgressBar::new(size));
                 bar.set_style(style("  {prefix:12} {msg:12} [{bar:30}] {bytes}/{total_bytes}"));
                 bar.set_prefix(short_id(&member));
-                bar.set_message("reading");
+                bar.set_message(bars.verbs.0);
                 layers.insert(member, bar);
             }
             Progress::Advance { member, bytes } => {
@@ -55,7 +64,7 @@ impl Bar {
             Progress::LayerDone { member } => {
                 if let Some(bar) = layers.remove(&member) {
                     bar.set_style(style("  {prefix:12} {msg:12} {total_bytes}"));
-                    bar.finish_with_message("verified");
+                    bar.finish_with_message(bars.verbs.1);
                 }
             }
         }

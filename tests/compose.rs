@@ -29,10 +29,10 @@ fn compose(args: &[&str]) -> Output {
         .args(["-p", PROJECT, "-f"])
         .arg(repo().join("deploy/docker-compose.yml"))
         .args(args)
-        .env("STRATA_IMAGE", IMAGE)
-        .env("STRATA_SUBNET_PREFIX", "10.213.77")
+        .env("STRATA_DEPLOY_IMAGE", IMAGE)
+        .env("STRATA_DEPLOY_SUBNET_PREFIX", "10.213.77")
         // The lazy path alone: what a read fetches is what is counted.
-        .env("STRATA_BACKGROUND_FETCH", "profile")
+        .env("STRATA_DEPLOY_BACKGROUND_FETCH", "profile")
         .output()
         .expect("docker-compose runs")
 }
@@ -112,7 +112,7 @@ impl Cluster {
     fn up() -> Cluster {
         let built = Command::new(repo().join("deploy/image/build"))
             .arg(IMAGE)
-            .env("STRATA_BINARY", env!("CARGO_BIN_EXE_strata"))
+            .env("STRATA_DEPLOY_BINARY", env!("CARGO_BIN_EXE_strata"))
             .output()
             .expect("deploy/image/build");
         assert!(built.status.success(), "image build: {}", String::from_utf8_lossy(&built.stderr));

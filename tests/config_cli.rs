@@ -7,7 +7,16 @@ fn settings_come_from_defaults_then_the_file_then_the_environment() {
     let s = Strata::new();
     let shown = s.json(&["config", "show"]);
     assert_eq!(shown["settings"]["zstd_level"], 3);
-    assert!(shown["file"].is_null());
+    let used = |shown: &serde_json::Value| -> Vec<String> {
+        shown["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .filter(|s| s["found"] == "used")
+            .map(|s| s["place"].as_str().expect("place").to_owned())
+            .collect()
+    };
+    assert_eq!(used(&shown), ["built-in defaults"]);
 
     std::fs::create_dir_all(s.data_dir()).expect("data dir");
     let file = s.data_dir().join("strata.toml");
@@ -15,7 +24,7 @@ fn settings_come_from_defaults_then_the_file_then_the_environment() {
     let shown = s.json(&["config", "show"]);
     assert_eq!(shown["settings"]["zstd_level"], 5);
     assert_eq!(shown["settings"]["import_workers"], 3);
-    assert_eq!(shown["file"], file.to_str().expect("utf-8"));
+    assert_eq!(used(&shown), ["built-in defaults".to_owned(), file.to_str().expect("utf-8").to_owned()]);
 
     let out =
         s.command().args(["--json", "config", "show"]).env("STRATA_ZSTD_LEVEL", "9").output().expect("run");

@@ -148,6 +148,9 @@ fn ctrl_c_cancels_an_import_with_or_without_a_node() {
     for with_node in [true, false] {
         let s = Strata::new();
         let certs = certs(&s, &["n1"]);
+        // A store with an image in it, which the cancelled import must leave
+        // as it is (imported before the node, whose imports stall).
+        s.import(&crate::common::sample_archive(s.dir.path(), "sample.tar", "sample:1"));
         let node = with_node.then(|| Node::start(&s, "n1", &certs, &[], &[STALL]));
         let archive = big_archive(&s);
         let before = s.snapshot();

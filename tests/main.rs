@@ -7,6 +7,7 @@ mod common;
 
 mod cache_cli;
 mod cert_cli;
+mod cli_habits;
 mod cluster_cli;
 mod compose;
 mod config_cli;
@@ -22,3 +23,4 @@ mod mount_cli;
 mod node_cluster;
 mod registry_cli;
 mod run_env;
+mod run_flags;

@@ -317,3 +317,58 @@ fn commit_keeps_hardlinked_symlinks_and_leaves_sockets_out() {
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one symlink inode with two names");
     assert!(!check.path.join("sock").exists() && !check.path.join("sock-again").exists(), "sockets left out");
 }
+
+#[test]
+fn umount_acts_on_its_own_data_dir_s_mounts_and_failed_mounts_leave_no_layer() {
+    let (a, b) = (Strata::new(), Strata::new());
+    a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
+    b.import(&sample_archive(b.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&a, "mnt");
+    a.ok(&["mount", "sample:1", mp.arg()]);
+    // B's umount names the owner and leaves A's mount alone.
+    let err = b.fails(&["umount", mp.arg()]);
+    let a_dir = a.data_dir();
+    assert!(err.contains("a mount of the store in") && err.contains(a_dir.to_str().expect("utf-8")), "{err}");
+    assert!(mp.path.join("etc/hostname").exists(), "still mounted");
+
+    // A busy mount says who holds it.
+    let holder = std::process::Command::new("sleep")
+        .arg("600")
+        .current_dir(&mp.path)
+        .spawn()
+        .expect("a process with its cwd in the mount");
+    let err = a.fails(&["umount", mp.arg()]);
+    assert!(err.contains("is busy") && err.contains(&format!("sleep (pid {})", holder.id())), "{err}");
+    let mut holder = holder;
+    holder.kill().expect("kill");
+    holder.wait().expect("wait");
+
+    a.ok(&["umount", mp.arg()]);
+    // The writable layer the mount made stays (a remount with --upper takes
+    // it); `uppers` lists it unused, `uppers prune` removes it.
+    let uppers = a.json(&["uppers"]);
+    let uppers = uppers.as_array().expect("array");
+    assert_eq!(uppers.len(), 1, "{uppers:?}");
+    assert_eq!(uppers[0]["in_use"], false);
+    assert_eq!(uppers[0]["image_names"][0], "sample:1");
+    let removed = a.json(&["uppers", "prune"]);
+    assert_eq!(removed.as_array().expect("array").len(), 1);
+    assert!(a.json(&["uppers"]).as_array().expect("array").is_empty());
+
+    // A mount that fails makes no writable layer that stays.
+    let err = a.fails(&["mount", "nosuch:1", mp.arg()]);
+    assert!(err.contains("nosuch"), "{err}");
+    assert!(a.json(&["uppers"]).as_array().expect("array").is_empty(), "no layer left by a failed mount");
+    let given = a.path("given-upper");
+    a.fails(&["mount", "nosuch:1", mp.arg(), "--upper", given.to_str().expect("utf-8")]);
+    assert!(!given.exists(), "a --upper the failed mount created is gone again");
+
+    // An upper a live mount holds is not removed.
+    a.ok(&["mount", "sample:1", mp.arg()]);
+    let name = a.json(&["uppers"])[0]["name"].as_str().expect("name").to_owned();
+    let err = a.fails(&["uppers", "rm", &name]);
+    assert!(err.contains("in use by a mount"), "{err}");
+    assert!(a.json(&["uppers", "prune"]).as_array().expect("array").is_empty());
+    a.ok(&["umount", mp.arg()]);
+    assert_eq!(a.json(&["uppers", "rm", &name])[0]["name"], name.as_str());
+}

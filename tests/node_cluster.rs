@@ -353,3 +353,54 @@ fn a_read_starts_the_whole_image_in_batches_and_a_restarted_node_resumes_it() {
     assert_eq!(std::fs::read(mnt.join("bin/app")).expect("read"), strata_sample::random_bytes(1, 300_000));
     umount(&b, &mnt);
 }
+
+#[test]
+fn the_cluster_lists_its_images_and_members_their_role_and_holdings() {
+    let (a, b) = (Strata::new(), Strata::new());
+    let certs = certs(&a, &["node-a", "node-b"]);
+    a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
+    let node_a = Node::start(&a, "node-a", &certs, &[], &LAZY);
+    // B joins through A, and through a seed nobody answers at (UDP discard).
+    let silent = "127.0.0.1:9";
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr, silent], &LAZY);
+    wait_for("B to see A", || alive_peers(&b).iter().any(|p| p == "node-a"));
+    b.import(&sample_archive(b.dir.path(), "other.tar", "other:1"));
+
+    let listing = b.json(&["images", "--cluster"]);
+    let images: Vec<(String, Vec<String>)> = listing["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| {
+            let nodes =
+                i["nodes"].as_array().expect("nodes").iter().map(|n| n.as_str().expect("name").to_owned());
+            (i["name"].as_str().expect("name").to_owned(), nodes.collect())
+        })
+        .collect();
+    assert_eq!(
+        images,
+        [
+            ("other:1".to_owned(), vec!["node-b".to_owned()]),
+            ("sample:1".to_owned(), vec!["node-a".to_owned()])
+        ]
+    );
+    assert!(listing["unanswered"].as_array().expect("unanswered").is_empty(), "{listing}");
+    let table = b.ok(&["images", "--cluster"]);
+    assert!(table.starts_with("NAME") && table.contains("node-a"), "{table}");
+
+    let peers = b.json(&["peers"]);
+    let a_row = &peers["members"].as_array().expect("members")[0];
+    assert_eq!(
+        (a_row["name"].as_str(), a_row["role"].as_str(), a_row["images"].as_u64()),
+        (Some("node-a"), Some("seed"), Some(1))
+    );
+    let seeds = peers["seeds"].as_array().expect("seeds");
+    assert!(seeds.iter().any(|s| s["addr"] == silent && s["member"].is_null()), "{peers}");
+    assert!(seeds.iter().any(|s| s["member"] == "node-a"), "{peers}");
+    let table = b.ok(&["peers"]);
+    assert!(table.lines().any(|l| l.contains(silent) && l.contains("no answer")), "{table}");
+    wait_for("serve to warn of the silent seed", || {
+        node_b.log_text().contains("no node answers at this seed")
+    });
+    drop(node_a);
+}

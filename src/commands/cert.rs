@@ -9,6 +9,7 @@ use serde_json::json;
 use strata_tls::CertPair;
 
 use super::Ctx;
+use crate::output::outln;
 
 fn cert_dir(ctx: &Ctx, dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(|| ctx.dir.path.join("certs"))
@@ -66,6 +67,6 @@ fn report(ctx: &Ctx, what: &str, cert: &Path, key: &Path) -> anyhow::Result<()> 
     if ctx.json {
         return ctx.print_json(&json!({ "certificate": cert, "key": key }));
     }
-    println!("{what} certificate: {}\n{what} key:         {}", cert.display(), key.display());
+    outln!("{what} certificate: {}\n{what} key:         {}", cert.display(), key.display());
     Ok(())
 }

@@ -13,12 +13,13 @@ use strata_store::{OpenMode, Store};
 
 use super::Ctx;
 use crate::output::bytes;
+use crate::output::outln;
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("strata-demo-").tempdir().context("scratch dir")?;
     let store_dir =
         if ctx.explicit_data_dir { ctx.dir.path.join("store") } else { scratch.path().join("store") };
-    println!("strata demo: store at {}", store_dir.display());
+    outln!("strata demo: store at {}", store_dir.display());
     let store = Store::open(&store_dir, OpenMode::ReadWrite)?;
     let options = ctx.dir.settings.import_options(vec![]);
 
@@ -33,12 +34,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         sample_config(&["cat /etc/hostname"]),
         &[base.clone(), update_layer()?],
     )?;
-    println!("   {} ({})", v1.display(), bytes(std::fs::metadata(&v1)?.len()));
+    outln!("   {} ({})", v1.display(), bytes(std::fs::metadata(&v1)?.len()));
 
     step("2. import it: layers become content-addressed chunks in RocksDB");
     let report = import_archive(&store, &v1, &options, &NoProgress)?;
     let image = &report.images[0];
-    println!(
+    outln!(
         "   imported {} as {} — {} layers, {} of files, {} new chunks",
         image.names.join(", "),
         image.id.short(),
@@ -48,7 +49,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     );
     for layer in &image.layers {
         let record = store.layer(layer)?.context("layer just imported")?;
-        println!(
+        outln!(
             "   layer {}: {} entries, {} in {} chunk refs",
             layer.short(),
             record.entries,
@@ -71,7 +72,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         &[base, t.finish()?],
     )?;
     let report2 = import_archive(&store, &v2, &options, &NoProgress)?;
-    println!(
+    outln!(
         "   {} of files read, {} new layer(s), {} new chunk(s) ({})",
         bytes(report2.content_bytes),
         report2.layers_added,
@@ -79,7 +80,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         bytes(report2.new_chunk_bytes)
     );
     let stats = store.stats()?;
-    println!(
+    outln!(
         "   store: {} chunks, {} logical, {} unique, {} stored — dedup {:.2}x, compression {:.2}x",
         stats.chunks,
         bytes(stats.logical_bytes),
@@ -92,11 +93,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     step("4. export v1 as an OCI layout tar and import it into a second store");
     let exported = scratch.path().join("exported.tar");
     let out = export_image(&store, "strata/sample:v1", &exported, &ExportOptions::default())?;
-    println!("   {} ({}), manifest {}", exported.display(), bytes(out.bytes), out.manifest_digest);
+    outln!("   {} ({}), manifest {}", exported.display(), bytes(out.bytes), out.manifest_digest);
     let other = Store::open(&scratch.path().join("store-2"), OpenMode::ReadWrite)?;
     let back = import_archive(&other, &exported, &options, &NoProgress)?;
     ensure!(back.images[0].layers == image.layers, "round trip changed the LayerIds");
-    println!(
+    outln!(
         "   same LayerIds after the round trip: {}",
         back.images[0].layers.iter().map(|l| l.short()).collect::<Vec<_>>().join(", ")
     );
@@ -104,7 +105,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     step("5. remove v2 and collect garbage");
     store.remove("strata/sample:v2")?;
     let gc = store.gc()?;
-    println!(
+    outln!(
         "   deleted {} layer(s), {} chunk(s), {} stored",
         gc.layers_deleted,
         gc.chunks_deleted,
@@ -113,7 +114,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let chunk = store.layer_index(&image.layers[0])?;
     let file = chunk.entries.iter().find(|e| e.path == b"etc/motd").context("etc/motd in the base layer")?;
     let first = strata_store::ChunkId::from_slice(&file.chunks[0].id)?;
-    println!(
+    outln!(
         "   v1 still reads back, verified: etc/motd chunk {} is {}",
         first.short(),
         bytes(store.get_chunk(&first)?.len() as u64)
@@ -123,17 +124,17 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let store = Arc::new(store);
     match mount_and_touch(&store, scratch.path()) {
         Ok(()) => {}
-        Err(e) => println!("   skipped: {} (mounting needs root and /dev/fuse)", crate::error_chain(&e)),
+        Err(e) => outln!("   skipped: {} (mounting needs root and /dev/fuse)", crate::error_chain(&e)),
     }
     drop(store);
 
     step("7. two local nodes: node B, with an empty store, mounts v1 and reads it lazily from node A");
-    println!("   (over QUIC with mutual TLS; the demo makes a throwaway cluster CA in its scratch dir)");
+    outln!("   (over QUIC with mutual TLS; the demo makes a throwaway cluster CA in its scratch dir)");
     let a_dir = store_dir.parent().context("the store's data dir")?;
     if let Err(e) = super::demo_cluster::run(a_dir, scratch.path()) {
-        println!("   skipped: {}", crate::error_chain(&e));
+        outln!("   skipped: {}", crate::error_chain(&e));
     }
-    println!(
+    outln!(
         "\ndone. Next: `strata import` your own `docker save` archive, then `strata mount` or `strata run` it."
     );
     Ok(())
@@ -173,14 +174,14 @@ fn mount_and_touch(store: &Arc<Store>, scratch: &std::path::Path) -> anyhow::Res
         strata_mount::mount(tree, source.clone(), Some(upper), &mountpoint, &MountOptions::default())?
             .spawn()
             .context("serving the mount")?;
-    println!(
+    outln!(
         "   mounted at {}: {files} inodes, {} of files in {total_chunks} chunk refs, nothing fetched yet",
         mountpoint.display(),
         bytes(logical)
     );
     let hostname = std::fs::read_to_string(mountpoint.join("etc/hostname"))?;
     let entries = std::fs::read_dir(mountpoint.join("usr/share/doc"))?.count();
-    println!(
+    outln!(
         "   cat /etc/hostname → {:?}; ls /usr/share/doc → {entries} entries; fetched {} chunk(s), {}",
         hostname.trim_end(),
         source.chunks.load(Ordering::Relaxed),
@@ -191,7 +192,7 @@ fn mount_and_touch(store: &Arc<Store>, scratch: &std::path::Path) -> anyhow::Res
     drop(motd);
     std::fs::remove_file(mountpoint.join("bin/sh"))?;
     let copied = std::fs::metadata(upper_dir.join("root/etc/motd"))?;
-    println!(
+    outln!(
         "   appended to /etc/motd ({} file): the writable layer stores {} of it; rm /bin/sh left a whiteout",
         bytes(copied.len()),
         bytes(std::os::unix::fs::MetadataExt::blocks(&copied) * 512)
@@ -201,5 +202,5 @@ fn mount_and_touch(store: &Arc<Store>, scratch: &std::path::Path) -> anyhow::Res
 }
 
 fn step(title: &str) {
-    println!("\n{title}");
+    outln!("\n{title}");
 }

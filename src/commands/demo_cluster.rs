@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::output::bytes;
+use crate::output::outln;
 
 /// A node process, stopped with SIGTERM when dropped.
 struct DemoNode {
@@ -92,7 +93,7 @@ pub fn run(a_dir: &Path, scratch: &Path) -> anyhow::Result<()> {
     let b_dir = scratch.join("node-b");
     let a = start(a_dir, "demo-a", &certs, None)?;
     let b = start(&b_dir, "demo-b", &certs, Some(&a.addr))?;
-    println!("   node A at {} holds strata/sample:v1; node B at {} joined through A", a.addr, b.addr);
+    outln!("   node A at {} holds strata/sample:v1; node B at {} joined through A", a.addr, b.addr);
     let until = Instant::now() + Duration::from_secs(30);
     while !ok(strata(&b_dir)?.args(["peers"]))?.contains("alive") {
         if Instant::now() > until {
@@ -105,20 +106,20 @@ pub fn run(a_dir: &Path, scratch: &Path) -> anyhow::Result<()> {
     ok(strata(&b_dir)?.args(["mount", "strata/sample:v1"]).arg(&mountpoint).arg("--read-only"))?;
     let read = (|| -> anyhow::Result<()> {
         let entries = std::fs::read_dir(mountpoint.join("usr/share/doc"))?.count();
-        println!(
+        outln!(
             "   B mounted it: ls /usr/share/doc → {entries} entries; fetched {} chunk(s) so far",
             metric(&b, "strata_chunks_fetched_total")?
         );
         let hostname = std::fs::read_to_string(mountpoint.join("etc/hostname"))?;
         let app = std::fs::read(mountpoint.join("bin/app"))?;
-        println!(
+        outln!(
             "   B read /etc/hostname ({:?}) and /bin/app ({}): fetched {} chunk(s), {} from A, each checked against its id",
             hostname.trim_end(),
             bytes(app.len() as u64),
             metric(&b, "strata_chunks_fetched_total")?,
             bytes(metric(&b, "strata_chunk_bytes_fetched_total")?),
         );
-        println!(
+        outln!(
             "   A served {} chunk(s); B now holds them and would serve them on to a third node",
             metric(&a, "strata_chunks_served_total")?
         );

@@ -10,6 +10,7 @@ use strata_control::{
 
 use super::Ctx;
 use crate::cli::Compression;
+use crate::output::outln;
 use crate::output::{bytes, table};
 
 /// Prints a command's outcome: `--json` as its serde form, else for people.
@@ -26,6 +27,7 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
             Outcome::Stats(o) => ctx.print_json(o),
             Outcome::Pulled(o) => ctx.print_json(o),
             Outcome::Status(o) => ctx.print_json(o),
+            Outcome::ClusterImages(o) => ctx.print_json(o),
         };
     }
     match outcome {
@@ -38,6 +40,7 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
         Outcome::Inspected(o) => inspect(o),
         Outcome::Stats(o) => stats(o),
         Outcome::Status(o) => status(o),
+        Outcome::ClusterImages(o) => cluster_images(o),
         Outcome::Pulled(o) => {
             // An image taken from the cluster by name may keep no manifest.
             let named = match o.manifest_digest.as_str() {
@@ -46,10 +49,10 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
             };
             match &o.source {
                 PullSource::Registry => {
-                    println!("pulled {named}");
+                    outln!("pulled {named}");
                     imported(&o.imported);
                 }
-                PullSource::Cluster => println!(
+                PullSource::Cluster => outln!(
                     "pulled {named} from node {}: {} of metadata, chunks on first read, nothing from the registry",
                     o.from_node.as_deref().unwrap_or("?"),
                     match o.imported.layers_added {
@@ -57,7 +60,7 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
                         n => format!("{n} layers"),
                     }
                 ),
-                PullSource::Store => println!("{named} is up to date"),
+                PullSource::Store => outln!("{named} is up to date"),
             }
         }
     }
@@ -66,14 +69,19 @@ pub fn print(ctx: &Ctx, outcome: &Outcome) -> anyhow::Result<()> {
 
 fn imported(report: &Imported) {
     for image in &report.images {
-        println!("imported {} ({}, {} layers)", image.names.join(", "), image.id.short(), image.layers.len());
+        outln!(
+            "imported {} ({}, {})",
+            image.names.join(", "),
+            image.id.short(),
+            plural(image.layers.len() as u64, "layer")
+        );
     }
-    println!(
-        "read {} of layers ({} of files): {} new layers, {} new chunks ({})",
+    outln!(
+        "read {} of layers ({} of files): {}, {} ({})",
         bytes(report.blob_bytes),
         bytes(report.content_bytes),
-        report.layers_added,
-        report.new_chunks,
+        plural(report.layers_added, "new layer"),
+        plural(report.new_chunks, "new chunk"),
         bytes(report.new_chunk_bytes),
     );
 }
@@ -81,59 +89,89 @@ fn imported(report: &Imported) {
 fn removed(outcomes: &[Removed]) {
     for outcome in outcomes {
         for name in &outcome.names_removed {
-            println!("untagged {name}");
+            outln!("untagged {name}");
         }
         if outcome.image_removed {
-            println!("removed image {} (run `strata gc` to reclaim its space)", outcome.image.short());
+            outln!("removed image {} (run `strata gc` to reclaim its space)", outcome.image.short());
         }
     }
 }
 
 fn collected(report: &Collected) {
-    println!(
-        "deleted {} layers and {} chunks ({} stored, {} uncompressed)",
-        report.layers_deleted,
-        report.chunks_deleted,
+    outln!(
+        "deleted {} and {} ({} stored, {} uncompressed)",
+        plural(report.layers_deleted, "layer"),
+        plural(report.chunks_deleted, "chunk"),
         bytes(report.stored_bytes_deleted),
         bytes(report.chunk_bytes_deleted)
     );
 }
 
 fn committed(c: &Committed) {
-    println!(
-        "committed {} as {} (image {}): layer {} with {} entries, {} new chunks ({})",
+    outln!(
+        "committed {} as {} (image {}): layer {} with {}, {} ({})",
         c.upper.display(),
         c.names.join(", "),
         c.id.short(),
         c.layer.short(),
-        c.entries,
-        c.new_chunks,
+        plural_as(c.entries, "entry", "entries"),
+        plural(c.new_chunks, "new chunk"),
         bytes(c.new_chunk_bytes)
     );
 }
 
 fn peers(view: &Peers) {
-    let mut rows = vec![vec![view.this.name.clone(), view.this.addr.to_string(), "self".into()]];
+    let mut rows = vec![vec![
+        view.this.name.clone(),
+        view.this.addr.to_string(),
+        "self".into(),
+        "self".into(),
+        String::new(),
+    ]];
     rows.extend(view.members.iter().map(|m| {
         let state = match m.state {
             MemberState::Alive => "alive",
             MemberState::Suspect => "suspect",
             MemberState::Down => "down",
         };
-        vec![m.name.clone(), m.addr.to_string(), state.into()]
+        let serves = m.images.map_or_else(|| "?".to_owned(), |n| plural(n, "image"));
+        vec![m.name.clone(), m.addr.to_string(), state.into(), m.role.clone(), serves]
     }));
-    table(&["NODE", "ADDRESS", "STATE"], &rows);
+    // A seed nobody answers at: a wrong address, a node not running, a port shut.
+    rows.extend(
+        view.seeds
+            .iter()
+            .filter(|s| s.member.is_none())
+            .map(|s| vec!["?".into(), s.addr.to_string(), "no answer".into(), "seed".into(), String::new()]),
+    );
+    table(&["NODE", "ADDRESS", "STATE", "ROLE", "SERVES"], &rows);
+}
+
+/// `strata images --cluster`.
+fn cluster_images(c: &strata_control::ClusterImages) {
+    let rows: Vec<Vec<String>> = c
+        .images
+        .iter()
+        .map(|i| vec![i.name.clone(), i.id.short(), bytes(i.size), i.nodes.join(", ")])
+        .collect();
+    table(&["NAME", "ID", "SIZE", "NODES"], &rows);
+    for node in &c.truncated {
+        eprintln!("note: {node} holds more images than one listing carries; some are not shown");
+    }
+    for node in &c.unanswered {
+        eprintln!("note: {} gave no list: {}", node.node, node.reason);
+    }
 }
 
 /// `strata status`: one line per image; what the node fetches, when a
 /// node runs.
 fn status(s: &Status) {
     match s.max_bytes {
-        Some(max) => println!("store: {} of chunks, cap {}", bytes(s.stored_bytes), bytes(max)),
-        None => println!("store: {} of chunks, no cap", bytes(s.stored_bytes)),
+        Some(max) => outln!("store: {} of chunks, cap {}", bytes(s.stored_bytes), bytes(max)),
+        None => outln!("store: {} of chunks, no cap", bytes(s.stored_bytes)),
     }
     if s.images.is_empty() {
-        println!("no images");
+        outln!("no images");
         return;
     }
     let rows: Vec<Vec<String>> = s
@@ -178,6 +216,57 @@ fn duration(seconds: f64) -> String {
     }
 }
 
+/// `strata images`: a table, ids only (`-q`), or rows through `--format`.
+pub fn list(ctx: &Ctx, list: &[ImageSummary], quiet: bool, format: Option<&str>) -> anyhow::Result<()> {
+    if quiet {
+        let mut seen = std::collections::HashSet::new();
+        for image in list.iter().filter(|i| seen.insert(i.id)) {
+            outln!("{}", image.id.short());
+        }
+        return Ok(());
+    }
+    let Some(format) = format else {
+        if ctx.json {
+            return ctx.print_json(&list);
+        }
+        images(list);
+        return Ok(());
+    };
+    if format == "json" {
+        // docker's `--format json`: one JSON object per line.
+        for image in list {
+            outln!("{}", serde_json::to_string(image)?);
+        }
+        return Ok(());
+    }
+    const FIELDS: [&str; 8] = ["Name", "Repository", "Tag", "ID", "FullID", "Layers", "Size", "SizeBytes"];
+    let template = crate::template::Template::parse(format, &FIELDS)?;
+    let rows = list
+        .iter()
+        .map(|i| {
+            let (repository, tag) = match i.name.rsplit_once(':') {
+                Some((repo, tag)) if !tag.contains('/') => (repo.to_owned(), tag.to_owned()),
+                _ => (i.name.clone(), String::new()),
+            };
+            template.render(
+                |field| match field {
+                    "Name" => i.name.clone(),
+                    "Repository" => repository.clone(),
+                    "Tag" => tag.clone(),
+                    "ID" => i.id.short(),
+                    "FullID" => i.id.to_string(),
+                    "Layers" => i.layers.to_string(),
+                    "Size" => bytes(i.size),
+                    _ => i.size.to_string(),
+                },
+                || serde_json::to_string(i).unwrap_or_default(),
+            )
+        })
+        .collect();
+    crate::template::print_rows(&template, rows);
+    Ok(())
+}
+
 fn images(list: &[ImageSummary]) {
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -198,15 +287,15 @@ fn inspect_json(d: &ImageDetails) -> serde_json::Value {
 }
 
 fn inspect(d: &ImageDetails) {
-    println!("name:       {}", d.names.join(", "));
-    println!("id:         {}", d.id);
-    println!("size:       {}", bytes(d.size));
+    outln!("name:       {}", d.names.join(", "));
+    outln!("id:         {}", d.id);
+    outln!("size:       {}", bytes(d.size));
     if d.missing.chunks > 0 {
-        println!(
-            "missing:    {} chunks ({}) in {} layers, pulled lazily: fetched through a node when read",
-            d.missing.chunks,
+        outln!(
+            "missing:    {} ({}) in {}, pulled lazily: fetched through a node when read",
+            plural(d.missing.chunks, "chunk"),
             bytes(d.missing.bytes),
-            d.missing.layers
+            plural(d.missing.layers, "layer")
         );
     }
     let config = config_value(d);
@@ -219,10 +308,10 @@ fn inspect(d: &ImageDetails) {
         ("user", "User"),
     ] {
         if let Some(v) = container.get(key).filter(|v| !v.is_null()) {
-            println!("{:<12}{}", format!("{label}:"), v);
+            outln!("{:<12}{}", format!("{label}:"), v);
         }
     }
-    println!();
+    outln!();
     let rows: Vec<Vec<String>> = d
         .layers
         .iter()
@@ -232,15 +321,15 @@ fn inspect(d: &ImageDetails) {
 }
 
 fn stats(s: &StoreStats) {
-    println!("images:         {} ({} names)", s.images, s.names);
-    println!("layers:         {}", s.layers);
-    println!("chunks:         {}", s.chunks);
-    println!("logical bytes:  {}  (file content of all layers)", bytes(s.logical_bytes));
-    println!("unique bytes:   {}  (after dedup)", bytes(s.unique_bytes));
-    println!("stored bytes:   {}  (after compression)", bytes(s.stored_bytes));
-    println!("dedup ratio:    {:.2}x", s.dedup_ratio);
-    println!("compression:    {:.2}x", s.compression_ratio);
-    println!("on disk:        {}", bytes(s.disk_bytes));
+    outln!("images:         {} ({})", s.images, plural(s.names, "name"));
+    outln!("layers:         {}", s.layers);
+    outln!("chunks:         {}", s.chunks);
+    outln!("logical bytes:  {}  (file content of all layers)", bytes(s.logical_bytes));
+    outln!("unique bytes:   {}  (after dedup)", bytes(s.unique_bytes));
+    outln!("stored bytes:   {}  (after compression)", bytes(s.stored_bytes));
+    outln!("dedup ratio:    {:.2}x", s.dedup_ratio);
+    outln!("compression:    {:.2}x", s.compression_ratio);
+    outln!("on disk:        {}", bytes(s.disk_bytes));
 }
 
 /// `strata push`.
@@ -261,9 +350,9 @@ pub fn push(
             strata_registry::BlobOutcome::Uploaded => "uploaded",
         };
         let hex = layer.digest.trim_start_matches("sha256:");
-        println!("{}: {how} ({})", &hex[..hex.len().min(12)], bytes(layer.size));
+        outln!("{}: {how} ({})", &hex[..hex.len().min(12)], bytes(layer.size));
     }
-    println!(
+    outln!(
         "pushed {image} to {}@{} ({} sent)",
         report.reference,
         report.manifest_digest,
@@ -272,14 +361,33 @@ pub fn push(
     Ok(())
 }
 
-/// `strata export`.
-pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -> anyhow::Result<()> {
+/// `strata export`: to a file, or to stdout when it is not a terminal.
+pub fn export(ctx: &Ctx, image: &str, output: Option<&Path>, compression: Compression) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let compression = match compression {
         Compression::None => strata_oci::LayerCompression::None,
         Compression::Gzip => strata_oci::LayerCompression::Gzip,
         Compression::Zstd => strata_oci::LayerCompression::Zstd,
     };
-    let report = strata_daemon::ops::export(&ctx.dir, image, output, compression)?;
+    let to = match output {
+        Some(path) if path != Path::new("-") => strata_daemon::ops::ExportTo::File(path.to_owned()),
+        _ if std::io::stdout().is_terminal() => anyhow::bail!(
+            "refusing to write an image archive to a terminal: give -o FILE, or redirect stdout \
+             (strata export {image} > image.tar)"
+        ),
+        _ => strata_daemon::ops::ExportTo::Stdout,
+    };
+    let bar = crate::progress::Bar::for_stderr_with(("writing", "written"));
+    let cancel = strata_daemon::Cancel::new();
+    let step = |s| bar.step(s);
+    let reporter = strata_daemon::ops::Reporter { progress: &step, cancel: &cancel };
+    let result = strata_daemon::ops::export(&ctx.dir, image, to.clone(), compression, &reporter);
+    bar.finish();
+    let report = result.map_err(crate::output::quiet_on_broken_pipe)?;
+    let strata_daemon::ops::ExportTo::File(path) = to else {
+        // Stdout carries the archive: nothing else may go there.
+        return Ok(());
+    };
     if ctx.json {
         return ctx.print_json(&json!({
             "image": report.image,
@@ -291,13 +399,26 @@ pub fn export(ctx: &Ctx, image: &str, output: &Path, compression: Compression) -
             })).collect::<Vec<_>>(),
         }));
     }
-    println!(
-        "exported {} ({}) to {}: {} layers, {}",
+    outln!(
+        "exported {} ({}) to {}: {}, {}",
         report.name,
         report.image.short(),
-        output.display(),
-        report.layers.len(),
+        path.display(),
+        plural(report.layers.len() as u64, "layer"),
         bytes(report.bytes)
     );
     Ok(())
+}
+
+/// "1 layer", "2 layers".
+pub fn plural(n: impl Into<u64>, noun: &str) -> String {
+    plural_as(n, noun, &format!("{noun}s"))
+}
+
+/// "1 entry", "2 entries".
+pub fn plural_as(n: impl Into<u64>, one: &str, many: &str) -> String {
+    match n.into() {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
 }

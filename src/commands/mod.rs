@@ -15,16 +15,47 @@ use strata_control::{Command as Routed, Progress};
 use strata_daemon::{Cancel, DataDir, Settings};
 
 use crate::cli::{CertCommand, Cli, Command, ConfigCommand, Global, ServeArgs, StoreCommand};
+use crate::output::{out, outln};
 use crate::progress::Bar;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.global.json && !cli.command.prints_json() {
+        anyhow::bail!("--json: this command prints nothing to format (it is for listings and reports)");
+    }
+    // What needs no settings and no store works whatever they are.
+    match &cli.command {
+        Command::Completion { shell } => return completion(*shell),
+        Command::Man { command } => return man(command.as_deref()),
+        _ => {}
+    }
     let ctx = Ctx::new(cli.global)?;
     let log_json = match &cli.command {
         Command::Serve(args) => args.log_json || ctx.dir.settings.node.log_format == "json",
         _ => false,
     };
-    crate::logging::init(matches!(cli.command, Command::Serve(_)), log_json);
+    crate::logging::init(matches!(cli.command, Command::Serve(_)), log_json)?;
+    if ctx.explicit_data_dir && !ctx.dir.store_dir().exists() && !cli.command.may_create_store() {
+        anyhow::bail!(
+            "no store in {} (--data-dir or STRATA_DATA_DIR): nothing was imported or pulled there \
+             (`strata import`, `pull`, `serve`, and `run` or `mount` of an image they pull, create one)",
+            ctx.dir.path.display()
+        );
+    }
     match cli.command {
+        Command::Import { file, names } if file == Path::new("-") => {
+            let spooled = spool_stdin(&ctx)?;
+            let path = spooled.path().to_owned();
+            // Errors name the file: here it is stdin.
+            routed(&ctx, Routed::Import { file: path.clone(), names }).map_err(|e| {
+                match e.is::<Cancelled>() {
+                    true => e,
+                    false => anyhow::anyhow!(
+                        "{}",
+                        crate::error_chain(&e).replace(&path.display().to_string(), "stdin")
+                    ),
+                }
+            })
+        }
         Command::Import { file, names } => routed(&ctx, Routed::Import { file: absolute(&file)?, names }),
         // Listings are answered by the node when one runs: its store holds
         // what it fetched before that reaches the files a view reads.
@@ -33,7 +64,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(username) if password_stdin => Some((username, read_password()?)),
                 _ => None,
             };
-            routed(&ctx, Routed::Pull { reference, platform, credentials, background: background_fetch, all })
+            let background = background_fetch.map(Into::into);
+            routed(&ctx, Routed::Pull { reference, platform, credentials, background, all })
         }
         Command::Push { image, reference, username, password_stdin } => {
             let credentials = match username {
@@ -42,10 +74,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             images::push(&ctx, &image, &reference, credentials)
         }
-        Command::Images => routed(&ctx, Routed::Images),
+        Command::Images { cluster: true, .. } => routed(&ctx, Routed::ClusterImages),
+        Command::Images { quiet, format, .. } => match routed_outcome(&ctx, Routed::Images)? {
+            strata_control::Outcome::Images(list) => images::list(&ctx, &list, quiet, format.as_deref()),
+            other => images::print(&ctx, &other),
+        },
         Command::Status => routed(&ctx, Routed::Status),
         Command::Inspect { image } => routed(&ctx, Routed::Inspect { image }),
-        Command::Export { image, output, compression } => images::export(&ctx, &image, &output, compression),
+        Command::Export { image, output, compression } => {
+            images::export(&ctx, &image, output.as_deref(), compression)
+        }
         Command::Rm { images } => routed(&ctx, Routed::Rm { images }),
         Command::Gc => routed(&ctx, Routed::Gc),
         Command::Store { command: StoreCommand::Stats } => routed(&ctx, Routed::Stats),
@@ -68,14 +106,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let upper = upper.as_deref().map(absolute).transpose()?;
             routed(&ctx, Routed::Commit { mountpoint, upper, names })
         }
-        Command::Run { image, upper, trace_reads, command } => {
-            let code = strata_daemon::run::run(
-                &ctx.dir,
-                &image,
-                upper.as_deref(),
-                trace_reads.as_deref(),
-                &command,
-            )?;
+        Command::Run(args) => {
+            let options = strata_daemon::run::RunOptions {
+                upper: args.upper,
+                trace_reads: args.trace_reads,
+                env: args.env,
+                env_files: args.env_files,
+                workdir: args.workdir,
+                user: args.user,
+                entrypoint: args.entrypoint,
+                name: args.name,
+                interactive: args.interactive,
+                tty: args.tty,
+                args: args.command,
+            };
+            let code = strata_daemon::run::run(&ctx.dir, &args.image, &options)?;
+            crate::output::flush();
             std::process::exit(code)
         }
         Command::Cert { command: CertCommand::InitCa { dir, cluster } } => cert::init_ca(&ctx, dir, &cluster),
@@ -83,6 +129,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Show } => show_config(&ctx),
         Command::Umount { mountpoint, lazy } => mount::umount(&ctx, &mountpoint, lazy),
         Command::Mounts => mount::list(&ctx),
+        Command::Uppers { command: None } => mount::uppers(&ctx),
+        Command::Uppers { command: Some(crate::cli::UppersCommand::Rm { names }) } => {
+            mount::remove_uppers(&ctx, &names, false)
+        }
+        Command::Uppers { command: Some(crate::cli::UppersCommand::Prune) } => {
+            mount::remove_uppers(&ctx, &[], true)
+        }
         Command::MountServe { image, mountpoint, upper, trace_reads, layers, peer } => {
             let spec = strata_daemon::mount::MountSpec {
                 image,
@@ -96,6 +149,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(strata_daemon::mount::serve(&ctx.dir, &spec)?)
         }
         Command::Demo => demo::run(&ctx),
+        Command::Completion { shell } => completion(shell),
+        Command::Man { command } => man(command.as_deref()),
     }
 }
 
@@ -105,6 +160,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Ctrl-C (or SIGTERM, SIGHUP) cancels an import, wherever it runs: the
 /// store keeps nothing of it; a second signal exits at once.
 fn routed(ctx: &Ctx, command: Routed) -> anyhow::Result<()> {
+    let outcome = routed_outcome(ctx, command)?;
+    images::print(ctx, &outcome)
+}
+
+/// [`routed`]'s outcome, not printed.
+fn routed_outcome(ctx: &Ctx, command: Routed) -> anyhow::Result<strata_control::Outcome> {
     let cancellable = command.cancellable();
     let bar = if cancellable { Bar::for_stderr() } else { Bar::hidden() };
     let cancel = Cancel::new();
@@ -126,11 +187,10 @@ fn routed(ctx: &Ctx, command: Routed) -> anyhow::Result<()> {
     };
     bar.finish();
     match result {
-        Ok(outcome) => images::print(ctx, &outcome),
-        Err(strata_daemon::Error::Cancelled) => {
-            eprintln!("cancelled: nothing was imported");
-            std::process::exit(130)
-        }
+        Ok(outcome) => Ok(outcome),
+        // Returned, not exited: what the command holds (a spooled stdin)
+        // goes as the stack unwinds.
+        Err(strata_daemon::Error::Cancelled) => Err(Cancelled.into()),
         Err(e) => Err(e.into()),
     }
 }
@@ -191,6 +251,73 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `strata completion SHELL`: clap_complete's script for the shell.
+fn completion(shell: crate::cli::Shell) -> anyhow::Result<()> {
+    let shell = match shell {
+        crate::cli::Shell::Bash => clap_complete::Shell::Bash,
+        crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "strata", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
+    Ok(())
+}
+
+/// `strata man [COMMAND]`: the page build.rs made from the command's help.
+fn man(command: Option<&str>) -> anyhow::Result<()> {
+    let name = match command {
+        None => "strata".to_owned(),
+        Some(command) => format!("strata-{command}"),
+    };
+    match crate::MAN_PAGES.iter().find(|(page, _)| *page == name) {
+        Some((_, text)) => {
+            out!("{text}");
+            Ok(())
+        }
+        None => {
+            let commands: Vec<&str> =
+                crate::MAN_PAGES.iter().filter_map(|(page, _)| page.strip_prefix("strata-")).collect();
+            anyhow::bail!("no manual page for {name}; the commands are {}", commands.join(", "))
+        }
+    }
+}
+
+/// A command the user cancelled (Ctrl-C): `main` says so and exits 130.
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled: nothing was imported")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// `strata import -`: stdin copied to a file under DATA_DIR/tmp (an
+/// archive is read out of order, and a node imports by path), removed
+/// when dropped; one a killed import left is removed by the next.
+fn spool_stdin(ctx: &Ctx) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "import -: stdin is a terminal; pipe an archive in (docker save IMAGE | strata import -)"
+        );
+    }
+    let scratch = ctx.dir.path.join("tmp");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    strata_daemon::ops::sweep_scratch(&scratch);
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!("stdin-{}-", std::process::id()))
+        .suffix(".tar")
+        .tempfile_in(&scratch)
+        .with_context(|| format!("creating a file in {}", scratch.display()))?;
+    std::io::copy(&mut std::io::stdin().lock(), file.as_file_mut())
+        .with_context(|| format!("copying stdin to {}", file.path().display()))?;
+    Ok(file)
+}
+
 /// The first line of stdin, without its line end: a password piped in
 /// (`--password-stdin`, as `docker login` takes it).
 fn read_password() -> anyhow::Result<strata_types::Secret> {
@@ -228,20 +355,47 @@ impl Ctx {
 
     /// Prints `value` as the command's JSON output.
     pub fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        outln!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
     }
 }
 
 fn show_config(ctx: &Ctx) -> anyhow::Result<()> {
-    let file = ctx.dir.config_file.clone().or_else(|| Settings::default_file(&ctx.dir.path));
+    let sources = Settings::sources(ctx.dir.config_file.as_deref(), &ctx.dir.path);
     if ctx.json {
-        return ctx.print_json(&serde_json::json!({ "file": file, "settings": ctx.dir.settings }));
+        return ctx.print_json(&serde_json::json!({ "sources": sources, "settings": ctx.dir.settings }));
     }
-    match &file {
-        Some(file) => println!("# from defaults, {}, and STRATA_* variables", file.display()),
-        None => println!("# from defaults and STRATA_* variables (no settings file)"),
+    outln!("# looked at, in order (later ones override earlier ones):");
+    for source in &sources {
+        let found = match source.found {
+            strata_daemon::settings::Found::Used => "used",
+            strata_daemon::settings::Found::Missing => "not there",
+            strata_daemon::settings::Found::Skipped => "not read: an earlier file was used",
+        };
+        outln!("#   {}: {found}", source.place);
     }
-    print!("{}", toml::to_string(&ctx.dir.settings).context("printing the settings")?);
+    out!("{}", toml::to_string(&ctx.dir.settings).context("printing the settings")?);
     Ok(())
+}
+
+impl From<crate::cli::IdentityArgs> for strata_daemon::identity::IdentitySpec {
+    fn from(args: crate::cli::IdentityArgs) -> Self {
+        Self { node: args.node, cert_dir: args.cert_dir }
+    }
+}
+
+impl From<crate::cli::PeerArgs> for strata_daemon::mount::PeerMount {
+    fn from(args: crate::cli::PeerArgs) -> Self {
+        Self { peers: args.peers, fetch_deadline: args.fetch_deadline, identity: args.identity.into() }
+    }
+}
+
+impl From<crate::cli::BackgroundMode> for strata_types::BackgroundFetch {
+    fn from(mode: crate::cli::BackgroundMode) -> Self {
+        match mode {
+            crate::cli::BackgroundMode::None => Self::None,
+            crate::cli::BackgroundMode::Profile => Self::Profile,
+            crate::cli::BackgroundMode::All => Self::All,
+        }
+    }
 }

@@ -7,6 +7,7 @@ use serde_json::json;
 use strata_daemon::mount::{start_mount, unmount, MountSpec};
 
 use super::Ctx;
+use crate::output::outln;
 
 pub fn mount(ctx: &Ctx, spec: &MountSpec) -> anyhow::Result<()> {
     let started = start_mount(&ctx.dir, spec)?;
@@ -20,21 +21,22 @@ pub fn mount(ctx: &Ctx, spec: &MountSpec) -> anyhow::Result<()> {
         }));
     }
     match &started.upper {
-        Some(dir) => println!(
+        Some(dir) => outln!(
             "mounted {image} at {} (writes go to {}; served by pid {pid})",
             mountpoint.display(),
             dir.display()
         ),
-        None => println!("mounted {image} at {} (read-only; served by pid {pid})", mountpoint.display()),
+        None => outln!("mounted {image} at {} (read-only; served by pid {pid})", mountpoint.display()),
     }
     Ok(())
 }
 
 pub fn umount(ctx: &Ctx, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
     let mountpoint = unmount(&ctx.dir, mountpoint, lazy)?;
-    if !ctx.json {
-        println!("unmounted {}", mountpoint.display());
+    if ctx.json {
+        return ctx.print_json(&json!({ "unmounted": mountpoint }));
     }
+    outln!("unmounted {}", mountpoint.display());
     Ok(())
 }
 
@@ -73,5 +75,46 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<()> {
         })
         .collect();
     crate::output::table(&["MOUNTPOINT", "IMAGE", "ID", "MODE", "PID", "STATE", "UPPER"], &rows);
+    Ok(())
+}
+
+/// `strata uppers`.
+pub fn uppers(ctx: &Ctx) -> anyhow::Result<()> {
+    let list = strata_daemon::uppers::list(&ctx.dir)?;
+    if ctx.json {
+        return ctx.print_json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|u| {
+            let image = match (u.image_names.first(), &u.image_id) {
+                (Some(name), _) => name.clone(),
+                (None, Some(id)) => format!("{} (removed)", &id[..12.min(id.len())]),
+                (None, None) => "-".to_owned(),
+            };
+            let state = match (u.in_use, &u.mountpoint) {
+                (true, Some(mp)) => format!("in use at {}", mp.display()),
+                (true, None) => "in use".to_owned(),
+                (false, _) => "unused".to_owned(),
+            };
+            vec![u.name.clone(), image, crate::output::bytes(u.disk_bytes), state]
+        })
+        .collect();
+    crate::output::table(&["NAME", "IMAGE", "DISK", "STATE"], &rows);
+    Ok(())
+}
+
+/// `strata uppers rm` and `prune`.
+pub fn remove_uppers(ctx: &Ctx, names: &[String], unused: bool) -> anyhow::Result<()> {
+    let removed = strata_daemon::uppers::remove(&ctx.dir, names, unused)?;
+    if ctx.json {
+        return ctx.print_json(&removed);
+    }
+    for upper in &removed {
+        outln!("removed {} ({})", upper.name, crate::output::bytes(upper.disk_bytes));
+    }
+    if removed.is_empty() {
+        outln!("no unused writable layers");
+    }
     Ok(())
 }

@@ -17,7 +17,7 @@ pub const MAX_DECODED_LEN: usize = v2020::MAXIMUM_MAX;
 
 /// How regular files are split into chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase")]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Chunking {
     /// FastCDC (2020) content-defined chunking: boundaries follow content, so
     /// an insertion moves only the chunks around it.

@@ -69,7 +69,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 addr: "[::1]:7420".parse()?,
                 state: MemberState::Alive,
                 incarnation: 9,
+                role: "seed".into(),
+                images: Some(2),
             }],
+            seeds: vec![strata_control::Seed { addr: "[::1]:7420".parse()?, member: Some("n2".into()) }],
         })),
         Reply::Done(Outcome::Images(vec![ImageSummary {
             name: "a:1".into(),

@@ -312,7 +312,21 @@ mod tests {
                     addr: "[::1]:2".parse().unwrap(),
                     state: MemberState::Suspect,
                     incarnation: 7,
+                    role: "member".into(),
+                    images: None,
                 }],
+                seeds: vec![],
+            })),
+            Reply::Done(Outcome::ClusterImages(ClusterImages {
+                images: vec![ClusterImage {
+                    name: "a:1".into(),
+                    id: ImageId::of(b"c"),
+                    layers: 2,
+                    size: 9,
+                    nodes: vec!["n1".into(), "n2".into()],
+                }],
+                unanswered: vec![Unanswered { node: "n3".into(), reason: "old".into() }],
+                truncated: vec![],
             })),
             Reply::Pulled { image: ImageId::of(b"p") },
             Reply::Recorded,
@@ -331,8 +345,11 @@ mod tests {
 
     #[test]
     fn peers_json_names_this_node_self() {
-        let peers =
-            Peers { this: Peer { name: "n1".into(), addr: "127.0.0.1:1".parse().unwrap() }, members: vec![] };
+        let peers = Peers {
+            this: Peer { name: "n1".into(), addr: "127.0.0.1:1".parse().unwrap() },
+            members: vec![],
+            seeds: vec![],
+        };
         let json = serde_json::to_value(&peers).unwrap();
         assert_eq!(json["self"]["name"], "n1");
     }

@@ -52,6 +52,9 @@ pub enum Command {
     /// What is local of each image and what the node fetches (`strata
     /// status`).
     Status,
+    /// The images the cluster's live nodes hold, and where (`strata
+    /// images --cluster`); through a node only.
+    ClusterImages,
 }
 
 impl Command {
@@ -153,6 +156,39 @@ pub enum Outcome {
     Pulled(Pulled),
     /// [`Command::Status`].
     Status(Status),
+    /// [`Command::ClusterImages`].
+    ClusterImages(ClusterImages),
+}
+
+/// `strata images --cluster`: every image name a live node holds, with
+/// the nodes that hold it, and the nodes that did not say.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterImages {
+    /// By name, then id.
+    pub images: Vec<ClusterImage>,
+    /// Nodes asked that gave no list, each with why.
+    pub unanswered: Vec<Unanswered>,
+    /// Nodes whose list was cut at the most a reply carries.
+    pub truncated: Vec<String>,
+}
+
+/// One image name and where it is held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterImage {
+    pub name: String,
+    pub id: ImageId,
+    pub layers: u32,
+    /// File bytes of its layers.
+    pub size: u64,
+    /// The nodes that hold it, sorted.
+    pub nodes: Vec<String>,
+}
+
+/// A node that gave no image list, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unanswered {
+    pub node: String,
+    pub reason: String,
 }
 
 /// `strata status`: per image, what is held here and what the node is
@@ -316,6 +352,18 @@ pub struct Peers {
     #[serde(rename = "self")]
     pub this: Peer,
     pub members: Vec<Member>,
+    /// The seeds this node joined through (`[node] seeds`, `--seed`), each
+    /// with the member answering at its address, if any.
+    #[serde(default)]
+    pub seeds: Vec<Seed>,
+}
+
+/// A seed and whether a member answers at its address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seed {
+    pub addr: SocketAddr,
+    /// The live member at that address; `None`: nobody answers there.
+    pub member: Option<String>,
 }
 
 /// A node's name and QUIC address.
@@ -333,6 +381,14 @@ pub struct Member {
     pub state: MemberState,
     /// The member's start time in ms: a restarted node has a higher one.
     pub incarnation: u64,
+    /// Whether this node joined through it (`seed`) or met it through
+    /// gossip (`member`).
+    #[serde(default)]
+    pub role: String,
+    /// How many image names it serves (its answer to a listing); `None`
+    /// when it gave none (down, too old, no answer in time).
+    #[serde(default)]
+    pub images: Option<u64>,
 }
 
 /// SWIM's view of a member.

@@ -41,6 +41,8 @@ pub mod server;
 pub mod settings;
 pub mod signals;
 pub mod snapshotter;
+pub mod terminal;
+pub mod uppers;
 
 pub use cancel::Cancel;
 pub use data_dir::DataDir;

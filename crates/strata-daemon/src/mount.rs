@@ -66,20 +66,34 @@ pub struct MountSpec {
 /// already served; the serving process's own error (image not found, a
 /// writable layer in use, …) as it reported it.
 pub fn start_mount(dir: &DataDir, spec: &MountSpec) -> Result<Started> {
-    let MountSpec { image, mountpoint, upper, read_only, trace_reads, peer, layers } = spec;
-    let (read_only, upper, trace_reads) = (*read_only, upper.as_deref(), trace_reads.as_deref());
     let ctx = dir;
+    let (read_only, upper) = (spec.read_only, spec.upper.as_deref());
     if read_only && upper.is_some() {
         refuse!("--upper and --read-only exclude each other");
     }
-    let upper = match (read_only, upper) {
-        (true, _) => None,
+    // A writable layer this call makes (a new one, or a given --upper that
+    // did not exist) goes again if the mount fails.
+    let (upper, made) = match (read_only, upper) {
+        (true, _) => (None, false),
         (false, Some(dir)) => {
+            let made = !dir.exists();
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            Some(std::fs::canonicalize(dir)?)
+            (Some(std::fs::canonicalize(dir)?), made)
         }
-        (false, None) => Some(new_upper_dir(&ctx.path)?),
+        (false, None) => (Some(new_upper_dir(&ctx.path)?), true),
     };
+    let started = serve_in_background(ctx, spec, upper.clone());
+    if let (Err(_), true, Some(dir)) = (&started, made, &upper) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    started
+}
+
+/// [`start_mount`] once the writable layer is known: the serving process
+/// started and its first line read.
+fn serve_in_background(ctx: &DataDir, spec: &MountSpec, upper: Option<PathBuf>) -> Result<Started> {
+    let MountSpec { image, mountpoint, trace_reads, peer, layers, .. } = spec;
+    let trace_reads = trace_reads.as_deref();
     let mountpoint = checked_mountpoint(mountpoint)?;
     if let Some(record) = mounts::find(&ctx.path, &mountpoint) {
         if mounts::process_alive(record.pid) {
@@ -382,14 +396,43 @@ pub fn unmount(ctx: &DataDir, mountpoint: &Path, lazy: bool) -> Result<PathBuf> 
     if record.is_none() && !mounted {
         refuse!("{} is not a strata mount", mountpoint.display());
     }
+    if record.is_none() {
+        // Mounted, but not from this data dir: its own `strata umount` clears it.
+        let same_dir = |owner: &Path| {
+            let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+            real(owner) == real(&ctx.path)
+        };
+        match mounts::serving_process(&mountpoint) {
+            Some((pid, owner)) if !same_dir(&owner) => refuse!(
+                "{} is a mount of the store in {} (served by pid {pid}), not of {}: \
+                 unmount it with `strata --data-dir {} umount {}`",
+                mountpoint.display(),
+                owner.display(),
+                ctx.path.display(),
+                owner.display(),
+                mountpoint.display()
+            ),
+            Some(_) => {}
+            None => refuse!(
+                "{} is a strata mount with no record in {}: it belongs to another data dir, and no \
+                 serving process says which; `strata --data-dir DIR umount` with that data dir clears \
+                 it (or the system's `umount -l`)",
+                mountpoint.display(),
+                ctx.path.display()
+            ),
+        }
+    }
     if mounted {
         let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
         match nix::mount::umount2(&mountpoint, flags) {
             Ok(()) => {}
             Err(nix::errno::Errno::EBUSY) => refuse!(
-                "{} is busy: a process has files open or its working directory there; \
-                 end it, or unmount with --lazy",
-                mountpoint.display()
+                "{} is busy: {}; end them, or unmount with --lazy (the mount goes when they let go)",
+                mountpoint.display(),
+                match mounts::holders(&mountpoint, 5).as_slice() {
+                    [] => "a process has a file open or its working directory there".to_owned(),
+                    held => format!("{} use it", held.join(", ")),
+                }
             ),
             Err(e) => return Err(e).with_context(|| format!("unmounting {}", mountpoint.display())),
         }

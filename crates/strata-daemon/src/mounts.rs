@@ -140,6 +140,56 @@ pub fn mounted_strata_paths() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The `strata mount-serve` process serving `mountpoint`, found by its
+/// command line in /proc: its pid and the data dir it was started for
+/// (`--data-dir`). `None` when no such process runs.
+pub fn serving_process(mountpoint: &Path) -> Option<(u32, PathBuf)> {
+    let wanted = mountpoint.as_os_str().as_encoded_bytes();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let serve = args.iter().position(|a| *a == b"mount-serve")?;
+        // mount-serve IMAGE MOUNTPOINT …
+        if args.get(serve + 2) != Some(&wanted) {
+            return None;
+        }
+        let data_dir = args.iter().position(|a| *a == b"--data-dir").and_then(|i| args.get(i + 1))?;
+        Some((pid, PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(data_dir))))
+    })
+}
+
+/// The processes that keep `mountpoint` busy, as fuser(1) finds them: a
+/// working directory, root, open file or mapped file under it. Each as
+/// "NAME (pid N)", at most `limit` of them.
+pub fn holders(mountpoint: &Path, limit: usize) -> Vec<String> {
+    let under = |link: PathBuf| fs::read_link(link).is_ok_and(|target| target.starts_with(mountpoint));
+    let Ok(procs) = fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id();
+    procs
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let dir = entry.path();
+            let held = pid != me
+                && (under(dir.join("cwd"))
+                    || under(dir.join("root"))
+                    || fs::read_dir(dir.join("fd"))
+                        .is_ok_and(|fds| fds.flatten().any(|fd| under(fd.path())))
+                    || fs::read_to_string(dir.join("maps")).is_ok_and(|maps| {
+                        maps.lines()
+                            .filter_map(|l| l.split_whitespace().nth(5))
+                            .any(|p| Path::new(p).starts_with(mountpoint))
+                    }));
+            held.then(|| {
+                let name = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                format!("{} (pid {pid})", name.trim())
+            })
+        })
+        .take(limit)
+        .collect()
+}
+
 /// mountinfo writes space, tab, newline and backslash as `\ooo` octal.
 fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();

@@ -45,13 +45,15 @@ pub fn execute(
             crate::pull::pull(dir, &reference, options, progress, cancel).map(Outcome::Pulled)
         }
         Command::Status => status(dir).map(Outcome::Status),
+        Command::ClusterImages => cluster_images(dir).map(Outcome::ClusterImages),
     }
 }
 
-/// An import's progress as [`Progress`] steps, and its cancellation.
-pub(crate) struct Reporter<'a> {
-    pub(crate) progress: &'a (dyn Fn(Progress) + Sync),
-    pub(crate) cancel: &'a Cancel,
+/// An import's or an export's progress as [`Progress`] steps, and its
+/// cancellation.
+pub struct Reporter<'a> {
+    pub progress: &'a (dyn Fn(Progress) + Sync),
+    pub cancel: &'a Cancel,
 }
 
 impl strata_oci::ImportProgress for Reporter<'_> {
@@ -243,14 +245,23 @@ pub fn commit(
 
 /// `strata peers`: the members this node's gossip knows, by name.
 pub fn peers(dir: &DataDir) -> Result<Peers> {
-    let node = dir
-        .node
-        .as_ref()
-        .with_context(|| format!("no node runs on {}: start one with `strata serve`", dir.path.display()))?;
+    let node = running_node(dir)?;
+    let seeds = node.seeds();
+    // What each serves: its answer to a listing, asked of all at once.
+    let listed = node.runtime().block_on(node.cluster_images(LISTING_PATIENCE));
+    let served = |name: &str| {
+        listed
+            .iter()
+            .find(|l| l.node == name)
+            .and_then(|l| l.images.as_ref().ok())
+            .map(|l| l.images.len() as u64)
+    };
     let mut members: Vec<Member> = node
         .members()
         .into_iter()
         .map(|m| Member {
+            images: served(&m.name),
+            role: if seeds.contains(&m.addr) { "seed" } else { "member" }.to_owned(),
             name: m.name,
             addr: m.addr,
             state: match m.state {
@@ -262,7 +273,67 @@ pub fn peers(dir: &DataDir) -> Result<Peers> {
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Peers { this: Peer { name: node.name().to_owned(), addr: node.addr() }, members })
+    let seeds = seeds
+        .iter()
+        .map(|addr| strata_control::Seed {
+            addr: *addr,
+            member: members
+                .iter()
+                .find(|m| m.addr == *addr && m.state != MemberState::Down)
+                .map(|m| m.name.clone()),
+        })
+        .collect();
+    Ok(Peers { this: Peer { name: node.name().to_owned(), addr: node.addr() }, members, seeds })
+}
+
+/// How long a listing waits for each node's answer.
+const LISTING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn running_node(dir: &DataDir) -> Result<&Arc<strata_node::Node>> {
+    dir.node
+        .as_ref()
+        .with_context(|| format!("no node runs on {}: start one with `strata serve`", dir.path.display()))
+}
+
+/// `strata images --cluster`: the image names every live node holds (this
+/// one's included), merged by name and id.
+///
+/// Errors: no node runs on the data dir.
+pub fn cluster_images(dir: &DataDir) -> Result<strata_control::ClusterImages> {
+    let node = running_node(dir)?;
+    let listed = node.runtime().block_on(node.cluster_images(LISTING_PATIENCE));
+    let mut out = strata_control::ClusterImages::default();
+    let mut by_name: std::collections::BTreeMap<(String, ImageId), strata_control::ClusterImage> =
+        std::collections::BTreeMap::new();
+    for node in listed {
+        let list = match node.images {
+            Ok(list) => list,
+            Err(reason) => {
+                out.unanswered.push(strata_control::Unanswered { node: node.node, reason });
+                continue;
+            }
+        };
+        if list.truncated {
+            out.truncated.push(node.node.clone());
+        }
+        for image in list.images {
+            let Ok(id) = ImageId::from_slice(&image.image_id) else { continue };
+            let entry =
+                by_name.entry((image.name.clone(), id)).or_insert_with(|| strata_control::ClusterImage {
+                    name: image.name,
+                    id,
+                    layers: image.layers,
+                    size: image.size,
+                    nodes: Vec::new(),
+                });
+            entry.nodes.push(node.node.clone());
+        }
+    }
+    out.images = by_name.into_values().collect();
+    for image in &mut out.images {
+        image.nodes.sort();
+    }
+    Ok(out)
 }
 
 /// Logical size of an image: the file bytes of its layers.
@@ -412,8 +483,9 @@ pub fn stats(dir: &DataDir) -> Result<StoreStats> {
 pub fn export(
     dir: &DataDir,
     image: &str,
-    output: &Path,
+    to: ExportTo,
     compression: strata_oci::LayerCompression,
+    progress: &dyn strata_oci::ImportProgress,
 ) -> Result<strata_oci::ExportReport> {
     let store = dir.read_store()?;
     let found = strata_oci::find_image(&store, image)?;
@@ -423,8 +495,66 @@ pub fn export(
         return Err(crate::chunks::missing_error(image, missing, &dir.path));
     }
     let options = strata_oci::ExportOptions { compression };
-    strata_oci::export_image_from(&store, image, output, &options, &mut crate::chunks::LayerChunks(&chunks))
-        .with_context(|| format!("exporting {image} to {}", output.display()))
+    let (target, shown) = match to {
+        ExportTo::File(path) => (strata_oci::ArchiveTarget::Tar(path.clone()), path.display().to_string()),
+        ExportTo::Stdout => {
+            // Blobs are staged beside the store (a large image may not fit
+            // /tmp), in a directory named for this process: one a killed
+            // export left is removed by the next.
+            let tmp = dir.path.join("tmp");
+            sweep_scratch(&tmp);
+            let scratch = tmp.join(format!("export-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+            let out = Box::new(std::io::stdout());
+            (strata_oci::ArchiveTarget::Stream { out, scratch }, "standard output".to_owned())
+        }
+    };
+    let scratch = match &target {
+        strata_oci::ArchiveTarget::Stream { scratch, .. } => Some(scratch.clone()),
+        _ => None,
+    };
+    let exported = strata_oci::export_image_from(
+        &store,
+        image,
+        target,
+        &options,
+        &mut crate::chunks::LayerChunks(&chunks),
+        progress,
+    )
+    .with_context(|| format!("exporting {image} to {shown}"));
+    if let Some(scratch) = scratch {
+        let _ = std::fs::remove_dir_all(scratch);
+    }
+    exported
+}
+
+/// Removes what killed commands left in a data dir's `tmp/`: entries named
+/// `KIND-PID-…` or `KIND-PID` (a spooled stdin, an export's staging) whose
+/// process is gone.
+pub fn sweep_scratch(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if pid <= 0 || !gone {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+}
+
+/// Where `strata export` writes the archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportTo {
+    /// A tar file, which appears whole or not at all.
+    File(PathBuf),
+    /// A tar stream on this process's stdout (`-o -`).
+    Stdout,
 }
 
 #[cfg(test)]

@@ -442,11 +442,11 @@ pub fn ensure_known(ctx: &DataDir, image: &str) -> Result<bool> {
         let store = ctx.read_store()?;
         match strata_oci::find_image(&store, image) {
             Ok(_) => return Ok(false),
-            Err(e @ strata_store::StoreError::NoSuchImage(_)) => e,
+            Err(e @ strata_store::StoreError::NoSuchImage { .. }) => e,
             Err(e) => return Err(e.into()),
         }
     } else {
-        strata_store::StoreError::NoSuchImage(image.to_owned())
+        strata_store::StoreError::no_such_image(image)
     };
     if looks_like_id(image) || ImageRef::parse(image).is_err() {
         return Err(missing.into());

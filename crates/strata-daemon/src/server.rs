@@ -86,6 +86,29 @@ pub fn serve_node(
     result
 }
 
+/// How long a seed has to answer before `strata serve` warns of it.
+const SEED_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Warns, once, of each seed no live member answers at after
+/// [`SEED_PATIENCE`] (a wrong address, no node there, UDP blocked); gossip
+/// keeps asking it meanwhile, and `strata peers` shows it.
+async fn warn_of_silent_seeds(node: std::sync::Weak<Node>) {
+    tokio::time::sleep(SEED_PATIENCE).await;
+    let Some(node) = node.upgrade() else { return };
+    let members = node.members();
+    for seed in node.seeds() {
+        let answered = members.iter().any(|m| m.addr == seed && m.state != strata_node::MemberState::Down);
+        if !answered {
+            tracing::warn!(
+                %seed,
+                "no node answers at this seed after {}s: check its address, that a node runs there, and that \
+                 UDP reaches it (QUIC); gossip keeps asking",
+                SEED_PATIENCE.as_secs()
+            );
+        }
+    }
+}
+
 /// host:port to an address; a name that does not resolve yet (a peer
 /// still starting) is asked again for up to `patience`.
 async fn resolve(what: &str, addr: &str, patience: Duration) -> Result<SocketAddr> {
@@ -194,6 +217,7 @@ async fn run(
         transport: transport_settings(&settings)?,
     };
     let node = Node::start(config, &identity, store).await?;
+    tokio::spawn(warn_of_silent_seeds(Arc::downgrade(&node)));
     // The cache never evicts what live mounts use: the data dir's mount
     // records say which (a mount's own process serves it, not the node).
     let mounts_dir = dir.path.clone();

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use strata_chunk::Chunking;
@@ -14,7 +14,7 @@ use strata_chunk::Chunking;
 use crate::error::{refuse, Error, Result};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// How files are split into chunks.
     pub chunking: Chunking,
@@ -40,7 +40,7 @@ pub struct Settings {
 /// node holds whole (so they can be fetched again), least recently used
 /// first; their layers stay, and reads fetch the chunks again.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
     /// Stored (compressed) chunk bytes at most; 0 = no cap.
     pub max_bytes: u64,
@@ -74,7 +74,7 @@ impl Default for CacheSettings {
 /// The containerd proxy snapshotter `strata serve` runs (containerd's
 /// `[proxy_plugins.strata]`, type "snapshot", address = `socket`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SnapshotterSettings {
     /// The Unix socket containerd's proxy plugin dials; unset: no
     /// snapshotter (`strata serve --snapshotter-socket` sets it too).
@@ -87,7 +87,7 @@ pub struct SnapshotterSettings {
 
 /// How mounts are served.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MountSettings {
     /// Most the kernel reads ahead of a read, KiB (4 to 1024; the kernel
     /// also holds it to the mount's read_ahead_kb, 128 by default). Smaller
@@ -125,7 +125,7 @@ pub enum CongestionControl {
 
 /// How `strata serve` runs; its flags override these.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct NodeSettings {
     /// This node's name (its certificate's); no default.
     pub name: Option<String>,
@@ -237,12 +237,19 @@ impl Settings {
     }
 
     /// Defaults, then `explicit` (else the [default file](Self::default_file)),
-    /// then `STRATA_*` variables.
+    /// then `STRATA_*` variables (see [`NOT_SETTINGS`] for those that are not
+    /// settings).
     ///
-    /// Errors: a given file that does not exist, a value of the wrong type,
-    /// chunking settings `strata_chunk::Chunking::validate` refuses.
+    /// Errors: a given file that does not exist; a key no setting has, in
+    /// the file or as a variable (the error names the key and where it was
+    /// written: the file's path or the variable's name); a value of the
+    /// wrong type (named the same way); chunking settings
+    /// `strata_chunk::Chunking::validate` refuses.
     pub fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        // The defaults are serde's (`#[serde(default)]`), not a layer of
+        // data: a file's `[chunking] mode = "fixed"` must not meet the
+        // default cdc keys, and every key left is one somebody wrote.
+        let mut figment = Figment::new();
         match explicit {
             Some(file) => {
                 if !file.exists() {
@@ -256,25 +263,166 @@ impl Settings {
                 }
             }
         }
-        let settings: Settings = figment
-            .merge(Env::prefixed("STRATA_").ignore(&["data_dir", "config", "log"]).split("__"))
-            .extract()
-            .map_err(|e| Error::Settings(Box::new(e)))?;
+        let settings: Settings = figment.merge(settings_env()).extract().map_err(|e| {
+            let problems: Vec<String> = e.into_iter().map(|e| settings_problem(&e)).collect();
+            Error::Refused(format!("settings: {}", problems.join("; ")))
+        })?;
         if let Err(e) = settings.chunking.validate() {
             refuse!("chunking settings: {e}");
         }
         Ok(settings)
     }
-}
 
-impl Settings {
     /// The settings file used when none is given: DATA_DIR/strata.toml, else
     /// /etc/strata/strata.toml, whichever exists first.
     pub fn default_file(data_dir: &Path) -> Option<PathBuf> {
-        [data_dir.join("strata.toml"), PathBuf::from("/etc/strata/strata.toml")]
-            .into_iter()
-            .find(|f| f.exists())
+        Self::default_files(data_dir).into_iter().find(|f| f.exists())
     }
+
+    fn default_files(data_dir: &Path) -> [PathBuf; 2] {
+        [data_dir.join("strata.toml"), PathBuf::from(SYSTEM_FILE)]
+    }
+
+    /// Every place [`load`](Self::load) looks, in the order it looks
+    /// (later ones override earlier ones), and what it found there: what
+    /// `strata config show` lists.
+    pub fn sources(explicit: Option<&Path>, data_dir: &Path) -> Vec<SettingsSource> {
+        let mut out = vec![SettingsSource { place: "built-in defaults".into(), found: Found::Used }];
+        let mut taken = false;
+        if let Some(file) = explicit {
+            let found = if file.exists() { Found::Used } else { Found::Missing };
+            taken = true;
+            out.push(SettingsSource {
+                place: format!("{} (--config or STRATA_CONFIG)", file.display()),
+                found,
+            });
+        }
+        for file in Self::default_files(data_dir) {
+            let found = match (taken, file.exists()) {
+                (true, _) => Found::Skipped,
+                (false, true) => {
+                    taken = true;
+                    Found::Used
+                }
+                (false, false) => Found::Missing,
+            };
+            out.push(SettingsSource { place: file.display().to_string(), found });
+        }
+        let mut vars: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with(ENV_PREFIX) && is_setting_variable(&k[ENV_PREFIX.len()..]))
+            .collect();
+        vars.sort();
+        out.push(match vars.is_empty() {
+            true => SettingsSource { place: "STRATA_* variables".into(), found: Found::Missing },
+            false => SettingsSource {
+                place: format!("STRATA_* variables: {}", vars.join(", ")),
+                found: Found::Used,
+            },
+        });
+        out
+    }
+}
+
+/// The settings file every data dir falls back to.
+pub const SYSTEM_FILE: &str = "/etc/strata/strata.toml";
+
+const ENV_PREFIX: &str = "STRATA_";
+
+/// `STRATA_*` variables that are not settings, so never an unknown key:
+/// those the command line reads itself (`STRATA_LOG`, `STRATA_DATA_DIR`,
+/// `STRATA_CONFIG`), the prefixes of those the project's harnesses read
+/// (`STRATA_BENCH_*`, `STRATA_TEST_*`, `STRATA_FAULT_*` in fault-injection
+/// builds, `STRATA_DEPLOY_*` in `deploy/`), and the service variables
+/// Kubernetes and docker links set for a service named `strata`
+/// (`STRATA_SERVICE_HOST`, `STRATA_PORT`, `STRATA_PORT_7420_UDP`, …). Every other `STRATA_*` variable
+/// is a setting: `STRATA_ZSTD_LEVEL`, or `STRATA_NODE__NAME` for `[node] name`.
+pub const NOT_SETTINGS: [&str; 10] = [
+    "STRATA_LOG",
+    "STRATA_DATA_DIR",
+    "STRATA_CONFIG",
+    "STRATA_BENCH_*",
+    "STRATA_TEST_*",
+    "STRATA_FAULT_*",
+    "STRATA_DEPLOY_*",
+    // What Kubernetes (and docker's --link) set for a service named strata.
+    "STRATA_SERVICE_*",
+    "STRATA_PORT",
+    "STRATA_PORT_*",
+];
+
+/// Whether `STRATA_<rest>` is a setting (see [`NOT_SETTINGS`]).
+fn is_setting_variable(rest: &str) -> bool {
+    let rest = rest.to_ascii_uppercase();
+    !NOT_SETTINGS.iter().any(|n| {
+        let n = &n[ENV_PREFIX.len()..];
+        match n.strip_suffix('*') {
+            Some(prefix) => rest.starts_with(prefix),
+            None => rest == n,
+        }
+    })
+}
+
+/// One settings error as the user wrote the key: `STRATA_NODE__FOO` for a
+/// variable, `node.foo in FILE` for a file.
+fn settings_problem(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let from_env = e.metadata.as_ref().is_some_and(|m| m.name.contains("environment"));
+    let what = match &e.kind {
+        // figment names the enclosing key; the field is in the kind.
+        figment::error::Kind::UnknownField(field, expected) => {
+            let known = expected.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            // The path may or may not end with the field itself.
+            let ends_with_field = e.path.last().is_some_and(|last| last.eq_ignore_ascii_case(field));
+            let field_key = match (key.is_empty(), ends_with_field) {
+                (true, _) => field.clone(),
+                (false, true) => key.clone(),
+                (false, false) => format!("{key}.{field}"),
+            };
+            let source = source_of(e, &field_key, from_env);
+            return format!("{source}: no such setting (the keys there are {known})");
+        }
+        kind => kind.to_string(),
+    };
+    format!("{}: {what}", source_of(e, &key, from_env))
+}
+
+/// `STRATA_A__B` for a key from the environment, `a.b in FILE` for one from
+/// a file.
+fn source_of(e: &figment::Error, key: &str, from_env: bool) -> String {
+    if from_env {
+        return format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase());
+    }
+    match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(source) => format!("`{key}` in {source}"),
+        None => format!("`{key}`"),
+    }
+}
+
+/// The `STRATA_*` variables as settings: `__` separates a section from
+/// its key (`STRATA_NODE__NAME` is `[node] name`).
+fn settings_env() -> Env {
+    Env::prefixed(ENV_PREFIX).filter(|key| is_setting_variable(key.as_str())).split("__")
+}
+
+/// One place [`Settings::load`] looks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SettingsSource {
+    /// A file's path, or what else it is ("built-in defaults", the variables).
+    pub place: String,
+    pub found: Found,
+}
+
+/// What [`Settings::load`] found in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Found {
+    /// Read, and laid over what came before.
+    Used,
+    /// Looked for, not there.
+    Missing,
+    /// Not read: an earlier file was used (only one file is read).
+    Skipped,
 }
 
 /// The store directory when none is given.
@@ -289,5 +437,73 @@ pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) => PathBuf::from(home).join(".local/share/strata"),
         None => PathBuf::from(".strata-data"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dotted key paths of a settings value (`node.name`), maps and
+    /// lists as leaves.
+    fn keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                for (k, v) in map {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    keys(v, &path, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_reference_documents_every_setting() {
+        let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let doc = std::fs::read_to_string(doc_path).expect("docs/configuration.md");
+        let mut in_code = Vec::new();
+        keys(&serde_json::to_value(Settings::default()).expect("settings serialize"), "", &mut in_code);
+        // Keys of variants and maps the defaults do not show.
+        in_code.extend(
+            ["chunking.size", "node.name", "node.cert_dir", "node.cert_name", "node.advertise"]
+                .map(String::from),
+        );
+        in_code.extend(["snapshotter.socket", "snapshotter.root"].map(String::from));
+        in_code.sort();
+        in_code.dedup();
+        // Each table row's first cell: `key`.
+        let documented: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(key, _)| key.to_owned()))
+            .collect();
+        for key in &in_code {
+            assert!(documented.contains(key), "docs/configuration.md lacks `{key}`");
+        }
+        for key in &documented {
+            assert!(in_code.contains(key), "docs/configuration.md documents `{key}`, which no setting has");
+        }
+    }
+
+    #[test]
+    fn variables_that_are_not_settings() {
+        for name in [
+            "LOG",
+            "DATA_DIR",
+            "CONFIG",
+            "BENCH_LOG",
+            "TEST_DEB_CACHE",
+            "FAULT_STALL_IMPORT",
+            "DEPLOY_IMAGE",
+            "SERVICE_HOST",
+            "PORT",
+            "PORT_7420_UDP_ADDR",
+        ] {
+            assert!(!is_setting_variable(name), "{name}");
+        }
+        for name in ["ZSTD_LEVEL", "NODE__NAME", "LOGS", "CONFIGURATION", "BACKGROUND_FETCH"] {
+            assert!(is_setting_variable(name), "{name}");
+        }
     }
 }

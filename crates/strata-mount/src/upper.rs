@@ -297,6 +297,75 @@ impl UpperDir {
         hex.parse().map_err(|_| bad())
     }
 
+    /// Whether a mount holds the writable layer in `dir` (its lock, which
+    /// every mount of it takes for as long as it lives).
+    ///
+    /// Errors: `dir` is not a writable layer (no `strata-upper`), or I/O.
+    /// Looked up in /proc/locks, without taking the lock (a mount starting
+    /// meanwhile must not find it taken).
+    pub fn in_use(dir: &Path) -> Result<bool, MountError> {
+        Self::image_of(dir)?;
+        let path = dir.join("lock");
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(MountError::Io { path, source }),
+        };
+        let locks = fs::read_to_string("/proc/locks")
+            .map_err(|source| MountError::Io { path: "/proc/locks".into(), source })?;
+        // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF": MAJOR:MINOR:INODE.
+        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+        Ok(locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"FLOCK") && fields.iter().any(|f| *f == wanted)
+        }))
+    }
+
+    /// Deletes the writable layer in `dir`, holding its lock meanwhile so
+    /// that no mount takes it half deleted.
+    ///
+    /// Errors: [`MountError::UpperInUse`] while a mount holds it; `dir` is
+    /// not a writable layer; I/O.
+    pub fn remove(dir: &Path) -> Result<(), MountError> {
+        Self::image_of(dir)?;
+        let io = |source| MountError::Io { path: dir.to_owned(), source };
+        let Some(_lock) = Self::claim(dir)? else {
+            return Err(MountError::UpperInUse(dir.to_owned()));
+        };
+        // Everything but the lock first (a mount starting now finds no
+        // marker and refuses), then the rest.
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_name() == "lock" {
+                continue;
+            }
+            let path = entry.path();
+            match entry.file_type().map_err(io)?.is_dir() {
+                true => fs::remove_dir_all(&path),
+                false => fs::remove_file(&path),
+            }
+            .map_err(|source| MountError::Io { path, source })?;
+        }
+        fs::remove_dir_all(dir).map_err(io)
+    }
+
+    /// The layer's lock if no mount holds it.
+    fn claim(dir: &Path) -> Result<Option<File>, MountError> {
+        let path = dir.join("lock");
+        let lock = match File::open(&path) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Some(
+                    File::open(dir).map_err(|source| MountError::Io { path: dir.to_owned(), source })?,
+                ))
+            }
+            Err(source) => return Err(MountError::Io { path, source }),
+        };
+        // SAFETY: flock on an open descriptor.
+        Ok((unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(lock))
+    }
+
     /// Chunk-level copy-on-write needs a filesystem that reports holes.
     fn probe_holes(&self) -> Result<(), MountError> {
         let at = self.temp();

@@ -206,6 +206,16 @@ pub const MIN_RAISE_GRACE: Duration = Duration::from_millis(20);
 
 /// Beyond a flight's deadline, how long a caller waits for its outcome.
 pub const FLIGHT_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a chunk whose fetch for a read failed (no holder, or every
+/// holder asked) fails again at once instead of being fetched anew. A failed read makes
+/// the kernel read the same page again at once (its read-ahead failed,
+/// then the page's own read): without this the read that fails waits the
+/// deadline twice.
+pub const UNAVAILABLE_MEMORY: Duration = Duration::from_secs(1);
+
+/// Chunks remembered as unavailable at most (older ones go first).
+const MAX_UNAVAILABLE: usize = 4096;
 /// How often a fetch that found no holder asks the directory again.
 pub const NO_HOLDER_RETRY: Duration = Duration::from_millis(250);
 
@@ -244,6 +254,9 @@ pub struct Fetcher {
     on_miss: OnMiss,
     before_put: BeforePut,
     demand: Arc<DemandGauge>,
+    /// Chunks whose last fetch failed, with when and why: see
+    /// [`UNAVAILABLE_MEMORY`].
+    unavailable: parking_lot::Mutex<HashMap<ChunkId, (tokio::time::Instant, FetchError)>>,
 }
 
 /// A chunk's layers, their holders, and whom to ask in which order.
@@ -306,7 +319,32 @@ impl Fetcher {
             on_whole,
             on_miss,
             before_put,
+            unavailable: parking_lot::Mutex::default(),
         }
+    }
+
+    /// Why `id`'s fetch failed, if it did within [`UNAVAILABLE_MEMORY`].
+    fn recently_unavailable(&self, id: &ChunkId) -> Option<FetchError> {
+        let now = tokio::time::Instant::now();
+        let unavailable = self.unavailable.lock();
+        let (when, why) = unavailable.get(id)?;
+        (now.duration_since(*when) < UNAVAILABLE_MEMORY).then(|| why.clone())
+    }
+
+    /// Remembers that `id` could not be had (see [`UNAVAILABLE_MEMORY`]).
+    fn remember_unavailable(&self, id: ChunkId, why: &FetchError) {
+        if !matches!(why, FetchError::NoHolder { .. } | FetchError::Exhausted { .. }) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut unavailable = self.unavailable.lock();
+        unavailable.retain(|_, (when, _)| now.duration_since(*when) < UNAVAILABLE_MEMORY);
+        if unavailable.len() >= MAX_UNAVAILABLE {
+            if let Some(oldest) = unavailable.iter().min_by_key(|(_, (when, _))| *when).map(|(id, _)| *id) {
+                unavailable.remove(&oldest);
+            }
+        }
+        unavailable.insert(id, (now, why.clone()));
     }
 
     /// Reads waiting on peers, for whatever yields to them.
@@ -339,6 +377,9 @@ impl Fetcher {
         if let Some(stored) = self.store.stored(id).await.map_err(FetchError::Local)? {
             return Ok(Arc::new(stored));
         }
+        if let Some(why) = self.recently_unavailable(&id) {
+            return Err(why);
+        }
         // A fetch that goes to a complete holder itself shares its flight
         // with the relays this node serves for the chunk: one fetch each.
         let plan = self.plan(id, true).await?;
@@ -347,7 +388,11 @@ impl Fetcher {
             self.demand.enter()
         });
         let relaying = matches!(plan.asks.first(), Some(Ask::Relay(_)));
-        self.join(id, relaying, deadline, priority).await
+        let result = self.join(id, relaying, deadline, priority).await;
+        if let (Err(why), Priority::Demand) = (&result, priority) {
+            self.remember_unavailable(id, why);
+        }
+        result
     }
 
     /// A relay asked by a peer: this node fetches the chunk for its group,
@@ -983,6 +1028,28 @@ mod tests {
         assert_eq!(*s.directory.lookups.lock(), 1 + retries);
         assert_eq!(started.elapsed(), NO_HOLDER_RETRY * (retries as u32 - 1));
         assert_eq!(s.fetcher.in_flight(), 0);
+    }
+
+    /// The kernel reads a page again at once when its read-ahead failed:
+    /// the second read of a chunk nobody has fails at once, so a failed
+    /// read costs one deadline, not two; after UNAVAILABLE_MEMORY the chunk
+    /// is fetched anew.
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_just_found_unavailable_fails_again_at_once() {
+        let s = setup(1, &[]);
+        s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("no holder");
+        let lookups = *s.directory.lookups.lock();
+        let started = tokio::time::Instant::now();
+        let err = s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("still no holder");
+        assert!(matches!(err, FetchError::NoHolder { .. }), "{err:?}");
+        assert_eq!(started.elapsed(), Duration::ZERO, "no second wait");
+        assert_eq!(*s.directory.lookups.lock(), lookups, "nobody asked again");
+        assert_eq!(s.metrics.fetch_failures.get(), 1);
+
+        tokio::time::advance(UNAVAILABLE_MEMORY).await;
+        s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("no holder, asked again");
+        assert!(*s.directory.lookups.lock() > lookups, "fetched anew once the memory lapsed");
+        assert_eq!(s.metrics.fetch_failures.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]

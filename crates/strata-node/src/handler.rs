@@ -128,7 +128,9 @@ impl StoreHandler {
                         })),
                         end(),
                     ],
-                    Err(StoreError::NoSuchImage(name)) => vec![error(ErrorCode::NotFound, name)],
+                    Err(StoreError::NoSuchImage { reference: name, .. }) => {
+                        vec![error(ErrorCode::NotFound, name)]
+                    }
                     Err(e) => vec![error(ErrorCode::Internal, e)],
                 }
             }
@@ -138,11 +140,48 @@ impl StoreHandler {
             PeerRequest::OfferProfile { .. } => {
                 vec![error(ErrorCode::UnknownRequest, "this node keeps no startup profiles")]
             }
+            PeerRequest::ListImages => match self.store.read_async(list_images).await {
+                Ok(list) => vec![reply(Kind::ImageList(list)), end()],
+                Err(e) => vec![error(ErrorCode::Internal, e)],
+            },
             PeerRequest::FetchChunks(..) | PeerRequest::RelayChunks(..) => {
                 vec![error(ErrorCode::Internal, "chunks are streamed, not answered whole")]
             }
         }
     }
+}
+
+/// Names listed in one [`ImageList`] at most: with names of up to 256
+/// bytes, the reply stays well under a frame (4 MiB).
+pub const MAX_LISTED_IMAGES: usize = 8192;
+
+/// The store's image names for [`PeerRequest::ListImages`], sorted.
+pub(crate) fn list_images(store: &Store) -> Result<strata_proto::v1::ImageList, StoreError> {
+    let entries = store.images()?;
+    let truncated = entries.len() > MAX_LISTED_IMAGES;
+    let mut sizes: std::collections::HashMap<strata_types::ImageId, u64> = std::collections::HashMap::new();
+    let mut images = Vec::new();
+    for entry in entries.into_iter().take(MAX_LISTED_IMAGES) {
+        let size = match sizes.get(&entry.id) {
+            Some(size) => *size,
+            None => {
+                let mut size = 0;
+                for raw in &entry.record.layers {
+                    let Ok(layer) = LayerId::from_slice(raw) else { continue };
+                    size += store.layer(&layer)?.map_or(0, |l| l.content_bytes);
+                }
+                sizes.insert(entry.id, size);
+                size
+            }
+        };
+        images.push(strata_proto::v1::ListedImage {
+            name: entry.name,
+            image_id: entry.id.as_bytes().to_vec(),
+            layers: entry.record.layers.len() as u32,
+            size,
+        });
+    }
+    Ok(strata_proto::v1::ImageList { images, truncated })
 }
 
 pub(crate) fn reply(kind: Kind) -> Response {
@@ -453,7 +492,7 @@ fn resolve(store: &Store, reference: &str) -> Result<(ImageId, ImageRecord), Sto
     let Some(chain) = strata_oci::chain_of_name(reference) else {
         return store.resolve(reference);
     };
-    let missing = || StoreError::NoSuchImage(reference.to_owned());
+    let missing = || StoreError::no_such_image(reference);
     let (id, _) = strata_oci::image_by_chain(store, &chain)?.ok_or_else(missing)?;
     let record = store.image(&id)?.ok_or_else(missing)?;
     Ok((id, record))

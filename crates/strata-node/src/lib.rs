@@ -36,7 +36,7 @@ pub use fetcher::BatchOutcome;
 pub use handler::{NodeHandler, StoreHandler};
 pub use node::{
     chain_key, name_key, BackgroundConfig, CacheConfig, ClaimGuard, Claimed, Evicted, ImageCheck, InUse,
-    JobState, JobStatus, Node, NodeConfig, Start, Window,
+    JobState, JobStatus, Node, NodeConfig, NodeImages, Start, Window,
 };
 pub use peer_source::{Peer, PeerSource, DEFAULT_DEADLINE};
 pub use remote::{fetch_image, fetch_image_then, indexes, RemoteImage, RemoteLayer};

@@ -18,7 +18,7 @@ use crate::directory::Holder;
 use crate::fetcher::{Fetcher, FetcherParts, StoreChunks};
 use crate::handler::NodeHandler;
 use crate::locator::{Key, Locator};
-use crate::membership::{Member, MemberView};
+use crate::membership::{Member, MemberState, MemberView};
 use crate::metrics::Metrics;
 use crate::penalties::Penalties;
 use crate::progress::LayerProgress;
@@ -115,6 +115,32 @@ pub fn name_key(name: &str) -> Key {
 /// containerd gives it.
 pub fn chain_key(chain: &strata_types::OciDigest) -> Key {
     *blake3::hash(format!("image-chain:{chain}").as_bytes()).as_bytes()
+}
+
+/// What one node said it holds ([`Node::cluster_images`]).
+#[derive(Clone, Debug)]
+pub struct NodeImages {
+    pub node: String,
+    pub addr: SocketAddr,
+    /// Its image names, or why it gave none.
+    pub images: Result<strata_proto::v1::ImageList, String>,
+}
+
+/// The ImageList in a reply to ListImages, or what the node said instead.
+fn image_list(replies: Vec<strata_wire::Response>) -> Result<strata_proto::v1::ImageList, String> {
+    for reply in replies {
+        match reply.kind {
+            Some(strata_wire::response::Kind::ImageList(list)) => return Ok(list),
+            Some(strata_wire::response::Kind::Error(e))
+                if e.code == strata_wire::ErrorCode::UnknownRequest as i32 =>
+            {
+                return Err("a node too old to list its images".into())
+            }
+            Some(strata_wire::response::Kind::Error(e)) => return Err(e.message),
+            _ => {}
+        }
+    }
+    Err("no image list in its answer".into())
 }
 
 impl Node {
@@ -225,6 +251,49 @@ impl Node {
 
     pub fn members(&self) -> Vec<MemberView> {
         self.locator.members()
+    }
+
+    /// The seeds this node joined through, as resolved at its start, but
+    /// itself (every node of a cluster may be given the same list).
+    pub fn seeds(&self) -> Vec<SocketAddr> {
+        self.config.seeds.iter().copied().filter(|s| *s != self.me.addr).collect()
+    }
+
+    /// The image names each live node holds (this one's from its store),
+    /// asked of all at once; a node that does not answer within `patience`
+    /// (or is too old to know the request) has its error instead.
+    pub async fn cluster_images(self: &Arc<Self>, patience: std::time::Duration) -> Vec<NodeImages> {
+        let mut asked = tokio::task::JoinSet::new();
+        let me = (self.me.name.clone(), self.me.addr);
+        let store = self.store.clone();
+        asked.spawn(async move {
+            let listed = tokio::task::spawn_blocking(move || crate::handler::list_images(&store))
+                .await
+                .map_err(|e| format!("listing panicked: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            (me.0, me.1, listed)
+        });
+        let live = self.locator.members().into_iter().filter(|m| m.state != MemberState::Down);
+        for member in live {
+            let pool = self.pool.clone();
+            asked.spawn(async move {
+                let asking = pool.request(member.addr, &strata_wire::PeerRequest::ListImages);
+                let listed = match tokio::time::timeout(patience, asking).await {
+                    Err(_) => Err(format!("no answer within {patience:?}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(replies)) => image_list(replies),
+                };
+                (member.name, member.addr, listed)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(done) = asked.join_next().await {
+            if let Ok((node, addr, listed)) = done {
+                out.push(NodeImages { node, addr, images: listed });
+            }
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
     }
 
     pub fn metrics_text(&self) -> String {

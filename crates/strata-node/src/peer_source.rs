@@ -37,6 +37,10 @@ pub struct PeerSource {
     /// Peers that lied, failed or stayed silent, and since when: asked last
     /// for a while.
     penalties: Penalties,
+    /// Chunks a read could not get, when and why: asked for again within
+    /// [`crate::fetcher::UNAVAILABLE_MEMORY`], they fail at once (the
+    /// kernel reads a page again right after its read-ahead failed).
+    unavailable: Mutex<HashMap<ChunkId, (std::time::Instant, String)>>,
 }
 
 impl PeerSource {
@@ -48,6 +52,7 @@ impl PeerSource {
             deadline: DEFAULT_DEADLINE,
             connections: Mutex::new(HashMap::new()),
             penalties: Penalties::default(),
+            unavailable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -104,7 +109,19 @@ impl PeerSource {
 
 impl ChunkSource for PeerSource {
     fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {
-        self.fetch_as(id, strata_wire::Priority::Demand)
+        let memory = crate::fetcher::UNAVAILABLE_MEMORY;
+        if let Some((when, reason)) = self.unavailable.lock().get(id) {
+            if when.elapsed() < memory {
+                return Err(SourceError::Failed { id: *id, reason: reason.clone() });
+            }
+        }
+        let result = self.fetch_as(id, strata_wire::Priority::Demand);
+        if let Err(SourceError::Failed { reason, .. }) = &result {
+            let mut unavailable = self.unavailable.lock();
+            unavailable.retain(|_, (when, _)| when.elapsed() < memory);
+            unavailable.insert(*id, (std::time::Instant::now(), reason.clone()));
+        }
+        result
     }
 
     fn fetch_ahead(&self, id: &ChunkId) -> Result<Vec<u8>, SourceError> {

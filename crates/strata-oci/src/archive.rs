@@ -61,6 +61,90 @@ fn decompressed(mut file: File, scratch: &Path, cancelled: &(dyn Fn() -> bool + 
     Ok(plain)
 }
 
+/// The first 512 bytes of `file` (fewer if it is shorter), read from its
+/// start; the file is left at its start.
+fn head(file: &mut File) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    file.rewind()?;
+    let mut head = Vec::with_capacity(512);
+    file.by_ref().take(512).read_to_end(&mut head)?;
+    file.rewind()?;
+    Ok(head)
+}
+
+/// Whether `block` is a tar header block: its checksum (the sum of its
+/// bytes, the checksum field counted as spaces; POSIX.1 `ustar`) is the
+/// octal number its checksum field holds.
+fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
+    let field = &block[148..156];
+    let text: String =
+        field.iter().take_while(|b| **b != 0).map(|b| *b as char).collect::<String>().trim().to_owned();
+    let Ok(recorded) = u32::from_str_radix(&text, 8) else { return false };
+    let sum: u32 = block[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { u32::from(b' ') } else { u32::from(*b) })
+        .sum();
+    sum == recorded
+}
+
+/// What a file that is not a tar looks like, from its first bytes as
+/// stored (`outer`) and after decompression (`inner`): "gzip-compressed
+/// text", "an ELF executable", "a ZIP archive", "JSON", "data", …
+pub(crate) fn describe(outer: &[u8], inner: &[u8]) -> String {
+    let kind = |b: &[u8]| -> Option<&'static str> {
+        Some(match b {
+            [0x1f, 0x8b, ..] => "gzip",
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => "zstd",
+            [b'B', b'Z', b'h', ..] => "bzip2",
+            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => "xz",
+            _ => return None,
+        })
+    };
+    let content = |b: &[u8]| -> &'static str {
+        match b {
+            [] => "an empty file",
+            [b'P', b'K', 3, 4, ..] => "a ZIP archive",
+            [0x7f, b'E', b'L', b'F', ..] => "an ELF executable",
+            [b'%', b'P', b'D', b'F', ..] => "a PDF document",
+            _ if kind(b).is_some() => "compressed data",
+            _ if is_text(b) => match b.iter().find(|c| !c.is_ascii_whitespace()) {
+                Some(b'{' | b'[') => "JSON or other text",
+                _ => "text",
+            },
+            _ => "data (no known format)",
+        }
+    };
+    match kind(outer) {
+        // Not one `decompressed` undoes.
+        Some(compression) if inner == outer => {
+            format!("{compression}-compressed data, which strata does not decompress")
+        }
+        Some(compression) if inner.is_empty() => format!("{compression}-compressed, empty inside"),
+        Some(compression) => format!(
+            "{compression}-compressed {}",
+            content(inner).trim_start_matches("an ").trim_start_matches("a ")
+        ),
+        None => content(outer).to_owned(),
+    }
+}
+
+/// Whether `b` reads as UTF-8 text (a character cut at its end allowed).
+fn is_text(b: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) if e.error_len().is_none() => match std::str::from_utf8(&b[..e.valid_up_to()]) {
+            Ok(s) => s,
+            Err(_) => return false,
+        },
+        Err(_) => return false,
+    };
+    !valid.is_empty() && valid.chars().all(|c| !c.is_control() || c.is_whitespace())
+}
+
 impl Archive {
     /// Opens the archive at `path`; `scratch` takes a decompressed copy of
     /// an archive compressed as a whole.
@@ -80,7 +164,18 @@ impl Archive {
         if meta.is_dir() {
             return Ok(Archive::Dir(path.to_owned()));
         }
-        let file = decompressed(File::open(path).map_err(open_err)?, scratch, cancelled).map_err(open_err)?;
+        let mut original = File::open(path).map_err(open_err)?;
+        let outer = head(&mut original).map_err(open_err)?;
+        let mut file = decompressed(original, scratch, cancelled).map_err(open_err)?;
+        let inner = head(&mut file).map_err(open_err)?;
+        if !is_tar_header(&inner) {
+            // Never the bytes themselves (they may be anything, secrets
+            // included): what they look like.
+            return Err(ImportError::NotAnArchive {
+                path: path.to_owned(),
+                looks_like: describe(&outer, &inner),
+            });
+        }
         let len = file.metadata().map_err(open_err)?.len();
         let mut members = HashMap::new();
         let mut tar = tar::Archive::new(&file);

@@ -14,6 +14,10 @@ pub enum ImportError {
     Open { path: PathBuf, source: io::Error },
     #[error("{}: neither a docker-save archive nor an OCI image layout (no manifest.json or index.json)", path.display())]
     UnknownFormat { path: PathBuf },
+    /// The file is not a tar (nor a compressed one): it is described,
+    /// never quoted.
+    #[error("{}: not an image archive (a tar, plain, gzip or zstd); it looks like {looks_like}", path.display())]
+    NotAnArchive { path: PathBuf, looks_like: String },
     #[error("archive member {member:?}: {reason}")]
     Member { member: String, reason: String },
     /// A layer blob could not be had from where [`crate::LayerBlobs`]

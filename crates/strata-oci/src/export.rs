@@ -119,37 +119,55 @@ pub fn export_image(
     output: &Path,
     options: &ExportOptions,
 ) -> Result<ExportReport, ExportError> {
-    export_image_from(store, reference, output, options, &mut StoreChunks(store))
+    let target = ArchiveTarget::Tar(output.to_owned());
+    export_image_from(store, reference, target, options, &mut StoreChunks(store), &crate::NoProgress)
 }
 
-/// [`export_image`] with chunk bytes from `chunks` (verified bytes, as
-/// [`ChunkSource`] promises): the store, then whatever fetches the chunks a
-/// lazily pulled image lacks.
+/// [`export_image`] to `target` (a file, or a stream such as stdout),
+/// with chunk bytes from `chunks` (verified bytes, as [`ChunkSource`]
+/// promises): the store, then whatever fetches the chunks a lazily pulled
+/// image lacks. `progress` is told of each layer (its id, its file bytes)
+/// and of the layer tar bytes written.
 pub fn export_image_from<S: ChunkSource>(
     store: &Store,
     reference: &str,
-    output: &Path,
+    target: ArchiveTarget,
     options: &ExportOptions,
     chunks: &mut S,
+    progress: &dyn crate::ImportProgress,
 ) -> Result<ExportReport, ExportError> {
     let found = find_image(store, reference)?;
     let name = found.display_name();
     let (image, record) = (found.id, found.record);
-    let io_err = |source| ExportError::Io { path: output.to_owned(), source };
+    let output = match &target {
+        ArchiveTarget::Tar(path) | ArchiveTarget::Dir(path) => path.clone(),
+        ArchiveTarget::Stream { .. } => "standard output".into(),
+    };
+    let io_err = |source| ExportError::Io { path: output.clone(), source };
 
-    let mut writer =
-        ArchiveWriter::new(ArchiveTarget::Tar(output.to_owned()), ArchiveLayout::OciWithDockerManifest)
-            .map_err(io_err)?;
+    let mut writer = ArchiveWriter::new(target, ArchiveLayout::OciWithDockerManifest).map_err(io_err)?;
     let config_diff_ids = config_diff_ids(&record.config);
+    let mut sizes = Vec::new();
+    for raw in &record.layers {
+        let id = LayerId::from_slice(raw)
+            .map_err(|e| StoreError::Corrupt(format!("image {image}: layer id: {e}")))?;
+        sizes.push(store.layer(&id)?.map_or(0, |l| l.content_bytes));
+    }
+    progress.start(sizes.iter().sum());
     let mut layers = Vec::new();
     let mut written = Vec::new();
     for (i, raw) in record.layers.iter().enumerate() {
         let id = LayerId::from_slice(raw)
             .map_err(|e| StoreError::Corrupt(format!("image {image}: layer id: {e}")))?;
         let wanted = config_diff_ids.get(i).map(String::as_str);
+        let member = id.to_hex();
+        progress.layer(&member, sizes[i]);
         let mut add = |tar: &LayerTar, chunks: &mut S| {
             writer.add_layer(options.compression, |w| {
-                tar.write(chunks, w).map_err(|e| io::Error::other(Wrapped(e)))
+                let mut w = ProgressWriter { inner: w, member: &member, progress, pending: 0 };
+                let written = tar.write(chunks, &mut w).map_err(|e| io::Error::other(Wrapped(e)));
+                w.report();
+                written
             })
         };
         let tar = LayerTar::of(store, &id, wanted)?;
@@ -173,6 +191,7 @@ pub fn export_image_from<S: ChunkSource>(
                 Err(e) => return Err(io_err(e)),
             },
         };
+        progress.layer_done(&member);
         layers.push(ExportedLayer { id, digest: layer.digest, diff_id: layer.diff_id, size: layer.size });
         written.push(layer);
     }
@@ -195,6 +214,37 @@ pub fn export_image_from<S: ChunkSource>(
     };
     let bytes = writer.finish().map_err(io_err)?;
     Ok(ExportReport { image, name, manifest_digest, layers, bytes })
+}
+
+/// Tells `progress` of the bytes written through it, a MiB at a time.
+struct ProgressWriter<'a> {
+    inner: &'a mut dyn io::Write,
+    member: &'a str,
+    progress: &'a dyn crate::ImportProgress,
+    pending: u64,
+}
+
+impl ProgressWriter<'_> {
+    fn report(&mut self) {
+        if self.pending > 0 {
+            self.progress.advance(self.member, std::mem::take(&mut self.pending));
+        }
+    }
+}
+
+impl io::Write for ProgressWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.pending += n as u64;
+        if self.pending >= 1 << 20 {
+            self.report();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// One layer tar of an image, as export and push write it.

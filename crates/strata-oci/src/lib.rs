@@ -33,6 +33,6 @@ pub use import::{
     archive_images, import_archive, import_manifest, ArchiveImage, ImportOptions, ImportProgress,
     ImportReport, ImportedImage, LayerBlobs, ManifestImage, NoProgress,
 };
-pub use name::{find_image, normalize_name, FoundImage, NameError};
+pub use name::{closest_names, find_image, normalize_name, FoundImage, NameError};
 pub use strata_layer::{ChunkSource, LayerError};
 pub use writer::{ArchiveLayout, ArchiveTarget, ArchiveWriter, LayerCompression, Tee, WrittenLayer};

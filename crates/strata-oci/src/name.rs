@@ -45,6 +45,24 @@ mod tests {
     }
 
     #[test]
+    fn suggests_the_names_docker_would_not_take_but_a_user_meant() {
+        let names: Vec<String> = [
+            "registry.local/app:1.4",
+            "app:1.5",
+            "busybox:latest",
+            "other:2",
+            "localhost:5000/app:1.4@sha256:ab",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(closest_names("app:1.4", &names), ["registry.local/app:1.4", "app:1.5"]);
+        assert_eq!(closest_names("docker.io/library/busybx", &names), ["busybox:latest"]);
+        assert_eq!(closest_names("busybox:1.36", &names), ["busybox:latest"]);
+        assert!(closest_names("nginx:1", &names).is_empty());
+    }
+
+    #[test]
     fn refuses_malformed() {
         assert!(normalize_name("Busybox").is_err());
         assert!(normalize_name("").is_err());
@@ -85,7 +103,53 @@ pub fn find_image(
             break;
         }
     }
-    let (id, record) = store.resolve(named.as_deref().unwrap_or(reference))?;
+    let (id, record) = match store.resolve(named.as_deref().unwrap_or(reference)) {
+        Err(strata_store::StoreError::NoSuchImage { reference, .. }) => {
+            let suggestions = closest_names(&reference, &store.all_names()?);
+            return Err(strata_store::StoreError::NoSuchImage { reference, suggestions });
+        }
+        other => other?,
+    };
     let names = store.image_names(&id)?.into_iter().collect();
     Ok(FoundImage { id, record, names, named })
+}
+
+/// The names in `names` closest to `asked`, a reference that named no
+/// image, best first, three at most: the same repository and tag under
+/// another registry or path (`app:1.4` → `registry.local/app:1.4`, which
+/// docker would not take `app:1.4` for either), then the same repository
+/// with another tag, then names a few edits away (a typo).
+pub fn closest_names(asked: &str, names: &[String]) -> Vec<String> {
+    let asked = normalize_name(asked).unwrap_or_else(|_| asked.to_owned());
+    let (asked_repo, asked_tag) = split_tag(&asked);
+    let asked_base = asked_repo.rsplit('/').next().unwrap_or(asked_repo);
+    let mut scored: Vec<(usize, &String)> = names
+        .iter()
+        .filter(|n| !n.contains('@'))
+        .filter_map(|name| {
+            let (repo, tag) = split_tag(name);
+            let base = repo.rsplit('/').next().unwrap_or(repo);
+            let distance = strsim::levenshtein(&asked, name);
+            let score = if base == asked_base && tag == asked_tag {
+                0
+            } else if repo == asked_repo || base == asked_base {
+                1
+            } else if distance <= (asked.len() / 4).max(2) {
+                1 + distance
+            } else {
+                return None;
+            };
+            Some((score, name))
+        })
+        .collect();
+    scored.sort();
+    scored.into_iter().take(3).map(|(_, n)| n.clone()).collect()
+}
+
+/// `repo:tag` → (`repo`, `tag`); a colon in a registry's port is not a tag.
+fn split_tag(name: &str) -> (&str, &str) {
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (name, ""),
+    }
 }

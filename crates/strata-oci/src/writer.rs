@@ -55,10 +55,18 @@ pub struct WrittenLayer {
     member: String,
 }
 
-/// Where the archive goes: a tar file, or a directory (OCI layouts only).
+/// Where the archive goes: a tar file, or a directory (OCI layouts only),
+/// or a tar stream (`strata export -o -`: stdout).
 pub enum ArchiveTarget {
     Tar(PathBuf),
     Dir(PathBuf),
+    /// A tar written to `out` as [`ArchiveWriter::finish`] runs (a stream
+    /// cannot appear whole: a reader sees it cut short if writing fails);
+    /// blobs are staged in a directory made under `scratch` first.
+    Stream {
+        out: Box<dyn Write + Send>,
+        scratch: PathBuf,
+    },
 }
 
 /// Builds an image archive blob by blob. The archive appears at its target
@@ -79,6 +87,7 @@ impl ArchiveWriter {
     pub fn new(target: ArchiveTarget, layout: ArchiveLayout) -> io::Result<Self> {
         let parent = match &target {
             ArchiveTarget::Tar(p) | ArchiveTarget::Dir(p) => p.parent().filter(|p| !p.as_os_str().is_empty()),
+            ArchiveTarget::Stream { scratch, .. } => Some(scratch.as_path()),
         };
         let scratch = tempfile::Builder::new()
             .prefix(".strata-archive-")
@@ -255,7 +264,7 @@ impl ArchiveWriter {
         if self.layout != ArchiveLayout::Oci {
             small.push(("manifest.json", serde_json::to_vec(&self.docker_entries)?));
         }
-        match &self.target {
+        match self.target {
             ArchiveTarget::Dir(dir) => {
                 let staged = self.scratch.path().join("layout");
                 fs::create_dir_all(staged.join("blobs/sha256"))?;
@@ -265,39 +274,70 @@ impl ArchiveWriter {
                 for (member, path) in &self.members {
                     fs::rename(path, staged.join(member))?;
                 }
-                fs::rename(&staged, dir)?;
+                fs::rename(&staged, &dir)?;
                 Ok(0)
             }
             ArchiveTarget::Tar(out) => {
                 let staged = self.scratch.path().join("archive.tar");
-                let mut tar = tar::Builder::new(BufWriter::new(File::create(&staged)?));
-                for (name, bytes) in &small {
-                    tar.append_data(&mut file_header(bytes.len() as u64), name, bytes.as_slice())?;
-                }
-                let mut dirs = HashSet::new();
-                for (member, path) in &self.members {
-                    if let Some((dir, _)) = member.rsplit_once('/') {
-                        for (i, _) in dir.match_indices('/').chain([(dir.len(), "")]) {
-                            let d = format!("{}/", &dir[..i]);
-                            if dirs.insert(d.clone()) {
-                                let mut h = file_header(0);
-                                h.set_entry_type(tar::EntryType::Directory);
-                                h.set_mode(0o755);
-                                tar.append_data(&mut h, &d, io::empty())?;
-                            }
-                        }
-                    }
-                    let mut f = File::open(path)?;
-                    let len = f.metadata()?.len();
-                    tar.append_data(&mut file_header(len), member, &mut f)?;
-                }
-                let file = tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+                let file = write_tar(BufWriter::new(File::create(&staged)?), &small, &self.members)?;
+                let file = file.into_inner().map_err(|e| e.into_error())?;
                 file.sync_all()?;
                 let len = file.metadata()?.len();
-                fs::rename(&staged, out)?;
+                fs::rename(&staged, &out)?;
                 Ok(len)
             }
+            ArchiveTarget::Stream { out, .. } => {
+                let mut counted = Counted { inner: BufWriter::with_capacity(1 << 20, out), bytes: 0 };
+                counted = write_tar(counted, &small, &self.members)?;
+                counted.inner.flush()?;
+                Ok(counted.bytes)
+            }
         }
+    }
+}
+
+/// The archive's tar: the small files, then each staged blob under its
+/// member name (with the directories above it first); returns the writer.
+fn write_tar<W: Write>(out: W, small: &[(&str, Vec<u8>)], members: &[(String, PathBuf)]) -> io::Result<W> {
+    let mut tar = tar::Builder::new(out);
+    for (name, bytes) in small {
+        tar.append_data(&mut file_header(bytes.len() as u64), name, bytes.as_slice())?;
+    }
+    let mut dirs = HashSet::new();
+    for (member, path) in members {
+        if let Some((dir, _)) = member.rsplit_once('/') {
+            for (i, _) in dir.match_indices('/').chain([(dir.len(), "")]) {
+                let d = format!("{}/", &dir[..i]);
+                if dirs.insert(d.clone()) {
+                    let mut h = file_header(0);
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    tar.append_data(&mut h, &d, io::empty())?;
+                }
+            }
+        }
+        let mut f = File::open(path)?;
+        let len = f.metadata()?.len();
+        tar.append_data(&mut file_header(len), member, &mut f)?;
+    }
+    tar.into_inner()
+}
+
+/// A writer that counts what goes through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

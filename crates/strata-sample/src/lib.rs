@@ -309,7 +309,7 @@ pub fn write_layers_image(path: &Path, name: &str, layers: &[Vec<u8>]) -> io::Re
 
 /// Where downloaded Debian packages are cached between runs.
 pub fn deb_cache_dir() -> std::path::PathBuf {
-    std::env::var_os("STRATA_DEB_CACHE").map_or_else(|| "/var/cache/strata-test-debs".into(), Into::into)
+    std::env::var_os("STRATA_TEST_DEB_CACHE").map_or_else(|| "/var/cache/strata-test-debs".into(), Into::into)
 }
 
 /// The filesystem tree of a Debian package (`name` or `name=version`), as a

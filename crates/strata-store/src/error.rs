@@ -30,14 +30,30 @@ pub enum StoreError {
     Decode { what: &'static str, key: String, source: prost::DecodeError },
     #[error("corrupt store: {0}")]
     Corrupt(String),
-    #[error("no image named {0:?}")]
-    NoSuchImage(String),
+    /// No image has this name, id or id prefix; `suggestions` are the
+    /// closest names the store holds (at most three; may be empty).
+    #[error("no image named {reference:?}{}", did_you_mean(suggestions))]
+    NoSuchImage { reference: String, suggestions: Vec<String> },
     #[error("{reference:?} matches {count} images; give more of the id")]
     Ambiguous { reference: String, count: usize },
 }
 
 impl StoreError {
+    /// [`StoreError::NoSuchImage`] without suggestions.
+    pub fn no_such_image(reference: impl Into<String>) -> Self {
+        Self::NoSuchImage { reference: reference.into(), suggestions: Vec::new() }
+    }
+
     pub(crate) fn decode(what: &'static str, key: impl ToString, source: prost::DecodeError) -> Self {
         StoreError::Decode { what, key: key.to_string(), source }
+    }
+}
+
+/// "; did you mean a, b or c?" for [`StoreError::NoSuchImage`].
+fn did_you_mean(suggestions: &[String]) -> String {
+    match suggestions {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        [rest @ .., last] => format!("; did you mean {} or {last}?", rest.join(", ")),
     }
 }

@@ -70,6 +70,15 @@ impl Store {
         }
     }
 
+    /// Every image name the store holds, sorted.
+    pub fn all_names(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .keys_with_prefix(schema::NAMES, b"")?
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect())
+    }
+
     /// Names of the image, sorted.
     pub fn image_names(&self, id: &ImageId) -> Result<std::collections::BTreeSet<String>, StoreError> {
         Ok(self
@@ -82,7 +91,7 @@ impl Store {
     /// Finds an image by exact name, by full id, or by a unique id prefix of
     /// at least 4 hex digits.
     pub fn resolve(&self, reference: &str) -> Result<(ImageId, ImageRecord), StoreError> {
-        let missing = || StoreError::NoSuchImage(reference.to_owned());
+        let missing = || StoreError::no_such_image(reference);
         let id = match self.image_by_name(reference)? {
             Some(id) => id,
             None => self.image_by_id_prefix(reference)?.ok_or_else(missing)?,

@@ -241,7 +241,7 @@ fn rm_by_name_keeps_other_names() {
     let out = store.remove("a:1").unwrap();
     assert!(!out.image_removed);
     assert_eq!(store.resolve("b:1").unwrap().0, out.image);
-    assert!(matches!(store.resolve("a:1"), Err(StoreError::NoSuchImage(_))));
+    assert!(matches!(store.resolve("a:1"), Err(StoreError::NoSuchImage { .. })));
     assert!(store.remove("b:1").unwrap().image_removed);
 }
 

@@ -1,7 +1,8 @@
 use prost::Message;
 use std::net::SocketAddr;
 use strata_proto::v1::{
-    request, Announce, Claim, FetchChunks, FetchLayerIndex, Lookup, OfferProfile, Request, ResolveImage,
+    request, Announce, Claim, FetchChunks, FetchLayerIndex, ListImages, Lookup, OfferProfile, Request,
+    ResolveImage,
 };
 
 use strata_types::{ChunkId, ImageId, LayerId, MAX_PROFILE_CHUNKS};
@@ -55,6 +56,8 @@ pub enum PeerRequest {
     /// image from its registry) on the cluster's behalf, asked of the
     /// key's first directory node; renewed by asking again.
     Claim(ClaimRequest),
+    /// The images the node holds (`strata images --cluster`).
+    ListImages,
 }
 
 /// A claim on a key, or its release (wire: `Claim`).
@@ -130,6 +133,7 @@ pub fn decode_request(frame: &[u8]) -> Result<PeerRequest, WireError> {
         request::Kind::OfferProfile(o) => {
             Ok(PeerRequest::OfferProfile { image: id(&o.image_id)?, chunks: profile(&o.chunks)? })
         }
+        request::Kind::ListImages(ListImages {}) => Ok(PeerRequest::ListImages),
     }
 }
 
@@ -176,6 +180,7 @@ pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, WireError> {
             addr: c.addr.to_string(),
             release: c.release,
         }),
+        PeerRequest::ListImages => request::Kind::ListImages(ListImages {}),
     };
     crate::encode_frame(&Request { version: VERSION, kind: Some(kind) })
 }

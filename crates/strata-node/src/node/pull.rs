@@ -35,7 +35,7 @@ impl Node {
                 }
                 return Ok(id);
             }
-            Err(StoreError::NoSuchImage(_)) => {}
+            Err(StoreError::NoSuchImage { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         let holders: Vec<Holder> =
