@@ -363,7 +363,9 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
-    /// Seconds a chunk fetch may take before the read fails with EIO.
+    /// Seconds a read may wait for a chunk (finding its holders included)
+    /// before it fails with EIO, at most 0.5 s later [settings:
+    /// node.fetch_deadline_secs, default 5].
     #[arg(long, value_name = "SECS")]
     pub fetch_deadline: Option<f64>,
     /// Serve containerd's snapshots API (a proxy snapshotter) on this Unix
@@ -394,7 +396,8 @@ pub struct PeerArgs {
     /// a peer that dies or lies costs a retry at the next.
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<std::net::SocketAddr>,
-    /// Seconds a chunk fetch may take before the read fails with EIO.
+    /// Seconds a read may wait for a chunk before it fails with EIO, at
+    /// most 0.5 s later.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub fetch_deadline: f64,
     #[command(flatten)]

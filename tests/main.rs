@@ -21,6 +21,7 @@ mod import_export;
 mod kubernetes;
 mod mount_cli;
 mod node_cluster;
+mod readme;
 mod registry_cli;
 mod run_env;
 mod run_flags;

@@ -235,7 +235,7 @@ fn a_commit_after_strata_run_holds_what_docker_commit_holds() {
     // same as docker's, the run's setup left out.
     let mut child = s
         .command()
-        .args(["run", name, "--", "echo hi > /tmp/x && read line"])
+        .args(["run", "-i", name, "--", "echo hi > /tmp/x && read line"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -162,13 +162,25 @@ pub fn serve(dir: &DataDir, spec: &MountSpec) -> Result<()> {
         };
     let mut unmounter = serving.session.unmount_callable();
     let record = serving.record.clone();
+    let held = mountpoint.to_owned();
     // SIGTERM, SIGINT or SIGHUP unmount; the session then ends by itself.
     // Handled from before the mount is reported live, so that a signal sent
     // as soon as `strata mount` returns cannot kill the process outright.
     crate::signals::on_termination(move |_| {
         tracing::info!("signal received: unmounting");
         if let Err(e) = unmounter.unmount() {
-            tracing::warn!(error = %e, "unmount on signal failed (files still open?)");
+            // Why, and who keeps it: the mount serves on until they let go
+            // (or `strata umount --lazy`).
+            let holders = mounts::holders(&held, 10);
+            let holders = match holders.is_empty() {
+                true => "no process found holding it".to_owned(),
+                false => holders.join(", "),
+            };
+            tracing::warn!(
+                error = %e,
+                %holders,
+                "cannot unmount on signal: the mount stays served while these hold it (or unmount with --lazy)"
+            );
         }
     })?;
     mounts::write(&ctx.path, &record)?;

@@ -394,6 +394,8 @@ fn source_of(e: &figment::Error, key: &str, from_env: bool) -> String {
         return format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase());
     }
     match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        // The path as given (figment's own display makes it relative).
+        Some(figment::Source::File(path)) => format!("`{key}` in {}", path.display()),
         Some(source) => format!("`{key}` in {source}"),
         None => format!("`{key}`"),
     }

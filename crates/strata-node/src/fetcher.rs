@@ -380,9 +380,13 @@ impl Fetcher {
         if let Some(why) = self.recently_unavailable(&id) {
             return Err(why);
         }
+        // The deadline covers finding the holders too: a directory node
+        // that died costs its lookup's timeout out of it, not on top.
+        let started = tokio::time::Instant::now();
         // A fetch that goes to a complete holder itself shares its flight
         // with the relays this node serves for the chunk: one fetch each.
         let plan = self.plan(id, true).await?;
+        let deadline = deadline.saturating_sub(started.elapsed());
         let _waiting = (priority == Priority::Demand).then(|| {
             (self.on_miss)(id, &plan.layers);
             self.demand.enter()
@@ -851,12 +855,19 @@ mod tests {
     struct FakeDirectory {
         holders: Vec<Holder>,
         lookups: Mutex<usize>,
+        /// How long each lookup takes (a directory node that died: its
+        /// lookup's timeout).
+        lookup_time: Mutex<Duration>,
     }
 
     impl HolderLookup for FakeDirectory {
         fn holders<'a>(&'a self, _layer: &'a LayerId) -> PortFuture<'a, Vec<Holder>> {
             *self.lookups.lock() += 1;
-            Box::pin(async move { self.holders.clone() })
+            let wait = *self.lookup_time.lock();
+            Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                self.holders.clone()
+            })
         }
     }
 
@@ -1050,6 +1061,17 @@ mod tests {
         s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("no holder, asked again");
         assert!(*s.directory.lookups.lock() > lookups, "fetched anew once the memory lapsed");
         assert_eq!(s.metrics.fetch_failures.get(), 2);
+    }
+
+    /// Finding the holders is part of the deadline: a lookup that takes a
+    /// second (its directory node died) leaves the holders the rest.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_lookup_comes_out_of_the_deadline() {
+        let s = setup(1, &[("a", 1, Behaviour::Silent)]);
+        *s.directory.lookup_time.lock() = Duration::from_secs(1);
+        let started = tokio::time::Instant::now();
+        s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("a silent holder");
+        assert!(started.elapsed() <= DEADLINE + FLIGHT_MARGIN, "{:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
