@@ -124,7 +124,9 @@ pub enum Command {
     },
     /// Remove image names; an image goes with its last name.
     Rm {
-        #[arg(required = true)]
+        /// Names (the name goes), or ids and unique id prefixes (the image
+        /// goes with all its names); all checked before any is removed.
+        #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
     /// Delete layers and chunks no image uses.
@@ -185,6 +187,7 @@ pub enum Command {
     Run(RunArgs),
     /// Unmount a strata mount (also one whose process was killed).
     Umount {
+        /// A mountpoint of this data dir's (`strata mounts` lists them).
         mountpoint: PathBuf,
         /// Detach now even if files are open; the mount goes when they close.
         #[arg(long)]
@@ -432,6 +435,7 @@ pub enum UppersCommand {
     /// Remove writable layers by name (as `strata uppers` lists them) or
     /// path; refused for one a mount holds.
     Rm {
+        /// A writable layer's NAME as `strata uppers` lists it, or its path.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
@@ -475,4 +479,32 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every visible command says what it is (the help
+    /// and the manual pages are made from these).
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "strata", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
 }

@@ -240,3 +240,29 @@ fn tar_of_one_file() -> Vec<u8> {
     tar.file(b"hello", 0o644, b"hi\n").expect("tar");
     tar.finish().expect("tar")
 }
+
+#[test]
+fn export_on_a_terminal_draws_its_progress_and_refuses_to_write_the_archive_there() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let on_pty = |args: &str| {
+        let line = format!("{} --data-dir {} {args}", env!("CARGO_BIN_EXE_strata"), s.data_dir().display());
+        let out = Command::new("script")
+            .args(["-qefc", &line, "/dev/null"])
+            .env_remove("STRATA_CONFIG")
+            .env("STRATA_LOG", "warn")
+            .output()
+            .expect("script(1)");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let out = s.path("out.tar");
+    let (ok, transcript) = on_pty(&format!("export sample:1 -o {}", out.display()));
+    assert!(ok, "{transcript}");
+    assert!(
+        transcript.contains("written") && transcript.contains("total"),
+        "no progress drawn: {transcript:?}"
+    );
+    assert!(transcript.contains("exported sample:1") && transcript.contains("2 layers"), "{transcript}");
+    let (ok, transcript) = on_pty("export sample:1");
+    assert!(!ok && transcript.contains("refusing to write an image archive to a terminal"), "{transcript}");
+}

@@ -372,3 +372,27 @@ fn umount_acts_on_its_own_data_dir_s_mounts_and_failed_mounts_leave_no_layer() {
     a.ok(&["umount", mp.arg()]);
     assert_eq!(a.json(&["uppers", "rm", &name])[0]["name"], name.as_str());
 }
+
+#[test]
+fn a_mount_process_that_cannot_unmount_on_a_signal_says_who_holds_the_mount() {
+    let s = Strata::new();
+    s.import(&sample_archive(s.dir.path(), "sample.tar", "sample:1"));
+    let mp = Mountpoint::new(&s, "mnt");
+    s.ok(&["mount", "sample:1", mp.arg(), "--read-only"]);
+    let record = &s.json(&["mounts"])[0];
+    let (pid, log) = (record["pid"].as_u64().expect("pid"), record["log"].as_str().expect("log").to_owned());
+    let mut holder =
+        std::process::Command::new("sleep").arg("600").current_dir(&mp.path).spawn().expect("a holder");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let said = format!("sleep (pid {})", holder.id());
+    crate::common::node::wait_for("the mount process to say why it stays", || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("cannot unmount on signal") && l.contains(&said))
+    });
+    assert!(mp.path.join("etc/hostname").exists(), "still served while held");
+    holder.kill().expect("kill");
+    holder.wait().expect("wait");
+    s.ok(&["umount", mp.arg()]);
+    wait_until_gone(pid);
+}
