@@ -21,9 +21,10 @@ pub struct Global {
     /// Settings file [default: DATA_DIR/strata.toml if it exists].
     #[arg(long, global = true, env = "STRATA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print machine-readable JSON instead of tables and reports (listings,
-    /// import, pull, export to a file, mount, umount, commit, rm, gc, config
-    /// show, cert; refused elsewhere).
+    /// Print machine-readable JSON instead of tables and reports (images,
+    /// status, inspect, peers, mounts, uppers, store stats, config show,
+    /// import, pull, push, export to a file, mount, umount, commit, rm, gc,
+    /// cert; refused where nothing is printed, and with -q or --format).
     #[arg(long, global = true)]
     pub json: bool,
     /// Seconds to wait for another strata process to release the store.
@@ -90,7 +91,7 @@ pub enum Command {
         #[arg(short, long, conflicts_with = "format")]
         quiet: bool,
         /// Print each row through TEMPLATE, as docker's `--format`:
-        /// {{.Name}}, {{.Repository}}, {{.Tag}}, {{.ID}}, {{.FullID}},
+        /// {{.Name}}, {{.Repository}}, {{.Tag}}, {{.Digest}}, {{.ID}}, {{.FullID}},
         /// {{.Layers}}, {{.Size}}, {{.SizeBytes}}, {{json .}}; `\t` and `\n`;
         /// a leading `table ` adds a header and aligns the columns; `json`
         /// alone prints each row as a JSON object on a line.
@@ -124,8 +125,9 @@ pub enum Command {
     },
     /// Remove image names; an image goes with its last name.
     Rm {
-        /// Names (the name goes), or ids and unique id prefixes (the image
-        /// goes with all its names); all checked before any is removed.
+        /// Names (the name goes; the image with its last name), or ids and
+        /// unique id prefixes (the image goes with all its names); one
+        /// after another, as `docker rmi A B`.
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
@@ -242,8 +244,9 @@ pub enum Command {
     /// from this help when the binary was built): `strata man | man -l -`,
     /// or `strata man run`.
     Man {
-        /// A command, e.g. run [default: strata itself].
-        command: Option<String>,
+        /// A command, e.g. run, or store stats [default: strata itself].
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
     },
 }
 

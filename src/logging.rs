@@ -9,9 +9,12 @@ use tracing_subscriber::EnvFilter;
 pub fn init(daemon: bool, json: bool) -> anyhow::Result<()> {
     let default = if daemon { "info" } else { "warn" };
     let filter = match std::env::var("STRATA_LOG") {
-        Ok(value) if !value.trim().is_empty() => EnvFilter::builder().parse(&value).map_err(|e| {
-            anyhow::anyhow!("STRATA_LOG={value:?} is not a log filter ({e}); write e.g. \"debug\" or \"strata_node=debug,info\"")
-        })?,
+        Ok(value) if !value.trim().is_empty() => {
+            check_bare_words(&value)?;
+            EnvFilter::builder().parse(&value).map_err(|e| {
+                anyhow::anyhow!("STRATA_LOG={value:?} is not a log filter ({e}); write e.g. \"debug\" or \"strata_node=debug,info\"")
+            })?
+        }
         Ok(_) | Err(std::env::VarError::NotPresent) => EnvFilter::new(default),
         Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("STRATA_LOG is not UTF-8"),
     };
@@ -26,6 +29,26 @@ pub fn init(daemon: bool, json: bool) -> anyhow::Result<()> {
     };
     // Already set (tests that call in twice): keep the first.
     drop(result);
+    Ok(())
+}
+
+/// A directive with no `=` is a level or a target; EnvFilter takes any
+/// word as a target, so a misspelt level (`debugg`, `verbose`) would
+/// silence every log. A bare word must be a level or name a module path
+/// (`strata_node`, `quinn::connection`).
+fn check_bare_words(value: &str) -> anyhow::Result<()> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for word in
+        value.split(',').map(str::trim).filter(|w| !w.is_empty() && !w.contains('=') && !w.contains('['))
+    {
+        let level = LEVELS.contains(&word.to_ascii_lowercase().as_str()) || word.parse::<u8>().is_ok();
+        if !level && !word.contains('_') && !word.contains("::") {
+            anyhow::bail!(
+                "STRATA_LOG={value:?}: {word:?} is neither a level (off, error, warn, info, debug, trace) nor a \
+                 module; write TARGET=LEVEL, e.g. \"strata_node=debug,info\""
+            );
+        }
+    }
     Ok(())
 }
 

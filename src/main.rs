@@ -30,11 +30,14 @@ fn main() -> ExitCode {
                 false => output::write_out(format_args!("{help}")),
             }
             output::flush();
+            output::end_if_closed();
             return ExitCode::SUCCESS;
         }
         Err(e) => e.exit(),
     };
-    match commands::run(cli) {
+    let result = commands::run(cli);
+    output::end_if_closed();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<commands::Cancelled>() => {
             eprintln!("{e}");

@@ -355,12 +355,13 @@ fn umount_acts_on_its_own_data_dir_s_mounts_and_failed_mounts_leave_no_layer() {
     assert_eq!(removed.as_array().expect("array").len(), 1);
     assert!(a.json(&["uppers"]).as_array().expect("array").is_empty());
 
-    // A mount that fails makes no writable layer that stays.
-    let err = a.fails(&["mount", "nosuch:1", mp.arg()]);
-    assert!(err.contains("nosuch"), "{err}");
+    // A mount that fails makes no writable layer that stays (an id that
+    // matches nothing: never asked of a registry).
+    let err = a.fails(&["mount", "0000deadbeef", mp.arg()]);
+    assert!(err.contains("0000deadbeef"), "{err}");
     assert!(a.json(&["uppers"]).as_array().expect("array").is_empty(), "no layer left by a failed mount");
     let given = a.path("given-upper");
-    a.fails(&["mount", "nosuch:1", mp.arg(), "--upper", given.to_str().expect("utf-8")]);
+    a.fails(&["mount", "0000deadbeef", mp.arg(), "--upper", given.to_str().expect("utf-8")]);
     assert!(!given.exists(), "a --upper the failed mount created is gone again");
 
     // An upper a live mount holds is not removed.

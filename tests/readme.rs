@@ -68,6 +68,8 @@ fn the_readme_s_using_it_lines_run_as_written() {
     }
     docker(&["load", "-i", work.join("busybox.tar").to_str().expect("utf-8")]);
     docker(&["tag", "strata-test/busybox:1", "busybox:latest"]);
+    let _docker_images = DockerImages(&["busybox:latest", "strata-test/busybox:1", "app:1.4"]);
+    let _mounts = Mounts(&s, ["mnt/app", "mnt/ro"]);
     let registry = TestRegistry::start();
     registry.push(&app, "app:1.4");
     registry.write_settings(&s.data_dir());
@@ -127,7 +129,27 @@ fn the_readme_s_using_it_lines_run_as_written() {
         ran += 1;
     }
     assert!(ran >= 30, "the README's block ran {ran} lines");
-    for image in ["busybox:latest", "strata-test/busybox:1", "app:1.4"] {
-        let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+}
+
+/// The README's mountpoints, unmounted however the test ends.
+struct Mounts<'a>(&'a Strata, [&'a str; 2]);
+
+impl Drop for Mounts<'_> {
+    fn drop(&mut self) {
+        for mountpoint in self.1 {
+            let path = self.0.path(mountpoint);
+            let _ = self.0.run(&["umount", "--lazy", path.to_str().unwrap_or_default()]);
+        }
+    }
+}
+
+/// Docker images the test made, removed however it ends.
+struct DockerImages<'a>(&'a [&'a str]);
+
+impl Drop for DockerImages<'_> {
+    fn drop(&mut self) {
+        for image in self.0 {
+            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+        }
     }
 }

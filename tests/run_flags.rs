@@ -90,6 +90,7 @@ fn run_takes_docker_run_s_flags() {
     // -t: a terminal of its own (its output through the terminal: CRLF).
     assert_eq!(s.ok(&["run", IMAGE, "sh", "-c", "test -t 1 && echo tty || echo no-tty"]), "no-tty\n");
     assert_eq!(s.ok(&["run", "-t", IMAGE, "sh", "-c", "test -t 1 && echo tty || echo no-tty"]), "tty\r\n");
+    assert_eq!(s.ok(&["run", "-t", IMAGE, "sh", "-c", "echo $TERM"]), "xterm\r\n", "docker's TERM with -t");
 
     // --rm is what a run does anyway; with --upper it is a contradiction.
     assert_eq!(s.ok(&["run", "--rm", IMAGE]), "default\n");

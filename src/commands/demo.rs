@@ -14,6 +14,7 @@ use strata_store::{OpenMode, Store};
 use super::Ctx;
 use crate::output::bytes;
 use crate::output::outln;
+use strata_daemon::format::{plural, plural_as};
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("strata-demo-").tempdir().context("scratch dir")?;
@@ -40,21 +41,21 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let report = import_archive(&store, &v1, &options, &NoProgress)?;
     let image = &report.images[0];
     outln!(
-        "   imported {} as {} — {} layers, {} of files, {} new chunks",
+        "   imported {} as {} — {}, {} of files, {}",
         image.names.join(", "),
         image.id.short(),
-        image.layers.len(),
+        plural(image.layers.len() as u64, "layer"),
         bytes(report.content_bytes),
-        report.new_chunks
+        plural(report.new_chunks, "new chunk")
     );
     for layer in &image.layers {
         let record = store.layer(layer)?.context("layer just imported")?;
         outln!(
-            "   layer {}: {} entries, {} in {} chunk refs",
+            "   layer {}: {}, {} in {}",
             layer.short(),
-            record.entries,
+            plural_as(record.entries, "entry", "entries"),
             bytes(record.content_bytes),
-            record.chunk_refs
+            plural(record.chunk_refs, "chunk ref")
         );
     }
 
@@ -73,16 +74,16 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     )?;
     let report2 = import_archive(&store, &v2, &options, &NoProgress)?;
     outln!(
-        "   {} of files read, {} new layer(s), {} new chunk(s) ({})",
+        "   {} of files read, {}, {} ({})",
         bytes(report2.content_bytes),
-        report2.layers_added,
-        report2.new_chunks,
+        plural(report2.layers_added as u64, "new layer"),
+        plural(report2.new_chunks, "new chunk"),
         bytes(report2.new_chunk_bytes)
     );
     let stats = store.stats()?;
     outln!(
-        "   store: {} chunks, {} logical, {} unique, {} stored — dedup {:.2}x, compression {:.2}x",
-        stats.chunks,
+        "   store: {}, {} logical, {} unique, {} stored — dedup {:.2}x, compression {:.2}x",
+        plural(stats.chunks, "chunk"),
         bytes(stats.logical_bytes),
         bytes(stats.unique_bytes),
         bytes(stats.stored_bytes),
@@ -106,9 +107,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     store.remove("strata/sample:v2")?;
     let gc = store.gc()?;
     outln!(
-        "   deleted {} layer(s), {} chunk(s), {} stored",
-        gc.layers_deleted,
-        gc.chunks_deleted,
+        "   deleted {}, {}, {} stored",
+        plural(gc.layers_deleted, "layer"),
+        plural(gc.chunks_deleted, "chunk"),
         bytes(gc.stored_bytes_deleted)
     );
     let chunk = store.layer_index(&image.layers[0])?;
@@ -135,7 +136,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         outln!("   skipped: {}", crate::error_chain(&e));
     }
     outln!(
-        "\ndone. Next: `strata import` your own `docker save` archive, then `strata mount` or `strata run` it."
+        "\ndone. Next: `strata import` your own `docker save` archive, then `strata mount` or `strata run` it (the demo's image holds no programs to run)."
     );
     Ok(())
 }
@@ -182,9 +183,10 @@ fn mount_and_touch(store: &Arc<Store>, scratch: &std::path::Path) -> anyhow::Res
     let hostname = std::fs::read_to_string(mountpoint.join("etc/hostname"))?;
     let entries = std::fs::read_dir(mountpoint.join("usr/share/doc"))?.count();
     outln!(
-        "   cat /etc/hostname → {:?}; ls /usr/share/doc → {entries} entries; fetched {} chunk(s), {}",
+        "   cat /etc/hostname → {:?}; ls /usr/share/doc → {}; fetched {}, {}",
         hostname.trim_end(),
-        source.chunks.load(Ordering::Relaxed),
+        plural_as(entries as u64, "entry", "entries"),
+        plural(source.chunks.load(Ordering::Relaxed), "chunk"),
         bytes(source.bytes.load(Ordering::Relaxed))
     );
     let mut motd = std::fs::OpenOptions::new().append(true).open(mountpoint.join("etc/motd"))?;

@@ -107,21 +107,22 @@ pub fn run(a_dir: &Path, scratch: &Path) -> anyhow::Result<()> {
     let read = (|| -> anyhow::Result<()> {
         let entries = std::fs::read_dir(mountpoint.join("usr/share/doc"))?.count();
         outln!(
-            "   B mounted it: ls /usr/share/doc → {entries} entries; fetched {} chunk(s) so far",
-            metric(&b, "strata_chunks_fetched_total")?
+            "   B mounted it: ls /usr/share/doc → {}; fetched {} so far",
+            strata_daemon::format::plural_as(entries as u64, "entry", "entries"),
+            strata_daemon::format::plural(metric(&b, "strata_chunks_fetched_total")?, "chunk")
         );
         let hostname = std::fs::read_to_string(mountpoint.join("etc/hostname"))?;
         let app = std::fs::read(mountpoint.join("bin/app"))?;
         outln!(
-            "   B read /etc/hostname ({:?}) and /bin/app ({}): fetched {} chunk(s), {} from A, each checked against its id",
+            "   B read /etc/hostname ({:?}) and /bin/app ({}): fetched {}, {} from A, each checked against its id",
             hostname.trim_end(),
             bytes(app.len() as u64),
-            metric(&b, "strata_chunks_fetched_total")?,
+            strata_daemon::format::plural(metric(&b, "strata_chunks_fetched_total")?, "chunk"),
             bytes(metric(&b, "strata_chunk_bytes_fetched_total")?),
         );
         outln!(
-            "   A served {} chunk(s); B now holds them and would serve them on to a third node",
-            metric(&a, "strata_chunks_served_total")?
+            "   A served {}; B now holds them and would serve them on to a third node",
+            strata_daemon::format::plural(metric(&a, "strata_chunks_served_total")?, "chunk")
         );
         Ok(())
     })();

@@ -218,6 +218,9 @@ fn duration(seconds: f64) -> String {
 
 /// `strata images`: a table, ids only (`-q`), or rows through `--format`.
 pub fn list(ctx: &Ctx, list: &[ImageSummary], quiet: bool, format: Option<&str>) -> anyhow::Result<()> {
+    if ctx.json && (quiet || format.is_some()) {
+        anyhow::bail!("--json and {} exclude each other", if quiet { "-q" } else { "--format" });
+    }
     if quiet {
         let mut seen = std::collections::HashSet::new();
         for image in list.iter().filter(|i| seen.insert(i.id)) {
@@ -232,37 +235,53 @@ pub fn list(ctx: &Ctx, list: &[ImageSummary], quiet: bool, format: Option<&str>)
         images(list);
         return Ok(());
     };
+    const FIELDS: [&str; 9] =
+        ["Name", "Repository", "Tag", "Digest", "ID", "FullID", "Layers", "Size", "SizeBytes"];
+    let field = |i: &ImageSummary, field: &str| -> String {
+        // REPO:TAG, REPO@sha256:… (a pull's digest name) or an id alone.
+        let (name, digest) = match i.name.split_once('@') {
+            Some((repo, digest)) => (repo, digest),
+            None => (i.name.as_str(), ""),
+        };
+        let (repository, tag) = match name.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (name, "<none>"),
+        };
+        match field {
+            "Name" => i.name.clone(),
+            "Repository" => repository.to_owned(),
+            "Tag" => tag.to_owned(),
+            "Digest" => {
+                if digest.is_empty() {
+                    "<none>".to_owned()
+                } else {
+                    digest.to_owned()
+                }
+            }
+            "ID" => i.id.short(),
+            "FullID" => i.id.to_string(),
+            "Layers" => i.layers.to_string(),
+            "Size" => bytes(i.size),
+            _ => i.size.to_string(),
+        }
+    };
+    // A row as JSON: the template's fields, as docker's `--format json`.
+    let json_row = |i: &ImageSummary| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            FIELDS.iter().map(|f| (f.to_string(), serde_json::Value::String(field(i, f)))).collect();
+        serde_json::Value::Object(map).to_string()
+    };
+    // `table` alone: the default columns, as docker's.
+    let format =
+        if format.trim() == "table" { "table {{.Name}}\\t{{.ID}}\\t{{.Layers}}\\t{{.Size}}" } else { format };
     if format == "json" {
-        // docker's `--format json`: one JSON object per line.
         for image in list {
-            outln!("{}", serde_json::to_string(image)?);
+            outln!("{}", json_row(image));
         }
         return Ok(());
     }
-    const FIELDS: [&str; 8] = ["Name", "Repository", "Tag", "ID", "FullID", "Layers", "Size", "SizeBytes"];
     let template = crate::template::Template::parse(format, &FIELDS)?;
-    let rows = list
-        .iter()
-        .map(|i| {
-            let (repository, tag) = match i.name.rsplit_once(':') {
-                Some((repo, tag)) if !tag.contains('/') => (repo.to_owned(), tag.to_owned()),
-                _ => (i.name.clone(), String::new()),
-            };
-            template.render(
-                |field| match field {
-                    "Name" => i.name.clone(),
-                    "Repository" => repository.clone(),
-                    "Tag" => tag.clone(),
-                    "ID" => i.id.short(),
-                    "FullID" => i.id.to_string(),
-                    "Layers" => i.layers.to_string(),
-                    "Size" => bytes(i.size),
-                    _ => i.size.to_string(),
-                },
-                || serde_json::to_string(i).unwrap_or_default(),
-            )
-        })
-        .collect();
+    let rows = list.iter().map(|i| template.render(|f| field(i, f), || json_row(i))).collect();
     crate::template::print_rows(&template, rows);
     Ok(())
 }
@@ -375,6 +394,7 @@ pub fn export(ctx: &Ctx, image: &str, output: Option<&Path>, compression: Compre
             "refusing to write an image archive to a terminal: give -o FILE, or redirect stdout \
              (strata export {image} > image.tar)"
         ),
+        _ if ctx.json => anyhow::bail!("--json: the archive goes to stdout; give -o FILE for a report"),
         _ => strata_daemon::ops::ExportTo::Stdout,
     };
     let bar = crate::progress::Bar::for_stderr_with(("writing", "written"));
@@ -410,15 +430,4 @@ pub fn export(ctx: &Ctx, image: &str, output: Option<&Path>, compression: Compre
     Ok(())
 }
 
-/// "1 layer", "2 layers".
-pub fn plural(n: impl Into<u64>, noun: &str) -> String {
-    plural_as(n, noun, &format!("{noun}s"))
-}
-
-/// "1 entry", "2 entries".
-pub fn plural_as(n: impl Into<u64>, one: &str, many: &str) -> String {
-    match n.into() {
-        1 => format!("1 {one}"),
-        n => format!("{n} {many}"),
-    }
-}
+pub use strata_daemon::format::{plural, plural_as};

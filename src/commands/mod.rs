@@ -25,7 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // What needs no settings and no store works whatever they are.
     match &cli.command {
         Command::Completion { shell } => return completion(*shell),
-        Command::Man { command } => return man(command.as_deref()),
+        Command::Man { command } => return man(&command.join("-")),
         _ => {}
     }
     let ctx = Ctx::new(cli.global)?;
@@ -122,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let code = strata_daemon::run::run(&ctx.dir, &args.image, &options)?;
             crate::output::flush();
+            crate::output::end_if_closed();
             std::process::exit(code)
         }
         Command::Cert { command: CertCommand::InitCa { dir, cluster } } => cert::init_ca(&ctx, dir, &cluster),
@@ -150,7 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo => demo::run(&ctx),
         Command::Completion { shell } => completion(shell),
-        Command::Man { command } => man(command.as_deref()),
+        Command::Man { command } => man(&command.join("-")),
     }
 }
 
@@ -265,10 +266,10 @@ fn completion(shell: crate::cli::Shell) -> anyhow::Result<()> {
 }
 
 /// `strata man [COMMAND]`: the page build.rs made from the command's help.
-fn man(command: Option<&str>) -> anyhow::Result<()> {
+fn man(command: &str) -> anyhow::Result<()> {
     let name = match command {
-        None => "strata".to_owned(),
-        Some(command) => format!("strata-{command}"),
+        "" => "strata".to_owned(),
+        command => format!("strata-{command}"),
     };
     match crate::MAN_PAGES.iter().find(|(page, _)| *page == name) {
         Some((_, text)) => {

@@ -142,12 +142,12 @@ impl ImageChunks {
 /// fetch them.
 pub fn missing_error(image: &str, missing: MissingChunks, data_dir: &Path) -> Error {
     Error::Refused(format!(
-        "image {image} lacks {} chunks ({}) in {} of its layers here: it was pulled lazily through a node, \
+        "image {image} lacks {} ({}) in {} here: it was pulled lazily through a node, \
          and only what was read came. Start the node on this data dir (`strata --data-dir {} serve ...`) \
          so the rest is fetched from peers, then run this again",
-        missing.chunks,
+        crate::format::plural(missing.chunks, "chunk"),
         bytes(missing.bytes),
-        missing.layers,
+        crate::format::plural_as(missing.layers, "of its layers", "of its layers"),
         data_dir.display()
     ))
 }

@@ -16,6 +16,19 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// "1 layer", "2 layers": `n` and the noun, plural with an s.
+pub fn plural(n: impl Into<u64>, noun: &str) -> String {
+    plural_as(n, noun, &format!("{noun}s"))
+}
+
+/// "1 entry", "2 entries": `n` and the noun, `one` or `many`.
+pub fn plural_as(n: impl Into<u64>, one: &str, many: &str) -> String {
+    match n.into() {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

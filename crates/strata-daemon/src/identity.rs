@@ -26,8 +26,9 @@ pub fn load_identity(data_dir: &Path, spec: &IdentitySpec) -> Result<Identity> {
         let path = dir.join(&name);
         std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "reading {} (make it with `strata cert init-ca` and `strata cert issue --node {node}`)",
-                path.display()
+                "reading {} (make it with `strata cert init-ca --dir {dir}` and `strata cert issue --node {node} --dir {dir}`)",
+                path.display(),
+                dir = dir.display()
             )
         })
     };

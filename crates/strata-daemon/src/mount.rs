@@ -293,7 +293,10 @@ fn start(
             if let Some(n) = layers {
                 let total = found.record.layers.len();
                 if n == 0 || n as usize > total {
-                    refuse!("image {image} has {total} layers: cannot mount its first {n}");
+                    refuse!(
+                        "image {image} has {}: cannot mount its first {n}",
+                        crate::format::plural(total as u64, "layer")
+                    );
                 }
                 found.record.layers.truncate(n as usize);
             }
@@ -408,7 +411,10 @@ pub fn unmount(ctx: &DataDir, mountpoint: &Path, lazy: bool) -> Result<PathBuf> 
     if record.is_none() && !mounted {
         refuse!("{} is not a strata mount", mountpoint.display());
     }
-    if record.is_none() {
+    // No record here, or one whose process is gone (the path may be
+    // another data dir's mount now): the serving process says whose it is.
+    let stale = record.as_ref().is_some_and(|r| !mounts::process_alive(r.pid));
+    if record.is_none() || (stale && mounted && mounts::serving_process(&mountpoint).is_some()) {
         // Mounted, but not from this data dir: its own `strata umount` clears it.
         let same_dir = |owner: &Path| {
             let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
@@ -443,6 +449,7 @@ pub fn unmount(ctx: &DataDir, mountpoint: &Path, lazy: bool) -> Result<PathBuf> 
                 mountpoint.display(),
                 match mounts::holders(&mountpoint, 5).as_slice() {
                     [] => "a process has a file open or its working directory there".to_owned(),
+                    [one] => format!("{one} uses it"),
                     held => format!("{} use it", held.join(", ")),
                 }
             ),

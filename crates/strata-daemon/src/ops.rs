@@ -287,12 +287,16 @@ pub fn peers(dir: &DataDir) -> Result<Peers> {
 }
 
 /// How long a listing waits for each node's answer.
-const LISTING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+const LISTING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 fn running_node(dir: &DataDir) -> Result<&Arc<strata_node::Node>> {
-    dir.node
-        .as_ref()
-        .with_context(|| format!("no node runs on {}: start one with `strata serve`", dir.path.display()))
+    dir.node.as_ref().with_context(|| {
+        format!(
+            "no node runs on {}: start one with `strata --data-dir {} serve`",
+            dir.path.display(),
+            dir.path.display()
+        )
+    })
 }
 
 /// `strata images --cluster`: the image names every live node holds (this

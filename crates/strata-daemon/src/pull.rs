@@ -263,9 +263,9 @@ impl Puller<'_> {
         let after = store.holding(&record)?;
         if !after.whole() {
             return Err(Error::Refused(format!(
-                "{} of {} chunks of image {id} could not be fetched from any node; the node goes on trying (strata status)",
+                "{} of {} of image {id} could not be fetched from any node; the node goes on trying (strata status)",
                 after.chunks - after.local_chunks,
-                after.chunks
+                crate::format::plural(after.chunks, "chunk")
             )));
         }
         if missing > reported {

@@ -37,7 +37,7 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// `--entrypoint`: the program instead of the image's `Entrypoint`;
     /// as docker, it also drops the image's `Cmd`, and "" drops the
-    /// entrypoint (the command then comes from `args` or `Cmd`).
+    /// entrypoint (the command then comes from `args` alone).
     pub entrypoint: Option<String>,
     /// `--name`: the run's name, unique among the runs live on this data
     /// dir (its directory is DATA_DIR/run/NAME, its mount's mountpoint
@@ -91,7 +91,12 @@ impl Process {
         };
         argv.extend(if options.args.is_empty() { cmd } else { options.args.clone() });
         if argv.is_empty() {
-            refuse!("the image has no Entrypoint or Cmd: give a command after the image");
+            match &options.entrypoint {
+                Some(_) => refuse!(
+                    "--entrypoint \"\" drops the image's Entrypoint and Cmd: give a command after the image"
+                ),
+                None => refuse!("the image has no Entrypoint or Cmd: give a command after the image"),
+            }
         }
         let mut env = strings(&c["Env"]);
         let set = |env: &mut Vec<String>, var: String| {
@@ -124,6 +129,10 @@ impl Process {
         }
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push(DEFAULT_PATH.to_owned());
+        }
+        // As docker: with a terminal, TERM unless the image or -e sets it.
+        if options.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".to_owned());
         }
         let cwd = match &options.workdir {
             Some(dir) if !dir.starts_with('/') => {
@@ -243,22 +252,27 @@ fn check_run_name(name: &str) -> Result<()> {
 /// Makes DATA_DIR/run/NAME for a run named NAME, its `pid` file locked
 /// (flock) for as long as the returned file is open: refused while another
 /// run holds that lock; a dead run's directory (its lock free) is taken
-/// over, its leftover mount cleared.
+/// over, its leftover mount cleared. The directory appears with its lock
+/// already held (made aside, locked, then renamed into place), so two runs
+/// of one name never both take it.
 fn claim_run_dir(ctx: &DataDir, runs: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
     let dir = runs.join(name);
     std::fs::create_dir_all(runs).with_context(|| format!("creating {}", runs.display()))?;
+    let aside = runs.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&aside);
+    std::fs::create_dir(&aside).with_context(|| format!("creating {}", aside.display()))?;
+    let lock = lock_pid(&aside)?.with_context(|| format!("{} is taken", aside.display()))?;
     for _ in 0..2 {
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                return Ok((
-                    dir.clone(),
-                    lock_pid(&dir)?.with_context(|| format!("{} is taken", dir.display()))?,
-                ))
+        match std::fs::rename(&aside, &dir) {
+            Ok(()) => return Ok((dir, lock)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&aside);
+                return Err(e).with_context(|| format!("renaming {} into place", aside.display()));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
-        let Some(lock) = lock_pid(&dir)? else {
+        let Some(dead) = lock_pid(&dir)? else {
+            let _ = std::fs::remove_dir_all(&aside);
             let pid = std::fs::read_to_string(dir.join("pid")).unwrap_or_default();
             refuse!("a run named {name} is live (strata run, pid {}): choose another --name", pid.trim());
         };
@@ -268,12 +282,16 @@ fn claim_run_dir(ctx: &DataDir, runs: &Path, name: &str) -> Result<(PathBuf, std
         if crate::mounts::find(&ctx.path, &rootfs).is_some()
             || crate::mounts::mounted_strata_paths().contains(&rootfs)
         {
-            unmount(ctx, &rootfs, false).with_context(|| format!("clearing the dead run {name}'s mount"))?;
+            if let Err(e) = unmount(ctx, &rootfs, false) {
+                let _ = std::fs::remove_dir_all(&aside);
+                return Err(e).with_context(|| format!("clearing the dead run {name}'s mount"));
+            }
         }
-        drop(lock);
+        drop(dead);
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("clearing the dead run's {}", dir.display()))?;
     }
+    let _ = std::fs::remove_dir_all(&aside);
     refuse!("a run named {name} is starting beside this one: choose another --name")
 }
 

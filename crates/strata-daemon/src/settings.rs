@@ -263,13 +263,15 @@ impl Settings {
                 }
             }
         }
-        let settings: Settings = figment.merge(settings_env()).extract().map_err(|e| {
+        let figment = with_chunking_defaults(figment.merge(settings_env()));
+        let settings: Settings = figment.extract().map_err(|e| {
             let problems: Vec<String> = e.into_iter().map(|e| settings_problem(&e)).collect();
             Error::Refused(format!("settings: {}", problems.join("; ")))
         })?;
         if let Err(e) = settings.chunking.validate() {
             refuse!("chunking settings: {e}");
         }
+        settings.check_ranges()?;
         Ok(settings)
     }
 
@@ -363,6 +365,50 @@ fn is_setting_variable(rest: &str) -> bool {
     })
 }
 
+/// `[chunking]` keys left out take their defaults for the mode written
+/// (cdc when none is): `avg = 32768` alone is a cdc chunking with the
+/// default min and max. (The defaults are not a layer under the file, or
+/// a `mode = "fixed"` would meet cdc's keys.)
+fn with_chunking_defaults(figment: Figment) -> Figment {
+    use figment::value::{Dict, Value};
+    let Ok(Value::Dict(_, written)) = figment.find_value("chunking") else { return figment };
+    let mode = written.get("mode").and_then(Value::as_str).unwrap_or("cdc").to_owned();
+    let mut defaults = Dict::new();
+    defaults.insert("mode".into(), mode.clone().into());
+    if let ("cdc", Chunking::Cdc { min, avg, max }) = (mode.as_str(), Chunking::default()) {
+        defaults.insert("min".into(), (min as u64).into());
+        defaults.insert("avg".into(), (avg as u64).into());
+        defaults.insert("max".into(), (max as u64).into());
+    }
+    // Joined: what was written wins.
+    figment.join(figment::providers::Serialized::default("chunking", defaults))
+}
+
+impl Settings {
+    /// Values outside what they may be: zstd levels 0 to 22, a positive
+    /// fetch deadline, read-ahead 4 to 1024 KiB, watermarks in (0, 1] with
+    /// low below high.
+    fn check_ranges(&self) -> Result<()> {
+        if !(0..=22).contains(&self.zstd_level) {
+            refuse!("settings: `zstd_level` = {}: zstd levels are 0 (store raw) to 22", self.zstd_level);
+        }
+        if self.node.fetch_deadline_secs.is_nan() || self.node.fetch_deadline_secs <= 0.0 {
+            refuse!(
+                "settings: `node.fetch_deadline_secs` = {}: a deadline is positive",
+                self.node.fetch_deadline_secs
+            );
+        }
+        if !(4..=1024).contains(&self.mount.readahead_kb) {
+            refuse!("settings: `mount.readahead_kb` = {}: 4 to 1024", self.mount.readahead_kb);
+        }
+        let (low, high) = (self.cache.low_watermark, self.cache.high_watermark);
+        if !(low > 0.0 && low < high && high <= 1.0) {
+            refuse!("settings: `cache.low_watermark` {low} and `cache.high_watermark` {high}: 0 < low < high <= 1");
+        }
+        Ok(())
+    }
+}
+
 /// One settings error as the user wrote the key: `STRATA_NODE__FOO` for a
 /// variable, `node.foo in FILE` for a file.
 fn settings_problem(e: &figment::Error) -> String {
@@ -393,11 +439,13 @@ fn source_of(e: &figment::Error, key: &str, from_env: bool) -> String {
     if from_env {
         return format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase());
     }
+    let key = if key.is_empty() { String::new() } else { format!("`{key}` in ") };
     match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
         // The path as given (figment's own display makes it relative).
-        Some(figment::Source::File(path)) => format!("`{key}` in {}", path.display()),
-        Some(source) => format!("`{key}` in {source}"),
-        None => format!("`{key}`"),
+        Some(figment::Source::File(path)) => format!("{key}{}", path.display()),
+        Some(source) => format!("{key}{source}"),
+        None if key.is_empty() => "the settings".to_owned(),
+        None => key.trim_end_matches(" in ").to_owned(),
     }
 }
 

@@ -333,7 +333,10 @@ impl Fetcher {
 
     /// Remembers that `id` could not be had (see [`UNAVAILABLE_MEMORY`]).
     fn remember_unavailable(&self, id: ChunkId, why: &FetchError) {
-        if !matches!(why, FetchError::NoHolder { .. } | FetchError::Exhausted { .. }) {
+        if !matches!(
+            why,
+            FetchError::NoHolder { .. } | FetchError::Exhausted { .. } | FetchError::Deadline(_)
+        ) {
             return;
         }
         let now = tokio::time::Instant::now();
@@ -385,7 +388,16 @@ impl Fetcher {
         let started = tokio::time::Instant::now();
         // A fetch that goes to a complete holder itself shares its flight
         // with the relays this node serves for the chunk: one fetch each.
-        let plan = self.plan(id, true).await?;
+        let plan = match tokio::time::timeout(deadline, self.plan(id, true)).await {
+            Ok(plan) => plan?,
+            Err(_) => {
+                let why = FetchError::Deadline(deadline);
+                if priority == Priority::Demand {
+                    self.remember_unavailable(id, &why);
+                }
+                return Err(why);
+            }
+        };
         let deadline = deadline.saturating_sub(started.elapsed());
         let _waiting = (priority == Priority::Demand).then(|| {
             (self.on_miss)(id, &plan.layers);
@@ -1072,6 +1084,14 @@ mod tests {
         let started = tokio::time::Instant::now();
         s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("a silent holder");
         assert!(started.elapsed() <= DEADLINE + FLIGHT_MARGIN, "{:?}", started.elapsed());
+        // Lookups longer than the whole deadline (layer after layer of dead
+        // directory nodes) end at it too.
+        tokio::time::advance(UNAVAILABLE_MEMORY).await;
+        *s.directory.lookup_time.lock() = DEADLINE * 3;
+        let started = tokio::time::Instant::now();
+        let err = s.fetcher.fetch(s.ids[0], DEADLINE, Priority::Demand).await.expect_err("no plan in time");
+        assert!(matches!(err, FetchError::Deadline(_)), "{err:?}");
+        assert_eq!(started.elapsed(), DEADLINE);
     }
 
     #[tokio::test(start_paused = true)]

@@ -485,12 +485,13 @@ impl Handler for NodeHandler {
     }
 }
 
-/// The image a peer asks for: by name or id, or, for a chain's name
+/// The image a peer asks for: by name (as given, or as docker normalises
+/// it: `busybox` is `busybox:latest`) or id, or, for a chain's name
 /// (`chain:sha256:<hex>`, [`strata_oci::chain_name`]), the image holding
 /// that layer chain ([`strata_oci::image_by_chain`]).
 fn resolve(store: &Store, reference: &str) -> Result<(ImageId, ImageRecord), StoreError> {
     let Some(chain) = strata_oci::chain_of_name(reference) else {
-        return store.resolve(reference);
+        return strata_oci::find_image(store, reference).map(|found| (found.id, found.record));
     };
     let missing = || StoreError::no_such_image(reference);
     let (id, _) = strata_oci::image_by_chain(store, &chain)?.ok_or_else(missing)?;
