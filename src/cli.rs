@@ -111,7 +111,8 @@ pub enum Command {
         image: String,
     },
     /// Write an image as an OCI image layout tar (which `docker load` also
-    /// reads), to a file or to stdout (as `docker save`).
+    /// reads), to a file or to stdout (as `docker save`; also `strata save`).
+    #[command(alias = "save")]
     Export {
         /// Name, id or unique id prefix.
         image: String,
@@ -123,7 +124,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Compression::Gzip)]
         compression: Compression,
     },
-    /// Remove image names; an image goes with its last name.
+    /// Remove image names; an image goes with its last name. Also `strata rmi`.
+    #[command(alias = "rmi")]
     Rm {
         /// Names (the name goes; the image with its last name), or ids and
         /// unique id prefixes (the image goes with all its names); one
@@ -195,7 +197,9 @@ pub enum Command {
         #[arg(long)]
         lazy: bool,
     },
-    /// List mounts and their state (live, dead: process gone, gone: record left over).
+    /// List mounts and their state (live, dead: process gone, gone: record
+    /// left over). Also `strata ps`, as docker's.
+    #[command(alias = "ps")]
     Mounts,
     /// List writable layers (those mounts and runs made under
     /// DATA_DIR/uppers, and those mounts name): image, size on disk,
@@ -283,11 +287,6 @@ impl Command {
                 | Command::Demo
                 | Command::Completion { .. }
                 | Command::Man { .. }
-                // Mounts from fixed peers (`--peer`) keep no store: their
-                // records and writable layers are still this data dir's.
-                | Command::Umount { .. }
-                | Command::Mounts
-                | Command::Uppers { .. }
         )
     }
 }

@@ -39,6 +39,19 @@ fn main() -> ExitCode {
     output::end_if_closed();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if matches!(
+                e.downcast_ref::<strata_daemon::Error>(),
+                Some(strata_daemon::Error::NotStarted { .. })
+            ) =>
+        {
+            eprintln!("error: {}", error_chain(&e));
+            let code = match e.downcast_ref::<strata_daemon::Error>() {
+                Some(strata_daemon::Error::NotStarted { code, .. }) => *code,
+                _ => 1,
+            };
+            ExitCode::from(code as u8)
+        }
         Err(e) if e.is::<commands::Cancelled>() => {
             eprintln!("{e}");
             ExitCode::from(130)

@@ -75,6 +75,9 @@ fn references_resolve_as_docker_resolves_them_and_misses_say_what_is_close() {
     let err = s.fails(&["inspect", "busybx"]);
     assert!(err.contains("did you mean busybox:latest?"), "{err}");
 
+    // docker's names for the same commands.
+    assert!(s.ok(&["ps"]).starts_with("MOUNTPOINT"));
+
     // Scripts: one id per image, and templates.
     assert_eq!(s.ok(&["images", "-q"]), format!("{}\n", &id[..12]));
     let rows = s.ok(&["images", "--format", "{{.Repository}}|{{.Tag}}|{{.ID}}|{{.Layers}}"]);
@@ -157,7 +160,9 @@ fn misspelt_settings_are_errors_that_say_where_they_were_written() {
 #[test]
 fn a_data_dir_with_no_store_is_an_error_except_for_what_makes_one() {
     let s = Strata::new();
-    for args in [&["images"][..], &["status"], &["store", "stats"], &["gc"], &["rm", "x"]] {
+    for args in
+        [&["images"][..], &["status"], &["store", "stats"], &["gc"], &["rm", "x"], &["mounts"], &["uppers"]]
+    {
         let err = s.fails(args);
         assert!(err.contains("no store in") && err.contains("--data-dir"), "strata {args:?}: {err}");
     }

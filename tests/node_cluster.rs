@@ -112,7 +112,8 @@ fn three_nodes_read_an_image_imported_on_one_and_survive_its_death() {
         mount_logs.iter().any(|log| log.contains("usr/share/doc/README") && log.contains("chunk")),
         "{mount_logs:?}"
     );
-    assert!(node_b.log_text().contains("chunk unavailable"), "{}", node_b.log_text());
+    // The node logs as its fetch ends, which may be just after the read's EIO.
+    wait_for("B's node to log the unavailable chunk", || node_b.log_text().contains("chunk unavailable"));
     umount(&b, &mnt_b);
     umount(&c, &mnt_c);
 }
@@ -360,9 +361,11 @@ fn the_cluster_lists_its_images_and_members_their_role_and_holdings() {
     let certs = certs(&a, &["node-a", "node-b"]);
     a.import(&sample_archive(a.dir.path(), "sample.tar", "sample:1"));
     let node_a = Node::start(&a, "node-a", &certs, &[], &LAZY);
-    // B joins through A, and through a seed nobody answers at (UDP discard).
+    // B joins through A, a seed nobody answers at (UDP discard) and one
+    // whose name does not resolve.
     let silent = "127.0.0.1:9";
-    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr, silent], &LAZY);
+    let nowhere = "no-such-host.invalid:7420";
+    let node_b = Node::start(&b, "node-b", &certs, &[&node_a.addr, silent, nowhere], &LAZY);
     wait_for("B to see A", || alive_peers(&b).iter().any(|p| p == "node-a"));
     b.import(&sample_archive(b.dir.path(), "other.tar", "other:1"));
 
@@ -399,6 +402,7 @@ fn the_cluster_lists_its_images_and_members_their_role_and_holdings() {
     assert!(seeds.iter().any(|s| s["member"] == "node-a"), "{peers}");
     let table = b.ok(&["peers"]);
     assert!(table.lines().any(|l| l.contains(silent) && l.contains("no answer")), "{table}");
+    assert!(table.lines().any(|l| l.contains(nowhere) && l.contains("does not resolve")), "{table}");
     wait_for("serve to warn of the silent seed", || {
         node_b.log_text().contains("no node answers at this seed")
     });

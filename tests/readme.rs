@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use crate::common::{busybox_image, Strata};
 use sha2::Digest;
 use strata_sample::registry::{TestRegistry, PASSWORD, USER};
-use strata_sample::{debian_package_layer, sample_config, write_image, LayerTar};
+use strata_sample::{sample_config, write_image};
 
 /// The lines of README.md's "Using it" shell block.
 fn using_it() -> Vec<String> {
@@ -25,15 +25,7 @@ fn using_it() -> Vec<String> {
 
 /// app.tar: busybox with a user `app`, as the README's run lines use it.
 fn app_archive(s: &Strata) -> std::path::PathBuf {
-    let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
-    let mut etc = LayerTar::new(Vec::new());
-    etc.dir("etc", 0o755).expect("tar");
-    etc.file(b"etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
-        .expect("tar");
-    etc.file(b"etc/group", 0o644, b"root:x:0:\napp:x:1000:\n").expect("tar");
-    for applet in ["sh", "ls", "echo", "id", "cat"] {
-        etc.symlink(&format!("bin/{applet}"), "busybox").expect("tar");
-    }
+    let layers = crate::common::busybox_with_app_user(&["sh", "ls", "echo", "id", "cat"]);
     let mut config = sample_config(&["echo app"]);
     config["config"]["Entrypoint"] = serde_json::Value::Null;
     config["config"]["Cmd"] = serde_json::json!(["sh", "-c", "echo app"]);
@@ -44,7 +36,7 @@ fn app_archive(s: &Strata) -> std::path::PathBuf {
         strata_oci::LayerCompression::Gzip,
         &["example/app:build".to_owned()],
         config,
-        &[busybox, etc.finish().expect("tar")],
+        &layers,
     )
     .expect("app.tar");
     path

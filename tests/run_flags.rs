@@ -7,20 +7,12 @@ use std::process::Stdio;
 
 use crate::common::node::wait_for;
 use crate::common::Strata;
-use strata_sample::{debian_package_layer, sample_config, write_image, LayerTar};
+use strata_sample::{sample_config, write_image};
 
 const IMAGE: &str = "strata-test/run-flags:1";
 
 fn image(s: &Strata) {
-    let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
-    let mut etc = LayerTar::new(Vec::new());
-    etc.dir("etc", 0o755).expect("tar");
-    etc.file(b"etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
-        .expect("tar");
-    etc.file(b"etc/group", 0o644, b"root:x:0:\napp:x:1000:\n").expect("tar");
-    for applet in ["sh", "echo", "cat", "id", "pwd", "test", "sleep"] {
-        etc.symlink(&format!("bin/{applet}"), "busybox").expect("tar");
-    }
+    let layers = crate::common::busybox_with_app_user(&["sh", "echo", "cat", "id", "pwd", "test", "sleep"]);
     let mut config = sample_config(&[]);
     // No entrypoint: the command after the image is the whole command line.
     config["config"]["Entrypoint"] = serde_json::Value::Null;
@@ -34,7 +26,7 @@ fn image(s: &Strata) {
         strata_oci::LayerCompression::Gzip,
         &[IMAGE.to_owned()],
         config,
-        &[busybox, etc.finish().expect("tar")],
+        &layers,
     )
     .expect("image");
     s.import(&path);
@@ -91,6 +83,11 @@ fn run_takes_docker_run_s_flags() {
     assert_eq!(s.ok(&["run", IMAGE, "sh", "-c", "test -t 1 && echo tty || echo no-tty"]), "no-tty\n");
     assert_eq!(s.ok(&["run", "-t", IMAGE, "sh", "-c", "test -t 1 && echo tty || echo no-tty"]), "tty\r\n");
     assert_eq!(s.ok(&["run", "-t", IMAGE, "sh", "-c", "echo $TERM"]), "xterm\r\n", "docker's TERM with -t");
+
+    // What could not be started exits as docker's: 127 not found, 126 not runnable.
+    let code = |args: &[&str]| s.run(args).status.code();
+    assert_eq!(code(&["run", IMAGE, "no-such-program"]), Some(127));
+    assert_eq!(code(&["run", IMAGE, "/etc/passwd"]), Some(126));
 
     // --rm is what a run does anyway; with --upper it is a contradiction.
     assert_eq!(s.ok(&["run", "--rm", IMAGE]), "default\n");

@@ -138,12 +138,10 @@ fn peers(view: &Peers) {
         vec![m.name.clone(), m.addr.to_string(), state.into(), m.role.clone(), serves]
     }));
     // A seed nobody answers at: a wrong address, a node not running, a port shut.
-    rows.extend(
-        view.seeds
-            .iter()
-            .filter(|s| s.member.is_none())
-            .map(|s| vec!["?".into(), s.addr.to_string(), "no answer".into(), "seed".into(), String::new()]),
-    );
+    rows.extend(view.seeds.iter().filter(|s| s.member.is_none()).map(|s| {
+        let state = if s.unresolved { "does not resolve" } else { "no answer" };
+        vec!["?".into(), s.addr.clone(), state.into(), "seed".into(), String::new()]
+    }));
     table(&["NODE", "ADDRESS", "STATE", "ROLE", "SERVES"], &rows);
 }
 

@@ -34,7 +34,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         _ => false,
     };
     crate::logging::init(matches!(cli.command, Command::Serve(_)), log_json)?;
-    if ctx.explicit_data_dir && !ctx.dir.store_dir().exists() && !cli.command.may_create_store() {
+    // A data dir in use has a store, or (mounts from fixed peers keep
+    // none) mount records or writable layers.
+    let in_use = ["store", "mounts", "uppers"].iter().any(|d| ctx.dir.path.join(d).exists());
+    if ctx.explicit_data_dir && !in_use && !cli.command.may_create_store() {
         anyhow::bail!(
             "no store in {} (--data-dir or STRATA_DATA_DIR): nothing was imported or pulled there \
              (`strata import`, `pull`, `serve`, and `run` or `mount` of an image they pull, create one)",

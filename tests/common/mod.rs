@@ -145,3 +145,20 @@ pub fn busybox_image_with(s: &Strata, data: Option<&[u8]>) -> PathBuf {
 pub fn trust_registry(s: &Strata, registry: &strata_sample::registry::TestRegistry) {
     registry.write_settings(&s.data_dir());
 }
+
+/// Debian's busybox-static as a base layer, and a layer with /etc/passwd
+/// and /etc/group naming root and `app` (1000:1000) and `applets` linked
+/// in /bin: an image to run commands in as a user.
+pub fn busybox_with_app_user(applets: &[&str]) -> Vec<Vec<u8>> {
+    use strata_sample::{debian_package_layer, LayerTar};
+    let busybox = debian_package_layer("busybox-static").expect("busybox-static from Debian");
+    let mut etc = LayerTar::new(Vec::new());
+    etc.dir("etc", 0o755).expect("tar");
+    etc.file(b"etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
+        .expect("tar");
+    etc.file(b"etc/group", 0o644, b"root:x:0:\napp:x:1000:\n").expect("tar");
+    for applet in applets {
+        etc.symlink(&format!("bin/{applet}"), "busybox").expect("tar");
+    }
+    vec![busybox, etc.finish().expect("tar")]
+}

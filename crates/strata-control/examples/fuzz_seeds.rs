@@ -72,7 +72,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 role: "seed".into(),
                 images: Some(2),
             }],
-            seeds: vec![strata_control::Seed { addr: "[::1]:7420".parse()?, member: Some("n2".into()) }],
+            seeds: vec![strata_control::Seed {
+                addr: "[::1]:7420".into(),
+                member: Some("n2".into()),
+                unresolved: false,
+            }],
         })),
         Reply::Done(Outcome::Images(vec![ImageSummary {
             name: "a:1".into(),

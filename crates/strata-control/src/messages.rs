@@ -361,9 +361,15 @@ pub struct Peers {
 /// A seed and whether a member answers at its address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seed {
-    pub addr: SocketAddr,
-    /// The live member at that address; `None`: nobody answers there.
+    /// host:port: the address it resolved to, or the name as written when
+    /// it did not resolve.
+    pub addr: String,
+    /// The live member at that address; `None`: nobody answers there (or
+    /// the name does not resolve).
     pub member: Option<String>,
+    /// The name did not resolve when the node started.
+    #[serde(default)]
+    pub unresolved: bool,
 }
 
 /// A node's name and QUIC address.

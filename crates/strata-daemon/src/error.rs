@@ -45,6 +45,12 @@ pub enum Error {
     /// The node on the data dir failed the request: its message.
     #[error("{0}")]
     Remote(String),
+    /// `strata run`'s process could not be started; `code` is the exit
+    /// status docker gives then: 127 when the program is not found, 126
+    /// when it cannot be run (not executable, its working directory or
+    /// user not to be had).
+    #[error("{message}")]
+    NotStarted { code: i32, message: String },
     /// Stopped at the caller's request; nothing was changed.
     #[error("cancelled")]
     Cancelled,

@@ -273,16 +273,22 @@ pub fn peers(dir: &DataDir) -> Result<Peers> {
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
-    let seeds = seeds
+    let mut seeds: Vec<strata_control::Seed> = seeds
         .iter()
         .map(|addr| strata_control::Seed {
-            addr: *addr,
+            addr: addr.to_string(),
             member: members
                 .iter()
                 .find(|m| m.addr == *addr && m.state != MemberState::Down)
                 .map(|m| m.name.clone()),
+            unresolved: false,
         })
         .collect();
+    seeds.extend(node.unresolved_seeds().into_iter().map(|addr| strata_control::Seed {
+        addr,
+        member: None,
+        unresolved: true,
+    }));
     Ok(Peers { this: Peer { name: node.name().to_owned(), addr: node.addr() }, members, seeds })
 }
 

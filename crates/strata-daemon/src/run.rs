@@ -574,7 +574,26 @@ fn run_mounted(
     if let Some(t) = &mut terminal {
         t.handed_over();
     }
-    let mut child = spawned.with_context(|| format!("starting {:?} in the image", process.argv[0]))?;
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let program = &process.argv[0];
+            let (code, why) = match e.raw_os_error() {
+                Some(libc::ENOENT) if !program.contains('/') => (
+                    127,
+                    format!("{program:?} is not in the image's PATH (or its working directory is missing)"),
+                ),
+                Some(libc::ENOENT) => (127, format!("{program:?} is not in the image")),
+                Some(libc::EACCES) => (126, format!("{program:?} is not executable: {e}")),
+                Some(libc::ENOTDIR) | Some(libc::EINVAL) => (
+                    126,
+                    format!("cannot enter the working directory {:?} or start {program:?}: {e}", process.cwd),
+                ),
+                _ => (126, format!("starting {program:?} in the image: {e}")),
+            };
+            return Err(crate::error::Error::NotStarted { code, message: why });
+        }
+    };
     child_pid.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let status = child.wait();
     if let Some(t) = terminal {

@@ -190,10 +190,14 @@ async fn run(
         None => None,
     };
     let mut seeds = Vec::new();
+    let mut unresolved = Vec::new();
     for seed in &settings.seeds {
         match resolve("seed", seed, Duration::from_secs(30)).await {
             Ok(addr) => seeds.push(addr),
-            Err(e) => tracing::warn!(error = %e, "seed skipped"),
+            Err(e) => {
+                tracing::warn!(error = %e, "seed skipped: gossip cannot ask it (`strata peers` shows it)");
+                unresolved.push(seed.clone());
+            }
         }
     }
     let config = NodeConfig {
@@ -217,6 +221,7 @@ async fn run(
         transport: transport_settings(&settings)?,
     };
     let node = Node::start(config, &identity, store).await?;
+    node.set_unresolved_seeds(unresolved);
     tokio::spawn(warn_of_silent_seeds(Arc::downgrade(&node)));
     // The cache never evicts what live mounts use: the data dir's mount
     // records say which (a mount's own process serves it, not the node).
@@ -460,6 +465,7 @@ async fn answer(control: &Arc<Control>, request: Request) -> Reply {
             // cluster, once for all the nodes asked at the same moment).
             Err(strata_node::NodeError::NotFound(why)) if !crate::pull::looks_like_id(&reference) => {
                 let (control, cancel) = (control.clone(), control.stopping.child());
+                let asked = reference.clone();
                 let span = tracing::info_span!("pull", reference = %reference);
                 let pulled = tokio::task::spawn_blocking(move || {
                     let _span = span.entered();
@@ -472,7 +478,11 @@ async fn answer(control: &Arc<Control>, request: Request) -> Reply {
                         None => Reply::Failed { error: format!("pulling {}: no image", pulled.name) },
                     },
                     Ok(Err(e)) => Reply::Failed {
-                        error: format!("{why}; from its registry: {}", crate::error::chain(&e)),
+                        error: format!(
+                            "{why}{}; from its registry: {}",
+                            closest_in_cluster(node, &asked).await,
+                            crate::error::chain(&e)
+                        ),
                     },
                     Err(e) => Reply::Failed { error: format!("the pull panicked: {e}") },
                 }
@@ -491,6 +501,24 @@ async fn answer(control: &Arc<Control>, request: Request) -> Reply {
             Ok(()) => Reply::Recorded,
             Err(e) => Reply::Failed { error: crate::error::chain(&e) },
         },
+    }
+}
+
+/// "; did you mean …?" with the names closest to `reference` that this
+/// node or a live peer holds (asked with a short patience), or "".
+async fn closest_in_cluster(node: &Arc<Node>, reference: &str) -> String {
+    let listed = node.cluster_images(Duration::from_secs(1)).await;
+    let names: Vec<String> = listed
+        .into_iter()
+        .filter_map(|n| n.images.ok())
+        .flat_map(|list| list.images.into_iter().map(|i| i.name))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    match strata_oci::closest_names(reference, &names).as_slice() {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        [rest @ .., last] => format!("; did you mean {} or {last}?", rest.join(", ")),
     }
 }
 

@@ -392,6 +392,7 @@ impl Fetcher {
             Ok(plan) => plan?,
             Err(_) => {
                 let why = FetchError::Deadline(deadline);
+                tracing::warn!(chunk = %id, reason = %why, "chunk unavailable: its holders were not found in time");
                 if priority == Priority::Demand {
                     self.remember_unavailable(id, &why);
                 }

@@ -98,6 +98,9 @@ pub struct Node {
     /// Keys this node holds the claim on (see [`Node::claim`]): a second
     /// pull of one image here waits on the first, as other nodes do.
     claims: Mutex<std::collections::HashSet<Key>>,
+    /// Seeds as they were written that did not resolve to an address (so
+    /// gossip never asks them): shown by `strata peers`.
+    unresolved_seeds: Mutex<Vec<String>>,
     pub(crate) throttle: Throttle,
     pub(crate) metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
@@ -224,6 +227,7 @@ impl Node {
                 cache_wake: tokio::sync::Notify::new(),
                 relay_batches: Arc::new(tokio::sync::Semaphore::new(RELAY_BATCHES)),
                 claims: Mutex::default(),
+                unresolved_seeds: Mutex::default(),
                 metrics,
                 runtime: tokio::runtime::Handle::current(),
                 stopping,
@@ -251,6 +255,16 @@ impl Node {
 
     pub fn members(&self) -> Vec<MemberView> {
         self.locator.members()
+    }
+
+    /// Notes seeds that did not resolve (see [`Node::unresolved_seeds`]).
+    pub fn set_unresolved_seeds(&self, seeds: Vec<String>) {
+        *self.unresolved_seeds.lock() = seeds;
+    }
+
+    /// Seeds as written that did not resolve when the node started.
+    pub fn unresolved_seeds(&self) -> Vec<String> {
+        self.unresolved_seeds.lock().clone()
     }
 
     /// The seeds this node joined through, as resolved at its start, but
