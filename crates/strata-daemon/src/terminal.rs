@@ -108,6 +108,7 @@ impl Terminal {
 /// The window size of the caller's terminal (stdout's, else stdin's).
 fn caller_size() -> Option<nix::pty::Winsize> {
     [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()].into_iter().find_map(|fd| {
+        // SAFETY: winsize is plain integers; all zeros is a valid value.
         let mut size: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: TIOCGWINSZ writes a winsize into the one given.
         (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0).then_some(size)
