@@ -497,8 +497,9 @@ fn checked_mountpoint(path: &Path) -> Result<PathBuf> {
     match std::fs::metadata(&resolved) {
         Ok(meta) if meta.is_dir() => Ok(resolved),
         Ok(_) => refuse!("mountpoint {} is not a directory", resolved.display()),
-        // What a FUSE mount answers once its process is gone.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => refuse!(
+        // What a FUSE mount answers once its process is gone: ENOTCONN, or
+        // ECONNABORTED when the connection was aborted with requests under way.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => refuse!(
             "mountpoint {} is a mount whose process died (`strata mounts` shows it dead): \
              `strata umount {}` first",
             resolved.display(),
